@@ -1,0 +1,3 @@
+from sealserve.cli import main
+
+main()

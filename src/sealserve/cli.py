@@ -1,0 +1,41 @@
+"""The ``sealserve`` command.
+
+Each command group lives in its own module under :mod:`sealserve._cli`; this module only
+assembles them.  Run ``sealserve --help`` for the list.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from sealserve import __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="sealserve",
+    help="Serverless inference on sensitive data: only an attested runtime sees plaintext.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sealserve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Serverless inference on sensitive data: only an attested runtime sees plaintext."""
+
+
+def main() -> None:
+    """Entry point of the ``sealserve`` console script."""
+    app()

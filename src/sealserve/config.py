@@ -1,0 +1,272 @@
+"""Settings from defaults, a TOML file and the environment, in that order of precedence.
+
+Each section is a frozen dataclass; a key ``port`` of section ``keyservice`` is read from the
+TOML table ``[keyservice]`` and from the variable ``SEALSERVE_KEYSERVICE_PORT``.  The file is
+the one given to :func:`load_settings`, else ``$SEALSERVE_CONFIG``, else none.  Every bad value
+raises :class:`~sealserve.errors.ConfigError` naming the key, where it came from, and the value::
+
+    Config 'keyservice.port' (from SEALSERVE_KEYSERVICE_PORT) has value 'abc'. Not a valid int.
+
+Command-line flags override all of these; they are applied with :meth:`Settings.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sealserve.errors import ConfigError
+
+__all__ = [
+    "AttestSettings",
+    "GatewaySettings",
+    "KeyServiceSettings",
+    "PlatformSettings",
+    "RuntimeSettings",
+    "Settings",
+    "load_settings",
+]
+
+_ENV_PREFIX = "SEALSERVE_"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sealserve"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyServiceSettings:
+    host: str = "127.0.0.1"
+    port: int = 8470
+    #: SQLAlchemy URL; empty means a SQLite file in the data directory.
+    db_url: str = ""
+    #: Master key file (0600); empty means ``<data_dir>/keyservice/master.key``.
+    master_key_file: str = ""
+    challenge_ttl_s: float = 60.0
+    release_ttl_s: float = 300.0
+    replay_window_s: float = 300.0
+    max_body_bytes: int = 1 << 20
+    max_outstanding_challenges: int = 64
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 400
+
+    def __post_init__(self) -> None:
+        _check_port("keyservice.port", self.port)
+        for name in ("challenge_ttl_s", "release_ttl_s", "replay_window_s", "rate_limit_per_s"):
+            _check_positive(f"keyservice.{name}", getattr(self, name))
+        for name in ("max_body_bytes", "max_outstanding_challenges", "rate_limit_burst"):
+            _check_positive(f"keyservice.{name}", getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8480
+    max_body_bytes: int = 64 << 20
+    request_timeout_s: float = 60.0
+    max_queued: int = 256
+
+    def __post_init__(self) -> None:
+        _check_port("gateway.port", self.port)
+        _check_positive("gateway.max_body_bytes", self.max_body_bytes)
+        _check_positive("gateway.request_timeout_s", self.request_timeout_s)
+        _check_positive("gateway.max_queued", self.max_queued)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlatformSettings:
+    keep_alive_s: float = 180.0
+    max_instances: int = 4
+    instance_concurrency: int = 4
+    instance_memory_mb: int = 2048
+    #: FnPacker policy used by the live router.
+    policy: str = "sealserve"
+
+    def __post_init__(self) -> None:
+        _check_positive("platform.keep_alive_s", self.keep_alive_s)
+        _check_positive("platform.max_instances", self.max_instances)
+        _check_positive("platform.instance_concurrency", self.instance_concurrency)
+        _check_positive("platform.instance_memory_mb", self.instance_memory_mb)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RuntimeSettings:
+    memory_budget_mb: int = 1024
+    threads: int = 2
+    executor_workers: int = 4
+
+    def __post_init__(self) -> None:
+        _check_positive("runtime.memory_budget_mb", self.memory_budget_mb)
+        _check_positive("runtime.threads", self.threads)
+        _check_positive("runtime.executor_workers", self.executor_workers)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AttestSettings:
+    #: ``simulated`` (development and CI) or ``sgx-dcap`` / ``tdx`` on real hardware.
+    backend: str = "simulated"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("simulated", "sgx-dcap", "tdx"):
+            raise ConfigError(
+                f"Config 'attest.backend' has value {self.backend!r}. "
+                "Not one of 'simulated', 'sgx-dcap', 'tdx'."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
+    log_level: str = "INFO"
+    keyservice: KeyServiceSettings = dataclasses.field(default_factory=KeyServiceSettings)
+    gateway: GatewaySettings = dataclasses.field(default_factory=GatewaySettings)
+    platform: PlatformSettings = dataclasses.field(default_factory=PlatformSettings)
+    runtime: RuntimeSettings = dataclasses.field(default_factory=RuntimeSettings)
+    attest: AttestSettings = dataclasses.field(default_factory=AttestSettings)
+
+    def __post_init__(self) -> None:
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigError(
+                f"Config 'log_level' has value {self.log_level!r}. "
+                f"Not one of {', '.join(_LOG_LEVELS)}."
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with top-level fields replaced (use ``dataclasses.replace`` on a section)."""
+        return dataclasses.replace(self, **changes)
+
+
+_Section = TypeVar("_Section")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read settings: defaults, then the TOML file, then ``SEALSERVE_*`` variables."""
+    environ = os.environ if env is None else env
+    file_path = path if path is not None else environ.get(_ENV_PREFIX + "CONFIG") or None
+    table: dict[str, Any] = {}
+    if file_path is not None:
+        table = _read_toml(Path(file_path))
+    return _build(Settings, table, environ, section="", source=str(file_path or ""))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file '{path}' does not exist.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file '{path}' is not valid TOML: {exc}.") from exc
+
+
+def _build(
+    cls: type[_Section],
+    table: Mapping[str, Any],
+    environ: Mapping[str, str],
+    *,
+    section: str,
+    source: str,
+) -> _Section:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"Config '{_dotted(section, key)}' in '{source}' is not a known setting. "
+                f"Known: {', '.join(sorted(known))}."
+            )
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints[field.name]
+        dotted = _dotted(section, field.name)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            sub = table.get(field.name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"Config '{dotted}' in '{source}' must be a table.")
+            values[field.name] = _build(hint, sub, environ, section=dotted, source=source)
+            continue
+        env_name = _ENV_PREFIX + dotted.replace(".", "_").upper()
+        if env_name in environ:
+            values[field.name] = _coerce(hint, environ[env_name], dotted, f"from {env_name}")
+        elif field.name in table:
+            values[field.name] = _coerce(hint, table[field.name], dotted, f"in '{source}'")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Config section '{section or 'top level'}' is invalid: {exc}") from exc
+
+
+def _coerce(hint: Any, raw: Any, dotted: str, where: str) -> Any:
+    target = _base_type(hint)
+    bad = ConfigError(
+        f"Config '{dotted}' ({where}) has value {raw!r}. Not a valid {target.__name__}."
+    )
+    if target is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise bad
+    if target is Path:
+        if not isinstance(raw, str) or not raw:
+            raise bad
+        return Path(raw).expanduser()
+    if target is int:
+        if isinstance(raw, bool):
+            raise bad
+        try:
+            return int(str(raw).strip(), 10) if not isinstance(raw, int) else raw
+        except ValueError:
+            raise bad from None
+    if target is float:
+        if isinstance(raw, bool):
+            raise bad
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise bad from None
+    if target is str:
+        if not isinstance(raw, str):
+            raise bad
+        return raw
+    raise bad  # pragma: no cover - a field type this loader does not know
+
+
+def _base_type(hint: Any) -> type:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0])
+    if isinstance(hint, type):
+        return hint
+    raise TypeError(f"unsupported settings type {hint!r}")  # pragma: no cover
+
+
+def _dotted(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _check_port(name: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"Config '{name}' has value {value!r}. Not a port (0-65535).")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"Config '{name}' has value {value!r}. Must be greater than zero.")

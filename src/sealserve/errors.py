@@ -1,0 +1,253 @@
+"""The one exception tree of sealserve.
+
+Every error sealserve raises on purpose derives from :class:`SealserveError`, with one subtree
+per layer.  Mistakes by the caller (a wrong type, a bad argument value) are plain
+``TypeError`` / ``ValueError`` and are not part of this tree.  Foreign errors are translated
+at each boundary (``raise OurError(...) from exc``).
+
+At the security boundary the messages say nothing more than the fixed text: every failed
+unseal is the same :class:`InvalidEnvelope`, every refused key release the same
+:class:`AccessDenied`.  The detail goes to the log at DEBUG.
+
+::
+
+    SealserveError
+    ├── ConfigError
+    ├── CryptoError
+    │   ├── InvalidEnvelope          every failed unseal, one fixed message
+    │   ├── InvalidSignature         a signed request that does not verify or is replayed
+    │   └── IdentityError            an identity file that is missing, malformed or too open
+    ├── AttestationError             every failed verification, one fixed message
+    ├── KeyServiceError
+    │   ├── AccessDenied             the fixed 403 of key release and signed requests
+    │   ├── RateLimited              429: too many requests or outstanding nonces
+    │   ├── NotFound                 an unknown principal, model or grant (for its owner)
+    │   ├── Conflict                 already registered, already exists
+    │   └── SchemaVersionError       a database written by a newer sealserve
+    ├── IPCError
+    │   ├── SegmentError             bad magic, wrong version, corrupt header, wrong size
+    │   ├── ChannelClosed            the channel (or its peer) was closed in an orderly way
+    │   ├── PeerDied                 the peer process died; its slots were reclaimed
+    │   ├── MessageTooLarge          larger than a slot or the arena
+    │   └── BackpressureTimeout      the ring stayed full for the whole timeout
+    ├── RuntimeError_                the sealed runtime (SeMIRT)
+    │   ├── RuntimeUnavailable       crashed or restarting; retryable
+    │   ├── DeadlineExceeded         the request's deadline passed; retryable
+    │   ├── ModelNotAvailable        unknown model, failed fetch, or a model that will not load
+    │   └── MemoryBudgetExceeded     a model larger than the whole budget
+    ├── InstanceError                the untrusted instance host
+    ├── PackerError                  FnPacker routing
+    ├── PlatformError                where instances run
+    │   └── CapacityExhausted        no instance can take the request now; retryable
+    └── GatewayError                 the public inference API
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "AttestationError",
+    "BackpressureTimeout",
+    "CapacityExhausted",
+    "ChannelClosed",
+    "ConfigError",
+    "Conflict",
+    "CryptoError",
+    "DeadlineExceeded",
+    "GatewayError",
+    "IPCError",
+    "IdentityError",
+    "InstanceError",
+    "InvalidEnvelope",
+    "InvalidSignature",
+    "KeyServiceError",
+    "MemoryBudgetExceeded",
+    "MessageTooLarge",
+    "ModelNotAvailable",
+    "NotFound",
+    "PackerError",
+    "PeerDied",
+    "PlatformError",
+    "RateLimited",
+    "RuntimeError_",
+    "RuntimeUnavailable",
+    "SchemaVersionError",
+    "SealserveError",
+    "SegmentError",
+]
+
+
+class SealserveError(Exception):
+    """Root of every error sealserve raises on purpose.
+
+    ``retryable`` tells a caller whether the same request may succeed if sent again
+    (a crashed runtime, a full platform), as opposed to a request that will always fail.
+    """
+
+    retryable: bool = False
+
+
+class ConfigError(SealserveError, ValueError):
+    """A setting has a value sealserve cannot use; the message names the key and the value."""
+
+
+# -- crypto ----------------------------------------------------------------------------------
+
+
+class CryptoError(SealserveError):
+    """Base of the crypto layer."""
+
+
+class InvalidEnvelope(CryptoError):
+    """An envelope or sealed model did not unseal.
+
+    Raised for every cause (wrong key, flipped bit, wrong context, truncation, reordering,
+    unknown version) with the same message, so a caller learns nothing from which one.
+    """
+
+    MESSAGE = "invalid envelope"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+class InvalidSignature(CryptoError):
+    """A signed request did not verify, is outside the replay window, or was replayed."""
+
+    MESSAGE = "invalid or replayed signature"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+class IdentityError(CryptoError):
+    """An identity file is missing, malformed, or readable by others."""
+
+
+# -- attest ----------------------------------------------------------------------------------
+
+
+class AttestationError(SealserveError):
+    """Evidence did not satisfy the policy.  One fixed message; the reason is logged."""
+
+    MESSAGE = "attestation failed"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+# -- keyservice ------------------------------------------------------------------------------
+
+
+class KeyServiceError(SealserveError):
+    """Base of the KeyService and its client."""
+
+
+class AccessDenied(KeyServiceError):
+    """The fixed denial: no key is released and nothing says why."""
+
+    MESSAGE = "access denied"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+class RateLimited(KeyServiceError):
+    """Too many requests or outstanding challenges for one principal; retry later."""
+
+    retryable = True
+
+
+class NotFound(KeyServiceError):
+    """An unknown principal, model or grant, reported only to whom may know it exists."""
+
+
+class Conflict(KeyServiceError):
+    """The thing already exists (a principal registered twice, a model key put twice)."""
+
+
+class SchemaVersionError(KeyServiceError):
+    """The database was written by a newer sealserve than this one."""
+
+
+# -- ipc -------------------------------------------------------------------------------------
+
+
+class IPCError(SealserveError):
+    """Base of the shared-memory data plane."""
+
+
+class SegmentError(IPCError):
+    """A segment has a bad magic, another version, a corrupt header or the wrong size."""
+
+
+class ChannelClosed(IPCError):
+    """The channel, or its peer, was closed."""
+
+
+class PeerDied(IPCError):
+    """The peer process died; the slots it held were reclaimed."""
+
+    retryable = True
+
+
+class MessageTooLarge(IPCError, ValueError):
+    """A message is larger than the channel can ever carry."""
+
+
+class BackpressureTimeout(IPCError, TimeoutError):
+    """The ring stayed full (or empty, for a receive with a timeout) for the whole timeout."""
+
+    retryable = True
+
+
+# -- runtime ---------------------------------------------------------------------------------
+
+
+class RuntimeError_(SealserveError):  # trailing underscore: not the builtin
+    """Base of the sealed runtime (SeMIRT)."""
+
+
+class RuntimeUnavailable(RuntimeError_):
+    """The runtime crashed or is restarting; the request was not served and may be retried."""
+
+    retryable = True
+
+
+class DeadlineExceeded(RuntimeError_, TimeoutError):
+    """The request's deadline passed before it was served."""
+
+    retryable = True
+
+
+class ModelNotAvailable(RuntimeError_):
+    """The model is unknown, could not be fetched, or does not load."""
+
+
+class MemoryBudgetExceeded(RuntimeError_):
+    """A model is larger than the runtime's whole memory budget."""
+
+
+# -- instance, packer, platform, gateway ------------------------------------------------------
+
+
+class InstanceError(SealserveError):
+    """The untrusted instance host failed to serve a request."""
+
+
+class PackerError(SealserveError):
+    """FnPacker could not route a request."""
+
+
+class PlatformError(SealserveError):
+    """The platform could not start, reach or stop an instance."""
+
+
+class CapacityExhausted(PlatformError):
+    """Every instance is busy and no more may start; retry after a while."""
+
+    retryable = True
+
+
+class GatewayError(SealserveError):
+    """The public inference API refused or failed a request."""

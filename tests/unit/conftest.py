@@ -1,0 +1,60 @@
+"""Unit tests touch no network, no subprocess and no shared memory.
+
+An autouse fixture replaces the entry points with functions that fail loudly, so a unit test
+that reaches for one of them fails instead of quietly becoming an integration test.  Socket
+pairs (which event loops use to wake themselves) stay allowed; connecting or binding does not.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import subprocess
+from typing import Any
+
+import pytest
+
+
+class ForbiddenInUnitTest(AssertionError):
+    """A unit test reached for the network, a subprocess or shared memory."""
+
+
+def _refuse(what: str) -> Any:
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise ForbiddenInUnitTest(
+            f"unit tests may not use {what}; move the test to tests/integration"
+        )
+
+    return refuse
+
+
+_REAL_MMAP = mmap.mmap
+
+
+def _anonymous_mmap_only(fileno: int, *args: Any, **kwargs: Any) -> mmap.mmap:
+    if fileno != -1:
+        raise ForbiddenInUnitTest("unit tests may not map files or shared memory")
+    return _REAL_MMAP(fileno, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _no_network_subprocess_or_shm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _refuse("the network (socket.connect)"))
+    monkeypatch.setattr(socket.socket, "connect_ex", _refuse("the network (socket.connect_ex)"))
+    monkeypatch.setattr(socket.socket, "bind", _refuse("the network (socket.bind)"))
+    monkeypatch.setattr(socket, "create_connection", _refuse("the network (create_connection)"))
+    monkeypatch.setattr(socket, "getaddrinfo", _refuse("the network (getaddrinfo)"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", _refuse("subprocesses (Popen)"))
+    monkeypatch.setattr(os, "fork", _refuse("subprocesses (fork)"))
+    monkeypatch.setattr(os, "posix_spawn", _refuse("subprocesses (posix_spawn)"))
+    monkeypatch.setattr(os, "system", _refuse("subprocesses (system)"))
+    if hasattr(os, "memfd_create"):
+        monkeypatch.setattr(os, "memfd_create", _refuse("shared memory (memfd_create)"))
+    monkeypatch.setattr(mmap, "mmap", _anonymous_mmap_only)
+    try:
+        import _posixshmem
+
+        monkeypatch.setattr(_posixshmem, "shm_open", _refuse("shared memory (shm_open)"))
+    except ImportError:  # pragma: no cover - not on Linux
+        pass
