@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from sealserve import __version__
+from sealserve._cli import bench
 
 __all__ = ["app", "main"]
 
@@ -34,6 +35,9 @@ def _root(
     ),
 ) -> None:
     """Serverless inference on sensitive data: only an attested runtime sees plaintext."""
+
+
+app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:

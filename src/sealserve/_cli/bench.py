@@ -1,0 +1,18 @@
+"""``sealserve bench …``: characterization and end-to-end benchmarks.
+
+Each benchmark module in :mod:`sealserve.bench` exposes ``register(app)``, which adds its
+command to this group.
+"""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Benchmarks: each measures its baseline in the same run and prints ratios to it.",
+    no_args_is_help=True,
+)
+
+# One line per benchmark module, in the order of the layers.
