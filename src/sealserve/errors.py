@@ -35,6 +35,9 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     │   ├── DeadlineExceeded         the request's deadline passed; retryable
     │   ├── ModelNotAvailable        unknown model, failed fetch, or a model that will not load
     │   └── MemoryBudgetExceeded     a model larger than the whole budget
+    ├── ModelError                   the model zoo: a shipped model file missing or not as pinned
+    │   ├── ExtraNotInstalled        a model needs the ``models`` extra (also an ImportError)
+    │   └── TensorFormatError        a tensor container that is malformed or over a limit
     ├── InstanceError                the untrusted instance host
     ├── PackerError                  FnPacker routing
     ├── PlatformError                where instances run
@@ -54,6 +57,7 @@ __all__ = [
     "Conflict",
     "CryptoError",
     "DeadlineExceeded",
+    "ExtraNotInstalled",
     "GatewayError",
     "IPCError",
     "IdentityError",
@@ -63,6 +67,7 @@ __all__ = [
     "KeyServiceError",
     "MemoryBudgetExceeded",
     "MessageTooLarge",
+    "ModelError",
     "ModelNotAvailable",
     "NotFound",
     "PackerError",
@@ -74,6 +79,7 @@ __all__ = [
     "SchemaVersionError",
     "SealserveError",
     "SegmentError",
+    "TensorFormatError",
 ]
 
 
@@ -226,6 +232,21 @@ class ModelNotAvailable(RuntimeError_):
 
 class MemoryBudgetExceeded(RuntimeError_):
     """A model is larger than the runtime's whole memory budget."""
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class ModelError(SealserveError):
+    """Base of the model zoo: a shipped model file that is missing or not the pinned one."""
+
+
+class ExtraNotInstalled(ModelError, ImportError):
+    """A model or a helper needs an optional extra; the message names it and how to install it."""
+
+
+class TensorFormatError(ModelError, ValueError):
+    """A tensor container is malformed, not canonical, or over one of its limits."""
 
 
 # -- instance, packer, platform, gateway ------------------------------------------------------
