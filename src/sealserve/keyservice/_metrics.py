@@ -1,0 +1,83 @@
+"""Prometheus series of one KeyService (its own registry, so several can live in a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["DENIAL_REASONS", "Metrics"]
+
+#: Every reason a release or a signed request can be refused for (labels of the denials).
+DENIAL_REASONS = (
+    "malformed",  # the body does not parse or names impossible ids
+    "nonce",  # unknown, used or expired challenge nonce
+    "evidence",  # evidence does not verify (signature, report_data, platform)
+    "not_granted",  # no grant for a pair
+    "no_request_key",  # the user registered no request key for the model
+    "no_model_key",  # the model has no key
+    "owner_policy",  # evidence outside the owner's runtime policy
+    "user_policy",  # evidence outside the user's runtime policy
+    "signature",  # a signed request that does not verify or is replayed
+    "unknown_principal",  # a signed request from an unregistered key
+    "wrong_principal",  # a signed request about another principal's model or keys
+    "wrong_role",  # e.g. a user putting a model key
+    "store",  # a record that does not unseal under the master key
+)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The series: releases, keys released, denials by reason, challenges, rate limiting and
+    request latency by route."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.releases = Counter(
+            "sealserve_keyservice_releases",
+            "Key releases granted.",
+            registry=self.registry,
+        )
+        self.released_pairs = Counter(
+            "sealserve_keyservice_released_pairs",
+            "(user, model) pairs whose keys were released.",
+            registry=self.registry,
+        )
+        self.denials = Counter(
+            "sealserve_keyservice_denials",
+            "Refused releases and signed requests, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in DENIAL_REASONS:
+            self.denials.labels(reason=reason)
+        self.challenges = Counter(
+            "sealserve_keyservice_challenges",
+            "Challenges issued.",
+            registry=self.registry,
+        )
+        self.challenges_outstanding = Gauge(
+            "sealserve_keyservice_challenges_outstanding",
+            "Challenges issued and neither used nor expired.",
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "sealserve_keyservice_rate_limited",
+            "Requests answered 429.",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sealserve_keyservice_request_seconds",
+            "Time to answer a request, by route and status class.",
+            ["route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def deny(self, reason: str) -> None:
+        if reason not in DENIAL_REASONS:
+            raise ValueError(f"reason must be one of {DENIAL_REASONS}, got {reason!r}")
+        self.denials.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

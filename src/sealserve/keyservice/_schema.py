@@ -1,0 +1,142 @@
+"""The KeyService's tables (SQLAlchemy Core) and the schema version they carry.
+
+Nothing secret is stored in the clear: every key and every grant is a ``sealed`` blob, sealed
+under the master key with a context that names the row (model id, user id, version), so a copy
+of the database reveals no key and a row moved to another place does not unseal there.  Ids,
+roles, versions and times are stored in the clear; they are what the service looks rows up by.
+
+The audit log is append-only: the database itself refuses ``UPDATE`` and ``DELETE`` on it
+(a trigger on SQLite and PostgreSQL), not only this code.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = [
+    "APPEND_ONLY_DDL",
+    "SCHEMA_VERSION",
+    "audit_log",
+    "counters",
+    "grants",
+    "metadata",
+    "model_keys",
+    "models",
+    "principals",
+    "request_keys",
+    "schema_version",
+]
+
+#: Version of the tables below.  A database with a larger version was written by a newer
+#: sealserve and is refused; a smaller one is migrated forward when the store opens.
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_version = Table(
+    "sealserve_schema",
+    metadata,
+    Column("component", String(32), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+principals = Table(
+    "principals",
+    metadata,
+    Column("principal_id", String(64), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("model_id", String(200), primary_key=True),
+    Column("owner_id", String(64), ForeignKey("principals.principal_id"), nullable=False),
+    Column("current_version", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+model_keys = Table(
+    "model_keys",
+    metadata,
+    Column("model_id", String(200), ForeignKey("models.model_id"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("model_id", String(200), ForeignKey("models.model_id"), primary_key=True),
+    Column("user_id", String(64), ForeignKey("principals.principal_id"), primary_key=True),
+    # The runtime policy the owner set, sealed (integrity and confidentiality at rest).
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+request_keys = Table(
+    "request_keys",
+    metadata,
+    Column("model_id", String(200), primary_key=True),
+    Column("user_id", String(64), ForeignKey("principals.principal_id"), primary_key=True),
+    Column("version", Integer, nullable=False),
+    # The request key and the user's runtime policy, sealed together.
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("event", String(32), nullable=False),
+    # Who asked: a principal id, or for a release the runtime key's fingerprint.
+    Column("actor", String(64), nullable=False),
+    Column("model_id", String(200), nullable=True),
+    Column("user_id", String(64), nullable=True),
+    Column("key_version", Integer, nullable=True),
+    Column("request_key_version", Integer, nullable=True),
+    Column("measurement", String(128), nullable=True),
+    Column("epoch", BigInteger, nullable=True),
+    Column("detail", Text, nullable=True),
+)
+
+#: DDL that makes ``audit_log`` append-only, per dialect name.
+APPEND_ONLY_DDL: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    ),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION sealserve_audit_append_only() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+        "FOR EACH ROW EXECUTE FUNCTION sealserve_audit_append_only()",
+        "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+        "FOR EACH STATEMENT EXECUTE FUNCTION sealserve_audit_append_only()",
+    ),
+}
