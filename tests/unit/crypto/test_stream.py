@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sealserve.crypto import (
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    SymmetricKey,
+    seal_model,
+    sealed_model_size,
+    unseal_model,
+    unseal_model_stream,
+)
+from sealserve.errors import InvalidEnvelope
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "crypto_v1.json").read_text())
+HEADER = 40
+TAG = 16
+
+
+def _seal(key: SymmetricKey, data: bytes, *, chunk_size: int = 64, model_id: str = "m") -> bytes:
+    dst = io.BytesIO()
+    n = seal_model(key, io.BytesIO(data), dst, model_id=model_id, chunk_size=chunk_size)
+    assert n == len(dst.getvalue())
+    return dst.getvalue()
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 128, 1000])
+def test_round_trip_at_chunk_boundaries(size: int) -> None:
+    key = SymmetricKey.generate()
+    data = os.urandom(size)
+    sealed = _seal(key, data)
+    assert len(sealed) == sealed_model_size(size, chunk_size=64)
+    assert unseal_model(key, sealed, model_id="m") == data
+    assert unseal_model_stream(key, io.BytesIO(sealed), model_id="m") == data
+
+
+def test_known_answer_model_still_unseals() -> None:
+    kat = VECTORS["model"]
+    key = SymmetricKey.from_bytes(bytes.fromhex(kat["key"]))
+    sealed = bytes.fromhex(kat["sealed"])
+    assert unseal_model(key, sealed, model_id=kat["model_id"]) == bytes.fromhex(kat["plaintext"])
+
+
+def test_default_chunk_size_is_one_mebibyte() -> None:
+    key = SymmetricKey.generate()
+    data = os.urandom(MAX_CHUNK_SIZE + 10)
+    sealed = _seal(key, data, chunk_size=MAX_CHUNK_SIZE)
+    assert len(sealed) == HEADER + len(data) + 2 * TAG
+    assert unseal_model(key, memoryview(sealed), model_id="m") == data
+
+
+def test_unseal_into_a_caller_buffer() -> None:
+    key = SymmetricKey.generate()
+    data = os.urandom(300)
+    sealed = _seal(key, data)
+    out = bytearray(400)
+    view = unseal_model(key, sealed, model_id="m", out=out)
+    assert isinstance(view, memoryview)
+    assert bytes(view) == data
+    assert out[:300] == data
+    with pytest.raises(ValueError, match="needs 300"):
+        unseal_model(key, sealed, model_id="m", out=bytearray(299))
+
+
+def test_stream_reads_from_the_current_position_or_an_explicit_size() -> None:
+    key = SymmetricKey.generate()
+    data = os.urandom(200)
+    sealed = _seal(key, data)
+    src = io.BytesIO(b"prefix" + sealed)
+    src.seek(6)
+    assert unseal_model_stream(key, src, model_id="m") == data
+    src = io.BytesIO(sealed + b"trailing")
+    assert unseal_model_stream(key, src, model_id="m", size=len(sealed)) == data
+
+
+def test_progress_is_reported_in_plaintext_bytes() -> None:
+    key = SymmetricKey.generate()
+    data = os.urandom(150)
+    seen: list[int] = []
+    dst = io.BytesIO()
+    seal_model(key, io.BytesIO(data), dst, model_id="m", chunk_size=64, progress=seen.append)
+    assert seen == [64, 128, 150]
+    seen.clear()
+    unseal_model_stream(key, io.BytesIO(dst.getvalue()), model_id="m", progress=seen.append)
+    assert seen == [64, 128, 150]
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that returns at most 7 bytes per read, like a slow pipe."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = self._data.read(min(7, len(buf)))
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_short_reads_are_completed() -> None:
+    key = SymmetricKey.generate()
+    data = os.urandom(500)
+    dst = io.BytesIO()
+    seal_model(key, _Trickle(data), dst, model_id="m", chunk_size=64)  # type: ignore[arg-type]
+    sealed = dst.getvalue()
+    assert unseal_model(key, sealed, model_id="m") == data
+    trickle = _Trickle(sealed)
+    got = unseal_model_stream(key, trickle, model_id="m", size=len(sealed))  # type: ignore[arg-type]
+    assert got == data
+
+
+def test_wrong_key_or_model_id_fails() -> None:
+    key = SymmetricKey.generate()
+    sealed = _seal(key, b"weights" * 30, model_id="resnet")
+    with pytest.raises(InvalidEnvelope):
+        unseal_model(SymmetricKey.generate(), sealed, model_id="resnet")
+    with pytest.raises(InvalidEnvelope):
+        unseal_model(key, sealed, model_id="bert")
+
+
+def _chunks(sealed: bytes, chunk_size: int = 64) -> tuple[bytes, list[bytes]]:
+    body = sealed[HEADER:]
+    step = chunk_size + TAG
+    return sealed[:HEADER], [body[i : i + step] for i in range(0, len(body), step)]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda h, c: h + b"".join(c[:-1]), id="drop-last-chunk"),
+        pytest.param(lambda h, c: h + b"".join([c[1], c[0], *c[2:]]), id="swap-chunks"),
+        pytest.param(lambda h, c: h + b"".join([c[0], *c]), id="duplicate-chunk"),
+        pytest.param(lambda h, c: h + b"".join([*c, c[-1]]), id="repeat-last"),
+        pytest.param(lambda h, c: h + b"".join(c) + b"\x00", id="one-byte-more"),
+        pytest.param(lambda h, c: h + b"".join(c)[:-1], id="one-byte-less"),
+        pytest.param(lambda h, c: h, id="header-only"),
+        pytest.param(lambda h, c: h[:10], id="short-header"),
+        pytest.param(lambda h, c: b"XSM" + h[3:] + b"".join(c), id="magic"),
+        pytest.param(lambda h, c: h[:3] + b"\x02" + h[4:] + b"".join(c), id="version"),
+        pytest.param(lambda h, c: h[:4] + (32).to_bytes(4) + h[8:] + b"".join(c), id="chunk-size"),
+        pytest.param(lambda h, c: h[:-1] + bytes([h[-1] ^ 1]) + b"".join(c), id="salt"),
+    ],
+)
+def test_structural_attacks_fail_alike(edit: object) -> None:
+    key = SymmetricKey.generate()
+    header, chunks = _chunks(_seal(key, os.urandom(64 * 3 + 10)))
+    tampered = edit(header, chunks)  # type: ignore[operator]
+    with pytest.raises(InvalidEnvelope, match=r"^invalid envelope$"):
+        unseal_model(key, tampered, model_id="m")
+    with pytest.raises(InvalidEnvelope, match=r"^invalid envelope$"):
+        unseal_model_stream(key, io.BytesIO(tampered), model_id="m")
+
+
+def test_chunks_from_another_file_of_the_same_model_are_refused() -> None:
+    key = SymmetricKey.generate()
+    data = os.urandom(200)
+    header_a, chunks_a = _chunks(_seal(key, data))
+    _, chunks_b = _chunks(_seal(key, data))
+    with pytest.raises(InvalidEnvelope):
+        unseal_model(key, header_a + chunks_a[0] + b"".join(chunks_b[1:]), model_id="m")
+
+
+def test_output_is_zeroed_when_a_later_chunk_fails() -> None:
+    key = SymmetricKey.generate()
+    sealed = bytearray(_seal(key, b"\xaa" * 200))
+    sealed[-1] ^= 1
+    out = bytearray(200)
+    with pytest.raises(InvalidEnvelope):
+        unseal_model(key, sealed, model_id="m", out=out)
+    assert out == bytes(200)
+
+
+@pytest.mark.parametrize("chunk_size", [MIN_CHUNK_SIZE - 1, MAX_CHUNK_SIZE + 1, 0])
+def test_chunk_size_is_bounded(chunk_size: int) -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        _seal(SymmetricKey.generate(), b"x", chunk_size=chunk_size)
+
+
+def test_model_id_is_required() -> None:
+    with pytest.raises(ValueError, match="model_id"):
+        _seal(SymmetricKey.generate(), b"x", model_id="")
+
+
+def test_unseekable_stream_needs_a_size() -> None:
+    class Pipe(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+    with pytest.raises(ValueError, match="size="):
+        unseal_model_stream(SymmetricKey.generate(), Pipe(), model_id="m")  # type: ignore[arg-type]
