@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from sealserve import __version__
-from sealserve._cli import bench
+from sealserve._cli import bench, models
 
 __all__ = ["app", "main"]
 
@@ -38,6 +38,7 @@ def _root(
 
 
 app.add_typer(bench.app, name="bench")
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:
