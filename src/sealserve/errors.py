@@ -18,6 +18,7 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     │   ├── InvalidSignature         a signed request that does not verify or is replayed
     │   └── IdentityError            an identity file that is missing, malformed or too open
     ├── AttestationError             every failed verification, one fixed message
+    ├── TeeError                     the TEE platform could not launch, reach or signal a process
     ├── KeyServiceError
     │   ├── AccessDenied             the fixed 403 of key release and signed requests
     │   ├── RateLimited              429: too many requests or outstanding nonces
@@ -79,6 +80,7 @@ __all__ = [
     "SchemaVersionError",
     "SealserveError",
     "SegmentError",
+    "TeeError",
     "TensorFormatError",
 ]
 
@@ -140,6 +142,11 @@ class AttestationError(SealserveError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
+
+
+class TeeError(SealserveError):
+    """The TEE platform (simulated or real) could not launch, reach or signal a measured process,
+    or a process asked for evidence outside a measured launch."""
 
 
 # -- keyservice ------------------------------------------------------------------------------
