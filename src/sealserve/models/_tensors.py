@@ -165,6 +165,8 @@ def _plan(
     for name, array in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
+        if isinstance(array, np.generic):
+            array = np.asarray(array)
         if not isinstance(array, np.ndarray):
             raise TypeError(f"tensor {name!r} must be a numpy array, got {type(array).__name__}")
         raw_name = _check_name(name, limits)
@@ -265,11 +267,10 @@ def decode_tensors(
         view = memoryview(data)
     except TypeError:
         raise TypeError(f"data must be a bytes-like object, got {type(data).__name__}") from None
+    if not view.c_contiguous:
+        raise TypeError("data must be a C-contiguous buffer")
     if view.format != "B" or view.ndim != 1:
-        try:
-            view = view.cast("B")
-        except TypeError as exc:
-            raise TypeError("data must be a C-contiguous buffer") from exc
+        view = view.cast("B")
     total = view.nbytes
     if total > limits.max_total_bytes:
         raise TensorFormatError(
