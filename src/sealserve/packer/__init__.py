@@ -1,0 +1,75 @@
+"""FnPacker: many models share the instances of one serverless function.
+
+A :class:`FunctionGroup` is a pool of instances; a :class:`Policy` decides where each request
+goes (:class:`Decision`: run on an instance, start one, or wait); a :class:`Router` applies the
+decisions and feeds measurements back to the policy.  The trace simulator (:func:`simulate`)
+and the live router run the same policy objects.  Policies: ``dedicated`` (one function per
+model, the baseline), ``sesemi`` (SeSeMI's router), ``lru-multiplex`` (Ray Serve's model
+multiplexing) and ``sealserve`` (expected-completion-time routing over resident models).
+"""
+
+from sealserve.packer._costs import COSTS_SCHEMA, CostModel, ModelCosts
+from sealserve.packer._decision import Decision, DecisionKind, InstanceShape, RouteRequest
+from sealserve.packer._dedicated import DedicatedPolicy
+from sealserve.packer._group import (
+    Assignment,
+    FunctionGroup,
+    GroupConfig,
+    Instance,
+    InstanceState,
+    LoadPlan,
+    ReadyActions,
+)
+from sealserve.packer._multiplex import LruMultiplexPolicy
+from sealserve.packer._policy import Policy
+from sealserve.packer._registry import POLICY_NAMES, make_policy
+from sealserve.packer._router import Routed, Router
+from sealserve.packer._sealserve import CostPriors, SealservePolicy
+from sealserve.packer._sesemi import SesemiPolicy
+from sealserve.packer._sim import SimResult, simulate
+from sealserve.packer._stats import LoadStats
+from sealserve.packer._synthetic import SyntheticConfig, synthetic_trace
+from sealserve.packer._trace import (
+    Trace,
+    TraceRequest,
+    parse_trace_csv,
+    read_trace_csv,
+    write_trace_csv,
+)
+
+__all__ = [
+    "COSTS_SCHEMA",
+    "POLICY_NAMES",
+    "Assignment",
+    "CostModel",
+    "CostPriors",
+    "Decision",
+    "DecisionKind",
+    "DedicatedPolicy",
+    "FunctionGroup",
+    "GroupConfig",
+    "Instance",
+    "InstanceShape",
+    "InstanceState",
+    "LoadPlan",
+    "LoadStats",
+    "LruMultiplexPolicy",
+    "ModelCosts",
+    "Policy",
+    "ReadyActions",
+    "RouteRequest",
+    "Routed",
+    "Router",
+    "SealservePolicy",
+    "SesemiPolicy",
+    "SimResult",
+    "SyntheticConfig",
+    "Trace",
+    "TraceRequest",
+    "make_policy",
+    "parse_trace_csv",
+    "read_trace_csv",
+    "simulate",
+    "synthetic_trace",
+    "write_trace_csv",
+]

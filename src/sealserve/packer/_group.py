@@ -1,0 +1,558 @@
+"""The function group: a pool of instances that can each host any model of the group.
+
+This is the state that the simulator and the live router share.  Each :class:`Instance` has a
+billed memory size, a memory budget for resident models (the runtime's EPC budget), a
+concurrency (requests it serves at once), a state (starting, idle, busy, stopped), its
+resident models in least-recently-used order, its in-flight requests and the time it was last
+used.  An idle instance stops after the keep-alive period (scale to zero).  The group meters
+GB-seconds as serverless platforms bill: configured memory x time alive.
+
+Policies read this state; only the :class:`FunctionGroup` methods (called by the router)
+change it, and every change is checked: an instance never runs more requests than its
+concurrency nor holds more model memory than its budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import math
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from sealserve.config import PlatformSettings, RuntimeSettings
+from sealserve.errors import PackerError
+from sealserve.packer._decision import InstanceShape
+
+__all__ = [
+    "Assignment",
+    "FunctionGroup",
+    "GroupConfig",
+    "Instance",
+    "InstanceState",
+    "LoadPlan",
+    "ReadyActions",
+]
+
+_Phase = Literal["planned", "loading", "loaded"]
+
+
+class InstanceState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPED = "stopped"
+
+
+def _round_up(value: float, step: int) -> int:
+    return math.ceil(value / step - 1e-9) * step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GroupConfig:
+    """The platform parameters of a function group.
+
+    ``memory_mb`` is the billed memory of an instance; ``None`` sizes it to hold the runtime
+    (``runtime_base_mb``) plus the model budget, rounded up to ``memory_step_mb`` as platforms
+    configure memory in steps.  ``max_instances`` caps the instances of each function;
+    ``max_models`` caps the models resident in one instance (``None``: the budget alone).
+    """
+
+    name: str = "group"
+    budget_mb: float = 1024.0
+    runtime_base_mb: float = 256.0
+    memory_step_mb: int = 128
+    memory_mb: int | None = None
+    concurrency: int = 4
+    keep_alive_s: float = 180.0
+    max_instances: int = 32
+    max_models: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("name must be a non-empty function name, got ''")
+        for arg in ("budget_mb", "keep_alive_s"):
+            value = getattr(self, arg)
+            if not value > 0 or math.isinf(value):
+                raise ValueError(f"{arg} must be a finite number > 0, got {value!r}")
+        if not self.runtime_base_mb >= 0 or math.isinf(self.runtime_base_mb):
+            raise ValueError(f"runtime_base_mb must be >= 0, got {self.runtime_base_mb!r}")
+        for arg in ("memory_step_mb", "concurrency", "max_instances"):
+            value = getattr(self, arg)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+        if self.max_models is not None and self.max_models < 1:
+            raise ValueError(f"max_models must be >= 1 or None, got {self.max_models!r}")
+        if self.memory_mb is not None and self.memory_mb < self.budget_mb:
+            raise ValueError(
+                f"memory_mb must be at least budget_mb ({self.budget_mb!r}), got {self.memory_mb!r}"
+            )
+
+    @classmethod
+    def from_settings(
+        cls,
+        platform: PlatformSettings,
+        runtime: RuntimeSettings,
+        *,
+        name: str = "group",
+        runtime_base_mb: float = 256.0,
+    ) -> GroupConfig:
+        """The group the live platform runs, from ``[platform]`` and ``[runtime]`` settings."""
+        return cls(
+            name=name,
+            budget_mb=float(runtime.memory_budget_mb),
+            runtime_base_mb=runtime_base_mb,
+            memory_mb=platform.instance_memory_mb,
+            concurrency=platform.instance_concurrency,
+            keep_alive_s=platform.keep_alive_s,
+            max_instances=platform.max_instances,
+        )
+
+    def fitted_memory_mb(self, budget_mb: float) -> int:
+        """The billed memory of an instance sized for ``budget_mb`` of models."""
+        return _round_up(self.runtime_base_mb + budget_mb, self.memory_step_mb)
+
+    @property
+    def shape(self) -> InstanceShape:
+        """The shape of the group's own instances."""
+        memory = (
+            self.memory_mb if self.memory_mb is not None else self.fitted_memory_mb(self.budget_mb)
+        )
+        return InstanceShape(function=self.name, memory_mb=memory, budget_mb=self.budget_mb)
+
+    def fitted_shape(self, function: str, budget_mb: float) -> InstanceShape:
+        """An instance of its own ``function`` sized for ``budget_mb`` of models."""
+        return InstanceShape(
+            function=function, memory_mb=self.fitted_memory_mb(budget_mb), budget_mb=budget_mb
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class _Resident:
+    mb: float
+    phase: _Phase
+    since: float
+
+
+@dataclasses.dataclass(slots=True)
+class _InFlight:
+    request_id: int
+    model: str
+    instance_id: int
+    assigned_at: float
+    running_since: float | None = None
+
+
+class Instance:
+    """One serverless instance: read its state here; the group changes it."""
+
+    __slots__ = (
+        "_models",
+        "_requests",
+        "budget_mb",
+        "concurrency",
+        "function",
+        "id",
+        "last_used",
+        "loads",
+        "memory_mb",
+        "ready_at",
+        "served",
+        "started_at",
+        "stopped_at",
+    )
+
+    def __init__(
+        self, *, instance_id: int, shape: InstanceShape, concurrency: int, now: float
+    ) -> None:
+        self.id = instance_id
+        self.function = shape.function
+        self.memory_mb = shape.memory_mb
+        self.budget_mb = shape.budget_mb
+        self.concurrency = concurrency
+        self.started_at = now
+        self.ready_at: float | None = None
+        self.stopped_at: float | None = None
+        self.last_used = now
+        self.loads = 0
+        self.served = 0
+        self._models: collections.OrderedDict[str, _Resident] = collections.OrderedDict()
+        self._requests: dict[int, _InFlight] = {}
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> InstanceState:
+        if self.stopped_at is not None:
+            return InstanceState.STOPPED
+        if self.ready_at is None:
+            return InstanceState.STARTING
+        return InstanceState.BUSY if self._requests else InstanceState.IDLE
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready_at is not None and self.stopped_at is None
+
+    @property
+    def is_alive(self) -> bool:
+        return self.stopped_at is None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests assigned here and not complete (waiting for start or load, or running)."""
+        return len(self._requests)
+
+    @property
+    def free_slots(self) -> int:
+        return self.concurrency - len(self._requests) if self.is_alive else 0
+
+    def in_flight_of(self, model: str) -> int:
+        return sum(1 for r in self._requests.values() if r.model == model)
+
+    def request_ids(self) -> tuple[int, ...]:
+        return tuple(self._requests)
+
+    def running_since(self, request_id: int) -> float | None:
+        """When the request's inference began here; ``None`` while it waits."""
+        return self._requests[request_id].running_since
+
+    def request_model(self, request_id: int) -> str:
+        return self._requests[request_id].model
+
+    # -- models ------------------------------------------------------------------------------
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model that holds memory here (loaded, loading or planned), oldest use first."""
+        return tuple(self._models)
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        return tuple(m for m, r in self._models.items() if r.phase == "loaded")
+
+    def holds(self, model: str) -> bool:
+        """Whether ``model`` is loaded and ready to run here."""
+        res = self._models.get(model)
+        return res is not None and res.phase == "loaded"
+
+    def is_loading(self, model: str) -> bool:
+        """Whether a load of ``model`` is under way here or will begin when it is ready."""
+        res = self._models.get(model)
+        return res is not None and res.phase != "loaded"
+
+    def load_started_at(self, model: str) -> float | None:
+        """When the load of ``model`` began; ``None`` if it is not loading or not begun."""
+        res = self._models.get(model)
+        return res.since if res is not None and res.phase == "loading" else None
+
+    @property
+    def used_mb(self) -> float:
+        return sum(r.mb for r in self._models.values())
+
+    @property
+    def free_mb(self) -> float:
+        return self.budget_mb - self.used_mb
+
+    def gb_seconds(self, now: float) -> float:
+        """Configured memory (GB) x time alive, up to ``now`` or the stop."""
+        end = self.stopped_at if self.stopped_at is not None else now
+        return self.memory_mb / 1024.0 * max(0.0, end - self.started_at)
+
+    def __repr__(self) -> str:
+        return (
+            f"Instance(id={self.id}, function={self.function!r}, state={self.state.value}, "
+            f"in_flight={self.in_flight}/{self.concurrency}, models={list(self._models)})"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadPlan:
+    """What sending a request of a model to an instance implies.
+
+    ``load``: this request makes the instance load the model; ``joins_load``: the model is
+    already loading there and the request waits for it; ``evict``: models the load pushes out.
+    """
+
+    load: bool
+    joins_load: bool
+    evict: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Assignment:
+    """What the caller must do after an assignment: begin a load now, and/or run now."""
+
+    instance_id: int
+    load_now: bool
+    run_now: bool
+    evicted: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadyActions:
+    """What becomes possible when an instance is ready or a model is loaded."""
+
+    loads: tuple[str, ...]
+    run: tuple[int, ...]
+
+
+class FunctionGroup:
+    """A pool of instances, its metering, and the requests waiting at its router."""
+
+    def __init__(self, config: GroupConfig, *, model_memory_mb: Callable[[str], float]) -> None:
+        if not isinstance(config, GroupConfig):
+            raise TypeError(f"config must be a GroupConfig, got {type(config).__name__}")
+        self.config = config
+        self._model_mb = model_memory_mb
+        self._next_id = 0
+        self._alive: dict[int, Instance] = {}
+        self._stopped: list[Instance] = []
+        self._requests: dict[int, _InFlight] = {}
+        self._waiting: dict[int, str] = {}
+        self.cold_starts = 0
+        self.model_loads = 0
+        self.evictions = 0
+        self.completed = 0
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def instances(self) -> tuple[Instance, ...]:
+        """The alive instances, oldest first."""
+        return tuple(self._alive.values())
+
+    def __iter__(self) -> Iterator[Instance]:
+        return iter(tuple(self._alive.values()))
+
+    def instance(self, instance_id: int) -> Instance:
+        try:
+            return self._alive[instance_id]
+        except KeyError:
+            raise PackerError(f"instance {instance_id!r} is not alive in this group") from None
+
+    @property
+    def stopped(self) -> tuple[Instance, ...]:
+        return tuple(self._stopped)
+
+    def model_memory_mb(self, model: str) -> float:
+        mb = float(self._model_mb(model))
+        if not mb > 0 or math.isinf(mb):
+            raise PackerError(f"model {model!r} has no usable memory size ({mb!r} MB)")
+        return mb
+
+    def count(self, function: str) -> int:
+        return sum(1 for i in self._alive.values() if i.function == function)
+
+    def can_start(self, shape: InstanceShape | None = None) -> bool:
+        function = (shape or self.config.shape).function
+        return self.count(function) < self.config.max_instances
+
+    def fits(self, model: str, shape: InstanceShape | None = None) -> bool:
+        """Whether ``model`` fits in an empty instance of ``shape`` (default: the group's)."""
+        return self.model_memory_mb(model) <= (shape or self.config.shape).budget_mb
+
+    def in_flight_of(self, model: str) -> int:
+        return sum(1 for r in self._requests.values() if r.model == model)
+
+    def instances_with(self, model: str) -> tuple[Instance, ...]:
+        """Alive instances where ``model`` is loaded or loading."""
+        return tuple(i for i in self._alive.values() if model in i._models)
+
+    def waiting_count(self, model: str | None = None) -> int:
+        if model is None:
+            return len(self._waiting)
+        return sum(1 for m in self._waiting.values() if m == model)
+
+    def request_instance(self, request_id: int) -> int:
+        try:
+            return self._requests[request_id].instance_id
+        except KeyError:
+            raise PackerError(f"request {request_id!r} is not in flight") from None
+
+    def plan(self, instance_id: int, model: str) -> LoadPlan | None:
+        """What running ``model`` on the instance implies, or ``None`` if it cannot now.
+
+        It cannot when the instance has no free slot, or the model does not fit in its budget
+        even after evicting every resident model that no request is using (least recently
+        used first), or the resident-model cap cannot be met that way.
+        """
+        inst = self._alive.get(instance_id)
+        if inst is None or inst.free_slots <= 0:
+            return None
+        res = inst._models.get(model)
+        if res is not None:
+            return LoadPlan(load=False, joins_load=res.phase != "loaded", evict=())
+        need = self.model_memory_mb(model)
+        if need > inst.budget_mb:
+            return None
+        in_use = {r.model for r in inst._requests.values()}
+        free = inst.free_mb
+        count = len(inst._models) + 1
+        cap = self.config.max_models
+        evict: list[str] = []
+        for name, r in inst._models.items():
+            if free >= need - 1e-9 and (cap is None or count <= cap):
+                break
+            if r.phase != "loaded" or name in in_use:
+                continue
+            evict.append(name)
+            free += r.mb
+            count -= 1
+        if free < need - 1e-9 or (cap is not None and count > cap):
+            return None
+        return LoadPlan(load=True, joins_load=False, evict=tuple(evict))
+
+    # -- changing ----------------------------------------------------------------------------
+
+    def start(self, shape: InstanceShape | None, now: float) -> Instance:
+        """Begin a cold start of a new instance (of ``shape``, else the group's)."""
+        shape = shape or self.config.shape
+        if not self.can_start(shape):
+            raise PackerError(
+                f"function {shape.function!r} already has max_instances="
+                f"{self.config.max_instances} instances"
+            )
+        inst = Instance(
+            instance_id=self._next_id, shape=shape, concurrency=self.config.concurrency, now=now
+        )
+        self._next_id += 1
+        self._alive[inst.id] = inst
+        self.cold_starts += 1
+        return inst
+
+    def assign(self, request_id: int, model: str, instance_id: int, now: float) -> Assignment:
+        """Put a request on an instance; reserve (and evict) memory when it needs a load."""
+        if request_id in self._requests:
+            raise PackerError(f"request {request_id!r} is already in flight")
+        inst = self.instance(instance_id)
+        plan = self.plan(instance_id, model)
+        if plan is None:
+            raise PackerError(
+                f"instance {instance_id} cannot take a request of {model!r} now "
+                f"({inst.in_flight}/{inst.concurrency} slots, {inst.free_mb:.0f} MB free)"
+            )
+        for name in plan.evict:
+            del inst._models[name]
+        self.evictions += len(plan.evict)
+        load_now = False
+        if plan.load:
+            phase: _Phase = "loading" if inst.is_ready else "planned"
+            inst._models[model] = _Resident(self.model_memory_mb(model), phase, now)
+            self.model_loads += 1
+            inst.loads += 1
+            load_now = phase == "loading"
+        else:
+            inst._models.move_to_end(model)
+        req = _InFlight(request_id, model, instance_id, now)
+        run_now = inst.is_ready and inst._models[model].phase == "loaded"
+        if run_now:
+            req.running_since = now
+        inst._requests[request_id] = req
+        self._requests[request_id] = req
+        self._waiting.pop(request_id, None)
+        inst.last_used = now
+        return Assignment(instance_id, load_now, run_now, plan.evict)
+
+    def mark_ready(self, instance_id: int, now: float) -> ReadyActions:
+        """The instance finished its cold start: its planned loads begin now."""
+        inst = self.instance(instance_id)
+        if inst.ready_at is not None:
+            raise PackerError(f"instance {instance_id} is already ready")
+        inst.ready_at = now
+        loads = []
+        for name, res in inst._models.items():
+            if res.phase == "planned":
+                res.phase = "loading"
+                res.since = now
+                loads.append(name)
+        return ReadyActions(loads=tuple(loads), run=())
+
+    def mark_loaded(self, instance_id: int, model: str, now: float) -> ReadyActions:
+        """The load of ``model`` finished: the requests waiting for it run now."""
+        inst = self.instance(instance_id)
+        res = inst._models.get(model)
+        if res is None or res.phase != "loading":
+            raise PackerError(f"model {model!r} is not loading on instance {instance_id}")
+        res.phase = "loaded"
+        res.since = now
+        run = []
+        for req in inst._requests.values():
+            if req.model == model and req.running_since is None:
+                req.running_since = now
+                run.append(req.request_id)
+        return ReadyActions(loads=(), run=tuple(run))
+
+    def complete(self, request_id: int, now: float) -> tuple[Instance, str, float]:
+        """A request finished: free its slot.  Returns its instance, model and run start."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            raise PackerError(f"request {request_id!r} is not in flight")
+        inst = self._alive[req.instance_id]
+        del inst._requests[request_id]
+        if req.running_since is None:
+            raise PackerError(f"request {request_id!r} completed before it ran")
+        if req.model in inst._models:
+            inst._models.move_to_end(req.model)
+        inst.last_used = now
+        inst.served += 1
+        self.completed += 1
+        return inst, req.model, req.running_since
+
+    def expired(self, now: float) -> tuple[Instance, ...]:
+        """Ready, idle instances whose keep-alive has run out by ``now``."""
+        keep = self.config.keep_alive_s
+        return tuple(
+            i
+            for i in self._alive.values()
+            if i.is_ready and not i._requests and i.last_used + keep <= now + 1e-9
+        )
+
+    def next_expiry(self) -> float | None:
+        """When the next idle instance's keep-alive runs out, if any is idle."""
+        keep = self.config.keep_alive_s
+        times = [i.last_used + keep for i in self._alive.values() if i.is_ready and not i._requests]
+        return min(times) if times else None
+
+    def stop(self, instance_id: int, now: float) -> Instance:
+        """Scale an idle instance to zero (its resident models go with it)."""
+        inst = self.instance(instance_id)
+        if inst._requests:
+            raise PackerError(f"instance {instance_id} has requests in flight; it cannot stop")
+        return self._retire(inst, now)
+
+    def fail(self, instance_id: int, now: float) -> tuple[int, ...]:
+        """The instance died: it is gone, and its in-flight requests are returned unserved."""
+        inst = self.instance(instance_id)
+        lost = tuple(inst._requests)
+        for rid in lost:
+            del self._requests[rid]
+        inst._requests.clear()
+        self._retire(inst, now)
+        return lost
+
+    def _retire(self, inst: Instance, now: float) -> Instance:
+        inst.stopped_at = max(now, inst.started_at)
+        inst._models.clear()
+        del self._alive[inst.id]
+        self._stopped.append(inst)
+        return inst
+
+    def note_waiting(self, request_id: int, model: str) -> None:
+        self._waiting[request_id] = model
+
+    def forget_waiting(self, request_id: int) -> None:
+        self._waiting.pop(request_id, None)
+
+    # -- metering ----------------------------------------------------------------------------
+
+    def gb_seconds(self, now: float) -> float:
+        """GB-seconds billed so far: every instance's configured memory x time alive."""
+        return sum(i.gb_seconds(now) for i in self._stopped) + sum(
+            i.gb_seconds(now) for i in self._alive.values()
+        )
+
+    def intervals(self) -> tuple[tuple[int, float, float | None], ...]:
+        """Every instance as (memory MB, started at, stopped at or ``None``), oldest first."""
+        every = sorted([*self._stopped, *self._alive.values()], key=lambda i: i.id)
+        return tuple((i.memory_mb, i.started_at, i.stopped_at) for i in every)

@@ -1,0 +1,35 @@
+"""The policies by name, as the CLI and the live platform's settings name them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sealserve.packer._dedicated import DedicatedPolicy
+from sealserve.packer._multiplex import LruMultiplexPolicy
+from sealserve.packer._policy import Policy
+from sealserve.packer._sealserve import CostPriors, SealservePolicy
+from sealserve.packer._sesemi import SesemiPolicy
+
+__all__ = ["POLICY_NAMES", "make_policy"]
+
+#: Every policy, the baseline first.
+POLICY_NAMES = ("dedicated", "sesemi", "lru-multiplex", "sealserve")
+
+
+def make_policy(
+    name: str, *, priors: CostPriors | None = None, max_models: int = 3, **options: Any
+) -> Policy:
+    """A fresh policy by name.
+
+    ``priors`` (measured costs) informs ``sealserve``; ``max_models`` is ``lru-multiplex``'s
+    cap; other ``options`` go to the policy's constructor.
+    """
+    if name == "dedicated":
+        return DedicatedPolicy(**options)
+    if name == "sesemi":
+        return SesemiPolicy(**options)
+    if name == "lru-multiplex":
+        return LruMultiplexPolicy(max_models=max_models, **options)
+    if name == "sealserve":
+        return SealservePolicy(priors=priors, **options)
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}")

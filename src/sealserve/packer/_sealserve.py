@@ -1,0 +1,249 @@
+"""``sealserve``: routing by expected completion time, using what our runtime adds.
+
+Our runtime keeps several models resident within its memory budget and serves several
+requests at once, so an instance is not "switched" from one model to another: a model is
+loaded beside the others, and only the least recently used models that no request is using
+are evicted to make room.  For each request the policy prices every option with what it has
+measured (per-model inference and load times, the cold start, per-model arrival rates) and
+takes the cheapest:
+
+* run on an instance that holds the model and has a free slot: the inference time;
+* join a load of the model already under way: the rest of the load, then the inference;
+* load the model on an instance with a free slot (ready or starting): the load and the
+  inference, plus the expected cost of what the load evicts: for each evicted model not
+  resident elsewhere, its load time x the chance it is requested again within the horizon
+  (one keep-alive by default), from its arrival rate;
+* wait for a slot on a full instance: the time until the earliest slot frees, the requests
+  already waiting ahead, then the load (if needed) and the inference;
+* a cold start: the cold start, the load and the inference.
+
+Ties go to the busiest instance, then the fullest in memory that still fits (sporadic models
+are packed by memory), then the most recently used: work concentrates on few instances and the
+rest reach their keep-alive and scale to zero.  Hot models stay resident because evicting them
+is priced by their rate.  Every decision says why, with the runner-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Protocol
+
+from sealserve.packer._decision import Decision, RouteRequest
+from sealserve.packer._group import FunctionGroup, Instance
+from sealserve.packer._policy import Policy, require_fits
+from sealserve.packer._stats import LoadStats
+
+__all__ = ["CostPriors", "SealservePolicy"]
+
+
+class CostPriors(Protocol):
+    """Measured costs to start from (a :class:`~sealserve.packer.CostModel` is one)."""
+
+    @property
+    def cold_start_s(self) -> float: ...
+
+    def infer_s(self, model: str) -> float: ...
+
+    def load_s(self, model: str) -> float: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Option:
+    score: float
+    expected: float
+    rank: tuple[float, ...]
+    label: str
+    decision: Decision
+
+
+class SealservePolicy(Policy):
+    """Expected-completion-time routing over resident models, loads, queues and cold starts."""
+
+    name = "sealserve"
+    resident_limit = None
+
+    def __init__(
+        self,
+        *,
+        priors: CostPriors | None = None,
+        horizon_s: float | None = None,
+        short_window_s: float = 30.0,
+        long_window_s: float = 600.0,
+        default_infer_s: float = 0.1,
+        default_load_s: float = 1.0,
+        default_cold_start_s: float = 2.0,
+    ) -> None:
+        if horizon_s is not None and (not horizon_s > 0 or math.isinf(horizon_s)):
+            raise ValueError(f"horizon_s must be a finite number > 0 or None, got {horizon_s!r}")
+        self.horizon_s = horizon_s
+        self._priors = priors
+        if priors is not None:
+            self.stats = LoadStats(
+                prior_exec_s=priors.infer_s,
+                prior_load_s=priors.load_s,
+                prior_cold_start_s=priors.cold_start_s,
+                short_window_s=short_window_s,
+                long_window_s=long_window_s,
+            )
+        else:
+            self.stats = LoadStats(
+                prior_exec_s=lambda _m: default_infer_s,
+                prior_load_s=lambda _m: default_load_s,
+                prior_cold_start_s=default_cold_start_s,
+                short_window_s=short_window_s,
+                long_window_s=long_window_s,
+            )
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
+        model = request.model
+        require_fits(group, model)
+        infer = self.stats.model(model).exec_s.value
+        load = self.stats.model(model).load_s.value
+        options: list[_Option] = []
+        full: list[Instance] = []
+        for inst in group:
+            plan = group.plan(inst.id, model)
+            if plan is None:
+                if inst.free_slots == 0:
+                    full.append(inst)
+                continue
+            ready_at = self._ready_eta(inst, now)
+            penalty = 0.0
+            if plan.load:
+                model_at = ready_at + load
+                penalty = self._eviction_penalty(plan.evict, inst, group, now)
+                label = f"load on i{inst.id}"
+            elif plan.joins_load:
+                model_at = self._load_eta(inst, model, now)
+                label = f"join the load on i{inst.id}"
+            else:
+                model_at = ready_at
+                label = f"resident on i{inst.id}"
+            if not inst.is_ready:
+                label += " (starting)"
+            expected = model_at - now + infer
+            free_after = inst.free_mb - (group.model_memory_mb(model) if plan.load else 0.0)
+            free_after += sum(group.model_memory_mb(e) for e in plan.evict)
+            rank = (0.0, -inst.in_flight, free_after, -inst.last_used, inst.id)
+            decision = Decision.run(
+                model, inst.id, load=plan.load, evict=plan.evict, expected_s=expected, reason=""
+            )
+            options.append(_Option(expected + penalty, expected, rank, label, decision))
+        wait = self._wait_option(request, full, group, now, infer, load)
+        if wait is not None:
+            options.append(wait)
+        if group.can_start():
+            expected = self.stats.cold_start_s.value + load + infer
+            decision = Decision.start(model, expected_s=expected, reason="")
+            options.append(_Option(expected, expected, (2.0,), "cold start", decision))
+        if not options:
+            return Decision.wait(
+                model, reason="no slot, nothing to wait for, and the group is at its max"
+            )
+        options.sort(key=lambda o: (round(o.score, 9), o.rank))
+        best = options[0]
+        why = f"{best.label}: expected {_ms(best.expected)}"
+        if best.score > best.expected:
+            why += f" + eviction cost {_ms(best.score - best.expected)}"
+        if len(options) > 1:
+            runner = options[1]
+            why += f"; next best {runner.label}: {_ms(runner.score)}"
+        return dataclasses.replace(best.decision, reason=why)
+
+    def _ready_eta(self, inst: Instance, now: float) -> float:
+        if inst.is_ready:
+            return now
+        return max(now, inst.started_at + self.stats.cold_start_s.value)
+
+    def _load_eta(self, inst: Instance, model: str, now: float) -> float:
+        started = inst.load_started_at(model)
+        load = self.stats.model(model).load_s.value
+        if started is None:
+            return self._ready_eta(inst, now) + load
+        return max(now, started + load)
+
+    def _eviction_penalty(
+        self, evict: tuple[str, ...], inst: Instance, group: FunctionGroup, now: float
+    ) -> float:
+        horizon = self.horizon_s if self.horizon_s is not None else group.config.keep_alive_s
+        penalty = 0.0
+        for name in evict:
+            if any(i.id != inst.id and name in i.models for i in group):
+                continue
+            stats = self.stats.model(name)
+            p_again = 1.0 - math.exp(-stats.rate(now) * horizon)
+            penalty += p_again * stats.load_s.value
+        return penalty
+
+    def _free_eta(self, inst: Instance, now: float) -> float:
+        """When the instance's earliest in-flight request is expected to finish."""
+        earliest = math.inf
+        for rid in inst.request_ids():
+            req_model = inst.request_model(rid)
+            exec_s = self.stats.model(req_model).exec_s.value
+            since = inst.running_since(rid)
+            if since is not None:
+                end = since + exec_s
+            elif inst.holds(req_model):
+                end = self._ready_eta(inst, now) + exec_s
+            else:
+                end = self._load_eta(inst, req_model, now) + exec_s
+            earliest = min(earliest, max(now, end))
+        return now if math.isinf(earliest) else earliest
+
+    def _wait_option(
+        self,
+        request: RouteRequest,
+        full: list[Instance],
+        group: FunctionGroup,
+        now: float,
+        infer: float,
+        load: float,
+    ) -> _Option | None:
+        if not full:
+            return None
+        model = request.model
+        holders = [i for i in full if model in i.models]
+        pool = holders or full
+        slots = sum(i.concurrency for i in pool)
+        ahead = group.waiting_count(model) - (1 if request.attempt > 0 else 0)
+        first = min(pool, key=lambda i: (self._free_eta(i, now), i.id))
+        free_at = self._free_eta(first, now)
+        queue = max(0, ahead) * infer / slots
+        expected = free_at - now + queue + infer + (0.0 if holders else load)
+        label = f"wait for a slot on i{first.id}" + (" (holds the model)" if holders else "")
+        decision = Decision.wait(model, expected_s=expected, reason="")
+        return _Option(expected, expected, (1.0,), label, decision)
+
+    # -- learning ------------------------------------------------------------------------------
+
+    def on_arrival(self, request: RouteRequest, now: float) -> None:
+        self.stats.model(request.model).arrived(now)
+
+    def on_ready(self, instance: Instance, cold_start_s: float, now: float) -> None:
+        self.stats.cold_start_s.observe(cold_start_s)
+
+    def on_loaded(self, instance: Instance, model: str, load_s: float, now: float) -> None:
+        self.stats.model(model).load_s.observe(load_s)
+
+    def on_complete(
+        self, request: RouteRequest, instance: Instance, exec_s: float, now: float
+    ) -> None:
+        stats = self.stats.model(request.model)
+        stats.exec_s.observe(exec_s)
+        stats.last_done = now
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "horizon_s": self.horizon_s,
+            "short_window_s": self.stats.short_window_s,
+            "long_window_s": self.stats.long_window_s,
+            "priors": self._priors is not None,
+        }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
