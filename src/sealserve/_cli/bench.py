@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import typer
 
+from sealserve.bench import packer
+
 __all__ = ["app"]
 
 app = typer.Typer(
@@ -16,3 +18,4 @@ app = typer.Typer(
 )
 
 # One line per benchmark module, in the order of the layers.
+packer.register(app)
