@@ -32,18 +32,18 @@ from sealserve.models._tensors import (
 )
 from sealserve.models._text import l2_normalize, mean_pool, sentence_embedding, tokenize
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+    "BytesLike",
+    "ClassScore",
     "DEFAULT_LIMITS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ImageSource",
     "MINILM_INT8",
     "MINILM_TOKENIZER",
+    "ModelSpec",
     "OPEN_NSFW",
     "OPEN_NSFW_MEAN_BGR",
-    "BytesLike",
-    "ClassScore",
-    "ImageSource",
-    "ModelSpec",
     "ShippedFile",
     "TensorLimits",
     "TensorSpec",

@@ -27,7 +27,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sealserve.models._weights import Param, generate
 
-__all__ = ["OPSET", "GraphBuilder", "ProgressFn"]
+__all__ = [
+    "OPSET",
+    "GraphBuilder",
+    "ProgressFn",
+]
 
 #: The ONNX opset of every built graph (LayerNormalization needs 17).
 OPSET = 17

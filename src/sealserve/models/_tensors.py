@@ -162,13 +162,15 @@ def _plan(
         raise TensorFormatError(f"{len(tensors)} tensors is over the limit of {limits.max_tensors}")
     entries: list[_Entry] = []
     header_end = _HEADER.size
-    for name, array in tensors.items():
+    for name, given in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
-        if isinstance(array, np.generic):
-            array = np.asarray(array)
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"tensor {name!r} must be a numpy array, got {type(array).__name__}")
+        value: object = given
+        if isinstance(value, np.generic):
+            value = np.asarray(value)
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"tensor {name!r} must be a numpy array, got {type(value).__name__}")
+        array: npt.NDArray[Any] = value
         raw_name = _check_name(name, limits)
         native = array.dtype
         wire = native.newbyteorder("<")
