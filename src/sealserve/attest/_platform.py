@@ -1,0 +1,452 @@
+"""The simulated TEE platform: plays the hardware for development and CI.
+
+A :class:`SimulatedPlatform` holds the platform's Ed25519 key, takes one snapshot of the
+sealserve code when it opens, and is the only way to obtain signed evidence: it launches
+registered entries from that snapshot and answers evidence requests on each launched process's
+private channel, with that process's measurement.  Run it embedded (tests, a command that is
+its own launcher) or behind a Unix socket (:class:`~sealserve.attest.PlatformServer`), so the
+untrusted host never holds the key.  See docs/threat-model.md for what this does and does not
+protect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._log import get_logger
+from sealserve.attest._entries import entry_module
+from sealserve.attest._evidence import REPORT_DATA_BYTES, Evidence
+from sealserve.attest._local import (
+    PASSED_FDS_ENV,
+    TEE_CONFIG_ENV,
+    TEE_DEBUG_ENV,
+    TEE_ENTRY_ENV,
+    TEE_FD_ENV,
+)
+from sealserve.attest._measure import BOOT_COMMAND, CodeSnapshot, installed_package_dir
+from sealserve.attest._platform_key import load_or_create_platform_key
+from sealserve.attest._policy import TCB_STATUSES, TrustAnchors
+from sealserve.attest._simulated_evidence import sign_simulated
+from sealserve.attest._wire import MAX_FDS, b64, recv_message, send_message, unb64
+from sealserve.crypto import Identity
+from sealserve.errors import TeeError
+
+__all__ = ["LaunchedProcess", "PlatformState", "SimulatedPlatform"]
+
+_log = get_logger(__name__)
+_RESERVED_ENV_PREFIX: Final = "SEALSERVE_TEE_"
+_CLOSE_GRACE_S: Final = 5.0
+
+
+class PlatformState(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class SimulatedPlatform:
+    """The simulated TEE (see the module docstring); a context manager.
+
+    ``data_dir`` holds ``tee/platform.key`` (created on first open, 0600) and the snapshot;
+    ``tcb_status`` is what every evidence reports (set another to test policies);
+    ``package_dir`` is the sealserve package to snapshot (default: the installed one).
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str],
+        tcb_status: str = "UpToDate",
+        package_dir: str | os.PathLike[str] | None = None,
+        python: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        max_processes: int = 64,
+    ) -> None:
+        if tcb_status not in TCB_STATUSES:
+            raise ValueError(
+                f"tcb_status must be one of {sorted(TCB_STATUSES)}, got {tcb_status!r}"
+            )
+        if max_processes < 1:
+            raise ValueError(f"max_processes must be >= 1, got {max_processes!r}")
+        self._data_dir = Path(data_dir)
+        self._tcb_status = tcb_status
+        self._package_dir = Path(package_dir) if package_dir else None
+        self._python = python or sys.executable
+        self._clock = clock
+        self._max_processes = max_processes
+        self._state = PlatformState.UNOPENED
+        self._lock = threading.Lock()
+        self._processes: set[LaunchedProcess] = set()
+        self._key_public = b""
+        self._snapshot: CodeSnapshot | None = None
+        self._key: Identity | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> PlatformState:
+        return self._state
+
+    def open(self) -> SimulatedPlatform:
+        """Load (or create) the platform key and snapshot the code."""
+        with self._lock:
+            if self._state is not PlatformState.UNOPENED:
+                raise TeeError(f"the platform is {self._state.value}; open it only once")
+            key = load_or_create_platform_key(self._data_dir)
+            package_dir = self._package_dir or installed_package_dir()
+            self._snapshot = CodeSnapshot.create(package_dir, parent=self._data_dir / "tee")
+            self._key = key
+            self._key_public = key.public_key_bytes
+            self._state = PlatformState.OPENED
+        _log.event(
+            "platform.opened",
+            files=self._snapshot.file_count,
+            tcb_status=self._tcb_status,
+        )
+        return self
+
+    def close(self) -> None:
+        """Kill and reap every process still running, and delete the snapshot."""
+        with self._lock:
+            if self._state is not PlatformState.OPENED:
+                self._state = PlatformState.CLOSED
+                return
+            self._state = PlatformState.CLOSED
+            processes = list(self._processes)
+        for process in processes:
+            process.close()
+        if self._snapshot is not None:
+            self._snapshot.remove()
+        self._key = None
+        _log.event("platform.closed")
+
+    def __enter__(self) -> SimulatedPlatform:
+        return self.open() if self._state is PlatformState.UNOPENED else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what verifiers and launchers ask --------------------------------------------------
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        """The platform's raw Ed25519 public key (also published in ``tee/platform.pub``)."""
+        self._check_open()
+        return self._key_public
+
+    @property
+    def tcb_status(self) -> str:
+        return self._tcb_status
+
+    def trust_anchors(self) -> TrustAnchors:
+        """Anchors that trust this platform (tests; real verifiers pin ``platform.pub``)."""
+        return TrustAnchors(simulated_platform_keys=frozenset({self.public_key_bytes}))
+
+    def measurement(self, entry: str, *, config: Mapping[str, str] | None = None) -> str:
+        """The measurement a launch of ``entry`` with ``config`` carries."""
+        return self._snapshot_or_raise().measurement(entry, config=_check_config(config))
+
+    def launch(
+        self,
+        entry: str,
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        config: Mapping[str, str] | None = None,
+        fds: Sequence[int] = (),
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        debug: bool = False,
+    ) -> LaunchedProcess:
+        """Start ``entry`` from the snapshot (see :class:`~sealserve.attest.Launcher`)."""
+        snapshot = self._snapshot_or_raise()
+        module = entry_module(entry)
+        cfg = _check_config(config)
+        argv = _check_args(args)
+        child_env = _child_env(env)
+        passed = _check_fds(fds)
+        measurement = snapshot.measurement(entry, config=cfg)
+        with self._lock:
+            self._check_open()
+            if len(self._processes) >= self._max_processes:
+                raise TeeError(f"the platform already runs {self._max_processes} processes")
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            child_env.update(
+                {
+                    TEE_FD_ENV: str(theirs.fileno()),
+                    TEE_ENTRY_ENV: entry,
+                    TEE_CONFIG_ENV: json.dumps(cfg, sort_keys=True),
+                    TEE_DEBUG_ENV: "1" if debug else "0",
+                    PASSED_FDS_ENV: ",".join(str(fd) for fd in passed),
+                }
+            )
+            try:
+                popen = subprocess.Popen(
+                    [
+                        self._python,
+                        "-I",
+                        "-B",
+                        "-c",
+                        BOOT_COMMAND,
+                        str(snapshot.root),
+                        module,
+                        *argv,
+                    ],
+                    env=child_env,
+                    cwd=snapshot.root,
+                    stdin=subprocess.DEVNULL if stdin is None else stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    pass_fds=(theirs.fileno(), *passed),
+                    close_fds=True,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                ours.close()
+                raise TeeError(f"could not launch {entry!r}: {exc}") from exc
+            finally:
+                theirs.close()
+            process = LaunchedProcess(
+                self, popen, ours, entry=entry, measurement=measurement, debug=debug
+            )
+            self._processes.add(process)
+        _log.event(
+            "platform.launched", entry=entry, pid=popen.pid, measurement=measurement, debug=debug
+        )
+        return process
+
+    def issue_unlaunched_evidence(
+        self,
+        entry: str,
+        report_data: bytes,
+        *,
+        config: Mapping[str, str] | None = None,
+        debug: bool = False,
+    ) -> Evidence:
+        """Evidence for ``entry`` *without launching it*: for tests and in-process tools only.
+
+        The caller plays the measured code.  Only whoever holds the platform (and so its key)
+        can call this; an untrusted host reaching a platform daemon cannot.
+        """
+        measurement = self.measurement(entry, config=config)
+        return self._issue(entry, measurement, bytes(report_data), debug=debug)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _issue(self, entry: str, measurement: str, report_data: bytes, *, debug: bool) -> Evidence:
+        if len(report_data) != REPORT_DATA_BYTES:
+            raise ValueError(
+                f"report_data must be {REPORT_DATA_BYTES} bytes, got {len(report_data)}"
+            )
+        key = self._key
+        if key is None:
+            raise TeeError("the platform is closed")
+        return sign_simulated(
+            key,
+            measurement=bytes.fromhex(measurement),
+            report_data=report_data,
+            debug=debug,
+            tcb_status=self._tcb_status,
+            entry=entry,
+            issued_at=int(self._clock.time()),
+        )
+
+    def _forget(self, process: LaunchedProcess) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def _snapshot_or_raise(self) -> CodeSnapshot:
+        self._check_open()
+        assert self._snapshot is not None
+        return self._snapshot
+
+    def _check_open(self) -> None:
+        if self._state is not PlatformState.OPENED:
+            raise TeeError(
+                f"the platform is {self._state.value}; use it between open() and close()"
+            )
+
+    def __repr__(self) -> str:
+        return f"SimulatedPlatform(data_dir={str(self._data_dir)!r}, state={self._state.value})"
+
+
+class LaunchedProcess:
+    """A process :class:`SimulatedPlatform` launched, and the server of its attestation
+    channel (a thread that answers until the process exits or the handle closes)."""
+
+    def __init__(
+        self,
+        platform: SimulatedPlatform,
+        popen: subprocess.Popen[bytes],
+        channel: socket.socket,
+        *,
+        entry: str,
+        measurement: str,
+        debug: bool,
+    ) -> None:
+        self._platform = platform
+        self._popen = popen
+        self._channel = channel
+        self._entry = entry
+        self._measurement = measurement
+        self._debug = debug
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._server = threading.Thread(
+            target=self._serve_channel, name=f"tee-channel-{popen.pid}", daemon=True
+        )
+        self._server.start()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def entry(self) -> str:
+        return self._entry
+
+    @property
+    def measurement(self) -> str:
+        return self._measurement
+
+    @property
+    def debug(self) -> bool:
+        return self._debug
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def send_signal(self, signum: int) -> None:
+        if self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.send_signal(signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._popen.poll() is None:
+            self.kill()
+        self._popen.wait(_CLOSE_GRACE_S)
+        with contextlib.suppress(OSError):
+            self._channel.shutdown(socket.SHUT_RDWR)
+        self._server.join(_CLOSE_GRACE_S)
+        self._channel.close()
+        self._platform._forget(self)
+
+    def __enter__(self) -> LaunchedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _serve_channel(self) -> None:
+        while True:
+            try:
+                received = recv_message(self._channel)
+            except ValueError:
+                self._reply({"ok": False, "error": "malformed request"})
+                continue
+            except OSError:
+                return
+            if received is None:
+                return
+            request, _ = received
+            if request.get("op") != "evidence":
+                self._reply({"ok": False, "error": f"unknown op {request.get('op')!r}"})
+                continue
+            try:
+                report_data = unb64(request.get("report_data"))
+                evidence = self._platform._issue(
+                    self._entry, self._measurement, report_data, debug=self._debug
+                )
+            except (ValueError, TeeError) as exc:
+                self._reply({"ok": False, "error": str(exc)})
+                continue
+            _log.event("platform.evidence", level=logging.DEBUG, entry=self._entry, pid=self.pid)
+            self._reply({"ok": True, "evidence": b64(evidence.to_bytes())})
+
+    def _reply(self, message: Mapping[str, object]) -> None:
+        with contextlib.suppress(OSError):
+            send_message(self._channel, message)
+
+    def __repr__(self) -> str:
+        return (
+            f"LaunchedProcess(entry={self._entry!r}, pid={self.pid}, "
+            f"returncode={self.returncode!r})"
+        )
+
+
+def _check_config(config: Mapping[str, str] | None) -> dict[str, str]:
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping of str to str, got {type(config).__name__}")
+    for key, value in config.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"config must map str to str; got {key!r}: {value!r}")
+    return dict(config)
+
+
+def _check_args(args: Sequence[str]) -> list[str]:
+    if isinstance(args, str):
+        raise TypeError("args must be a sequence of strings, not one string")
+    out = list(args)
+    for arg in out:
+        if not isinstance(arg, str) or "\x00" in arg:
+            raise ValueError(f"args must be strings without NUL; got {arg!r}")
+    return out
+
+
+def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (env or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"env must map str to str; got {key!r}: {value!r}")
+        if key.startswith(_RESERVED_ENV_PREFIX) or key == PASSED_FDS_ENV:
+            continue  # the platform alone sets these
+        out[key] = value
+    out.setdefault("PATH", os.defpath)
+    return out
+
+
+def _check_fds(fds: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(fds)
+    if len(out) > MAX_FDS:
+        raise ValueError(f"at most {MAX_FDS} descriptors may be passed, got {len(out)}")
+    for fd in out:
+        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 3:
+            raise ValueError(f"fds must be open descriptors >= 3, got {fd!r}")
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ValueError(f"fd {fd} is not open") from None
+    return out

@@ -1,0 +1,64 @@
+"""The simulated platform's key: ``<data-dir>/tee/platform.key`` and its published public key.
+
+The private key is an Ed25519 identity file (PKCS#8 PEM, mode 0600, refused when others may
+read it); the public key is published next to it as one line of hex in ``platform.pub``, which
+is what verifiers pin (:meth:`~sealserve.attest.TrustAnchors.from_data_dir`).  Only the
+platform process (the stand-in for hardware) ever loads the private key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+from sealserve.crypto import Identity
+from sealserve.errors import TeeError
+
+__all__ = ["load_or_create_platform_key", "platform_key_paths", "read_platform_public_key"]
+
+_KEY_NAME: Final = "platform.key"
+_PUB_NAME: Final = "platform.pub"
+
+
+def platform_key_paths(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(private key file, public key file) of the platform rooted at ``data_dir``."""
+    tee = Path(data_dir) / "tee"
+    return tee / _KEY_NAME, tee / _PUB_NAME
+
+
+def load_or_create_platform_key(data_dir: str | os.PathLike[str]) -> Identity:
+    """Load the platform key, generating it (and publishing its public key) the first time."""
+    key_path, pub_path = platform_key_paths(data_dir)
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if key_path.exists():
+        identity = Identity.load(key_path)
+    else:
+        identity = Identity.generate()
+        identity.save(key_path)
+    published = identity.public_key_bytes.hex() + "\n"
+    if not pub_path.exists() or pub_path.read_text() != published:
+        tmp = pub_path.with_name(pub_path.name + ".tmp")
+        tmp.write_text(published)
+        tmp.chmod(0o644)
+        tmp.replace(pub_path)
+    return identity
+
+
+def read_platform_public_key(data_dir: str | os.PathLike[str]) -> bytes:
+    """The published platform public key (32 raw bytes) that verifiers pin."""
+    _, pub_path = platform_key_paths(data_dir)
+    try:
+        text = pub_path.read_text().strip()
+    except FileNotFoundError:
+        raise TeeError(
+            f"No simulated platform public key at '{pub_path}'. Start the platform once "
+            f"(sealserve attest platform serve --data-dir '{data_dir}') to create it."
+        ) from None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise TeeError(f"'{pub_path}' does not hold a 32-byte Ed25519 public key in hex.")
+    return raw

@@ -1,0 +1,51 @@
+"""The ``attest-probe`` entry: a measured process that obtains evidence and prints it.
+
+``attest-probe REPORT_DATA_HEX [--out-fd]`` writes one JSON line,
+``{"evidence": <base64 Evidence.to_bytes()>, "config": {...}, "passed_fds": n}``, to stdout,
+or with ``--out-fd`` to the first descriptor the launcher passed.  ``sealserve attest probe``
+and the integration tests use it to show the whole measured-launch protocol end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from sealserve.attest._local import launch_config, local_evidence, passed_fds
+from sealserve.attest._wire import b64
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    to_fd = "--out-fd" in args
+    args = [a for a in args if a != "--out-fd"]
+    if len(args) != 1:
+        sys.stderr.write("usage: attest-probe REPORT_DATA_HEX [--out-fd]\n")
+        return 2
+    try:
+        report_data = bytes.fromhex(args[0])
+    except ValueError:
+        sys.stderr.write("attest-probe: REPORT_DATA_HEX is not hex\n")
+        return 2
+    evidence = local_evidence(report_data)
+    fds = passed_fds()
+    line = json.dumps(
+        {"evidence": b64(evidence.to_bytes()), "config": launch_config(), "passed_fds": len(fds)}
+    )
+    if to_fd:
+        if not fds:
+            sys.stderr.write("attest-probe: --out-fd given but no descriptor was passed\n")
+            return 2
+        os.write(fds[0], (line + "\n").encode())
+    else:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
