@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from sealserve import __version__
-from sealserve._cli import bench, models
+from sealserve._cli import bench, keyservice, models, owner, user
 
 __all__ = ["app", "main"]
 
@@ -39,6 +39,9 @@ def _root(
 
 app.add_typer(bench.app, name="bench")
 app.add_typer(models.app, name="models")
+app.add_typer(keyservice.app, name="keyservice")
+app.add_typer(owner.app, name="owner")
+app.add_typer(user.app, name="user")
 
 
 def main() -> None:

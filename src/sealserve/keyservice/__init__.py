@@ -2,7 +2,135 @@
 
 Model owners give it model keys, users give it request keys, owners grant users access under a
 runtime policy, and it releases keys only to a runtime whose attestation evidence satisfies
-that policy, HPKE-wrapped to the runtime's fresh public key.  See ``docs/keyservice.md``.
+that policy, HPKE-wrapped to the runtime's fresh public key.  The protocol is in
+``docs/keyservice.md``.
+
+Three audiences, one package:
+
+* the service: :class:`KeyService`, :func:`create_app`, :class:`Store`, :func:`run_keyservice`;
+* the runtime (inside the TEE): :class:`ReleaseSession`, :func:`parse_challenge`;
+* everyone who must trust the KeyService first: :func:`verify_keyservice`.
+
+Names are imported on first use, so a runtime that needs only the release helpers does not
+load the web framework or the database layer.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sealserve.keyservice import _wire as wire
+from sealserve.keyservice._wire import (
+    API_PREFIX,
+    DENIAL_BODY,
+    RESPONSE_SIGNATURE_HEADER,
+    model_id,
+    split_model_id,
+)
+
+if TYPE_CHECKING:
+    from sealserve.keyservice._app import create_app
+    from sealserve.keyservice._attested import (
+        AttestedKeyService,
+        attestation_nonce,
+        default_keyservice_pin,
+        verify_keyservice,
+    )
+    from sealserve.keyservice._evidence import EvidenceVerifier
+    from sealserve.keyservice._judge import EvidenceJudge, VerifiedEvidence
+    from sealserve.keyservice._releaser import Denied
+    from sealserve.keyservice._runtime import (
+        Release,
+        ReleasedKeys,
+        ReleaseSession,
+        parse_challenge,
+    )
+    from sealserve.keyservice._server import (
+        database_url,
+        keyservice_dir,
+        open_keyservice,
+        run_keyservice,
+    )
+    from sealserve.keyservice._service import EvidenceSource, KeyService, Throttled
+    from sealserve.keyservice._store import AuditEntry, Store, StoreState, sqlite_url
+    from sealserve.keyservice._vault import MASTER_KEY_ENV, Vault, load_master_key
+
+__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+    "API_PREFIX",
+    "AttestedKeyService",
+    "AuditEntry",
+    "DENIAL_BODY",
+    "Denied",
+    "EvidenceJudge",
+    "EvidenceSource",
+    "EvidenceVerifier",
+    "KeyService",
+    "MASTER_KEY_ENV",
+    "RESPONSE_SIGNATURE_HEADER",
+    "Release",
+    "ReleaseSession",
+    "ReleasedKeys",
+    "Store",
+    "StoreState",
+    "Throttled",
+    "Vault",
+    "VerifiedEvidence",
+    "attestation_nonce",
+    "create_app",
+    "database_url",
+    "default_keyservice_pin",
+    "keyservice_dir",
+    "load_master_key",
+    "model_id",
+    "open_keyservice",
+    "parse_challenge",
+    "run_keyservice",
+    "split_model_id",
+    "sqlite_url",
+    "verify_keyservice",
+    "wire",
+]
+
+_LAZY = {
+    "create_app": "_app",
+    "AttestedKeyService": "_attested",
+    "attestation_nonce": "_attested",
+    "default_keyservice_pin": "_attested",
+    "verify_keyservice": "_attested",
+    "EvidenceJudge": "_judge",
+    "EvidenceVerifier": "_evidence",
+    "VerifiedEvidence": "_judge",
+    "Denied": "_releaser",
+    "Release": "_runtime",
+    "ReleasedKeys": "_runtime",
+    "ReleaseSession": "_runtime",
+    "parse_challenge": "_runtime",
+    "database_url": "_server",
+    "keyservice_dir": "_server",
+    "open_keyservice": "_server",
+    "run_keyservice": "_server",
+    "EvidenceSource": "_service",
+    "KeyService": "_service",
+    "Throttled": "_service",
+    "AuditEntry": "_store",
+    "Store": "_store",
+    "StoreState": "_store",
+    "sqlite_url": "_store",
+    "MASTER_KEY_ENV": "_vault",
+    "Vault": "_vault",
+    "load_master_key": "_vault",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

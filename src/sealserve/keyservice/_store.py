@@ -432,8 +432,10 @@ class Store:
 
     # -- request keys -----------------------------------------------------------------------
 
-    def put_request_key(self, model_id: str, user_id: str, sealed: bytes, *, at: float) -> int:
-        """Create or replace the user's request key for a model; returns its new version.
+    def put_request_key(
+        self, model_id: str, user_id: str, sealed: bytes, *, at: float
+    ) -> tuple[int, int]:
+        """Create or replace the user's request key for a model: ``(version, epoch)``.
 
         Replacing one increments the revocation epoch.
         """
@@ -480,17 +482,7 @@ class Store:
                     )
                 ],
             )
-            return version
-
-    def next_request_key_version(self, model_id: str, user_id: str) -> int:
-        """The version the next :meth:`put_request_key` of this pair will get."""
-        with self._read() as conn:
-            current = conn.execute(
-                sa.select(t.request_keys.c.version).where(
-                    t.request_keys.c.model_id == model_id, t.request_keys.c.user_id == user_id
-                )
-            ).scalar_one_or_none()
-        return 1 if current is None else current + 1
+            return version, epoch
 
     def delete_request_key(self, model_id: str, user_id: str, *, at: float) -> int:
         """Withdraw the user's request key; increments the epoch.  :class:`NotFound` if none."""

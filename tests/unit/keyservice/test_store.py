@@ -77,7 +77,7 @@ def test_grant_revoke_and_epoch(store: Store) -> None:
     store.put_model_key(MODEL, OWNER, 1, b"k1", at=1.0)
     assert store.set_grant(MODEL, USER, b"policy", owner_id=OWNER, at=2.0) == 0
     assert store.list_grants(MODEL) == [USER]
-    assert store.put_request_key(MODEL, USER, b"rk", at=3.0) == 1
+    assert store.put_request_key(MODEL, USER, b"rk", at=3.0) == (1, 0)
     epoch, (rec,) = store.release_records([(USER, MODEL)])
     assert epoch == 0
     assert (rec.grant, rec.request_key, rec.request_key_version) == (b"policy", b"rk", 1)
@@ -91,7 +91,7 @@ def test_grant_revoke_and_epoch(store: Store) -> None:
     # replacing a grant or a request key bumps the epoch too
     store.set_grant(MODEL, USER, b"p1", owner_id=OWNER, at=6.0)
     assert store.set_grant(MODEL, USER, b"p2", owner_id=OWNER, at=7.0) == 2
-    assert store.put_request_key(MODEL, USER, b"rk2", at=8.0) == 2
+    assert store.put_request_key(MODEL, USER, b"rk2", at=8.0) == (2, 3)
     assert store.epoch() == 3
     assert store.delete_request_key(MODEL, USER, at=9.0) == 4
     with pytest.raises(NotFound):

@@ -1,0 +1,363 @@
+"""``sealserve keyservice …``: run the KeyService (launched, measured, attested) and inspect it.
+
+Also the options and helpers that ``sealserve owner`` and ``sealserve user`` share: where the
+KeyService is, how to pin it, how to read a policy from the command line, how errors print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from sealserve.config import Settings, load_settings
+from sealserve.errors import SealserveError
+
+__all__ = [
+    "DataDirOpt",
+    "IdentityOpt",
+    "JsonOpt",
+    "KeyServiceMeasurementOpt",
+    "KeyServiceUrlOpt",
+    "MeasurementOpt",
+    "PlatformKeyOpt",
+    "PolicyFileOpt",
+    "app",
+    "build_pin",
+    "build_policy",
+    "emit",
+    "fail",
+    "guarded",
+    "keyservice_url",
+    "read_secret_file",
+    "resolve_data_dir",
+    "settings",
+    "write_secret_file",
+]
+
+app = typer.Typer(
+    help="The KeyService: attested key release, access control and audit.",
+    no_args_is_help=True,
+)
+
+_T = TypeVar("_T")
+_READY_TIMEOUT_S = 60.0
+
+# -- shared options -------------------------------------------------------------------------
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $SEALSERVE_DATA_DIR or XDG)."),
+]
+KeyServiceUrlOpt = Annotated[
+    str | None,
+    typer.Option("--keyservice", help="KeyService URL (default: from the settings)."),
+]
+IdentityOpt = Annotated[
+    Path | None, typer.Option("--identity", help="Identity file (default: in the data dir).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+MeasurementOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--measurement",
+        help="An allowed runtime measurement (hex); repeat for several.",
+    ),
+]
+PolicyFileOpt = Annotated[
+    Path | None, typer.Option("--policy", help="A JSON policy file (Policy.to_dict form).")
+]
+PlatformKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--platform-key",
+        help="Pin this simulated platform public key file (default: <data-dir>/tee/platform.pub).",
+    ),
+]
+KeyServiceMeasurementOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--keyservice-measurement",
+        help="Pin this KeyService measurement (default: computed from the installed code).",
+    ),
+]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def resolve_data_dir(data_dir: Path | None) -> Path:
+    return data_dir if data_dir is not None else settings().data_dir
+
+
+def keyservice_url(url: str | None) -> str:
+    if url:
+        return url
+    ks = settings().keyservice
+    return f"http://{ks.host}:{ks.port}"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[[], _T]) -> _T:
+    """Run ``fn``; a sealserve error, a bad value or an OS error is one line and exit 1."""
+    try:
+        return fn()
+    except (SealserveError, ValueError, OSError) as exc:
+        fail(str(exc) or type(exc).__name__)
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file of mode 0600 (refuse to overwrite)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_secret_file(path: Path, *, size: int = 32) -> bytes:
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        raise ValueError(f"key file '{path}' has mode {mode & 0o777:o}; run: chmod 600 '{path}'")
+    raw = path.read_bytes()
+    if len(raw) != size:
+        raise ValueError(f"key file '{path}' holds {len(raw)} bytes; a key has {size}")
+    return raw
+
+
+def build_policy(
+    measurements: Sequence[str] | None,
+    policy_file: Path | None,
+    *,
+    allow_debug: bool,
+    tcb_statuses: Sequence[str] | None,
+) -> Any:
+    """A runtime policy from ``--measurement``s or a ``--policy`` file."""
+    from sealserve.attest import Policy
+
+    if policy_file is not None:
+        if measurements:
+            raise ValueError("give either --measurement or --policy, not both")
+        try:
+            doc = json.loads(policy_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"policy file '{policy_file}' is not JSON: {exc}") from exc
+        return Policy.from_dict(doc)
+    if not measurements:
+        raise ValueError(
+            "a runtime policy is needed: --measurement HEX (see 'sealserve attest measure') "
+            "or --policy FILE"
+        )
+    kwargs: dict[str, Any] = {"measurements": frozenset(measurements), "allow_debug": allow_debug}
+    if tcb_statuses:
+        kwargs["tcb_statuses"] = frozenset(tcb_statuses)
+    return Policy(**kwargs)
+
+
+def build_pin(data_dir: Path, measurement: str | None, platform_key: Path | None) -> Any:
+    """The KeyServicePin: the computed (or given) measurement and platform key."""
+    from sealserve.attest import Policy, TrustAnchors
+    from sealserve.client import KeyServicePin
+    from sealserve.keyservice import default_keyservice_pin
+
+    if measurement is None and platform_key is None:
+        policy, trust = default_keyservice_pin(data_dir)
+        return KeyServicePin(policy=policy, trust=trust)
+    if measurement is not None:
+        policy = Policy(measurements=frozenset({measurement}))
+    else:
+        policy, _ = default_keyservice_pin(data_dir)
+    if platform_key is not None:
+        raw = bytes.fromhex(platform_key.read_text().strip())
+        trust = TrustAnchors(simulated_platform_keys=frozenset({raw}))
+    else:
+        trust = TrustAnchors.from_data_dir(data_dir)
+    return KeyServicePin(policy=policy, trust=trust)
+
+
+def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    typer.echo(json.dumps(data, sort_keys=True) if as_json else text)
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    db: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL (default: SQLite file in the data dir)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (0: any free).")] = None,
+    tee_socket: Annotated[
+        Path | None,
+        typer.Option(
+            help="Launch through this platform daemon (default: an embedded simulated platform)."
+        ),
+    ] = None,
+    platform_key: PlatformKeyOpt = None,
+    rate_limit_per_s: Annotated[
+        float | None, typer.Option(help="Requests per second per principal.")
+    ] = None,
+    rate_limit_burst: Annotated[int | None, typer.Option(help="Burst per principal.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
+) -> None:
+    """Start the KeyService, launched through the (simulated) TEE platform so it can attest.
+
+    Prints where it listens and its measurement; stops cleanly on Ctrl-C or SIGTERM.
+    """
+    loaded = guarded(lambda: load_settings(config))
+    changes: dict[str, Any] = {}
+    for name, value in (
+        ("db_url", db),
+        ("host", host),
+        ("port", port),
+        ("rate_limit_per_s", rate_limit_per_s),
+        ("rate_limit_burst", rate_limit_burst),
+    ):
+        if value is not None:
+            changes[name] = value
+    ks = guarded(lambda: dataclasses.replace(loaded.keyservice, **changes))
+    folder = data_dir if data_dir is not None else loaded.data_dir
+    level = (log_level or loaded.log_level).upper()
+    code = guarded(lambda: _launch_and_wait(ks, folder, tee_socket, platform_key, level))
+    raise typer.Exit(code)
+
+
+def _launch_args(ks: Any, data_dir: Path, platform_key: Path | None, level: str) -> list[str]:
+    args = [
+        "--data-dir", str(data_dir.resolve()),
+        "--host", ks.host,
+        "--port", str(ks.port),
+        "--max-body-bytes", str(ks.max_body_bytes),
+        "--max-outstanding-challenges", str(ks.max_outstanding_challenges),
+        "--rate-limit-per-s", repr(float(ks.rate_limit_per_s)),
+        "--rate-limit-burst", str(ks.rate_limit_burst),
+        "--log-level", level,
+    ]  # fmt: skip
+    if ks.db_url:
+        args += ["--db", ks.db_url]
+    if ks.master_key_file:
+        args += ["--master-key-file", str(Path(ks.master_key_file).resolve())]
+    if platform_key is not None:
+        args += ["--platform-key", str(platform_key.resolve())]
+    return args
+
+
+@contextlib.contextmanager
+def _launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
+    from sealserve.attest import PlatformClient, SimulatedPlatform
+
+    if tee_socket is not None:
+        with PlatformClient(tee_socket) as client:
+            yield client
+    else:
+        with SimulatedPlatform(data_dir=data_dir) as platform:
+            yield platform
+
+
+def _launch_and_wait(
+    ks: Any, data_dir: Path, tee_socket: Path | None, platform_key: Path | None, level: str
+) -> int:
+    from sealserve.keyservice._main import measured_config
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = measured_config(ks)
+    with _launcher(data_dir, tee_socket) as launcher:
+        read_fd, write_fd = os.pipe()
+        try:
+            process = launcher.launch(
+                "keyservice",
+                args=_launch_args(ks, data_dir, platform_key, level),
+                config=config,
+                stdout=write_fd,
+                stderr=sys.stderr.fileno(),
+            )
+        finally:
+            os.close(write_fd)
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop.set()
+            with contextlib.suppress(ProcessLookupError, OSError, SealserveError):
+                process.terminate()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with os.fdopen(read_fd, "rb", buffering=0) as ready_pipe:
+                ready = _read_ready(ready_pipe, process)
+                if ready is None:
+                    code = process.wait(10)
+                    fail(f"the KeyService exited before it was ready (status {code})")
+                typer.echo(
+                    f"KeyService listening on {ready['url']}\n"
+                    f"  measurement   {process.measurement}\n"
+                    f"  keyservice id {ready['keyservice_id']}\n"
+                    f"  database      {ready['database']}\n"
+                    f"  data dir      {data_dir}\n"
+                    "Ctrl-C stops it."
+                )
+                sys.stdout.flush()
+                while True:
+                    code = process.wait(0.5)
+                    if code is not None:
+                        break
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            process.close()
+    if stop.is_set() and code in (0, -signal.SIGTERM):
+        typer.echo("KeyService stopped.")
+        return 0
+    return 0 if code == 0 else 1
+
+
+def _read_ready(pipe: Any, process: Any) -> dict[str, Any] | None:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    buffer = b""
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([pipe], [], [], 0.2)
+        if readable:
+            chunk = pipe.read(4096)
+            if not chunk:
+                return None
+            buffer += chunk
+            if b"\n" in buffer:
+                line = buffer.split(b"\n", 1)[0]
+                doc = json.loads(line)
+                return doc if isinstance(doc, dict) else None
+        elif process.returncode is not None or process.wait(0) is not None:
+            return None
+    return None
+
+
+@app.command()
+def measure(
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the measurement a KeyService of the installed code has (what clients pin)."""
+    from sealserve.attest import measure as measure_entry
+
+    value = guarded(lambda: measure_entry("keyservice"))
+    emit(json_out, {"entry": "keyservice", "measurement": value}, value)

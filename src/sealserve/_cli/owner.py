@@ -1,0 +1,286 @@
+"""``sealserve owner …``: a model owner's identity, model keys and grants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sealserve._cli.keyservice import (
+    DataDirOpt,
+    IdentityOpt,
+    JsonOpt,
+    KeyServiceMeasurementOpt,
+    KeyServiceUrlOpt,
+    MeasurementOpt,
+    PlatformKeyOpt,
+    PolicyFileOpt,
+    build_pin,
+    build_policy,
+    emit,
+    guarded,
+    keyservice_url,
+    read_secret_file,
+    resolve_data_dir,
+    write_secret_file,
+)
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Model owners: identity, model keys, grants and revocations.", no_args_is_help=True
+)
+
+ROLE = "owner"
+AllowDebugOpt = Annotated[
+    bool, typer.Option("--allow-debug", help="Admit debug runtimes (never in production).")
+]
+TcbOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tcb-status", help="An acceptable TCB status (default: UpToDate); repeat."),
+]
+
+
+def identity_path(data_dir: Path, identity: Path | None, role: str) -> Path:
+    return identity if identity is not None else data_dir / role / "identity.pem"
+
+
+def init_identity(identity: Path | None, data_dir: Path | None, role: str, as_json: bool) -> None:
+    from sealserve.crypto import Identity
+
+    path = identity_path(resolve_data_dir(data_dir), identity, role)
+
+    def create() -> Identity:
+        if path.exists():
+            return Identity.load(path)
+        new = Identity.generate()
+        new.save(path)
+        return new
+
+    ident = guarded(create)
+    emit(
+        as_json,
+        {"principal_id": ident.principal_id, "identity": str(path), "role": role},
+        f"{role} {ident.principal_id}\nidentity file {path}",
+    )
+
+
+def connect(
+    cls: Any,
+    *,
+    data_dir: Path | None,
+    identity: Path | None,
+    keyservice: str | None,
+    measurement: str | None,
+    platform_key: Path | None,
+    role: str,
+) -> Any:
+    """An opened Owner or User (attested connection); the caller closes it."""
+    from sealserve.crypto import Identity
+
+    folder = resolve_data_dir(data_dir)
+
+    def open_principal() -> Any:
+        ident = Identity.load(identity_path(folder, identity, role))
+        pin = build_pin(folder, measurement, platform_key)
+        return cls(ident, keyservice_url=keyservice_url(keyservice), pin=pin).open()
+
+    return guarded(open_principal)
+
+
+def _owner(**kwargs: Any) -> Any:
+    from sealserve.client import Owner
+
+    return connect(Owner, role=ROLE, **kwargs)
+
+
+@app.command()
+def init(
+    identity: IdentityOpt = None, data_dir: DataDirOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Create the owner's identity file (0600), or show the existing one."""
+    init_identity(identity, data_dir, ROLE, json_out)
+
+
+@app.command()
+def register(
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register the owner's public key with the (attested) KeyService."""
+    owner = _owner(
+        data_dir=data_dir,
+        identity=identity,
+        keyservice=keyservice,
+        measurement=keyservice_measurement,
+        platform_key=platform_key,
+    )
+    with owner:
+        created = guarded(owner.register)
+        emit(
+            json_out,
+            {"principal_id": owner.principal_id, "role": ROLE, "created": created},
+            f"owner {owner.principal_id} {'registered' if created else 'was already registered'}",
+        )
+
+
+@app.command("put-key")
+def put_key(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="The model key file (32 bytes, 0600); created when absent."),
+    ] = None,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Replace the current key (next version).")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Put a model key (generated into --key-file if that does not exist) for model NAME."""
+    from sealserve.crypto import SymmetricKey
+
+    folder = resolve_data_dir(data_dir)
+    path = key_file if key_file is not None else folder / ROLE / "model-keys" / f"{name}.key"
+
+    def load_or_create() -> SymmetricKey:
+        if path.exists():
+            return SymmetricKey.from_bytes(read_secret_file(path))
+        key = SymmetricKey.generate()
+        write_secret_file(path, key.to_bytes())
+        return key
+
+    owner = _owner(
+        data_dir=data_dir,
+        identity=identity,
+        keyservice=keyservice,
+        measurement=keyservice_measurement,
+        platform_key=platform_key,
+    )
+    with owner:
+        key = guarded(load_or_create)
+        receipt = guarded(
+            lambda: owner.rotate_model_key(name, key) if rotate else owner.put_model_key(name, key)
+        )
+        emit(
+            json_out,
+            {
+                "model_id": receipt.model_id,
+                "version": receipt.version,
+                "revocation_epoch": receipt.revocation_epoch,
+                "key_file": str(path),
+                "key_fingerprint": key.fingerprint,
+            },
+            f"model {receipt.model_id} key version {receipt.version} stored "
+            f"(key file {path}, fingerprint {key.fingerprint})",
+        )
+
+
+@app.command()
+def grant(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    user_id: Annotated[str, typer.Argument(help="The user's principal id.")],
+    measurement: MeasurementOpt = None,
+    policy: PolicyFileOpt = None,
+    allow_debug: AllowDebugOpt = False,
+    tcb_status: TcbOpt = None,
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Let USER_ID use model NAME in runtimes that satisfy the policy."""
+    runtime_policy = guarded(
+        lambda: build_policy(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
+    )
+    owner = _owner(
+        data_dir=data_dir,
+        identity=identity,
+        keyservice=keyservice,
+        measurement=keyservice_measurement,
+        platform_key=platform_key,
+    )
+    with owner:
+        epoch = guarded(lambda: owner.grant(name, user_id, runtime_policy))
+        emit(
+            json_out,
+            {
+                "model_id": owner.model_id(name),
+                "user_id": user_id,
+                "revocation_epoch": epoch,
+                "policy": runtime_policy.to_dict(),
+            },
+            f"granted {user_id} access to {owner.model_id(name)}",
+        )
+
+
+@app.command()
+def revoke(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    user_id: Annotated[str, typer.Argument(help="The user's principal id.")],
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke USER_ID's access to model NAME (effective for the next release)."""
+    owner = _owner(
+        data_dir=data_dir,
+        identity=identity,
+        keyservice=keyservice,
+        measurement=keyservice_measurement,
+        platform_key=platform_key,
+    )
+    with owner:
+        epoch = guarded(lambda: owner.revoke(name, user_id))
+        emit(
+            json_out,
+            {"model_id": owner.model_id(name), "user_id": user_id, "revocation_epoch": epoch},
+            f"revoked {user_id} from {owner.model_id(name)} (revocation epoch {epoch})",
+        )
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show model NAME's key version and the users granted access."""
+    owner = _owner(
+        data_dir=data_dir,
+        identity=identity,
+        keyservice=keyservice,
+        measurement=keyservice_measurement,
+        platform_key=platform_key,
+    )
+    with owner:
+        info = guarded(lambda: owner.model(name))
+        lines = [f"model {info.model_id}", f"key version {info.key_version}"]
+        lines += [f"granted {u}" for u in info.grants] or ["no grants"]
+        emit(
+            json_out,
+            {
+                "model_id": info.model_id,
+                "key_version": info.key_version,
+                "grants": list(info.grants),
+            },
+            "\n".join(lines),
+        )

@@ -1,0 +1,245 @@
+"""An attested, signed HTTP connection to the KeyService (what ``Owner`` and ``User`` use).
+
+Opening the client fetches the KeyService's evidence with a fresh nonce and verifies it
+against the pinned policy before anything else is sent.  Every later request is signed with
+the principal's identity, and every response must carry a signature by the attested
+KeyService over that request, its status and its body: a proxy in front of the service can
+neither read the keys (they are HPKE-wrapped to the attested key) nor fake an answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._log import get_logger
+from sealserve.attest import Policy, TrustAnchors
+from sealserve.crypto import Identity, sign_request, verify_signature
+from sealserve.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidSignature,
+    KeyServiceError,
+    NotFound,
+    RateLimited,
+)
+from sealserve.keyservice import (
+    API_PREFIX,
+    RESPONSE_SIGNATURE_HEADER,
+    AttestedKeyService,
+    attestation_nonce,
+    verify_keyservice,
+    wire,
+)
+
+__all__ = ["ClientState", "KeyServiceClient", "KeyServicePin"]
+
+_log = get_logger(__name__)
+
+
+class ClientState(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyServicePin:
+    """What a client requires of the KeyService's evidence: a policy and the platform keys
+    that may sign evidence.  :meth:`default` pins the ``keyservice`` entry of the installed
+    code on the simulated platform whose key is in ``data_dir``."""
+
+    policy: Policy
+    trust: TrustAnchors
+
+    @classmethod
+    def default(cls, data_dir: str | Path) -> KeyServicePin:
+        from sealserve.keyservice import default_keyservice_pin
+
+        policy, trust = default_keyservice_pin(Path(data_dir))
+        return cls(policy=policy, trust=trust)
+
+
+class KeyServiceClient:
+    """``with KeyServiceClient(url, identity=..., pin=...) as ks: ks.request(...)``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        identity: Identity,
+        pin: KeyServicePin,
+        clock: Clock = SYSTEM_CLOCK,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
+        if not isinstance(identity, Identity):
+            raise TypeError(f"identity must be an Identity, got {type(identity).__name__}")
+        if not isinstance(pin, KeyServicePin):
+            raise TypeError(f"pin must be a KeyServicePin, got {type(pin).__name__}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.url = url.rstrip("/")
+        self.identity = identity
+        self._pin = pin
+        self._clock = clock
+        self._timeout = timeout_s
+        self._transport = transport
+        self._http: httpx.Client | None = None
+        self._attested: AttestedKeyService | None = None
+        self._state = ClientState.UNOPENED
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def keyservice(self) -> AttestedKeyService:
+        """The attested KeyService (after :meth:`open`)."""
+        self._require_open()
+        assert self._attested is not None
+        return self._attested
+
+    def open(self) -> KeyServiceClient:
+        if self._state is not ClientState.UNOPENED:
+            raise KeyServiceError(f"the KeyService client is {self._state.value}; open it once")
+        self._http = httpx.Client(
+            base_url=self.url, timeout=self._timeout, transport=self._transport
+        )
+        try:
+            self._attested = self._attest()
+        except BaseException:
+            self.close()
+            raise
+        self._state = ClientState.OPENED
+        _log.event(
+            "keyservice_client.attested",
+            url=self.url,
+            keyservice_id=self._attested.keyservice_id,
+            measurement=self._attested.measurement,
+        )
+        return self
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        self._state = ClientState.CLOSED
+
+    def __enter__(self) -> KeyServiceClient:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_open(self) -> httpx.Client:
+        if self._state is not ClientState.OPENED or self._http is None:
+            raise KeyServiceError(
+                f"the KeyService client is {self._state.value}; use it inside 'with'"
+            )
+        return self._http
+
+    def _attest(self) -> AttestedKeyService:
+        assert self._http is not None
+        nonce = attestation_nonce()
+        response = self._send("GET", f"{API_PREFIX}/attestation?nonce={wire.b64encode(nonce)}")
+        if response.status_code != 200:
+            raise KeyServiceError(
+                f"the KeyService at {self.url} refused its attestation "
+                f"(HTTP {response.status_code})"
+            )
+        return verify_keyservice(
+            response.content,
+            nonce=nonce,
+            policy=self._pin.policy,
+            trust=self._pin.trust,
+            now=self._clock.time(),
+        )
+
+    # -- requests -------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """Send a signed request and return the verified JSON answer.
+
+        Raises :class:`AccessDenied` (403), :class:`NotFound` (404), :class:`Conflict` (409),
+        :class:`RateLimited` (429), :class:`ValueError` (400: the request was malformed) or
+        :class:`KeyServiceError` (anything else, including an unverifiable response).
+        """
+        self._require_open()
+        content = b"" if body is None else wire.canonical_json(body)
+        headers = sign_request(
+            self.identity, method=method, path=path, body=content, clock=self._clock
+        )
+        if body is not None:
+            headers["content-type"] = "application/json"
+        response = self._send(method, path, content=content, headers=headers)
+        self._check_signature(method, path, headers, response)
+        return _answer(response)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        assert self._http is not None
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise KeyServiceError(
+                f"cannot reach the KeyService at {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _check_signature(
+        self, method: str, path: str, headers: dict[str, str], response: httpx.Response
+    ) -> None:
+        assert self._attested is not None
+        encoded = response.headers.get(RESPONSE_SIGNATURE_HEADER, "")
+        payload = wire.response_signing_payload(
+            method=method,
+            path=path,
+            request_tag=wire.request_tag(headers),
+            status=response.status_code,
+            body=response.content,
+        )
+        try:
+            signature = wire.b64decode(encoded, name=RESPONSE_SIGNATURE_HEADER)
+            verify_signature(self._attested.signing_public_key, payload, signature)
+        except (ValueError, InvalidSignature):
+            raise KeyServiceError(
+                f"the answer to {method} {path} (HTTP {response.status_code}) is not signed by "
+                "the attested KeyService; something between you and it answered instead"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"KeyServiceClient({self.url!r}, state={self._state.value})"
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    status = response.status_code
+    try:
+        doc = json.loads(response.content)
+    except ValueError:
+        doc = {}
+    if not isinstance(doc, dict):
+        doc = {}
+    message = str(doc.get("error", f"HTTP {status}"))
+    if 200 <= status < 300:
+        return doc
+    if status == 403:
+        raise AccessDenied()
+    if status == 404:
+        raise NotFound(message)
+    if status == 409:
+        raise Conflict(message)
+    if status == 429:
+        retry = response.headers.get("retry-after", "1")
+        raise RateLimited(f"{message} (Retry-After: {retry} s)")
+    if status == 400:
+        raise ValueError(f"the KeyService refused the request: {message}")
+    raise KeyServiceError(f"the KeyService answered HTTP {status}: {message}")

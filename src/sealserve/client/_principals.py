@@ -1,0 +1,198 @@
+"""Model owners and users, as the KeyService sees them.
+
+An :class:`Owner` puts model keys, rotates them, grants users access under a runtime policy and
+revokes grants; a :class:`User` registers request keys for (model, runtime policy).  Both open
+an attested connection to the KeyService (:class:`KeyServiceClient`) and HPKE-wrap every key
+they upload to the KeyService's attested public key, with an ``info`` that binds what the key
+is and for whom::
+
+    with Owner(identity, keyservice_url=url, pin=pin) as owner:
+        owner.register()
+        key = SymmetricKey.generate()
+        owner.put_model_key("resnet50", key)
+        owner.grant("resnet50", user_id, policy)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import httpx
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve.attest import Policy
+from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
+from sealserve.crypto import Identity, RequestKey, SymmetricKey, wrap
+from sealserve.keyservice import API_PREFIX, wire
+
+__all__ = ["ModelInfo", "ModelKeyReceipt", "Owner", "RequestKeyReceipt", "User"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelKeyReceipt:
+    model_id: str
+    version: int
+    revocation_epoch: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_id: str
+    key_version: int
+    grants: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestKeyReceipt:
+    model_id: str
+    user_id: str
+    version: int
+    revocation_epoch: int
+
+
+class _Principal:
+    role = ""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        keyservice_url: str,
+        pin: KeyServicePin,
+        clock: Clock = SYSTEM_CLOCK,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.identity = identity
+        self._client = KeyServiceClient(
+            keyservice_url,
+            identity=identity,
+            pin=pin,
+            clock=clock,
+            timeout_s=timeout_s,
+            transport=transport,
+        )
+
+    @property
+    def principal_id(self) -> str:
+        return self.identity.principal_id
+
+    @property
+    def keyservice(self) -> KeyServiceClient:
+        return self._client
+
+    def open(self) -> Any:
+        self._client.open()
+        return self
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register(self) -> bool:
+        """Register this identity with its role; ``False`` if it already was."""
+        body = {"public_key": wire.b64encode(self.identity.public_key_bytes), "role": self.role}
+        doc = self._client.request("POST", f"{API_PREFIX}/principals", body)
+        return bool(doc.get("created", False))
+
+    def _wrap(self, kind: str, model_id: str, version: int | None, secret: bytes) -> str:
+        attested = self._client.keyservice
+        info = wire.upload_info(
+            kind,
+            model_id=model_id,
+            principal_id=self.principal_id,
+            version=version,
+            keyservice_key=attested.hpke_public_key,
+        )
+        return wire.b64encode(
+            wrap(attested.hpke_public_key, secret, info=info, suite=attested.hpke_suite)
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.principal_id[:16]}..., {self._client.url!r})"
+
+
+class Owner(_Principal):
+    """A model owner: model keys, grants and revocations.  Use inside ``with``."""
+
+    role = "owner"
+
+    def __enter__(self) -> Owner:
+        self.open()
+        return self
+
+    def model_id(self, name: str) -> str:
+        """``<owner_id>/<name>``: how the model is named everywhere."""
+        return wire.model_id(self.principal_id, name)
+
+    def _path(self, name: str) -> str:
+        return f"{API_PREFIX}/models/{self.model_id(name)}"
+
+    def put_model_key(self, name: str, key: SymmetricKey, *, version: int = 1) -> ModelKeyReceipt:
+        """Store ``key`` as version ``version`` of model ``name`` (1 creates the model)."""
+        if not isinstance(key, SymmetricKey):
+            raise TypeError(f"key must be a SymmetricKey, got {type(key).__name__}")
+        wrapped = self._wrap("model-key", self.model_id(name), version, key.to_bytes())
+        doc = self._client.request(
+            "PUT", self._path(name) + "/key", {"version": version, "wrapped_key": wrapped}
+        )
+        return ModelKeyReceipt(doc["model_id"], int(doc["version"]), int(doc["revocation_epoch"]))
+
+    def rotate_model_key(self, name: str, key: SymmetricKey) -> ModelKeyReceipt:
+        """Replace the key of model ``name`` by ``key`` (the next version).  Runtimes get the
+        new key from their next release; re-seal and upload the model first."""
+        current = self.model(name).key_version
+        return self.put_model_key(name, key, version=current + 1)
+
+    def model(self, name: str) -> ModelInfo:
+        doc = self._client.request("GET", self._path(name))
+        return ModelInfo(doc["model_id"], int(doc["key_version"]), tuple(doc["grants"]))
+
+    def grant(self, name: str, user_id: str, policy: Policy) -> int:
+        """Let ``user_id`` use model ``name`` in runtimes that satisfy ``policy``; returns
+        the revocation epoch."""
+        doc = self._client.request(
+            "PUT", f"{self._path(name)}/grants/{user_id}", {"policy": policy.to_dict()}
+        )
+        return int(doc["revocation_epoch"])
+
+    def revoke(self, name: str, user_id: str) -> int:
+        """Withdraw the grant; no release after this returns includes it.  Returns the new
+        revocation epoch (runtimes drop keys of older epochs when they see it)."""
+        doc = self._client.request("DELETE", f"{self._path(name)}/grants/{user_id}")
+        return int(doc["revocation_epoch"])
+
+
+class User(_Principal):
+    """A user (data owner): request keys for (model, runtime policy).  Use inside ``with``."""
+
+    role = "user"
+
+    def __enter__(self) -> User:
+        self.open()
+        return self
+
+    def _path(self, model_id: str) -> str:
+        wire.split_model_id(model_id)
+        return f"{API_PREFIX}/models/{model_id}/request-keys/{self.principal_id}"
+
+    def put_request_key(self, model_id: str, key: RequestKey, policy: Policy) -> RequestKeyReceipt:
+        """Give the KeyService ``key`` for ``model_id``, releasable only to runtimes that
+        satisfy ``policy`` (and the owner's grant).  Replaces an earlier one."""
+        if not isinstance(key, RequestKey):
+            raise TypeError(f"key must be a RequestKey, got {type(key).__name__}")
+        wrapped = self._wrap("request-key", model_id, None, key.to_bytes())
+        doc = self._client.request(
+            "PUT", self._path(model_id), {"wrapped_key": wrapped, "policy": policy.to_dict()}
+        )
+        return RequestKeyReceipt(
+            doc["model_id"], doc["user_id"], int(doc["version"]), int(doc["revocation_epoch"])
+        )
+
+    def delete_request_key(self, model_id: str) -> int:
+        """Withdraw the request key for ``model_id``; returns the new revocation epoch."""
+        doc = self._client.request("DELETE", self._path(model_id))
+        return int(doc["revocation_epoch"])

@@ -1,0 +1,517 @@
+"""The KeyService's HTTP API (FastAPI/Starlette), on top of :class:`KeyService`.
+
+Handlers read the raw body (signatures cover the exact bytes) and validate it with the pydantic
+models of :mod:`._api`, which also make the OpenAPI document at ``/openapi.json``.  Every
+response to a signed request carries ``Sealserve-Response-Signature``: the KeyService's
+attested Ed25519 key signs the request it answers, the status and the body, so a proxy cannot
+fake an acknowledgement (say, of a revoke).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pydantic
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sealserve import __version__
+from sealserve._log import get_logger
+from sealserve.errors import Conflict, KeyServiceError, NotFound, RateLimited
+from sealserve.keyservice import _api as api
+from sealserve.keyservice import _wire as wire
+from sealserve.keyservice._releaser import Denied
+from sealserve.keyservice._service import KeyService
+from sealserve.keyservice._store import PrincipalRow
+
+__all__ = ["create_app"]
+
+RESPONSE_SIGNATURE_HEADER = wire.RESPONSE_SIGNATURE_HEADER
+_DENIAL = wire.canonical_json(wire.DENIAL_BODY)
+_UNSIGNED_FIXED_PATHS = (wire.API_PREFIX + "/releases", wire.API_PREFIX + "/challenges")
+_log = get_logger(__name__)
+
+_P_OWNER = Path(pattern=wire.PRINCIPAL_ID_PATTERN, description="The owner's principal id.")
+_P_NAME = Path(pattern=wire.MODEL_NAME_PATTERN, description="The model's name.")
+_P_USER = Path(pattern=wire.PRINCIPAL_ID_PATTERN, description="The user's principal id.")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": api.ErrorOut, "description": "Malformed request (after authentication)."},
+    403: {"model": api.ErrorOut, "description": "The fixed denial: nothing says why."},
+    404: {"model": api.ErrorOut, "description": "Not found (told only to its owner)."},
+    409: {"model": api.ErrorOut, "description": "Conflicting version or registration."},
+    413: {"model": api.ErrorOut, "description": "Body larger than the limit."},
+    429: {"model": api.ErrorOut, "description": "Rate limited; see Retry-After."},
+    503: {"model": api.ErrorOut, "description": "The database is unavailable."},
+}
+_SIGNED = (
+    "Signed request: the headers of sealserve.crypto.sign_request over method, path and body. "
+    f"The response carries {RESPONSE_SIGNATURE_HEADER}."
+)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    content = body if isinstance(body, bytes) else wire.canonical_json(body)
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+
+def _body_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+class _BodyLimit:
+    """Refuse bodies over ``limit`` bytes: by Content-Length up front, else while reading."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.limit + 1
+        if declared is not None and declared > self.limit:
+            await self._refuse(scope, send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        fixed = scope.get("path", "") in _UNSIGNED_FIXED_PATHS
+        status, body = (403, _DENIAL) if fixed else (413, b'{"error":"request body too large"}')
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(service: KeyService) -> FastAPI:
+    """The ASGI application serving ``service``."""
+    app = FastAPI(
+        title="sealserve KeyService",
+        version=__version__,
+        description=(
+            "Attested key release: owners put model keys and grant users access under a runtime "
+            "policy, users put request keys, and runtimes whose evidence satisfies the policies "
+            "get the keys HPKE-wrapped to their fresh public key. See docs/keyservice.md."
+        ),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(_BodyLimit, limit=service.settings.max_body_bytes)
+    metrics = service.metrics
+
+    def observe(route: str, status: int, started: float) -> None:
+        metrics.latency.labels(route=route, status=f"{status // 100}xx").observe(
+            time.perf_counter() - started
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
+        return _json(400, {"error": _first_error(exc.errors())})
+
+    # -- plumbing for signed requests ---------------------------------------------------------
+
+    async def signed(
+        request: Request,
+        route: str,
+        handler: Callable[[PrincipalRow, bytes], Awaitable[dict[str, Any]]],
+    ) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        path = _signed_path(request)
+        headers = request.headers
+        try:
+            signer = await service.authenticate(
+                method=request.method, path=path, body=body, headers=headers
+            )
+            service.check_rate(signer.principal_id)
+            extra: dict[str, str] = {}
+            status, out = 200, await handler(signer, body)
+        except Exception as exc:  # mapped to a status, or re-raised
+            status, out, extra = _error_response(service, exc, route)
+        content = wire.canonical_json(out)
+        payload = wire.response_signing_payload(
+            method=request.method,
+            path=path,
+            request_tag=wire.request_tag(dict(headers)),
+            status=status,
+            body=content,
+        )
+        extra[RESPONSE_SIGNATURE_HEADER] = wire.b64encode(service.sign(payload))
+        observe(route, status, started)
+        return _json(status, content, extra)
+
+    def parse(model: type[_M], body: bytes) -> _M:
+        return model.model_validate_json(body or b"null")
+
+    # -- unsigned: health, metrics, attestation, challenges, releases ------------------------
+
+    @app.get("/healthz", tags=["ops"], responses={200: {"description": "The service is up."}})
+    async def healthz() -> Response:
+        return _json(200, {"status": "ok"})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics_endpoint() -> Response:
+        metrics.challenges_outstanding.set(service.outstanding_challenges())
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get(
+        wire.API_PREFIX + "/attestation",
+        tags=["attestation"],
+        responses={200: {"model": api.AttestationOut}, **_ERRORS},
+    )
+    async def attestation(
+        request: Request,
+        nonce: str = Query(
+            pattern=r"^[A-Za-z0-9_-]{22,86}$",
+            description="16 to 64 random bytes, base64url: makes the evidence fresh.",
+        ),
+    ) -> Response:
+        started = time.perf_counter()
+        try:
+            service.check_rate(_address(request))
+            out = await service.attestation(wire.b64decode(nonce, name="nonce"))
+            status = 200
+        except Exception as exc:
+            status, out, extra = _error_response(service, exc, "attestation")
+            observe("attestation", status, started)
+            return _json(status, out, extra)
+        observe("attestation", status, started)
+        return _json(status, out)
+
+    @app.post(
+        wire.API_PREFIX + "/challenges",
+        tags=["release"],
+        status_code=201,
+        responses={201: {"model": api.ChallengeOut}, 403: _ERRORS[403], 429: _ERRORS[429]},
+    )
+    async def challenge(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            service.check_rate(_address(request))
+            issued = service.challenge(_address(request))
+        except RateLimited as exc:
+            status, out, extra = _error_response(service, exc, "challenge")
+            observe("challenge", status, started)
+            return _json(status, out, extra)
+        observe("challenge", 201, started)
+        return _json(
+            201,
+            {
+                "nonce": wire.b64encode(issued.nonce),
+                "expires_at": issued.expires_at,
+                "ttl_s": service.challenges.ttl_s,
+            },
+        )
+
+    @app.post(
+        wire.API_PREFIX + "/releases",
+        tags=["release"],
+        responses={200: {"model": api.ReleaseOut}, 403: _ERRORS[403], 429: _ERRORS[429]},
+        openapi_extra=_body_schema(api.ReleaseIn),
+    )
+    async def release(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            service.check_rate(_address(request))
+            out = await service.release(await request.body())
+            status = 200
+        except Exception as exc:
+            status, out, extra = _error_response(service, exc, "release")
+            if status not in (403, 429, 503):  # every other failure is the fixed denial too
+                status, out, extra = 403, wire.DENIAL_BODY, {}
+            observe("release", status, started)
+            return _json(status, out, extra)
+        observe("release", status, started)
+        return _json(status, out)
+
+    # -- principals ---------------------------------------------------------------------------
+
+    @app.post(
+        wire.API_PREFIX + "/principals",
+        tags=["principals"],
+        description="Register the key that signs this request. " + _SIGNED,
+        responses={200: {"model": api.PrincipalOut}, **_ERRORS},
+        openapi_extra=_body_schema(api.PrincipalIn),
+    )
+    async def register(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        path = _signed_path(request)
+        extra: dict[str, str] = {}
+        try:
+            service.check_rate(_address(request))
+            doc = parse(api.PrincipalIn, body)
+            out = await service.register(
+                public_key=wire.b64decode(doc.public_key, name="public_key"),
+                role=doc.role,
+                method=request.method,
+                path=path,
+                body=body,
+                headers=request.headers,
+            )
+            status = 200
+        except Exception as exc:
+            status, out, extra = _error_response(service, exc, "register")
+            if status == 400:  # unauthenticated: say nothing more than the denial
+                status, out = 403, wire.DENIAL_BODY
+        content = wire.canonical_json(out)
+        payload = wire.response_signing_payload(
+            method=request.method,
+            path=path,
+            request_tag=wire.request_tag(dict(request.headers)),
+            status=status,
+            body=content,
+        )
+        extra[RESPONSE_SIGNATURE_HEADER] = wire.b64encode(service.sign(payload))
+        observe("register", status, started)
+        return _json(status, content, extra)
+
+    # -- owner --------------------------------------------------------------------------------
+
+    model_path = wire.API_PREFIX + "/models/{owner_id}/{name}"
+
+    @app.put(
+        model_path + "/key",
+        tags=["owner"],
+        description="Put version 1 of a model key, or rotate it to the next version. " + _SIGNED,
+        responses={200: {"model": api.ModelKeyOut}, **_ERRORS},
+        openapi_extra=_body_schema(api.ModelKeyIn),
+    )
+    async def put_model_key(
+        request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME
+    ) -> Response:
+        async def handle(signer: PrincipalRow, body: bytes) -> dict[str, Any]:
+            doc = parse(api.ModelKeyIn, body)
+            return await service.put_model_key(
+                signer,
+                owner_id=owner_id,
+                name=name,
+                version=doc.version,
+                wrapped=wire.b64decode(doc.wrapped_key, name="wrapped_key"),
+            )
+
+        return await signed(request, "put_model_key", handle)
+
+    @app.get(
+        model_path,
+        tags=["owner"],
+        description="The model's key version and the users granted access. " + _SIGNED,
+        responses={200: {"model": api.ModelOut}, **_ERRORS},
+    )
+    async def get_model(
+        request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME
+    ) -> Response:
+        async def handle(signer: PrincipalRow, _body: bytes) -> dict[str, Any]:
+            return await service.model_info(signer, owner_id=owner_id, name=name)
+
+        return await signed(request, "get_model", handle)
+
+    @app.put(
+        model_path + "/grants/{user_id}",
+        tags=["owner"],
+        description="Grant a user access under a runtime policy (or replace it). " + _SIGNED,
+        responses={200: {"model": api.GrantOut}, **_ERRORS},
+        openapi_extra=_body_schema(api.GrantIn),
+    )
+    async def put_grant(
+        request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
+    ) -> Response:
+        async def handle(signer: PrincipalRow, body: bytes) -> dict[str, Any]:
+            doc = parse(api.GrantIn, body)
+            return await service.grant(
+                signer, owner_id=owner_id, name=name, user_id=user_id, policy=doc.policy
+            )
+
+        return await signed(request, "grant", handle)
+
+    @app.delete(
+        model_path + "/grants/{user_id}",
+        tags=["owner"],
+        description="Revoke a grant: effective for the next release. " + _SIGNED,
+        responses={200: {"model": api.GrantOut}, **_ERRORS},
+    )
+    async def delete_grant(
+        request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
+    ) -> Response:
+        async def handle(signer: PrincipalRow, _body: bytes) -> dict[str, Any]:
+            return await service.revoke(signer, owner_id=owner_id, name=name, user_id=user_id)
+
+        return await signed(request, "revoke", handle)
+
+    # -- user ---------------------------------------------------------------------------------
+
+    @app.put(
+        model_path + "/request-keys/{user_id}",
+        tags=["user"],
+        description="Put (or replace) the user's request key and runtime policy. " + _SIGNED,
+        responses={200: {"model": api.RequestKeyOut}, **_ERRORS},
+        openapi_extra=_body_schema(api.RequestKeyIn),
+    )
+    async def put_request_key(
+        request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
+    ) -> Response:
+        async def handle(signer: PrincipalRow, body: bytes) -> dict[str, Any]:
+            doc = parse(api.RequestKeyIn, body)
+            return await service.put_request_key(
+                signer,
+                owner_id=owner_id,
+                name=name,
+                user_id=user_id,
+                wrapped=wire.b64decode(doc.wrapped_key, name="wrapped_key"),
+                policy=doc.policy,
+            )
+
+        return await signed(request, "put_request_key", handle)
+
+    @app.delete(
+        model_path + "/request-keys/{user_id}",
+        tags=["user"],
+        description="Withdraw the user's request key: effective for the next release. " + _SIGNED,
+        responses={200: {"model": api.RequestKeyOut}, **_ERRORS},
+    )
+    async def delete_request_key(
+        request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
+    ) -> Response:
+        async def handle(signer: PrincipalRow, _body: bytes) -> dict[str, Any]:
+            return await service.delete_request_key(
+                signer, owner_id=owner_id, name=name, user_id=user_id
+            )
+
+        return await signed(request, "delete_request_key", handle)
+
+    def custom_openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (
+                api.PrincipalIn,
+                api.ModelKeyIn,
+                api.GrantIn,
+                api.RequestKeyIn,
+                api.ReleaseIn,
+            ):
+                generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(generated.pop("$defs", {}))
+                components[model.__name__] = generated
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = custom_openapi  # type: ignore[method-assign]
+    return app
+
+
+_M = Any  # the pydantic model a parse() returns; typed loosely to keep the closures simple
+
+
+def _error_response(
+    service: KeyService, exc: BaseException, route: str
+) -> tuple[int, Any, dict[str, str]]:
+    """Status, body and headers for an exception; unexpected ones propagate."""
+    if isinstance(exc, Denied):
+        service.metrics.deny(exc.reason)
+        _log.event(
+            "request.denied", level=logging.DEBUG, route=route, reason=exc.reason, **exc.detail
+        )
+        return 403, wire.DENIAL_BODY, {}
+    if isinstance(exc, RateLimited):
+        retry = str(max(1, math.ceil(getattr(exc, "retry_after_s", 1.0))))
+        return 429, {"error": str(exc)}, {"Retry-After": retry}
+    if isinstance(exc, NotFound):
+        return 404, {"error": str(exc)}, {}
+    if isinstance(exc, Conflict):
+        return 409, {"error": str(exc)}, {}
+    if isinstance(exc, pydantic.ValidationError):
+        return 400, {"error": _first_error(exc.errors())}, {}
+    if isinstance(exc, ValueError | json.JSONDecodeError):
+        return 400, {"error": str(exc)}, {}
+    if isinstance(exc, SQLAlchemyError | KeyServiceError):
+        _log.event(
+            "request.storage_error", level=logging.ERROR, route=route, error=type(exc).__name__
+        )
+        return (
+            503,
+            {"error": "the KeyService's database is unavailable; retry later"},
+            {"Retry-After": "1"},
+        )
+    raise exc
+
+
+def _first_error(errors: Any) -> str:
+    try:
+        first = errors[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return f"{where or 'body'}: {first.get('msg', 'invalid')}"
+    except (IndexError, TypeError, AttributeError):
+        return "invalid request"
+
+
+def _signed_path(request: Request) -> str:
+    path: str = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+    query = request.scope.get("query_string", b"")
+    return path + ("?" + query.decode("latin-1") if query else "")
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"

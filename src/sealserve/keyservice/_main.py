@@ -1,0 +1,113 @@
+"""The ``keyservice`` entry: the KeyService process, as launched (and measured) by the platform.
+
+Run as ``__main__`` from the platform's code snapshot, never directly: its evidence comes from
+``local_evidence``, which works only inside a measured launch.  Arguments (unmeasured: what the
+host decides) say where to listen and where the data is; the settings that weaken security
+when changed (challenge, release and replay windows) arrive in the *measured* launch config,
+so a client's pinned measurement covers them (an empty config means the defaults).
+
+It prints one JSON "ready" line on stdout when it accepts connections, logs JSON lines on
+stderr, and stops cleanly on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sealserve._log import configure_logging, get_logger
+from sealserve.attest import TrustAnchors, launch_config, local_evidence
+from sealserve.config import KeyServiceSettings
+from sealserve.errors import SealserveError
+
+__all__ = ["MEASURED_SETTINGS", "main", "measured_config", "settings_from"]
+
+#: Settings carried in the measured launch config when they differ from the defaults.
+MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s")
+_EX_CONFIG = 78
+_log = get_logger(__name__)
+
+
+def measured_config(settings: KeyServiceSettings) -> dict[str, str]:
+    """The launch config for ``settings``: the security-relevant values that differ from the
+    defaults (so default settings measure as the empty config that clients pin by default)."""
+    defaults = KeyServiceSettings()
+    return {
+        name: repr(float(getattr(settings, name)))
+        for name in MEASURED_SETTINGS
+        if getattr(settings, name) != getattr(defaults, name)
+    }
+
+
+def settings_from(args: argparse.Namespace, config: Mapping[str, str]) -> KeyServiceSettings:
+    """The service settings: unmeasured ones from the arguments, measured ones from config."""
+    unknown = sorted(set(config) - set(MEASURED_SETTINGS))
+    if unknown:
+        raise SealserveError(f"launch config has unknown keys {unknown}")
+    measured = {name: float(value) for name, value in config.items()}
+    return KeyServiceSettings(
+        host=args.host,
+        port=args.port,
+        db_url=args.db,
+        master_key_file=args.master_key_file,
+        max_body_bytes=args.max_body_bytes,
+        max_outstanding_challenges=args.max_outstanding_challenges,
+        rate_limit_per_s=args.rate_limit_per_s,
+        rate_limit_burst=args.rate_limit_burst,
+        **measured,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = KeyServiceSettings()
+    p = argparse.ArgumentParser(prog="sealserve.keyservice._main")
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--db", default="")
+    p.add_argument("--host", default=defaults.host)
+    p.add_argument("--port", type=int, default=defaults.port)
+    p.add_argument("--master-key-file", default="")
+    p.add_argument("--platform-key", default="", help="hex public key file of the platform")
+    p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    p.add_argument(
+        "--max-outstanding-challenges", type=int, default=defaults.max_outstanding_challenges
+    )
+    p.add_argument("--rate-limit-per-s", type=float, default=defaults.rate_limit_per_s)
+    p.add_argument("--rate-limit-burst", type=int, default=defaults.rate_limit_burst)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _trust(args: argparse.Namespace) -> TrustAnchors:
+    if args.platform_key:
+        raw = bytes.fromhex(Path(args.platform_key).read_text().strip())
+        return TrustAnchors(simulated_platform_keys=frozenset({raw}))
+    return TrustAnchors.from_data_dir(args.data_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    from sealserve.keyservice._server import run_keyservice
+
+    try:
+        settings = settings_from(args, launch_config())
+        trust = _trust(args)
+        run_keyservice(
+            settings=settings,
+            data_dir=args.data_dir,
+            evidence_source=lambda report_data: local_evidence(report_data).to_bytes(),
+            trust=trust,
+            ready=sys.stdout,
+            log_level=args.log_level,
+        )
+    except (SealserveError, ValueError, OSError) as exc:
+        _log.event("keyservice.failed", error=type(exc).__name__, message=str(exc))
+        sys.stderr.write(f"keyservice: {exc}\n")
+        return _EX_CONFIG
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

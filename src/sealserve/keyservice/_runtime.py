@@ -1,0 +1,214 @@
+"""The runtime's side of key release, transport-free: build the request, open the response.
+
+The runtime talks to the KeyService through its host's relay (the host is untrusted), so these
+helpers take and return bytes and leave the sending to the caller::
+
+    session = ReleaseSession(keyservice=attested)        # fresh HPKE key pair
+    nonce = parse_challenge(relay.post("/v1/challenges", b""))
+    evidence = local_evidence(session.report_data(nonce))
+    body = session.request_body(nonce=nonce, evidence=evidence, pairs=[(user_id, model_id)])
+    release = session.open(relay.post("/v1/releases", body), nonce=nonce)
+    keys = release.keys[(user_id, model_id)]              # .model_key, .request_key
+
+``attested`` comes from :func:`verify_keyservice`, which checks the KeyService's own evidence
+against a pinned policy; the release response must be signed by that attested KeyService, so
+the untrusted host cannot hand the runtime keys of its own making.  A runtime must honour
+:attr:`Release.expires_at` and drop every key it holds from an older
+:attr:`Release.revocation_epoch` when it sees a newer one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve.attest import Evidence, report_data_for
+from sealserve.crypto import HpkeKeyPair, RequestKey, SymmetricKey, unwrap, verify_signature
+from sealserve.errors import AccessDenied, InvalidEnvelope, InvalidSignature, KeyServiceError
+from sealserve.keyservice import _wire as wire
+from sealserve.keyservice._attested import AttestedKeyService
+
+__all__ = ["Release", "ReleaseSession", "ReleasedKeys", "parse_challenge"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleasedKeys:
+    """The keys of one (user, model) pair, unwrapped inside the runtime."""
+
+    user_id: str
+    model_id: str
+    model_key: SymmetricKey
+    model_key_version: int
+    request_key: RequestKey
+    request_key_version: int
+
+    def __repr__(self) -> str:
+        return (
+            f"ReleasedKeys(user_id={self.user_id[:12]!r}..., model_id={self.model_id!r}, "
+            f"model_key_version={self.model_key_version}, "
+            f"request_key_version={self.request_key_version})"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Release:
+    """A verified release: the keys, the revocation epoch and when they expire."""
+
+    keys: Mapping[tuple[str, str], ReleasedKeys]  # by (user_id, model_id)
+    revocation_epoch: int
+    issued_at: float
+    expires_at: float
+    measurement: str
+
+    def expired(self, *, now: float) -> bool:
+        return now >= self.expires_at
+
+
+def parse_challenge(body: bytes) -> bytes:
+    """The nonce of a ``POST /v1/challenges`` response."""
+    try:
+        doc = json.loads(body)
+        return wire.b64decode(doc["nonce"], name="nonce")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KeyServiceError("the challenge response is malformed") from exc
+
+
+class ReleaseSession:
+    """One runtime key pair and the releases made to it.
+
+    The key pair is generated here and never leaves the runtime; keep one session for the
+    lifetime of the runtime process (or rotate it: a new session is a new key).
+    """
+
+    def __init__(
+        self,
+        *,
+        keyservice: AttestedKeyService,
+        key_pair: HpkeKeyPair | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not isinstance(keyservice, AttestedKeyService):
+            raise TypeError(
+                f"keyservice must be an AttestedKeyService, got {type(keyservice).__name__}"
+            )
+        self.keyservice = keyservice
+        self._key_pair = key_pair or HpkeKeyPair.generate()
+        self._clock = clock
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key_pair.public_key_bytes()
+
+    def report_data(self, nonce: bytes) -> bytes:
+        """The report_data the runtime's evidence must carry for this challenge ``nonce``."""
+        return report_data_for(self.public_key, nonce)
+
+    def request_body(
+        self, *, nonce: bytes, evidence: Evidence, pairs: Iterable[tuple[str, str]]
+    ) -> bytes:
+        """The JSON body of ``POST /v1/releases`` for ``pairs`` of ``(user_id, model_id)``."""
+        items = [{"user_id": u, "model_id": m} for u, m in pairs]
+        if not 1 <= len(items) <= wire.MAX_PAIRS:
+            raise ValueError(f"pairs must hold 1 to {wire.MAX_PAIRS} pairs, got {len(items)}")
+        for item in items:
+            wire.split_model_id(item["model_id"])
+            wire.model_id(item["user_id"], "x")
+        return wire.canonical_json(
+            {
+                "nonce": wire.b64encode(nonce),
+                "evidence": wire.b64encode(evidence.to_bytes()),
+                "runtime_public_key": wire.b64encode(self.public_key),
+                "pairs": items,
+            }
+        )
+
+    def open(self, body: bytes, *, nonce: bytes, status: int = 200) -> Release:
+        """Verify and unwrap a ``POST /v1/releases`` response.
+
+        :class:`~sealserve.errors.AccessDenied` for the fixed denial;
+        :class:`~sealserve.errors.KeyServiceError` for a response that is not a release signed
+        by the attested KeyService for this key pair and nonce.
+        """
+        if status == 403:
+            raise AccessDenied()
+        if status != 200:
+            raise KeyServiceError(f"the KeyService answered the release with HTTP {status}")
+        try:
+            doc = json.loads(body)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+            signature = wire.b64decode(doc["signature"], name="signature")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyServiceError("the release response is malformed") from exc
+        try:
+            verify_signature(
+                self.keyservice.signing_public_key, wire.release_signing_payload(doc), signature
+            )
+        except InvalidSignature:
+            raise KeyServiceError(
+                "the release response is not signed by the attested KeyService"
+            ) from None
+        return self._unwrap(doc, nonce)
+
+    def _unwrap(self, doc: Mapping[str, Any], nonce: bytes) -> Release:
+        try:
+            if doc["keyservice_id"] != self.keyservice.keyservice_id:
+                raise ValueError("keyservice_id")
+            if doc["runtime_key_id"] != wire.fingerprint(self.public_key):
+                raise ValueError("runtime_key_id")
+            if wire.b64decode(doc["nonce"], name="nonce") != nonce:
+                raise ValueError("nonce")
+            issued_at = float(doc["issued_at"])
+            expires_at = float(doc["expires_at"])
+            if not (math.isfinite(issued_at) and math.isfinite(expires_at)):
+                raise ValueError("times")
+            keys: dict[tuple[str, str], ReleasedKeys] = {}
+            for item in doc["keys"]:
+                uid, mid = str(item["user_id"]), str(item["model_id"])
+                mk_version = int(item["model_key_version"])
+                rk_version = int(item["request_key_version"])
+                model_key = unwrap(
+                    self._key_pair,
+                    wire.b64decode(item["wrapped_model_key"], name="wrapped_model_key"),
+                    info=wire.release_info(
+                        "model-key",
+                        model_id=mid,
+                        user_id=uid,
+                        version=mk_version,
+                        runtime_key=self.public_key,
+                    ),
+                )
+                request_key = unwrap(
+                    self._key_pair,
+                    wire.b64decode(item["wrapped_request_key"], name="wrapped_request_key"),
+                    info=wire.release_info(
+                        "request-key",
+                        model_id=mid,
+                        user_id=uid,
+                        version=rk_version,
+                        runtime_key=self.public_key,
+                    ),
+                )
+                keys[(uid, mid)] = ReleasedKeys(
+                    user_id=uid,
+                    model_id=mid,
+                    model_key=SymmetricKey.from_bytes(model_key),
+                    model_key_version=mk_version,
+                    request_key=RequestKey.from_bytes(request_key),
+                    request_key_version=rk_version,
+                )
+            return Release(
+                keys=keys,
+                revocation_epoch=int(doc["revocation_epoch"]),
+                issued_at=issued_at,
+                expires_at=expires_at,
+                measurement=str(doc["measurement"]),
+            )
+        except (ValueError, KeyError, TypeError, InvalidEnvelope) as exc:
+            raise KeyServiceError(
+                "the release response does not match this runtime's key and nonce"
+            ) from exc

@@ -1,0 +1,151 @@
+"""Run a KeyService: open the store and the vault, build the app, serve it with uvicorn.
+
+:func:`run_keyservice` is what the attested ``keyservice`` entry (``sealserve.keyservice._main``)
+calls inside the launched process.  It binds the socket first (so port 0 works), prints one
+JSON "ready" line to ``ready`` once it accepts connections, and stops cleanly on SIGINT or
+SIGTERM (uvicorn's handlers: in-flight requests finish, then the store closes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import uvicorn
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._log import get_logger
+from sealserve.attest import TrustAnchors
+from sealserve.config import KeyServiceSettings
+from sealserve.keyservice._app import create_app
+from sealserve.keyservice._evidence import EvidenceVerifier
+from sealserve.keyservice._service import EvidenceSource, KeyService
+from sealserve.keyservice._store import Store, sqlite_url
+from sealserve.keyservice._vault import Vault, load_master_key
+
+__all__ = ["database_url", "keyservice_dir", "open_keyservice", "run_keyservice"]
+
+_log = get_logger(__name__)
+
+
+def keyservice_dir(data_dir: Path) -> Path:
+    """``<data_dir>/keyservice``: the master key file and the default SQLite database."""
+    return Path(data_dir) / "keyservice"
+
+
+def database_url(settings: KeyServiceSettings, data_dir: Path) -> str:
+    """The configured database URL, or the SQLite file in the data directory."""
+    if settings.db_url:
+        return settings.db_url
+    folder = keyservice_dir(data_dir)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return sqlite_url(str(folder / "keyservice.db"))
+
+
+@contextlib.contextmanager
+def open_keyservice(
+    *,
+    settings: KeyServiceSettings,
+    data_dir: Path,
+    evidence_source: EvidenceSource,
+    trust: TrustAnchors,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Iterator[KeyService]:
+    """A ready :class:`KeyService` over its store and master key; closes the store on exit."""
+    key_file = Path(settings.master_key_file or keyservice_dir(data_dir) / "master.key")
+    vault = Vault(load_master_key(key_file))
+    with Store(database_url(settings, data_dir)) as store:
+        yield KeyService(
+            store=store,
+            vault=vault,
+            evidence_source=evidence_source,
+            verifier=EvidenceVerifier(trust=trust, clock=clock),
+            settings=settings,
+            clock=clock,
+        )
+
+
+def run_keyservice(
+    *,
+    settings: KeyServiceSettings,
+    data_dir: Path,
+    evidence_source: EvidenceSource,
+    trust: TrustAnchors,
+    ready: TextIO | None = None,
+    log_level: str = "INFO",
+) -> None:
+    """Serve until SIGINT/SIGTERM.  ``ready`` gets one JSON line once the port accepts."""
+    with open_keyservice(
+        settings=settings, data_dir=data_dir, evidence_source=evidence_source, trust=trust
+    ) as service:
+        app = create_app(service)
+        sock = _bind(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            log_level=log_level.lower(),
+            http="h11",
+            loop="asyncio",
+            lifespan="off",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+            date_header=False,
+        )
+        server = _ReadyServer(config)
+
+        def announce() -> None:
+            line = {
+                "event": "keyservice.ready",
+                "host": host,
+                "port": port,
+                "url": f"http://{_url_host(host)}:{port}",
+                "keyservice_id": service.keyservice_id,
+                "database": service.store.safe_url,
+            }
+            _log.event(
+                "keyservice.listening", host=host, port=port, keyservice_id=service.keyservice_id
+            )
+            if ready is not None:
+                ready.write(json.dumps(line) + "\n")
+                ready.flush()
+
+        server.on_ready = announce
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+        _log.event("keyservice.stopped")
+
+
+class _ReadyServer(uvicorn.Server):
+    on_ready: object = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and callable(self.on_ready):
+            self.on_ready()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,426 @@
+"""The KeyService itself, without HTTP: who may do what, and the release protocol.
+
+:class:`KeyService` holds the store, the vault (master key), its own fresh HPKE key pair and
+Ed25519 signing identity (both bound into its evidence), the challenge store and the limits.
+Its coroutines run on the service's event loop; database work goes to a worker thread.
+Every refusal that must not say why raises :class:`Denied` (an
+:class:`~sealserve.errors.AccessDenied` that carries the reason for the log and the metrics
+only), which the HTTP layer turns into the one fixed 403.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._log import get_logger
+from sealserve.config import KeyServiceSettings
+from sealserve.crypto import (
+    SIGNATURE_HEADER,
+    HpkeKeyPair,
+    Identity,
+    RequestVerifier,
+    principal_id,
+    signed_principal,
+    unwrap,
+    verify_signature,
+)
+from sealserve.errors import (
+    Conflict,
+    InvalidEnvelope,
+    InvalidSignature,
+    NotFound,
+    RateLimited,
+)
+from sealserve.keyservice import _wire as wire
+from sealserve.keyservice._judge import EvidenceJudge
+from sealserve.keyservice._limits import Challenge, ChallengeStore, RateLimiter
+from sealserve.keyservice._metrics import Metrics
+from sealserve.keyservice._releaser import Denied, Releaser
+from sealserve.keyservice._store import PrincipalRow, Store
+from sealserve.keyservice._vault import Vault
+
+__all__ = ["EvidenceSource", "KeyService", "Throttled"]
+
+_log = get_logger(__name__)
+_T = TypeVar("_T")
+
+#: Produces the KeyService's own evidence (its byte form) for a report_data: ``local_evidence``
+#: when it runs launched by the platform.
+EvidenceSource = Callable[[bytes], bytes]
+
+
+def headers_signature(headers: Mapping[str, str]) -> bytes:
+    """The signature bytes a signed request carries (64 zero bytes if none parse)."""
+    value = headers.get(SIGNATURE_HEADER, "")
+    try:
+        raw = base64.urlsafe_b64decode(value.encode("ascii"))
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raw = b""
+    return raw if len(raw) == 64 else bytes(64)
+
+
+class Throttled(RateLimited):
+    """429, with the seconds after which a retry may succeed."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class KeyService:
+    """Access control, key custody and attested release.  See ``docs/keyservice.md``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        vault: Vault,
+        evidence_source: EvidenceSource,
+        verifier: EvidenceJudge,
+        settings: KeyServiceSettings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        hpke_key: HpkeKeyPair | None = None,
+        identity: Identity | None = None,
+        db_threads: int = 4,
+    ) -> None:
+        if db_threads < 1:
+            raise ValueError(f"db_threads must be >= 1, got {db_threads!r}")
+        self.settings = settings or KeyServiceSettings()
+        self.store = store
+        self.vault = vault
+        self.clock = clock
+        self.metrics = Metrics()
+        self._evidence_source = evidence_source
+        self._verifier = verifier
+        self._hpke = hpke_key or HpkeKeyPair.generate()
+        self._identity = identity or Identity.generate()
+        self._binding = wire.keyservice_binding(
+            self._hpke.public_key_bytes(), self._identity.public_key_bytes
+        )
+        self.keyservice_id = wire.fingerprint(self._binding)
+        self._requests = RequestVerifier(replay_window_s=self.settings.replay_window_s, clock=clock)
+        self.challenges = ChallengeStore(
+            ttl_s=self.settings.challenge_ttl_s,
+            max_outstanding=self.settings.max_outstanding_challenges,
+            clock=clock,
+        )
+        self._limiter = RateLimiter(
+            rate_per_s=self.settings.rate_limit_per_s,
+            burst=self.settings.rate_limit_burst,
+            clock=clock,
+        )
+        self._db_limiter = anyio.CapacityLimiter(db_threads)
+        self._principals: dict[str, PrincipalRow] = {}
+        # The key that unknown principals' signatures are checked against (equal work).
+        self._decoy_key = Identity.generate().public_key_bytes
+        self._decoy_message = b"sealserve/keyservice/decoy" * 8
+        self.releaser = Releaser(
+            vault=vault,
+            verifier=verifier,
+            identity=self._identity,
+            metrics=self.metrics,
+            keyservice_id=self.keyservice_id,
+            release_ttl_s=self.settings.release_ttl_s,
+            clock=clock,
+        )
+
+    # -- identity of the service ------------------------------------------------------------
+
+    @property
+    def signing_public_key(self) -> bytes:
+        return self._identity.public_key_bytes
+
+    @property
+    def hpke_public_key(self) -> bytes:
+        return self._hpke.public_key_bytes()
+
+    def sign(self, payload: bytes) -> bytes:
+        return self._identity.sign(payload)
+
+    async def attestation(self, nonce: bytes) -> dict[str, Any]:
+        """The service's evidence binding its two public keys and the caller's ``nonce``."""
+        if not 16 <= len(nonce) <= 64:
+            raise ValueError(f"nonce must be 16 to 64 bytes, got {len(nonce)}")
+        report_data = self._verifier.report_data(self._binding, nonce)
+        evidence = await anyio.to_thread.run_sync(self._evidence_source, report_data)
+        return {
+            "evidence": wire.b64encode(evidence),
+            "hpke_public_key": wire.b64encode(self.hpke_public_key),
+            "hpke_suite": self._hpke.suite.name,
+            "signing_public_key": wire.b64encode(self.signing_public_key),
+            "keyservice_id": self.keyservice_id,
+        }
+
+    # -- limits and authentication ----------------------------------------------------------
+
+    def check_rate(self, principal: str) -> None:
+        wait = self._limiter.acquire(principal)
+        if wait > 0:
+            self.metrics.rate_limited.labels(limit="requests").inc()
+            raise Throttled(f"too many requests; retry after {math.ceil(wait)} s", wait)
+
+    async def authenticate(
+        self, *, method: str, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> PrincipalRow:
+        """The registered principal that signed this request, or :class:`Denied`."""
+        try:
+            claimed = signed_principal(headers)
+        except InvalidSignature:
+            raise Denied("signature") from None
+        row = await self._principal(claimed)
+        if row is None:
+            # The same signature check as for a known principal, against a decoy key.
+            with contextlib.suppress(InvalidSignature):
+                verify_signature(self._decoy_key, self._decoy_message, headers_signature(headers))
+            raise Denied("unknown_principal")
+        try:
+            self._requests.verify(
+                row.public_key, method=method, path=path, body=body, headers=headers
+            )
+        except InvalidSignature:
+            raise Denied("signature") from None
+        return row
+
+    async def _principal(self, pid: str) -> PrincipalRow | None:
+        cached = self._principals.get(pid)
+        if cached is not None:
+            return cached
+        row = await self._db(self.store.get_principal, pid)
+        if row is not None:  # principals are never deleted, so a hit may be cached
+            self._principals[pid] = row
+        return row
+
+    async def _db(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        call = functools.partial(fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self._db_limiter)
+
+    # -- principals -------------------------------------------------------------------------
+
+    async def register(
+        self,
+        *,
+        public_key: bytes,
+        role: str,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """Register the key that signed this request (proof of possession) with ``role``."""
+        if role not in wire.ROLES:
+            raise ValueError(f"role must be one of {wire.ROLES}, got {role!r}")
+        try:
+            pid = principal_id(public_key)
+        except ValueError:
+            raise Denied("malformed") from None
+        try:
+            if signed_principal(headers) != pid:
+                raise Denied("signature")
+        except InvalidSignature:
+            raise Denied("signature") from None
+        try:
+            self._requests.verify(public_key, method=method, path=path, body=body, headers=headers)
+        except InvalidSignature:
+            raise Denied("signature") from None
+        existing = await self._principal(pid)
+        if existing is not None:
+            if existing.role != role:
+                raise Conflict(f"principal {pid} is already registered as {existing.role}")
+            return {"principal_id": pid, "role": role, "created": False}
+        try:
+            await self._db(self.store.add_principal, pid, public_key, role, at=self.clock.time())
+        except Conflict:  # registered concurrently: answer as for an existing principal
+            raced = await self._db(self.store.get_principal, pid)
+            if raced is None or raced.role != role:
+                raise
+            return {"principal_id": pid, "role": role, "created": False}
+        _log.event("principal.registered", principal=pid, role=role)
+        return {"principal_id": pid, "role": role, "created": True}
+
+    # -- owner ------------------------------------------------------------------------------
+
+    def _own(self, signer: PrincipalRow, owner_id: str, name: str) -> str:
+        """The model id ``owner_id/name``, if ``signer`` is that owner; else the denial."""
+        if signer.role != "owner":
+            raise Denied("wrong_role")
+        if signer.principal_id != owner_id:
+            raise Denied("wrong_principal")
+        return wire.model_id(owner_id, name)
+
+    async def put_model_key(
+        self, signer: PrincipalRow, *, owner_id: str, name: str, version: int, wrapped: bytes
+    ) -> dict[str, Any]:
+        mid = self._own(signer, owner_id, name)
+        info = wire.upload_info(
+            "model-key",
+            model_id=mid,
+            principal_id=owner_id,
+            version=version,
+            keyservice_key=self.hpke_public_key,
+        )
+        secret = self._unwrap_upload(wrapped, info, what="model key")
+        sealed = self.vault.seal("model-key", {"model_id": mid, "version": str(version)}, secret)
+        epoch = await self._db(
+            self.store.put_model_key, mid, owner_id, version, sealed, at=self.clock.time()
+        )
+        _log.event("model_key.stored", model_id=mid, version=version)
+        return {"model_id": mid, "version": version, "revocation_epoch": epoch}
+
+    async def model_info(self, signer: PrincipalRow, *, owner_id: str, name: str) -> dict[str, Any]:
+        mid = self._own(signer, owner_id, name)
+        model = await self._db(self.store.get_model, mid)
+        if model is None:
+            raise NotFound(f"model {mid} has no key yet; put one first")
+        users = await self._db(self.store.list_grants, mid)
+        return {
+            "model_id": mid,
+            "owner_id": owner_id,
+            "key_version": model.current_version,
+            "grants": users,
+        }
+
+    async def grant(
+        self,
+        signer: PrincipalRow,
+        *,
+        owner_id: str,
+        name: str,
+        user_id: str,
+        policy: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        mid = self._own(signer, owner_id, name)
+        parsed = self._verifier.parse_policy(policy)
+        if await self._db(self.store.get_model, mid) is None:
+            raise NotFound(f"model {mid} has no key yet; put one before granting access")
+        user = await self._principal(user_id)
+        if user is None or user.role != "user":
+            raise NotFound(f"no user {user_id} is registered")
+        sealed = self.vault.seal(
+            "grant",
+            {"model_id": mid, "user_id": user_id},
+            wire.canonical_json(self._verifier.policy_dict(parsed)),
+        )
+        epoch = await self._db(
+            self.store.set_grant, mid, user_id, sealed, owner_id=owner_id, at=self.clock.time()
+        )
+        _log.event("grant.set", model_id=mid, user=user_id)
+        return {"model_id": mid, "user_id": user_id, "revocation_epoch": epoch}
+
+    async def revoke(
+        self, signer: PrincipalRow, *, owner_id: str, name: str, user_id: str
+    ) -> dict[str, Any]:
+        mid = self._own(signer, owner_id, name)
+        epoch = await self._db(
+            self.store.delete_grant, mid, user_id, owner_id=owner_id, at=self.clock.time()
+        )
+        _log.event("grant.revoked", model_id=mid, user=user_id, epoch=epoch)
+        return {"model_id": mid, "user_id": user_id, "revocation_epoch": epoch}
+
+    # -- user -------------------------------------------------------------------------------
+
+    def _self_user(self, signer: PrincipalRow, owner_id: str, name: str, user_id: str) -> str:
+        if signer.role != "user":
+            raise Denied("wrong_role")
+        if signer.principal_id != user_id:
+            raise Denied("wrong_principal")
+        return wire.model_id(owner_id, name)
+
+    async def put_request_key(
+        self,
+        signer: PrincipalRow,
+        *,
+        owner_id: str,
+        name: str,
+        user_id: str,
+        wrapped: bytes,
+        policy: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        mid = self._self_user(signer, owner_id, name, user_id)
+        parsed = self._verifier.parse_policy(policy)
+        info = wire.upload_info(
+            "request-key",
+            model_id=mid,
+            principal_id=user_id,
+            version=None,
+            keyservice_key=self.hpke_public_key,
+        )
+        secret = self._unwrap_upload(wrapped, info, what="request key")
+        record = wire.canonical_json(
+            {"key": wire.b64encode(secret), "policy": self._verifier.policy_dict(parsed)}
+        )
+        sealed = self.vault.seal("request-key", {"model_id": mid, "user_id": user_id}, record)
+        version, epoch = await self._db(
+            self.store.put_request_key, mid, user_id, sealed, at=self.clock.time()
+        )
+        _log.event("request_key.stored", model_id=mid, user=user_id, version=version)
+        return {"model_id": mid, "user_id": user_id, "version": version, "revocation_epoch": epoch}
+
+    async def delete_request_key(
+        self, signer: PrincipalRow, *, owner_id: str, name: str, user_id: str
+    ) -> dict[str, Any]:
+        mid = self._self_user(signer, owner_id, name, user_id)
+        epoch = await self._db(self.store.delete_request_key, mid, user_id, at=self.clock.time())
+        _log.event("request_key.deleted", model_id=mid, user=user_id, epoch=epoch)
+        return {"model_id": mid, "user_id": user_id, "revocation_epoch": epoch}
+
+    def _unwrap_upload(self, wrapped: bytes, info: Mapping[str, str], *, what: str) -> bytes:
+        try:
+            secret = unwrap(self._hpke, wrapped, info=info)
+        except InvalidEnvelope:
+            raise ValueError(
+                f"wrapped_key does not unwrap: wrap the {what} to this KeyService's attested "
+                "public key, with the info of docs/keyservice.md"
+            ) from None
+        if len(secret) != 32:
+            raise ValueError(f"the {what} must be 32 bytes, got {len(secret)}")
+        return secret
+
+    # -- runtime: challenge and release -----------------------------------------------------
+
+    def challenge(self, requester: str) -> Challenge:
+        issued = self.challenges.issue(requester)
+        if issued is None:
+            self.metrics.rate_limited.labels(limit="challenges").inc()
+            raise Throttled(
+                "too many outstanding challenges; use them or let them expire first",
+                self.challenges.ttl_s,
+            )
+        self.metrics.challenges.inc()
+        return issued
+
+    async def release(self, body: bytes) -> dict[str, Any]:
+        """Answer a release request (the raw JSON body) or raise :class:`Denied`."""
+        request = self.releaser.parse(body)
+        if not self.challenges.redeem(request.nonce):
+            raise Denied("nonce")
+        verified = self.releaser.verify_evidence(request)
+        epoch, records = await self._db(self.store.release_records, request.pair_tuples)
+        response, audit = self.releaser.decide(request, verified, epoch, records)
+        await self._db(self.store.append_audit, audit)
+        self.metrics.releases.inc()
+        self.metrics.released_pairs.inc(len(audit))
+        _log.event(
+            "release.granted",
+            level=logging.DEBUG,
+            runtime_key=request.runtime_key_id,
+            pairs=len(audit),
+            epoch=epoch,
+        )
+        return response
+
+    async def epoch(self) -> int:
+        return await self._db(self.store.epoch)
+
+    def outstanding_challenges(self) -> int:
+        return self.challenges.outstanding()

@@ -1,0 +1,184 @@
+"""The KeyService's wire format: names, encodings and the HPKE ``info`` strings.
+
+Shared by the service, the owner and user clients and the runtime-side release helper, so
+that both ends build the same bytes.  Binary values travel as unpadded base64url.  Every key
+that crosses the wire is HPKE-wrapped, and the ``info`` of the wrapping binds what the key is,
+which model and principal it belongs to, its version, and the public key it is wrapped to, so
+a wrapped key cannot be replayed as another key, for another principal or to another holder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from sealserve.crypto import SIGNATURE_HEADERS, canonical_encode
+
+__all__ = [
+    "API_PREFIX",
+    "DENIAL_BODY",
+    "MAX_PAIRS",
+    "MODEL_NAME_PATTERN",
+    "PRINCIPAL_ID_PATTERN",
+    "RESPONSE_SIGNATURE_HEADER",
+    "ROLES",
+    "b64decode",
+    "b64encode",
+    "canonical_json",
+    "fingerprint",
+    "keyservice_binding",
+    "model_id",
+    "release_info",
+    "release_signing_payload",
+    "request_tag",
+    "response_signing_payload",
+    "split_model_id",
+    "upload_info",
+]
+
+API_PREFIX = "/v1"
+#: The header that carries the KeyService's signature of a response to a signed request.
+RESPONSE_SIGNATURE_HEADER = "Sealserve-Response-Signature"
+#: The one body of every refused key release or signed request (HTTP 403).
+DENIAL_BODY: dict[str, str] = {"error": "access denied"}
+ROLES = ("owner", "user")
+#: Most (user, model) pairs one release may ask for.
+MAX_PAIRS = 32
+
+PRINCIPAL_ID_PATTERN = r"^[0-9a-f]{64}$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_PRINCIPAL_RE = re.compile(PRINCIPAL_ID_PATTERN)
+_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+_B64_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: str, *, name: str = "value") -> bytes:
+    """Decode unpadded (or padded) base64url; ``ValueError`` naming ``name`` otherwise."""
+    stripped = text.rstrip("=") if isinstance(text, str) else None
+    if stripped is None or not _B64_RE.match(stripped) or len(stripped) % 4 == 1:
+        raise ValueError(f"{name} is not base64url")
+    try:
+        return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name} is not base64url") from None
+
+
+def fingerprint(public_key: bytes) -> str:
+    """Hex SHA-256 of a public key: how ids, info strings and the audit log name it."""
+    return hashlib.sha256(public_key).hexdigest()
+
+
+def model_id(owner_id: str, name: str) -> str:
+    """``<owner_id>/<model_name>``, validated."""
+    if not isinstance(owner_id, str) or not _PRINCIPAL_RE.match(owner_id):
+        raise ValueError(f"owner_id must be 64 lowercase hex digits, got {owner_id!r}")
+    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+        raise ValueError(
+            f"model name must match {MODEL_NAME_PATTERN} (letters, digits, '.', '_', '-'; "
+            f"at most 128), got {name!r}"
+        )
+    return f"{owner_id}/{name}"
+
+
+def split_model_id(value: str) -> tuple[str, str]:
+    """``(owner_id, model_name)`` of a model id; ``ValueError`` when it is not one."""
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise ValueError(f"model id must be '<owner_id>/<model_name>', got {value!r}")
+    owner, name = value.split("/")
+    model_id(owner, name)
+    return owner, name
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte form of a JSON value: sorted keys, no spaces, ASCII."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def keyservice_binding(hpke_public_key: bytes, signing_public_key: bytes) -> bytes:
+    """What the KeyService's evidence binds (as the "public key" of its report_data): both
+    its HPKE key (that clients wrap keys to) and its Ed25519 key (that signs responses)."""
+    return canonical_encode(
+        {
+            "purpose": "sealserve/keyservice/binding",
+            "hpke": bytes(hpke_public_key),
+            "signing": bytes(signing_public_key),
+        }
+    )
+
+
+def upload_info(
+    kind: str, *, model_id: str, principal_id: str, version: int | None, keyservice_key: bytes
+) -> dict[str, str]:
+    """HPKE info of a key uploaded to the KeyService: ``kind`` is ``model-key`` (from the
+    owner ``principal_id``, with its version) or ``request-key`` (from the user; the service
+    numbers its versions, so ``version`` is ``None``)."""
+    if kind not in ("model-key", "request-key"):
+        raise ValueError(f"kind must be 'model-key' or 'request-key', got {kind!r}")
+    return {
+        "purpose": f"sealserve/upload/{kind}",
+        "model_id": model_id,
+        "principal_id": principal_id,
+        "version": "" if version is None else str(version),
+        "keyservice_key": fingerprint(keyservice_key),
+    }
+
+
+def release_info(
+    kind: str, *, model_id: str, user_id: str, version: int, runtime_key: bytes
+) -> dict[str, str]:
+    """HPKE info of a key released to a runtime: ``kind`` is ``model-key`` or
+    ``request-key``; binds the model, the user, the key's version and the runtime's key."""
+    if kind not in ("model-key", "request-key"):
+        raise ValueError(f"kind must be 'model-key' or 'request-key', got {kind!r}")
+    return {
+        "purpose": f"sealserve/release/{kind}",
+        "model_id": model_id,
+        "user_id": user_id,
+        "version": str(version),
+        "runtime_key": fingerprint(runtime_key),
+    }
+
+
+def response_signing_payload(
+    *, method: str, path: str, request_tag: str, status: int, body: bytes
+) -> bytes:
+    """What the KeyService signs for a response to a signed request: the request it answers
+    (method, path and a tag of the request's signature headers), the status and the body."""
+    return canonical_encode(
+        {
+            "purpose": "sealserve/keyservice/response",
+            "method": method.upper(),
+            "path": path,
+            "request": request_tag,
+            "status": status,
+            "body": hashlib.sha256(body).digest(),
+        }
+    )
+
+
+def release_signing_payload(body: Mapping[str, Any]) -> bytes:
+    """What the KeyService signs in a release response: every field but ``signature``."""
+    return canonical_encode(
+        {
+            "purpose": "sealserve/keyservice/release",
+            "body": canonical_json({k: v for k, v in body.items() if k != "signature"}),
+        }
+    )
+
+
+def request_tag(headers: Mapping[str, str]) -> str:
+    """A digest of a signed request's signature headers (``SIGNATURE_HEADERS`` of the crypto
+    layer), which name the request uniquely: they hold its nonce and its signature."""
+    items = sorted((k.lower(), v) for k, v in headers.items() if k.lower() in SIGNATURE_HEADERS)
+    return hashlib.sha256(canonical_json(items)).hexdigest()
