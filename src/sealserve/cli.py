@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from sealserve import __version__
-from sealserve._cli import bench, keyservice, models, owner, user
+from sealserve._cli import attest, bench, keyservice, models, owner, user
 
 __all__ = ["app", "main"]
 
@@ -42,6 +42,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(keyservice.app, name="keyservice")
 app.add_typer(owner.app, name="owner")
 app.add_typer(user.app, name="user")
+app.add_typer(attest.app, name="attest")
 
 
 def main() -> None:

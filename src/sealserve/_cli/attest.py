@@ -1,0 +1,268 @@
+"""``sealserve attest …``: measurements, DCAP quotes, and the simulated TEE platform."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sealserve._log import configure_logging
+from sealserve.attest import (
+    ENTRIES,
+    TCB_STATUSES,
+    Evidence,
+    Launcher,
+    PlatformClient,
+    PlatformServer,
+    Policy,
+    SimulatedPlatform,
+    TrustAnchors,
+    measure,
+    read_platform_public_key,
+    report_data_for,
+    verify_evidence,
+)
+from sealserve.attest._dcap import DcapRejected, check_dcap
+from sealserve.attest._entries import entry_module
+from sealserve.attest._wire import unb64
+from sealserve.crypto import HpkeKeyPair
+from sealserve.errors import AttestationError, IdentityError, TeeError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Attestation: code measurements, DCAP quote verification, the simulated TEE platform.",
+    no_args_is_help=True,
+)
+platform_app = typer.Typer(
+    help="The simulated TEE platform (development and CI; not a security boundary).",
+    no_args_is_help=True,
+)
+app.add_typer(platform_app, name="platform")
+
+_JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_config(pairs: list[str]) -> dict[str, str]:
+    config: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--config {pair!r} is not KEY=VALUE", 2)
+        config[key] = value
+    return config
+
+
+def _check_entry(entry: str) -> None:
+    try:
+        entry_module(entry)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+
+
+@app.command("measure")
+def measure_command(
+    entry: Annotated[
+        str, typer.Option("--entry", help=f"Entry to measure: {', '.join(sorted(ENTRIES))}.")
+    ] = "runtime",
+    config: Annotated[
+        list[str] | None,
+        typer.Option("--config", help="Measured launch config KEY=VALUE (repeatable)."),
+    ] = None,
+    as_json: _JSON = False,
+) -> None:
+    """Print the measurement of the installed code launched as ENTRY.
+
+    It is computed exactly as the platform computes it for its snapshot: SHA-256 over every
+    .py file of the package (sorted relative paths and file digests), the entry and the
+    launch config; the same on every machine for the same code.
+    """
+    _check_entry(entry)
+    cfg = _parse_config(config or [])
+    value = measure(entry, config=cfg)
+    if as_json:
+        doc = {"entry": entry, "module": ENTRIES[entry], "config": cfg, "measurement": value}
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        typer.echo(value)
+
+
+@app.command("verify-dcap")
+def verify_dcap_command(
+    quote: Annotated[Path, typer.Argument(help="Raw SGX or TDX quote file.")],
+    collateral: Annotated[Path, typer.Argument(help="Recorded collateral (JSON) for the quote.")],
+    now: Annotated[
+        int, typer.Option("--now", help="Verify as of this Unix time (the collateral is dated).")
+    ],
+    as_json: _JSON = False,
+) -> None:
+    """Verify a DCAP QUOTE offline with its COLLATERAL at --now.
+
+    Exits 0 and prints status, advisories, measurement (MRENCLAVE or MRTD) and the debug
+    flag when the quote verifies; exits 1 with a one-line reason when it does not.
+    """
+    if now < 0:
+        _fail(f"--now must be a Unix time >= 0, got {now}", 2)
+    try:
+        quote_bytes = quote.read_bytes()
+        collateral_bytes = collateral.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {exc.filename}: {exc.strerror}", 2)
+    try:
+        report = check_dcap(quote_bytes, collateral_bytes, now=now)
+    except DcapRejected as exc:
+        _fail(f"quote rejected: {exc}")
+    summary = report.summary()
+    doc = {key: summary[key] for key in ("status", "advisories", "measurement", "debug")}
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    table = Table(title=f"{report.tee} quote verified", title_justify="left", show_header=False)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key in ("status", "advisories", "measurement", "debug", "report_data", "signer"):
+        value = summary[key]
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    Console().print(table)
+
+
+@app.command("probe")
+def probe_command(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="The platform's data directory (its public key).")
+    ],
+    socket_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--socket", help="A running platform daemon; without it, an embedded platform."
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Launch in debug mode.")] = False,
+    as_json: _JSON = False,
+) -> None:
+    """Launch the attest-probe entry and verify its evidence end to end.
+
+    A fresh key and nonce make the report_data; the probe obtains evidence over its private
+    channel; the evidence is verified against the platform key published in --data-dir and a
+    policy pinning the measurement of this installed code.  Exit 0 when it verifies.
+    """
+    pair, nonce = HpkeKeyPair.generate(), os.urandom(32)
+    report_data = report_data_for(pair.public_key_bytes(), nonce)
+    try:
+        with contextlib.ExitStack() as stack:
+            launcher: Launcher
+            if socket_path is not None:
+                launcher = stack.enter_context(PlatformClient(socket_path))
+            else:
+                launcher = stack.enter_context(SimulatedPlatform(data_dir=data_dir))
+            line = _run_probe(launcher, report_data, debug=debug)
+            trust = TrustAnchors.from_data_dir(data_dir)
+    except (TeeError, IdentityError) as exc:
+        _fail(str(exc))
+    try:
+        evidence = Evidence.from_bytes(unb64(json.loads(line)["evidence"]))
+        expected = measure("attest-probe")
+        policy = Policy(measurements=frozenset({expected}), allow_debug=debug)
+        claims = verify_evidence(
+            evidence, policy, report_data=report_data, trust=trust, now=time.time()
+        )
+    except (AttestationError, ValueError, KeyError) as exc:
+        _fail(f"the probe's evidence did not verify ({exc})")
+    doc: dict[str, Any] = {
+        "verified": True,
+        "format": claims.format,
+        "entry": claims.entry,
+        "measurement": claims.measurement,
+        "debug": claims.debug,
+        "tcb_status": claims.tcb_status,
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        for key, value in doc.items():
+            typer.echo(f"{key:12} {value}")
+
+
+def _run_probe(launcher: Launcher, report_data: bytes, *, debug: bool) -> str:
+    read_end, write_end = os.pipe()
+    try:
+        process = launcher.launch(
+            "attest-probe", args=[report_data.hex()], stdout=write_end, debug=debug
+        )
+    finally:
+        os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as out:
+            data = out.read()
+        code = process.wait(30.0)
+    finally:
+        process.close()
+    if code != 0:
+        raise TeeError(f"the probe exited with status {code}")
+    return data.decode("utf-8").strip()
+
+
+@platform_app.command("serve")
+def serve_command(
+    socket_path: Annotated[Path, typer.Option("--socket", help="Unix socket to listen on.")],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Holds tee/platform.key (created on first run).")
+    ],
+    tcb_status: Annotated[
+        str,
+        typer.Option("--tcb-status", help="TCB status every evidence reports (to test policies)."),
+    ] = "UpToDate",
+    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING.")] = "INFO",
+) -> None:
+    """Run the simulated TEE platform daemon until SIGTERM or SIGINT.
+
+    It generates (once) the platform key in DATA_DIR/tee/platform.key, publishes the public
+    key in DATA_DIR/tee/platform.pub (what verifiers pin), snapshots the installed code, and
+    launches registered entries from that snapshot when a launcher asks on --socket.
+    """
+    if tcb_status not in TCB_STATUSES:
+        _fail(f"--tcb-status must be one of {', '.join(sorted(TCB_STATUSES))}", 2)
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        _fail(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}", 2)
+    configure_logging(log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        with (
+            SimulatedPlatform(data_dir=data_dir, tcb_status=tcb_status) as platform,
+            PlatformServer(platform, socket_path=socket_path),
+        ):
+            typer.echo(
+                f"serving on {socket_path}; platform key {platform.public_key_bytes.hex()}",
+                err=True,
+            )
+            while not stop.wait(1.0):
+                pass
+    except (TeeError, IdentityError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@platform_app.command("public-key")
+def public_key_command(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The platform's data directory.")],
+) -> None:
+    """Print the published platform public key (hex): the trust anchor verifiers pin."""
+    try:
+        typer.echo(read_platform_public_key(data_dir).hex())
+    except TeeError as exc:
+        _fail(str(exc))
