@@ -152,6 +152,9 @@ def probe_command(
         ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Launch in debug mode.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log to stderr, with failure reasons.")
+    ] = False,
     as_json: _JSON = False,
 ) -> None:
     """Launch the attest-probe entry and verify its evidence end to end.
@@ -160,6 +163,8 @@ def probe_command(
     channel; the evidence is verified against the platform key published in --data-dir and a
     policy pinning the measurement of this installed code.  Exit 0 when it verifies.
     """
+    if verbose:
+        configure_logging("DEBUG")
     pair, nonce = HpkeKeyPair.generate(), os.urandom(32)
     report_data = report_data_for(pair.public_key_bytes(), nonce)
     try:
@@ -175,13 +180,24 @@ def probe_command(
         _fail(str(exc))
     try:
         evidence = Evidence.from_bytes(unb64(json.loads(line)["evidence"]))
-        expected = measure("attest-probe")
-        policy = Policy(measurements=frozenset({expected}), allow_debug=debug)
+    except (AttestationError, ValueError, KeyError):
+        _fail("the probe printed no evidence")
+    expected = measure("attest-probe")
+    if evidence.measurement.hex() != expected:
+        _fail(
+            f"the probe ran code measuring {evidence.measurement.hex()}, but the installed "
+            f"code measures {expected}: did the code change after the platform started?"
+        )
+    policy = Policy(measurements=frozenset({expected}), allow_debug=debug)
+    try:
         claims = verify_evidence(
             evidence, policy, report_data=report_data, trust=trust, now=time.time()
         )
-    except (AttestationError, ValueError, KeyError) as exc:
-        _fail(f"the probe's evidence did not verify ({exc})")
+    except AttestationError:
+        _fail(
+            "the probe's evidence did not verify against the platform key in "
+            f"'{data_dir}' (rerun with --verbose for the reason)"
+        )
     doc: dict[str, Any] = {
         "verified": True,
         "format": claims.format,

@@ -1,8 +1,9 @@
 """The ``attest-probe`` entry: a measured process that obtains evidence and prints it.
 
-``attest-probe REPORT_DATA_HEX [--out-fd]`` writes one JSON line,
+``attest-probe REPORT_DATA_HEX [--out-fd] [--hold]`` writes one JSON line,
 ``{"evidence": <base64 Evidence.to_bytes()>, "config": {...}, "passed_fds": n}``, to stdout,
-or with ``--out-fd`` to the first descriptor the launcher passed.  ``sealserve attest probe``
+or with ``--out-fd`` to the first descriptor the launcher passed; with ``--hold`` it then
+waits for a signal (to exercise a launcher's terminate and kill).  ``sealserve attest probe``
 and the integration tests use it to show the whole measured-launch protocol end to end.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -21,10 +23,10 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    to_fd = "--out-fd" in args
-    args = [a for a in args if a != "--out-fd"]
+    to_fd, hold = "--out-fd" in args, "--hold" in args
+    args = [a for a in args if a not in ("--out-fd", "--hold")]
     if len(args) != 1:
-        sys.stderr.write("usage: attest-probe REPORT_DATA_HEX [--out-fd]\n")
+        sys.stderr.write("usage: attest-probe REPORT_DATA_HEX [--out-fd] [--hold]\n")
         return 2
     try:
         report_data = bytes.fromhex(args[0])
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+    while hold:
+        signal.pause()
     return 0
 
 
