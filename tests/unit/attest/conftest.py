@@ -1,0 +1,42 @@
+"""Fixtures of the attest unit tests."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def sealserve_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` attached to the ``sealserve`` logger at DEBUG, whatever configured it."""
+    logger = logging.getLogger("sealserve")
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    caplog.handler.setLevel(logging.DEBUG)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+@pytest.fixture
+def frozen_package(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A private copy of the installed package, made the "installed" one for this test, so
+    that engineers editing the checkout meanwhile cannot change a measurement mid-test."""
+    from sealserve.attest import _measure
+
+    source = _measure.installed_package_dir()
+    copy = tmp_path_factory.mktemp("frozen") / "sealserve"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_measure, "installed_package_dir", lambda: copy)
+    return copy
