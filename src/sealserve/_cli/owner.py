@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,12 +20,14 @@ from sealserve._cli.keyservice import (
     build_pin,
     build_policy,
     emit,
+    fail,
     guarded,
     keyservice_url,
     read_secret_file,
     resolve_data_dir,
     write_secret_file,
 )
+from sealserve.errors import Conflict, SealserveError
 
 __all__ = ["app"]
 
@@ -120,7 +123,7 @@ def register(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with owner:
+    with contextlib.closing(owner):
         created = guarded(owner.register)
         emit(
             json_out,
@@ -146,19 +149,14 @@ def put_key(
     platform_key: PlatformKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Put a model key (generated into --key-file if that does not exist) for model NAME."""
+    """Put a model key for model NAME: version 1, or with --rotate the next version.
+
+    The key is read from --key-file if that exists, else generated into it (default:
+    <data-dir>/owner/model-keys/NAME.v<version>.key); seal the model with that key.
+    """
     from sealserve.crypto import SymmetricKey
 
     folder = resolve_data_dir(data_dir)
-    path = key_file if key_file is not None else folder / ROLE / "model-keys" / f"{name}.key"
-
-    def load_or_create() -> SymmetricKey:
-        if path.exists():
-            return SymmetricKey.from_bytes(read_secret_file(path))
-        key = SymmetricKey.generate()
-        write_secret_file(path, key.to_bytes())
-        return key
-
     owner = _owner(
         data_dir=data_dir,
         identity=identity,
@@ -166,11 +164,24 @@ def put_key(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with owner:
+    with contextlib.closing(owner):
+        version = guarded(lambda: owner.model(name).key_version + 1) if rotate else 1
+        path = key_file or folder / ROLE / "model-keys" / f"{name}.v{version}.key"
+
+        def load_or_create() -> SymmetricKey:
+            if path.exists():
+                return SymmetricKey.from_bytes(read_secret_file(path))
+            key = SymmetricKey.generate()
+            write_secret_file(path, key.to_bytes())
+            return key
+
         key = guarded(load_or_create)
-        receipt = guarded(
-            lambda: owner.rotate_model_key(name, key) if rotate else owner.put_model_key(name, key)
-        )
+        try:
+            receipt = owner.put_model_key(name, key, version=version)
+        except Conflict:
+            fail(f"model {owner.model_id(name)} already has a key; use --rotate to replace it")
+        except (SealserveError, ValueError, OSError) as exc:
+            fail(str(exc))
         emit(
             json_out,
             {
@@ -211,7 +222,7 @@ def grant(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with owner:
+    with contextlib.closing(owner):
         epoch = guarded(lambda: owner.grant(name, user_id, runtime_policy))
         emit(
             json_out,
@@ -244,7 +255,7 @@ def revoke(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with owner:
+    with contextlib.closing(owner):
         epoch = guarded(lambda: owner.revoke(name, user_id))
         emit(
             json_out,
@@ -271,7 +282,7 @@ def show(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with owner:
+    with contextlib.closing(owner):
         info = guarded(lambda: owner.model(name))
         lines = [f"model {info.model_id}", f"key version {info.key_version}"]
         lines += [f"granted {u}" for u in info.grants] or ["no grants"]

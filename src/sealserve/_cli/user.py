@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,7 +64,7 @@ def register(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with user:
+    with contextlib.closing(user):
         created = guarded(user.register)
         emit(
             json_out,
@@ -120,7 +121,7 @@ def request_key(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with user:
+    with contextlib.closing(user):
         key = guarded(load_or_create)
         receipt = guarded(lambda: user.put_request_key(model_id, key, runtime_policy))
         emit(
