@@ -83,7 +83,9 @@ class ModelSpec:
         """The graph of a built model, not yet written (parameters are generated on write)."""
         if self._graph is None:
             raise ValueError(f"model {self.name!r} is pretrained; it has no builder")
-        return self._graph(seed)
+        graph = self._graph(seed)
+        graph.metadata.update({"sealserve.model": self.name, "sealserve.seed": str(seed)})
+        return graph
 
     def example_inputs(self, seed: int = 0, *, batch: int = 1) -> Arrays:
         """Deterministic, realistic inputs of the right names, dtypes and shapes."""

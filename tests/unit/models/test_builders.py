@@ -139,7 +139,10 @@ def test_streamed_file_is_the_in_memory_model(tmp_path: Path) -> None:
     graph = get_spec("mobilenet-v2").graph(seed=1)
     seen: list[tuple[int, int]] = []
     path = graph.write(tmp_path / "m.onnx", progress=lambda done, total: seen.append((done, total)))
-    assert onnx.load(str(path)) == graph.to_model()
+    model = onnx.load(str(path))
+    assert model == graph.to_model()
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert metadata == {"sealserve.model": "mobilenet-v2", "sealserve.seed": "1"}
     assert seen[-1][0] == seen[-1][1] == path.stat().st_size
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert graph.parameter_count == 3_504_872
