@@ -95,10 +95,8 @@ def test_restart_between_writes_and_reads_loses_nothing(ks: KeyServiceProcess) -
         owner.put_model_key("kept", model_key)
         owner.grant("kept", user.principal_id, probe)
         user.put_request_key(mid, request_key, probe)
-    first_id_url = ks.url
     ks.stop()
     ks.start()
-    assert ks.url != "" and first_id_url.startswith("http://127.0.0.1:")
     owner2 = Owner(owner.identity, keyservice_url=ks.url, pin=ks.pin())
     with owner2:
         assert owner2.register() is False  # the principal survived the restart
