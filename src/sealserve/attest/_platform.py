@@ -27,6 +27,7 @@ from typing import Final
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve.attest import _measure
 from sealserve.attest._entries import entry_module
 from sealserve.attest._evidence import REPORT_DATA_BYTES, Evidence
 from sealserve.attest._local import (
@@ -36,7 +37,7 @@ from sealserve.attest._local import (
     TEE_ENTRY_ENV,
     TEE_FD_ENV,
 )
-from sealserve.attest._measure import BOOT_COMMAND, CodeSnapshot, installed_package_dir
+from sealserve.attest._measure import BOOT_COMMAND, CodeSnapshot
 from sealserve.attest._platform_key import load_or_create_platform_key
 from sealserve.attest._policy import TCB_STATUSES, TrustAnchors
 from sealserve.attest._simulated_evidence import sign_simulated
@@ -106,7 +107,7 @@ class SimulatedPlatform:
             if self._state is not PlatformState.UNOPENED:
                 raise TeeError(f"the platform is {self._state.value}; open it only once")
             key = load_or_create_platform_key(self._data_dir)
-            package_dir = self._package_dir or installed_package_dir()
+            package_dir = self._package_dir or _measure.installed_package_dir()
             self._snapshot = CodeSnapshot.create(package_dir, parent=self._data_dir / "tee")
             self._key = key
             self._key_public = key.public_key_bytes
