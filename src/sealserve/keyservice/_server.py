@@ -127,6 +127,16 @@ def run_keyservice(
 class _ReadyServer(uvicorn.Server):
     on_ready: object = None
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises a captured SIGINT/SIGTERM after its graceful shutdown, so the
+        # process would die of the signal; a stop we asked for is a clean exit (status 0).
+        with super().capture_signals():
+            yield
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and callable(self.on_ready):

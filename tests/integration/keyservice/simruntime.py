@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import httpx
 
 from sealserve.attest import Evidence, SimulatedPlatform
+from sealserve.client import KeyServicePin
 from sealserve.keyservice import (
     AttestedKeyService,
     Release,
@@ -58,18 +59,30 @@ def launched_evidence(platform: SimulatedPlatform, report_data: bytes) -> Eviden
 
 
 class SimulatedRuntime:
-    def __init__(self, ks: KeyServiceProcess, *, launched: bool = False) -> None:
-        self.ks = ks
-        self.platform = ks.platform
+    def __init__(
+        self,
+        ks: KeyServiceProcess | None = None,
+        *,
+        launched: bool = False,
+        platform: SimulatedPlatform | None = None,
+        url: str = "",
+        pin: KeyServicePin | None = None,
+    ) -> None:
+        if ks is not None:
+            platform, url, pin = ks.platform, ks.url, ks.pin()
+        assert platform is not None
+        assert pin is not None
+        self.platform = platform
+        self.pin = pin
         self.launched = launched
-        self.http = httpx.Client(base_url=ks.url, timeout=30)
+        self.http = httpx.Client(base_url=url, timeout=30)
         self.keyservice = self.attest()
         self.session = ReleaseSession(keyservice=self.keyservice)
 
     def attest(self) -> AttestedKeyService:
         nonce = attestation_nonce()
         r = self.http.get(f"/v1/attestation?nonce={wire.b64encode(nonce)}")
-        pin = self.ks.pin()
+        pin = self.pin
         return verify_keyservice(
             r.content, nonce=nonce, policy=pin.policy, trust=pin.trust, now=time.time()
         )

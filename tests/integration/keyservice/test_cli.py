@@ -1,0 +1,124 @@
+"""The CLI end to end: ``sealserve keyservice serve`` (a real process launching through its
+embedded platform), then owner and user commands, then a release to a simulated runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from sealserve.attest import Policy, SimulatedPlatform, TrustAnchors
+from sealserve.cli import app
+from sealserve.client import KeyServicePin
+from sealserve.errors import AccessDenied
+from tests.integration.keyservice.simruntime import SimulatedRuntime, probe_measurement
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, measurement: str) -> None:
+        self.proc, self.url, self.measurement = proc, url, measurement
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    env = {**os.environ, "SEALSERVE_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sealserve", "keyservice", "serve", "--data-dir", str(tmp_path),
+         "--port", "0", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buffer = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and b"Ctrl-C" not in buffer:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buffer += chunk
+    lines = [ln.strip() for ln in buffer.decode().splitlines()]
+    text = "\n".join(lines)
+    assert "KeyService listening on http://127.0.0.1:" in text, text
+    url = lines[0].split()[-1]
+    measurement = next(ln.split()[-1] for ln in lines if ln.startswith("measurement"))
+    try:
+        yield Served(proc, url, measurement)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_serve_then_the_whole_flow_through_the_cli(served: Served, tmp_path: Path) -> None:
+    runner = CliRunner()
+    pin_opts = ["--keyservice", served.url, "--data-dir", str(tmp_path),
+                "--keyservice-measurement", served.measurement]  # fmt: skip
+
+    def run(*args: str) -> dict[str, object]:
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        assert isinstance(doc, dict)
+        return doc
+
+    owner_id = str(run("owner", "init", "--data-dir", str(tmp_path))["principal_id"])
+    user_id = str(run("user", "init", "--data-dir", str(tmp_path))["principal_id"])
+    assert run("owner", "register", *pin_opts)["created"] is True
+    assert run("user", "register", *pin_opts)["created"] is True
+    put = run("owner", "put-key", "resnet", *pin_opts)
+    assert put["version"] == 1
+    assert Path(str(put["key_file"])).stat().st_mode & 0o777 == 0o600
+
+    with SimulatedPlatform(data_dir=tmp_path) as platform:  # the same platform key as serve's
+        probe = probe_measurement(platform)
+        run("owner", "grant", "resnet", user_id, "--measurement", probe, *pin_opts)
+        model_id = f"{owner_id}/resnet"
+        rk = run("user", "request-key", model_id, "--measurement", probe, *pin_opts)
+        assert rk["version"] == 1
+        shown = run("owner", "show", "resnet", *pin_opts)
+        assert shown["grants"] == [user_id]
+
+        pin = KeyServicePin(
+            policy=Policy(measurements=frozenset({served.measurement})),
+            trust=TrustAnchors.from_data_dir(tmp_path),
+        )
+        runtime = SimulatedRuntime(platform=platform, url=served.url, pin=pin)
+        try:
+            keys = runtime.release([(user_id, model_id)]).keys[(user_id, model_id)]
+            assert keys.model_key.to_bytes() == Path(str(put["key_file"])).read_bytes()
+            assert keys.request_key.to_bytes() == Path(str(rk["key_file"])).read_bytes()
+            run("owner", "revoke", "resnet", user_id, *pin_opts)
+            with pytest.raises(AccessDenied):
+                runtime.release([(user_id, model_id)])
+        finally:
+            runtime.close()
+
+    # errors are one line and a non-zero exit, not a traceback
+    again = runner.invoke(app, ["owner", "revoke", "resnet", user_id, *pin_opts])
+    assert again.exit_code == 1
+    assert again.output.startswith("error: no grant")
+    wrong_pin = runner.invoke(
+        app, ["owner", "register", "--keyservice", served.url, "--data-dir", str(tmp_path),
+              "--keyservice-measurement", "ab" * 32],
+    )  # fmt: skip
+    assert (wrong_pin.exit_code, wrong_pin.output.strip()) == (1, "error: attestation failed")
+    assert "Traceback" not in wrong_pin.output
+
+    # SIGTERM stops it cleanly
+    served.proc.send_signal(signal.SIGTERM)
+    out, _ = served.proc.communicate(timeout=30)
+    assert served.proc.returncode == 0
+    assert b"KeyService stopped." in out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(served.url + "/healthz", timeout=2)
