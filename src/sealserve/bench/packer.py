@@ -51,7 +51,7 @@ from sealserve.packer import (
     write_trace_csv,
 )
 
-__all__ = ["evaluate_goals", "measure_costs", "register", "run_policies"]
+__all__ = ["PolicyRuns", "evaluate_goals", "measure_costs", "register", "run_policies"]
 
 _BASELINE = "dedicated"
 _THREADS = 2
@@ -250,6 +250,36 @@ def _child(script: str, *args: str) -> str:
 
 # -- running the policies -----------------------------------------------------------------------
 
+#: The figures reported per policy: the median over the repeats of each.
+_FIGURES = ("p50_ms", "p99_ms", "cold_starts", "model_loads", "gb_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyRuns:
+    """One policy's simulations of a trace, one per seed, and their medians."""
+
+    name: str
+    runs: tuple[SimResult, ...]
+
+    def median(self, figure: str) -> float:
+        values = [float(r.summary()[figure]) for r in self.runs]
+        return float(statistics.median(values))
+
+    @property
+    def switches(self) -> float:
+        return float(statistics.median(r.cold_starts + r.model_loads for r in self.runs))
+
+    def summary(self) -> dict[str, Any]:
+        first = self.runs[0].summary()
+        out: dict[str, Any] = {key: self.median(key) for key in first if key not in _SKIP}
+        out["switches"] = self.switches
+        out["repeats"] = [{k: r.summary()[k] for k in (*_FIGURES, "seed")} for r in self.runs]
+        out["options"] = first["options"]
+        return out
+
+
+_SKIP = ("decisions", "options", "seed")
+
 
 def run_policies(
     trace: Trace,
@@ -259,26 +289,32 @@ def run_policies(
     config: GroupConfig,
     jitter: float,
     seed: int,
+    repeats: int = 3,
     max_models: int = 3,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, SimResult]:
-    """Simulate ``trace`` under each policy (fresh policy objects, same seed)."""
-    results: dict[str, SimResult] = {}
-    for name in policies:
-        policy = make_policy(name, priors=costs, max_models=max_models)
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, PolicyRuns]:
+    """Simulate ``trace`` under each policy, ``repeats`` times with seeds ``seed``, ``seed+1``...
 
-        def report(done: int, total: int, name: str = name) -> None:
-            if progress is not None:
-                progress(name, done, total)
+    The repeats differ only in the sampled costs (``jitter``); each uses fresh policy objects.
+    They run interleaved, every policy once per round.
+    """
+    seeds: dict[str, int] = {}
 
-        results[name] = simulate(
-            trace, policy, costs, config=config, jitter=jitter, seed=seed, progress=report
-        )
-    return results
+    def case(name: str) -> Callable[[], SimResult]:
+        def run() -> SimResult:
+            count = seeds.get(name, 0)
+            seeds[name] = count + 1
+            policy = make_policy(name, priors=costs, max_models=max_models)
+            return simulate(trace, policy, costs, config=config, jitter=jitter, seed=seed + count)
+
+        return run
+
+    results = interleaved({n: case(n) for n in policies}, repeats=repeats, progress=progress)
+    return {name: PolicyRuns(name, tuple(runs)) for name, runs in results.items()}
 
 
-def evaluate_goals(results: dict[str, SimResult]) -> list[dict[str, Any]]:
-    """Issue 6's simulator goals, each with the measured value and whether it is met."""
+def evaluate_goals(results: dict[str, PolicyRuns]) -> list[dict[str, Any]]:
+    """Issue 6's simulator goals (on the medians), each with its value and whether it is met."""
     goals: list[dict[str, Any]] = []
     base = results.get(_BASELINE)
     if base is None:
@@ -287,8 +323,8 @@ def evaluate_goals(results: dict[str, SimResult]) -> list[dict[str, Any]]:
         res = results.get(name)
         if res is None:
             continue
-        gb = ratio(res.gb_s, base.gb_s)
-        p99 = ratio(res.percentile_ms(99), base.percentile_ms(99))
+        gb = ratio(res.median("gb_s"), base.median("gb_s"))
+        p99 = ratio(res.median("p99_ms"), base.median("p99_ms"))
         goals.append(
             {"goal": f"{name} GB-s <= 0.5 x dedicated", "value": gb, "met": bool(gb <= 0.5)}
         )
@@ -297,17 +333,15 @@ def evaluate_goals(results: dict[str, SimResult]) -> list[dict[str, Any]]:
         )
     ours = results.get("sealserve")
     if ours is not None:
-        mine = ours.cold_starts + ours.model_loads
         for other in ("lru-multiplex", "sesemi"):
             res = results.get(other)
             if res is None:
                 continue
-            theirs = res.cold_starts + res.model_loads
             goals.append(
                 {
                     "goal": f"sealserve cold starts + loads < {other}'s",
-                    "value": f"{mine} vs {theirs}",
-                    "met": mine < theirs,
+                    "value": f"{ours.switches:g} vs {res.switches:g}",
+                    "met": ours.switches < res.switches,
                 }
             )
     return goals
@@ -317,10 +351,11 @@ def _report(
     trace: Trace,
     costs: CostModel,
     config: GroupConfig,
-    results: dict[str, SimResult],
+    results: dict[str, PolicyRuns],
     *,
     jitter: float,
     seed: int,
+    repeats: int,
     max_models: int,
     synthetic: SyntheticConfig | None,
 ) -> dict[str, Any]:
@@ -330,12 +365,10 @@ def _report(
         entry = res.summary()
         if base is not None:
             entry["ratio_to_dedicated"] = {
-                "p50": ratio(res.percentile_ms(50), base.percentile_ms(50)),
-                "p99": ratio(res.percentile_ms(99), base.percentile_ms(99)),
-                "gb_s": ratio(res.gb_s, base.gb_s),
-                "switches": ratio(
-                    res.cold_starts + res.model_loads, base.cold_starts + base.model_loads
-                ),
+                "p50": ratio(res.median("p50_ms"), base.median("p50_ms")),
+                "p99": ratio(res.median("p99_ms"), base.median("p99_ms")),
+                "gb_s": ratio(res.median("gb_s"), base.median("gb_s")),
+                "switches": ratio(res.switches, base.switches),
             }
         policies[name] = entry
     summary = trace.summary()
@@ -349,7 +382,7 @@ def _report(
         "trace": summary,
         "synthetic": dataclasses.asdict(synthetic) if synthetic is not None else None,
         "platform": platform,
-        "simulation": {"jitter": jitter, "seed": seed},
+        "simulation": {"jitter": jitter, "seeds": list(range(seed, seed + repeats))},
         "costs": costs.to_json(),
         "policies": policies,
         "goals": evaluate_goals(results),
@@ -413,7 +446,12 @@ def _packer(
         float,
         typer.Option("--jitter", help="Variation of sampled costs (CV).", min=0.0, max=1.0),
     ] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulation.", min=0)] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the first simulation run.", min=0)
+    ] = 0,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Runs per policy (seeds differ); medians.", min=1)
+    ] = 3,
     model_dir: Annotated[
         Path | None,
         typer.Option("--model-dir", help="Where to build zoo models (default: a temp dir)."),
@@ -432,7 +470,7 @@ def _packer(
 
     Without --costs the cost model is measured here (a minute or two) and cached beside --json.
     """
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     simulate_wanted = trace_path is not None or synthetic is not None
     if trace_path is not None and synthetic is not None:
         raise _fail("give --trace or --synthetic, not both")
@@ -472,10 +510,11 @@ def _packer(
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-            tasks = {p: bar.add_task(f"simulating {p}", total=len(trace)) for p in chosen}
+            task = bar.add_task("simulating", total=repeats * len(chosen))
 
-            def advance(name: str, done: int, total: int) -> None:
-                bar.update(tasks[name], completed=done, total=total)
+            def advance(what: str) -> None:
+                bar.update(task, description=f"simulating {what}")
+                bar.advance(task)
 
             results = run_policies(
                 trace,
@@ -484,6 +523,7 @@ def _packer(
                 config=config,
                 jitter=jitter,
                 seed=seed,
+                repeats=repeats,
                 max_models=max_models,
                 progress=advance,
             )
@@ -496,6 +536,7 @@ def _packer(
         results,
         jitter=jitter,
         seed=seed,
+        repeats=repeats,
         max_models=max_models,
         synthetic=synthetic_cfg,
     )
@@ -550,7 +591,7 @@ def _print_costs(costs: CostModel, console: Console) -> None:
 def _print(
     trace: Trace,
     config: GroupConfig,
-    results: dict[str, SimResult],
+    results: dict[str, PolicyRuns],
     report: dict[str, Any],
     console: Console,
 ) -> None:
@@ -567,18 +608,19 @@ def _print(
         rows.append(
             (
                 name,
-                res.percentile_ms(50),
-                res.percentile_ms(99),
+                res.median("p50_ms"),
+                res.median("p99_ms"),
                 ratios.get("p99", math.nan),
-                res.cold_starts,
-                res.model_loads,
-                res.gb_s,
+                res.median("cold_starts"),
+                res.median("model_loads"),
+                res.median("gb_s"),
                 ratios.get("gb_s", math.nan),
-                res.peak_instances,
+                res.median("peak_instances"),
             )
         )
+    repeats = len(next(iter(results.values())).runs)
     print_table(
-        "FnPacker policies (ratios to dedicated, same run)",
+        f"FnPacker policies: medians of {repeats} runs, ratios to dedicated in the same run",
         (
             "policy",
             "p50 ms",

@@ -10,7 +10,7 @@ multiplexing) and ``sealserve`` (expected-completion-time routing over resident 
 
 from sealserve.packer._costs import COSTS_SCHEMA, CostModel, ModelCosts
 from sealserve.packer._decision import Decision, DecisionKind, InstanceShape, RouteRequest
-from sealserve.packer._dedicated import DedicatedPolicy
+from sealserve.packer._dedicated import DedicatedPolicy, FittedDedicatedPolicy
 from sealserve.packer._group import (
     Assignment,
     FunctionGroup,
@@ -46,6 +46,7 @@ __all__ = [
     "Decision",
     "DecisionKind",
     "DedicatedPolicy",
+    "FittedDedicatedPolicy",
     "FunctionGroup",
     "GroupConfig",
     "Instance",

@@ -1,8 +1,11 @@
 """``dedicated``: one function per model, the usual deployment and the baseline.
 
-Each model gets a function of its own, whose instances only ever hold that model and are sized
-for it (the runtime plus the model, rounded up to the platform's memory step), as an operator
-would configure one function per model.  A request goes to an instance of its model's function
+Each model gets a function of its own, whose instances only ever hold that model.  Under
+``dedicated`` every function has the platform's one instance configuration (the same memory
+and concurrency as the packed group's instances, so every policy runs on the same kind of
+instance); under ``dedicated-fitted`` each function is sized for its model (the runtime plus
+the model, rounded up to the platform's memory step), as an operator who tunes every function
+would do.  A request goes to an instance of its model's function
 with a free slot (the busiest first, as platforms fill an instance's concurrency before using
 another); when there is none, the function scales out by a cold start, up to the per-function
 maximum; past that it waits.
@@ -12,24 +15,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from sealserve.packer._decision import Decision, RouteRequest
+from sealserve.errors import PackerError
+from sealserve.packer._decision import Decision, InstanceShape, RouteRequest
 from sealserve.packer._group import FunctionGroup
 from sealserve.packer._policy import Policy, packed_order
 
-__all__ = ["DedicatedPolicy"]
+__all__ = ["DedicatedPolicy", "FittedDedicatedPolicy"]
 
 
 class DedicatedPolicy(Policy):
-    """One function per model, each instance sized for its one model."""
+    """One function per model, on the platform's one instance configuration."""
 
     name = "dedicated"
     resident_limit = 1
 
+    def shape_for(self, group: FunctionGroup, model: str) -> InstanceShape:
+        """The shape of ``model``'s function's instances."""
+        base = group.config.shape
+        return InstanceShape(
+            function=self.function_of(group, model),
+            memory_mb=base.memory_mb,
+            budget_mb=base.budget_mb,
+        )
+
     def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
         model = request.model
-        shape = group.config.fitted_shape(
-            self.function_of(group, model), group.model_memory_mb(model)
-        )
+        shape = self.shape_for(group, model)
+        if not group.fits(model, shape):
+            raise PackerError(
+                f"model {model!r} needs {group.model_memory_mb(model):.0f} MB, more than "
+                f"the instance budget of {shape.budget_mb:.0f} MB; raise the budget"
+            )
         own = [i for i in group if i.function == shape.function]
         for inst in packed_order(own):
             plan = group.plan(inst.id, model)
@@ -60,3 +76,14 @@ class DedicatedPolicy(Policy):
 
     def options(self) -> dict[str, Any]:
         return {}
+
+
+class FittedDedicatedPolicy(DedicatedPolicy):
+    """One function per model, each function's instances sized for its one model."""
+
+    name = "dedicated-fitted"
+
+    def shape_for(self, group: FunctionGroup, model: str) -> InstanceShape:
+        return group.config.fitted_shape(
+            self.function_of(group, model), group.model_memory_mb(model)
+        )

@@ -485,13 +485,14 @@ class FunctionGroup:
 
     def complete(self, request_id: int, now: float) -> tuple[Instance, str, float]:
         """A request finished: free its slot.  Returns its instance, model and run start."""
-        req = self._requests.pop(request_id, None)
+        req = self._requests.get(request_id)
         if req is None:
             raise PackerError(f"request {request_id!r} is not in flight")
+        if req.running_since is None:
+            raise PackerError(f"request {request_id!r} cannot complete: it has not run yet")
+        del self._requests[request_id]
         inst = self._alive[req.instance_id]
         del inst._requests[request_id]
-        if req.running_since is None:
-            raise PackerError(f"request {request_id!r} completed before it ran")
         if req.model in inst._models:
             inst._models.move_to_end(req.model)
         inst.last_used = now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sealserve.packer._dedicated import DedicatedPolicy
+from sealserve.packer._dedicated import DedicatedPolicy, FittedDedicatedPolicy
 from sealserve.packer._multiplex import LruMultiplexPolicy
 from sealserve.packer._policy import Policy
 from sealserve.packer._sealserve import CostPriors, SealservePolicy
@@ -13,7 +13,7 @@ from sealserve.packer._sesemi import SesemiPolicy
 __all__ = ["POLICY_NAMES", "make_policy"]
 
 #: Every policy, the baseline first.
-POLICY_NAMES = ("dedicated", "sesemi", "lru-multiplex", "sealserve")
+POLICY_NAMES = ("dedicated", "dedicated-fitted", "sesemi", "lru-multiplex", "sealserve")
 
 
 def make_policy(
@@ -26,6 +26,8 @@ def make_policy(
     """
     if name == "dedicated":
         return DedicatedPolicy(**options)
+    if name == "dedicated-fitted":
+        return FittedDedicatedPolicy(**options)
     if name == "sesemi":
         return SesemiPolicy(**options)
     if name == "lru-multiplex":

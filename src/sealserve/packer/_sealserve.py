@@ -36,6 +36,8 @@ from sealserve.packer._stats import LoadStats
 
 __all__ = ["CostPriors", "SealservePolicy"]
 
+_EPSILON_S = 1e-3
+
 
 class CostPriors(Protocol):
     """Measured costs to start from (a :class:`~sealserve.packer.CostModel` is one)."""
@@ -50,11 +52,16 @@ class CostPriors(Protocol):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Option:
-    score: float
     expected: float
+    evict_cost: float
+    drain_cost: float
     rank: tuple[float, ...]
     label: str
     decision: Decision
+
+    @property
+    def score(self) -> float:
+        return self.expected + self.evict_cost + self.drain_cost
 
 
 class SealservePolicy(Policy):
@@ -104,6 +111,9 @@ class SealservePolicy(Policy):
         load = self.stats.model(model).load_s.value
         options: list[_Option] = []
         full: list[Instance] = []
+        target = self.target_instances(group, model, now)
+        ours = [i for i in group if i.function == group.config.name]
+        core = {i.id for i in ours[:target]}
         for inst in group:
             plan = group.plan(inst.id, model)
             if plan is None:
@@ -111,10 +121,10 @@ class SealservePolicy(Policy):
                     full.append(inst)
                 continue
             ready_at = self._ready_eta(inst, now)
-            penalty = 0.0
+            evict_cost = drain_cost = 0.0
             if plan.load:
                 model_at = ready_at + load
-                penalty = self._eviction_penalty(plan.evict, inst, group, now)
+                evict_cost = self._eviction_penalty(plan.evict, inst, group, now)
                 label = f"load on i{inst.id}"
             elif plan.joins_load:
                 model_at = self._load_eta(inst, model, now)
@@ -124,6 +134,11 @@ class SealservePolicy(Policy):
                 label = f"resident on i{inst.id}"
             if not inst.is_ready:
                 label += " (starting)"
+            if inst.id not in core:
+                # A surplus instance: using it keeps it alive; moving the model to a core
+                # instance costs one load and lets this one reach its keep-alive and stop.
+                drain_cost = load + _EPSILON_S
+                label += " (surplus)"
             expected = model_at - now + infer
             free_after = inst.free_mb - (group.model_memory_mb(model) if plan.load else 0.0)
             free_after += sum(group.model_memory_mb(e) for e in plan.evict)
@@ -131,14 +146,17 @@ class SealservePolicy(Policy):
             decision = Decision.run(
                 model, inst.id, load=plan.load, evict=plan.evict, expected_s=expected, reason=""
             )
-            options.append(_Option(expected + penalty, expected, rank, label, decision))
+            options.append(_Option(expected, evict_cost, drain_cost, rank, label, decision))
         wait = self._wait_option(request, full, group, now, infer, load)
         if wait is not None:
             options.append(wait)
-        if group.can_start():
+        if group.can_start() and (len(ours) < target or not options):
+            # Start only when the predicted load needs another instance, or nothing alive
+            # can take the request: an instance costs at least a keep-alive of GB-seconds.
             expected = self.stats.cold_start_s.value + load + infer
             decision = Decision.start(model, expected_s=expected, reason="")
-            options.append(_Option(expected, expected, (2.0,), "cold start", decision))
+            why = f"cold start ({len(ours)} of {target} needed instances alive)"
+            options.append(_Option(expected, 0.0, 0.0, (2.0,), why, decision))
         if not options:
             return Decision.wait(
                 model, reason="no slot, nothing to wait for, and the group is at its max"
@@ -146,12 +164,44 @@ class SealservePolicy(Policy):
         options.sort(key=lambda o: (round(o.score, 9), o.rank))
         best = options[0]
         why = f"{best.label}: expected {_ms(best.expected)}"
-        if best.score > best.expected:
-            why += f" + eviction cost {_ms(best.score - best.expected)}"
+        if best.evict_cost > 0:
+            why += f" + eviction cost {_ms(best.evict_cost)}"
+        if best.drain_cost > 0:
+            why += f" + drain cost {_ms(best.drain_cost)}"
         if len(options) > 1:
             runner = options[1]
             why += f"; next best {runner.label}: {_ms(runner.score)}"
         return dataclasses.replace(best.decision, reason=why)
+
+    def target_instances(self, group: FunctionGroup, model: str, now: float) -> int:
+        """How many instances the predicted load needs: enough slots and enough memory.
+
+        Slots: the expected busy slots (Little's law: the sum over models of arrival rate x
+        inference time), doubled for bursts, plus one; and never fewer than the requests in
+        flight and waiting now, plus this one.  Memory: the expected working set (the sum over
+        models of memory x the chance of a request within the horizon; this request's model
+        counts fully) over one instance's budget.
+        """
+        horizon = self._horizon(group)
+        busy = 0.0
+        working_set = group.model_memory_mb(model)
+        for name in self.stats.known():
+            stats = self.stats.model(name)
+            rate = stats.rate(now)
+            busy += rate * stats.exec_s.value
+            if name != model:
+                chance = stats.chance_within(horizon, now)
+                working_set += chance * group.model_memory_mb(name)
+        config = group.config
+        ours = [i for i in group if i.function == config.name]
+        in_flight = sum(i.in_flight for i in ours) + group.waiting_count() + 1
+        slots = max(2.0 * busy + 1.0, float(in_flight))
+        by_slots = math.ceil(slots / config.concurrency - 1e-9)
+        by_memory = math.ceil(working_set / config.budget_mb - 1e-9)
+        return max(1, by_slots, by_memory)
+
+    def _horizon(self, group: FunctionGroup) -> float:
+        return self.horizon_s if self.horizon_s is not None else group.config.keep_alive_s
 
     def _ready_eta(self, inst: Instance, now: float) -> float:
         if inst.is_ready:
@@ -168,14 +218,13 @@ class SealservePolicy(Policy):
     def _eviction_penalty(
         self, evict: tuple[str, ...], inst: Instance, group: FunctionGroup, now: float
     ) -> float:
-        horizon = self.horizon_s if self.horizon_s is not None else group.config.keep_alive_s
+        horizon = self._horizon(group)
         penalty = 0.0
         for name in evict:
             if any(i.id != inst.id and name in i.models for i in group):
                 continue
             stats = self.stats.model(name)
-            p_again = 1.0 - math.exp(-stats.rate(now) * horizon)
-            penalty += p_again * stats.load_s.value
+            penalty += stats.chance_within(horizon, now) * stats.load_s.value
         return penalty
 
     def _free_eta(self, inst: Instance, now: float) -> float:
@@ -216,7 +265,7 @@ class SealservePolicy(Policy):
         expected = free_at - now + queue + infer + (0.0 if holders else load)
         label = f"wait for a slot on i{first.id}" + (" (holds the model)" if holders else "")
         decision = Decision.wait(model, expected_s=expected, reason="")
-        return _Option(expected, expected, (1.0,), label, decision)
+        return _Option(expected, 0.0, 0.0, (1.0,), label, decision)
 
     # -- learning ------------------------------------------------------------------------------
 

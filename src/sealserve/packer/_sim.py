@@ -58,6 +58,7 @@ class SimResult:
     queued: int
     decisions: dict[str, int]
     end_s: float
+    seed: int = 0
 
     @property
     def requests(self) -> int:
@@ -88,6 +89,7 @@ class SimResult:
             "requests_queued": self.queued,
             "decisions": self.decisions,
             "options": self.options,
+            "seed": self.seed,
         }
 
 
@@ -214,11 +216,11 @@ def simulate(
             retry_times.discard(at)
         if waiting:
             retry_waiting(now)
-        if not heap and waiting:
-            raise PackerError(
-                f"policy {policy.name!r} left {len(waiting)} requests waiting with nothing "
-                "in flight that could free a slot"
-            )
+    if waiting:
+        raise PackerError(
+            f"policy {policy.name!r} left {len(waiting)} requests waiting with nothing "
+            "in flight that could free a slot"
+        )
     if progress is not None:
         progress(len(requests), len(requests))
     if group.instances:
@@ -244,4 +246,5 @@ def simulate(
         queued=queued,
         decisions={k.value: v for k, v in router.decisions.items()},
         end_s=now,
+        seed=seed,
     )

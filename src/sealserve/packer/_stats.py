@@ -2,12 +2,20 @@
 
 Rates are exponentially decayed counts (a request ``age`` seconds ago weighs
 ``exp(-age / window)``), so a model's rate rises within a burst and fades after it, with no
-fixed buckets.  Durations are exponentially weighted moving averages that start from a prior
-(the measured cost model, when the caller has one) and follow what the instances report.
+fixed buckets.  Whether a model will be requested again soon is read from its own recent
+inter-arrival times, as the hybrid histogram policy of "Serverless in the Wild" (ATC '20) does
+for keep-alive: given that it has been idle for ``t``, the chance of a request within ``h`` is
+the share of its past gaps longer than ``t`` that ended by ``t + h``.  Bursty models (short gaps
+within bursts, long gaps between them) are judged by their long gaps once a burst is over,
+which a Poisson rate would not do.
+
+Durations are exponentially weighted moving averages that start from a prior (the measured
+cost model, when the caller has one) and follow what the instances report.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable
 
@@ -63,7 +71,19 @@ class DecayedRate:
 class ModelStats:
     """What a policy knows of one model: its arrival rates and its measured costs."""
 
-    __slots__ = ("exec_s", "last_arrival", "last_done", "load_s", "long_rate", "short_rate")
+    __slots__ = (
+        "exec_s",
+        "gaps",
+        "last_arrival",
+        "last_done",
+        "load_s",
+        "long_rate",
+        "short_rate",
+    )
+
+    #: Gaps kept per model, and how many are needed before they are trusted.
+    GAPS = 64
+    MIN_GAPS = 4
 
     def __init__(
         self, *, exec_s: float, load_s: float, short_window_s: float, long_window_s: float
@@ -74,11 +94,29 @@ class ModelStats:
         self.long_rate = DecayedRate(window_s=long_window_s)
         self.last_arrival: float | None = None
         self.last_done: float | None = None
+        self.gaps: collections.deque[float] = collections.deque(maxlen=self.GAPS)
 
     def arrived(self, now: float) -> None:
         self.short_rate.observe(now)
         self.long_rate.observe(now)
+        if self.last_arrival is not None:
+            self.gaps.append(max(0.0, now - self.last_arrival))
         self.last_arrival = now
+
+    def chance_within(self, horizon_s: float, now: float) -> float:
+        """The chance of a request within ``horizon_s`` from ``now`` (see the module docs).
+
+        With fewer than :attr:`MIN_GAPS` gaps, or none as long as the current idle time, it
+        falls back to a Poisson process at :meth:`rate`.
+        """
+        if self.last_arrival is None:
+            return 0.0
+        idle = max(0.0, now - self.last_arrival)
+        longer = [g for g in self.gaps if g > idle]
+        if len(self.gaps) < self.MIN_GAPS or not longer:
+            return 1.0 - math.exp(-self.rate(now) * horizon_s)
+        ended = sum(1 for g in longer if g <= idle + horizon_s)
+        return ended / (len(longer) + 1)
 
     def rate(self, now: float) -> float:
         """The larger of the short- and long-window rates: quick to rise, slow to forget."""

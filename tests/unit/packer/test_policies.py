@@ -1,0 +1,338 @@
+"""Each policy's decisions on hand-made scenarios, with time given explicitly."""
+
+from __future__ import annotations
+
+import pytest
+
+from sealserve.errors import PackerError
+from sealserve.packer import (
+    CostModel,
+    DecisionKind,
+    DedicatedPolicy,
+    FittedDedicatedPolicy,
+    FunctionGroup,
+    GroupConfig,
+    Instance,
+    LruMultiplexPolicy,
+    Policy,
+    Routed,
+    Router,
+    RouteRequest,
+    SealservePolicy,
+    SesemiPolicy,
+    make_policy,
+)
+
+
+class Driver:
+    """Drives a router as the simulator would, with explicit times."""
+
+    def __init__(self, policy: Policy, costs: CostModel, **config: object) -> None:
+        base: dict[str, object] = {
+            "budget_mb": 1000.0,
+            "runtime_base_mb": 100.0,
+            "concurrency": 2,
+            "max_instances": 3,
+        }
+        base.update(config)
+        cfg = GroupConfig(**base)  # type: ignore[arg-type]
+        self.router = Router(policy, cfg, model_memory_mb=costs.memory_mb)
+        self.costs = costs
+        self.group = self.router.group
+        self.next_id = 0
+
+    def send(self, model: str, now: float) -> Routed:
+        self.next_id += 1
+        return self.router.route(RouteRequest(self.next_id, model, now), now)
+
+    def warm(self, model: str, now: float) -> int:
+        """Route one request of ``model`` and complete it; returns its instance."""
+        routed = self.send(model, now)
+        iid = routed.decision.instance_id
+        assert iid is not None
+        inst = self.group.instance(iid)
+        if not inst.is_ready:
+            self.router.instance_ready(iid, now)
+        if inst.is_loading(model):
+            self.router.model_loaded(iid, model, now)
+        self.router.request_done(self.next_id, now, exec_s=self.costs.infer_s(model))
+        return iid
+
+
+# -- dedicated ----------------------------------------------------------------------------------
+
+
+def test_dedicated_gives_each_model_its_own_function(costs: CostModel) -> None:
+    d = Driver(DedicatedPolicy(), costs)
+    first = d.send("small", 0.0)
+    assert first.decision.kind is DecisionKind.START
+    assert first.decision.shape is not None
+    assert first.decision.shape.function == "group/small"
+    assert first.decision.shape.memory_mb == d.group.config.shape.memory_mb
+    second = d.send("small", 0.1)  # the starting instance has a free slot
+    assert second.decision.kind is DecisionKind.RUN
+    assert second.decision.instance_id == first.decision.instance_id
+    other = d.send("medium", 0.2)  # never shares with another model
+    assert other.decision.kind is DecisionKind.START
+    third = d.send("small", 0.3)  # both slots taken: the function scales out
+    assert third.decision.kind is DecisionKind.START
+    assert d.group.count("group/small") == 2
+
+
+def test_dedicated_waits_at_its_function_maximum(costs: CostModel) -> None:
+    d = Driver(DedicatedPolicy(), costs, max_instances=1, concurrency=1)
+    d.send("small", 0.0)
+    assert d.send("small", 0.1).decision.kind is DecisionKind.WAIT
+    assert d.send("medium", 0.2).decision.kind is DecisionKind.START
+
+
+def test_dedicated_fitted_sizes_each_function_for_its_model(costs: CostModel) -> None:
+    d = Driver(FittedDedicatedPolicy(), costs)
+    shape = d.send("medium", 0.0).decision.shape
+    assert shape is not None
+    assert (shape.function, shape.memory_mb, shape.budget_mb) == ("group/medium", 512, 300.0)
+
+
+# -- sesemi -------------------------------------------------------------------------------------
+
+
+def test_sesemi_claims_an_instance_for_a_model_with_two_requests_in_flight(
+    costs: CostModel,
+) -> None:
+    policy = SesemiPolicy()
+    d = Driver(policy, costs)
+    i0 = d.warm("small", 0.0)
+    i1 = d.warm("medium", 0.0)  # i0 is free: medium takes it (first free instance)
+    assert i1 == i0
+    a = d.send("small", 1.0)
+    assert a.decision.instance_id == i0
+    assert a.decision.load
+    b = d.send("small", 1.01)
+    assert b.decision.instance_id == i0
+    assert "claims" in b.decision.reason
+    assert policy.claims() == {i0: "small"}
+
+
+def test_sesemi_keeps_an_idle_claim_for_twice_the_last_execution_time(costs: CostModel) -> None:
+    policy = SesemiPolicy()
+    d = Driver(policy, costs)
+    iid = d.warm("small", 0.0)
+    d.send("small", 1.0)
+    d.send("small", 1.0)  # claimed now
+    d.router.request_done(1 + 1, 1.1, exec_s=0.1)
+    d.router.request_done(3, 1.2, exec_s=0.1)
+    assert policy.claim_expires_at("small") == pytest.approx(1.4)
+    early = d.send("medium", 1.3)  # the claim holds: medium needs another instance
+    assert early.decision.kind is DecisionKind.START
+    assert early.decision.instance_id != iid
+    late = d.send("large", 1.45)  # expired: large takes the first free instance, iid
+    assert late.decision.instance_id == iid
+    assert "expired" in late.decision.reason
+    assert iid not in policy.claims()
+
+
+def test_sesemi_scales_a_full_claimed_endpoint_out_and_claims_the_new_instance(
+    costs: CostModel,
+) -> None:
+    policy = SesemiPolicy()
+    d = Driver(policy, costs, concurrency=2)
+    d.send("small", 0.0)
+    d.send("small", 0.0)
+    third = d.send("small", 0.0)
+    assert third.decision.kind is DecisionKind.START
+    assert sorted(policy.claims().values()) == ["small", "small"]
+
+
+def test_sesemi_waits_for_the_next_claim_expiry_at_the_maximum(costs: CostModel) -> None:
+    policy = SesemiPolicy()
+    d = Driver(policy, costs, max_instances=1)
+    d.warm("small", 0.0)
+    d.send("small", 1.0)
+    d.send("small", 1.0)
+    d.router.request_done(2, 1.1, exec_s=0.1)
+    d.router.request_done(3, 1.1, exec_s=0.1)
+    waited = d.send("medium", 1.2)
+    assert waited.decision.kind is DecisionKind.WAIT
+    assert waited.decision.retry_at == pytest.approx(1.3)
+
+
+def test_sesemi_checks_its_options() -> None:
+    with pytest.raises(ValueError, match="resident_limit must be an int >= 1, got 0"):
+        SesemiPolicy(resident_limit=0)
+    with pytest.raises(ValueError, match="claim_factor must be >= 0"):
+        SesemiPolicy(claim_factor=-1.0)
+
+
+# -- lru-multiplex ------------------------------------------------------------------------------
+
+
+def test_lru_multiplex_prefers_an_instance_holding_the_model(costs: CostModel) -> None:
+    d = Driver(LruMultiplexPolicy(max_models=2), costs)
+    i0 = d.warm("small", 0.0)
+    d.send("medium", 1.0)
+    d.send("medium", 1.0)  # i0 is full now
+    i1 = d.send("large", 1.0).decision.instance_id  # a new instance
+    assert i1 != i0
+    d.router.model_loaded(i0, "medium", 1.5)
+    d.router.request_done(2, 2.0, exec_s=0.1)
+    again = d.send("small", 3.0)
+    assert again.decision.instance_id == i0
+    assert not again.decision.load
+    assert "holds the model" in again.decision.reason
+
+
+def test_lru_multiplex_loads_on_the_instance_with_fewest_models_and_evicts_lru(
+    costs: CostModel,
+) -> None:
+    d = Driver(LruMultiplexPolicy(max_models=2), costs, concurrency=4)
+    i0 = d.warm("small", 0.0)
+    d.warm("medium", 1.0)
+    third = d.send("large", 2.0)
+    assert third.decision.instance_id == i0
+    assert third.decision.evict == ("small",)  # least recently used, beyond two models
+
+
+def test_lru_multiplex_refuses_a_model_that_fits_no_instance(costs: CostModel) -> None:
+    d = Driver(LruMultiplexPolicy(), costs, budget_mb=500.0)
+    with pytest.raises(PackerError, match="more than the instance budget"):
+        d.send("large", 0.0)
+
+
+# -- sealserve ----------------------------------------------------------------------------------
+
+
+def test_sealserve_runs_where_the_model_is_resident(costs: CostModel) -> None:
+    d = Driver(SealservePolicy(priors=costs), costs)
+    i0 = d.warm("small", 0.0)
+    d.warm("medium", 0.5)
+    routed = d.send("small", 1.0)
+    assert routed.decision.instance_id == i0
+    assert not routed.decision.load
+    assert routed.decision.expected_s == pytest.approx(0.01, rel=0.5)
+    assert routed.decision.reason.startswith(f"resident on i{i0}")
+
+
+def test_sealserve_keeps_several_models_resident(costs: CostModel) -> None:
+    d = Driver(SealservePolicy(priors=costs), costs)
+    d.warm("small", 0.0)
+    second = d.send("medium", 1.0)
+    assert second.decision.kind is DecisionKind.RUN
+    assert second.decision.evict == ()  # beside small, not instead of it
+    assert d.group.cold_starts == 1
+
+
+def test_sealserve_joins_a_load_under_way(costs: CostModel) -> None:
+    d = Driver(SealservePolicy(priors=costs), costs, concurrency=4)
+    d.warm("small", 0.0)
+    first = d.send("large", 1.0)
+    assert first.decision.load
+    second = d.send("large", 1.5)
+    assert second.decision.instance_id == first.decision.instance_id
+    assert not second.decision.load
+    assert second.decision.reason.startswith("join the load")
+    assert second.decision.expected_s == pytest.approx(2.0 - 0.5 + 0.2)
+
+
+def test_sealserve_waits_for_a_warm_slot_rather_than_loading_or_starting(
+    costs: CostModel,
+) -> None:
+    d = Driver(SealservePolicy(priors=costs), costs, concurrency=1)
+    d.warm("large", 0.0)
+    busy = d.send("large", 1.0)
+    assert busy.run_now
+    waiting = d.send("large", 1.1)  # 0.1 s left on the slot beats 1 s + 2 s + 0.2 s cold
+    assert waiting.decision.kind is DecisionKind.WAIT
+    assert waiting.decision.reason.startswith("wait for a slot")
+    assert waiting.decision.expected_s == pytest.approx(0.1 + 0.2)
+
+
+def _named(costs: CostModel, zoo_model: str, count: int) -> list[str]:
+    """Names outside the cost model that its stable hash maps to ``zoo_model``."""
+    names = [f"m-{i}" for i in range(200) if costs.zoo_model_for(f"m-{i}") == zoo_model]
+    return names[:count]
+
+
+def _resident(group: FunctionGroup, model: str, rid: int, now: float) -> Instance:
+    inst = group.start(None, now)
+    group.mark_ready(inst.id, now)
+    group.assign(rid, model, inst.id, now)
+    group.mark_loaded(inst.id, model, now)
+    group.complete(rid, now)
+    return inst
+
+
+def test_sealserve_evicts_the_model_least_likely_to_be_needed(costs: CostModel) -> None:
+    hot, cold, new = _named(costs, "medium", 3)
+    policy = SealservePolicy(priors=costs)
+    cfg = GroupConfig(budget_mb=400.0, concurrency=4, keep_alive_s=600.0)
+    group = FunctionGroup(cfg, model_memory_mb=costs.memory_mb)
+    a = _resident(group, hot, 1, 0.0)
+    b = _resident(group, cold, 2, 0.0)
+    policy.on_arrival(RouteRequest(2, cold, 0.0), 0.0)
+    for t in range(1, 300):
+        policy.on_arrival(RouteRequest(10 + t, hot, float(t)), float(t))
+    decision = policy.route(RouteRequest(999, new, 300.0), group, 300.0)
+    assert (decision.instance_id, decision.evict) == (b.id, (cold,))
+    assert f"next best load on i{a.id}" in decision.reason
+
+
+def test_sealserve_moves_a_model_off_a_surplus_instance(costs: CostModel) -> None:
+    (model,) = _named(costs, "small", 1)
+    policy = SealservePolicy(priors=costs)
+    group = FunctionGroup(GroupConfig(concurrency=4), model_memory_mb=costs.memory_mb)
+    core = _resident(group, "small", 1, 0.0)
+    surplus = _resident(group, model, 2, 0.0)
+    policy.on_arrival(RouteRequest(2, model, 0.0), 0.0)
+    assert policy.target_instances(group, model, 1.0) == 1
+    decision = policy.route(RouteRequest(3, model, 1.0), group, 1.0)
+    assert decision.instance_id == core.id
+    assert decision.load
+    assert f"next best resident on i{surplus.id} (surplus)" in decision.reason
+
+
+def test_sealserve_starts_only_when_the_predicted_load_needs_it(costs: CostModel) -> None:
+    policy = SealservePolicy(priors=costs)
+    d = Driver(policy, costs, concurrency=4)
+    d.warm("small", 0.0)
+    assert policy.target_instances(d.group, "medium", 1.0) == 1
+    routed = d.send("medium", 1.0)
+    assert routed.decision.kind is DecisionKind.RUN  # a load, not a second instance
+
+
+def test_sealserve_starts_when_memory_needs_another_instance(costs: CostModel) -> None:
+    policy = SealservePolicy(priors=costs)
+    d = Driver(policy, costs, budget_mb=800.0, concurrency=4)
+    for t in range(0, 20):
+        d.warm("large", float(t) * 0.5)
+    assert policy.target_instances(d.group, "medium", 10.0) == 2
+    routed = d.send("medium", 10.0)
+    assert routed.decision.kind is DecisionKind.START
+    assert "needed instances alive" in routed.decision.reason
+
+
+def test_sealserve_learns_measured_costs(costs: CostModel) -> None:
+    policy = SealservePolicy(priors=costs)
+    d = Driver(policy, costs)
+    routed = d.send("small", 0.0)
+    iid = routed.decision.instance_id
+    assert iid is not None
+    d.router.instance_ready(iid, 3.0)
+    d.router.model_loaded(iid, "small", 4.0)
+    d.router.request_done(1, 4.5)
+    stats = policy.stats.model("small")
+    assert policy.stats.cold_start_s.value == pytest.approx(1.0 + 0.2 * (3.0 - 1.0))
+    assert stats.load_s.value == pytest.approx(0.1 + 0.2 * (1.0 - 0.1))
+    assert stats.exec_s.value == pytest.approx(0.01 + 0.2 * (0.5 - 0.01))
+
+
+def test_sealserve_without_priors_starts_from_defaults(costs: CostModel) -> None:
+    policy = SealservePolicy(default_infer_s=0.3, default_load_s=0.7, default_cold_start_s=1.5)
+    d = Driver(policy, costs)
+    assert d.send("small", 0.0).decision.expected_s == pytest.approx(1.5 + 0.7 + 0.3)
+
+
+def test_make_policy_knows_every_name() -> None:
+    assert make_policy("lru-multiplex", max_models=5).resident_limit == 5
+    assert make_policy("sesemi").resident_limit == 1
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        make_policy("nope")
