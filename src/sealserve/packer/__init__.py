@@ -37,10 +37,9 @@ from sealserve.packer._trace import (
     write_trace_csv,
 )
 
-__all__ = [
-    "COSTS_SCHEMA",
-    "POLICY_NAMES",
+__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "Assignment",
+    "COSTS_SCHEMA",
     "CostModel",
     "CostPriors",
     "Decision",
@@ -56,6 +55,7 @@ __all__ = [
     "LoadStats",
     "LruMultiplexPolicy",
     "ModelCosts",
+    "POLICY_NAMES",
     "Policy",
     "ReadyActions",
     "RouteRequest",
