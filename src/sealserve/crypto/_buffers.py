@@ -26,7 +26,12 @@ Buffer = bytes | bytearray | memoryview
 _MIN_SIZE = 2
 
 
-def _bind_cpython() -> tuple[Callable[[None, int], bytes], Callable[[bytes], int]] | None:
+_PYBUF_WRITE = 0x200
+
+
+def _bind_cpython() -> (
+    tuple[Callable[[None, int], bytes], Callable[[bytes, int], memoryview]] | None
+):
     if sys.implementation.name != "cpython":  # pragma: no cover - CPython is what we ship on
         return None
     api = ctypes.pythonapi
@@ -36,7 +41,15 @@ def _bind_cpython() -> tuple[Callable[[None, int], bytes], Callable[[bytes], int
     as_string = api.PyBytes_AsString
     as_string.restype = ctypes.c_void_p
     as_string.argtypes = [ctypes.py_object]
-    return from_size, as_string
+    view_of = api.PyMemoryView_FromMemory
+    view_of.restype = ctypes.py_object
+    view_of.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+
+    def writable_view(obj: bytes, size: int) -> memoryview:
+        view: memoryview = view_of(as_string(obj), size, _PYBUF_WRITE)
+        return view
+
+    return from_size, writable_view
 
 
 _CPYTHON = _bind_cpython()
@@ -54,16 +67,13 @@ def fill_new_bytes(size: int, fill: Callable[[memoryview], None]) -> bytes:
         scratch = bytearray(size)
         fill(memoryview(scratch))
         return bytes(scratch)
-    from_size, as_string = _CPYTHON
+    from_size, writable_view = _CPYTHON
     out = from_size(None, size)
-    address = as_string(out)
-    window = (ctypes.c_ubyte * size).from_address(address)
-    view = memoryview(window).cast("B")
+    view = writable_view(out, size)
     try:
         fill(view)
     finally:
         view.release()
-        del window
     return out
 
 

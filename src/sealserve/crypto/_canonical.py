@@ -34,6 +34,8 @@ _INT_MAX = (1 << 63) - 1
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _I64 = struct.Struct(">q")
+#: A key of at most this many characters is at most MAX_KEY_BYTES UTF-8 bytes.
+_FAST_KEY_CHARS = MAX_KEY_BYTES // 4
 
 
 def canonical_encode(mapping: Mapping[str, CanonicalValue]) -> bytes:
@@ -42,17 +44,30 @@ def canonical_encode(mapping: Mapping[str, CanonicalValue]) -> bytes:
     Keys are non-empty text of at most :data:`MAX_KEY_BYTES` UTF-8 bytes; values are ``str``,
     ``int`` (signed 64-bit; ``bool`` is refused as ambiguous) or ``bytes``-like.
     """
-    if not isinstance(mapping, Mapping):
+    if type(mapping) is not dict and not isinstance(mapping, Mapping):
         raise TypeError(f"mapping must be a Mapping, got {type(mapping).__name__}")
     if len(mapping) > _MAX_ENTRIES:
         raise ValueError(f"mapping has {len(mapping)} entries; at most {_MAX_ENTRIES} allowed")
-    entries: list[tuple[bytes, bytes, bytes]] = []
-    for key, value in mapping.items():
-        entries.append((_encode_key(key), *_encode_value(key, value)))
-    entries.sort(key=lambda e: e[0])
-    parts = [_U32.pack(len(entries))]
-    for key_bytes, tag, value_bytes in entries:
-        parts += [_U16.pack(len(key_bytes)), key_bytes, tag, _U32.pack(len(value_bytes))]
+    parts = [_U32.pack(len(mapping))]
+    # UTF-8 byte order is code point order, so sorting the str keys sorts their encodings.
+    try:
+        keys = sorted(mapping)
+    except TypeError:
+        for key in mapping:
+            _encode_key(key)  # raises, naming the key
+        raise
+    for key in keys:
+        value = mapping[key]
+        if type(key) is str and type(value) is str and 0 < len(key) <= _FAST_KEY_CHARS:
+            try:
+                key_bytes, value_bytes = key.encode(), value.encode()
+            except UnicodeEncodeError:
+                key_bytes, (_, value_bytes) = _encode_key(key), _encode_value(key, value)
+            parts += (_U16.pack(len(key_bytes)), key_bytes, b"s", _U32.pack(len(value_bytes)))
+        else:
+            key_bytes = _encode_key(key)
+            tag, value_bytes = _encode_value(key, value)
+            parts += (_U16.pack(len(key_bytes)), key_bytes, tag, _U32.pack(len(value_bytes)))
         parts.append(value_bytes)
     return b"".join(parts)
 

@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidTag
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.crypto._buffers import Buffer, as_bytes_view, fill_new_bytes, zero
-from sealserve.crypto._canonical import canonical_encode
+from sealserve.crypto._canonical import MAX_KEY_BYTES
 from sealserve.crypto._keys import SymmetricKey
 from sealserve.errors import InvalidEnvelope
 
@@ -49,17 +49,23 @@ __all__ = [
 _VERSION: Final = 1
 _SUITE_AES256GCM: Final = 1
 _HEADER = struct.Struct(">BBQ")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_MAX_CONTEXT_ENTRIES: Final = 256
 _NONCE_BYTES: Final = 12
 _TAG_BYTES: Final = 16
 _PREFIX: Final = _HEADER.size + _NONCE_BYTES
 _AAD_LABEL: Final = b"sealserve/envelope\x00"
 #: Future timestamps within this many seconds are accepted when an age is checked.
 _CLOCK_SKEW_S: Final = 60.0
+#: Up to this size, seal() assembles the envelope by concatenation (cheaper than in place).
+_SMALL_ENVELOPE: Final = 64 * 1024
 
 #: Bytes an envelope adds to its plaintext.
 ENVELOPE_OVERHEAD: Final = _PREFIX + _TAG_BYTES
 #: Largest plaintext :func:`seal` accepts (1 GiB); larger data is a model: use ``seal_model``.
 MAX_PLAINTEXT_BYTES: Final = 1 << 30
+_MAX_ENVELOPE: Final = MAX_PLAINTEXT_BYTES + ENVELOPE_OVERHEAD
 
 _log = get_logger(__name__)
 
@@ -99,6 +105,10 @@ def seal(
     size = sealed_size(len(data))
     aad_tail = _encode_context(context)
     header = _HEADER.pack(_VERSION, _SUITE_AES256GCM, _timestamp(clock))
+    if size <= _SMALL_ENVELOPE:  # joining small pieces costs less than building in place
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = key._aead.encrypt(nonce, data, _AAD_LABEL + header + aad_tail)
+        return b"".join((header, nonce, sealed))
 
     def fill(out: memoryview) -> None:
         _seal_into(key, data, out, header, aad_tail)
@@ -144,15 +154,38 @@ def unseal(
     decryption.  With ``max_age_s``, an envelope sealed longer ago than that (by ``clock``)
     is refused too.  Every failure raises the same :class:`~sealserve.errors.InvalidEnvelope`.
     """
-    _check_key(key)
+    if type(key) is not SymmetricKey:
+        _check_key(key)
     aad_tail = _encode_context(context)
     view = as_bytes_view(envelope, "envelope")
-    header, nonce, body = _split(view)
-    try:
-        plaintext = key._cipher.decrypt(nonce, body, _AAD_LABEL + bytes(header) + aad_tail)
-    except InvalidTag:
-        _reject("tag")
-    _check_age(header, max_age_s, clock)
+    size = len(view)
+    if (
+        size < ENVELOPE_OVERHEAD
+        or size > _MAX_ENVELOPE
+        or view[0] != _VERSION
+        or view[1] != _SUITE_AES256GCM
+    ):
+        _split(view)  # rejects, with the reason
+    header = view[: _HEADER.size]
+    nonce, body = view[_HEADER.size : _PREFIX], view[_PREFIX:]
+    aad = _AAD_LABEL + header.tobytes() + aad_tail
+    if size <= _SMALL_ENVELOPE:
+        try:
+            plaintext = key._aead.decrypt(nonce, body, aad)
+        except InvalidTag:
+            _reject("tag")
+    else:  # decrypt straight into the result: no zero-filled buffer, no copy
+
+        def fill(out: memoryview) -> None:
+            try:
+                key._aead.decrypt_into(nonce, body, aad, out)
+            except InvalidTag:
+                zero(out)
+                _reject("tag")
+
+        plaintext = fill_new_bytes(size - ENVELOPE_OVERHEAD, fill)
+    if max_age_s is not None:
+        _check_age(header, max_age_s, clock)
     return plaintext
 
 
@@ -179,7 +212,7 @@ def unseal_into(
         raise ValueError(f"out has {len(target)} bytes; the plaintext needs {size}")
     window = target[:size]
     try:
-        key._cipher.decrypt_into(nonce, body, _AAD_LABEL + bytes(header) + aad_tail, window)
+        key._aead.decrypt_into(nonce, body, _AAD_LABEL + header.tobytes() + aad_tail, window)
         _check_age(header, max_age_s, clock)
     except InvalidTag:
         zero(window)
@@ -199,17 +232,16 @@ def _seal_into(
     nonce = os.urandom(_NONCE_BYTES)
     out[: _HEADER.size] = header
     out[_HEADER.size : _PREFIX] = nonce
-    key._cipher.encrypt_into(nonce, data, _AAD_LABEL + header + aad_tail, out[_PREFIX:])
+    key._aead.encrypt_into(nonce, data, _AAD_LABEL + header + aad_tail, out[_PREFIX:])
 
 
 def _split(view: memoryview) -> tuple[memoryview, memoryview, memoryview]:
-    if not ENVELOPE_OVERHEAD <= len(view) <= MAX_PLAINTEXT_BYTES + ENVELOPE_OVERHEAD:
-        _reject("length", length=len(view))
-    header = view[: _HEADER.size]
-    version, suite, _ = _HEADER.unpack(header)
-    if version != _VERSION or suite != _SUITE_AES256GCM:
-        _reject("version", version=version, suite=suite)
-    return header, view[_HEADER.size : _PREFIX], view[_PREFIX:]
+    size = len(view)
+    if size < ENVELOPE_OVERHEAD or size > _MAX_ENVELOPE:
+        _reject("length", length=size)
+    if view[0] != _VERSION or view[1] != _SUITE_AES256GCM:
+        _reject("version", version=view[0], suite=view[1])
+    return view[: _HEADER.size], view[_HEADER.size : _PREFIX], view[_PREFIX:]
 
 
 def _check_age(header: memoryview, max_age_s: float | None, clock: Clock) -> None:
@@ -229,18 +261,39 @@ def _reject(reason: str, **detail: int) -> NoReturn:
 
 
 def _encode_context(context: Mapping[str, str]) -> bytes:
-    if not isinstance(context, Mapping):
+    """``canonical_encode(context)`` for a mapping of str to str that names a purpose.
+
+    The hot path of every seal and unseal, so validation and encoding are one pass; the
+    result is byte for byte what :func:`~sealserve.crypto.canonical_encode` gives (tested).
+    """
+    if type(context) is not dict and not isinstance(context, Mapping):
         raise TypeError(f"context must be a mapping of str to str, got {type(context).__name__}")
     purpose = context.get("purpose")
-    if not isinstance(purpose, str) or not purpose:
+    if type(purpose) is not str or not purpose:
         raise ValueError(
             f"context must name a non-empty 'purpose', got {purpose!r}; "
             "e.g. {'purpose': 'inference-input', 'request_id': ...}"
         )
-    for name, value in context.items():
-        if not isinstance(value, str):
+    if len(context) > _MAX_CONTEXT_ENTRIES:
+        raise ValueError(f"context has {len(context)} entries; at most {_MAX_CONTEXT_ENTRIES}")
+    parts = [_U32.pack(len(context))]
+    try:
+        names = sorted(context)  # code point order is UTF-8 byte order
+    except TypeError:
+        raise TypeError("context keys must all be str") from None
+    for name in names:
+        value = context[name]
+        if type(value) is not str and not isinstance(value, str):
             raise TypeError(f"context[{name!r}] must be str, got {type(value).__name__}")
-    return canonical_encode(context)
+        try:
+            name_bytes, value_bytes = name.encode(), value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"context[{name!r}] is not valid Unicode text") from exc
+        if not 0 < len(name_bytes) <= MAX_KEY_BYTES:
+            raise ValueError(f"context key {name!r} must be 1 to {MAX_KEY_BYTES} UTF-8 bytes long")
+        parts += (_U16.pack(len(name_bytes)), name_bytes, b"s", _U32.pack(len(value_bytes)))
+        parts.append(value_bytes)
+    return b"".join(parts)
 
 
 def _timestamp(clock: Clock) -> int:

@@ -78,10 +78,6 @@ class SymmetricKey:
         """16 hex digits that name this key without revealing it (safe to log)."""
         return self._fingerprint
 
-    @property
-    def _cipher(self) -> AESGCM:
-        return self._aead
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SymmetricKey):
             return NotImplemented

@@ -105,3 +105,11 @@ def test_canonical_encoding_round_trips_and_is_injective(
     encoded = canonical_encode(mapping)
     assert canonical_decode(encoded) == mapping
     assert canonical_encode(canonical_decode(encoded)) == encoded
+
+
+@SETTINGS
+@given(context=contexts)
+def test_the_envelope_context_encoding_is_the_canonical_encoding(context: dict[str, str]) -> None:
+    from sealserve.crypto._envelope import _encode_context
+
+    assert _encode_context(context) == canonical_encode(context)

@@ -211,3 +211,22 @@ def test_request_key_directions_use_different_subkeys() -> None:
     with pytest.raises(InvalidEnvelope):
         unseal(rk.output_key, envelope, context=CTX)
     assert rk.to_bytes().hex() not in repr(rk)
+
+
+@pytest.mark.parametrize("size", [64 * 1024 - 38, 64 * 1024, 64 * 1024 + 1, 300 * 1024])
+def test_large_envelopes_are_built_and_opened_in_place(size: int) -> None:
+    key = SymmetricKey.generate()
+    plaintext = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    envelope = seal(key, plaintext, context=CTX)
+    assert isinstance(envelope, bytes)
+    assert len(envelope) == sealed_size(size)
+    opened = unseal(key, envelope, context=CTX)
+    assert type(opened) is bytes
+    assert opened == plaintext
+    for position in (0, 11, 30, len(envelope) // 2, len(envelope) - 1):
+        tampered = bytearray(envelope)
+        tampered[position] ^= 0x80
+        with pytest.raises(InvalidEnvelope):
+            unseal(key, tampered, context=CTX)
+    with pytest.raises(InvalidEnvelope):
+        unseal(key, envelope, context={**CTX, "request_id": "other"})
