@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sealserve.bench import packer
+from sealserve.bench import crypto, keyservice, packer
 
 __all__ = ["app"]
 
@@ -18,4 +18,6 @@ app = typer.Typer(
 )
 
 # One line per benchmark module, in the order of the layers.
+crypto.register(app)
+keyservice.register(app)
 packer.register(app)
