@@ -50,6 +50,26 @@ __all__ = ["LaunchedProcess", "PlatformState", "SimulatedPlatform"]
 _log = get_logger(__name__)
 _RESERVED_ENV_PREFIX: Final = "SEALSERVE_TEE_"
 _CLOSE_GRACE_S: Final = 5.0
+#: Launcher variables that would make the child load code outside the measured snapshot: the
+#: dynamic loader's, the interpreter's (``-I`` ignores them too), OpenSSL's configuration and
+#: provider modules, and the rest of glibc's list of variables unsafe for privileged programs.
+_CODE_LOADING_ENV_PREFIXES: Final = ("LD_", "PYTHON", "OPENSSL_")
+_CODE_LOADING_ENV: Final = frozenset(
+    {
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+    }
+)
 
 
 class PlatformState(enum.Enum):
@@ -428,13 +448,21 @@ def _check_args(args: Sequence[str]) -> list[str]:
 
 
 def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The launcher's environment minus what only the platform sets and what would load
+    code the measurement does not cover (dynamic-loader, interpreter and OpenSSL hooks)."""
     out: dict[str, str] = {}
+    dropped: list[str] = []
     for key, value in (env or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"env must map str to str; got {key!r}: {value!r}")
         if key.startswith(_RESERVED_ENV_PREFIX) or key == PASSED_FDS_ENV:
             continue  # the platform alone sets these
+        if key.startswith(_CODE_LOADING_ENV_PREFIXES) or key in _CODE_LOADING_ENV:
+            dropped.append(key)
+            continue
         out[key] = value
+    if dropped:
+        _log.event("platform.env_dropped", level=logging.WARNING, names=sorted(dropped))
     out.setdefault("PATH", os.defpath)
     return out
 

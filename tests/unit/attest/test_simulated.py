@@ -270,3 +270,24 @@ def test_launch_config_and_passed_fds_come_from_the_platform_env(
     monkeypatch.setenv("SEALSERVE_TEE_CONFIG", '{"a": 1}')
     with pytest.raises(TeeError, match="SEALSERVE_TEE_CONFIG"):
         launch_config()
+
+
+def test_launcher_env_cannot_load_unmeasured_code() -> None:
+    from sealserve.attest._platform import _child_env
+
+    env = _child_env(
+        {
+            "LD_PRELOAD": "/tmp/evil.so",
+            "LD_LIBRARY_PATH": "/tmp",
+            "PYTHONPATH": "/tmp",
+            "PYTHONSTARTUP": "/tmp/x.py",
+            "OPENSSL_CONF": "/tmp/openssl.cnf",
+            "OPENSSL_MODULES": "/tmp",
+            "GCONV_PATH": "/tmp",
+            "SEALSERVE_TEE_FD": "0",
+            "SEALSERVE_PASSED_FDS": "0",
+            "OMP_NUM_THREADS": "2",
+            "SEALSERVE_LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert env == {"OMP_NUM_THREADS": "2", "SEALSERVE_LOG_LEVEL": "DEBUG", "PATH": os.defpath}
