@@ -1,0 +1,107 @@
+"""``sealserve bench packer`` through the CLI, with a saved cost model (nothing measured)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sealserve.bench import packer as bench_packer
+from sealserve.cli import app
+from sealserve.packer import CostModel
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_machine_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # environment() asks the platform module, which may spawn `uname`; unit tests spawn nothing.
+    monkeypatch.setattr(bench_packer, "environment", lambda: {"python": "test"})
+
+
+@pytest.fixture
+def costs_file(costs: CostModel, tmp_path: Path) -> Path:
+    return costs.save(tmp_path / "costs.json")
+
+
+def bench(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["bench", "packer", *args])
+    return result.exit_code, result.output
+
+
+def test_a_synthetic_run_writes_every_policy(costs_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    saved = tmp_path / "trace.csv"
+    code, output = bench(
+        "--synthetic", "1", "--models", "6", "--duration-s", "300", "--repeats", "2",
+        "--costs", str(costs_file), "--json", str(out), "--save-trace", str(saved),
+    )  # fmt: skip
+    assert code == 0, output
+    assert "FnPacker policies" in output
+    report = json.loads(out.read_text())
+    assert set(report["policies"]) == {
+        "dedicated",
+        "dedicated-fitted",
+        "sesemi",
+        "lru-multiplex",
+        "sealserve",
+    }
+    for entry in report["policies"].values():
+        for key in ("p50_ms", "p99_ms", "cold_starts", "model_loads", "gb_s"):
+            assert isinstance(entry[key], int | float)
+        assert len(entry["repeats"]) == 2
+    assert report["policies"]["dedicated"]["ratio_to_dedicated"]["gb_s"] == 1.0
+    assert report["simulation"]["seeds"] == [0, 1]
+    assert report["trace"]["models"] <= 6
+    assert report["costs"]["schema"] == "sealserve.packer.costs/1"
+    assert {g["goal"] for g in report["goals"]} >= {"sealserve p99 <= 1.2 x dedicated"}
+    assert saved.read_text().startswith("timestamp_s,model")
+
+
+def test_a_trace_file_runs_the_chosen_policies(costs_file: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp_s,model,duration_ms\n0,small,\n0.5,mine,30\n90,small,\n")
+    out = tmp_path / "r.json"
+    code, output = bench(
+        "--trace", str(trace), "--policies", "dedicated,sealserve", "--repeats", "1",
+        "--costs", str(costs_file), "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    report = json.loads(out.read_text())
+    assert list(report["policies"]) == ["dedicated", "sealserve"]
+    assert report["trace"]["requests"] == 3
+    assert report["trace"]["zoo_model_of"]["mine"] in {"small", "medium", "large"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give --trace FILE.csv or --synthetic SEED"),
+        (("--synthetic", "1"), "give --json PATH"),
+        (("--synthetic", "1", "--trace", "x.csv", "--json", "o"), "not both"),
+        (("--synthetic", "1", "--json", "o", "--policies", "best"), "unknown policy ['best']"),
+    ],
+)
+def test_bad_invocations_get_one_clear_line(args: tuple[str, ...], message: str) -> None:
+    code, output = bench(*args)
+    assert code == 2
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_a_bad_trace_says_where(costs_file: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp_s,model\n0,a\nsoon,b\n")
+    code, output = bench("--trace", str(trace), "--costs", str(costs_file), "--json", "o.json")
+    assert code == 2
+    assert "line 3, column 'timestamp_s': value 'soon' is not a number" in output
+
+
+def test_a_missing_cost_model_is_reported(tmp_path: Path) -> None:
+    code, output = bench(
+        "--synthetic", "1", "--costs", str(tmp_path / "none.json"), "--json", "o.json"
+    )
+    assert code == 1
+    assert "does not exist" in output
