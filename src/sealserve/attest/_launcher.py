@@ -51,6 +51,10 @@ class MeasuredProcess(Protocol):
         """Kill it if still running, reap it and release the handle (idempotent)."""
         ...
 
+    def __enter__(self) -> MeasuredProcess: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 @runtime_checkable
 class Launcher(Protocol):

@@ -240,11 +240,20 @@ def _output(plain_len: int, out: Buffer | None) -> tuple[bytearray | memoryview,
 
 
 def _read_full(src: BinaryIO, buf: bytearray | memoryview) -> int:
-    """Fill ``buf`` from ``src`` unless the stream ends first; the number of bytes read."""
+    """Fill ``buf`` from ``src`` unless the stream ends first; the number of bytes read.
+
+    Uses ``readinto`` (no copy) when the stream has it, else ``read``.
+    """
     view = memoryview(buf)
+    readinto = getattr(src, "readinto", None)
     got = 0
     while got < len(view):
-        n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            chunk = src.read(len(view) - got)
+            n = len(chunk) if chunk else 0
+            view[got : got + n] = chunk[:n] if chunk else b""
         if not n:
             break
         got += n

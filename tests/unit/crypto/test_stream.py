@@ -200,3 +200,20 @@ def test_unseekable_stream_needs_a_size() -> None:
 
     with pytest.raises(ValueError, match="size="):
         unseal_model_stream(SymmetricKey.generate(), Pipe(), model_id="m")  # type: ignore[arg-type]
+
+
+def test_streams_without_readinto_are_read_with_read() -> None:
+    class ReadOnly:
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def read(self, n: int = -1) -> bytes:
+            return self._data.read(min(n, 5))
+
+    key = SymmetricKey.generate()
+    data = os.urandom(333)
+    dst = io.BytesIO()
+    seal_model(key, ReadOnly(data), dst, model_id="m", chunk_size=64)  # type: ignore[arg-type]
+    sealed = dst.getvalue()
+    got = unseal_model_stream(key, ReadOnly(sealed), model_id="m", size=len(sealed))  # type: ignore[arg-type]
+    assert got == data
