@@ -15,11 +15,10 @@ from sealserve.packer._group import (
     Assignment,
     FunctionGroup,
     GroupConfig,
-    Instance,
-    InstanceState,
     LoadPlan,
     ReadyActions,
 )
+from sealserve.packer._instance import Instance, InstanceState
 from sealserve.packer._multiplex import LruMultiplexPolicy
 from sealserve.packer._policy import Policy
 from sealserve.packer._registry import POLICY_NAMES, make_policy

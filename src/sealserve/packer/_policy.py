@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 
 from sealserve.errors import PackerError
 from sealserve.packer._decision import Decision, RouteRequest
-from sealserve.packer._group import FunctionGroup, Instance
+from sealserve.packer._group import FunctionGroup
+from sealserve.packer._instance import Instance
 
 __all__ = ["Policy", "packed_order", "require_fits"]
 

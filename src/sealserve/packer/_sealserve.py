@@ -30,7 +30,8 @@ import math
 from typing import Any, Protocol
 
 from sealserve.packer._decision import Decision, RouteRequest
-from sealserve.packer._group import FunctionGroup, Instance
+from sealserve.packer._group import FunctionGroup
+from sealserve.packer._instance import Instance
 from sealserve.packer._policy import Policy, require_fits
 from sealserve.packer._stats import LoadStats
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from sealserve.packer._decision import Decision, DecisionKind, RouteRequest
-from sealserve.packer._group import FunctionGroup, Instance
+from sealserve.packer._group import FunctionGroup
+from sealserve.packer._instance import Instance
 from sealserve.packer._policy import Policy, require_fits
 
 __all__ = ["SesemiPolicy"]
