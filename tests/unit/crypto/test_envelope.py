@@ -230,3 +230,23 @@ def test_large_envelopes_are_built_and_opened_in_place(size: int) -> None:
             unseal(key, tampered, context=CTX)
     with pytest.raises(InvalidEnvelope):
         unseal(key, envelope, context={**CTX, "request_id": "other"})
+
+
+def test_one_key_is_safe_to_share_between_threads() -> None:
+    import threading
+
+    key = SymmetricKey.generate()
+    payloads = [bytes([i]) * (100_000 + i) for i in range(4)]
+    failures: list[int] = []
+
+    def work(i: int) -> None:
+        for _ in range(25):
+            if unseal(key, seal(key, payloads[i], context=CTX), context=CTX) != payloads[i]:
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
