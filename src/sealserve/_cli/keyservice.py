@@ -10,11 +10,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import select
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -52,7 +50,6 @@ app = typer.Typer(
 )
 
 _T = TypeVar("_T")
-_READY_TIMEOUT_S = 60.0
 
 # -- shared options -------------------------------------------------------------------------
 
@@ -245,26 +242,6 @@ def serve(
     raise typer.Exit(code)
 
 
-def _launch_args(ks: Any, data_dir: Path, platform_key: Path | None, level: str) -> list[str]:
-    args = [
-        "--data-dir", str(data_dir.resolve()),
-        "--host", ks.host,
-        "--port", str(ks.port),
-        "--max-body-bytes", str(ks.max_body_bytes),
-        "--max-outstanding-challenges", str(ks.max_outstanding_challenges),
-        "--rate-limit-per-s", repr(float(ks.rate_limit_per_s)),
-        "--rate-limit-burst", str(ks.rate_limit_burst),
-        "--log-level", level,
-    ]  # fmt: skip
-    if ks.db_url:
-        args += ["--db", ks.db_url]
-    if ks.master_key_file:
-        args += ["--master-key-file", str(Path(ks.master_key_file).resolve())]
-    if platform_key is not None:
-        args += ["--platform-key", str(platform_key.resolve())]
-    return args
-
-
 @contextlib.contextmanager
 def _launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
     from sealserve.attest import PlatformClient, SimulatedPlatform
@@ -280,22 +257,19 @@ def _launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
 def _launch_and_wait(
     ks: Any, data_dir: Path, tee_socket: Path | None, platform_key: Path | None, level: str
 ) -> int:
-    from sealserve.keyservice._main import measured_config
+    from sealserve.keyservice._launch import launch_keyservice
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    config = measured_config(ks)
     with _launcher(data_dir, tee_socket) as launcher:
-        read_fd, write_fd = os.pipe()
-        try:
-            process = launcher.launch(
-                "keyservice",
-                args=_launch_args(ks, data_dir, platform_key, level),
-                config=config,
-                stdout=write_fd,
-                stderr=sys.stderr.fileno(),
-            )
-        finally:
-            os.close(write_fd)
+        service = launch_keyservice(
+            launcher,
+            ks,
+            data_dir=data_dir,
+            platform_key=platform_key,
+            log_level=level,
+            stderr=sys.stderr.fileno(),
+        )
+        process = service.process
         stop = threading.Event()
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -305,24 +279,18 @@ def _launch_and_wait(
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with os.fdopen(read_fd, "rb", buffering=0) as ready_pipe:
-                ready = _read_ready(ready_pipe, process)
-                if ready is None:
-                    code = process.wait(10)
-                    fail(f"the KeyService exited before it was ready (status {code})")
-                typer.echo(
-                    f"KeyService listening on {ready['url']}\n"
-                    f"  measurement   {process.measurement}\n"
-                    f"  keyservice id {ready['keyservice_id']}\n"
-                    f"  database      {ready['database']}\n"
-                    f"  data dir      {data_dir}\n"
-                    "Ctrl-C stops it."
-                )
-                sys.stdout.flush()
-                while True:
-                    code = process.wait(0.5)
-                    if code is not None:
-                        break
+            typer.echo(
+                f"KeyService listening on {service.url}\n"
+                f"  measurement   {service.measurement}\n"
+                f"  keyservice id {service.keyservice_id}\n"
+                f"  database      {service.database}\n"
+                f"  data dir      {data_dir}\n"
+                "Ctrl-C stops it."
+            )
+            sys.stdout.flush()
+            code = None
+            while code is None:
+                code = process.wait(0.5)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -331,25 +299,6 @@ def _launch_and_wait(
         typer.echo("KeyService stopped.")
         return 0
     return 0 if code == 0 else 1
-
-
-def _read_ready(pipe: Any, process: Any) -> dict[str, Any] | None:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    buffer = b""
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([pipe], [], [], 0.2)
-        if readable:
-            chunk = pipe.read(4096)
-            if not chunk:
-                return None
-            buffer += chunk
-            if b"\n" in buffer:
-                line = buffer.split(b"\n", 1)[0]
-                doc = json.loads(line)
-                return doc if isinstance(doc, dict) else None
-        elif process.returncode is not None or process.wait(0) is not None:
-            return None
-    return None
 
 
 @app.command()

@@ -135,8 +135,9 @@ class ReleasedKeys(BaseModel):
     model_id: str
     model_key_version: int
     request_key_version: int
-    wrapped_model_key: str
-    wrapped_request_key: str
+    wrapped_keys: str = Field(
+        description="HPKE(runtime key, model key || request key), info as in docs/keyservice.md."
+    )
 
 
 class ReleaseOut(BaseModel):

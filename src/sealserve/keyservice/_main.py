@@ -27,6 +27,7 @@ __all__ = ["MEASURED_SETTINGS", "main", "measured_config", "settings_from"]
 #: Settings carried in the measured launch config when they differ from the defaults.
 MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s")
 _EX_CONFIG = 78
+_SWITCH_INTERVAL_S = 0.0005
 _log = get_logger(__name__)
 
 
@@ -89,6 +90,9 @@ def _trust(args: argparse.Namespace) -> TrustAnchors:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
+    # Database work runs in worker threads; with the default 5 ms switch interval a worker
+    # that needs the GIL while the event loop computes waits that long on every hop.
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     from sealserve.keyservice._server import run_keyservice
 
     try:

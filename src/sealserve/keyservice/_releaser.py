@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve.crypto import HpkeSuite, Identity, wrap
@@ -27,6 +28,9 @@ from sealserve.keyservice._vault import Vault
 __all__ = ["Denied", "ReleaseRequest", "Releaser"]
 
 _MAX_EVIDENCE_BYTES = 32 * 1024
+_R = TypeVar("_R")
+#: Opened (unsealed and parsed) records kept; each is a few hundred bytes.
+_OPENED_CACHE = 4096
 _SUITES_BY_KEY_SIZE = {suite.public_key_size: suite for suite in HpkeSuite}
 _DECOY = {"model_id": "decoy", "user_id": "decoy", "version": "0"}
 
@@ -86,6 +90,9 @@ class Releaser:
             wire.canonical_json({"key": wire.b64encode(bytes(32)), "policy": decoy_policy}),
         )
         self._decoy_model_key = vault.seal("decoy", _DECOY, bytes(32))
+        self._opened: OrderedDict[tuple[str, tuple[tuple[str, str], ...], bytes], object] = (
+            OrderedDict()
+        )
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -188,26 +195,27 @@ class Releaser:
         # The grant: the owner's runtime policy.
         if rec.grant is None:
             reason = "not_granted"
-            grant = self._unseal("decoy", _DECOY, self._decoy_grant)
+            owner_policy = self._open("decoy", _DECOY, self._decoy_grant, self._grant_record)
         else:
-            grant = self._unseal("grant", {"model_id": mid, "user_id": uid}, rec.grant)
-        owner_ok = self._verifier.accepts(verified, self._verifier.parse_policy(json.loads(grant)))
+            row = {"model_id": mid, "user_id": uid}
+            owner_policy = self._open("grant", row, rec.grant, self._grant_record)
+        owner_ok = self._verifier.accepts(verified, owner_policy)
         # The user's request key and its policy.
         if rec.request_key is None:
             reason = reason or "no_request_key"
-            raw = self._unseal("decoy", _DECOY, self._decoy_request_key)
+            rk = self._open("decoy", _DECOY, self._decoy_request_key, self._request_key_record)
         else:
-            raw = self._unseal("request-key", {"model_id": mid, "user_id": uid}, rec.request_key)
-        rk_doc = json.loads(raw)
-        request_key = wire.b64decode(rk_doc["key"], name="request key")
-        user_ok = self._verifier.accepts(verified, self._verifier.parse_policy(rk_doc["policy"]))
+            row = {"model_id": mid, "user_id": uid}
+            rk = self._open("request-key", row, rec.request_key, self._request_key_record)
+        request_key, user_policy = rk
+        user_ok = self._verifier.accepts(verified, user_policy)
         # The model's current key.
         if rec.model_key is None or rec.model_key_version is None:
             reason = reason or "no_model_key"
-            model_key = self._unseal("decoy", _DECOY, self._decoy_model_key)
+            model_key = self._open("decoy", _DECOY, self._decoy_model_key, bytes)
         else:
             row = {"model_id": mid, "version": str(rec.model_key_version)}
-            model_key = self._unseal("model-key", row, rec.model_key)
+            model_key = self._open("model-key", row, rec.model_key, bytes)
         if not owner_ok:
             reason = reason or "owner_policy"
         if not user_ok:
@@ -219,24 +227,56 @@ class Releaser:
             "model_id": mid,
             "model_key_version": mk_version,
             "request_key_version": rk_version,
-            "wrapped_model_key": self._wrap("model-key", model_key, mid, uid, mk_version, request),
-            "wrapped_request_key": self._wrap(
-                "request-key", request_key, mid, uid, rk_version, request
+            "wrapped_keys": self._wrap(
+                model_key + request_key, mid, uid, mk_version, rk_version, request
             ),
         }
         return reason, entry
 
-    def _unseal(self, kind: str, row: dict[str, str], sealed: bytes) -> bytes:
+    def _open(
+        self, kind: str, row: dict[str, str], sealed: bytes, transform: Callable[[bytes], _R]
+    ) -> _R:
+        """Unseal a record and parse it, through a bounded cache keyed by the sealed bytes
+        (the same bytes always open to the same value; decoys are cached alike)."""
+        key = (kind, tuple(sorted(row.items())), sealed)
+        hit = self._opened.get(key)
+        if hit is not None:
+            self._opened.move_to_end(key)
+            return cast(_R, hit)
         try:
-            return self._vault.unseal(kind, row, sealed)
+            value = transform(self._vault.unseal(kind, row, sealed))
         except KeyServiceError:
             raise self._deny("store") from None
+        except (ValueError, KeyError, TypeError):
+            raise self._deny("store") from None
+        self._opened[key] = value
+        while len(self._opened) > _OPENED_CACHE:
+            self._opened.popitem(last=False)
+        return value
+
+    def _grant_record(self, plaintext: bytes) -> Any:
+        return self._verifier.parse_policy(json.loads(plaintext))
+
+    def _request_key_record(self, plaintext: bytes) -> tuple[bytes, Any]:
+        doc = json.loads(plaintext)
+        key = wire.b64decode(doc["key"], name="request key")
+        return key, self._verifier.parse_policy(doc["policy"])
 
     def _wrap(
-        self, kind: str, secret: bytes, mid: str, uid: str, version: int, req: ReleaseRequest
+        self,
+        secret: bytes,
+        mid: str,
+        uid: str,
+        mk_version: int,
+        rk_version: int,
+        req: ReleaseRequest,
     ) -> str:
         info = wire.release_info(
-            kind, model_id=mid, user_id=uid, version=version, runtime_key=req.runtime_key
+            model_id=mid,
+            user_id=uid,
+            model_key_version=mk_version,
+            request_key_version=rk_version,
+            runtime_key=req.runtime_key,
         )
         try:
             return wire.b64encode(wrap(req.runtime_key, secret, info=info, suite=req.suite))

@@ -171,28 +171,20 @@ class ReleaseSession:
                 uid, mid = str(item["user_id"]), str(item["model_id"])
                 mk_version = int(item["model_key_version"])
                 rk_version = int(item["request_key_version"])
-                model_key = unwrap(
+                both = unwrap(
                     self._key_pair,
-                    wire.b64decode(item["wrapped_model_key"], name="wrapped_model_key"),
+                    wire.b64decode(item["wrapped_keys"], name="wrapped_keys"),
                     info=wire.release_info(
-                        "model-key",
                         model_id=mid,
                         user_id=uid,
-                        version=mk_version,
+                        model_key_version=mk_version,
+                        request_key_version=rk_version,
                         runtime_key=self.public_key,
                     ),
                 )
-                request_key = unwrap(
-                    self._key_pair,
-                    wire.b64decode(item["wrapped_request_key"], name="wrapped_request_key"),
-                    info=wire.release_info(
-                        "request-key",
-                        model_id=mid,
-                        user_id=uid,
-                        version=rk_version,
-                        runtime_key=self.public_key,
-                    ),
-                )
+                if len(both) != 64:
+                    raise ValueError("wrapped_keys")
+                model_key, request_key = both[:32], both[32:]
                 keys[(uid, mid)] = ReleasedKeys(
                     user_id=uid,
                     model_id=mid,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -90,8 +92,8 @@ def run_keyservice(
             log_config=None,
             access_log=False,
             log_level=log_level.lower(),
-            http="h11",
-            loop="asyncio",
+            http="auto",  # httptools when installed, else h11
+            loop="auto",  # uvloop when installed, else asyncio
             lifespan="off",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=10,
@@ -115,6 +117,10 @@ def run_keyservice(
             if ready is not None:
                 ready.write(json.dumps(line) + "\n")
                 ready.flush()
+                if ready is sys.stdout:  # the launcher may stop reading: nothing more goes there
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                    os.close(devnull)
 
         server.on_ready = announce
         try:
@@ -145,7 +151,9 @@ class _ReadyServer(uvicorn.Server):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and accepted sockets inherit it; without it Nagle and delayed ACKs add ~40 ms a request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

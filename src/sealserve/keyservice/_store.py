@@ -517,58 +517,31 @@ class Store:
             return _read_epoch(conn)
 
     def release_records(self, pairs: Sequence[tuple[str, str]]) -> tuple[int, list[PairRecords]]:
-        """The revocation epoch, then the grant, request key and current model key of each
-        ``(user_id, model_id)`` pair, in the order given."""
-        model_ids = sorted({m for _, m in pairs})
-        user_ids = sorted({u for u, _ in pairs})
+        """The revocation epoch, and the grant, request key and current model key of each
+        ``(user_id, model_id)`` pair, in the order given.
+
+        One statement per pair reads the epoch and all the pair's rows from one snapshot; with
+        several pairs the smallest epoch seen is returned, so a release never carries an epoch
+        newer than a grant it saw (an older epoch only makes a runtime drop keys sooner).
+        """
+        out: list[PairRecords] = []
+        epochs: list[int] = []
         with self._read() as conn:
-            epoch = _read_epoch(conn)  # first: see the module docstring
-            grant_rows = conn.execute(
-                sa.select(t.grants.c.model_id, t.grants.c.user_id, t.grants.c.sealed).where(
-                    t.grants.c.model_id.in_(model_ids), t.grants.c.user_id.in_(user_ids)
+            for user_id, model_id in pairs:
+                row = conn.execute(_RELEASE_SQL, {"m": model_id, "u": user_id}).one()
+                epochs.append(int(row.epoch))
+                out.append(
+                    PairRecords(
+                        model_id=model_id,
+                        user_id=user_id,
+                        grant=_opt_bytes(row.grant_sealed),
+                        model_key_version=row.mk_version if row.mk_sealed is not None else None,
+                        model_key=_opt_bytes(row.mk_sealed),
+                        request_key_version=row.rk_version,
+                        request_key=_opt_bytes(row.rk_sealed),
+                    )
                 )
-            ).all()
-            rk_rows = conn.execute(
-                sa.select(
-                    t.request_keys.c.model_id,
-                    t.request_keys.c.user_id,
-                    t.request_keys.c.version,
-                    t.request_keys.c.sealed,
-                ).where(
-                    t.request_keys.c.model_id.in_(model_ids),
-                    t.request_keys.c.user_id.in_(user_ids),
-                )
-            ).all()
-            mk_rows = conn.execute(
-                sa.select(t.model_keys.c.model_id, t.model_keys.c.version, t.model_keys.c.sealed)
-                .join(
-                    t.models,
-                    sa.and_(
-                        t.models.c.model_id == t.model_keys.c.model_id,
-                        t.models.c.current_version == t.model_keys.c.version,
-                    ),
-                )
-                .where(t.model_keys.c.model_id.in_(model_ids))
-            ).all()
-        granted = {(r.user_id, r.model_id): bytes(r.sealed) for r in grant_rows}
-        rks = {(r.user_id, r.model_id): (r.version, bytes(r.sealed)) for r in rk_rows}
-        mks = {r.model_id: (r.version, bytes(r.sealed)) for r in mk_rows}
-        out = []
-        for user_id, model_id in pairs:
-            rk = rks.get((user_id, model_id))
-            mk = mks.get(model_id)
-            out.append(
-                PairRecords(
-                    model_id=model_id,
-                    user_id=user_id,
-                    grant=granted.get((user_id, model_id)),
-                    model_key_version=None if mk is None else mk[0],
-                    model_key=None if mk is None else mk[1],
-                    request_key_version=None if rk is None else rk[0],
-                    request_key=None if rk is None else rk[1],
-                )
-            )
-        return epoch, out
+        return (min(epochs) if epochs else self.epoch()), out
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -607,6 +580,31 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.safe_url!r}, state={self._state.value})"
+
+
+#: Everything a release needs about one pair, and the epoch, from one snapshot.
+_RELEASE_SQL = sa.text(
+    """
+    SELECT
+      (SELECT c.value FROM counters c WHERE c.name = 'revocation_epoch') AS epoch,
+      (SELECT g.sealed FROM grants g
+        WHERE g.model_id = :m AND g.user_id = :u) AS grant_sealed,
+      (SELECT r.version FROM request_keys r
+        WHERE r.model_id = :m AND r.user_id = :u) AS rk_version,
+      (SELECT r.sealed FROM request_keys r
+        WHERE r.model_id = :m AND r.user_id = :u) AS rk_sealed,
+      (SELECT mk.version FROM models m JOIN model_keys mk
+        ON mk.model_id = m.model_id AND mk.version = m.current_version
+        WHERE m.model_id = :m) AS mk_version,
+      (SELECT mk.sealed FROM models m JOIN model_keys mk
+        ON mk.model_id = m.model_id AND mk.version = m.current_version
+        WHERE m.model_id = :m) AS mk_sealed
+    """
+)
+
+
+def _opt_bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 def _read_epoch(conn: Connection) -> int:

@@ -135,17 +135,22 @@ def upload_info(
 
 
 def release_info(
-    kind: str, *, model_id: str, user_id: str, version: int, runtime_key: bytes
+    *,
+    model_id: str,
+    user_id: str,
+    model_key_version: int,
+    request_key_version: int,
+    runtime_key: bytes,
 ) -> dict[str, str]:
-    """HPKE info of a key released to a runtime: ``kind`` is ``model-key`` or
-    ``request-key``; binds the model, the user, the key's version and the runtime's key."""
-    if kind not in ("model-key", "request-key"):
-        raise ValueError(f"kind must be 'model-key' or 'request-key', got {kind!r}")
+    """HPKE info of the keys of one (user, model) pair released to a runtime (one wrap of
+    model key || request key): binds the model, the user, both key versions and the runtime's
+    public key."""
     return {
-        "purpose": f"sealserve/release/{kind}",
+        "purpose": "sealserve/release/keys",
         "model_id": model_id,
         "user_id": user_id,
-        "version": str(version),
+        "model_key_version": str(model_key_version),
+        "request_key_version": str(request_key_version),
         "runtime_key": fingerprint(runtime_key),
     }
 

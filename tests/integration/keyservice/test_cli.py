@@ -56,7 +56,11 @@ def served(tmp_path: Path) -> Iterator[Served]:
         yield Served(proc, url, measurement)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.send_signal(signal.SIGTERM)  # the parent stops the KeyService it launched
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.communicate(timeout=30)
 
 

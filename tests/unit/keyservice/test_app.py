@@ -190,20 +190,18 @@ def test_full_flow_releases_the_keys_wrapped_to_the_runtime() -> None:
         assert doc["expires_at"] == doc["issued_at"] + doc["ttl_s"]
         (item,) = doc["keys"]
         rk = runtime.public_key_bytes()
-        got_model = unwrap(
+        both = unwrap(
             runtime,
-            wire.b64decode(item["wrapped_model_key"]),
+            wire.b64decode(item["wrapped_keys"]),
             info=wire.release_info(
-                "model-key", model_id=mid, user_id=uid, version=1, runtime_key=rk
+                model_id=mid,
+                user_id=uid,
+                model_key_version=1,
+                request_key_version=1,
+                runtime_key=rk,
             ),
         )
-        got_request = unwrap(
-            runtime,
-            wire.b64decode(item["wrapped_request_key"]),
-            info=wire.release_info(
-                "request-key", model_id=mid, user_id=uid, version=1, runtime_key=rk
-            ),
-        )
+        got_model, got_request = both[:32], both[32:]
         assert (got_model, got_request) == (model_key, request_key)
         audit = h.service.store.audit()
         assert audit[-1].event == "release"
