@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import pytest
 
 from sealserve._clock import ManualClock
 from sealserve.config import KeyServiceSettings
@@ -401,8 +400,3 @@ def test_openapi_document_describes_the_bodies() -> None:
         assert "ReleasePair" in doc["components"]["schemas"]
 
     run(body)
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    return
