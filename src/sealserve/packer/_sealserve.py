@@ -25,6 +25,7 @@ is priced by their rate.  Every decision says why, with the runner-up.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Any, Protocol
@@ -86,6 +87,7 @@ class SealservePolicy(Policy):
             raise ValueError(f"horizon_s must be a finite number > 0 or None, got {horizon_s!r}")
         self.horizon_s = horizon_s
         self._priors = priors
+        self._targets: collections.deque[tuple[float, int]] = collections.deque()
         if priors is not None:
             self.stats = LoadStats(
                 prior_exec_s=priors.infer_s,
@@ -114,7 +116,7 @@ class SealservePolicy(Policy):
         full: list[Instance] = []
         target = self.target_instances(group, model, now)
         ours = [i for i in group if i.function == group.config.name]
-        core = {i.id for i in ours[:target]}
+        core = {i.id for i in ours[: self._stabilized(target, group, now)]}
         for inst in group:
             plan = group.plan(inst.id, model)
             if plan is None:
@@ -201,6 +203,16 @@ class SealservePolicy(Policy):
         by_memory = math.ceil(working_set / config.budget_mb - 1e-9)
         return max(1, by_slots, by_memory)
 
+    def _stabilized(self, target: int, group: FunctionGroup, now: float) -> int:
+        """The largest need seen within the last keep-alive: scale down only after that.
+
+        As autoscalers do (Kubernetes' scale-down stabilization window), an instance is not
+        drained while a need for it was seen recently; starting one follows the need at once.
+        """
+        window = group.config.keep_alive_s
+        recent = [t for at, t in self._targets if at >= now - window]
+        return max([target, *recent])
+
     def _horizon(self, group: FunctionGroup) -> float:
         return self.horizon_s if self.horizon_s is not None else group.config.keep_alive_s
 
@@ -272,6 +284,14 @@ class SealservePolicy(Policy):
 
     def on_arrival(self, request: RouteRequest, now: float) -> None:
         self.stats.model(request.model).arrived(now)
+
+    def on_routed(
+        self, request: RouteRequest, decision: Decision, group: FunctionGroup, now: float
+    ) -> None:
+        window = group.config.keep_alive_s
+        while self._targets and self._targets[0][0] < now - window:
+            self._targets.popleft()
+        self._targets.append((now, self.target_instances(group, request.model, now)))
 
     def on_ready(self, instance: Instance, cold_start_s: float, now: float) -> None:
         self.stats.cold_start_s.observe(cold_start_s)

@@ -336,3 +336,21 @@ def test_make_policy_knows_every_name() -> None:
     assert make_policy("sesemi").resident_limit == 1
     with pytest.raises(ValueError, match="unknown policy 'nope'"):
         make_policy("nope")
+
+
+def test_sealserve_drains_only_after_the_need_is_gone_for_a_keep_alive(
+    costs: CostModel,
+) -> None:
+    big_a, big_b = _named(costs, "large", 2)
+    (small,) = _named(costs, "small", 1)
+    policy = SealservePolicy(priors=costs, horizon_s=100.0)
+    d = Driver(policy, costs, budget_mb=800.0, concurrency=4, keep_alive_s=1000.0)
+    for step in range(10):  # two large models that cannot share an instance, both busy
+        d.warm(big_a, step * 2.0)
+        d.warm(big_b, step * 2.0 + 1.0)
+    assert len(d.group.instances) == 2
+    assert policy.target_instances(d.group, small, 700.0) == 1  # the large ones went quiet
+    soon = policy.route(RouteRequest(998, small, 700.0), d.group, 700.0)
+    assert "(surplus)" not in soon.reason  # but two were needed within the keep-alive
+    later = policy.route(RouteRequest(999, small, 3000.0), d.group, 3000.0)
+    assert "(surplus)" in later.reason
