@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     )
     from sealserve.keyservice._evidence import EvidenceVerifier
     from sealserve.keyservice._judge import EvidenceJudge, VerifiedEvidence
+    from sealserve.keyservice._launch import LaunchedKeyService, launch_keyservice
+    from sealserve.keyservice._main import measured_config
     from sealserve.keyservice._releaser import Denied
     from sealserve.keyservice._runtime import (
         Release,
@@ -66,6 +68,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "EvidenceSource",
     "EvidenceVerifier",
     "KeyService",
+    "LaunchedKeyService",
     "MASTER_KEY_ENV",
     "RESPONSE_SIGNATURE_HEADER",
     "Release",
@@ -81,7 +84,9 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "database_url",
     "default_keyservice_pin",
     "keyservice_dir",
+    "launch_keyservice",
     "load_master_key",
+    "measured_config",
     "model_id",
     "open_keyservice",
     "parse_challenge",
@@ -102,6 +107,9 @@ _LAZY = {
     "EvidenceVerifier": "_evidence",
     "VerifiedEvidence": "_judge",
     "Denied": "_releaser",
+    "LaunchedKeyService": "_launch",
+    "launch_keyservice": "_launch",
+    "measured_config": "_main",
     "Release": "_runtime",
     "ReleasedKeys": "_runtime",
     "ReleaseSession": "_runtime",
