@@ -40,6 +40,8 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     │   ├── ExtraNotInstalled        a model needs the ``models`` extra (also an ImportError)
     │   └── TensorFormatError        a tensor container that is malformed or over a limit
     ├── InstanceError                the untrusted instance host
+    │   ├── ModelNotStored           the model store holds no such model
+    │   └── StoreIntegrityError      a stored blob does not match its digest; not served
     ├── PackerError                  FnPacker routing
     ├── PlatformError                where instances run
     │   └── CapacityExhausted        no instance can take the request now; retryable
@@ -70,6 +72,7 @@ __all__ = [
     "MessageTooLarge",
     "ModelError",
     "ModelNotAvailable",
+    "ModelNotStored",
     "NotFound",
     "PackerError",
     "PeerDied",
@@ -80,6 +83,7 @@ __all__ = [
     "SchemaVersionError",
     "SealserveError",
     "SegmentError",
+    "StoreIntegrityError",
     "TeeError",
     "TensorFormatError",
 ]
@@ -261,6 +265,15 @@ class TensorFormatError(ModelError, ValueError):
 
 class InstanceError(SealserveError):
     """The untrusted instance host failed to serve a request."""
+
+
+class ModelNotStored(InstanceError, LookupError):
+    """The model store has no model of that id."""
+
+
+class StoreIntegrityError(InstanceError):
+    """A blob of the model store does not match the digest its manifest records (a damaged or
+    tampered file); it is not served."""
 
 
 class PackerError(SealserveError):
