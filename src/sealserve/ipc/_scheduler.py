@@ -1,0 +1,372 @@
+"""The per-message scheduler: which path a ``send`` takes, from a cost model it keeps learning.
+
+Pure decision logic: no I/O, no clock reads.  The publisher feeds it what it measured
+(:meth:`Scheduler.observe_copy`, :meth:`Scheduler.observe_chunk`) and asks
+(:meth:`Scheduler.decide`) for each message.
+
+Cost model.  Each engine ``e`` copies ``n`` bytes in ``fixed_e + n / bw_e`` seconds, where
+``fixed_e`` (hand-off, setup) and ``bw_e`` (bytes per second) are exponentially weighted
+averages of its completion records; a pipelined message additionally pays ``chunk_s`` per
+chunk (publishing progress and waking the reader).  With ``c`` the chunk size (an eighth of
+the message, at least 64 KiB and at most a quarter of the consumer's private cache, so each
+chunk is read while it is still hot):
+
+* pipelining pays when the overlap it buys exceeds what its chunks cost:
+  ``(n - c) / bw_inline > ceil(n / c) * chunk_s``;
+* offloading pays (asynchronous sends only) when the copy the caller no longer waits for is
+  several times the hand-off, ``fixed_inline + n / bw_inline >= gain * fixed_e``, and the
+  engine is not already behind by more than that copy (``backlog / bw_e``).
+
+Decisions, by QoS hint (payloads that already live in the arena always take ``loan``):
+
+``latency``     pipelined when it pays (the reader starts on the first chunk), else inline;
+``throughput``  offloaded when asynchronous and it pays (the caller prepares the next message
+                while the engine copies), else pipelined when it pays, else inline;
+``efficiency``  inline: one copy, one notification, the fewest cycles.
+
+A ring more than ``high_occupancy`` full means the reader is behind: there is no reader to
+overlap with, so the message is copied inline (or offloaded when asynchronous).  The
+thresholds move with the measurements; the paper's were fixed.
+
+``force=`` pins one path (where it applies) for characterization runs such as
+``sealserve bench ipc``; the decisions then say so.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sealserve.ipc._notify import QoS
+
+__all__ = ["Decision", "EngineModel", "Path", "Reason", "Scheduler"]
+
+_KIB = 1 << 10
+_MIB = 1 << 20
+
+
+class Path(enum.Enum):
+    """How one message reaches shared memory."""
+
+    INLINE = "inline"  # the caller copies, then publishes
+    LOAN = "loan"  # the payload is already in the arena: publish, no copy
+    OFFLOAD = "offload"  # an asynchronous engine copies; published when done
+    PIPELINED = "pipelined"  # published at once; readable chunk by chunk as copied
+
+
+class Reason(enum.Enum):
+    """Why the scheduler chose a path (``Scheduler.explain`` spells it out)."""
+
+    IN_ARENA = "payload already in the arena"
+    SMALL = "below every threshold: an inline copy is cheapest"
+    EFFICIENCY = "efficiency hint: one inline copy costs the fewest cycles"
+    PIPELINING_PAYS = "pipelining pays: the reader overlaps with the copy"
+    OFFLOAD_PAYS = "offload pays: the caller is free while the engine copies"
+    OCCUPANCY_HIGH = "ring nearly full: the reader is behind, nothing to overlap with"
+    ENGINE_BEHIND = "the offload engine is behind; copying inline"
+    NO_GAIN = "no path beats an inline copy at this size"
+    FORCED = "path pinned by the scheduler's force= option"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    path: Path
+    engine: str
+    chunk_bytes: int
+    reason: Reason
+
+
+@dataclasses.dataclass(slots=True)
+class EngineModel:
+    """What the scheduler believes an engine costs: ``fixed_s + n / bytes_per_s``."""
+
+    name: str
+    asynchronous: bool
+    kind: str
+    fixed_s: float
+    bytes_per_s: float
+    samples: int = 0
+
+    def predict_s(self, nbytes: int, backlog_bytes: int = 0) -> float:
+        return self.fixed_s + (nbytes + backlog_bytes) / self.bytes_per_s
+
+
+class Scheduler:
+    """Chooses a path per message and adapts its thresholds from measurements."""
+
+    def __init__(
+        self,
+        *,
+        cache_bytes: int = _MIB,
+        min_chunk_bytes: int = 64 * _KIB,
+        high_occupancy: float = 0.75,
+        offload_gain: float = 4.0,
+        alpha: float = 0.2,
+        inline_bytes_per_s: float = 8e9,
+        inline_fixed_s: float = 1e-6,
+        chunk_s: float = 4e-6,
+        force: Path | None = None,
+    ) -> None:
+        if cache_bytes < 4 * _KIB:
+            raise ValueError(f"cache_bytes must be >= 4096, got {cache_bytes!r}")
+        if min_chunk_bytes < 4 * _KIB or min_chunk_bytes % (4 * _KIB):
+            raise ValueError(f"min_chunk_bytes must be a multiple of 4096, got {min_chunk_bytes!r}")
+        if not 0 < high_occupancy <= 1:
+            raise ValueError(f"high_occupancy must be within (0, 1], got {high_occupancy!r}")
+        if offload_gain < 1:
+            raise ValueError(f"offload_gain must be >= 1, got {offload_gain!r}")
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be within (0, 1], got {alpha!r}")
+        if inline_bytes_per_s <= 0 or inline_fixed_s < 0 or chunk_s < 0:
+            raise ValueError("inline_bytes_per_s must be > 0; inline_fixed_s, chunk_s >= 0")
+        if force is not None and not isinstance(force, Path):
+            raise TypeError(f"force must be a Path or None, got {force!r}")
+        self.force = force
+        self.cache_bytes = cache_bytes
+        self.min_chunk_bytes = min_chunk_bytes
+        self.max_chunk_bytes = max(min_chunk_bytes, cache_bytes // 4 // (4 * _KIB) * 4 * _KIB)
+        self.high_occupancy = high_occupancy
+        self.offload_gain = offload_gain
+        self.alpha = alpha
+        self.chunk_s = chunk_s
+        self.chunk_samples = 0
+        self.inline = EngineModel(
+            name="inline",
+            asynchronous=False,
+            kind="inline",
+            fixed_s=inline_fixed_s,
+            bytes_per_s=inline_bytes_per_s,
+        )
+        self.engines: dict[str, EngineModel] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.recent: collections.deque[tuple[int, str, str, str]] = collections.deque(maxlen=16)
+        self._small_bytes = 0
+        self._refresh()
+
+    # -- engines and measurements -----------------------------------------------------------
+
+    def register_engine(
+        self,
+        name: str,
+        *,
+        asynchronous: bool,
+        kind: str = "thread",
+        fixed_s: float = 30e-6,
+        bytes_per_s: float = 6e9,
+    ) -> None:
+        """Make an engine eligible; ``kind`` is ``thread`` or ``device``."""
+        if name == "inline" or name in self.engines:
+            raise ValueError(f"an engine named {name!r} is already registered")
+        if kind not in ("thread", "device"):
+            raise ValueError(f"kind must be 'thread' or 'device', got {kind!r}")
+        if fixed_s < 0 or bytes_per_s <= 0:
+            raise ValueError("fixed_s must be >= 0 and bytes_per_s > 0")
+        self.engines[name] = EngineModel(
+            name=name,
+            asynchronous=asynchronous,
+            kind=kind,
+            fixed_s=fixed_s,
+            bytes_per_s=bytes_per_s,
+        )
+        self._refresh()
+
+    def observe_copy(
+        self, engine: str, *, nbytes: int, seconds: float, queued_s: float = 0.0
+    ) -> None:
+        """Fold one completion record (or a timed inline copy) into the engine's model."""
+        model = self.inline if engine == "inline" else self.engines.get(engine)
+        if model is None or seconds <= 0 or nbytes <= 0:
+            return
+        a = self.alpha
+        if queued_s > 0:
+            model.fixed_s += a * (queued_s - model.fixed_s)
+        if nbytes >= 64 * _KIB:
+            bw = nbytes / seconds
+            model.bytes_per_s += a * (bw - model.bytes_per_s)
+        elif engine == "inline":
+            model.fixed_s += a * (max(seconds - nbytes / model.bytes_per_s, 0.0) - model.fixed_s)
+        model.samples += 1
+        if model.samples % 8 == 0:
+            self._refresh()
+
+    def observe_chunk(self, seconds: float) -> None:
+        """Fold the measured cost of publishing one chunk of a pipelined message."""
+        if seconds <= 0:
+            return
+        self.chunk_s += self.alpha * (seconds - self.chunk_s)
+        self.chunk_samples += 1
+        if self.chunk_samples % 8 == 0:
+            self._refresh()
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def chunk_bytes_for(self, nbytes: int) -> int:
+        chunk = nbytes // 8 // (4 * _KIB) * (4 * _KIB)
+        return min(max(chunk, self.min_chunk_bytes), self.max_chunk_bytes)
+
+    def pipelining_pays(self, nbytes: int) -> bool:
+        c = self.chunk_bytes_for(nbytes)
+        if nbytes < 2 * c:
+            return False
+        gain = (nbytes - c) / self.inline.bytes_per_s
+        return gain > math.ceil(nbytes / c) * self.chunk_s
+
+    def offload_pays(self, engine: EngineModel, nbytes: int, backlog_bytes: int) -> bool:
+        inline_s = self.inline.predict_s(nbytes)
+        return inline_s >= self.offload_gain * engine.fixed_s and (
+            backlog_bytes / engine.bytes_per_s <= inline_s
+        )
+
+    def decide(
+        self,
+        *,
+        nbytes: int,
+        qos: QoS,
+        occupancy: float = 0.0,
+        in_arena: bool = False,
+        asynchronous: bool = False,
+        backlog: Mapping[str, int] | None = None,
+    ) -> Decision:
+        """The path for one message of ``nbytes`` under ``qos``."""
+        if in_arena:
+            decision = _LOAN
+        elif self.force is not None:
+            decision = self._forced(nbytes, asynchronous)
+        elif nbytes < self._small_bytes:
+            decision = _SMALL
+        else:
+            decision = self._decide_large(nbytes, qos, occupancy, asynchronous, backlog or {})
+        self.counts[decision.path.value] += 1
+        if nbytes >= self._small_bytes or self.force is not None:
+            self.recent.append((nbytes, qos.value, decision.path.value, decision.reason.name))
+        return decision
+
+    def _forced(self, nbytes: int, asynchronous: bool) -> Decision:
+        """The pinned path where it applies (characterization runs), else inline."""
+        force = self.force
+        if force is Path.PIPELINED:
+            engine = "inline"
+            if asynchronous:
+                engine = next((m.name for m in self.engines.values() if m.asynchronous), engine)
+            return Decision(Path.PIPELINED, engine, self.chunk_bytes_for(nbytes), Reason.FORCED)
+        if force is Path.OFFLOAD:
+            for model in self.engines.values():
+                if model.asynchronous:
+                    return Decision(Path.OFFLOAD, model.name, 0, Reason.FORCED)
+        return Decision(Path.INLINE, "inline", 0, Reason.FORCED)
+
+    def _decide_large(
+        self,
+        nbytes: int,
+        qos: QoS,
+        occupancy: float,
+        asynchronous: bool,
+        backlog: Mapping[str, int],
+    ) -> Decision:
+        if qos is QoS.EFFICIENCY:
+            return Decision(Path.INLINE, "inline", 0, Reason.EFFICIENCY)
+        offload: EngineModel | None = None
+        if asynchronous:
+            for model in self.engines.values():
+                if model.asynchronous and (offload is None or model.kind == "device"):
+                    offload = model
+        wants_offload = offload is not None and (
+            qos is QoS.THROUGHPUT or occupancy >= self.high_occupancy
+        )
+        if wants_offload and offload is not None:
+            behind = backlog.get(offload.name, 0)
+            if self.offload_pays(offload, nbytes, behind):
+                return Decision(Path.OFFLOAD, offload.name, 0, Reason.OFFLOAD_PAYS)
+            if occupancy < self.high_occupancy and not self.pipelining_pays(nbytes):
+                return Decision(Path.INLINE, "inline", 0, Reason.ENGINE_BEHIND)
+        if occupancy >= self.high_occupancy:
+            return Decision(Path.INLINE, "inline", 0, Reason.OCCUPANCY_HIGH)
+        if self.pipelining_pays(nbytes):
+            engine = offload.name if asynchronous and offload is not None else "inline"
+            return Decision(
+                Path.PIPELINED, engine, self.chunk_bytes_for(nbytes), Reason.PIPELINING_PAYS
+            )
+        return Decision(Path.INLINE, "inline", 0, Reason.NO_GAIN)
+
+    @property
+    def small_bytes(self) -> int:
+        """Below this size every message is copied inline (no decision to make)."""
+        return 0 if self.force is not None else self._small_bytes
+
+    # -- explanation ---------------------------------------------------------------------------
+
+    @property
+    def pipeline_min_bytes(self) -> int | None:
+        """The smallest size at which pipelining pays under the current model."""
+        return _smallest(self.pipelining_pays)
+
+    def offload_min_bytes(self, engine: str) -> int | None:
+        """The smallest size at which offloading to ``engine`` pays (idle engine)."""
+        model = self.engines.get(engine)
+        if model is None:
+            return None
+        return _smallest(lambda n: self.offload_pays(model, n, 0))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The model, the thresholds it implies, and what was decided: for ``stats()``."""
+        models = [self.inline, *self.engines.values()]
+        return {
+            "force": None if self.force is None else self.force.value,
+            "model": {
+                m.name: {
+                    "kind": m.kind,
+                    "fixed_us": round(m.fixed_s * 1e6, 2),
+                    "gb_per_s": round(m.bytes_per_s / 1e9, 2),
+                    "samples": m.samples,
+                }
+                for m in models
+            },
+            "chunk_overhead_us": round(self.chunk_s * 1e6, 2),
+            "thresholds": {
+                "pipelined_from_bytes": self.pipeline_min_bytes,
+                **{
+                    f"offload_to_{name}_from_bytes": self.offload_min_bytes(name)
+                    for name in self.engines
+                },
+                "chunk_bytes_range": [self.min_chunk_bytes, self.max_chunk_bytes],
+                "high_occupancy": self.high_occupancy,
+            },
+            "decisions": dict(self.counts),
+            "recent": [
+                {"bytes": n, "qos": q, "path": p, "why": Reason[r].value}
+                for n, q, p, r in self.recent
+            ],
+        }
+
+    def _refresh(self) -> None:
+        candidates = [self.pipeline_min_bytes]
+        candidates += [self.offload_min_bytes(name) for name in self.engines]
+        known = [c for c in candidates if c is not None]
+        self._small_bytes = min(known) if known else 1 << 62
+
+
+_LOAN = Decision(Path.LOAN, "none", 0, Reason.IN_ARENA)
+_SMALL = Decision(Path.INLINE, "inline", 0, Reason.SMALL)
+
+
+def _smallest(pays: Any) -> int | None:
+    """Smallest ``n`` in [4 KiB, 64 GiB] with ``pays(n)``, to 1/16 precision; else None."""
+    lo, hi = 4 * _KIB, 64 << 30
+    if not pays(hi):
+        return None
+    # coarse: powers of two, then refine between the last miss and the first hit
+    n = lo
+    while n < hi and not pays(n):
+        n *= 2
+    if n == lo:
+        return lo
+    low = n // 2
+    step = max((n - low) // 16, 1)
+    m = low
+    while m < n and not pays(m):
+        m += step
+    return m
