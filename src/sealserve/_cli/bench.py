@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sealserve.bench import crypto, keyservice, packer
+from sealserve.bench import crypto, ipc, keyservice, packer
 
 __all__ = ["app"]
 
@@ -19,5 +19,6 @@ app = typer.Typer(
 
 # One line per benchmark module, in the order of the layers.
 crypto.register(app)
+ipc.register(app)
 keyservice.register(app)
 packer.register(app)
