@@ -68,11 +68,11 @@ ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
 """
 
 _METHODS = {
-    "load_ms": "median of 3 interleaved rounds: read the .onnx file and create an onnxruntime "
-    "session from its bytes (CPU, 2 intra-op threads) in the measuring process; no fetch, "
-    "unseal or key release (the sealed runtime adds them)",
-    "infer_ms": "median of interleaved batch-1 runs on the zoo's example inputs, 2 intra-op "
-    "threads, after 2 warm-up runs",
+    "load_ms": "median of 3 rounds (models interleaved): read the .onnx file and create an "
+    "onnxruntime session from its bytes (CPU, 2 intra-op threads) in the measuring process; "
+    "no fetch, unseal or key release (the sealed runtime adds them)",
+    "infer_ms": "median of 15 batch-1 runs (5 per round, after 2 warm-up runs) on the zoo's "
+    "example inputs, 2 intra-op threads, one session alive at a time",
     "memory_mb": "resident-set growth of a fresh Python process that imported onnxruntime, "
     "loaded the model from its bytes and ran it once (/proc/self/statm)",
     "runtime_base_mb": "median resident set of those fresh processes after importing numpy "
@@ -88,8 +88,8 @@ def measure_costs(
     model_dir: Path,
     models: Sequence[str] | None = None,
     console: Console | None = None,
-    load_rounds: int = 3,
-    infer_rounds: int = 15,
+    rounds: int = 3,
+    runs_per_round: int = 5,
 ) -> CostModel:
     """Measure the cost model of the zoo's models on this machine (see the module docs)."""
     import onnxruntime as ort
@@ -125,40 +125,33 @@ def measure_costs(
         examples = {s.name: s.example_inputs(0) for s in specs if s.name in paths}
         inputs_dir = Path(tempfile.mkdtemp(prefix="sealserve-costs-"))
         try:
-            task = progress.add_task("measuring loads", total=load_rounds * len(paths))
+            task = progress.add_task("measuring loads and inference", total=rounds * len(paths))
 
-            def loader(path: Path) -> Callable[[], float]:
-                def load() -> float:
+            def measure(name: str, path: Path) -> Callable[[], tuple[float, list[float]]]:
+                # One session alive at a time: the idle threads of other sessions would spin
+                # and steal the cores from the one being timed.
+                def once() -> tuple[float, list[float]]:
                     started = time.perf_counter()
-                    ort.InferenceSession(
+                    sess = ort.InferenceSession(
                         path.read_bytes(), options, providers=["CPUExecutionProvider"]
                     )
+                    load = time.perf_counter() - started
+                    for _ in range(2):
+                        sess.run(None, examples[name])
+                    runs = []
+                    for _ in range(runs_per_round):
+                        started = time.perf_counter()
+                        sess.run(None, examples[name])
+                        runs.append(time.perf_counter() - started)
+                    del sess
                     progress.advance(task)
-                    return time.perf_counter() - started
+                    return load, runs
 
-                return load
+                return once
 
-            loads = interleaved({n: loader(p) for n, p in paths.items()}, repeats=load_rounds)
-            sessions = {
-                n: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                for n, p in paths.items()
-            }
-            for name, sess in sessions.items():
-                for _ in range(2):
-                    sess.run(None, examples[name])
-            task = progress.add_task("measuring inference", total=infer_rounds * len(paths))
-
-            def runner(name: str) -> Callable[[], float]:
-                def run() -> float:
-                    started = time.perf_counter()
-                    sessions[name].run(None, examples[name])
-                    progress.advance(task)
-                    return time.perf_counter() - started
-
-                return run
-
-            infers = interleaved({n: runner(n) for n in paths}, repeats=infer_rounds)
-            sessions.clear()
+            rounds_out = interleaved({n: measure(n, p) for n, p in paths.items()}, repeats=rounds)
+            loads = {n: [load for load, _ in out] for n, out in rounds_out.items()}
+            infers = {n: [t for _, runs in out for t in runs] for n, out in rounds_out.items()}
             task = progress.add_task("measuring memory (fresh processes)", total=len(paths))
             memory: dict[str, float] = {}
             bases: list[float] = []
