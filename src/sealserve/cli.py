@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from sealserve import __version__
-from sealserve._cli import attest, bench, keyservice, models, owner, user
+from sealserve._cli import attest, bench, instance, keyservice, models, owner, user
 
 __all__ = ["app", "main"]
 
@@ -43,6 +43,7 @@ app.add_typer(keyservice.app, name="keyservice")
 app.add_typer(owner.app, name="owner")
 app.add_typer(user.app, name="user")
 app.add_typer(attest.app, name="attest")
+app.add_typer(instance.app, name="instance")
 
 
 def main() -> None:

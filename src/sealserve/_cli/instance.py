@@ -1,0 +1,224 @@
+"""``sealserve instance …``: run one serverless instance (host + sealed runtime), and its store.
+
+``serve`` starts the untrusted host on a port, launches the runtime through the (simulated)
+TEE platform — embedded, or a platform daemon with ``--tee-socket`` — and prints one JSON
+ready line when both are up (also written to ``--ready-file``).  ``measurement`` prints the
+measurement of the runtime such a host launches: what owners grant and users pin.  ``store``
+lists and checks the sealed models of a model store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sealserve._cli.keyservice import (
+    DataDirOpt,
+    JsonOpt,
+    KeyServiceMeasurementOpt,
+    PlatformKeyOpt,
+    emit,
+    fail,
+    guarded,
+    keyservice_url,
+    resolve_data_dir,
+)
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="One serverless instance: the untrusted host and the sealed runtime it launches.",
+    no_args_is_help=True,
+)
+store_app = typer.Typer(
+    help="The model store: sealed models, digest-checked.", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
+
+StoreOpt = Annotated[
+    Path, typer.Option("--store", help="Model store directory (sealed models only).")
+]
+
+
+def _pin(
+    launcher: Any, data_dir: Path, keyservice_measurement: str | None, platform_key: Path | None
+) -> dict[str, str]:
+    """The runtime's measured launch config: the KeyService it trusts."""
+    from sealserve.attest import Policy, TrustAnchors
+    from sealserve.runtime import runtime_launch_config
+
+    if keyservice_measurement is None:
+        if launcher is not None:
+            keyservice_measurement = launcher.measurement("keyservice", config={})
+        else:
+            from sealserve.attest import measure
+
+            keyservice_measurement = measure("keyservice")
+    policy = Policy(measurements=frozenset({keyservice_measurement}))
+    if platform_key is not None:
+        raw = bytes.fromhex(platform_key.read_text().strip())
+        trust = TrustAnchors(simulated_platform_keys=frozenset({raw}))
+    else:
+        trust = TrustAnchors.from_data_dir(data_dir)
+    return runtime_launch_config(keyservice_policy=policy, trust=trust)
+
+
+@contextlib.contextmanager
+def _launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
+    from sealserve.attest import PlatformClient, SimulatedPlatform
+
+    if tee_socket is not None:
+        with PlatformClient(tee_socket) as client:
+            yield client
+    else:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with SimulatedPlatform(data_dir=data_dir) as platform:
+            yield platform
+
+
+@app.command()
+def serve(
+    store: StoreOpt,
+    keyservice: Annotated[
+        str | None, typer.Option("--keyservice", help="KeyService URL (default: settings).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free).")] = 8080,
+    tee_socket: Annotated[
+        Path | None,
+        typer.Option(
+            help="Launch the runtime through this platform daemon (default: an embedded "
+            "simulated platform in --data-dir)."
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    memory_budget_mb: Annotated[
+        int, typer.Option(min=1, help="Memory for unsealed models (the EPC budget), MiB.")
+    ] = 1024,
+    threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads per model.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests served at once.")] = 4,
+    baseline_mode: Annotated[
+        bool,
+        typer.Option(
+            "--baseline-mode",
+            help="SeSeMI's per-request baseline: no key or model cache (for comparisons).",
+        ),
+    ] = False,
+    max_body_mb: Annotated[int, typer.Option(min=1, help="Largest sealed input, MiB.")] = 64,
+    timeout_s: Annotated[
+        float, typer.Option(min=0.001, help="Deadline of requests that name none, seconds.")
+    ] = 60.0,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the JSON ready line here too (atomically) once serving."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Serve one instance: the OpenWhisk action contract (/init, /run) and /v1/infer.
+
+    Prints one JSON line when the host listens and the runtime answers; stops cleanly on
+    Ctrl-C or SIGTERM.
+    """
+    from sealserve._log import configure_logging
+    from sealserve.instance import HostOptions, InstanceConfig, SupervisorOptions, serve_instance
+
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
+    if not store.is_dir():
+        fail(f"--store {str(store)!r} is not a directory", 2)
+    configure_logging(level)
+    folder = resolve_data_dir(data_dir)
+    url = keyservice_url(keyservice)
+    config = guarded(
+        lambda: InstanceConfig(
+            store_dir=store,
+            keyservice_url=url,
+            host=host,
+            port=port,
+            http=HostOptions(
+                concurrency=concurrency,
+                max_body_bytes=max_body_mb << 20,
+                default_timeout_s=timeout_s,
+            ),
+            runtime=SupervisorOptions(
+                memory_budget_mb=memory_budget_mb,
+                threads=threads,
+                workers=concurrency,
+                baseline=baseline_mode,
+                log_level=level,
+            ),
+            log_level=level,
+        )
+    )
+
+    def run() -> int:
+        with _launcher(folder, tee_socket) as launcher:
+            pin = _pin(launcher, folder, keyservice_measurement, platform_key)
+            return serve_instance(
+                config,
+                launcher=launcher,
+                launch_config=pin,
+                ready_stream=sys.stdout,
+                ready_file=ready_file,
+            )
+
+    raise typer.Exit(guarded(run))
+
+
+@app.command()
+def measurement(
+    data_dir: DataDirOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the measurement of the runtime an instance launches (what owners grant).
+
+    The runtime's measured launch config pins the KeyService (its measurement and the
+    platform key), so it is computed from the same options ``serve`` takes.
+    """
+    from sealserve.attest import measure
+
+    folder = resolve_data_dir(data_dir)
+    config = guarded(lambda: _pin(None, folder, keyservice_measurement, platform_key))
+    value = guarded(lambda: measure("runtime", config=config))
+    emit(json_out, {"entry": "runtime", "measurement": value, "config": config}, value)
+
+
+@store_app.command("list")
+def store_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
+    """List the sealed models of a store."""
+    from sealserve.instance import ModelStore
+
+    manifests = guarded(lambda: ModelStore(store).list())
+    if json_out:
+        typer.echo(json.dumps([m.to_json() for m in manifests], indent=2))
+        return
+    if not manifests:
+        typer.echo("no models")
+        return
+    for m in manifests:
+        typer.echo(
+            f"{m.model_id}  v{m.key_version}  {m.size / 2**20:.1f} MiB  sha256:{m.digest[:16]}..."
+        )
+
+
+@store_app.command("verify")
+def store_verify(
+    store: StoreOpt,
+    model_id: Annotated[str, typer.Argument(help="The model id, <owner_id>/<name>.")],
+) -> None:
+    """Read a stored model fully and check its digest (exit 1 if it does not match)."""
+    from sealserve.instance import ModelStore
+
+    manifest = guarded(lambda: ModelStore(store).verify(model_id))
+    typer.echo(f"{manifest.model_id}: ok ({manifest.size} bytes, sha256:{manifest.digest})")

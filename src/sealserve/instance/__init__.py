@@ -1,0 +1,93 @@
+"""The untrusted host of one serverless instance, and its model store.
+
+An instance is a pair of processes: this host (HTTP, the model store, supervision) and the
+sealed runtime it launches through the TEE platform and feeds over shared memory.  The host
+sees ids, sizes, timings and ciphertext, never a key or a plaintext.  See docs/runtime.md.
+
+* :class:`ModelStore` — sealed models in a content-addressed directory, digest-checked;
+* :class:`InstanceClient` — the binary endpoint, for the gateway, tests and benchmarks;
+* :class:`InstanceHost`, :class:`RuntimeSupervisor`, :func:`serve_instance` — the host itself
+  (``sealserve instance serve``).
+
+Names that pull in the web server are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sealserve.instance import _headers as headers
+from sealserve.instance._client import ClientState, InferResult, InstanceClient, raise_for_error
+from sealserve.instance._errors import RETRY_AFTER_S, HostError, error_for_exception
+from sealserve.instance._store import MANIFEST_SCHEMA, ModelManifest, ModelStore
+
+if TYPE_CHECKING:
+    from sealserve.instance._app import ACTIVATION_MARKER, HostOptions, InstanceHost
+    from sealserve.instance._metrics import InstanceMetrics
+    from sealserve.instance._server import (
+        SPAWNED_AT_ENV,
+        InstanceConfig,
+        process_age_s,
+        serve_instance,
+    )
+    from sealserve.instance._supervisor import (
+        RuntimeGeneration,
+        RuntimeSupervisor,
+        SupervisorOptions,
+        SupervisorState,
+    )
+
+__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+    "ACTIVATION_MARKER",
+    "ClientState",
+    "HostError",
+    "HostOptions",
+    "InferResult",
+    "InstanceClient",
+    "InstanceConfig",
+    "InstanceHost",
+    "InstanceMetrics",
+    "MANIFEST_SCHEMA",
+    "ModelManifest",
+    "ModelStore",
+    "RETRY_AFTER_S",
+    "RuntimeGeneration",
+    "RuntimeSupervisor",
+    "SPAWNED_AT_ENV",
+    "SupervisorOptions",
+    "SupervisorState",
+    "error_for_exception",
+    "headers",
+    "process_age_s",
+    "raise_for_error",
+    "serve_instance",
+]
+
+_LAZY = {
+    "ACTIVATION_MARKER": "_app",
+    "HostOptions": "_app",
+    "InstanceHost": "_app",
+    "InstanceMetrics": "_metrics",
+    "SPAWNED_AT_ENV": "_server",
+    "InstanceConfig": "_server",
+    "process_age_s": "_server",
+    "serve_instance": "_server",
+    "RuntimeGeneration": "_supervisor",
+    "RuntimeSupervisor": "_supervisor",
+    "SupervisorOptions": "_supervisor",
+    "SupervisorState": "_supervisor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,230 @@
+"""Run one instance: the HTTP host on uvicorn, the runtime behind it, a ready line when both are up.
+
+:func:`serve_instance` binds the port first (so ``--port 0`` works), launches the runtime in
+the background while uvicorn starts, and once both are up writes one JSON line to
+``ready_stream`` (and, atomically, to ``ready_file``)::
+
+    {"event": "instance.ready", "url": "http://127.0.0.1:41234", "host": "127.0.0.1",
+     "port": 41234, "pid": 1234, "runtime_pid": 1240, "measurement": "<runtime measurement>",
+     "sandbox_start_ms": 612.3, "runtime_start_ms": 954.1}
+
+It stops cleanly on SIGINT or SIGTERM (in-flight requests finish, the runtime is closed).
+A platform that starts instances can pass ``SEALSERVE_SPAWNED_AT`` (Unix seconds, when it
+spawned the process) for a precise ``sandbox_start``; otherwise the process start time is
+read from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Final, TextIO
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from sealserve._log import get_logger
+from sealserve.attest import Launcher
+from sealserve.errors import InstanceError
+from sealserve.instance._app import HostOptions, InstanceHost
+from sealserve.instance._store import ModelStore
+from sealserve.instance._supervisor import RuntimeSupervisor, SupervisorOptions
+
+__all__ = ["SPAWNED_AT_ENV", "InstanceConfig", "process_age_s", "serve_instance"]
+
+_log = get_logger(__name__)
+
+#: Set by a platform to the Unix time it spawned the instance process.
+SPAWNED_AT_ENV: Final = "SEALSERVE_SPAWNED_AT"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InstanceConfig:
+    """Everything one instance needs besides its TEE launcher and the runtime's pin."""
+
+    store_dir: Path
+    keyservice_url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    http: HostOptions = dataclasses.field(default_factory=HostOptions)
+    runtime: SupervisorOptions = dataclasses.field(default_factory=SupervisorOptions)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be within [0, 65535], got {self.port!r}")
+        if not self.keyservice_url.startswith(("http://", "https://")):
+            raise ValueError(f"keyservice_url must be an http(s) URL, got {self.keyservice_url!r}")
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process was spawned (``SEALSERVE_SPAWNED_AT`` or ``/proc``)."""
+    spawned = os.environ.get(SPAWNED_AT_ENV)
+    if spawned:
+        with contextlib.suppress(ValueError):
+            return max(0.0, time.time() - float(spawned))
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22, counted after the command name
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def serve_instance(
+    config: InstanceConfig,
+    *,
+    launcher: Launcher,
+    launch_config: Mapping[str, str],
+    ready_stream: TextIO | None = None,
+    ready_file: Path | None = None,
+    registry: CollectorRegistry | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM; the exit status (0, or 1 if the runtime never started)."""
+    sandbox_start_s = process_age_s()
+    registry = registry or CollectorRegistry()
+    store = ModelStore(config.store_dir)
+    holder: list[InstanceHost] = []
+    supervisor = RuntimeSupervisor(
+        launcher=launcher,
+        launch_config=launch_config,
+        store=store,
+        keyservice_url=config.keyservice_url,
+        options=config.runtime,
+        registry=registry,
+        stderr=sys.stderr.fileno(),
+        on_start=lambda generation: holder[0].runtime_started(generation),
+    )
+    host = InstanceHost(
+        supervisor, options=config.http, registry=registry, sandbox_start_s=sandbox_start_s
+    )
+    holder.append(host)
+    failure: list[BaseException] = []
+
+    def start_runtime() -> None:
+        try:
+            supervisor.start()
+        except BaseException as exc:
+            failure.append(exc)
+
+    starter = threading.Thread(target=start_runtime, name="runtime-start", daemon=True)
+    sock = _bind(config.host, config.port)
+    bound_host, port = sock.getsockname()[:2]
+    url = f"http://{_url_host(bound_host)}:{port}"
+    starter.start()
+    server = _ReadyServer(
+        uvicorn.Config(
+            host.app,
+            log_config=None,
+            access_log=False,
+            log_level=config.log_level.lower(),
+            http="auto",
+            loop="auto",
+            lifespan="off",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+            date_header=False,
+            limit_concurrency=max(64, config.http.concurrency * 8),
+        )
+    )
+
+    async def announce() -> None:
+        await asyncio.to_thread(starter.join)
+        if failure:
+            _log.event("instance.runtime_failed", error=str(failure[0]))
+            server.should_exit = True
+            return
+        generation = supervisor.current(timeout=0)
+        line = {
+            "event": "instance.ready",
+            "url": url,
+            "host": bound_host,
+            "port": port,
+            "pid": os.getpid(),
+            "runtime_pid": generation.process.pid,
+            "measurement": generation.process.measurement,
+            "sandbox_start_ms": None
+            if sandbox_start_s is None
+            else round(sandbox_start_s * 1e3, 3),
+            "runtime_start_ms": round(generation.start_s * 1000, 3),
+        }
+        text = json.dumps(line)
+        _log.event("instance.ready", url=url, runtime_pid=generation.process.pid)
+        if ready_file is not None:
+            _write_atomically(ready_file, text + "\n")
+        if ready_stream is not None:
+            ready_stream.write(text + "\n")
+            ready_stream.flush()
+
+    server.on_ready = announce
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        supervisor.close()
+        if ready_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                ready_file.unlink()
+    if failure:
+        raise InstanceError(f"the runtime did not start: {failure[0]}")
+    _log.event("instance.stopped")
+    return 0
+
+
+class _ReadyServer(uvicorn.Server):
+    on_ready: object = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises a captured SIGINT/SIGTERM after its graceful shutdown; a stop we
+        # were asked for is a clean exit.
+        with super().capture_signals():
+            yield
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and callable(self.on_ready):
+            await self.on_ready()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
+    # (accepted sockets inherit it); without it Nagle and delayed ACKs add ~40 ms a request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InstanceError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

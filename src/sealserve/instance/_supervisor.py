@@ -1,0 +1,514 @@
+"""The runtime supervisor: launch SeMIRT through the TEE platform, connect, restart on crash.
+
+The host never runs the runtime itself: it asks a :class:`~sealserve.attest.Launcher` (an
+embedded simulated platform or the platform daemon) to launch the ``runtime`` entry with the
+measured launch config (the KeyService pin) and one end of a socket pair, on which it then
+offers the ipc connection (two shared-memory channels).  One generation of runtime is one
+process, one connection and one :class:`~sealserve.runtime.Endpoint`.
+
+When the runtime dies (crash, kill, OOM), the endpoint fails every call in flight with
+:class:`~sealserve.errors.RuntimeUnavailable` (retryable) and the supervisor launches the next
+generation; calls made meanwhile wait for it, within their deadline.  Restarts are bounded:
+more than ``max_restarts`` within ``restart_window_s`` and the supervisor gives up (state
+``failed``; ``/healthz`` says so and the platform replaces the instance), with a backoff that
+doubles between attempts.
+
+It also answers the runtime's ocalls: fetching a sealed model from the store straight into a
+loan of the channel, and relaying KeyService exchanges over HTTP.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import enum
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._log import get_logger
+from sealserve.attest import Launcher, MeasuredProcess
+from sealserve.errors import (
+    DeadlineExceeded,
+    InstanceError,
+    KeyServiceError,
+    ModelNotAvailable,
+    ModelNotStored,
+    RuntimeUnavailable,
+    SealserveError,
+    StoreIntegrityError,
+)
+from sealserve.instance._store import ModelStore
+from sealserve.ipc import ChannelOptions, Connection
+from sealserve.keyservice import API_PREFIX
+from sealserve.runtime import Endpoint, Message, wire
+
+__all__ = ["RuntimeGeneration", "RuntimeSupervisor", "SupervisorOptions", "SupervisorState"]
+
+_log = get_logger(__name__)
+_MIB = 1 << 20
+#: Give the pages of messages at least this large back once reclaimed (models, not inputs).
+_TRIM = 16 * _MIB
+_RELAY_PATHS = (
+    ("GET", f"{API_PREFIX}/attestation?nonce="),
+    ("POST", f"{API_PREFIX}/challenges"),
+    ("POST", f"{API_PREFIX}/releases"),
+)
+
+
+class SupervisorState(enum.Enum):
+    UNOPENED = "unopened"
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SupervisorOptions:
+    """How the runtime is launched and kept alive."""
+
+    memory_budget_mb: int = 1024
+    threads: int = 2
+    workers: int = 4
+    baseline: bool = False
+    memory_factor: float = 3.0
+    max_input_age_s: float = 3600.0
+    #: Host -> runtime channel (inputs and sealed models): bounds the largest model.
+    request_arena_bytes: int = 2048 * _MIB
+    #: Runtime -> host channel (outputs, KeyService messages).
+    response_arena_bytes: int = 256 * _MIB
+    start_timeout_s: float = 60.0
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.1
+    keyservice_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for name in ("memory_budget_mb", "threads", "workers", "max_restarts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("start_timeout_s", "restart_window_s", "keyservice_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.restart_backoff_s < 0:
+            raise ValueError(f"restart_backoff_s must be >= 0, got {self.restart_backoff_s!r}")
+
+    def runtime_args(self) -> list[str]:
+        args = [
+            "--memory-budget-mb", str(self.memory_budget_mb),
+            "--threads", str(self.threads),
+            "--workers", str(self.workers),
+            "--memory-factor", repr(float(self.memory_factor)),
+            "--max-input-age-s", repr(float(self.max_input_age_s)),
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        if self.baseline:
+            args.append("--baseline")
+        return args
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuntimeGeneration:
+    """One runtime process and its connection."""
+
+    number: int
+    process: MeasuredProcess
+    endpoint: Endpoint
+    #: Seconds from asking the platform to launch it to its first answer.
+    start_s: float
+
+
+class RuntimeSupervisor:
+    """Keeps one runtime alive and serves its ocalls (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        launcher: Launcher,
+        launch_config: Mapping[str, str],
+        store: ModelStore,
+        keyservice_url: str,
+        options: SupervisorOptions | None = None,
+        registry: CollectorRegistry | None = None,
+        stderr: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        on_start: Callable[[RuntimeGeneration], None] | None = None,
+        http_transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not keyservice_url.startswith(("http://", "https://")):
+            raise ValueError(f"keyservice_url must be an http(s) URL, got {keyservice_url!r}")
+        self._launcher = launcher
+        self._config = dict(launch_config)
+        self._store = store
+        self._keyservice_url = keyservice_url.rstrip("/")
+        self.options = options or SupervisorOptions()
+        self._registry = registry
+        self._stderr = stderr
+        self._clock = clock
+        self._on_start = on_start
+        self._http = httpx.Client(
+            base_url=self._keyservice_url,
+            timeout=self.options.keyservice_timeout_s,
+            transport=http_transport,
+        )
+        self._ocalls = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="host-ocall"
+        )
+        self._cond = threading.Condition()
+        self._state = SupervisorState.UNOPENED
+        self._generation: RuntimeGeneration | None = None
+        self._number = 0
+        self._crashes: list[float] = []
+        self._restarts = 0
+        self._last_error = ""
+        self._restarter: threading.Thread | None = None
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SupervisorState:
+        return self._state
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    @property
+    def measurement(self) -> str:
+        """The measurement every runtime generation carries (what owners' grants pin)."""
+        return self._launcher.measurement("runtime", config=self._config)
+
+    def start(self) -> RuntimeGeneration:
+        """Launch the first runtime and wait until it answers."""
+        with self._cond:
+            if self._state is not SupervisorState.UNOPENED:
+                raise InstanceError(f"the supervisor is {self._state.value}; start it once")
+            self._state = SupervisorState.STARTING
+        try:
+            generation = self._launch()
+        except BaseException as exc:
+            with self._cond:
+                self._state = SupervisorState.FAILED
+                self._last_error = str(exc)
+                self._cond.notify_all()
+            raise
+        return generation
+
+    def close(self) -> None:
+        """Stop the runtime (orderly: close the connection, then the process)."""
+        with self._cond:
+            if self._state is SupervisorState.CLOSED:
+                return
+            self._closing = True
+            self._state = SupervisorState.CLOSED
+            generation, self._generation = self._generation, None
+            self._cond.notify_all()
+        if generation is not None:
+            self._stop(generation)
+        if self._restarter is not None and self._restarter is not threading.current_thread():
+            self._restarter.join(10.0)
+        self._ocalls.shutdown(wait=True, cancel_futures=True)
+        self._http.close()
+        _log.event("supervisor.closed")
+
+    def __enter__(self) -> RuntimeSupervisor:
+        if self._state is SupervisorState.UNOPENED:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- use -----------------------------------------------------------------------------------
+
+    def current(self, *, timeout: float | None) -> RuntimeGeneration:
+        """The live generation, waiting up to ``timeout`` for a (re)start to finish."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                state = self._state
+                if state is SupervisorState.READY and self._generation is not None:
+                    return self._generation
+                if state in (SupervisorState.FAILED, SupervisorState.CLOSED):
+                    raise RuntimeUnavailable(
+                        f"the runtime is {state.value}"
+                        + (f": {self._last_error}" if self._last_error else "")
+                    )
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise RuntimeUnavailable(f"the runtime is still {state.value}; retry shortly")
+                self._cond.wait(remaining)
+
+    def call(
+        self,
+        op: wire.Op,
+        meta: Mapping[str, Any] | None = None,
+        payload: bytes | bytearray | memoryview | None = None,
+        *,
+        timeout: float,
+    ) -> Message:
+        """One ecall on the live runtime (blocking); the caller releases the reply."""
+        started = time.monotonic()
+        generation = self.current(timeout=timeout)
+        remaining = timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed while the runtime was starting")
+        return generation.endpoint.call(op, meta, payload, timeout=remaining)
+
+    # -- generations ---------------------------------------------------------------------------
+
+    def _launch(self) -> RuntimeGeneration:
+        opts = self.options
+        with self._cond:
+            self._number += 1
+            number = self._number
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        started = time.perf_counter()
+        try:
+            process = self._launcher.launch(
+                "runtime",
+                args=opts.runtime_args(),
+                config=self._config,
+                fds=[theirs.fileno()],
+                stderr=self._stderr,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            connection = Connection.create(
+                ours,
+                request=ChannelOptions(arena_bytes=opts.request_arena_bytes, trim_above=16 * _MIB),
+                response=ChannelOptions(
+                    arena_bytes=opts.response_arena_bytes, trim_above=16 * _MIB
+                ),
+                name=f"runtime-{process.pid}",
+                timeout=opts.start_timeout_s,
+                registry=self._registry,
+            )
+        except BaseException as exc:
+            ours.close()
+            process.close()
+            raise RuntimeUnavailable(f"the runtime did not connect: {exc}") from exc
+        holder: list[Endpoint] = []
+        endpoint = Endpoint(
+            connection,
+            name=f"host-{number}",
+            handler=lambda message: self._ocall(holder[0], message),
+            broken_error=RuntimeUnavailable,
+            on_broken=lambda exc: self._failed(number, f"connection lost: {exc}"),
+        )
+        holder.append(endpoint)
+        endpoint.open()
+        try:
+            endpoint.call(wire.Op.STATS, {}, timeout=opts.start_timeout_s).release()
+        except BaseException as exc:
+            endpoint.close()
+            process.close()
+            raise RuntimeUnavailable(f"the runtime did not answer: {exc}") from exc
+        generation = RuntimeGeneration(number, process, endpoint, time.perf_counter() - started)
+        watcher = threading.Thread(
+            target=self._watch, args=(generation,), name=f"runtime-watch-{number}", daemon=True
+        )
+        with self._cond:
+            if self._closing:
+                self._stop(generation)
+                raise RuntimeUnavailable("the instance is closing")
+            self._generation = generation
+            self._state = SupervisorState.READY
+            self._cond.notify_all()
+        watcher.start()
+        _log.event(
+            "supervisor.runtime_ready",
+            generation=number,
+            pid=process.pid,
+            measurement=process.measurement,
+            start_ms=round(generation.start_s * 1000, 3),
+        )
+        if self._on_start is not None:
+            self._on_start(generation)
+        return generation
+
+    def _watch(self, generation: RuntimeGeneration) -> None:
+        code = generation.process.wait(None)
+        self._failed(generation.number, f"the runtime exited with status {code}")
+
+    def _failed(self, number: int, reason: str) -> None:
+        with self._cond:
+            generation = self._generation
+            if self._closing or generation is None or generation.number != number:
+                return
+            self._generation = None
+            self._state = SupervisorState.RESTARTING
+            self._last_error = reason
+            now = self._clock.monotonic()
+            self._crashes = [t for t in self._crashes if now - t < self.options.restart_window_s]
+            self._crashes.append(now)
+            give_up = len(self._crashes) > self.options.max_restarts
+            if give_up:
+                self._state = SupervisorState.FAILED
+            self._cond.notify_all()
+        _log.event(
+            "supervisor.runtime_lost",
+            level=logging.WARNING,
+            generation=number,
+            reason=reason,
+            giving_up=give_up,
+        )
+        threading.Thread(target=self._stop, args=(generation,), daemon=True).start()
+        if not give_up:
+            self._restarter = threading.Thread(
+                target=self._restart, name="runtime-restart", daemon=True
+            )
+            self._restarter.start()
+
+    def _restart(self) -> None:
+        backoff = self.options.restart_backoff_s * (2 ** max(0, len(self._crashes) - 1))
+        time.sleep(min(backoff, 5.0))
+        attempts = 0
+        while not self._closing:
+            attempts += 1
+            try:
+                self._launch()
+            except (SealserveError, OSError) as exc:
+                with self._cond:
+                    self._last_error = str(exc)
+                    if attempts >= self.options.max_restarts:
+                        self._state = SupervisorState.FAILED
+                        self._cond.notify_all()
+                        _log.event("supervisor.gave_up", level=logging.ERROR, error=str(exc))
+                        return
+                time.sleep(min(self.options.restart_backoff_s * 2**attempts, 5.0))
+                continue
+            with self._cond:
+                self._restarts += 1
+            return
+
+    @staticmethod
+    def _stop(generation: RuntimeGeneration) -> None:
+        generation.endpoint.close()  # the runtime sees an orderly close and exits
+        if generation.process.wait(5.0) is None:
+            generation.process.terminate()
+            if generation.process.wait(5.0) is None:
+                generation.process.kill()
+        generation.process.close()
+
+    # -- ocalls (on the receiver thread: hand over to the pool) --------------------------------
+
+    def _ocall(self, endpoint: Endpoint, message: Message) -> None:
+        try:
+            self._ocalls.submit(self._serve_ocall, endpoint, message)
+        except RuntimeError:  # shutting down
+            message.release()
+
+    def _serve_ocall(self, endpoint: Endpoint, message: Message) -> None:
+        try:
+            if message.op is wire.Op.FETCH_MODEL:
+                self._fetch(endpoint, message)
+            elif message.op is wire.Op.KEYSERVICE:
+                self._relay(endpoint, message)
+            else:
+                message.release()
+                endpoint.reply_error(message, ValueError(f"{message.op.name} is not an ocall"))
+        except Exception as exc:
+            message.release()
+            _log.event("supervisor.ocall_failed", level=logging.WARNING, op=message.op.name,
+                       error=type(exc).__name__, message=str(exc))  # fmt: skip
+            endpoint.reply_error(message, exc)
+
+    def _fetch(self, endpoint: Endpoint, message: Message) -> None:
+        model_id = message.meta.get("model_id")
+        message.release()
+        if not isinstance(model_id, str):
+            raise ValueError("fetch_model needs a model_id")
+        started = time.perf_counter()
+        try:
+            manifest = self._store.get(model_id)
+        except ModelNotStored as exc:
+            raise ModelNotAvailable(str(exc)) from None
+        meta = {
+            "model_id": model_id,
+            "key_version": manifest.key_version,
+            "size": manifest.size,
+            "digest": manifest.digest,
+        }
+
+        def write(view: memoryview) -> None:  # straight from the file into the loan
+            self._store.read_into(model_id, view)
+
+        try:
+            endpoint.reply(message, meta, payload_len=manifest.size, writer=write)
+        except (StoreIntegrityError, ModelNotStored) as exc:
+            raise ModelNotAvailable(str(exc)) from None
+        _log.event(
+            "supervisor.model_sent",
+            model_id=model_id,
+            bytes=manifest.size,
+            ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def _relay(self, endpoint: Endpoint, message: Message) -> None:
+        meta = message.meta
+        method, path = meta.get("method"), meta.get("path")
+        body = bytes(message.payload)
+        message.release()
+        if not any(method == m and isinstance(path, str) and _path_ok(path, p)
+                   for m, p in _RELAY_PATHS):  # fmt: skip
+            raise ValueError(f"the host relays only the key release protocol, not {method} {path}")
+        assert isinstance(method, str)
+        assert isinstance(path, str)
+        timeout = meta.get("timeout_s")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            timeout = self.options.keyservice_timeout_s
+        try:
+            response = self._http.request(
+                method,
+                path,
+                content=body if method == "POST" else None,
+                headers={"content-type": "application/json"} if method == "POST" else None,
+                timeout=min(float(timeout), self.options.keyservice_timeout_s),
+            )
+        except httpx.HTTPError as exc:
+            error = KeyServiceError(
+                f"the KeyService at {self._keyservice_url} is unreachable: {type(exc).__name__}"
+            )
+            error.retryable = True
+            raise error from None
+        endpoint.reply(message, {"status": response.status_code}, response.content)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        generation = self._generation
+        return {
+            "state": self._state.value,
+            "generation": None if generation is None else generation.number,
+            "runtime_pid": None if generation is None else generation.process.pid,
+            "measurement": None if generation is None else generation.process.measurement,
+            "restarts": self._restarts,
+            "last_error": self._last_error or None,
+        }
+
+
+def _path_ok(path: str, allowed: str) -> bool:
+    if allowed.endswith("="):
+        return path.startswith(allowed) and "/" not in path[len(allowed) :]
+    return path == allowed

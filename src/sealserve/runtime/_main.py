@@ -1,0 +1,146 @@
+"""The ``runtime`` entry: the SeMIRT process, as launched (and measured) by the TEE platform.
+
+Run as ``__main__`` from the platform's code snapshot by the instance host, never directly:
+keys are released only against evidence from ``local_evidence``, which exists only inside a
+measured launch.  The host hands over one end of a Unix socket pair (the first passed
+descriptor); the runtime opens the ipc connection the host offers on it and serves ecalls
+until the host closes it (or SIGTERM).
+
+* measured launch config: which KeyService to trust (:func:`runtime_launch_config`);
+* arguments (unmeasured, the host decides): memory budget, threads, workers, baseline mode;
+* stderr: JSON log lines (ids, sizes, timings; never a key or a plaintext); stdout: unused.
+
+Exit status: 0 after an orderly close, 78 for a bad launch (config, arguments, no socket),
+70 when the connection failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from sealserve._log import configure_logging, get_logger
+from sealserve.errors import SealserveError
+
+__all__ = ["main", "parse_args"]
+
+_EX_SOFTWARE = 70
+_EX_CONFIG = 78
+_log = get_logger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sealserve.runtime._main")
+    p.add_argument("--memory-budget-mb", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--memory-factor", type=float, default=3.0)
+    p.add_argument("--max-input-age-s", type=float, default=3600.0)
+    p.add_argument("--baseline", action="store_true")
+    p.add_argument("--connect-timeout-s", type=float, default=30.0)
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def _preload() -> None:
+    """Import onnxruntime while the ipc handshake runs (it takes a third of a second)."""
+    import onnxruntime  # noqa: F401
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    preload = threading.Thread(target=_preload, name="runtime-preload", daemon=True)
+    preload.start()
+
+    from sealserve.attest import launch_config, local_evidence, passed_fds
+    from sealserve.crypto import HpkeKeyPair
+    from sealserve.ipc import Connection
+    from sealserve.runtime._core import RuntimeOptions, SealedRuntime
+    from sealserve.runtime._keys import KeyBroker
+    from sealserve.runtime._pin import pin_from_launch_config
+    from sealserve.runtime._rpc import Endpoint, Message
+    from sealserve.runtime._server import HostModelSource, HostRelay, RuntimeServer
+
+    try:
+        options = RuntimeOptions(
+            memory_budget_bytes=args.memory_budget_mb << 20,
+            threads=args.threads,
+            workers=args.workers,
+            memory_factor=args.memory_factor,
+            max_input_age_s=args.max_input_age_s,
+            baseline=args.baseline,
+        )
+        pin = pin_from_launch_config(launch_config())
+        fds = passed_fds()
+        if not fds:
+            raise SealserveError("no ipc socket was passed to the runtime")
+        sock = socket.socket(fileno=fds[0])
+    except (SealserveError, ValueError, OSError) as exc:
+        _log.event("runtime.bad_launch", error=type(exc).__name__, message=str(exc))
+        sys.stderr.write(f"runtime: {exc}\n")
+        return _EX_CONFIG
+
+    key_pair = HpkeKeyPair.generate()  # fresh at every start; bound into each evidence
+    try:
+        connection = Connection.open(sock, timeout=args.connect_timeout_s)
+    except (SealserveError, OSError) as exc:
+        _log.event("runtime.connect_failed", error=type(exc).__name__, message=str(exc))
+        return _EX_SOFTWARE
+    server: RuntimeServer | None = None
+
+    def handle(message: Message) -> None:
+        assert server is not None
+        server.handle(message)
+
+    endpoint = Endpoint(connection, name="runtime", handler=handle, broken_error=_gone)
+    relay = HostRelay(endpoint)
+    keys = KeyBroker(
+        relay=relay,
+        pin=pin,
+        evidence=lambda report_data: local_evidence(report_data),
+        cache=not options.baseline,
+        key_pair=key_pair,
+    )
+    runtime = SealedRuntime(options=options, keys=keys, source=HostModelSource(endpoint))
+    server = RuntimeServer(runtime, workers=options.workers)
+    server.attach(endpoint)
+    preload.join()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        endpoint.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    endpoint.open()
+    _log.event(
+        "runtime.ready",
+        startup_ms=round((time.perf_counter() - started) * 1000, 3),
+        baseline=options.baseline,
+        budget_bytes=options.memory_budget_bytes,
+        threads=options.threads,
+        workers=options.workers,
+    )
+    while not endpoint.wait_closed(1.0):
+        pass
+    endpoint.close()
+    server.close()
+    _log.event("runtime.stopped")
+    return 0
+
+
+def _gone(message: str) -> Exception:
+    from sealserve.errors import RuntimeUnavailable
+
+    return RuntimeUnavailable(message)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The runtime's measured launch config: which KeyService it will trust.
+
+The runtime verifies the KeyService's evidence before it believes any release (else an
+untrusted host could hand it keys of its own making).  What it requires — the KeyService's
+policy and the platform keys that may sign evidence — is passed as the *measured* launch
+config, so it is part of the runtime's measurement: a runtime pinned to another KeyService
+has another measurement, and owners' grants (which pin runtime measurements) do not cover it.
+
+::
+
+    config = runtime_launch_config(keyservice_policy=policy, trust=anchors)
+    measurement = launcher.measurement("runtime", config=config)   # what grants pin
+    process = launcher.launch("runtime", config=config, ...)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Final
+
+from sealserve.attest import Policy, TrustAnchors
+from sealserve.errors import ConfigError
+
+__all__ = [
+    "KEYSERVICE_POLICY_KEY",
+    "PLATFORM_KEYS_KEY",
+    "pin_from_launch_config",
+    "runtime_launch_config",
+]
+
+#: Launch config key: the KeyService policy (``Policy.to_dict()`` as canonical JSON).
+KEYSERVICE_POLICY_KEY: Final = "keyservice_policy"
+#: Launch config key: comma-separated hex Ed25519 keys of simulated platforms to trust.
+PLATFORM_KEYS_KEY: Final = "platform_keys"
+_DCAP_KEY: Final = "accept_dcap"
+
+
+def runtime_launch_config(*, keyservice_policy: Policy, trust: TrustAnchors) -> dict[str, str]:
+    """The measured launch config of a runtime that trusts this KeyService pin."""
+    if not isinstance(keyservice_policy, Policy):
+        raise TypeError(
+            f"keyservice_policy must be a Policy, got {type(keyservice_policy).__name__}"
+        )
+    if not isinstance(trust, TrustAnchors):
+        raise TypeError(f"trust must be TrustAnchors, got {type(trust).__name__}")
+    if trust.dcap_root_ca_der is not None:
+        raise ValueError("a runtime pin cannot carry a custom DCAP root; use Intel's")
+    return {
+        KEYSERVICE_POLICY_KEY: json.dumps(
+            keyservice_policy.to_dict(), sort_keys=True, separators=(",", ":")
+        ),
+        PLATFORM_KEYS_KEY: ",".join(sorted(k.hex() for k in trust.simulated_platform_keys)),
+        _DCAP_KEY: "1" if trust.accept_dcap else "0",
+    }
+
+
+def pin_from_launch_config(config: Mapping[str, str]) -> tuple[Policy, TrustAnchors]:
+    """The (policy, trust anchors) a runtime launched with ``config`` requires of the
+    KeyService; :class:`~sealserve.errors.ConfigError` if the config is not one."""
+    unknown = sorted(set(config) - {KEYSERVICE_POLICY_KEY, PLATFORM_KEYS_KEY, _DCAP_KEY})
+    if unknown:
+        raise ConfigError(f"the runtime's launch config has unknown keys {unknown}")
+    try:
+        policy = Policy.from_dict(json.loads(config[KEYSERVICE_POLICY_KEY]))
+        keys = frozenset(
+            bytes.fromhex(part) for part in config.get(PLATFORM_KEYS_KEY, "").split(",") if part
+        )
+        trust = TrustAnchors(
+            simulated_platform_keys=keys, accept_dcap=config.get(_DCAP_KEY, "0") == "1"
+        )
+    except KeyError:
+        raise ConfigError(
+            f"the runtime's launch config has no {KEYSERVICE_POLICY_KEY!r}: a runtime must be "
+            "launched with the KeyService it trusts (runtime_launch_config)"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"the runtime's launch config is invalid: {exc}") from exc
+    return policy, trust

@@ -1,0 +1,152 @@
+"""A model inside the runtime: one onnxruntime session, shared by every thread that serves it.
+
+onnxruntime's ``InferenceSession.run`` is thread-safe and releases the GIL, so one session per
+model serves concurrent requests; each run uses the session's intra-op thread pool
+(``threads``).  The same :func:`session_options` are what ``sealserve bench runtime`` gives
+plain onnxruntime, so the two sides run with the same threads.
+
+Errors here never carry anything from the plaintext (tensor names, shapes, node names): an
+input that does not fit the model is one fixed :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from sealserve._log import get_logger
+from sealserve.errors import ModelNotAvailable
+from sealserve.runtime._plaintext import PlaintextBuffer
+
+__all__ = ["BAD_INPUT", "LoadedModel", "session_options"]
+
+_log = get_logger(__name__)
+
+#: The one message for an input that does not fit the model (says nothing about either).
+BAD_INPUT: Final = "the input tensors do not match the model's inputs"
+
+_ORT_TYPES: Final[dict[str, np.dtype[Any]]] = {
+    "tensor(float)": np.dtype("float32"),
+    "tensor(double)": np.dtype("float64"),
+    "tensor(float16)": np.dtype("float16"),
+    "tensor(int64)": np.dtype("int64"),
+    "tensor(int32)": np.dtype("int32"),
+    "tensor(int16)": np.dtype("int16"),
+    "tensor(int8)": np.dtype("int8"),
+    "tensor(uint8)": np.dtype("uint8"),
+    "tensor(uint16)": np.dtype("uint16"),
+    "tensor(uint32)": np.dtype("uint32"),
+    "tensor(uint64)": np.dtype("uint64"),
+    "tensor(bool)": np.dtype("bool"),
+}
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime session options with ``threads`` intra-op threads, one inter-op thread."""
+    import onnxruntime as ort
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: warnings may name the model's nodes
+    return options
+
+
+class LoadedModel:
+    """A session built from a plaintext model, and what a request needs to feed it."""
+
+    def __init__(
+        self, *, model_id: str, version: int, session: Any, charged_bytes: int, model_bytes: int
+    ) -> None:
+        self.model_id = model_id
+        self.version = version
+        self.charged_bytes = charged_bytes
+        self.model_bytes = model_bytes
+        self._session: Any = session
+        self._inputs: dict[str, np.dtype[Any] | None] = {
+            meta.name: _ORT_TYPES.get(meta.type) for meta in session.get_inputs()
+        }
+        self._outputs = [meta.name for meta in session.get_outputs()]
+
+    @classmethod
+    def build(
+        cls,
+        plaintext: PlaintextBuffer,
+        *,
+        model_id: str,
+        version: int,
+        threads: int,
+        charged_bytes: int,
+    ) -> LoadedModel:
+        """Build the session from ``plaintext`` (filled), then wipe the plaintext."""
+        import onnxruntime as ort
+
+        try:
+            data = plaintext.data
+            try:
+                session = ort.InferenceSession(
+                    data, session_options(threads), providers=["CPUExecutionProvider"]
+                )
+            finally:
+                del data
+            # onnxruntime keeps the bytes only to rebuild the session on a provider fallback,
+            # which never happens on the CPU provider; let go of them so they can be wiped.
+            session._model_bytes = None
+        except Exception as exc:
+            _log.event("model.session_failed", level=logging.WARNING, model_id=model_id,
+                       error=type(exc).__name__)  # fmt: skip
+            raise ModelNotAvailable(
+                f"model {model_id!r} does not load: it is not a model onnxruntime can run"
+            ) from None
+        finally:
+            plaintext.wipe()
+        return cls(
+            model_id=model_id,
+            version=version,
+            session=session,
+            charged_bytes=charged_bytes,
+            model_bytes=plaintext.size,
+        )
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self._inputs)
+
+    def run(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Run the model on ``inputs`` (names and dtypes must be the model's)."""
+        session = self._session
+        if session is None:
+            raise ModelNotAvailable(f"model {self.model_id!r} was evicted")
+        if set(inputs) != set(self._inputs):
+            raise ValueError(BAD_INPUT)
+        for name, array in inputs.items():
+            want = self._inputs[name]
+            if want is not None and array.dtype != want:
+                raise ValueError(BAD_INPUT)
+        try:
+            outputs = session.run(None, dict(inputs))
+        except Exception as exc:  # onnxruntime's messages name nodes and shapes: not for out
+            _log.event("model.run_failed", level=logging.DEBUG, model_id=self.model_id,
+                       error=type(exc).__name__)  # fmt: skip
+            raise ValueError(BAD_INPUT) from None
+        return {
+            name: np.ascontiguousarray(value)
+            for name, value in zip(self._outputs, outputs, strict=True)
+        }
+
+    def close(self) -> None:
+        """Drop the session (onnxruntime frees the weights)."""
+        self._session = None
+
+    def __repr__(self) -> str:
+        return (
+            f"LoadedModel(model_id={self.model_id!r}, version={self.version}, "
+            f"charged_bytes={self.charged_bytes})"
+        )
