@@ -135,7 +135,6 @@ def serve(
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
     if not store.is_dir():
         fail(f"--store {str(store)!r} is not a directory", 2)
-    configure_logging(level)
     folder = resolve_data_dir(data_dir)
     url = keyservice_url(keyservice)
     config = guarded(
@@ -161,6 +160,7 @@ def serve(
     )
 
     def run() -> int:
+        configure_logging(level)
         with _launcher(folder, tee_socket) as launcher:
             pin = _pin(launcher, folder, keyservice_measurement, platform_key)
             return serve_instance(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     )
     from sealserve.instance._supervisor import (
         RuntimeGeneration,
+        RuntimeHandle,
         RuntimeSupervisor,
         SupervisorOptions,
         SupervisorState,
@@ -53,6 +54,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "ModelStore",
     "RETRY_AFTER_S",
     "RuntimeGeneration",
+    "RuntimeHandle",
     "RuntimeSupervisor",
     "SPAWNED_AT_ENV",
     "SupervisorOptions",
@@ -74,6 +76,7 @@ _LAZY = {
     "process_age_s": "_server",
     "serve_instance": "_server",
     "RuntimeGeneration": "_supervisor",
+    "RuntimeHandle": "_supervisor",
     "RuntimeSupervisor": "_supervisor",
     "SupervisorOptions": "_supervisor",
     "SupervisorState": "_supervisor",

@@ -45,11 +45,11 @@ from starlette.routing import Route
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
-from sealserve.errors import DeadlineExceeded, SealserveError
+from sealserve.errors import BackpressureTimeout, DeadlineExceeded, SealserveError
 from sealserve.instance import _headers as hd
 from sealserve.instance._errors import HostError, bad_request, error_body, error_for_exception
 from sealserve.instance._metrics import InstanceMetrics
-from sealserve.instance._supervisor import RuntimeGeneration, RuntimeSupervisor, SupervisorState
+from sealserve.instance._supervisor import RuntimeGeneration, RuntimeHandle, SupervisorState
 from sealserve.keyservice import split_model_id
 from sealserve.runtime import Message, check_request_id, timings, wire
 
@@ -90,11 +90,11 @@ class HostOptions:
 
 
 class InstanceHost:
-    """The HTTP application of one instance over its :class:`RuntimeSupervisor`."""
+    """The HTTP application of one instance over its runtime supervisor."""
 
     def __init__(
         self,
-        supervisor: RuntimeSupervisor,
+        supervisor: RuntimeHandle,
         *,
         options: HostOptions | None = None,
         registry: CollectorRegistry | None = None,
@@ -241,6 +241,24 @@ class InstanceHost:
             if not delivered:  # a deadline, a disconnect: the reply is released on arrival
                 generation.endpoint.abandon(future)
 
+    async def _send(
+        self,
+        generation: RuntimeGeneration,
+        op: wire.Op,
+        meta: Mapping[str, Any],
+        payload: bytes | bytearray | None,
+        timeout: float,
+    ) -> concurrent.futures.Future[Message]:
+        """Put the call in the channel: at once when there is room (the usual case), else
+        from a worker thread, so the event loop never waits for room."""
+        endpoint = generation.endpoint
+        try:
+            return endpoint.call_async(op, meta, payload, send_timeout=0)
+        except BackpressureTimeout:
+            return await asyncio.to_thread(
+                endpoint.call_async, op, meta, payload, send_timeout=timeout
+            )
+
     async def _call(
         self, op: wire.Op, meta: Mapping[str, Any], payload: bytes | None, timeout: float
     ) -> Message:
@@ -249,7 +267,7 @@ class InstanceHost:
         remaining = timeout - (time.monotonic() - started)
         if remaining <= 0:
             raise DeadlineExceeded("the deadline passed while the runtime was starting")
-        future = generation.endpoint.call_async(op, meta, payload)
+        future = await self._send(generation, op, meta, payload, remaining)
         return await self._await_reply(generation, future, remaining)
 
     # -- the binary endpoint -------------------------------------------------------------------
@@ -283,24 +301,21 @@ class InstanceHost:
                 "request_id": request_id,
                 "timeout_s": round(timeout, 6),
             }
+            # The body is read into private memory first, then put in the channel in one go:
+            # a loan held open while a slow client sends would hold up the channel.
+            sealed = bytearray(length)
+            pos = 0
+            async for chunk in request.stream():
+                end = pos + len(chunk)
+                if end > length:
+                    raise bad_request("the body is longer than its Content-Length")
+                sealed[pos:end] = chunk
+                pos = end
+            if pos != length:
+                raise bad_request("the body is shorter than its Content-Length")
             generation = await self._generation(timeout)
-            call = generation.endpoint.open_call(wire.Op.INFER, meta, payload_len=length)
-            try:
-                view = call.payload
-                pos = 0
-                async for chunk in request.stream():
-                    end = pos + len(chunk)
-                    if end > length:
-                        raise bad_request("the body is longer than its Content-Length")
-                    view[pos:end] = chunk
-                    pos = end
-                if pos != length:
-                    raise bad_request("the body is shorter than its Content-Length")
-                del view
-            except BaseException:
-                call.discard()
-                raise
-            future = call.send()
+            future = await self._send(generation, wire.Op.INFER, meta, sealed, timeout)
+            del sealed
             remaining = max(0.001, timeout - (time.perf_counter() - started))
             reply = await self._await_reply(generation, future, remaining)
             try:

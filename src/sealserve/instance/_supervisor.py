@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client import CollectorRegistry
@@ -50,7 +50,13 @@ from sealserve.ipc import ChannelOptions, Connection
 from sealserve.keyservice import API_PREFIX
 from sealserve.runtime import Endpoint, Message, wire
 
-__all__ = ["RuntimeGeneration", "RuntimeSupervisor", "SupervisorOptions", "SupervisorState"]
+__all__ = [
+    "RuntimeGeneration",
+    "RuntimeHandle",
+    "RuntimeSupervisor",
+    "SupervisorOptions",
+    "SupervisorState",
+]
 
 _log = get_logger(__name__)
 _MIB = 1 << 20
@@ -127,6 +133,35 @@ class RuntimeGeneration:
     endpoint: Endpoint
     #: Seconds from asking the platform to launch it to its first answer.
     start_s: float
+
+
+class RuntimeHandle(Protocol):
+    """What the HTTP host needs of a supervisor (:class:`RuntimeSupervisor` is the real one)."""
+
+    @property
+    def state(self) -> SupervisorState: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    def current(self, *, timeout: float | None) -> RuntimeGeneration:
+        """The live generation, waiting up to ``timeout`` for a (re)start."""
+        ...
+
+    def call(
+        self,
+        op: wire.Op,
+        meta: Mapping[str, Any] | None = None,
+        payload: bytes | bytearray | memoryview | None = None,
+        *,
+        timeout: float,
+    ) -> Message:
+        """One ecall (blocking); the caller releases the reply."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """State, generation, runtime pid and measurement, restarts, last error."""
+        ...
 
 
 class RuntimeSupervisor:

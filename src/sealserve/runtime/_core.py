@@ -175,14 +175,18 @@ class SealedRuntime:
         sealed_input: memoryview,
         deadline: float | None,
         input_consumed: Callable[[], None] | None = None,
+        detach: Callable[[], memoryview] | None = None,
     ) -> SealedOutput:
         """Serve one request; the output is sealed by :attr:`SealedOutput.write`.
 
         ``input_consumed`` is called once the sealed input has been read (its shared memory
-        may then be reused).  Errors: the fixed ``InvalidEnvelope`` (wrong key, tampered,
-        another request's input), ``AccessDenied`` (no keys released), ``ValueError`` with
-        :data:`BAD_INPUT`, ``DeadlineExceeded``, ``ModelNotAvailable``,
-        ``MemoryBudgetExceeded``.
+        may then be reused).  ``detach()``, if given, is called instead before the request
+        waits for keys or a model: it returns a private copy of the sealed input and lets the
+        shared memory go, so a slow cold path never holds up the channel.
+
+        Errors: the fixed ``InvalidEnvelope`` (wrong key, tampered, another request's input),
+        ``AccessDenied`` (no keys released), ``ValueError`` with :data:`BAD_INPUT`,
+        ``DeadlineExceeded``, ``ModelNotAvailable``, ``MemoryBudgetExceeded``.
         """
         _check_ids(model_id, user_id)
         check_request_id(request_id)
@@ -198,6 +202,8 @@ class SealedRuntime:
 
         try:
             self._check_deadline(deadline, "before the request started")
+            if detach is not None and not self._warm(user_id, model_id):
+                sealed_input = detach()
             keys = self._obtain_keys(user_id, model_id, deadline, timer)
             if self.options.baseline:
                 lease = self._fresh_model(keys, deadline, timer)
@@ -268,6 +274,12 @@ class SealedRuntime:
         self._keys.cache.clear()
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _warm(self, user_id: str, model_id: str) -> bool:
+        """Whether a request would find its keys and model at once (a hint; races are fine)."""
+        if self.options.baseline:
+            return False
+        return self._keys.cache.holds(user_id, model_id) and model_id in self._models
 
     def _obtain_keys(
         self, user_id: str, model_id: str, deadline: float | None, timer: StageTimer

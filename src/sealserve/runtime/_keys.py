@@ -114,6 +114,12 @@ class KeyCache:
             self._hits += 1
             return held.keys
 
+    def holds(self, user_id: str, model_id: str) -> bool:
+        """Whether :meth:`get` would find the pair's keys now (not counted as a lookup)."""
+        with self._lock:
+            held = self._held.get((user_id, model_id))
+            return held is not None and self._clock.time() < held.expires_at
+
     def put(self, release: Release) -> bool:
         """Keep the keys of ``release``; ``False`` (nothing kept) when the runtime already
         holds keys of a newer revocation epoch, so the release must be made again."""

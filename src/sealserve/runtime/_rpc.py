@@ -29,7 +29,6 @@ from typing import Any
 
 from sealserve._log import get_logger
 from sealserve.errors import (
-    BackpressureTimeout,
     ChannelClosed,
     DeadlineExceeded,
     IPCError,
@@ -72,11 +71,12 @@ class EndpointState(enum.Enum):
 class Message:
     """A received frame, viewing shared memory until :meth:`release` (or ``with``)."""
 
-    __slots__ = ("_frame", "_sample")
+    __slots__ = ("_frame", "_private", "_sample")
 
     def __init__(self, frame: Frame, sample: Sample | None) -> None:
         self._frame = frame
         self._sample = sample
+        self._private: memoryview | None = None
 
     @property
     def op(self) -> Op:
@@ -100,10 +100,21 @@ class Message:
 
     @property
     def payload(self) -> memoryview:
-        """The payload, in shared memory: valid until :meth:`release`."""
+        """The payload, in shared memory: valid until :meth:`release` (or, after
+        :meth:`detach`, a private copy)."""
+        if self._private is not None:
+            return self._private
         if self._sample is not None and self._sample.released:
             raise IPCError("message was released; its payload is no longer yours")
         return self._frame.payload
+
+    def detach(self) -> memoryview:
+        """Copy the payload into private memory and release the shared memory now (for a
+        message that will wait: holding shared memory would hold up the channel)."""
+        if self._private is None:
+            self._private = memoryview(bytearray(self.payload))
+            self.release()
+        return self._private
 
     def release(self) -> None:
         if self._sample is not None:
@@ -256,11 +267,14 @@ class Endpoint:
         *,
         payload_len: int | None = None,
         writer: PayloadWriter | None = None,
+        send_timeout: float | None = None,
     ) -> concurrent.futures.Future[Message]:
         """Send a call; the future gets its reply :class:`Message` (the caller releases it).
 
         The payload is ``payload`` (copied into shared memory once), or ``payload_len`` bytes
         that ``writer`` fills in place.  A reply with an error status sets that error.
+        Waits up to ``send_timeout`` (default: the endpoint's) for room in the channel, then
+        raises :class:`~sealserve.errors.BackpressureTimeout` (``0``: do not wait).
         """
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
         with self._lock:
@@ -268,7 +282,9 @@ class Endpoint:
             call_id = next(self._ids)
             self._pending[call_id] = future
         try:
-            self._send(Kind.CALL, op, Status.OK, call_id, meta, payload, payload_len, writer, None)
+            self._send(
+                Kind.CALL, op, Status.OK, call_id, meta, payload, payload_len, writer, send_timeout
+            )
         except BaseException:
             with self._lock:
                 self._pending.pop(call_id, None)
@@ -453,8 +469,6 @@ class Endpoint:
         except (PeerDied, ChannelClosed) as exc:
             self._broken(exc)
             raise self._broken_error(f"the {self.name} peer is gone: {exc}") from exc
-        except BackpressureTimeout as exc:
-            raise self._broken_error(f"the {self.name} channel stayed full: {exc}") from exc
         try:
             offset = write_header(
                 loan.view, kind=kind, op=op, status=status, call_id=call_id, meta=meta_raw,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 from typing import Any
 
@@ -130,6 +131,9 @@ class RuntimeServer:
             max_workers=workers, thread_name_prefix="runtime-worker"
         )
         self._endpoint: Endpoint | None = None
+        self._workers = workers
+        self._active = 0
+        self._lock = threading.Lock()
 
     def attach(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
@@ -145,6 +149,11 @@ class RuntimeServer:
             self._run(self._stats, message)
         elif message.op in (Op.LOAD, Op.INFER, Op.EVICT):
             received = time.perf_counter()
+            with self._lock:
+                busy = self._active >= self._workers
+                self._active += 1
+            if busy and message.op is Op.INFER:  # it will queue: let the channel go now
+                message.detach()
             self._pool.submit(self._run, self._work, message, received)
         else:
             self._reply_error(message, ValueError(f"{message.op.name.lower()} is not an ecall"))
@@ -171,6 +180,13 @@ class RuntimeServer:
         self._endpoint.reply(message, self.runtime.stats())
 
     def _work(self, message: Message, received: float) -> None:
+        try:
+            self._serve(message, received)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _serve(self, message: Message, received: float) -> None:
         assert self._endpoint is not None
         meta = message.meta
         if message.op is Op.EVICT:
@@ -194,6 +210,7 @@ class RuntimeServer:
             sealed_input=message.payload,
             deadline=deadline,
             input_consumed=message.release,
+            detach=message.detach,
         )
 
         def reply_meta() -> dict[str, Any]:

@@ -1,0 +1,342 @@
+"""SealedRuntime with a real KeyService in process, real onnxruntime, models held in memory."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sealserve.crypto import RequestKey
+from sealserve.errors import (
+    AccessDenied,
+    DeadlineExceeded,
+    InvalidEnvelope,
+    MemoryBudgetExceeded,
+    ModelNotAvailable,
+)
+from sealserve.models import encode_tensors
+from sealserve.runtime import (
+    BAD_INPUT,
+    RuntimeOptions,
+    SealedRuntime,
+    seal_input,
+    timings,
+    unseal_output,
+)
+from tests.unit.runtime.graphs import dense_model, marker_floats, marker_model, plain_run
+from tests.unit.runtime.keyservice import InProcessKeyService
+
+
+@pytest.fixture
+def ks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessKeyService]:
+    harness = InProcessKeyService(tmp_path_factory.mktemp("ks"), release_ttl_s=60.0)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def make_runtime(ks: InProcessKeyService, **options: Any) -> SealedRuntime:
+    opts = RuntimeOptions(**options)
+    return SealedRuntime(
+        options=opts, keys=ks.broker(cache=not opts.baseline), source=ks.source, clock=ks.clock
+    )
+
+
+def infer(
+    runtime: SealedRuntime,
+    ks: InProcessKeyService,
+    model_id: str,
+    key: RequestKey,
+    inputs: dict[str, Any],
+    *,
+    request_id: str = "req-1",
+    sealed: bytes | None = None,
+    deadline: float | None = None,
+) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, float]]:
+    user = ks.user.principal_id
+    if sealed is None:
+        sealed = seal_input(
+            key, inputs, model_id=model_id, user_id=user, request_id=request_id, clock=ks.clock
+        )
+    output = runtime.infer(
+        model_id=model_id,
+        user_id=user,
+        request_id=request_id,
+        sealed_input=memoryview(sealed),
+        deadline=deadline,
+    )
+    buffer = bytearray(output.size)
+    output.write(memoryview(buffer))
+    opened = unseal_output(
+        key, bytes(buffer), model_id=model_id, user_id=user, request_id=request_id
+    )
+    return opened, output.timings.to_dict()
+
+
+def x_of(n: int, seed: int = 1) -> dict[str, Any]:
+    return {"X": np.random.default_rng(seed).standard_normal((1, n)).astype(np.float32)}
+
+
+def test_sealed_inference_equals_plain_onnxruntime(ks: InProcessKeyService) -> None:
+    weights = marker_floats(3, 256)
+    onnx = marker_model(weights)
+    model_id, key = ks.add_model("marker", onnx)
+    dense = dense_model(5)
+    dense_id, dense_key = ks.add_model("dense", dense)
+    runtime = make_runtime(ks)
+    inputs = {"X": marker_floats(4, 256)}
+    outputs, stages = infer(runtime, ks, model_id, key, inputs)
+    expected = plain_run(onnx, inputs)
+    assert set(outputs) == {"Y", "Z"}
+    for name in expected:
+        assert np.array_equal(outputs[name], expected[name])
+    assert outputs["Y"].tobytes() == inputs["X"].tobytes()
+    for stage in (
+        timings.ATTESTATION_KEY_RELEASE,
+        timings.MODEL_FETCH,
+        timings.MODEL_UNSEAL_SESSION,
+        timings.INPUT_UNSEAL,
+        timings.INFERENCE,
+        timings.OUTPUT_SEAL,
+    ):
+        assert stages[stage] >= 0
+    d_out, _ = infer(runtime, ks, dense_id, dense_key, x_of(64))
+    assert np.allclose(d_out["Y"], plain_run(dense, x_of(64))["Y"], rtol=1e-5, atol=1e-5)
+
+
+def test_warm_requests_hit_the_key_and_model_caches(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(1))
+    runtime = make_runtime(ks)
+    infer(runtime, ks, model_id, key, x_of(64), request_id="a")
+    _, warm = infer(runtime, ks, model_id, key, x_of(64), request_id="b")
+    assert ks.releases == 1
+    assert ks.source.fetches[model_id] == 1
+    assert ks.source.released == 1  # the sealed model's memory was given back
+    assert timings.ATTESTATION_KEY_RELEASE not in warm
+    assert timings.MODEL_FETCH not in warm
+    assert set(warm) >= {timings.INPUT_UNSEAL, timings.INFERENCE, timings.OUTPUT_SEAL}
+    stats = runtime.stats()
+    assert stats["models"]["loads"] == 1
+    assert stats["models"]["hits"] == 1
+    json.dumps(stats)  # what the host may know is plain JSON
+
+
+def test_tampered_inputs_and_wrong_keys_are_the_fixed_error(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(2))
+    runtime = make_runtime(ks)
+    user = ks.user.principal_id
+    good = seal_input(
+        key, x_of(64), model_id=model_id, user_id=user, request_id="r1", clock=ks.clock
+    )
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0x01
+    wrong_key = seal_input(
+        RequestKey.generate(), x_of(64), model_id=model_id, user_id=user, request_id="r1",
+        clock=ks.clock,
+    )  # fmt: skip
+    other_request = seal_input(
+        key, x_of(64), model_id=model_id, user_id=user, request_id="r0", clock=ks.clock
+    )
+    bad_cases = [bytes(flipped), wrong_key, other_request, good[:-1], b"\x01" * 10]
+    for bad in bad_cases:
+        with pytest.raises(InvalidEnvelope) as info:
+            infer(runtime, ks, model_id, key, {}, request_id="r1", sealed=bad)
+        assert str(info.value) == InvalidEnvelope.MESSAGE
+    outputs, _ = infer(runtime, ks, model_id, key, x_of(64), request_id="r1", sealed=good)
+    assert outputs["Y"].shape == (1, 16)
+
+
+def test_an_output_opens_only_for_its_own_request(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(3))
+    runtime = make_runtime(ks)
+    user = ks.user.principal_id
+    sealed = seal_input(
+        key, x_of(64), model_id=model_id, user_id=user, request_id="r1", clock=ks.clock
+    )
+    output = runtime.infer(
+        model_id=model_id, user_id=user, request_id="r1", sealed_input=memoryview(sealed),
+        deadline=None,
+    )  # fmt: skip
+    buffer = bytearray(output.size)
+    output.write(memoryview(buffer))
+    envelope = bytes(buffer)
+    for request_id, model in (("r2", model_id), ("r1", model_id + "x")):
+        with pytest.raises(InvalidEnvelope):
+            unseal_output(key, envelope, model_id=model, user_id=user, request_id=request_id)
+    assert unseal_output(key, envelope, model_id=model_id, user_id=user, request_id="r1")
+
+
+def test_inputs_that_do_not_fit_give_one_message_that_reveals_nothing(
+    ks: InProcessKeyService,
+) -> None:
+    model_id, key = ks.add_model("dense", dense_model(4))
+    runtime = make_runtime(ks)
+    secret_name = "patient-4711-diagnosis"
+    cases = [
+        encode_tensors({secret_name: np.zeros((1, 64), np.float32)}),
+        encode_tensors({"X": np.zeros((1, 64), np.int64)}),
+        encode_tensors({"X": np.zeros((3, 7), np.float32)}),
+        b"not a tensor container at all: " + secret_name.encode(),
+    ]
+    for plaintext in cases:
+        with pytest.raises(ValueError, match="do not match") as info:
+            infer(runtime, ks, model_id, key, {}, sealed=seal_input(
+                key, plaintext, model_id=model_id, user_id=ks.user.principal_id,
+                request_id="req-1", clock=ks.clock,
+            ))  # fmt: skip
+        assert str(info.value) == BAD_INPUT
+        assert secret_name not in str(info.value)
+    assert infer(runtime, ks, model_id, key, x_of(64))[0]["Y"].shape == (1, 16)
+
+
+def test_a_passed_deadline_is_refused_before_any_work(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(5))
+    runtime = make_runtime(ks)
+    with pytest.raises(DeadlineExceeded) as info:
+        infer(runtime, ks, model_id, key, x_of(64), deadline=ks.clock.monotonic())
+    assert info.value.retryable
+    assert ks.releases == 0
+
+
+def test_concurrent_requests_over_three_models_load_each_model_once(
+    ks: InProcessKeyService,
+) -> None:
+    models = [dense_model(10 + i, inputs=128, outputs=32) for i in range(3)]
+    ids = [ks.add_model(f"m{i}", onnx) for i, onnx in enumerate(models)]
+    runtime = make_runtime(ks, workers=16)
+    ks.source.gate = gate = __import__("threading").Event()
+
+    def one(i: int) -> tuple[int, np.ndarray[Any, Any]]:
+        model_id, key = ids[i % 3]
+        outputs, _ = infer(runtime, ks, model_id, key, x_of(128, seed=i), request_id=f"r{i}")
+        return i, outputs["Y"]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(one, i) for i in range(16)]
+        gate.set()  # every load was asked for while the first was held up
+        results = [f.result(60) for f in futures]
+    for i, y in results:
+        expected = plain_run(models[i % 3], x_of(128, seed=i))["Y"]
+        assert np.allclose(y, expected, rtol=1e-5, atol=1e-5)
+    for model_id, _ in ids:
+        assert ks.source.fetches[model_id] == 1
+    assert ks.releases == 3
+    assert runtime.stats()["models"]["loads"] == 3
+
+
+def test_baseline_mode_rebuilds_keys_and_model_for_every_request(
+    ks: InProcessKeyService,
+) -> None:
+    model_id, key = ks.add_model("dense", dense_model(6))
+    runtime = make_runtime(ks, baseline=True)
+    for i in range(3):
+        _, stages = infer(runtime, ks, model_id, key, x_of(64), request_id=f"r{i}")
+        assert stages[timings.ATTESTATION_KEY_RELEASE] > 0
+        assert timings.MODEL_UNSEAL_SESSION in stages
+    assert ks.releases == 3
+    assert ks.calls["/v1/attestation"] == 3  # the KeyService is attested afresh each time
+    assert ks.source.fetches[model_id] == 3
+    stats = runtime.stats()
+    assert stats["models"]["models"] == []
+    assert stats["keys"]["entries"] == 0
+
+
+def test_a_user_without_a_grant_is_denied(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(7), grant=False)
+    runtime = make_runtime(ks)
+    with pytest.raises(AccessDenied):
+        infer(runtime, ks, model_id, key, x_of(64))
+    assert ks.source.fetches[model_id] == 0
+
+
+def test_revocation_is_honoured_after_the_ttl(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(8))
+    runtime = make_runtime(ks)
+    infer(runtime, ks, model_id, key, x_of(64), request_id="a")
+    ks.owner.revoke("dense", ks.user.principal_id)
+    # Within the TTL the released keys stay usable (what the KeyService promises runtimes).
+    infer(runtime, ks, model_id, key, x_of(64), request_id="b")
+    ks.clock.advance(ks.settings.release_ttl_s + 1)
+    with pytest.raises(AccessDenied):
+        infer(runtime, ks, model_id, key, x_of(64), request_id="c")
+
+
+def test_a_newer_revocation_epoch_drops_older_keys_at_once(ks: InProcessKeyService) -> None:
+    a_id, a_key = ks.add_model("a", dense_model(9))
+    b_id, b_key = ks.add_model("b", dense_model(10))
+    runtime = make_runtime(ks)
+    infer(runtime, ks, a_id, a_key, x_of(64), request_id="a1")
+    ks.owner.revoke("a", ks.user.principal_id)
+    infer(runtime, ks, b_id, b_key, x_of(64), request_id="b1")  # a release of a newer epoch
+    assert runtime.stats()["keys"]["dropped_by_epoch"] == 1
+    with pytest.raises(AccessDenied):
+        infer(runtime, ks, a_id, a_key, x_of(64), request_id="a2")
+
+
+def test_a_rotated_model_key_reloads_the_model(ks: InProcessKeyService) -> None:
+    onnx = dense_model(11)
+    model_id, key = ks.add_model("dense", onnx)
+    runtime = make_runtime(ks)
+    infer(runtime, ks, model_id, key, x_of(64), request_id="a")
+    ks.rotate("dense", onnx)
+    ks.clock.advance(ks.settings.release_ttl_s + 1)
+    outputs, stages = infer(runtime, ks, model_id, key, x_of(64), request_id="b")
+    assert timings.MODEL_UNSEAL_SESSION in stages
+    assert ks.source.fetches[model_id] == 2
+    assert np.allclose(outputs["Y"], plain_run(onnx, x_of(64))["Y"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_stored_model_of_another_key_version_is_not_loaded(ks: InProcessKeyService) -> None:
+    onnx = dense_model(12)
+    model_id, key = ks.add_model("dense", onnx)
+    stale = ks.source.models[model_id]
+    ks.rotate("dense", onnx)
+    ks.source.models[model_id] = stale  # the store still holds the old sealing
+    runtime = make_runtime(ks)
+    with pytest.raises(ModelNotAvailable, match="key version 1"):
+        infer(runtime, ks, model_id, key, x_of(64))
+
+
+def test_a_model_sealed_under_another_key_is_not_available(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(13))
+    other_id, _ = ks.add_model("other", dense_model(14))
+    ks.source.models[model_id] = ks.source.models[other_id]
+    runtime = make_runtime(ks)
+    with pytest.raises(ModelNotAvailable, match="does not unseal"):
+        infer(runtime, ks, model_id, key, x_of(64))
+
+
+def test_the_memory_budget_evicts_idle_models_and_refuses_giants(
+    ks: InProcessKeyService,
+) -> None:
+    small = [dense_model(20 + i, inputs=256, outputs=256) for i in range(3)]  # ~256 KiB each
+    ids = [ks.add_model(f"s{i}", onnx) for i, onnx in enumerate(small)]
+    giant_id, giant_key = ks.add_model("giant", dense_model(30, inputs=1024, outputs=1024))
+    runtime = make_runtime(ks, memory_budget_bytes=2 << 20, memory_factor=3.0)
+    for i, (model_id, key) in enumerate(ids * 2):
+        outputs, _ = infer(runtime, ks, model_id, key, x_of(256), request_id=f"r{i}")
+        expected = plain_run(small[i % 3], x_of(256))["Y"]
+        assert np.allclose(outputs["Y"], expected, rtol=1e-4, atol=1e-4)
+    stats = runtime.stats()["models"]
+    assert stats["used_bytes"] <= stats["budget_bytes"]
+    assert stats["evictions"] >= 3
+    with pytest.raises(MemoryBudgetExceeded):
+        infer(runtime, ks, giant_id, giant_key, {"X": np.zeros((1, 1024), np.float32)})
+
+
+def test_load_and_evict(ks: InProcessKeyService) -> None:
+    model_id, key = ks.add_model("dense", dense_model(15))
+    runtime = make_runtime(ks)
+    stages = runtime.load(model_id=model_id, user_id=ks.user.principal_id, deadline=None)
+    assert timings.MODEL_UNSEAL_SESSION in stages
+    assert runtime.evict(model_id) is True
+    assert runtime.evict(model_id) is False
+    _, stages = infer(runtime, ks, model_id, key, x_of(64))
+    assert timings.MODEL_FETCH in stages  # evicted, so fetched again
+    with pytest.raises(ValueError, match="user_id"):
+        runtime.load(model_id=model_id, user_id="nobody", deadline=None)
