@@ -214,13 +214,14 @@ class Connection:
             try:
                 while fds:
                     segments.append(Segment.open_fd(fds.pop(0)))
-            except SegmentError as exc:
+            except BaseException as exc:
                 for fd in fds:
                     os.close(fd)
                 for seg in segments:
                     seg.close()
+                reason = str(exc) if isinstance(exc, SegmentError) else "could not map a segment"
                 with contextlib.suppress(OSError, IPCError):
-                    send_answer(sock, status=1, reason=str(exc))
+                    send_answer(sock, status=1, reason=reason)
                 raise
         link = SocketLink(sock, peer_pid=offer.pid or None)
         channels: list[Channel] = []
@@ -248,9 +249,9 @@ class Connection:
             with _timeout(sock, timeout):
                 send_answer(sock)
         except BaseException as exc:
-            if isinstance(exc, SegmentError):
-                with contextlib.suppress(OSError, IPCError):
-                    send_answer(sock, status=1, reason=str(exc))
+            reason = str(exc) if isinstance(exc, IPCError) else "could not attach to a channel"
+            with contextlib.suppress(OSError, IPCError):
+                send_answer(sock, status=1, reason=reason)
             for ch in channels:
                 ch.close()
             for seg in segments[len(channels) :]:

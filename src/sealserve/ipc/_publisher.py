@@ -44,6 +44,8 @@ _log = get_logger(__name__)
 _TIMED_COPY_MIN = 64 << 10
 _INLINE = InlineEngine()
 _OPEN, _PUBLISHED, _COMMITTED, _DISCARDED = 0, 1, 2, 3
+_NO_ARRAY: np.ndarray[Any, Any] = np.zeros(0, np.uint8)
+_NO_VIEW = memoryview(b"")
 _STATES = ("open", "published", "committed", "discarded")
 
 
@@ -617,6 +619,9 @@ class Publisher:
             engine.close()
         for link in links:
             link.close()
+        # Let go of our views of the arena so that the segment can unmap when it closes.
+        self._arena_np = _NO_ARRAY
+        self._arena = _NO_VIEW
         if self._on_close is not None:
             self._on_close(self)
 

@@ -146,12 +146,16 @@ class Segment:
         except (OSError, ValueError) as exc:
             os.close(fd)
             raise SegmentError(f"could not map the peer's segment: {exc}") from exc
+        view = memoryview(mapping)
         try:
-            geometry = read_geometry(memoryview(mapping), mapped_size=info.st_size)
-        except SegmentError:
-            mapping.close()
+            geometry = read_geometry(view, mapped_size=info.st_size)
+        except BaseException:
+            view.release()  # the traceback keeps the frame alive; the export must go now
+            with contextlib.suppress(BufferError):
+                mapping.close()
             os.close(fd)
             raise
+        view.release()
         return cls(mapping=mapping, fd=fd, kind="fd", geometry=geometry)
 
     def fileno(self) -> int:
@@ -248,9 +252,15 @@ def _check_sealed(fd: int) -> None:
     if get_seals is None or not shrink:  # pragma: no cover - not Linux
         return
     try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # pragma: no cover - no /proc
+        target = ""
+    if not target.startswith("/memfd:"):
+        return  # the /dev/shm fallback: tmpfs files outside memfd cannot carry seals
+    try:
         seals = fcntl.fcntl(fd, get_seals)
-    except OSError:
-        return  # not a memfd: the /dev/shm fallback, which has no seals
+    except OSError:  # pragma: no cover - a memfd always answers
+        seals = 0
     if not seals & shrink:
         raise SegmentError(
             "peer sent a memfd segment that is not sealed against shrinking; refusing a "

@@ -36,6 +36,7 @@ __all__ = ["Sample", "Subscriber"]
 _log = get_logger(__name__)
 _DESC = struct.Struct("<5Q")
 _BARRIERS = _sys.NEEDS_BARRIERS
+_NO_ARRAY: np.ndarray[Any, Any] = np.zeros(0, np.uint8)
 
 
 class Sample:
@@ -421,6 +422,8 @@ class Subscriber:
         with_held = self._held
         if with_held:
             _log.event("ipc.subscriber.closed_holding", channel=self.name, held=with_held)
+        # Let go of our views of the arena so that the segment can unmap when it closes.
+        self._arena_np = _NO_ARRAY
         with contextlib.suppress(BufferError):
             self._ro.release()
         if self._on_close is not None:
