@@ -4,23 +4,25 @@ Our runtime keeps several models resident within its memory budget and serves se
 requests at once, so an instance is not "switched" from one model to another: a model is
 loaded beside the others, and only the least recently used models that no request is using
 are evicted to make room.  For each request the policy prices every option with what it has
-measured (per-model inference and load times, the cold start, per-model arrival rates) and
-takes the cheapest:
+measured (per-model inference and load times and the cold start, starting from the cost model;
+per-model arrivals) and takes the cheapest:
 
 * run on an instance that holds the model and has a free slot: the inference time;
 * join a load of the model already under way: the rest of the load, then the inference;
 * load the model on an instance with a free slot (ready or starting): the load and the
   inference, plus the expected cost of what the load evicts: for each evicted model not
   resident elsewhere, its load time x the chance it is requested again within the horizon
-  (one keep-alive by default), from its arrival rate;
+  (one keep-alive by default), read from its own recent idle gaps;
 * wait for a slot on a full instance: the time until the earliest slot frees, the requests
   already waiting ahead, then the load (if needed) and the inference;
-* a cold start: the cold start, the load and the inference.
+* a cold start: the cold start, the load and the inference; considered only while fewer
+  instances are alive than the predicted load needs (slots by Little's law, memory by the
+  expected working set), or when nothing alive can take the request.
 
-Ties go to the busiest instance, then the fullest in memory that still fits (sporadic models
-are packed by memory), then the most recently used: work concentrates on few instances and the
-rest reach their keep-alive and scale to zero.  Hot models stay resident because evicting them
-is priced by their rate.  Every decision says why, with the runner-up.
+Instances beyond the largest need seen within the last keep-alive are surplus: running there
+is charged one load, so a model moves to a core instance once and the surplus one drains.  Ties
+go to the busiest instance, then the fullest in memory that still fits (sporadic models are
+packed by memory), then the most recently used.  Every decision says why, with the runner-up.
 """
 
 from __future__ import annotations
@@ -60,10 +62,12 @@ class _Option:
     rank: tuple[float, ...]
     label: str
     decision: Decision
+    #: The part of a cold start shared with the reloads it is expected to end.
+    shared: float = 0.0
 
     @property
     def score(self) -> float:
-        return self.expected + self.evict_cost + self.drain_cost
+        return self.expected + self.evict_cost + self.drain_cost - self.shared
 
 
 class SealservePolicy(Policy):
@@ -88,6 +92,8 @@ class SealservePolicy(Policy):
         self.horizon_s = horizon_s
         self._priors = priors
         self._targets: collections.deque[tuple[float, int]] = collections.deque()
+        self._misses: collections.deque[float] = collections.deque()
+        self._evicted_at: dict[str, float] = {}
         if priors is not None:
             self.stats = LoadStats(
                 prior_exec_s=priors.infer_s,
@@ -156,10 +162,16 @@ class SealservePolicy(Policy):
         if group.can_start() and (len(ours) < target or not options):
             # Start only when the predicted load needs another instance, or nothing alive
             # can take the request: an instance costs at least a keep-alive of GB-seconds.
-            expected = self.stats.cold_start_s.value + load + infer
+            # While the group is short, models evicted lately come back and evict others;
+            # one cold start ends that run of reloads, so past the first its cost is shared.
+            cold = self.stats.cold_start_s.value
+            expected = cold + load + infer
+            misses = self._recent_misses(group, now)
+            shared = cold - cold / max(1, misses)
             decision = Decision.start(model, expected_s=expected, reason="")
-            why = f"cold start ({len(ours)} of {target} needed instances alive)"
-            options.append(_Option(expected, 0.0, 0.0, (2.0,), why, decision))
+            why = f"cold start ({len(ours)} of {target} needed instances alive"
+            why += f", {misses} reloads of evicted models lately)" if misses else ")"
+            options.append(_Option(expected, 0.0, 0.0, (2.0,), why, decision, shared))
         if not options:
             return Decision.wait(
                 model, reason="no slot, nothing to wait for, and the group is at its max"
@@ -169,6 +181,8 @@ class SealservePolicy(Policy):
         why = f"{best.label}: expected {_ms(best.expected)}"
         if best.evict_cost > 0:
             why += f" + eviction cost {_ms(best.evict_cost)}"
+        if best.shared > 0:
+            why += f" - {_ms(best.shared)} shared with recent reloads"
         if best.drain_cost > 0:
             why += f" + drain cost {_ms(best.drain_cost)}"
         if len(options) > 1:
@@ -212,6 +226,11 @@ class SealservePolicy(Policy):
         window = group.config.keep_alive_s
         recent = [t for at, t in self._targets if at >= now - window]
         return max([target, *recent])
+
+    def _recent_misses(self, group: FunctionGroup, now: float) -> int:
+        """Loads, within the last horizon, of models that had been evicted within it."""
+        horizon = self._horizon(group)
+        return sum(1 for at in self._misses if at >= now - horizon)
 
     def _horizon(self, group: FunctionGroup) -> float:
         return self.horizon_s if self.horizon_s is not None else group.config.keep_alive_s
@@ -292,6 +311,14 @@ class SealservePolicy(Policy):
         while self._targets and self._targets[0][0] < now - window:
             self._targets.popleft()
         self._targets.append((now, self.target_instances(group, request.model, now)))
+        horizon = self._horizon(group)
+        while self._misses and self._misses[0] < now - horizon:
+            self._misses.popleft()
+        evicted_at = self._evicted_at.pop(request.model, None)
+        if decision.load and evicted_at is not None and evicted_at >= now - horizon:
+            self._misses.append(now)
+        for name in decision.evict:
+            self._evicted_at[name] = now
 
     def on_ready(self, instance: Instance, cold_start_s: float, now: float) -> None:
         self.stats.cold_start_s.observe(cold_start_s)

@@ -14,6 +14,7 @@ from sealserve.packer import (
     GroupConfig,
     Instance,
     LruMultiplexPolicy,
+    ModelCosts,
     Policy,
     Routed,
     Router,
@@ -354,3 +355,32 @@ def test_sealserve_drains_only_after_the_need_is_gone_for_a_keep_alive(
     assert "(surplus)" not in soon.reason  # but two were needed within the keep-alive
     later = policy.route(RouteRequest(999, small, 3000.0), d.group, 3000.0)
     assert "(surplus)" in later.reason
+
+
+def test_sealserve_starts_an_instance_once_evicted_models_keep_coming_back() -> None:
+    costs = CostModel(
+        cold_start_s=5.0,
+        runtime_base_mb=100.0,
+        models={"large": ModelCosts(load_s=2.0, infer_s=0.2, memory_mb=700.0)},
+    )
+    policy = SealservePolicy(priors=costs)
+    d = Driver(policy, costs, budget_mb=800.0, concurrency=4)
+    kinds = []
+    for step in range(8):  # two models that cannot share an instance, taking turns
+        model = ("a", "b")[step % 2]
+        routed = d.send(model, step * 10.0)
+        kinds.append(routed.decision.kind)
+        iid = routed.decision.instance_id
+        assert iid is not None
+        if not d.group.instance(iid).is_ready:
+            d.router.instance_ready(iid, step * 10.0 + 5.0)
+        d.router.model_loaded(iid, model, step * 10.0 + 7.0)
+        d.router.request_done(d.next_id, step * 10.0 + 7.2, exec_s=0.2)
+        if routed.decision.kind is DecisionKind.START and step > 0:
+            assert "shared with recent reloads" in routed.decision.reason
+            break
+    # a 5 s cold start loses to one eviction, but not to a run of them
+    assert kinds[0] is DecisionKind.START
+    assert kinds[1] is DecisionKind.RUN
+    assert kinds[-1] is DecisionKind.START
+    assert len(kinds) < 8
