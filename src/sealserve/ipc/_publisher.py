@@ -234,6 +234,10 @@ class Publisher:
             self._ensure_open()
             slot = self._ring.attach(pid=pid)
             if slot is None:
+                for gone, reason in self._ring.departed_slots():
+                    self._drop_slot(gone, reason)
+                slot = self._ring.attach(pid=pid)
+            if slot is None:
                 raise IPCError(
                     f"channel {self.name!r} has all {self._ring.max_subscribers} subscriber "
                     "slots taken"

@@ -146,10 +146,16 @@ class ProducerRing:
                 break
         else:
             return None
+        # No stale mark of an earlier occupant may ever match a message of this one, so the
+        # slot's byte is cleared everywhere, except in descriptors still in flight whose
+        # mask names the slot: there the earlier occupant's marks (written by ``drop``)
+        # are what lets them be reclaimed.
+        keep = {rec.seq & self._cmask for rec in self._inflight if rec.mask >> slot & 1}
         b = self._b
         base = self._desc_off + W.D_MARKS_BYTE + slot
-        for i in range(self.capacity):  # no stale mark of an earlier occupant may match
-            b[base + 64 * i] = 0
+        for i in range(self.capacity):
+            if i not in keep:
+                b[base + 64 * i] = 0
         w[cw + W.C_START] = self.head
         w[cw + W.C_WAITING] = 0
         w[cw + W.C_PID] = pid
@@ -178,15 +184,18 @@ class ProducerRing:
 
     def departed(self, rec: Rec) -> list[tuple[int, str]]:
         """Subscribers in ``rec``'s mask that left or were marked dead."""
+        return [(slot, why) for slot, why in self.departed_slots() if rec.mask >> slot & 1]
+
+    def departed_slots(self) -> list[tuple[int, str]]:
+        """Subscribers this ring still counts that left or were marked dead."""
         w = self._w
         out: list[tuple[int, str]] = []
         for slot in self.live:
-            if rec.mask >> slot & 1:
-                state = w[Geometry.consumer_word(slot) + W.C_STATE]
-                if state == CONSUMER_LEFT:
-                    out.append((slot, "left"))
-                elif state == CONSUMER_DEAD:
-                    out.append((slot, "died"))
+            state = w[Geometry.consumer_word(slot) + W.C_STATE]
+            if state == CONSUMER_LEFT:
+                out.append((slot, "left"))
+            elif state == CONSUMER_DEAD:
+                out.append((slot, "died"))
         return out
 
     # -- allocation ----------------------------------------------------------------------------

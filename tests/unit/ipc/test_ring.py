@@ -118,3 +118,17 @@ def test_descriptors_run_out_before_the_arena(segment: Segment) -> None:
     assert ring.allocate(0, False) is not None
     assert ring.attach() == 1
     assert ring.attach() is None  # two slots only
+
+
+def test_a_slot_taken_over_keeps_the_marks_its_old_occupant_owed(segment: Segment) -> None:
+    # Found by the property tests: attaching into a freshly dropped slot used to clear the
+    # marks that drop() had written for messages still in flight, which then never left.
+    ring = ProducerRing(segment, trim_above=None)
+    ring.attach()
+    ring.attach()
+    held = _publish(ring, 64)
+    _release(segment, held, 0)
+    ring.drop(1)  # slot 1 left while holding ``held``
+    assert ring.attach() == 1
+    assert ring.reclaim() is None
+    assert ring.in_flight == 0
