@@ -112,7 +112,10 @@ class Loan:
         if self._state > _PUBLISHED:
             raise IPCError(f"loan is {_STATES[self._state]}; its memory is no longer yours")
         off = self._rec.offset
-        arr = self._pub._arena_np[off : off + self.nbytes]
+        n = self.nbytes
+        if dtype is np.uint64 and not n & 7:  # offsets are 64-byte aligned
+            return self._pub._arena_u64[off >> 3 : (off + n) >> 3]
+        arr = self._pub._arena_np[off : off + n]
         return arr if dtype is np.uint8 else arr.view(dtype)
 
     def publish(self, ready_bytes: int) -> None:
@@ -211,6 +214,7 @@ class Publisher:
         self._w = w
         self._arena = seg.arena
         self._arena_np = np.frombuffer(seg.arena, np.uint8)
+        self._arena_u64 = np.frombuffer(seg.arena, np.uint64)
         self._asize = seg.geometry.arena_size
         self._ring = ProducerRing(seg, trim_above=channel.trim_above)
         self._lock = threading.Lock()
@@ -624,7 +628,7 @@ class Publisher:
         for link in links:
             link.close()
         # Let go of our views of the arena so that the segment can unmap when it closes.
-        self._arena_np = _NO_ARRAY
+        self._arena_np = self._arena_u64 = _NO_ARRAY
         self._arena = _NO_VIEW
         if self._on_close is not None:
             self._on_close(self)

@@ -142,8 +142,9 @@ class Scheduler:
             bytes_per_s=inline_bytes_per_s,
         )
         self.engines: dict[str, EngineModel] = {}
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.recent: collections.deque[tuple[int, str, str, str]] = collections.deque(maxlen=16)
+        #: Decisions so far, by path (read through ``snapshot()``).
+        self.counts: dict[Path, int] = dict.fromkeys(Path, 0)
+        self.recent: collections.deque[tuple[int, QoS, Decision]] = collections.deque(maxlen=16)
         self._small_bytes = 0
         self._refresh()
 
@@ -240,9 +241,9 @@ class Scheduler:
             decision = _SMALL
         else:
             decision = self._decide_large(nbytes, qos, occupancy, asynchronous, backlog or {})
-        self.counts[decision.path.value] += 1
-        if nbytes >= self._small_bytes or self.force is not None:
-            self.recent.append((nbytes, qos.value, decision.path.value, decision.reason.name))
+        self.counts[decision.path] += 1
+        if nbytes >= self._small_bytes:
+            self.recent.append((nbytes, qos, decision))
         return decision
 
     def _forced(self, nbytes: int, asynchronous: bool) -> Decision:
@@ -257,7 +258,7 @@ class Scheduler:
             for model in self.engines.values():
                 if model.asynchronous:
                     return Decision(Path.OFFLOAD, model.name, 0, Reason.FORCED)
-        return Decision(Path.INLINE, "inline", 0, Reason.FORCED)
+        return _FORCED_INLINE
 
     def _decide_large(
         self,
@@ -335,10 +336,10 @@ class Scheduler:
                 "chunk_bytes_range": [self.min_chunk_bytes, self.max_chunk_bytes],
                 "high_occupancy": self.high_occupancy,
             },
-            "decisions": dict(self.counts),
+            "decisions": {path.value: n for path, n in self.counts.items() if n},
             "recent": [
-                {"bytes": n, "qos": q, "path": p, "why": Reason[r].value}
-                for n, q, p, r in self.recent
+                {"bytes": n, "qos": q.value, "path": d.path.value, "why": d.reason.value}
+                for n, q, d in self.recent
             ],
         }
 
@@ -350,6 +351,7 @@ class Scheduler:
 
 
 _LOAN = Decision(Path.LOAN, "none", 0, Reason.IN_ARENA)
+_FORCED_INLINE = Decision(Path.INLINE, "inline", 0, Reason.FORCED)
 _SMALL = Decision(Path.INLINE, "inline", 0, Reason.SMALL)
 
 

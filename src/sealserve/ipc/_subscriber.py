@@ -72,9 +72,14 @@ class Sample:
 
     def array(self, dtype: Any = np.uint8) -> np.ndarray[Any, Any]:
         """The payload as a read-only 1-D numpy array of ``dtype`` (no copy)."""
-        if self._released or not self._complete or self._sub._closed:
+        sub = self._sub
+        if self._released or not self._complete or sub._closed:
             self._check()
-        arr = self._sub._arena_np[self._offset : self._offset + self.nbytes]
+        off = self._offset
+        n = self.nbytes
+        if dtype is np.uint64 and not n & 7:  # offsets are 64-byte aligned
+            return sub._arena_u64[off >> 3 : (off + n) >> 3]
+        arr = sub._arena_np[off : off + n]
         return arr if dtype is np.uint8 else arr.view(dtype)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
@@ -189,6 +194,7 @@ class Subscriber:
         self._b = seg.bytes
         self._ro = seg.arena.toreadonly()
         self._arena_np = np.frombuffer(self._ro, np.uint8)
+        self._arena_u64 = np.frombuffer(self._ro, np.uint64)
         self._geometry = g
         self._cmask = g.capacity - 1
         self._lap_shift = g.capacity.bit_length() - 1
@@ -423,7 +429,7 @@ class Subscriber:
         if with_held:
             _log.event("ipc.subscriber.closed_holding", channel=self.name, held=with_held)
         # Let go of our views of the arena so that the segment can unmap when it closes.
-        self._arena_np = _NO_ARRAY
+        self._arena_np = self._arena_u64 = _NO_ARRAY
         with contextlib.suppress(BufferError):
             self._ro.release()
         if self._on_close is not None:
