@@ -170,7 +170,10 @@ class SealservePolicy(Policy):
             shared = cold - cold / max(1, misses)
             decision = Decision.start(model, expected_s=expected, reason="")
             why = f"cold start ({len(ours)} of {target} needed instances alive"
-            why += f", {misses} reloads of evicted models lately)" if misses else ")"
+            if misses:
+                plural = "s" if misses > 1 else ""
+                why += f", {misses} reload{plural} of evicted models lately"
+            why += ")"
             options.append(_Option(expected, 0.0, 0.0, (2.0,), why, decision, shared))
         if not options:
             return Decision.wait(
