@@ -170,6 +170,9 @@ class _BaselineRing:
         self.size = size
         self.depth = depth
         self.slots = np.frombuffer(mapping, np.uint64, offset=_B_HEADER).reshape(depth, size // 8)
+        # Map every page now, as a ring set up for speed would (MAP_POPULATE): the timed
+        # phases then never pay a first-touch fault, whatever the warm-up covered.
+        self.slots.sum()
 
     def wait(self, ready: Callable[[], bool], flag: int, epoch: int) -> None:
         w = self.w
@@ -207,7 +210,9 @@ class BaselineProducer(Producer):
         super().__init__(size, depth, where)
         fd = _sys.memfd_create("bench-baseline")
         os.ftruncate(fd, _ring_bytes(size, depth))
-        self.ring = _BaselineRing(mmap.mmap(fd, _ring_bytes(size, depth)), size, depth)
+        mapping = mmap.mmap(fd, _ring_bytes(size, depth))
+        mapping.write(bytes(_ring_bytes(size, depth)))  # allocate every page up front
+        self.ring = _BaselineRing(mapping, size, depth)
         self.private = np.zeros(size // 8, np.uint64)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(where / "baseline.sock"))

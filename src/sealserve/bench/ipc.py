@@ -77,16 +77,19 @@ class IPCBenchConfig:
     throughput_min: int = 24
     #: Pause before each latency message, after the previous one was checked (see the module).
     gap_us: float = 20.0
+    #: Messages streamed (and checked) before the throughput phase, at most.
+    warmup_max: int = 64
 
     @classmethod
     def quick(cls) -> IPCBenchConfig:
-        """A run of under a minute: shorter phases, three rounds."""
+        """A run of under a minute: short phases, a short warm-up, three rounds."""
         return cls(
             repeats=3,
-            latency_budget_s=0.012,
-            latency_min=8,
-            throughput_budget_s=0.02,
-            throughput_min=6,
+            latency_budget_s=0.006,
+            latency_min=6,
+            throughput_budget_s=0.01,
+            throughput_min=5,
+            warmup_max=4,
         )
 
     def __post_init__(self) -> None:
@@ -122,10 +125,10 @@ def _case(config: IPCBenchConfig, transport: str, size: int) -> dict[str, Any]:
         "depth": depth,
         "gap_us": config.gap_us,
         "lat_budget_s": config.latency_budget_s,
-        "lat_min": max(3, config.latency_min // 4) if big else config.latency_min,
+        "lat_min": max(2, config.latency_min // 3) if big else config.latency_min,
         "lat_max": 100_000,
-        "lat_warmup": 2,
-        "warmup": min(depth, 16) if big else depth,
+        "lat_warmup": 1 if big else 2,
+        "warmup": max(1, min(depth, config.warmup_max)),
         "tp_budget_s": config.throughput_budget_s,
         "tp_min": max(3, config.throughput_min // 2) if big else config.throughput_min,
         "tp_max": 1_000_000,
@@ -470,10 +473,11 @@ def write_plot(doc: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = (
-        ("p50_us", "p50 one-way latency (us)", True),
-        ("gb_per_s", "throughput (GB/s)", False),
-        ("cpu_s_per_gb", "CPU seconds per GB (both processes)", True),
+        ("p50_us", "p50 one-way latency (us, lower is better)", True),
+        ("gb_per_s", "throughput (GB/s, higher is better)", True),
+        ("cpu_s_per_gb", "CPU seconds per GB, both processes (lower is better)", True),
     )
+    sizes = sorted({r["size_bytes"] for r in doc["results"]})
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     present = {r["transport"] for r in doc["results"]}
     for ax, (key, title, log_y) in zip(axes, panels, strict=True):
@@ -492,9 +496,11 @@ def write_plot(doc: dict[str, Any], path: Path) -> Path:
                 xs, ys, style, label=name, linewidth=2 if name == "baseline" else 1.3, markersize=4
             )
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [_size_label(n) for n in sizes], rotation=45)
+        ax.minorticks_off()
         if log_y:
             ax.set_yscale("log")
-        ax.set_xlabel("message size (bytes)")
+        ax.set_xlabel("message size")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
