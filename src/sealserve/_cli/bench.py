@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sealserve.bench import crypto, ipc, keyservice, packer
+from sealserve.bench import crypto, ipc, keyservice, packer, runtime
 
 __all__ = ["app"]
 
@@ -21,4 +21,5 @@ app = typer.Typer(
 crypto.register(app)
 ipc.register(app)
 keyservice.register(app)
+runtime.register(app)
 packer.register(app)

@@ -103,6 +103,13 @@ def serve(
     memory_budget_mb: Annotated[
         int, typer.Option(min=1, help="Memory for unsealed models (the EPC budget), MiB.")
     ] = 1024,
+    memory_factor: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Budget charged per byte of model (weights, pre-packed copies, activations).",
+        ),
+    ] = 4.0,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads per model.")] = 2,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests served at once.")] = 4,
     baseline_mode: Annotated[
@@ -150,6 +157,7 @@ def serve(
             ),
             runtime=SupervisorOptions(
                 memory_budget_mb=memory_budget_mb,
+                memory_factor=memory_factor,
                 threads=threads,
                 workers=concurrency,
                 baseline=baseline_mode,

@@ -313,6 +313,7 @@ class InstanceHost:
                 pos = end
             if pos != length:
                 raise bad_request("the body is shorter than its Content-Length")
+            body_s = time.perf_counter() - started
             generation = await self._generation(timeout)
             future = await self._send(generation, wire.Op.INFER, meta, sealed, timeout)
             del sealed
@@ -325,6 +326,7 @@ class InstanceHost:
                 reply.release()
         finally:
             self._done()
+        stages[timings.REQUEST_BODY] = round(body_s * 1000, 3)
         stages[timings.TOTAL] = round((time.perf_counter() - started) * 1000, 3)
         stages.update(self._take_cold_start(stages))
         self._served += 1

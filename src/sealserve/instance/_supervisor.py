@@ -46,7 +46,7 @@ from sealserve.errors import (
     StoreIntegrityError,
 )
 from sealserve.instance._store import ModelStore
-from sealserve.ipc import ChannelOptions, Connection
+from sealserve.ipc import ChannelOptions, Connection, QoS
 from sealserve.keyservice import API_PREFIX
 from sealserve.runtime import Endpoint, Message, wire
 
@@ -86,7 +86,7 @@ class SupervisorOptions:
     threads: int = 2
     workers: int = 4
     baseline: bool = False
-    memory_factor: float = 3.0
+    memory_factor: float = 4.0
     max_input_age_s: float = 3600.0
     #: Host -> runtime channel (inputs and sealed models): bounds the largest model.
     request_arena_bytes: int = 2048 * _MIB
@@ -338,6 +338,7 @@ class RuntimeSupervisor:
                 name=f"runtime-{process.pid}",
                 timeout=opts.start_timeout_s,
                 registry=self._registry,
+                qos=QoS.EFFICIENCY,  # replies take milliseconds: spinning only steals cores
             )
         except BaseException as exc:
             ours.close()

@@ -15,6 +15,7 @@ header and ``timings`` objects, its Prometheus series and the benchmark's JSON:
 ``inference``              onnxruntime
 ``output_seal``            encode the output tensors and seal them into shared memory
 ``runtime``                everything the runtime did for the request (sum of the above)
+``request_body``           the host reading the sealed input off the connection
 ``total``                  the host's view: request received to response ready
 =========================  =========================================================
 
@@ -37,6 +38,7 @@ __all__ = [
     "MODEL_UNSEAL_SESSION",
     "MODEL_WAIT",
     "OUTPUT_SEAL",
+    "REQUEST_BODY",
     "REQUEST_STAGES",
     "RUNTIME",
     "RUNTIME_START",
@@ -56,6 +58,7 @@ INPUT_UNSEAL: Final = "input_unseal"
 INFERENCE: Final = "inference"
 OUTPUT_SEAL: Final = "output_seal"
 RUNTIME: Final = "runtime"
+REQUEST_BODY: Final = "request_body"
 TOTAL: Final = "total"
 
 #: The stages of a cold start, in order: a new instance serving its first request.
@@ -80,7 +83,7 @@ REQUEST_STAGES: Final = (
     OUTPUT_SEAL,
 )
 #: Every stage name.
-STAGES: Final = (SANDBOX_START, RUNTIME_START, *REQUEST_STAGES, RUNTIME, TOTAL)
+STAGES: Final = (SANDBOX_START, RUNTIME_START, *REQUEST_STAGES, RUNTIME, REQUEST_BODY, TOTAL)
 
 
 class StageTimer:

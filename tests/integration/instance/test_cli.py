@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
+
+from sealserve.errors import InstanceError
+from sealserve.instance import InstanceClient
 
 
 def test_serve_with_an_embedded_platform_announces_itself_and_stops_cleanly(
@@ -49,3 +53,11 @@ def test_serve_with_an_embedded_platform_announces_itself_and_stops_cleanly(
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+
+
+def test_the_client_reports_an_unreachable_instance_as_retryable() -> None:
+    with InstanceClient("http://127.0.0.1:9", timeout_s=5) as client:
+        assert client.healthy() is False
+        with pytest.raises(InstanceError, match="unreachable") as info:
+            client.stats()
+        assert info.value.retryable
