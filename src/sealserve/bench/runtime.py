@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 import typer
 from rich.console import Console
@@ -49,7 +49,10 @@ from sealserve.bench._common import (
     write_json,
 )
 
-__all__ = ["RuntimeBenchConfig", "register", "run_runtime_bench"]
+if TYPE_CHECKING:
+    from sealserve.packer import CostModel
+
+__all__ = ["RuntimeBenchConfig", "cost_model", "register", "run_runtime_bench"]
 
 MODELS: Final = ("mobilenet-v2", "resnet-50", "minilm-int8")
 #: sealed/plain p50 goals, by model.
@@ -378,7 +381,7 @@ def _goals(results: dict[str, Any]) -> dict[str, Any]:
 # -- the packer's cost model -------------------------------------------------------------------
 
 
-def cost_model(results: dict[str, Any]) -> Any:
+def cost_model(results: dict[str, Any]) -> CostModel:
     """The FnPacker cost model these measurements of the real runtime give."""
     from sealserve.packer import CostModel, ModelCosts
     from sealserve.runtime import timings
