@@ -47,17 +47,20 @@ def worker_main(role: str, conn: Any, ack: Any, queue: Any, cpu: int | None) -> 
 
 
 def _wait_ack(ack: Any, value: int, timeout: float = 60.0) -> None:
+    """Wait for the consumer's acknowledgement, yielding the CPU and the GIL on every turn.
+
+    Yielding matters: a transport may need a Python thread of the producer to move the
+    message (the offload engine, multiprocessing's feeder thread), which a loop holding the
+    GIL would starve for a whole switch interval (5 ms).  The wait lies outside the measured
+    window: the consumer takes its timestamp before it acknowledges.
+    """
+    deadline = time.monotonic() + timeout
     spins = 0
-    deadline = 0.0
     while ack[0] != value:
+        os.sched_yield()
         spins += 1
-        if spins & 0x3FFF == 0:
-            now = time.monotonic()
-            if deadline == 0.0:
-                deadline = now + timeout
-            elif now > deadline:
-                raise TimeoutError(f"consumer did not acknowledge {value} (at {ack[0]})")
-            os.sched_yield()
+        if spins & 0xFFFF == 0 and time.monotonic() > deadline:
+            raise TimeoutError(f"consumer did not acknowledge {value} (at {ack[0]})")
 
 
 def _pause(ns: int) -> None:
