@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from sealserve.instance import _headers as headers
+from sealserve.instance._blobs import SealedModelReader, SealedModelWriter, WriterState
 from sealserve.instance._client import ClientState, InferResult, InstanceClient, raise_for_error
 from sealserve.instance._errors import RETRY_AFTER_S, HostError, error_for_exception
 from sealserve.instance._store import MANIFEST_SCHEMA, ModelManifest, ModelStore
@@ -57,8 +58,11 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "RuntimeHandle",
     "RuntimeSupervisor",
     "SPAWNED_AT_ENV",
+    "SealedModelReader",
+    "SealedModelWriter",
     "SupervisorOptions",
     "SupervisorState",
+    "WriterState",
     "error_for_exception",
     "headers",
     "process_age_s",

@@ -7,7 +7,8 @@ Layout under the store's root::
     models/<owner_id>/<name>.json      the manifest of model ``<owner_id>/<name>``
     tmp/                               staging for atomic writes
 
-A manifest::
+:meth:`ModelStore.create` gives a writer to seal into (``seal_model(key, src, writer, ...)``),
+:meth:`ModelStore.open` a reader.  A manifest::
 
     {"schema": "sealserve.store.manifest/1", "model_id": "<owner_id>/<name>",
      "digest": "sha256:<hex>", "size": <bytes>, "key_version": <n>, "chunk_size": <bytes>,
@@ -40,6 +41,7 @@ from typing import Any, BinaryIO, Final
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.errors import ModelNotStored, StoreIntegrityError
+from sealserve.instance._blobs import SealedModelReader, SealedModelWriter
 from sealserve.keyservice import split_model_id
 
 __all__ = ["MANIFEST_SCHEMA", "ModelManifest", "ModelStore"]
@@ -127,6 +129,28 @@ class ModelStore:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def create(
+        self,
+        model_id: str,
+        *,
+        key_version: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> SealedModelWriter:
+        """A writer for a new sealed model of ``model_id`` (give it to ``seal_model`` as
+        ``dst``); leaving its ``with`` block stores the model atomically, an error discards
+        it.  ``key_version`` is the version of the model key it is sealed under."""
+        split_model_id(model_id)
+        if isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1:
+            raise ValueError(f"key_version must be an int >= 1, got {key_version!r}")
+        fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=self._tmp_dir())
+
+        def finish(tmp: Path, digest: str, size: int, header: bytes) -> ModelManifest:
+            return self._commit(model_id, key_version, tmp, digest, size, header)
+
+        return SealedModelWriter(
+            fd, Path(tmp_name), finish=finish, header_bytes=_SSM_HEADER.size, progress=progress
+        )
+
     def put(
         self,
         model_id: str,
@@ -141,48 +165,27 @@ class ModelStore:
         Streaming and atomic: the digest is computed while writing; the previous model of that
         id (if any) stays readable until the new one is complete.
         """
-        split_model_id(model_id)
-        if isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1:
-            raise ValueError(f"key_version must be an int >= 1, got {key_version!r}")
         source: Any = sealed
         if isinstance(sealed, bytes | bytearray | memoryview):
             source = io.BytesIO(sealed)
-        hasher = hashlib.sha256()
-        tmp_dir = self._tmp_dir()
-        fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=tmp_dir)
-        tmp = Path(tmp_name)
-        size = 0
-        header = b""
-        try:
-            with os.fdopen(fd, "wb") as out:
-                buffer = bytearray(_IO_CHUNK)
-                view = memoryview(buffer)
-                while True:
-                    n = _read_some(source, view)
-                    if not n:
-                        break
-                    chunk = view[:n]
-                    if len(header) < _SSM_HEADER.size:
-                        header += bytes(chunk[: _SSM_HEADER.size - len(header)])
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    size += n
-                    if progress is not None:
-                        progress(size)
-                out.flush()
-                os.fsync(out.fileno())
-            chunk_size = _check_sealed_header(header, size)
-            digest = hasher.hexdigest()
-            blob = self._blob_path(digest)
-            blob.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            os.chmod(tmp, 0o444)
-            if blob.exists():
-                tmp.unlink()
-            else:
-                tmp.replace(blob)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with self.create(model_id, key_version=key_version, progress=progress) as out:
+            view = memoryview(bytearray(_IO_CHUNK))
+            while n := _read_some(source, view):
+                out.write(view[:n])
+        assert out.manifest is not None
+        return out.manifest
+
+    def _commit(
+        self, model_id: str, key_version: int, tmp: Path, digest: str, size: int, header: bytes
+    ) -> ModelManifest:
+        chunk_size = _check_sealed_header(header, size)
+        blob = self._blob_path(digest)
+        blob.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        if blob.exists():
+            tmp.unlink()
+        else:
+            tmp.replace(blob)
         manifest = ModelManifest(
             model_id=model_id,
             digest=digest,
@@ -287,6 +290,17 @@ class ModelStore:
             raise ValueError(f"out has {len(out)} bytes; model {model_id!r} is {manifest.size}")
         self._read_verified(manifest, out[: manifest.size])
         return manifest
+
+    def open(self, model_id: str) -> SealedModelReader:
+        """A stream of the sealed model; its digest is checked when the end is read
+        (:class:`~sealserve.errors.StoreIntegrityError` there).  ``.manifest`` says what it
+        is.  Use it as a context manager."""
+        manifest = self.get(model_id)
+
+        def check(digest: str, missing: int) -> None:
+            self._check_digest(manifest, digest, missing)
+
+        return SealedModelReader(self._open_blob(manifest), manifest=manifest, check=check)
 
     def read(self, model_id: str) -> tuple[ModelManifest, bytes]:
         """The manifest and the (verified) sealed bytes of ``model_id``."""

@@ -12,7 +12,7 @@ import pytest
 from sealserve._clock import ManualClock
 from sealserve.crypto import SymmetricKey, seal_model, unseal_model
 from sealserve.errors import ModelNotStored, StoreIntegrityError
-from sealserve.instance import MANIFEST_SCHEMA, ModelManifest, ModelStore
+from sealserve.instance import MANIFEST_SCHEMA, ModelManifest, ModelStore, WriterState
 
 OWNER = "ab" * 32
 MODEL = f"{OWNER}/resnet"
@@ -143,3 +143,48 @@ def test_streaming_put_reports_progress_and_accepts_readers_without_readinto(
     assert seen[-1] == len(blob)
     assert seen == sorted(seen)
     assert store.read(MODEL)[1] == blob
+
+
+def test_seal_straight_into_the_store_and_read_back_through_a_checked_stream(
+    store: ModelStore,
+) -> None:
+    key = SymmetricKey.generate()
+    plaintext = os.urandom(100_000)
+    with store.create(MODEL, key_version=2) as out:
+        seal_model(key, io.BytesIO(plaintext), out, model_id=MODEL, chunk_size=4096)
+    assert out.state is WriterState.COMMITTED
+    assert out.manifest == store.get(MODEL)
+    with store.open(MODEL) as reader:
+        assert reader.manifest.key_version == 2
+        sealed_bytes = reader.read()
+    assert bytes(unseal_model(key, sealed_bytes, model_id=MODEL)) == plaintext
+
+
+def test_a_failed_write_leaves_nothing_and_the_old_model_stays(store: ModelStore) -> None:
+    old = store.put(MODEL, sealed(b"old" * 100), key_version=1)
+    out = store.create(MODEL, key_version=2)
+
+    def fail_midway() -> None:
+        with out:
+            out.write(sealed(b"new" * 100)[:50])
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        fail_midway()
+    assert out.state is WriterState.ABORTED
+    assert store.get(MODEL) == old
+    assert not list((store.root / "tmp").iterdir())
+
+
+def test_a_reader_checks_the_digest_when_it_reaches_the_end(store: ModelStore) -> None:
+    blob = sealed(os.urandom(30_000))
+    manifest = store.put(MODEL, blob, key_version=1)
+    path = store.root / "blobs" / "sha256" / manifest.digest
+    path.chmod(0o644)
+    damaged = bytearray(blob)
+    damaged[-1] ^= 1
+    path.write_bytes(damaged)
+    with store.open(MODEL) as reader:
+        assert len(reader.read(1000)) == 1000  # nothing to compare against yet
+        with pytest.raises(StoreIntegrityError, match="digest"):
+            reader.read()
