@@ -10,10 +10,12 @@ Everyday use::
 
     # host side, with one end of a socketpair; the runtime calls Connection.open(its_end)
     with ipc.Connection.create(sock, request=ipc.ChannelOptions(arena_bytes=512 << 20)) as conn:
-        with conn.publisher.loan(len(blob)) as loan:      # write in place, no copy
+        with conn.publisher.loan(len(blob)) as loan:  # write in place, no copy
             loan.view[:] = blob
-        with conn.subscriber.receive(timeout=5.0) as sample:   # read in place
-            reply = bytes(sample.view)
+        sample = conn.subscriber.receive(timeout=5.0)  # a Sample, or None on timeout
+        if sample is not None:
+            with sample:  # read in place; released at the end of the block
+                reply = bytes(sample.view)
 
 See ``docs/ipc.md`` for the segment layout, the protocol and the scheduler's cost model.
 """

@@ -66,7 +66,11 @@ class Completion:
         return self._job is None or self._job.done()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the payload is in shared memory (then the source may be reused)."""
+        """Block until the payload is in shared memory (then the source may be reused).
+
+        Raises :class:`BackpressureTimeout` if the copy has not landed within ``timeout``
+        seconds, and :class:`IPCError` if it failed.
+        """
         job = self._job
         if job is None:
             return

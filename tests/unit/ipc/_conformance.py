@@ -339,6 +339,35 @@ class ConformanceSuite:
         with pytest.raises(ValueError, match="backwards"):
             other.publish(4)
 
+    def test_consumer_side_placement_copies_as_chunks_land_and_frees_the_slot(
+        self, backend: Backend
+    ) -> None:
+        pub, sub = backend.pair(ChannelOptions(capacity=2, arena_bytes=4 << 20))
+        payload = np.arange(1 << 18, dtype=np.uint32)  # 1 MiB
+        loan = pub.loan(payload.nbytes)
+        loan.array(np.uint32)[:] = payload
+        loan.publish(payload.nbytes // 2)
+        sample = sub.receive(timeout=1.0)
+        assert sample is not None
+        out = np.zeros_like(payload)
+        copying = threading.Thread(target=sample.copy_into, args=(out,))
+        copying.start()
+        _wait_until(lambda: out[(1 << 17) - 1] != 0, "the first half is copied as it lands")
+        loan.commit()
+        copying.join(timeout=10)
+        assert np.array_equal(out, payload)
+        assert sample.released
+        pub.send(b"a")
+        pub.send(b"b", timeout=1.0)  # both slots free again: the sample released itself
+        small = bytearray(8)
+        assert sub.receive_into(small, timeout=1.0) == 1
+        assert small[:1] == b"a"
+        with pytest.raises(ValueError, match="holds 0 bytes; the message has 1"):
+            sub.receive_into(bytearray(0), timeout=1.0)  # b"b", released all the same
+        assert sub.receive_into(bytearray(8), timeout=0) is None
+        pub.send(b"c", timeout=0)
+        pub.send(b"d", timeout=0)
+
     @pytest.mark.parametrize("force", [Path.INLINE, Path.OFFLOAD, Path.PIPELINED])
     def test_every_copy_path_delivers_the_same_bytes_in_order(
         self, backend: Backend, force: Path
