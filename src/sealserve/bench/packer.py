@@ -3,7 +3,10 @@
 Every policy runs the same trace on the same platform (keep-alive, instance memory and
 concurrency, maximum instances) with the same cost model and seed; the table gives each one's
 latency percentiles, cold starts, model loads and GB-seconds, with ratios to ``dedicated``
-(one function per model) measured in the same run.
+(one function per model, each sized for its model) and to ``dedicated-uniform`` (one function
+per model on the packed instances' configuration) measured in the same run.  The packed
+policies' instances have the platform's default memory (``platform.instance_memory_mb``), and
+their runtime's model budget is what the runtime leaves of it.
 
 The cost model is measured on this machine (``--measure-costs PATH``, or automatically when
 ``--costs`` is not given, cached beside the JSON output): for each model of the zoo, a load is
@@ -30,6 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sealserve.bench._common import environment, interleaved, print_table, ratio, write_json
 from sealserve.bench._packer_costs import measure_costs
+from sealserve.config import PlatformSettings
 from sealserve.errors import PackerError
 from sealserve.packer import (
     POLICY_NAMES,
@@ -45,9 +49,18 @@ from sealserve.packer import (
     write_trace_csv,
 )
 
-__all__ = ["PolicyRuns", "evaluate_goals", "measure_costs", "register", "run_policies"]
+__all__ = [
+    "PolicyRuns",
+    "evaluate_goals",
+    "ideal_packing_gb_s",
+    "measure_costs",
+    "register",
+    "run_policies",
+]
 
 _BASELINE = "dedicated"
+_UNIFORM = "dedicated-uniform"
+_PLATFORM = PlatformSettings()
 
 # -- running the policies -----------------------------------------------------------------------
 
@@ -114,6 +127,19 @@ def run_policies(
     return {name: PolicyRuns(name, tuple(runs)) for name, runs in results.items()}
 
 
+def ideal_packing_gb_s(run: SimResult, costs: CostModel, config: GroupConfig) -> float:
+    """GB-seconds of an ideal packer that keeps every model resident as long as ``dedicated``
+    kept the model's function alive, billed only for the models' own memory plus one runtime.
+
+    ``run`` is a ``dedicated`` run.  Packing with the same residency (so the same latency) can
+    save the functions' runtimes, their rounding to memory steps and their empty space, never
+    more: this is how low it can go without evicting models sooner than a keep-alive.
+    """
+    prefix = f"{config.name}/"
+    mb_s = sum(costs.memory_mb(f.removeprefix(prefix)) * sec for f, sec in run.function_s.items())
+    return (mb_s + costs.runtime_base_mb * run.end_s) / 1024.0
+
+
 def evaluate_goals(results: dict[str, PolicyRuns]) -> list[dict[str, Any]]:
     """Issue 6's simulator goals (on the medians), each with its value and whether it is met."""
     goals: list[dict[str, Any]] = []
@@ -160,23 +186,35 @@ def _report(
     max_models: int,
     synthetic: SyntheticConfig | None,
 ) -> dict[str, Any]:
-    base = results.get(_BASELINE)
     policies: dict[str, Any] = {}
     for name, res in results.items():
         entry = res.summary()
-        if base is not None:
-            entry["ratio_to_dedicated"] = {
-                "p50": ratio(res.median("p50_ms"), base.median("p50_ms")),
-                "p99": ratio(res.median("p99_ms"), base.median("p99_ms")),
-                "gb_s": ratio(res.median("gb_s"), base.median("gb_s")),
-                "switches": ratio(res.switches, base.switches),
-            }
+        for key, baseline in (
+            ("ratio_to_dedicated", results.get(_BASELINE)),
+            ("ratio_to_dedicated_uniform", results.get(_UNIFORM)),
+        ):
+            if baseline is not None:
+                entry[key] = {
+                    "p50": ratio(res.median("p50_ms"), baseline.median("p50_ms")),
+                    "p99": ratio(res.median("p99_ms"), baseline.median("p99_ms")),
+                    "gb_s": ratio(res.median("gb_s"), baseline.median("gb_s")),
+                    "switches": ratio(res.switches, baseline.switches),
+                }
         policies[name] = entry
+    reference: dict[str, Any] = {}
+    base = results.get(_BASELINE)
+    if base is not None:
+        ideal = statistics.median(ideal_packing_gb_s(r, costs, config) for r in base.runs)
+        reference["ideal_packing_gb_s"] = round(ideal, 3)
+        reference["ideal_packing_ratio_to_dedicated"] = ratio(ideal, base.median("gb_s"))
     summary = trace.summary()
     summary["zoo_model_of"] = {m: costs.zoo_model_for(m) for m in trace.models}
     platform = dataclasses.asdict(config)
     platform["instance_memory_mb"] = config.shape.memory_mb
     platform["lru_max_models"] = max_models
+    platform["dedicated_memory_mb"] = {
+        m: config.fitted_memory_mb(costs.memory_mb(m)) for m in trace.models
+    }
     return {
         "benchmark": "packer",
         "environment": environment(),
@@ -187,6 +225,7 @@ def _report(
         "costs": costs.to_json(),
         "policies": policies,
         "goals": evaluate_goals(results),
+        "reference": reference,
     }
 
 
@@ -229,14 +268,27 @@ def _packer(
     ] = None,
     keep_alive_s: Annotated[
         float, typer.Option("--keep-alive-s", help="Idle time before scale to zero.", min=0.001)
-    ] = 180.0,
+    ] = _PLATFORM.keep_alive_s,
     concurrency: Annotated[
         int, typer.Option("--concurrency", help="Requests one instance serves at once.", min=1)
-    ] = 4,
+    ] = _PLATFORM.instance_concurrency,
+    instance_memory_mb: Annotated[
+        int,
+        typer.Option(
+            "--instance-memory-mb",
+            help="Billed memory of a packed instance (default: the platform's).",
+            min=1,
+        ),
+    ] = _PLATFORM.instance_memory_mb,
     budget_mb: Annotated[
-        float,
-        typer.Option("--budget-mb", help="Model memory budget of one instance.", min=1.0),
-    ] = 1024.0,
+        float | None,
+        typer.Option(
+            "--budget-mb",
+            help="Model memory budget of a packed instance (default: its memory less the "
+            "runtime's).",
+            min=1.0,
+        ),
+    ] = None,
     max_instances: Annotated[
         int, typer.Option("--max-instances", help="Instances per function, at most.", min=1)
     ] = 32,
@@ -271,10 +323,15 @@ def _packer(
 
     Without --costs the cost model is measured here (a minute or two) and cached beside --json.
     """
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 140))
     simulate_wanted = trace_path is not None or synthetic is not None
     if trace_path is not None and synthetic is not None:
         raise _fail("give --trace or --synthetic, not both")
+    if budget_mb is not None and budget_mb >= instance_memory_mb:
+        raise _fail(
+            f"--budget-mb {budget_mb:g} leaves no room for the runtime in "
+            f"--instance-memory-mb {instance_memory_mb}"
+        )
     if not simulate_wanted and measure_path is None:
         raise _fail("give --trace FILE.csv or --synthetic SEED (or --measure-costs PATH)")
     if simulate_wanted and json_path is None:
@@ -286,12 +343,6 @@ def _packer(
     if unknown or not chosen:
         raise _fail(f"unknown policy {unknown or policies!r}; known: {', '.join(POLICY_NAMES)}")
     try:
-        config = GroupConfig(
-            budget_mb=budget_mb,
-            concurrency=concurrency,
-            keep_alive_s=keep_alive_s,
-            max_instances=max_instances,
-        )
         synthetic_cfg = (
             SyntheticConfig(models=models, duration_s=duration_s) if synthetic is not None else None
         )
@@ -305,7 +356,17 @@ def _packer(
     costs = _costs(costs_path, measure_path, json_path, model_dir, console)
     if trace is None:
         return
-    config = dataclasses.replace(config, runtime_base_mb=costs.runtime_base_mb)
+    try:
+        config = _platform(
+            costs,
+            instance_memory_mb=instance_memory_mb,
+            budget_mb=budget_mb,
+            concurrency=concurrency,
+            keep_alive_s=keep_alive_s,
+            max_instances=max_instances,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     if save_trace is not None:
         write_trace_csv(trace, save_trace)
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -345,6 +406,42 @@ def _packer(
     write_json(json_path, report)
     _print(trace, config, results, report, console)
     console.print(f"results: {json_path}")
+
+
+def _platform(
+    costs: CostModel,
+    *,
+    instance_memory_mb: int,
+    budget_mb: float | None,
+    concurrency: int,
+    keep_alive_s: float,
+    max_instances: int,
+) -> GroupConfig:
+    """The packed instances: the given memory, and by default a budget of what the runtime
+    leaves of it."""
+    options: dict[str, Any] = {
+        "concurrency": concurrency,
+        "keep_alive_s": keep_alive_s,
+        "max_instances": max_instances,
+    }
+    base = costs.runtime_base_mb
+    if instance_memory_mb <= base:
+        raise ValueError(
+            f"--instance-memory-mb {instance_memory_mb} leaves no room for models beside "
+            f"the runtime ({base:.0f} MB)"
+        )
+    if budget_mb is None:
+        return GroupConfig.for_instance(
+            memory_mb=instance_memory_mb, runtime_base_mb=base, **options
+        )
+    if budget_mb > instance_memory_mb - base:
+        raise ValueError(
+            f"--budget-mb {budget_mb:g} does not fit in --instance-memory-mb "
+            f"{instance_memory_mb} beside the runtime ({base:.0f} MB)"
+        )
+    return GroupConfig(
+        budget_mb=budget_mb, runtime_base_mb=base, memory_mb=instance_memory_mb, **options
+    )
 
 
 def _costs(
@@ -401,11 +498,13 @@ def _print(
         f"trace {summary['name']}: {summary['requests']} requests, {summary['models']} models, "
         f"{summary['duration_s']:.0f} s; platform: keep-alive {config.keep_alive_s:.0f} s, "
         f"{config.shape.memory_mb} MB instances ({config.budget_mb:.0f} MB for models), "
-        f"concurrency {config.concurrency}"
+        f"concurrency {config.concurrency}; dedicated functions sized per model "
+        f"(runtime + model in {config.memory_step_mb} MB steps)"
     )
     rows = []
     for name, res in results.items():
         ratios = report["policies"][name].get("ratio_to_dedicated", {})
+        uniform = report["policies"][name].get("ratio_to_dedicated_uniform", {})
         rows.append(
             (
                 name,
@@ -416,12 +515,14 @@ def _print(
                 res.median("model_loads"),
                 res.median("gb_s"),
                 ratios.get("gb_s", math.nan),
+                uniform.get("gb_s", math.nan),
                 res.median("peak_instances"),
             )
         )
     repeats = len(next(iter(results.values())).runs)
     print_table(
-        f"FnPacker policies: medians of {repeats} runs, ratios to dedicated in the same run",
+        f"FnPacker policies: medians of {repeats} runs, ratios to dedicated (ded: sized per "
+        "model; uni: uniform) in the same run",
         (
             "policy",
             "p50 ms",
@@ -431,11 +532,19 @@ def _print(
             "model loads",
             "GB-s",
             "GB-s x ded",
+            "GB-s x uni",
             "peak inst.",
         ),
         rows,
         console=console,
     )
+    ideal = report["reference"].get("ideal_packing_ratio_to_dedicated")
+    if ideal is not None:
+        console.print(
+            "  reference: an ideal packer with dedicated's residency (each model resident while "
+            "its function was alive, billed for model memory plus one runtime): "
+            f"{report['reference']['ideal_packing_gb_s']:,.0f} GB-s, {ideal:.2f} x dedicated"
+        )
     for goal in report["goals"]:
         mark = "[green]met[/green]" if goal["met"] else "[red]not met[/red]"
         value = goal["value"]

@@ -4,13 +4,15 @@ A :class:`FunctionGroup` is a pool of instances; a :class:`Policy` decides where
 goes (:class:`Decision`: run on an instance, start one, or wait); a :class:`Router` applies the
 decisions and feeds measurements back to the policy.  The trace simulator (:func:`simulate`)
 and the live router run the same policy objects.  Policies: ``dedicated`` (one function per
-model, the baseline), ``sesemi`` (SeSeMI's router), ``lru-multiplex`` (Ray Serve's model
-multiplexing) and ``sealserve`` (expected-completion-time routing over resident models).
+model, each sized for its model: the baseline), ``sesemi`` (SeSeMI's router), ``lru-multiplex``
+(Ray Serve's model multiplexing) and ``sealserve`` (expected-completion-time routing over
+resident models), with two variants: ``dedicated-uniform`` (every function on the packed
+instances' configuration) and ``sesemi-1model`` (one model per instance).
 """
 
 from sealserve.packer._costs import COSTS_SCHEMA, CostModel, ModelCosts
 from sealserve.packer._decision import Decision, DecisionKind, InstanceShape, RouteRequest
-from sealserve.packer._dedicated import DedicatedPolicy, FittedDedicatedPolicy
+from sealserve.packer._dedicated import DedicatedPolicy, UniformDedicatedPolicy
 from sealserve.packer._group import (
     Assignment,
     FunctionGroup,
@@ -24,7 +26,7 @@ from sealserve.packer._policy import Policy
 from sealserve.packer._registry import POLICY_NAMES, make_policy
 from sealserve.packer._router import Routed, Router
 from sealserve.packer._sealserve import CostPriors, SealservePolicy
-from sealserve.packer._sesemi import SesemiPolicy
+from sealserve.packer._sesemi import OneModelSesemiPolicy, SesemiPolicy
 from sealserve.packer._sim import SimResult, simulate
 from sealserve.packer._stats import LoadStats
 from sealserve.packer._synthetic import SyntheticConfig, synthetic_trace
@@ -44,7 +46,6 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "Decision",
     "DecisionKind",
     "DedicatedPolicy",
-    "FittedDedicatedPolicy",
     "FunctionGroup",
     "GroupConfig",
     "Instance",
@@ -54,6 +55,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "LoadStats",
     "LruMultiplexPolicy",
     "ModelCosts",
+    "OneModelSesemiPolicy",
     "POLICY_NAMES",
     "Policy",
     "ReadyActions",
@@ -66,6 +68,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "SyntheticConfig",
     "Trace",
     "TraceRequest",
+    "UniformDedicatedPolicy",
     "make_policy",
     "parse_trace_csv",
     "read_trace_csv",

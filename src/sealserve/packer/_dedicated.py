@@ -1,14 +1,13 @@
 """``dedicated``: one function per model, the usual deployment and the baseline.
 
 Each model gets a function of its own, whose instances only ever hold that model.  Under
-``dedicated`` every function has the platform's one instance configuration (the same memory
-and concurrency as the packed group's instances, so every policy runs on the same kind of
-instance); under ``dedicated-fitted`` each function is sized for its model (the runtime plus
-the model, rounded up to the platform's memory step), as an operator who tunes every function
-would do.  A request goes to an instance of its model's function
-with a free slot (the busiest first, as platforms fill an instance's concurrency before using
-another); when there is none, the function scales out by a cold start, up to the per-function
-maximum; past that it waits.
+``dedicated`` each function is configured with the memory its model needs (the runtime plus
+the model, rounded up to the platform's memory step), as the user of a serverless platform
+configures a function; under ``dedicated-uniform`` every function has the platform's one
+instance configuration, the same memory as the packed group's instances.  A request goes to
+an instance of its model's function with a free slot (the busiest first, as platforms fill an
+instance's concurrency before using another); when there is none, the function scales out by
+a cold start, up to the per-function maximum; past that it waits.
 """
 
 from __future__ import annotations
@@ -20,22 +19,19 @@ from sealserve.packer._decision import Decision, InstanceShape, RouteRequest
 from sealserve.packer._group import FunctionGroup
 from sealserve.packer._policy import Policy, packed_order
 
-__all__ = ["DedicatedPolicy", "FittedDedicatedPolicy"]
+__all__ = ["DedicatedPolicy", "UniformDedicatedPolicy"]
 
 
 class DedicatedPolicy(Policy):
-    """One function per model, on the platform's one instance configuration."""
+    """One function per model, each function's instances sized for its one model."""
 
     name = "dedicated"
     resident_limit = 1
 
     def shape_for(self, group: FunctionGroup, model: str) -> InstanceShape:
         """The shape of ``model``'s function's instances."""
-        base = group.config.shape
-        return InstanceShape(
-            function=self.function_of(group, model),
-            memory_mb=base.memory_mb,
-            budget_mb=base.budget_mb,
+        return group.config.fitted_shape(
+            self.function_of(group, model), group.model_memory_mb(model)
         )
 
     def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
@@ -78,12 +74,15 @@ class DedicatedPolicy(Policy):
         return {}
 
 
-class FittedDedicatedPolicy(DedicatedPolicy):
-    """One function per model, each function's instances sized for its one model."""
+class UniformDedicatedPolicy(DedicatedPolicy):
+    """One function per model, every function on the platform's one instance configuration."""
 
-    name = "dedicated-fitted"
+    name = "dedicated-uniform"
 
     def shape_for(self, group: FunctionGroup, model: str) -> InstanceShape:
-        return group.config.fitted_shape(
-            self.function_of(group, model), group.model_memory_mb(model)
+        base = group.config.shape
+        return InstanceShape(
+            function=self.function_of(group, model),
+            memory_mb=base.memory_mb,
+            budget_mb=base.budget_mb,
         )

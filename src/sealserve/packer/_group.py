@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from sealserve.config import PlatformSettings, RuntimeSettings
 from sealserve.errors import PackerError
@@ -87,6 +88,24 @@ class GroupConfig:
             concurrency=platform.instance_concurrency,
             keep_alive_s=platform.keep_alive_s,
             max_instances=platform.max_instances,
+        )
+
+    @classmethod
+    def for_instance(cls, *, memory_mb: int, runtime_base_mb: float, **options: Any) -> GroupConfig:
+        """Instances of ``memory_mb`` whose runtime may fill the rest with models.
+
+        The model budget is the instance's memory less the runtime's own
+        (``runtime_base_mb``): what a runtime that keeps models resident up to its budget
+        can hold in an instance of that size.  ``options`` are the other fields.
+        """
+        budget = memory_mb - runtime_base_mb
+        if not budget > 0:
+            raise ValueError(
+                f"memory_mb must exceed runtime_base_mb ({runtime_base_mb!r}) to leave room "
+                f"for models, got {memory_mb!r}"
+            )
+        return cls(
+            memory_mb=memory_mb, runtime_base_mb=runtime_base_mb, budget_mb=budget, **options
         )
 
     def fitted_memory_mb(self, budget_mb: float) -> int:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sealserve.packer._dedicated import DedicatedPolicy, FittedDedicatedPolicy
+from sealserve.packer._dedicated import DedicatedPolicy, UniformDedicatedPolicy
 from sealserve.packer._multiplex import LruMultiplexPolicy
 from sealserve.packer._policy import Policy
 from sealserve.packer._sealserve import CostPriors, SealservePolicy
-from sealserve.packer._sesemi import SesemiPolicy
+from sealserve.packer._sesemi import OneModelSesemiPolicy, SesemiPolicy
 
 __all__ = ["POLICY_NAMES", "make_policy"]
 
-#: Every policy, the baseline first.
-POLICY_NAMES = ("dedicated", "dedicated-fitted", "sesemi", "lru-multiplex", "sealserve")
+#: Every policy, the baseline first.  ``dedicated-uniform`` (every function on the packed
+#: instances' configuration) and ``sesemi-1model`` (one model per instance) are variants
+#: reported beside the policies they vary.
+POLICY_NAMES = (
+    "dedicated",
+    "dedicated-uniform",
+    "sesemi",
+    "sesemi-1model",
+    "lru-multiplex",
+    "sealserve",
+)
 
 
 def make_policy(
@@ -26,10 +35,12 @@ def make_policy(
     """
     if name == "dedicated":
         return DedicatedPolicy(**options)
-    if name == "dedicated-fitted":
-        return FittedDedicatedPolicy(**options)
+    if name == "dedicated-uniform":
+        return UniformDedicatedPolicy(**options)
     if name == "sesemi":
         return SesemiPolicy(**options)
+    if name == "sesemi-1model":
+        return OneModelSesemiPolicy(**options)
     if name == "lru-multiplex":
         return LruMultiplexPolicy(max_models=max_models, **options)
     if name == "sealserve":

@@ -1,26 +1,38 @@
-"""``sesemi``: the FnPacker router of SeSeMI (Middleware '23), as its paper and code describe it.
+"""``sesemi``: the FnPacker router of SeSeMI (Middleware '23), on our runtime.
 
-The router counts each model's requests in flight and remembers, per model, the instance it
-last used (its *endpoint*) and, per instance, the model that claims it.
+The routing decisions are SeSeMI's, as its published router makes them
+(``PickFnInstance``, ``steal_func`` and ``check_busy_or_exclusive`` in
+``fnpacker/fnpack/controller.go``).  The router counts each model's requests in flight and
+remembers, per model, the instance it last used (its *endpoint*) and, per instance, the model
+that claims it.
 
 * A request whose model already has a request in flight is the second (or later) concurrent
   one: the model claims its endpoint exclusively and the request goes there.
-* A request whose model has nothing in flight takes the first instance (oldest first) that no
-  request is using and that is unclaimed, claimed by this model, or whose claim has expired;
-  that resets the claim, and the instance becomes the model's endpoint.
+* A request whose model has nothing in flight takes the first instance in pool order (oldest
+  first) that no request is using and that is unclaimed, claimed by this model, or whose claim
+  has expired; that resets the claim, and the instance becomes the model's endpoint.  Which
+  models the instance holds plays no part.
 * A claim expires once twice the claiming model's last execution time has passed since its
-  last request finished: a hot model keeps its idle instance only that long.
+  last call ended.  As in SeSeMI's statistics, a request that began before the last recorded
+  end (it overlapped an earlier one) updates the execution time but not the end.
 
-An instance serves one model at a time and, as SeSeMI's runtime, holds one model
-(``resident_limit=1``), so switching it to another model costs a model load.  Where SeSeMI
-relies on the platform, this model of it does the platform's part: when a claimed endpoint is
-at its concurrency, the endpoint scales out by a cold start (the new instance is claimed too);
-when no instance is free, the group scales out (SeSeMI's fixed pool would report "all busy");
-at the group's maximum the request waits, until the next claim expires at the latest.
+The runtime under the router is ours (SeMIRT), as for every policy in the simulator: it keeps
+the models it loaded resident within its memory budget and, to make room, evicts the least
+recently used ones that no request is using.  So a model that returns to an instance that
+still holds it runs without a load.  ``resident_limit=1`` caps every instance at one model
+instead (a runtime whose enclave holds one model, so every switch is a load): that is the
+``sesemi-1model`` ablation, :class:`OneModelSesemiPolicy`.
+
+Where SeSeMI relies on the platform, this model of it does the platform's part: when a
+claimed endpoint is at its concurrency, the endpoint scales out by a cold start (the new
+instance is claimed too, as OpenWhisk would add a container to the endpoint's action); when no
+instance is free, the group scales out (SeSeMI's fixed pool would answer "all busy"); at the
+group's maximum the request waits, until the next claim expires at the latest.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sealserve.packer._decision import Decision, DecisionKind, RouteRequest
@@ -28,25 +40,33 @@ from sealserve.packer._group import FunctionGroup
 from sealserve.packer._instance import Instance
 from sealserve.packer._policy import Policy, require_fits
 
-__all__ = ["SesemiPolicy"]
+__all__ = ["OneModelSesemiPolicy", "SesemiPolicy"]
 
 
 class SesemiPolicy(Policy):
-    """SeSeMI's FnPacker: exclusive claims for concurrent models, sharing for the rest."""
+    """SeSeMI's FnPacker: exclusive claims for concurrent models, sharing for the rest.
+
+    ``resident_limit`` caps the models one instance holds (``None``: as many as its memory
+    budget holds, as our runtime does); ``claim_factor`` is how many of the claimant's last
+    execution times a claim outlives its last call (SeSeMI's 2).
+    """
 
     name = "sesemi"
 
-    def __init__(self, *, resident_limit: int = 1, claim_factor: float = 2.0) -> None:
-        if isinstance(resident_limit, bool) or not isinstance(resident_limit, int):
-            raise ValueError(f"resident_limit must be an int >= 1, got {resident_limit!r}")
-        if resident_limit < 1:
-            raise ValueError(f"resident_limit must be an int >= 1, got {resident_limit!r}")
-        if not claim_factor >= 0:
-            raise ValueError(f"claim_factor must be >= 0, got {claim_factor!r}")
+    def __init__(self, *, resident_limit: int | None = None, claim_factor: float = 2.0) -> None:
+        if resident_limit is not None and (
+            isinstance(resident_limit, bool)
+            or not isinstance(resident_limit, int)
+            or resident_limit < 1
+        ):
+            raise ValueError(f"resident_limit must be an int >= 1 or None, got {resident_limit!r}")
+        if not claim_factor >= 0 or math.isinf(claim_factor):
+            raise ValueError(f"claim_factor must be a finite number >= 0, got {claim_factor!r}")
         self.resident_limit = resident_limit
         self.claim_factor = claim_factor
         self._claims: dict[int, str] = {}
         self._endpoint: dict[str, int] = {}
+        self._started: dict[int, float] = {}
         self._last_exec: dict[str, float] = {}
         self._last_done: dict[str, float] = {}
 
@@ -140,6 +160,7 @@ class SesemiPolicy(Policy):
             return
         iid = decision.instance_id
         model = request.model
+        self._started[request.request_id] = now
         if group.in_flight_of(model) >= 2:
             self._claims[iid] = model
             self._endpoint.setdefault(model, iid)
@@ -150,8 +171,12 @@ class SesemiPolicy(Policy):
     def on_complete(
         self, request: RouteRequest, instance: Instance, exec_s: float, now: float
     ) -> None:
-        self._last_exec[request.model] = exec_s
-        self._last_done[request.model] = now
+        model = request.model
+        started = self._started.pop(request.request_id, now)
+        self._last_exec[model] = exec_s
+        # SeSeMI records the end of a call only if the call began after the last recorded end.
+        if started > self._last_done.get(model, float("-inf")):
+            self._last_done[model] = now
 
     def on_stopped(self, instance: Instance, now: float) -> None:
         self._claims.pop(instance.id, None)
@@ -161,3 +186,16 @@ class SesemiPolicy(Policy):
 
     def options(self) -> dict[str, Any]:
         return {"resident_limit": self.resident_limit, "claim_factor": self.claim_factor}
+
+
+class OneModelSesemiPolicy(SesemiPolicy):
+    """SeSeMI's router over a runtime that holds one model per instance (an ablation).
+
+    Every instance keeps only the model it last served, so whichever model takes a free
+    instance loads, unless it was the last one there.
+    """
+
+    name = "sesemi-1model"
+
+    def __init__(self, *, claim_factor: float = 2.0) -> None:
+        super().__init__(resident_limit=1, claim_factor=claim_factor)

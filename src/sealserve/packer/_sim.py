@@ -59,6 +59,8 @@ class SimResult:
     decisions: dict[str, int]
     end_s: float
     seed: int = 0
+    #: Instance-seconds per function (one per model under ``dedicated``; one for packing).
+    function_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -231,6 +233,10 @@ def simulate(
     instance_s = sum(
         (stop if stop is not None else now) - start for _mb, start, stop in group.intervals()
     )
+    function_s: dict[str, float] = {}
+    for inst in group.stopped:
+        stop = inst.stopped_at if inst.stopped_at is not None else now
+        function_s[inst.function] = function_s.get(inst.function, 0.0) + stop - inst.started_at
     return SimResult(
         policy=policy.name,
         options=policy.options(),
@@ -247,4 +253,5 @@ def simulate(
         decisions={k.value: v for k, v in router.decisions.items()},
         end_s=now,
         seed=seed,
+        function_s=function_s,
     )

@@ -3,7 +3,9 @@
 Whatever the trace and the platform: every request is routed exactly once and completes
 exactly once; no instance ever runs more requests than its concurrency or holds more model
 memory (or more models) than it may; under ``sesemi`` a claimed instance serves only the model
-that claims it, and no other model takes it before the claim expires; GB-seconds are the sum
+that claims it, no other model takes it before the claim expires, and a model with nothing in
+flight goes to the first free instance in pool order that no live claim of another model
+holds, whatever the instances hold (SeSeMI's ``steal_func``); GB-seconds are the sum
 of every instance's alive interval x its memory; and a request never finishes faster than its
 own inference.
 """
@@ -65,9 +67,28 @@ class Checked(Policy):
 
     def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
         self.group = group
+        decision = self.inner.route(request, group, now)
         if isinstance(self.inner, SesemiPolicy):
             self.claims_before = self.inner.claims()
-        return self.inner.route(request, group, now)
+            if group.in_flight_of(request.model) == 0:
+                first = self.first_free(self.inner, request.model, group, now)
+                if first is not None:
+                    assert decision.instance_id == first
+                else:
+                    assert decision.kind is not DecisionKind.RUN
+        return decision
+
+    @staticmethod
+    def first_free(
+        policy: SesemiPolicy, model: str, group: FunctionGroup, now: float
+    ) -> int | None:
+        claims = policy.claims()
+        for inst in group:
+            owner = claims.get(inst.id)
+            held = owner is not None and owner != model and now < policy.claim_expires_at(owner)
+            if inst.in_flight == 0 and not held:
+                return inst.id
+        return None
 
     def check(self) -> None:
         group = self.group

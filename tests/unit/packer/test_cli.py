@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from sealserve.bench import packer as bench_packer
 from sealserve.cli import app
-from sealserve.packer import CostModel
+from sealserve.packer import POLICY_NAMES, CostModel
 
 runner = CliRunner()
 
@@ -41,18 +41,20 @@ def test_a_synthetic_run_writes_every_policy(costs_file: Path, tmp_path: Path) -
     assert code == 0, output
     assert "FnPacker policies" in output
     report = json.loads(out.read_text())
-    assert set(report["policies"]) == {
-        "dedicated",
-        "dedicated-fitted",
-        "sesemi",
-        "lru-multiplex",
-        "sealserve",
-    }
+    assert list(report["policies"]) == list(POLICY_NAMES)
     for entry in report["policies"].values():
         for key in ("p50_ms", "p99_ms", "cold_starts", "model_loads", "gb_s"):
             assert isinstance(entry[key], int | float)
         assert len(entry["repeats"]) == 2
     assert report["policies"]["dedicated"]["ratio_to_dedicated"]["gb_s"] == 1.0
+    uniform = report["policies"]["dedicated-uniform"]
+    assert uniform["ratio_to_dedicated_uniform"]["gb_s"] == 1.0
+    assert uniform["ratio_to_dedicated"]["gb_s"] > 1.0  # every function on the big instance
+    # the packed instances: the platform's default memory, the budget what the runtime leaves
+    assert report["platform"]["instance_memory_mb"] == 2048
+    assert report["platform"]["budget_mb"] == pytest.approx(2048 - 100.0)
+    ideal = report["reference"]["ideal_packing_ratio_to_dedicated"]
+    assert 0 < ideal < 1
     assert report["simulation"]["seeds"] == [0, 1]
     assert report["trace"]["models"] <= 6
     assert report["costs"]["schema"] == "sealserve.packer.costs/1"
@@ -82,6 +84,19 @@ def test_a_trace_file_runs_the_chosen_policies(costs_file: Path, tmp_path: Path)
         (("--synthetic", "1"), "give --json PATH"),
         (("--synthetic", "1", "--trace", "x.csv", "--json", "o"), "not both"),
         (("--synthetic", "1", "--json", "o", "--policies", "best"), "unknown policy ['best']"),
+        (
+            (
+                "--synthetic",
+                "1",
+                "--json",
+                "o",
+                "--instance-memory-mb",
+                "512",
+                "--budget-mb",
+                "600",
+            ),
+            "--budget-mb 600 leaves no room for the runtime in --instance-memory-mb 512",
+        ),
     ],
 )
 def test_bad_invocations_get_one_clear_line(args: tuple[str, ...], message: str) -> None:
@@ -105,3 +120,38 @@ def test_a_missing_cost_model_is_reported(tmp_path: Path) -> None:
     )
     assert code == 1
     assert "does not exist" in output
+
+
+def test_the_packed_instance_can_be_sized(costs_file: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp_s,model\n0,small\n1,medium\n")
+    out = tmp_path / "r.json"
+    code, output = bench(
+        "--trace", str(trace), "--policies", "dedicated,sesemi", "--repeats", "1",
+        "--instance-memory-mb", "1024", "--costs", str(costs_file), "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    platform = json.loads(out.read_text())["platform"]
+    assert (platform["instance_memory_mb"], platform["budget_mb"]) == (1024, 924.0)
+    assert platform["dedicated_memory_mb"] == {"small": 256, "medium": 512}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--instance-memory-mb", "64"), "--instance-memory-mb 64 leaves no room for models"),
+        (
+            ("--instance-memory-mb", "512", "--budget-mb", "450"),
+            "--budget-mb 450 does not fit in --instance-memory-mb 512 beside the runtime (100 MB)",
+        ),
+    ],
+)
+def test_a_packed_instance_without_room_for_the_runtime_is_refused(
+    costs_file: Path, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    code, output = bench(
+        "--synthetic", "1", "--duration-s", "10", "--costs", str(costs_file),
+        "--json", str(tmp_path / "o.json"), *args,
+    )  # fmt: skip
+    assert code == 2
+    assert message in output

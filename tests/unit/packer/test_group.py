@@ -207,3 +207,11 @@ def test_waiting_requests_are_counted_per_model() -> None:
     assert (g.waiting_count("a"), g.waiting_count()) == (2, 3)
     g.forget_waiting(1)
     assert g.waiting_count("a") == 1
+
+
+def test_an_instance_of_given_memory_gives_its_runtime_the_rest() -> None:
+    cfg = GroupConfig.for_instance(memory_mb=2048, runtime_base_mb=44.5, concurrency=2)
+    assert cfg.shape == InstanceShape(function="group", memory_mb=2048, budget_mb=2003.5)
+    assert cfg.concurrency == 2
+    with pytest.raises(ValueError, match="memory_mb must exceed runtime_base_mb"):
+        GroupConfig.for_instance(memory_mb=100, runtime_base_mb=100.0)

@@ -6,21 +6,23 @@ import pytest
 
 from sealserve.errors import PackerError
 from sealserve.packer import (
+    POLICY_NAMES,
     CostModel,
     DecisionKind,
     DedicatedPolicy,
-    FittedDedicatedPolicy,
     FunctionGroup,
     GroupConfig,
     Instance,
     LruMultiplexPolicy,
     ModelCosts,
+    OneModelSesemiPolicy,
     Policy,
     Routed,
     Router,
     RouteRequest,
     SealservePolicy,
     SesemiPolicy,
+    UniformDedicatedPolicy,
     make_policy,
 )
 
@@ -69,7 +71,6 @@ def test_dedicated_gives_each_model_its_own_function(costs: CostModel) -> None:
     assert first.decision.kind is DecisionKind.START
     assert first.decision.shape is not None
     assert first.decision.shape.function == "group/small"
-    assert first.decision.shape.memory_mb == d.group.config.shape.memory_mb
     second = d.send("small", 0.1)  # the starting instance has a free slot
     assert second.decision.kind is DecisionKind.RUN
     assert second.decision.instance_id == first.decision.instance_id
@@ -87,11 +88,25 @@ def test_dedicated_waits_at_its_function_maximum(costs: CostModel) -> None:
     assert d.send("medium", 0.2).decision.kind is DecisionKind.START
 
 
-def test_dedicated_fitted_sizes_each_function_for_its_model(costs: CostModel) -> None:
-    d = Driver(FittedDedicatedPolicy(), costs)
-    shape = d.send("medium", 0.0).decision.shape
-    assert shape is not None
-    assert (shape.function, shape.memory_mb, shape.budget_mb) == ("group/medium", 512, 300.0)
+def test_dedicated_sizes_each_function_for_its_model(costs: CostModel) -> None:
+    d = Driver(DedicatedPolicy(), costs)  # runtime 100 MB, steps of 128 MB
+    shapes = {m: d.send(m, 0.0).decision.shape for m in ("small", "medium", "large")}
+    assert {m: (s.function, s.memory_mb, s.budget_mb) for m, s in shapes.items() if s} == {
+        "small": ("group/small", 256, 100.0),
+        "medium": ("group/medium", 512, 300.0),
+        "large": ("group/large", 896, 700.0),
+    }
+
+
+def test_dedicated_uniform_gives_every_function_the_group_instance(costs: CostModel) -> None:
+    d = Driver(UniformDedicatedPolicy(), costs)
+    small = d.send("small", 0.0).decision.shape
+    large = d.send("large", 0.0).decision.shape
+    assert small is not None
+    assert large is not None
+    assert (small.function, large.function) == ("group/small", "group/large")
+    assert small.memory_mb == large.memory_mb == d.group.config.shape.memory_mb == 1152
+    assert small.budget_mb == large.budget_mb == 1000.0
 
 
 # -- sesemi -------------------------------------------------------------------------------------
@@ -101,17 +116,52 @@ def test_sesemi_claims_an_instance_for_a_model_with_two_requests_in_flight(
     costs: CostModel,
 ) -> None:
     policy = SesemiPolicy()
+    assert policy.resident_limit is None  # our runtime: models resident within the budget
     d = Driver(policy, costs)
     i0 = d.warm("small", 0.0)
     i1 = d.warm("medium", 0.0)  # i0 is free: medium takes it (first free instance)
     assert i1 == i0
+    assert d.group.instance(i0).models == ("small", "medium")  # loaded beside small
     a = d.send("small", 1.0)
     assert a.decision.instance_id == i0
-    assert a.decision.load
+    assert not a.decision.load  # still resident: no switch
     b = d.send("small", 1.01)
     assert b.decision.instance_id == i0
     assert "claims" in b.decision.reason
     assert policy.claims() == {i0: "small"}
+
+
+def test_sesemi_takes_the_first_free_instance_whatever_it_holds(costs: CostModel) -> None:
+    d = Driver(SesemiPolicy(), costs, concurrency=1)
+    d.send("small", 0.0)
+    d.send("large", 0.0)  # i0 is busy: large starts i1
+    d.router.instance_ready(0, 1.0)
+    d.router.instance_ready(1, 1.0)
+    d.router.model_loaded(0, "small", 1.1)
+    d.router.model_loaded(1, "large", 3.0)
+    d.router.request_done(1, 1.2, exec_s=0.01)
+    d.router.request_done(2, 3.2, exec_s=0.2)
+    # Both are free and unclaimed; i1 holds large, but SeSeMI takes i0, the first in the pool.
+    routed = d.send("large", 10.0)
+    assert routed.decision.instance_id == 0
+    assert routed.decision.load
+    assert routed.decision.evict == ()  # our runtime keeps small beside it
+    assert "first free instance, unclaimed" in routed.decision.reason
+
+
+def test_sesemi_1model_holds_one_model_per_instance(costs: CostModel) -> None:
+    policy = OneModelSesemiPolicy()
+    assert (policy.name, policy.resident_limit) == ("sesemi-1model", 1)
+    d = Driver(policy, costs)
+    i0 = d.warm("small", 0.0)
+    assert d.group.config.max_models == 1
+    switched = d.send("medium", 1.0)  # the first free instance is i0: switching it is a load
+    assert (switched.decision.instance_id, switched.decision.load) == (i0, True)
+    assert switched.decision.evict == ("small",)
+    d.router.model_loaded(i0, "medium", 1.4)
+    d.router.request_done(2, 1.45, exec_s=0.05)
+    back = d.send("small", 2.0)
+    assert (back.decision.instance_id, back.decision.evict) == (i0, ("medium",))
 
 
 def test_sesemi_keeps_an_idle_claim_for_twice_the_last_execution_time(costs: CostModel) -> None:
@@ -120,16 +170,29 @@ def test_sesemi_keeps_an_idle_claim_for_twice_the_last_execution_time(costs: Cos
     iid = d.warm("small", 0.0)
     d.send("small", 1.0)
     d.send("small", 1.0)  # claimed now
-    d.router.request_done(1 + 1, 1.1, exec_s=0.1)
-    d.router.request_done(3, 1.2, exec_s=0.1)
-    assert policy.claim_expires_at("small") == pytest.approx(1.4)
+    d.router.request_done(2, 1.1, exec_s=0.1)
+    # Request 3 began (1.0) before the last recorded end (1.1): as in SeSeMI's statistics,
+    # its end is not recorded, only its execution time.
+    d.router.request_done(3, 1.2, exec_s=0.12)
+    assert policy.claim_expires_at("small") == pytest.approx(1.1 + 2 * 0.12)
     early = d.send("medium", 1.3)  # the claim holds: medium needs another instance
     assert early.decision.kind is DecisionKind.START
     assert early.decision.instance_id != iid
-    late = d.send("large", 1.45)  # expired: large takes the first free instance, iid
+    late = d.send("large", 1.35)  # expired: large takes the first free instance, iid
     assert late.decision.instance_id == iid
     assert "expired" in late.decision.reason
     assert iid not in policy.claims()
+
+
+def test_sesemi_records_the_end_of_a_call_that_began_after_the_last_one(
+    costs: CostModel,
+) -> None:
+    policy = SesemiPolicy()
+    d = Driver(policy, costs)
+    d.warm("small", 0.0)
+    d.send("small", 1.0)
+    d.router.request_done(2, 1.5, exec_s=0.05)
+    assert policy.claim_expires_at("small") == pytest.approx(1.5 + 0.1)
 
 
 def test_sesemi_scales_a_full_claimed_endpoint_out_and_claims_the_new_instance(
@@ -158,10 +221,11 @@ def test_sesemi_waits_for_the_next_claim_expiry_at_the_maximum(costs: CostModel)
 
 
 def test_sesemi_checks_its_options() -> None:
-    with pytest.raises(ValueError, match="resident_limit must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="resident_limit must be an int >= 1 or None, got 0"):
         SesemiPolicy(resident_limit=0)
-    with pytest.raises(ValueError, match="claim_factor must be >= 0"):
+    with pytest.raises(ValueError, match="claim_factor must be a finite number >= 0"):
         SesemiPolicy(claim_factor=-1.0)
+    assert SesemiPolicy(resident_limit=3).options() == {"resident_limit": 3, "claim_factor": 2.0}
 
 
 # -- lru-multiplex ------------------------------------------------------------------------------
@@ -334,7 +398,10 @@ def test_sealserve_without_priors_starts_from_defaults(costs: CostModel) -> None
 
 def test_make_policy_knows_every_name() -> None:
     assert make_policy("lru-multiplex", max_models=5).resident_limit == 5
-    assert make_policy("sesemi").resident_limit == 1
+    assert make_policy("sesemi").resident_limit is None
+    assert make_policy("sesemi-1model").resident_limit == 1
+    assert isinstance(make_policy("dedicated-uniform"), UniformDedicatedPolicy)
+    assert [make_policy(n).name for n in POLICY_NAMES] == list(POLICY_NAMES)
     with pytest.raises(ValueError, match="unknown policy 'nope'"):
         make_policy("nope")
 

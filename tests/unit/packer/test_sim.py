@@ -7,6 +7,7 @@ import pytest
 
 from sealserve.errors import PackerError
 from sealserve.packer import (
+    POLICY_NAMES,
     CostModel,
     Decision,
     DedicatedPolicy,
@@ -18,6 +19,7 @@ from sealserve.packer import (
     SesemiPolicy,
     Trace,
     TraceRequest,
+    UniformDedicatedPolicy,
     make_policy,
     simulate,
     synthetic_trace,
@@ -34,10 +36,12 @@ def test_one_request_pays_cold_start_load_and_inference(
     result = simulate(trace((0.0, "small")), DedicatedPolicy(), costs, config=config, jitter=0)
     assert result.latencies_s.tolist() == pytest.approx([1.0 + 0.1 + 0.01])
     assert (result.cold_starts, result.model_loads, result.after_cold_start) == (1, 0, 1)
-    # alive from 0 until its keep-alive ran out after the request finished
+    # alive from 0 until its keep-alive ran out after the request finished, billed for the
+    # memory its function is sized for: 100 MB of runtime + 100 MB of model, in 128 MB steps
     assert result.end_s == pytest.approx(1.11 + 180.0)
-    assert result.gb_s == pytest.approx(config.shape.memory_mb / 1024 * (1.11 + 180.0))
+    assert result.gb_s == pytest.approx(256 / 1024 * (1.11 + 180.0))
     assert result.instance_seconds == pytest.approx(181.11)
+    assert result.function_s == pytest.approx({"group/small": 181.11})
 
 
 def test_a_warm_request_pays_only_its_inference(costs: CostModel, config: GroupConfig) -> None:
@@ -45,7 +49,7 @@ def test_a_warm_request_pays_only_its_inference(costs: CostModel, config: GroupC
         trace((0.0, "small"), (10.0, "small")), DedicatedPolicy(), costs, config=config, jitter=0
     )
     assert result.latencies_s.tolist() == pytest.approx([1.11, 0.01])
-    assert result.gb_s == pytest.approx(config.shape.memory_mb / 1024 * (10.01 + 180.0))
+    assert result.gb_s == pytest.approx(256 / 1024 * (10.01 + 180.0))
 
 
 def test_a_trace_duration_is_the_inference_time(costs: CostModel, config: GroupConfig) -> None:
@@ -73,19 +77,24 @@ def test_keep_alive_expiry_means_a_second_cold_start(costs: CostModel, config: G
         trace((0.0, "small"), (500.0, "small")), DedicatedPolicy(), costs, config=config, jitter=0
     )
     assert result.cold_starts == 2
-    assert result.gb_s == pytest.approx(config.shape.memory_mb / 1024 * 2 * 181.11)
+    assert result.gb_s == pytest.approx(256 / 1024 * 2 * 181.11)
 
 
-def test_packing_shares_an_instance_where_dedicated_starts_two(
-    costs: CostModel, config: GroupConfig
-) -> None:
+def test_packing_shares_an_instance_where_dedicated_starts_two(costs: CostModel) -> None:
     rows = trace((0.0, "small"), (5.0, "medium"))
+    # packed instances of 512 MB: 100 MB of runtime and room for both models
+    config = GroupConfig(budget_mb=400.0, runtime_base_mb=100.0)
     dedicated = simulate(rows, DedicatedPolicy(), costs, config=config, jitter=0)
+    uniform = simulate(rows, UniformDedicatedPolicy(), costs, config=config, jitter=0)
     packed = simulate(rows, SealservePolicy(priors=costs), costs, config=config, jitter=0)
     assert (dedicated.cold_starts, dedicated.model_loads) == (2, 0)
     assert (packed.cold_starts, packed.model_loads) == (1, 1)
     assert packed.latencies_s[1] == pytest.approx(0.4 + 0.05)
-    assert packed.gb_s < dedicated.gb_s
+    # dedicated: a 256 MB function for small and a 512 MB one for medium; uniform: 512 MB each
+    assert dedicated.gb_s == pytest.approx((256 * 181.11 + 512 * 181.45) / 1024)
+    assert uniform.gb_s == pytest.approx(512 * (181.11 + 181.45) / 1024)
+    assert packed.gb_s == pytest.approx(512 * 185.45 / 1024)
+    assert packed.gb_s < dedicated.gb_s < uniform.gb_s
 
 
 def test_the_same_seed_gives_the_same_result(costs: CostModel, config: GroupConfig) -> None:
@@ -101,7 +110,7 @@ def test_the_same_seed_gives_the_same_result(costs: CostModel, config: GroupConf
 
 def test_every_request_completes_once(costs: CostModel, config: GroupConfig) -> None:
     rows = Trace(tuple(r for r in synthetic_trace(3).requests if r.arrival_s < 200), name="x")
-    for name in ("dedicated", "dedicated-fitted", "sesemi", "lru-multiplex", "sealserve"):
+    for name in POLICY_NAMES:
         result = simulate(rows, make_policy(name, priors=costs), costs, config=config, seed=1)
         assert result.requests == len(rows)
         assert np.isfinite(result.latencies_s).all()
