@@ -137,6 +137,10 @@ def run_runtime_bench(
             "semirt_paired_p50_ms": round(statistics.median(b["semirt"]), 3),
             "baseline_over_semirt": round(ratio(baseline_p50, statistics.median(b["semirt"])), 3),
             "sealed_stages_p50_ms": w["stages"],
+            # The same request seen from inside: the host (from headers received to response
+            # ready) and the runtime (from the call received to the output sealed).
+            "instance_over_plain": round(ratio(w["stages"]["total"], plain_p50), 4),
+            "runtime_over_plain": round(ratio(w["stages"]["runtime"], plain_p50), 4),
             "model_memory_mb": round(memory[m.name], 3),
             "sealed_model_mb": round(m.stack_model.sealed_bytes / 2**20, 3),
             "samples": {"warm": len(w["sealed"]), "baseline": len(b["baseline"])},
@@ -508,7 +512,17 @@ def _report(results: dict[str, Any], console: Console) -> None:
     )
     print_table(
         "where a warm sealed request's time goes (p50 ms; the rest is the client and HTTP)",
-        ["model", "end to end", "host total", "request body", "runtime", "inference", "plain"],
+        [
+            "model",
+            "end to end",
+            "host total",
+            "request body",
+            "runtime",
+            "inference",
+            "plain",
+            "host/plain",
+            "runtime/plain",
+        ],
         [
             [
                 name,
@@ -518,6 +532,8 @@ def _report(results: dict[str, Any], console: Console) -> None:
                 r["sealed_stages_p50_ms"].get("runtime", math.nan),
                 r["sealed_stages_p50_ms"].get("inference", math.nan),
                 r["plain_p50_ms"],
+                r["instance_over_plain"],
+                r["runtime_over_plain"],
             ]
             for name, r in models.items()
         ],
