@@ -39,6 +39,7 @@ from sealserve.errors import (
     DeadlineExceeded,
     InstanceError,
     KeyServiceError,
+    MessageTooLarge,
     ModelNotAvailable,
     ModelNotStored,
     RuntimeUnavailable,
@@ -494,6 +495,12 @@ class RuntimeSupervisor:
             endpoint.reply(message, meta, payload_len=manifest.size, writer=write)
         except (StoreIntegrityError, ModelNotStored) as exc:
             raise ModelNotAvailable(str(exc)) from None
+        except MessageTooLarge:
+            raise ModelNotAvailable(
+                f"model {model_id!r} is {manifest.size} bytes sealed, more than the channel to "
+                f"the runtime carries ({self.options.request_arena_bytes} bytes): raise "
+                "request_arena_bytes"
+            ) from None
         _log.event(
             "supervisor.model_sent",
             model_id=model_id,

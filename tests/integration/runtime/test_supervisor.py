@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sealserve.bench._runtime_stack import LocalStack
-from sealserve.errors import RuntimeUnavailable
+from sealserve.errors import ModelNotAvailable, RuntimeUnavailable
 from sealserve.instance import RuntimeSupervisor, SupervisorOptions, SupervisorState
 from sealserve.runtime import new_request_id, seal_input, timings, unseal_output, wire
 from tests.unit.runtime.graphs import dense_model, plain_run
@@ -122,3 +122,17 @@ def test_a_runtime_without_its_keyservice_pin_refuses_to_start(stack: LocalStack
         sup.start()
     assert sup.state is SupervisorState.FAILED
     sup.close()
+
+
+def test_a_model_larger_than_the_channel_is_not_available_and_serving_goes_on(
+    stack: LocalStack,
+) -> None:
+    big = stack.add_model("big", dense_model(73, inputs=1024, outputs=1024))  # 4 MiB
+    small = stack.add_model("small", dense_model(74))
+    assert stack.user is not None
+    user = stack.user.principal_id
+    with supervisor(stack, request_arena_bytes=2 << 20) as sup:
+        meta = {"model_id": big.model_id, "user_id": user, "timeout_s": 30}
+        with pytest.raises(ModelNotAvailable, match="request_arena_bytes"):
+            sup.call(Op.LOAD, meta, timeout=30)
+        infer(sup, stack, small, 0)
