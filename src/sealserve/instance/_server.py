@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from sealserve._log import get_logger
 from sealserve.attest import Launcher
-from sealserve.errors import InstanceError
+from sealserve.errors import InstanceError, SealserveError
 from sealserve.instance._app import HostOptions, InstanceHost
 from sealserve.instance._store import ModelStore
 from sealserve.instance._supervisor import RuntimeSupervisor, SupervisorOptions
@@ -147,11 +147,15 @@ def serve_instance(
 
     async def announce() -> None:
         await asyncio.to_thread(starter.join)
+        if not failure:
+            try:
+                generation = supervisor.current(timeout=0)
+            except SealserveError as exc:  # it died between its start and now
+                failure.append(exc)
         if failure:
             _log.event("instance.runtime_failed", error=str(failure[0]))
             server.should_exit = True
             return
-        generation = supervisor.current(timeout=0)
         line = {
             "event": "instance.ready",
             "url": url,
