@@ -186,7 +186,7 @@ class LocalStack:
 
     @property
     def keyservice_config(self) -> dict[str, str]:
-        from sealserve.keyservice._main import measured_config
+        from sealserve.keyservice import measured_config
 
         return measured_config(self.keyservice_settings)
 
