@@ -4,15 +4,20 @@ A :class:`FunctionGroup` is a pool of instances; a :class:`Policy` decides where
 goes (:class:`Decision`: run on an instance, start one, or wait); a :class:`Router` applies the
 decisions and feeds measurements back to the policy.  The trace simulator (:func:`simulate`)
 and the live router run the same policy objects.  Policies: ``dedicated`` (one function per
-model, each sized for its model: the baseline), ``sesemi`` (SeSeMI's router), ``lru-multiplex``
-(Ray Serve's model multiplexing) and ``sealserve`` (expected-completion-time routing over
-resident models), with two variants: ``dedicated-uniform`` (every function on the packed
-instances' configuration) and ``sesemi-1model`` (one model per instance).
+model on the group's instance configuration: the baseline), ``sesemi`` (SeSeMI's router),
+``lru-multiplex`` (Ray Serve's model multiplexing) and ``sealserve`` (expected-completion-time
+routing over resident models, on instances of a few sizes), with two variants:
+``dedicated-fitted`` (every model's function sized for its model) and ``sesemi-1model`` (one
+model per instance).
 """
 
 from sealserve.packer._costs import COSTS_SCHEMA, CostModel, ModelCosts
 from sealserve.packer._decision import Decision, DecisionKind, InstanceShape, RouteRequest
-from sealserve.packer._dedicated import DedicatedPolicy, UniformDedicatedPolicy
+from sealserve.packer._dedicated import (
+    DedicatedPolicy,
+    FittedDedicatedPolicy,
+    UniformDedicatedPolicy,
+)
 from sealserve.packer._group import (
     Assignment,
     FunctionGroup,
@@ -23,7 +28,7 @@ from sealserve.packer._group import (
 from sealserve.packer._instance import Instance, InstanceState
 from sealserve.packer._multiplex import LruMultiplexPolicy
 from sealserve.packer._policy import Policy
-from sealserve.packer._registry import POLICY_NAMES, make_policy
+from sealserve.packer._registry import POLICY_ALIASES, POLICY_NAMES, make_policy
 from sealserve.packer._router import Routed, Router
 from sealserve.packer._sealserve import CostPriors, SealservePolicy
 from sealserve.packer._sesemi import OneModelSesemiPolicy, SesemiPolicy
@@ -46,6 +51,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "Decision",
     "DecisionKind",
     "DedicatedPolicy",
+    "FittedDedicatedPolicy",
     "FunctionGroup",
     "GroupConfig",
     "Instance",
@@ -56,6 +62,7 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "LruMultiplexPolicy",
     "ModelCosts",
     "OneModelSesemiPolicy",
+    "POLICY_ALIASES",
     "POLICY_NAMES",
     "Policy",
     "ReadyActions",

@@ -1,13 +1,18 @@
 """``dedicated``: one function per model, the usual deployment and the baseline.
 
 Each model gets a function of its own, whose instances only ever hold that model.  Under
-``dedicated`` each function is configured with the memory its model needs (the runtime plus
-the model, rounded up to the platform's memory step), as the user of a serverless platform
-configures a function; under ``dedicated-uniform`` every function has the platform's one
-instance configuration, the same memory as the packed group's instances.  A request goes to
-an instance of its model's function with a free slot (the busiest first, as platforms fill an
-instance's concurrency before using another); when there is none, the function scales out by
-a cold start, up to the per-function maximum; past that it waits.
+``dedicated`` every function has the packed group's instance configuration: in sealserve, as in
+SeSeMI, every function runs the same attested runtime build, and a TEE fixes the enclave's
+memory at build time as part of its measurement (SGX's enclave size is in MRENCLAVE), so a
+function with a memory size of its own is a different measured runtime, which every model
+owner would have to grant.  ``dedicated-fitted`` sizes each model's function for its model
+instead (the runtime plus the model, rounded up to the platform's memory step), as the user of
+an ordinary serverless platform would: it is what packing saves against right-sized functions,
+reported beside the baseline.
+
+A request goes to an instance of its model's function with a free slot (the busiest first, as
+platforms fill an instance's concurrency before using another); when there is none, the
+function scales out by a cold start, up to the per-function maximum; past that it waits.
 """
 
 from __future__ import annotations
@@ -19,19 +24,22 @@ from sealserve.packer._decision import Decision, InstanceShape, RouteRequest
 from sealserve.packer._group import FunctionGroup
 from sealserve.packer._policy import Policy, packed_order
 
-__all__ = ["DedicatedPolicy", "UniformDedicatedPolicy"]
+__all__ = ["DedicatedPolicy", "FittedDedicatedPolicy", "UniformDedicatedPolicy"]
 
 
 class DedicatedPolicy(Policy):
-    """One function per model, each function's instances sized for its one model."""
+    """One function per model, every function on the group's instance configuration."""
 
     name = "dedicated"
     resident_limit = 1
 
     def shape_for(self, group: FunctionGroup, model: str) -> InstanceShape:
-        """The shape of ``model``'s function's instances."""
-        return group.config.fitted_shape(
-            self.function_of(group, model), group.model_memory_mb(model)
+        """The shape of ``model``'s function's instances: the group's memory and budget."""
+        base = group.config.shape
+        return InstanceShape(
+            function=self.function_of(group, model),
+            memory_mb=base.memory_mb,
+            budget_mb=base.budget_mb,
         )
 
     def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
@@ -74,15 +82,17 @@ class DedicatedPolicy(Policy):
         return {}
 
 
-class UniformDedicatedPolicy(DedicatedPolicy):
-    """One function per model, every function on the platform's one instance configuration."""
+class FittedDedicatedPolicy(DedicatedPolicy):
+    """One function per model, each function's instances sized for its one model."""
 
-    name = "dedicated-uniform"
+    name = "dedicated-fitted"
 
     def shape_for(self, group: FunctionGroup, model: str) -> InstanceShape:
-        base = group.config.shape
-        return InstanceShape(
-            function=self.function_of(group, model),
-            memory_mb=base.memory_mb,
-            budget_mb=base.budget_mb,
+        """The runtime plus ``model``, rounded up to the platform's memory step."""
+        return group.config.fitted_shape(
+            self.function_of(group, model), group.model_memory_mb(model)
         )
+
+
+#: The earlier name of :class:`DedicatedPolicy` (``make_policy("dedicated-uniform")``).
+UniformDedicatedPolicy = DedicatedPolicy

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from sealserve.packer._dedicated import DedicatedPolicy, UniformDedicatedPolicy
+from sealserve.packer._dedicated import DedicatedPolicy, FittedDedicatedPolicy
 from sealserve.packer._multiplex import LruMultiplexPolicy
 from sealserve.packer._policy import Policy
 from sealserve.packer._sealserve import CostPriors, SealservePolicy
 from sealserve.packer._sesemi import OneModelSesemiPolicy, SesemiPolicy
 
-__all__ = ["POLICY_NAMES", "make_policy"]
+__all__ = ["POLICY_ALIASES", "POLICY_NAMES", "make_policy"]
 
-#: Every policy, the baseline first.  ``dedicated-uniform`` (every function on the packed
-#: instances' configuration) and ``sesemi-1model`` (one model per instance) are variants
-#: reported beside the policies they vary.
+#: Every policy, the baseline first.  ``dedicated-fitted`` (every model's function sized for
+#: its model) and ``sesemi-1model`` (one model per instance) are variants reported beside the
+#: policies they vary.
 POLICY_NAMES = (
     "dedicated",
-    "dedicated-uniform",
+    "dedicated-fitted",
     "sesemi",
     "sesemi-1model",
     "lru-multiplex",
     "sealserve",
 )
+
+#: Earlier names that :func:`make_policy` still accepts, and the policy each names now.
+POLICY_ALIASES = {"dedicated-uniform": "dedicated"}
 
 
 def make_policy(
@@ -31,12 +34,14 @@ def make_policy(
     """A fresh policy by name.
 
     ``priors`` (measured costs) informs ``sealserve``; ``max_models`` is ``lru-multiplex``'s
-    cap; other ``options`` go to the policy's constructor.
+    cap; other ``options`` go to the policy's constructor.  A name of :data:`POLICY_ALIASES`
+    gives the policy it stands for.
     """
+    name = POLICY_ALIASES.get(name, name)
     if name == "dedicated":
         return DedicatedPolicy(**options)
-    if name == "dedicated-uniform":
-        return UniformDedicatedPolicy(**options)
+    if name == "dedicated-fitted":
+        return FittedDedicatedPolicy(**options)
     if name == "sesemi":
         return SesemiPolicy(**options)
     if name == "sesemi-1model":

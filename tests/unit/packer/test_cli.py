@@ -47,14 +47,15 @@ def test_a_synthetic_run_writes_every_policy(costs_file: Path, tmp_path: Path) -
             assert isinstance(entry[key], int | float)
         assert len(entry["repeats"]) == 2
     assert report["policies"]["dedicated"]["ratio_to_dedicated"]["gb_s"] == 1.0
-    uniform = report["policies"]["dedicated-uniform"]
-    assert uniform["ratio_to_dedicated_uniform"]["gb_s"] == 1.0
-    assert uniform["ratio_to_dedicated"]["gb_s"] > 1.0  # every function on the big instance
+    fitted = report["policies"]["dedicated-fitted"]
+    assert fitted["ratio_to_dedicated_fitted"]["gb_s"] == 1.0
+    assert fitted["ratio_to_dedicated"]["gb_s"] < 1.0  # every function sized for its model
+    assert fitted["ratio_to_dedicated"]["p99"] == 1.0  # the same instances, the same latency
     # the packed instances: the platform's default memory, the budget what the runtime leaves
     assert report["platform"]["instance_memory_mb"] == 2048
     assert report["platform"]["budget_mb"] == pytest.approx(2048 - 100.0)
     ideal = report["reference"]["ideal_packing_ratio_to_dedicated"]
-    assert 0 < ideal < 1
+    assert 0 < ideal < report["reference"]["ideal_packing_ratio_to_dedicated_fitted"] < 1
     assert report["simulation"]["seeds"] == [0, 1]
     assert report["trace"]["models"] <= 6
     assert report["costs"]["schema"] == "sealserve.packer.costs/1"
@@ -133,7 +134,8 @@ def test_the_packed_instance_can_be_sized(costs_file: Path, tmp_path: Path) -> N
     assert code == 0, output
     platform = json.loads(out.read_text())["platform"]
     assert (platform["instance_memory_mb"], platform["budget_mb"]) == (1024, 924.0)
-    assert platform["dedicated_memory_mb"] == {"small": 256, "medium": 512}
+    assert platform["dedicated_memory_mb"] == 1024
+    assert platform["dedicated_fitted_memory_mb"] == {"small": 256, "medium": 512}
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from sealserve.packer import (
     CostModel,
     DecisionKind,
     DedicatedPolicy,
+    FittedDedicatedPolicy,
     FunctionGroup,
     GroupConfig,
     Instance,
@@ -22,7 +23,6 @@ from sealserve.packer import (
     RouteRequest,
     SealservePolicy,
     SesemiPolicy,
-    UniformDedicatedPolicy,
     make_policy,
 )
 
@@ -88,8 +88,8 @@ def test_dedicated_waits_at_its_function_maximum(costs: CostModel) -> None:
     assert d.send("medium", 0.2).decision.kind is DecisionKind.START
 
 
-def test_dedicated_sizes_each_function_for_its_model(costs: CostModel) -> None:
-    d = Driver(DedicatedPolicy(), costs)  # runtime 100 MB, steps of 128 MB
+def test_dedicated_fitted_sizes_each_function_for_its_model(costs: CostModel) -> None:
+    d = Driver(FittedDedicatedPolicy(), costs)  # runtime 100 MB, steps of 128 MB
     shapes = {m: d.send(m, 0.0).decision.shape for m in ("small", "medium", "large")}
     assert {m: (s.function, s.memory_mb, s.budget_mb) for m, s in shapes.items() if s} == {
         "small": ("group/small", 256, 100.0),
@@ -98,8 +98,8 @@ def test_dedicated_sizes_each_function_for_its_model(costs: CostModel) -> None:
     }
 
 
-def test_dedicated_uniform_gives_every_function_the_group_instance(costs: CostModel) -> None:
-    d = Driver(UniformDedicatedPolicy(), costs)
+def test_dedicated_gives_every_function_the_group_instance(costs: CostModel) -> None:
+    d = Driver(DedicatedPolicy(), costs)
     small = d.send("small", 0.0).decision.shape
     large = d.send("large", 0.0).decision.shape
     assert small is not None
@@ -400,7 +400,10 @@ def test_make_policy_knows_every_name() -> None:
     assert make_policy("lru-multiplex", max_models=5).resident_limit == 5
     assert make_policy("sesemi").resident_limit is None
     assert make_policy("sesemi-1model").resident_limit == 1
-    assert isinstance(make_policy("dedicated-uniform"), UniformDedicatedPolicy)
+    # the earlier name of the baseline still works, and names it
+    assert type(make_policy("dedicated-uniform")) is DedicatedPolicy
+    assert make_policy("dedicated-uniform").name == "dedicated"
+    assert type(make_policy("dedicated-fitted")) is FittedDedicatedPolicy
     assert [make_policy(n).name for n in POLICY_NAMES] == list(POLICY_NAMES)
     with pytest.raises(ValueError, match="unknown policy 'nope'"):
         make_policy("nope")

@@ -11,6 +11,7 @@ from sealserve.packer import (
     CostModel,
     Decision,
     DedicatedPolicy,
+    FittedDedicatedPolicy,
     FunctionGroup,
     GroupConfig,
     Policy,
@@ -19,7 +20,6 @@ from sealserve.packer import (
     SesemiPolicy,
     Trace,
     TraceRequest,
-    UniformDedicatedPolicy,
     make_policy,
     simulate,
     synthetic_trace,
@@ -33,7 +33,9 @@ def trace(*rows: tuple[float, str] | tuple[float, str, float]) -> Trace:
 def test_one_request_pays_cold_start_load_and_inference(
     costs: CostModel, config: GroupConfig
 ) -> None:
-    result = simulate(trace((0.0, "small")), DedicatedPolicy(), costs, config=config, jitter=0)
+    result = simulate(
+        trace((0.0, "small")), FittedDedicatedPolicy(), costs, config=config, jitter=0
+    )
     assert result.latencies_s.tolist() == pytest.approx([1.0 + 0.1 + 0.01])
     assert (result.cold_starts, result.model_loads, result.after_cold_start) == (1, 0, 1)
     # alive from 0 until its keep-alive ran out after the request finished, billed for the
@@ -42,11 +44,19 @@ def test_one_request_pays_cold_start_load_and_inference(
     assert result.gb_s == pytest.approx(256 / 1024 * (1.11 + 180.0))
     assert result.instance_seconds == pytest.approx(181.11)
     assert result.function_s == pytest.approx({"group/small": 181.11})
+    # dedicated: the same, billed for the group's instance (1,000 MB budget + 100 MB runtime)
+    same = simulate(trace((0.0, "small")), DedicatedPolicy(), costs, config=config, jitter=0)
+    assert same.latencies_s.tolist() == result.latencies_s.tolist()
+    assert same.gb_s == pytest.approx(1152 / 1024 * (1.11 + 180.0))
 
 
 def test_a_warm_request_pays_only_its_inference(costs: CostModel, config: GroupConfig) -> None:
     result = simulate(
-        trace((0.0, "small"), (10.0, "small")), DedicatedPolicy(), costs, config=config, jitter=0
+        trace((0.0, "small"), (10.0, "small")),
+        FittedDedicatedPolicy(),
+        costs,
+        config=config,
+        jitter=0,
     )
     assert result.latencies_s.tolist() == pytest.approx([1.11, 0.01])
     assert result.gb_s == pytest.approx(256 / 1024 * (10.01 + 180.0))
@@ -74,7 +84,11 @@ def test_a_request_during_a_cold_start_waits_for_it(costs: CostModel, config: Gr
 
 def test_keep_alive_expiry_means_a_second_cold_start(costs: CostModel, config: GroupConfig) -> None:
     result = simulate(
-        trace((0.0, "small"), (500.0, "small")), DedicatedPolicy(), costs, config=config, jitter=0
+        trace((0.0, "small"), (500.0, "small")),
+        FittedDedicatedPolicy(),
+        costs,
+        config=config,
+        jitter=0,
     )
     assert result.cold_starts == 2
     assert result.gb_s == pytest.approx(256 / 1024 * 2 * 181.11)
@@ -84,17 +98,17 @@ def test_packing_shares_an_instance_where_dedicated_starts_two(costs: CostModel)
     rows = trace((0.0, "small"), (5.0, "medium"))
     # packed instances of 512 MB: 100 MB of runtime and room for both models
     config = GroupConfig(budget_mb=400.0, runtime_base_mb=100.0)
+    fitted = simulate(rows, FittedDedicatedPolicy(), costs, config=config, jitter=0)
     dedicated = simulate(rows, DedicatedPolicy(), costs, config=config, jitter=0)
-    uniform = simulate(rows, UniformDedicatedPolicy(), costs, config=config, jitter=0)
     packed = simulate(rows, SealservePolicy(priors=costs), costs, config=config, jitter=0)
     assert (dedicated.cold_starts, dedicated.model_loads) == (2, 0)
     assert (packed.cold_starts, packed.model_loads) == (1, 1)
     assert packed.latencies_s[1] == pytest.approx(0.4 + 0.05)
-    # dedicated: a 256 MB function for small and a 512 MB one for medium; uniform: 512 MB each
-    assert dedicated.gb_s == pytest.approx((256 * 181.11 + 512 * 181.45) / 1024)
-    assert uniform.gb_s == pytest.approx(512 * (181.11 + 181.45) / 1024)
+    # fitted: a 256 MB function for small and a 512 MB one for medium; dedicated: 512 MB each
+    assert fitted.gb_s == pytest.approx((256 * 181.11 + 512 * 181.45) / 1024)
+    assert dedicated.gb_s == pytest.approx(512 * (181.11 + 181.45) / 1024)
     assert packed.gb_s == pytest.approx(512 * 185.45 / 1024)
-    assert packed.gb_s < dedicated.gb_s < uniform.gb_s
+    assert packed.gb_s < fitted.gb_s < dedicated.gb_s
 
 
 def test_the_same_seed_gives_the_same_result(costs: CostModel, config: GroupConfig) -> None:
