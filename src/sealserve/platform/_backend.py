@@ -1,0 +1,120 @@
+"""The platform interface: where instances run.
+
+A backend starts instances, routes a request (or a model load) to one, checks its health,
+stops it, and reports what it knows of it.  :class:`~sealserve.platform.LocalBackend` runs
+each instance as a host + runtime process pair on this machine; another platform (Ray Serve
+replicas, OpenWhisk actions) implements the same protocol.  Backends make no decisions: the
+:class:`~sealserve.platform.PlatformController` does, and the
+:class:`~sealserve.platform.Platform` driver carries them out on a backend.
+
+Every call is a coroutine; a backend may do its blocking work on threads.  Failures are
+sealserve's exceptions with ``retryable`` set as the instance host sets it
+(:class:`~sealserve.errors.RuntimeUnavailable`, :class:`~sealserve.errors.AccessDenied`, ...);
+a backend that cannot reach or start an instance raises :class:`~sealserve.errors.PlatformError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["InferOutcome", "InstanceBackend", "InstanceHealth", "InstanceInfo"]
+
+
+class InstanceHealth(enum.Enum):
+    """What a health check found."""
+
+    #: The host answers and its runtime is ready.
+    READY = "ready"
+    #: The host answers; its runtime is (re)starting after a crash (the host restarts it).
+    RESTARTING = "restarting"
+    #: The host process is alive but did not answer.
+    UNREACHABLE = "unreachable"
+    #: The host gave up restarting its runtime: replace the instance.
+    FAILED = "failed"
+    #: The host process exited.
+    GONE = "gone"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceInfo:
+    """What a backend knows of a started instance (no secret: addresses, pids, measurement)."""
+
+    instance_id: int
+    url: str
+    pid: int | None = None
+    runtime_pid: int | None = None
+    measurement: str | None = None
+    #: The cold start's stages (ms) as the instance reported them (``sandbox_start``,
+    #: ``runtime_start``).
+    timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "url": self.url,
+            "pid": self.pid,
+            "runtime_pid": self.runtime_pid,
+            "measurement": self.measurement,
+            "timings": dict(self.timings),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InferOutcome:
+    """A served request: the sealed output and the instance's stage timings (ms)."""
+
+    sealed_output: bytes
+    timings: Mapping[str, float]
+
+
+@runtime_checkable
+class InstanceBackend(Protocol):
+    """Start, use, check and stop instances (see the module docstring)."""
+
+    async def start(
+        self, instance_id: int, *, memory_mb: int, budget_mb: float, concurrency: int
+    ) -> InstanceInfo:
+        """Start instance ``instance_id`` and return once it serves (a cold start)."""
+        ...
+
+    async def load(
+        self, instance_id: int, *, model_id: str, user_id: str, timeout_s: float
+    ) -> Mapping[str, float]:
+        """Make ``model_id`` resident there with ``user_id``'s keys; the load's stages (ms)."""
+        ...
+
+    async def evict(self, instance_id: int, *, model_id: str) -> bool:
+        """Drop ``model_id`` from the instance's memory (when idle); whether it was there."""
+        ...
+
+    async def infer(
+        self,
+        instance_id: int,
+        *,
+        model_id: str,
+        user_id: str,
+        request_id: str,
+        sealed_input: bytes,
+        deadline_ms: int,
+    ) -> InferOutcome:
+        """Serve one sealed request on the instance."""
+        ...
+
+    async def health(self, instance_id: int) -> InstanceHealth:
+        """Check the instance (cheap; called every few seconds)."""
+        ...
+
+    async def stop(self, instance_id: int) -> None:
+        """Stop the instance (gracefully, then by force); idempotent."""
+        ...
+
+    def describe(self, instance_id: int) -> InstanceInfo | None:
+        """What the backend knows of a started instance, if it is still running."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every instance and release the backend."""
+        ...

@@ -1,0 +1,76 @@
+"""The models the platform can serve: the sealed models of a model store, and their sizes.
+
+The router packs models by the memory they take in a runtime's budget; the runtime charges a
+model its size times ``memory_factor`` (docs/runtime.md), and a sealed model is its plaintext
+plus a few bytes per chunk, so the catalog charges the sealed size times the same factor (a
+slight over-estimate).  :meth:`ModelCatalog.get` reads a manifest afresh (an owner may have
+uploaded a new version); the router's frequent size lookups use the last one read.  Nothing
+here is secret.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+from sealserve.errors import ModelNotStored
+from sealserve.instance import ModelManifest, ModelStore
+from sealserve.keyservice import split_model_id
+
+__all__ = ["ModelCatalog"]
+
+_MIB = float(1 << 20)
+
+
+class ModelCatalog:
+    """The sealed models of ``store``, as the router and the gateway need them."""
+
+    def __init__(self, store: ModelStore, *, memory_factor: float = 4.0) -> None:
+        if not isinstance(store, ModelStore):
+            raise TypeError(f"store must be a ModelStore, got {type(store).__name__}")
+        if not memory_factor >= 1.0 or math.isinf(memory_factor):
+            raise ValueError(f"memory_factor must be a finite number >= 1, got {memory_factor!r}")
+        self.store = store
+        self.memory_factor = memory_factor
+        self._lock = threading.Lock()
+        self._cache: dict[str, ModelManifest] = {}
+
+    def get(self, model_id: str) -> ModelManifest:
+        """The manifest of ``model_id``, read now (the gateway does once per request);
+        :class:`~sealserve.errors.ModelNotStored` if none, ``ValueError`` for a string that
+        is not a model id."""
+        split_model_id(model_id)
+        try:
+            manifest = self.store.get(model_id)
+        except ModelNotStored:
+            with self._lock:
+                self._cache.pop(model_id, None)
+            raise ModelNotStored(f"no model {model_id} in the model store") from None
+        with self._lock:
+            self._cache[model_id] = manifest
+        return manifest
+
+    def __contains__(self, model_id: object) -> bool:
+        if not isinstance(model_id, str):
+            return False
+        try:
+            self.get(model_id)
+        except (ModelNotStored, ValueError):
+            return False
+        return True
+
+    def memory_mb(self, model_id: str) -> float:
+        """What ``model_id`` takes in a runtime's memory budget, in MiB (from the manifest
+        last read: the router asks often)."""
+        with self._lock:
+            manifest = self._cache.get(model_id)
+        if manifest is None:
+            manifest = self.get(model_id)
+        return manifest.size * self.memory_factor / _MIB
+
+    def list(self) -> list[ModelManifest]:
+        """Every stored model, by id."""
+        return self.store.list()
+
+    def __repr__(self) -> str:
+        return f"ModelCatalog({str(self.store.root)!r}, memory_factor={self.memory_factor})"

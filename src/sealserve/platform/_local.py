@@ -1,0 +1,342 @@
+"""The local backend: each instance is a host + runtime process pair on this machine.
+
+An instance is ``sealserve instance serve`` started as a subprocess (the untrusted host),
+which launches its sealed runtime through the simulated TEE's platform daemon (``--tee-socket``)
+and serves the binary ``/v1/infer`` endpoint on a free port of 127.0.0.1.  The backend waits for
+the host's ready file, talks to it with :class:`~sealserve.instance.InstanceClient` on a pool
+of threads (the client is blocking, and keeps one connection per thread), checks
+``/healthz``, and stops the host with SIGTERM (the host closes its runtime; the daemon ends a
+runtime whose host went away), then SIGKILL if it does not stop in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import http.client
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from sealserve._log import get_logger
+from sealserve.errors import PlatformError
+from sealserve.instance import SPAWNED_AT_ENV, InstanceClient
+from sealserve.platform._backend import InferOutcome, InstanceHealth, InstanceInfo
+
+__all__ = ["LocalBackend", "LocalOptions"]
+
+_log = get_logger(__name__)
+_T = TypeVar("_T")
+_POLL_S: Final = 0.02
+_HEALTH_TIMEOUT_S: Final = 3.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LocalOptions:
+    """How the local backend starts instances.
+
+    ``tee_socket`` is the simulated TEE's platform daemon that launches runtimes;
+    ``platform_key_file`` and ``keyservice_measurement`` are the runtime's pin of the KeyService
+    (its measured launch config: what owners grant).  Ready files and each instance's log go to
+    ``run_dir``.
+    """
+
+    store_dir: Path
+    keyservice_url: str
+    tee_socket: Path
+    platform_key_file: Path
+    keyservice_measurement: str
+    run_dir: Path
+    memory_factor: float = 4.0
+    threads: int = 2
+    max_body_mb: int = 64
+    log_level: str = "WARNING"
+    host: str = "127.0.0.1"
+    python: str = dataclasses.field(default_factory=lambda: sys.executable)
+    stop_timeout_s: float = 20.0
+    io_threads: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.keyservice_url.startswith(("http://", "https://")):
+            raise ValueError(f"keyservice_url must be an http(s) URL, got {self.keyservice_url!r}")
+        if not self.memory_factor >= 1.0 or math.isinf(self.memory_factor):
+            raise ValueError(
+                f"memory_factor must be a finite number >= 1, got {self.memory_factor!r}"
+            )
+        for name in ("threads", "max_body_mb", "io_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(
+                f"log_level has value {self.log_level!r}; use DEBUG, INFO, WARNING or ERROR"
+            )
+        if not self.stop_timeout_s > 0:
+            raise ValueError(f"stop_timeout_s must be > 0, got {self.stop_timeout_s!r}")
+
+
+@dataclasses.dataclass
+class _LocalInstance:
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    ready_file: Path
+    info: InstanceInfo | None = None
+    client: InstanceClient | None = None
+
+
+class LocalBackend:
+    """Instances as ``sealserve instance serve`` subprocesses (see the module docstring)."""
+
+    def __init__(self, options: LocalOptions) -> None:
+        if not isinstance(options, LocalOptions):
+            raise TypeError(f"options must be LocalOptions, got {type(options).__name__}")
+        self.options = options
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            options.io_threads, thread_name_prefix="platform-io"
+        )
+        self._instances: dict[int, _LocalInstance] = {}
+        self._closed = False
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _instance(self, instance_id: int) -> _LocalInstance:
+        inst = self._instances.get(instance_id)
+        if inst is None:
+            raise PlatformError(f"instance {instance_id} is not running on this backend")
+        return inst
+
+    def _client(self, instance_id: int) -> InstanceClient:
+        client = self._instance(instance_id).client
+        if client is None:
+            error = PlatformError(f"instance {instance_id} is still starting")
+            error.retryable = True
+            raise error
+        return client
+
+    def instance_command(
+        self, *, budget_mb: float, concurrency: int, ready_file: Path
+    ) -> list[str]:
+        """The command line of one instance host."""
+        o = self.options
+        return [
+            o.python, "-m", "sealserve", "instance", "serve",
+            "--store", str(o.store_dir),
+            "--keyservice", o.keyservice_url,
+            "--host", o.host,
+            "--port", "0",
+            "--tee-socket", str(o.tee_socket),
+            "--data-dir", str(o.run_dir),
+            "--platform-key", str(o.platform_key_file),
+            "--keyservice-measurement", o.keyservice_measurement,
+            "--memory-budget-mb", str(max(1, math.ceil(budget_mb))),
+            "--memory-factor", repr(float(o.memory_factor)),
+            "--threads", str(o.threads),
+            "--concurrency", str(concurrency),
+            "--max-body-mb", str(o.max_body_mb),
+            "--ready-file", str(ready_file),
+            "--log-level", o.log_level,
+        ]  # fmt: skip
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    async def start(
+        self, instance_id: int, *, memory_mb: int, budget_mb: float, concurrency: int
+    ) -> InstanceInfo:
+        if self._closed:
+            raise PlatformError("the local backend is closed")
+        if instance_id in self._instances:
+            raise PlatformError(f"instance {instance_id} is already running")
+        run_dir = self.options.run_dir
+        ready_file = run_dir / f"instance-{instance_id}.ready"
+        log_path = run_dir / f"instance-{instance_id}.log"
+        command = self.instance_command(
+            budget_mb=budget_mb, concurrency=concurrency, ready_file=ready_file
+        )
+
+        def spawn() -> subprocess.Popen[bytes]:
+            run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            ready_file.unlink(missing_ok=True)
+            env = dict(os.environ, **{SPAWNED_AT_ENV: repr(time.time())})
+            with log_path.open("ab") as log:
+                return subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    start_new_session=True,
+                )
+
+        try:
+            popen = await self._call(spawn)
+        except OSError as exc:
+            raise PlatformError(f"could not start instance {instance_id}: {exc}") from exc
+        inst = _LocalInstance(popen, log_path, ready_file)
+        self._instances[instance_id] = inst
+        _log.event("platform.instance_spawned", instance=instance_id, pid=popen.pid)
+        while not ready_file.exists():
+            code = popen.poll()
+            if code is not None:
+                raise PlatformError(
+                    f"instance {instance_id} exited with status {code} before it was ready "
+                    f"(log: {log_path}): {_tail(log_path)}"
+                )
+            await asyncio.sleep(_POLL_S)
+        try:
+            ready = json.loads(ready_file.read_text(encoding="utf-8"))
+            url = str(ready["url"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PlatformError(f"instance {instance_id} wrote an unreadable ready file") from exc
+        timings = {
+            name: float(ready[key])
+            for name, key in (
+                ("sandbox_start", "sandbox_start_ms"),
+                ("runtime_start", "runtime_start_ms"),
+            )
+            if isinstance(ready.get(key), int | float)
+        }
+        info = InstanceInfo(
+            instance_id=instance_id,
+            url=url,
+            pid=int(ready.get("pid", popen.pid)),
+            runtime_pid=_int_or_none(ready.get("runtime_pid")),
+            measurement=str(ready.get("measurement") or "") or None,
+            timings=timings,
+        )
+        inst.client = InstanceClient(url).open()
+        inst.info = info
+        _log.event(
+            "platform.instance_ready", instance=instance_id, url=url, runtime_pid=info.runtime_pid
+        )
+        return info
+
+    async def load(
+        self, instance_id: int, *, model_id: str, user_id: str, timeout_s: float
+    ) -> Mapping[str, float]:
+        client = self._client(instance_id)
+        return await self._call(
+            lambda: client.load(model_id=model_id, user_id=user_id, timeout_s=timeout_s)
+        )
+
+    async def evict(self, instance_id: int, *, model_id: str) -> bool:
+        client = self._client(instance_id)
+        return await self._call(lambda: client.evict(model_id))
+
+    async def infer(
+        self,
+        instance_id: int,
+        *,
+        model_id: str,
+        user_id: str,
+        request_id: str,
+        sealed_input: bytes,
+        deadline_ms: int,
+    ) -> InferOutcome:
+        client = self._client(instance_id)
+        result = await self._call(
+            lambda: client.infer(
+                model_id=model_id,
+                user_id=user_id,
+                request_id=request_id,
+                sealed_input=sealed_input,
+                deadline_ms=deadline_ms,
+            )
+        )
+        return InferOutcome(result.sealed_output, result.timings)
+
+    async def health(self, instance_id: int) -> InstanceHealth:
+        inst = self._instances.get(instance_id)
+        if inst is None or inst.popen.poll() is not None:
+            return InstanceHealth.GONE
+        if inst.info is None:
+            return InstanceHealth.RESTARTING
+        url = inst.info.url
+        return await self._call(lambda: _check_health(url))
+
+    async def stop(self, instance_id: int) -> None:
+        inst = self._instances.pop(instance_id, None)
+        if inst is None:
+            return
+        await self._call(lambda: self._stop_sync(instance_id, inst))
+
+    def _stop_sync(self, instance_id: int, inst: _LocalInstance) -> None:
+        if inst.client is not None:
+            inst.client.close()
+        popen = inst.popen
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(self.options.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait(10)
+        inst.ready_file.unlink(missing_ok=True)
+        _log.event("platform.instance_stopped", instance=instance_id, status=popen.returncode)
+
+    def describe(self, instance_id: int) -> InstanceInfo | None:
+        inst = self._instances.get(instance_id)
+        return None if inst is None else inst.info
+
+    def log_path(self, instance_id: int) -> Path | None:
+        inst = self._instances.get(instance_id)
+        return None if inst is None else inst.log_path
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.gather(
+            *(self.stop(iid) for iid in list(self._instances)), return_exceptions=True
+        )
+        self._executor.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(instances={sorted(self._instances)})"
+
+
+def _check_health(url: str) -> InstanceHealth:
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(
+        parsed.hostname or "127.0.0.1", parsed.port, timeout=_HEALTH_TIMEOUT_S
+    )
+    try:
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException):
+        return InstanceHealth.UNREACHABLE
+    finally:
+        connection.close()
+    if response.status == 200:
+        return InstanceHealth.READY
+    try:
+        status = json.loads(body).get("status")
+    except (ValueError, AttributeError):
+        status = None
+    return InstanceHealth.FAILED if status == "failed" else InstanceHealth.RESTARTING
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[-limit:]

@@ -1,0 +1,470 @@
+"""The platform driver: the controller's decisions carried out on a backend, on one event loop.
+
+::
+
+    backend = LocalBackend(LocalOptions(...))
+    async with Platform(backend, config=PlatformConfig(), model_memory_mb=catalog.memory_mb):
+        result = await platform.infer(model_id=..., user_id=..., request_id=...,
+                                      sealed_input=envelope, deadline_s=time.time() + 30)
+        result.sealed_output, result.timings, result.decision.describe()
+
+Every call of the controller happens on the loop that opened the platform; backend calls run
+as tasks.  A timer wakes the controller when it has something to do (a keep-alive, a deadline)
+and checks the instances' health every ``health_interval_s``.  Closing refuses what has not
+been sent, lets what runs finish (up to ``drain_s``), and stops every instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import itertools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._log import get_logger
+from sealserve.errors import (
+    DeadlineExceeded,
+    InstanceError,
+    PlatformError,
+    RuntimeUnavailable,
+    SealserveError,
+)
+from sealserve.packer import CostPriors, Policy, make_policy
+from sealserve.platform._actions import (
+    Action,
+    DecisionRecord,
+    LoadModel,
+    Reject,
+    RunRequest,
+    StartInstance,
+    StopInstance,
+)
+from sealserve.platform._backend import InstanceBackend, InstanceHealth, InstanceInfo
+from sealserve.platform._config import PlatformConfig
+from sealserve.platform._controller import PlatformController
+from sealserve.platform._metrics import PlatformMetrics
+from sealserve.platform._stats import PlatformStats
+from sealserve.runtime import timings
+
+__all__ = ["Platform", "PlatformResult", "PlatformState"]
+
+_log = get_logger(__name__)
+#: Added to a request's deadline before the driver stops waiting for an answer on its own
+#: (the instance enforces the deadline; this only bounds a call that never comes back).
+_ANSWER_GRACE_S = 10.0
+#: The stages of a load that a request which waited for it reports as its own.
+_LOAD_STAGES = frozenset(
+    {
+        timings.ATTESTATION_KEY_RELEASE,
+        timings.MODEL_FETCH,
+        timings.MODEL_UNSEAL_SESSION,
+        timings.MODEL_WAIT,
+        timings.SANDBOX_START,
+        timings.RUNTIME_START,
+    }
+)
+
+
+class PlatformState(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlatformResult:
+    """A served request: the sealed output, the stage timings (ms), how it was routed.
+
+    ``timings`` holds the instance's stages (docs/runtime.md) and the platform's: ``queue``
+    (arrival to sent, which includes any wait below), ``cold_start`` (the start of the
+    instance it waited for), ``model_load`` (the load it waited for; the load's own stages
+    are included under their names) and ``platform`` (arrival to answer).
+    """
+
+    request_id: str
+    sealed_output: bytes
+    timings: Mapping[str, float]
+    decision: DecisionRecord | None
+    instance_id: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    model_id: str
+    user_id: str
+    request_id: str
+    sealed_input: bytes
+    deadline_ms: int
+    arrived: float
+    future: asyncio.Future[PlatformResult]
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Platform:
+    """Instances on a backend, routed by an FnPacker policy (see the module docstring).
+
+    ``model_memory_mb`` gives the memory a model takes in a runtime's budget.  ``policy`` is
+    made from ``config.policy`` (with ``priors``, the measured cost model, when given) unless
+    one is passed.  With ``autotick`` off no timer runs: call :meth:`tick` and
+    :meth:`check_health` (tests move a manual clock instead of sleeping).
+    """
+
+    def __init__(
+        self,
+        backend: InstanceBackend,
+        *,
+        config: PlatformConfig,
+        model_memory_mb: Callable[[str], float],
+        policy: Policy | None = None,
+        priors: CostPriors | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        registry: CollectorRegistry | None = None,
+        autotick: bool = True,
+        drain_s: float = 30.0,
+    ) -> None:
+        if not isinstance(backend, InstanceBackend):
+            raise TypeError(f"backend must be an InstanceBackend, got {type(backend).__name__}")
+        if not drain_s >= 0:
+            raise ValueError(f"drain_s must be >= 0, got {drain_s!r}")
+        self.backend = backend
+        self.config = config
+        self.controller = PlatformController(
+            config,
+            policy=policy if policy is not None else make_policy(config.policy, priors=priors),
+            model_memory_mb=model_memory_mb,
+        )
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = PlatformMetrics(self.registry, self.stats)
+        self._clock = clock
+        self._autotick = autotick
+        self._drain_s = drain_s
+        self._ids = itertools.count(1)
+        self._calls: dict[int, _Call] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[int] = set()
+        self._cold_start_ms: dict[int, float] = {}
+        self._timer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._planned: float = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.state = PlatformState.UNOPENED
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> Platform:
+        if self.state is not PlatformState.UNOPENED:
+            raise PlatformError(f"the platform is {self.state.value}; open it once")
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.state = PlatformState.OPENED
+        if self._autotick:
+            self._timer = asyncio.create_task(self._timer_loop(), name="platform-timer")
+        _log.event("platform.opened", policy=self.controller.policy_name)
+        return self
+
+    async def close(self) -> None:
+        """Refuse what was not sent, let what runs finish (up to ``drain_s``), stop all."""
+        if self.state in (PlatformState.CLOSING, PlatformState.CLOSED):
+            return
+        if self.state is PlatformState.UNOPENED:
+            self.state = PlatformState.CLOSED
+            return
+        self.state = PlatformState.CLOSING
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        self._apply(self.controller.refuse_pending(self._now()))
+        runs = [t for t in self._tasks if not t.done() and t.get_name().startswith("run-")]
+        if runs:
+            await asyncio.wait(runs, timeout=self._drain_s)
+        self._apply(self.controller.shutdown(self._now()))
+        stops = [t for t in self._tasks if not t.done() and t.get_name().startswith("stop-")]
+        if stops:
+            await asyncio.wait(stops)
+        await self.backend.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self.state = PlatformState.CLOSED
+        _log.event("platform.closed")
+
+    async def __aenter__(self) -> Platform:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        *,
+        model_id: str,
+        user_id: str,
+        request_id: str,
+        sealed_input: bytes,
+        deadline_s: float,
+    ) -> PlatformResult:
+        """Serve one sealed request by ``deadline_s`` (Unix seconds); raises sealserve's
+        errors (``retryable`` where sending it again may succeed)."""
+        if self.state is not PlatformState.OPENED:
+            error = PlatformError(f"the platform is {self.state.value}")
+            error.retryable = self.state is PlatformState.CLOSING
+            raise error
+        loop = asyncio.get_running_loop()
+        now = self._now()
+        remaining = deadline_s - self._clock.time()
+        if remaining <= 0:
+            raise DeadlineExceeded("the request's deadline passed before it arrived")
+        rid = next(self._ids)
+        future: asyncio.Future[PlatformResult] = loop.create_future()
+        call = _Call(
+            model_id=model_id,
+            user_id=user_id,
+            request_id=request_id,
+            sealed_input=sealed_input,
+            deadline_ms=int(deadline_s * 1000),
+            arrived=now,
+            future=future,
+        )
+        self._calls[rid] = call
+        try:
+            actions = self.controller.submit(
+                rid, model=model_id, user_id=user_id, deadline=now + remaining, now=now
+            )
+        except BaseException:
+            del self._calls[rid]
+            raise
+        self._apply(actions)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), remaining + _ANSWER_GRACE_S)
+        except TimeoutError:
+            raise DeadlineExceeded("no answer from the instance by the deadline") from None
+        finally:
+            if not future.done():
+                future.cancel()
+                self._apply(self.controller.abandon(rid, self._now()))
+            if rid not in self._running:
+                self._calls.pop(rid, None)
+
+    @property
+    def policy(self) -> str:
+        """The routing policy's name."""
+        return self.controller.policy_name
+
+    def stats(self) -> PlatformStats:
+        return self.controller.snapshot(self._now(), describe=self.backend.describe)
+
+    def describe(self, instance_id: int) -> InstanceInfo | None:
+        return self.backend.describe(instance_id)
+
+    async def tick(self) -> None:
+        """Let the controller act on the time (keep-alives, deadlines, retries)."""
+        self._apply(self.controller.tick(self._now()))
+
+    async def check_health(self) -> None:
+        """Check every ready instance once; replace those that are gone or failed."""
+        ids = self.controller.ready_instance_ids()
+        results = await asyncio.gather(
+            *(self._health_of(iid) for iid in ids), return_exceptions=False
+        )
+        for iid, status in zip(ids, results, strict=True):
+            self._apply(self.controller.health(iid, status, self._now()))
+
+    async def _health_of(self, instance_id: int) -> InstanceHealth:
+        try:
+            return await asyncio.wait_for(self.backend.health(instance_id), 10.0)
+        except (TimeoutError, SealserveError, OSError):
+            return InstanceHealth.UNREACHABLE
+
+    # -- carrying out actions ------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock.monotonic()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Reject):
+                call = self._calls.get(action.request_id)
+                if call is not None and not call.future.done():
+                    call.future.set_exception(action.error)
+                if action.request_id not in self._running:
+                    self._calls.pop(action.request_id, None)
+            elif isinstance(action, RunRequest):
+                self._running.add(action.request_id)
+                self._spawn(self._run(action), f"run-{action.request_id}")
+            elif isinstance(action, LoadModel):
+                self._spawn(self._load(action), f"load-{action.instance_id}")
+            elif isinstance(action, StartInstance):
+                self._spawn(self._start(action), f"start-{action.instance_id}")
+            elif isinstance(action, StopInstance):
+                _log.event(
+                    "platform.stop_instance", instance=action.instance_id, reason=action.reason
+                )
+                self._spawn(self.backend.stop(action.instance_id), f"stop-{action.instance_id}")
+        if actions and self._wake is not None:
+            wakeup = self.controller.next_wakeup()
+            if wakeup is not None and wakeup < self._planned:
+                self._wake.set()
+
+    async def _start(self, action: StartInstance) -> None:
+        iid = action.instance_id
+        began = self._now()
+        try:
+            info = await asyncio.wait_for(
+                self.backend.start(
+                    iid,
+                    memory_mb=action.memory_mb,
+                    budget_mb=action.budget_mb,
+                    concurrency=action.concurrency,
+                ),
+                self.config.start_timeout_s,
+            )
+        except (SealserveError, OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            _log.event("platform.start_failed", instance=iid, error=type(exc).__name__)
+            self._apply(self.controller.start_failed(iid, self._now(), reason))
+            await self.backend.stop(iid)
+            return
+        took = self._now() - began
+        self._cold_start_ms[iid] = took * 1000
+        self.metrics.cold_start.observe(took)
+        if iid not in self.controller.instance_ids():  # it was dropped meanwhile
+            await self.backend.stop(iid)
+            return
+        _log.event("platform.instance_started", instance=iid, seconds=round(took, 3), url=info.url)
+        self._apply(self.controller.started(iid, self._now()))
+
+    async def _load(self, action: LoadModel) -> None:
+        iid, model = action.instance_id, action.model
+        for victim in action.evict:
+            try:
+                await self.backend.evict(iid, model_id=victim)
+            except (SealserveError, ValueError) as exc:
+                _log.event("platform.evict_failed", instance=iid, error=type(exc).__name__)
+        began = self._now()
+        error: SealserveError | None = None
+        stages: Mapping[str, float] = {}
+        try:
+            stages = await self.backend.load(
+                iid, model_id=model, user_id=action.user_id, timeout_s=self.config.load_timeout_s
+            )
+        except SealserveError as exc:
+            error = exc
+        except (OSError, ValueError) as exc:
+            error = PlatformError(f"the load failed: {exc}")
+        took = self._now() - began
+        if error is None:
+            self.metrics.model_load.observe(took)
+        else:
+            _log.event("platform.load_failed", instance=iid, error=type(error).__name__)
+        actions = self.controller.loaded(iid, model, self._now(), load_s=took, error=error)
+        for act in actions:
+            if isinstance(act, RunRequest) and act.instance_id == iid:
+                call = self._calls.get(act.request_id)
+                if call is not None and call.model_id == model:
+                    call.extra["model_load"] = took * 1000
+                    call.extra.update((k, v) for k, v in stages.items() if k in _LOAD_STAGES)
+        self._apply(actions)
+
+    async def _run(self, action: RunRequest) -> None:
+        rid, iid = action.request_id, action.instance_id
+        call = self._calls[rid]
+        decision = self.controller.decision_for(rid)
+        if self.controller.waited_for_cold_start(rid) and iid in self._cold_start_ms:
+            call.extra["cold_start"] = self._cold_start_ms[iid]
+        sent = self._now()
+        queue_s = sent - call.arrived
+        self.metrics.queue.observe(queue_s)
+        error: SealserveError | None = None
+        timings: Mapping[str, float] = {}
+        output = b""
+        try:
+            outcome = await self.backend.infer(
+                iid,
+                model_id=call.model_id,
+                user_id=call.user_id,
+                request_id=call.request_id,
+                sealed_input=call.sealed_input,
+                deadline_ms=call.deadline_ms,
+            )
+            output, timings = outcome.sealed_output, outcome.timings
+        except SealserveError as exc:
+            error = exc
+        except (OSError, ValueError) as exc:
+            error = PlatformError(f"the instance failed the request: {exc}")
+        finally:
+            self._running.discard(rid)
+        now = self._now()
+        inference = timings.get("inference")
+        self._apply(
+            self.controller.finished(
+                rid,
+                now,
+                exec_s=None if inference is None else inference / 1000,
+                ok=error is None,
+                loaded_model="model_fetch" in timings,
+                runtime_lost=isinstance(error, RuntimeUnavailable),
+            )
+        )
+        if isinstance(error, InstanceError) and error.retryable:
+            self._spawn(self._check_one(iid), f"health-{iid}")  # unreachable: look now
+        self._calls.pop(rid, None)
+        if call.future.done():
+            return
+        if error is not None:
+            call.future.set_exception(error)
+            return
+        merged = dict(call.extra)
+        merged.update(timings)
+        merged["queue"] = queue_s * 1000
+        merged["platform"] = (now - call.arrived) * 1000
+        call.future.set_result(
+            PlatformResult(
+                request_id=call.request_id,
+                sealed_output=output,
+                timings=merged,
+                decision=decision,
+                instance_id=iid,
+            )
+        )
+
+    async def _check_one(self, instance_id: int) -> None:
+        if instance_id in self.controller.ready_instance_ids():
+            status = await self._health_of(instance_id)
+            self._apply(self.controller.health(instance_id, status, self._now()))
+
+    async def _timer_loop(self) -> None:
+        assert self._wake is not None
+        next_health = self._now() + self.config.health_interval_s
+        while self.state is PlatformState.OPENED:
+            now = self._now()
+            self._apply(self.controller.tick(now))
+            if now >= next_health:
+                await self.check_health()
+                next_health = self._now() + self.config.health_interval_s
+            wakeup = self.controller.next_wakeup()
+            self._planned = min(wakeup if wakeup is not None else math.inf, next_health)
+            self._wake.clear()
+            delay = max(0.005, self._planned - self._now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def __repr__(self) -> str:
+        return (
+            f"Platform(policy={self.controller.policy_name!r}, state={self.state.value}, "
+            f"instances={len(self.controller.instance_ids())})"
+        )

@@ -1,0 +1,252 @@
+"""The platform driver over a backend in memory (the real interface, no process), with a
+manual clock: requests served through cold start and load, keep-alive, failures, closing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import pytest
+
+from sealserve._clock import ManualClock
+from sealserve.errors import (
+    DeadlineExceeded,
+    PlatformError,
+    RuntimeUnavailable,
+    SealserveError,
+)
+from sealserve.platform import (
+    InferOutcome,
+    InstanceBackend,
+    InstanceHealth,
+    InstanceInfo,
+    Platform,
+    PlatformConfig,
+    PlatformState,
+)
+
+USER = "c" * 64
+T = TypeVar("T")
+
+
+class MemoryBackend:
+    """Instances that exist only as entries of a dict; each call is recorded."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, InstanceInfo] = {}
+        self.started: list[int] = []
+        self.stopped: list[int] = []
+        self.loads: list[tuple[int, str, str]] = []
+        self.evicted: list[tuple[int, str]] = []
+        self.start_errors: list[SealserveError] = []
+        self.infer_errors: list[SealserveError] = []
+        self.health_of: dict[int, InstanceHealth] = {}
+        self.closed = False
+
+    async def start(
+        self, instance_id: int, *, memory_mb: int, budget_mb: float, concurrency: int
+    ) -> InstanceInfo:
+        await asyncio.sleep(0)
+        if self.start_errors:
+            raise self.start_errors.pop(0)
+        info = InstanceInfo(instance_id=instance_id, url=f"mem://{instance_id}", pid=100)
+        self.running[instance_id] = info
+        self.started.append(instance_id)
+        return info
+
+    async def load(
+        self, instance_id: int, *, model_id: str, user_id: str, timeout_s: float
+    ) -> Mapping[str, float]:
+        await asyncio.sleep(0)
+        self.loads.append((instance_id, model_id, user_id))
+        return {"model_fetch": 5.0, "model_unseal_session": 20.0, "total": 26.0}
+
+    async def evict(self, instance_id: int, *, model_id: str) -> bool:
+        self.evicted.append((instance_id, model_id))
+        return True
+
+    async def infer(
+        self,
+        instance_id: int,
+        *,
+        model_id: str,
+        user_id: str,
+        request_id: str,
+        sealed_input: bytes,
+        deadline_ms: int,
+    ) -> InferOutcome:
+        await asyncio.sleep(0)
+        if self.infer_errors:
+            raise self.infer_errors.pop(0)
+        return InferOutcome(b"out:" + sealed_input, {"inference": 2.0, "total": 3.0})
+
+    async def health(self, instance_id: int) -> InstanceHealth:
+        return self.health_of.get(instance_id, InstanceHealth.READY)
+
+    async def stop(self, instance_id: int) -> None:
+        if self.running.pop(instance_id, None) is not None:
+            self.stopped.append(instance_id)
+
+    def describe(self, instance_id: int) -> InstanceInfo | None:
+        return self.running.get(instance_id)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def run(body: Callable[[Platform, MemoryBackend, ManualClock], Awaitable[T]], **config: Any) -> T:
+    backend = MemoryBackend()
+    assert isinstance(backend, InstanceBackend)
+    clock = ManualClock(start=1_000.0)
+    platform = Platform(
+        backend,
+        config=PlatformConfig(**config),
+        model_memory_mb=lambda _m: 50.0,
+        clock=clock,
+        autotick=False,
+    )
+
+    async def main() -> T:
+        async with platform:
+            return await body(platform, backend, clock)
+
+    return asyncio.run(main())
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def infer(platform: Platform, clock: ManualClock, model: str = "m", rid: str = "r1") -> Any:
+    return await platform.infer(
+        model_id=model,
+        user_id=USER,
+        request_id=rid,
+        sealed_input=b"sealed",
+        deadline_s=clock.time() + 30,
+    )
+
+
+def test_a_request_is_served_through_a_cold_start_and_a_load_then_warm() -> None:
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        first = await infer(platform, clock)
+        assert first.sealed_output == b"out:sealed"
+        assert first.instance_id == 0
+        assert first.decision is not None
+        assert first.decision.kind == "start"
+        for stage in ("cold_start", "model_load", "model_fetch", "inference", "queue", "platform"):
+            assert stage in first.timings, stage
+        assert backend.loads == [(0, "m", USER)]
+        second = await infer(platform, clock, rid="r2")
+        assert second.decision is not None
+        assert second.decision.kind == "run"
+        assert "cold_start" not in second.timings
+        assert "model_load" not in second.timings
+        stats = platform.stats()
+        assert stats.counters["served"] == 2
+        assert stats.counters["cold_starts"] == 1
+        assert stats.instances[0].url == "mem://0"
+        assert platform.policy == "sealserve"
+
+    run(body)
+
+
+def test_an_idle_instance_stops_after_its_keep_alive_and_the_next_request_starts_one() -> None:
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        await infer(platform, clock)
+        clock.advance(59.0)
+        await platform.tick()
+        await settle()
+        assert backend.stopped == []
+        clock.advance(1.0)
+        await platform.tick()
+        await settle()
+        assert backend.stopped == [0]
+        assert platform.stats().instances == ()
+        assert platform.stats().gb_seconds == pytest.approx(2.0 * 60.0)
+        await infer(platform, clock, rid="r2")
+        assert backend.started == [0, 1]
+
+    run(body, keep_alive_s=60.0, instance_memory_mb=2048)
+
+
+def test_a_runtime_lost_under_a_request_is_a_retryable_error() -> None:
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        await infer(platform, clock)
+        backend.infer_errors.append(RuntimeUnavailable("the runtime died"))
+        with pytest.raises(RuntimeUnavailable) as info:
+            await infer(platform, clock, rid="r2")
+        assert info.value.retryable
+        assert platform.stats().counters["runtime_failures"] == 1
+        third = await infer(platform, clock, rid="r3")  # the instance serves on
+        assert third.sealed_output == b"out:sealed"
+
+    run(body)
+
+
+def test_instances_that_do_not_start_are_replaced_then_the_request_is_refused() -> None:
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        backend.start_errors += [PlatformError("exit 1"), PlatformError("exit 1")]
+        with pytest.raises(PlatformError, match="before the request ran") as info:
+            await infer(platform, clock)
+        assert info.value.retryable
+        assert platform.stats().counters["failed_starts"] == 2
+        result = await infer(platform, clock, rid="r2")  # the third start works
+        assert result.instance_id == 2
+
+    run(body, max_reroutes=1)
+
+
+def test_a_gone_instance_is_replaced() -> None:
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        await infer(platform, clock)
+        backend.health_of[0] = InstanceHealth.GONE
+        await platform.check_health()
+        await settle()
+        assert backend.stopped == [0]
+        assert platform.stats().counters["instances_replaced"] == 1
+        result = await infer(platform, clock, rid="r2")
+        assert result.instance_id == 1
+
+    run(body)
+
+
+def test_a_deadline_already_past_is_refused_before_routing() -> None:
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        with pytest.raises(DeadlineExceeded, match="passed before it arrived"):
+            await platform.infer(
+                model_id="m",
+                user_id=USER,
+                request_id="r",
+                sealed_input=b"x",
+                deadline_s=clock.time() - 1,
+            )
+        assert backend.started == []
+
+    run(body)
+
+
+def test_closing_stops_every_instance_and_refuses_new_requests() -> None:
+    backend = MemoryBackend()
+    clock = ManualClock()
+    platform = Platform(
+        backend,
+        config=PlatformConfig(),
+        model_memory_mb=lambda _m: 50.0,
+        clock=clock,
+        autotick=False,
+    )
+
+    async def main() -> None:
+        await platform.open()
+        await infer(platform, clock)
+        await platform.close()
+        assert platform.state is PlatformState.CLOSED
+        assert backend.stopped == [0]
+        assert backend.closed
+        with pytest.raises(PlatformError, match="closed"):
+            await infer(platform, clock, rid="r2")
+
+    asyncio.run(main())
