@@ -3,8 +3,19 @@
 :class:`Owner` and :class:`User` hold an identity and an attested connection to the
 KeyService (:class:`KeyServiceClient`, pinned by a :class:`KeyServicePin`); every key they
 upload is HPKE-wrapped to the KeyService's attested public key.
+
+:func:`upload_model` seals a model straight into the model store and hands its key over;
+:class:`GatewayClient` is the user's side of an inference (seal the input, send it to the
+gateway, unseal the output).
 """
 
+from sealserve.client._gateway import (
+    GatewayAnswer,
+    GatewayClient,
+    GatewayClientState,
+    Inference,
+    error_for_response,
+)
 from sealserve.client._keyservice import ClientState, KeyServiceClient, KeyServicePin
 from sealserve.client._principals import (
     ModelInfo,
@@ -13,14 +24,22 @@ from sealserve.client._principals import (
     RequestKeyReceipt,
     User,
 )
+from sealserve.client._upload import UploadReceipt, upload_model
 
 __all__ = [
     "ClientState",
+    "GatewayAnswer",
+    "GatewayClient",
+    "GatewayClientState",
+    "Inference",
     "KeyServiceClient",
     "KeyServicePin",
     "ModelInfo",
     "ModelKeyReceipt",
     "Owner",
     "RequestKeyReceipt",
+    "UploadReceipt",
     "User",
+    "error_for_response",
+    "upload_model",
 ]

@@ -1,0 +1,381 @@
+"""The public inference API: sealed envelopes in, sealed envelopes out.
+
+* ``POST /v1/models/{owner_id}/{name}:infer`` — body: the sealed input (binary,
+  ``application/octet-stream``, with a ``Content-Length``); headers: the user id, the request
+  id (both bound in the envelopes) and optionally a deadline.  Answer: the sealed output, the
+  stage timings in ``Server-Timing``, the routing decision in ``x-sealserve-decision*``;
+* ``GET /v1/models`` — the stored models (ids, sizes, key versions; nothing secret);
+* ``GET /v1/platform`` — instances, meters, counters and recent routing decisions;
+* ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json``.
+
+The gateway never holds a key: it checks ids, sizes and deadlines, refuses what it cannot
+serve (unknown model, too large, too many requests), hands the envelope to the platform and
+relays the answer, including retryable failures as retryable (503 or 429 with
+``Retry-After``).  See docs/http-api.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._log import get_logger
+from sealserve.config import GatewaySettings
+from sealserve.errors import DeadlineExceeded, ModelNotStored
+from sealserve.gateway import _headers as hd
+from sealserve.gateway._errors import error_body, error_for, too_many_requests, unknown_model
+from sealserve.gateway._metrics import GatewayMetrics
+from sealserve.gateway._openapi import openapi_document
+from sealserve.instance import HostError, ModelManifest
+from sealserve.keyservice import split_model_id
+from sealserve.platform import PlatformResult, PlatformStats
+from sealserve.runtime import check_request_id
+
+__all__ = ["Gateway", "GatewayOptions", "InferenceBackend", "ModelDirectory"]
+
+_log = get_logger(__name__)
+_PRINCIPAL = re.compile(r"[0-9a-f]{64}")
+_OCTETS: Final = "application/octet-stream"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GatewayOptions:
+    """Limits of the public API (the ``[gateway]`` settings)."""
+
+    #: Largest sealed input accepted.
+    max_body_bytes: int = 64 << 20
+    #: Deadline of a request that names none.
+    default_timeout_s: float = 60.0
+    #: Longest deadline a request may ask for.
+    max_timeout_s: float = 600.0
+    #: Requests the gateway holds at once (reading, waiting, running); more get 429.
+    max_queued: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_queued"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("default_timeout_s", "max_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0 or math.isinf(value):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError(
+                f"default_timeout_s ({self.default_timeout_s!r}) must not exceed "
+                f"max_timeout_s ({self.max_timeout_s!r})"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> GatewayOptions:
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            default_timeout_s=settings.request_timeout_s,
+            max_timeout_s=max(600.0, settings.request_timeout_s),
+            max_queued=settings.max_queued,
+        )
+
+
+class InferenceBackend(Protocol):
+    """What the gateway needs of the platform (:class:`~sealserve.platform.Platform` is one)."""
+
+    async def infer(
+        self,
+        *,
+        model_id: str,
+        user_id: str,
+        request_id: str,
+        sealed_input: bytes,
+        deadline_s: float,
+    ) -> PlatformResult: ...
+
+    def stats(self) -> PlatformStats: ...
+
+    @property
+    def policy(self) -> str:
+        """The routing policy's name."""
+        ...
+
+
+class ModelDirectory(Protocol):
+    """What the gateway needs of the model store (:class:`~sealserve.platform.ModelCatalog`)."""
+
+    def get(self, model_id: str) -> ModelManifest: ...
+
+    def list(self) -> list[ModelManifest]: ...
+
+
+class Gateway:
+    """The gateway's HTTP application over a platform and a model directory."""
+
+    def __init__(
+        self,
+        platform: InferenceBackend,
+        models: ModelDirectory,
+        *,
+        options: GatewayOptions | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        on_startup: Callable[[], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.platform = platform
+        self.models = models
+        self.options = options or GatewayOptions()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self._clock = clock
+        self._inside = 0
+        self.app = Starlette(
+            routes=[
+                Route(
+                    "/v1/models/{owner_id}/{name}:infer",
+                    self._endpoint(self._infer),
+                    methods=["POST"],
+                ),
+                Route("/v1/models", self._endpoint(self._list_models), methods=["GET"]),
+                Route("/v1/platform", self._endpoint(self._platform), methods=["GET"]),
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/openapi.json", self._openapi, methods=["GET"]),
+            ],
+            lifespan=_lifespan(on_startup, on_shutdown),
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _endpoint(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                error = error_for(exc)
+                level = logging.ERROR if error.status == 500 else logging.INFO
+                _log.event(
+                    "gateway.error",
+                    level=level,
+                    path=request.url.path,
+                    code=error.code,
+                    error=type(exc).__name__,
+                )
+                return _error_response(error)
+
+        return endpoint
+
+    # -- inference -----------------------------------------------------------------------------
+
+    async def _infer(self, request: Request) -> Response:
+        started = time.perf_counter()
+        if self._inside >= self.options.max_queued:
+            self.metrics.requests.labels(code="too_many_requests").inc()
+            raise too_many_requests(self.options.max_queued)
+        self._inside += 1
+        self.metrics.in_flight.set(self._inside)
+        code = "internal"
+        try:
+            response = await self._serve(request, started)
+            code = "ok"
+            return response
+        except Exception as exc:
+            code = error_for(exc).code
+            raise
+        finally:
+            self._inside -= 1
+            self.metrics.in_flight.set(self._inside)
+            self.metrics.requests.labels(code=code).inc()
+            self.metrics.seconds.labels(code=code).observe(time.perf_counter() - started)
+
+    async def _serve(self, request: Request, started: float) -> Response:
+        owner_id = request.path_params["owner_id"]
+        name = request.path_params["name"]
+        model_id = f"{owner_id}/{name}"
+        try:
+            split_model_id(model_id)
+        except ValueError as exc:
+            raise HostError(400, "bad_request", str(exc)) from None
+        headers = request.headers
+        user_id = headers.get(hd.USER_HEADER)
+        if user_id is None or not _PRINCIPAL.fullmatch(user_id):
+            raise HostError(
+                400, "bad_request", f"{hd.USER_HEADER} must be 64 hex digits, got {user_id!r}"
+            )
+        request_id = headers.get(hd.REQUEST_ID_HEADER)
+        if request_id is None:
+            raise HostError(
+                400, "bad_request", f"the request id is missing ({hd.REQUEST_ID_HEADER})"
+            )
+        try:
+            check_request_id(request_id)
+        except ValueError as exc:
+            raise HostError(400, "bad_request", str(exc)) from None
+        deadline_s = self._deadline(headers.get(hd.DEADLINE_HEADER), headers.get(hd.TIMEOUT_HEADER))
+        length = self._content_length(headers.get("content-length"))
+        try:
+            self.models.get(model_id)
+        except ModelNotStored:
+            raise unknown_model(model_id) from None
+        sealed = await _read_body(request, length)
+        body_ms = (time.perf_counter() - started) * 1000
+        self.metrics.body_bytes.observe(length)
+        result = await self.platform.infer(
+            model_id=model_id,
+            user_id=user_id,
+            request_id=request_id,
+            sealed_input=sealed,
+            deadline_s=deadline_s,
+        )
+        stages = dict(result.timings)
+        stages["gateway_body"] = body_ms
+        stages["gateway"] = (time.perf_counter() - started) * 1000
+        out = {
+            "content-type": _OCTETS,
+            hd.REQUEST_ID_HEADER: request_id,
+            hd.SERVER_TIMING_HEADER: hd.format_server_timing(stages),
+            hd.INSTANCE_HEADER: str(result.instance_id),
+        }
+        decision = result.decision
+        if decision is not None:
+            info = hd.RouteInfo(
+                kind=decision.kind,
+                instance_id=decision.instance_id,
+                load=decision.load,
+                cold_start=decision.cold_start,
+                evicted=len(decision.evict),
+                waits=decision.waits,
+                reason=decision.reason,
+                policy=self.platform.policy,
+            )
+            out[hd.DECISION_HEADER] = info.to_header()
+            out[hd.REASON_HEADER] = hd.ascii_header(decision.reason)
+        out[hd.POLICY_HEADER] = self.platform.policy
+        return Response(result.sealed_output, status_code=200, headers=out)
+
+    def _deadline(self, deadline_ms: str | None, timeout_ms: str | None) -> float:
+        """The request's deadline (Unix seconds), within ``max_timeout_s`` from now."""
+        now = self._clock.time()
+        if deadline_ms:
+            remaining = _number(hd.DEADLINE_HEADER, deadline_ms) / 1000.0 - now
+        elif timeout_ms:
+            remaining = _number(hd.TIMEOUT_HEADER, timeout_ms) / 1000.0
+        else:
+            remaining = self.options.default_timeout_s
+        if remaining <= 0:
+            raise DeadlineExceeded("the request's deadline had passed when it arrived")
+        return now + min(remaining, self.options.max_timeout_s)
+
+    def _content_length(self, raw: str | None) -> int:
+        if raw is None:
+            raise HostError(411, "length_required", "send the sealed input with a Content-Length")
+        try:
+            length = int(raw)
+        except ValueError:
+            raise HostError(400, "bad_request", f"Content-Length has value {raw!r}") from None
+        if length < 1:
+            raise HostError(400, "bad_request", "the body is empty; send the sealed input")
+        if length > self.options.max_body_bytes:
+            raise HostError(
+                413,
+                "payload_too_large",
+                f"the sealed input is {length} bytes; the limit is {self.options.max_body_bytes}",
+            )
+        return length
+
+    # -- the rest ------------------------------------------------------------------------------
+
+    async def _list_models(self, request: Request) -> Response:
+        models = [
+            {
+                "model_id": m.model_id,
+                "owner_id": m.model_id.split("/", 1)[0],
+                "name": m.model_id.split("/", 1)[1],
+                "size": m.size,
+                "key_version": m.key_version,
+                "digest": f"sha256:{m.digest}",
+                "stored_at": m.stored_at,
+            }
+            for m in self.models.list()
+        ]
+        return JSONResponse({"models": models})
+
+    async def _platform(self, request: Request) -> Response:
+        raw = request.query_params.get("recent", "32")
+        try:
+            recent = max(0, int(raw))
+        except ValueError:
+            raise HostError(400, "bad_request", f"recent has value {raw!r}; not an int") from None
+        return JSONResponse(self.platform.stats().to_json(recent=recent))
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+
+def _lifespan(
+    on_startup: Callable[[], Awaitable[None]] | None,
+    on_shutdown: Callable[[], Awaitable[None]] | None,
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+
+    return lifespan
+
+
+def _error_response(error: HostError) -> Response:
+    return Response(
+        error_body(error),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers(),
+    )
+
+
+def _number(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise HostError(400, "bad_request", f"{name} has value {value!r}; not a number") from None
+    if not math.isfinite(number):
+        raise HostError(400, "bad_request", f"{name} has value {value!r}; not a number")
+    return number
+
+
+async def _read_body(request: Request, length: int) -> bytes:
+    """The body, exactly ``length`` bytes (the Content-Length), read into private memory."""
+    body = bytearray(length)
+    pos = 0
+    async for chunk in request.stream():
+        end = pos + len(chunk)
+        if end > length:
+            raise HostError(400, "bad_request", "the body is longer than its Content-Length")
+        body[pos:end] = chunk
+        pos = end
+    if pos != length:
+        raise HostError(400, "bad_request", "the body is shorter than its Content-Length")
+    return bytes(body)

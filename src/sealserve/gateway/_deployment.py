@@ -1,0 +1,371 @@
+"""Everything ``sealserve up`` runs on one machine, in the order it starts it.
+
+1. the simulated TEE's **platform daemon** (``sealserve attest platform serve``, a process of
+   its own: it holds the platform key, which the untrusted host never does), with its key in
+   ``<data-dir>/tee/``;
+2. the **KeyService**, launched through the daemon so it can attest (SQLite in
+   ``<data-dir>/keyservice/``);
+3. the **local platform** (instances launched on demand, their runtimes through the daemon,
+   pinned to that KeyService) and the **gateway** in front of it, in this process.
+
+Every pin is asked of the daemon (measured from the code snapshot it took at start), so what
+is printed is what runs.  Closing stops them in the reverse order; no process and no shared
+memory is left behind.
+
+::
+
+    with LocalDeployment(DeploymentOptions(data_dir=path)) as up:   # background thread
+        print(up.info.gateway_url, up.info.runtime_measurement)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry
+
+from sealserve._log import get_logger
+from sealserve.attest import PlatformClient, Policy, TrustAnchors, read_platform_public_key
+from sealserve.config import Settings
+from sealserve.errors import GatewayError, SealserveError, TeeError
+from sealserve.gateway._app import Gateway, GatewayOptions
+from sealserve.gateway._server import GatewayServer
+from sealserve.instance import ModelStore
+from sealserve.keyservice import LaunchedKeyService, launch_keyservice
+from sealserve.packer import CostPriors
+from sealserve.platform import (
+    LocalBackend,
+    LocalOptions,
+    ModelCatalog,
+    Platform,
+    PlatformConfig,
+)
+from sealserve.runtime import runtime_launch_config
+
+__all__ = ["DeploymentInfo", "DeploymentOptions", "LocalDeployment"]
+
+_log = get_logger(__name__)
+_DAEMON_TIMEOUT_S: Final = 60.0
+_STOP_TIMEOUT_S: Final = 30.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeploymentOptions:
+    """Where ``sealserve up`` keeps its state and how it is configured.
+
+    Ports default to the settings' (``keyservice.port``, ``gateway.port``); 0 picks free ones.
+    ``log_level`` applies to the daemon and the KeyService (their logs go to
+    ``<data-dir>/logs/``), ``instance_log_level`` to the instances (``<data-dir>/run/``).
+    """
+
+    data_dir: Path
+    settings: Settings = dataclasses.field(default_factory=Settings)
+    platform: PlatformConfig | None = None
+    host: str = "127.0.0.1"
+    keyservice_port: int | None = None
+    gateway_port: int | None = None
+    log_level: str = "INFO"
+    instance_log_level: str = "WARNING"
+    priors: CostPriors | None = None
+
+    def __post_init__(self) -> None:
+        for level in (self.log_level, self.instance_log_level):
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise ValueError(f"log level has value {level!r}; use DEBUG, INFO, WARNING, ERROR")
+        for name in ("keyservice_port", "gateway_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be within [0, 65535], got {port!r}")
+
+    @property
+    def platform_config(self) -> PlatformConfig:
+        return self.platform or PlatformConfig.from_settings(self.settings)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeploymentInfo:
+    """Where everything listens and what clients pin (nothing secret)."""
+
+    data_dir: str
+    gateway_url: str
+    keyservice_url: str
+    tee_socket: str
+    platform_key_file: str
+    keyservice_measurement: str
+    runtime_measurement: str
+    keyservice_id: str
+    store_dir: str
+    logs_dir: str
+    policy: str
+    pids: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class LocalDeployment:
+    """The TEE daemon, the KeyService, the local platform and the gateway (see above)."""
+
+    def __init__(self, options: DeploymentOptions) -> None:
+        if not isinstance(options, DeploymentOptions):
+            raise TypeError(f"options must be DeploymentOptions, got {type(options).__name__}")
+        self.options = options
+        self.data_dir = Path(options.data_dir).resolve()
+        self.logs_dir = self.data_dir / "logs"
+        self.run_dir = self.data_dir / "run"
+        self.store = ModelStore(self.data_dir / "store")
+        self.catalog = ModelCatalog(self.store, memory_factor=options.platform_config.memory_factor)
+        self._socket_dir: Path | None = None
+        self._daemon: subprocess.Popen[bytes] | None = None
+        self._client: PlatformClient | None = None
+        self._keyservice: LaunchedKeyService | None = None
+        self.platform: Platform | None = None
+        self.gateway: Gateway | None = None
+        self.server: GatewayServer | None = None
+        self._info: DeploymentInfo | None = None
+        self._started_thread = False
+
+    @property
+    def info(self) -> DeploymentInfo:
+        if self._info is None:
+            raise GatewayError("the deployment is not open")
+        return self._info
+
+    @property
+    def info_file(self) -> Path:
+        """``<data-dir>/run/up.json``: :attr:`info` while the deployment runs."""
+        return self.run_dir / "up.json"
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def open(self, *, progress: Callable[[str], None] | None = None) -> LocalDeployment:
+        """Start the daemon and the KeyService, and build the platform and the gateway (the
+        gateway listens once :meth:`serve` or :meth:`start` runs)."""
+        say = progress or (lambda _step: None)
+        try:
+            for folder in (self.data_dir, self.logs_dir, self.run_dir, self.store.root):
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            say("TEE platform daemon")
+            self._start_daemon()
+            say("KeyService")
+            self._start_keyservice()
+            say("gateway and local platform")
+            self._build_gateway()
+        except BaseException:
+            self.close()
+            raise
+        self._write_info()
+        return self
+
+    def _start_daemon(self) -> None:
+        o = self.options
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="sealserve-tee-"))
+        socket_path = self._socket_dir / "tee.sock"
+        command = [
+            sys.executable, "-m", "sealserve", "attest", "platform", "serve",
+            "--socket", str(socket_path),
+            "--data-dir", str(self.data_dir),
+            "--log-level", o.log_level,
+        ]  # fmt: skip
+        with (self.logs_dir / "tee.log").open("ab") as log:
+            self._daemon = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline = time.monotonic() + _DAEMON_TIMEOUT_S
+        while True:
+            if self._daemon.poll() is not None:
+                raise TeeError(
+                    f"the TEE platform daemon exited with status {self._daemon.returncode}; "
+                    f"see {self.logs_dir / 'tee.log'}"
+                )
+            if socket_path.exists():
+                try:
+                    self._client = PlatformClient(socket_path).open()
+                    break
+                except TeeError:
+                    pass
+            if time.monotonic() > deadline:
+                raise TeeError("the TEE platform daemon did not start in time")
+            time.sleep(0.05)
+
+    def _start_keyservice(self) -> None:
+        assert self._client is not None
+        settings = self.options.settings.keyservice
+        changes: dict[str, Any] = {"host": self.options.host}
+        if self.options.keyservice_port is not None:
+            changes["port"] = self.options.keyservice_port
+        settings = dataclasses.replace(settings, **changes)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        fd = os.open(self.logs_dir / "keyservice.log", flags, 0o600)
+        try:
+            self._keyservice = launch_keyservice(
+                self._client,
+                settings,
+                data_dir=self.data_dir,
+                platform_key=self.platform_key_file,
+                log_level=self.options.log_level,
+                stderr=fd,
+            )
+        finally:
+            os.close(fd)
+
+    @property
+    def platform_key_file(self) -> Path:
+        return self.data_dir / "tee" / "platform.pub"
+
+    def _build_gateway(self) -> None:
+        assert self._client is not None
+        assert self._keyservice is not None
+        o = self.options
+        client = self._client
+        keyservice_measurement = str(self._keyservice.measurement)
+        public_key = read_platform_public_key(self.data_dir)
+        pin = runtime_launch_config(
+            keyservice_policy=Policy(measurements=frozenset({keyservice_measurement})),
+            trust=TrustAnchors(simulated_platform_keys=frozenset({public_key})),
+        )
+        self._runtime_measurement = client.measurement("runtime", config=pin)
+        config = o.platform_config
+        backend = LocalBackend(
+            LocalOptions(
+                store_dir=self.store.root,
+                keyservice_url=str(self._keyservice.url),
+                tee_socket=client.socket_path,
+                platform_key_file=self.platform_key_file,
+                keyservice_measurement=keyservice_measurement,
+                run_dir=self.run_dir / "instances",
+                memory_factor=config.memory_factor,
+                threads=config.threads,
+                max_body_mb=max(1, -(-o.settings.gateway.max_body_bytes // (1 << 20))),
+                log_level=o.instance_log_level,
+                host=o.host,
+            )
+        )
+        registry = CollectorRegistry()
+        platform = Platform(
+            backend,
+            config=config,
+            model_memory_mb=self.catalog.memory_mb,
+            priors=o.priors,
+            registry=registry,
+        )
+        self.platform = platform
+        self.gateway = Gateway(
+            platform,
+            self.catalog,
+            options=GatewayOptions.from_settings(o.settings.gateway),
+            registry=registry,
+            on_startup=_opener(platform),
+            on_shutdown=platform.close,
+        )
+        port = o.settings.gateway.port if o.gateway_port is None else o.gateway_port
+        self.server = GatewayServer(self.gateway, host=o.host, port=port, log_level=o.log_level)
+
+    def _write_info(self) -> None:
+        assert self.server is not None
+        assert self._keyservice is not None
+        assert self._client is not None
+        assert self._daemon is not None
+        assert self.platform
+        self._info = DeploymentInfo(
+            data_dir=str(self.data_dir),
+            gateway_url=self.server.url,
+            keyservice_url=str(self._keyservice.url),
+            tee_socket=str(self._client.socket_path),
+            platform_key_file=str(self.platform_key_file),
+            keyservice_measurement=str(self._keyservice.measurement),
+            runtime_measurement=self._runtime_measurement,
+            keyservice_id=str(self._keyservice.keyservice_id),
+            store_dir=str(self.store.root),
+            logs_dir=str(self.logs_dir),
+            policy=self.platform.policy,
+            pids={"tee": self._daemon.pid, "keyservice": int(self._keyservice.process.pid),
+                  "gateway": os.getpid()},
+        )  # fmt: skip
+        tmp = self.info_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._info.to_json(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.info_file)
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def serve(self, *, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve the gateway in this thread until SIGINT/SIGTERM, then :meth:`close`."""
+        if self.server is None:
+            raise GatewayError("open() the deployment first")
+        try:
+            self.server.serve(on_ready=on_ready)
+        finally:
+            self.close()
+
+    def start(self) -> LocalDeployment:
+        """Serve the gateway from a background thread (tests, embedding)."""
+        if self.server is None:
+            self.open()
+        assert self.server is not None
+        try:
+            self.server.start()
+        except BaseException:
+            self.close()
+            raise
+        self._started_thread = True
+        return self
+
+    def __enter__(self) -> LocalDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the gateway (and with it every instance), the KeyService and the daemon."""
+        if self.server is not None:
+            server, self.server = self.server, None
+            server.stop()  # also unbinds a server that never ran
+        if self._keyservice is not None:
+            keyservice, self._keyservice = self._keyservice, None
+            with contextlib.suppress(SealserveError, OSError):
+                keyservice.stop(timeout=_STOP_TIMEOUT_S)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._daemon is not None:
+            daemon, self._daemon = self._daemon, None
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    daemon.wait(_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait(10)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+        with contextlib.suppress(OSError):
+            self.info_file.unlink(missing_ok=True)
+        if self._info is not None:
+            _log.event("deployment.stopped", data_dir=str(self.data_dir))
+
+    def __repr__(self) -> str:
+        url = self._info.gateway_url if self._info else None
+        return f"LocalDeployment({str(self.data_dir)!r}, gateway={url!r})"
+
+
+def _opener(platform: Platform) -> Callable[[], Any]:
+    async def open_platform() -> None:
+        await platform.open()
+
+    return open_platform
