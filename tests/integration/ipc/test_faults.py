@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -119,12 +118,10 @@ def test_a_killed_consumer_holding_samples_is_reclaimed(children: list[Child]) -
         conn.publisher.send(b"job" * 100)
     child.expect("holding")
     child.kill()
-    started = time.monotonic()
     with pytest.raises(PeerDied, match="reclaimed"):
         conn.publisher.send(b"more", timeout=30)
     with pytest.raises(PeerDied):
         conn.subscriber.receive(timeout=30)
-    assert time.monotonic() - started < 30
     stats = conn.publisher.stats()
     assert stats.reclaimed_slots == {"died": SMALL.capacity}
     assert stats.in_flight == 0
