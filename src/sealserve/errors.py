@@ -213,7 +213,7 @@ class MessageTooLarge(IPCError, ValueError):
 
 
 class BackpressureTimeout(IPCError, TimeoutError):
-    """The ring stayed full (or empty, for a receive with a timeout) for the whole timeout."""
+    """The ring stayed full for the whole timeout of a send or a loan."""
 
     retryable = True
 
