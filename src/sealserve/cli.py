@@ -9,7 +9,18 @@ from __future__ import annotations
 import typer
 
 from sealserve import __version__
-from sealserve._cli import attest, bench, instance, keyservice, models, owner, user
+from sealserve._cli import (
+    attest,
+    bench,
+    gateway,
+    instance,
+    keyservice,
+    models,
+    owner,
+    platform,
+    up,
+    user,
+)
 
 __all__ = ["app", "main"]
 
@@ -44,6 +55,9 @@ app.add_typer(owner.app, name="owner")
 app.add_typer(user.app, name="user")
 app.add_typer(attest.app, name="attest")
 app.add_typer(instance.app, name="instance")
+app.add_typer(up.app)  # one command: sealserve up
+app.add_typer(gateway.app, name="gateway")
+app.add_typer(platform.app, name="platform")
 
 
 def main() -> None:

@@ -295,3 +295,147 @@ def show(
             },
             "\n".join(lines),
         )
+
+
+@app.command()
+def upload(
+    model: Annotated[
+        Path, typer.Argument(help="The model file (.onnx), in the clear.", dir_okay=False)
+    ],
+    name: Annotated[
+        str, typer.Option("--name", help="The model's name; its id is <owner_id>/<name>.")
+    ],
+    store: Annotated[
+        Path | None,
+        typer.Option(help="The model store directory (default: <data-dir>/store)."),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Seal with this model key file (32 bytes, 0600); default: a new key, saved "
+            "to <data-dir>/owner/model-keys/NAME.v<version>.key."
+        ),
+    ] = None,
+    grant_to: Annotated[
+        list[str] | None,
+        typer.Option("--grant", help="Also grant this user id access to the model; repeat."),
+    ] = None,
+    measurement: MeasurementOpt = None,
+    policy: PolicyFileOpt = None,
+    allow_debug: AllowDebugOpt = False,
+    tcb_status: TcbOpt = None,
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Seal MODEL under a new model key straight into the model store, and put the key in
+    the KeyService (a model that has a key already gets the next version).
+
+    With --grant, also let those users use it in runtimes that satisfy the policy: the
+    --measurement or --policy given, else the runtime of the installed code (what
+    'sealserve instance measurement' prints).
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from sealserve.client import upload_model
+    from sealserve.crypto import SymmetricKey
+    from sealserve.instance import ModelStore
+
+    if not model.is_file():
+        fail(f"no model file at '{model}'", 2)
+    folder = resolve_data_dir(data_dir)
+    store_dir = store if store is not None else folder / "store"
+    runtime_policy = (
+        guarded(
+            lambda: runtime_policy_or_default(folder, measurement, policy, allow_debug, tcb_status)
+        )
+        if grant_to
+        else None
+    )
+    key = (
+        guarded(lambda: SymmetricKey.from_bytes(read_secret_file(key_file)))
+        if key_file is not None
+        else SymmetricKey.generate()
+    )
+    owner = _owner(
+        data_dir=data_dir,
+        identity=identity,
+        keyservice=keyservice,
+        measurement=keyservice_measurement,
+        platform_key=platform_key,
+    )
+    size = model.stat().st_size
+    with contextlib.closing(owner):
+        guarded(lambda: store_dir.mkdir(mode=0o700, parents=True, exist_ok=True))
+        with Progress(
+            TextColumn("sealing {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            transient=True,
+            disable=json_out,
+        ) as bar:
+            task = bar.add_task(name, total=size)
+            receipt = guarded(
+                lambda: upload_model(
+                    owner,
+                    ModelStore(store_dir),
+                    name,
+                    model,
+                    key=key,
+                    progress=lambda done: bar.update(task, completed=done),
+                )
+            )
+        saved = key_file
+        if saved is None:
+            saved = folder / ROLE / "model-keys" / f"{name}.v{receipt.key_version}.key"
+            guarded(lambda: write_secret_file(saved, key.to_bytes()))
+        granted = []
+        for user_id in grant_to or []:
+
+            def grant_one(user: str = user_id) -> int:
+                return int(owner.grant(name, user, runtime_policy))
+
+            guarded(grant_one)
+            granted.append(user_id)
+    doc = {
+        "model_id": receipt.model_id,
+        "key_version": receipt.key_version,
+        "plain_bytes": receipt.plain_bytes,
+        "sealed_bytes": receipt.sealed_bytes,
+        "digest": f"sha256:{receipt.digest}",
+        "key_fingerprint": receipt.key_fingerprint,
+        "key_file": str(saved),
+        "store": str(store_dir),
+        "granted": granted,
+        "policy": runtime_policy.to_dict() if runtime_policy is not None else None,
+    }
+    lines = [
+        f"model {receipt.model_id} key version {receipt.key_version}",
+        f"sealed {receipt.plain_bytes / 2**20:.1f} MiB into {store_dir} "
+        f"(sha256:{receipt.digest[:16]}...)",
+        f"key fingerprint {receipt.key_fingerprint}, saved to {saved}",
+    ]
+    if runtime_policy is not None:
+        lines += [f"granted {u}" for u in granted]
+        lines.append(f"  in runtimes measuring {', '.join(sorted(runtime_policy.measurements))}")
+    emit(json_out, doc, "\n".join(lines))
+
+
+def runtime_policy_or_default(
+    data_dir: Path,
+    measurements: list[str] | None,
+    policy_file: Path | None,
+    allow_debug: bool,
+    tcb_statuses: list[str] | None,
+) -> Any:
+    """The runtime policy of a grant: the one given, else the installed code's runtime."""
+    if not measurements and policy_file is None:
+        from sealserve._cli.up import default_runtime_measurement
+
+        measurements = [default_runtime_measurement(data_dir)]
+    return build_policy(
+        measurements, policy_file, allow_debug=allow_debug, tcb_statuses=tcb_statuses
+    )

@@ -19,6 +19,7 @@ from sealserve._cli.keyservice import (
     PolicyFileOpt,
     build_policy,
     emit,
+    fail,
     guarded,
     read_secret_file,
     resolve_data_dir,
@@ -28,7 +29,10 @@ from sealserve._cli.owner import AllowDebugOpt, TcbOpt, connect, init_identity
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Users (data owners): identity and request keys.", no_args_is_help=True)
+app = typer.Typer(
+    help="Users (data owners): identity, request keys and sealed inference.",
+    no_args_is_help=True,
+)
 
 ROLE = "user"
 
@@ -137,3 +141,146 @@ def request_key(
             f"request key version {receipt.version} for {receipt.model_id} stored "
             f"(key file {path}, fingerprint {key.fingerprint})",
         )
+
+
+@app.command()
+def infer(
+    model_id: Annotated[str, typer.Argument(help="The model id: <owner_id>/<name>.")],
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="A tensor file (.npz, .npy, .sstn), an image (.jpg, .png, ...) or text "
+            "(.txt, one sentence a line) for models the zoo knows.",
+            dir_okay=False,
+        ),
+    ],
+    as_model: Annotated[
+        str | None,
+        typer.Option(
+            "--as",
+            help="The zoo model it is, for pre- and post-processing (default: its name).",
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None, typer.Option("--gateway", help="Gateway URL (default: from the settings).")
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The request key file (default: <data-dir>/user/request-keys/OWNER/NAME.key; "
+            "created and registered when absent)."
+        ),
+    ] = None,
+    measurement: MeasurementOpt = None,
+    policy: PolicyFileOpt = None,
+    allow_debug: AllowDebugOpt = False,
+    tcb_status: TcbOpt = None,
+    timeout_s: Annotated[float, typer.Option(min=0.001, help="Deadline, seconds.")] = 60.0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Send again this many times on retryable failures.")
+    ] = 2,
+    output: Annotated[
+        Path | None, typer.Option(help="Also save the output tensors here (.npz).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run MODEL_ID on an input, encrypted end to end: seal it here, send it through the
+    gateway, unseal the answer here and print it.
+
+    Without a request key for the model, one is generated and registered first, releasable
+    to runtimes that satisfy --measurement / --policy (default: the installed code's runtime).
+    """
+    import json
+
+    from sealserve._cli.gateway import gateway_url
+    from sealserve._cli.owner import identity_path, runtime_policy_or_default
+    from sealserve.client import (
+        GatewayClient,
+        load_inputs,
+        save_outputs,
+        summarize_outputs,
+        zoo_spec_for,
+    )
+    from sealserve.crypto import Identity, RequestKey
+    from sealserve.keyservice import split_model_id
+
+    owner_id, name = guarded(lambda: split_model_id(model_id))
+    if not input_file.is_file():
+        fail(f"no input file at '{input_file}'", 2)
+    spec = zoo_spec_for(as_model or name)
+    if as_model is not None and spec is None:
+        fail(f"--as {as_model!r} is not a model of the zoo (see 'sealserve models list')", 2)
+    folder = resolve_data_dir(data_dir)
+    ident = guarded(lambda: Identity.load(identity_path(folder, identity, ROLE)))
+    path = key_file or folder / ROLE / "request-keys" / owner_id / f"{name}.key"
+    inputs = guarded(lambda: load_inputs(input_file, spec=spec))
+    registered = False
+    if path.exists():
+        key = guarded(lambda: RequestKey.from_bytes(read_secret_file(path)))
+    else:
+        runtime_policy = guarded(
+            lambda: runtime_policy_or_default(folder, measurement, policy, allow_debug, tcb_status)
+        )
+        key = RequestKey.generate()
+        user = _user(
+            data_dir=data_dir,
+            identity=identity,
+            keyservice=keyservice,
+            measurement=keyservice_measurement,
+            platform_key=platform_key,
+        )
+        with contextlib.closing(user):
+            guarded(lambda: user.put_request_key(model_id, key, runtime_policy))
+        guarded(lambda: write_secret_file(path, key.to_bytes()))
+        registered = True
+
+    def run() -> Any:
+        with GatewayClient(gateway_url(gateway), timeout_s=timeout_s) as client:
+            return client.infer(
+                model_id,
+                inputs,
+                user_id=ident.principal_id,
+                key=key,
+                timeout_s=timeout_s,
+                retries=retries,
+            )
+
+    result = guarded(run)
+    texts = None
+    if input_file.suffix.lower() == ".txt":
+        texts = [t.strip() for t in input_file.read_text().splitlines() if t.strip()]
+    summary = guarded(lambda: summarize_outputs(result.outputs, inputs, spec=spec, texts=texts))
+    if output is not None:
+        guarded(lambda: save_outputs(output, result.outputs))
+    route = result.route.describe() if result.route is not None else "unknown"
+    stages = {k: round(v, 3) for k, v in result.timings.items()}
+    if json_out:
+        doc = {
+            "model_id": model_id,
+            "request_id": result.request_id,
+            "result": summary.data,
+            "timings_ms": stages,
+            "route": route,
+            "instance_id": result.instance_id,
+            "attempts": result.attempts,
+            "registered_request_key": registered,
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    lines = []
+    if registered:
+        lines.append(f"registered a request key for {model_id} (saved to {path})")
+    lines.append(f"{model_id} ({spec.description if spec else 'tensors'}):")
+    lines += list(summary.lines)
+    shown = ("queue", "cold_start", "model_load", "inference", "runtime", "gateway")
+    lines.append("timings: " + ", ".join(f"{k} {stages[k]:.1f} ms" for k in shown if k in stages))
+    lines.append(f"route: {route}")
+    if output is not None:
+        lines.append(f"outputs saved to {output}")
+    typer.echo("\n".join(lines))

@@ -16,6 +16,14 @@ from sealserve.client._gateway import (
     Inference,
     error_for_response,
 )
+from sealserve.client._inputs import (
+    IMAGE_SUFFIXES,
+    OutputSummary,
+    load_inputs,
+    save_outputs,
+    summarize_outputs,
+    zoo_spec_for,
+)
 from sealserve.client._keyservice import ClientState, KeyServiceClient, KeyServicePin
 from sealserve.client._principals import (
     ModelInfo,
@@ -26,20 +34,26 @@ from sealserve.client._principals import (
 )
 from sealserve.client._upload import UploadReceipt, upload_model
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "ClientState",
     "GatewayAnswer",
     "GatewayClient",
     "GatewayClientState",
+    "IMAGE_SUFFIXES",
     "Inference",
     "KeyServiceClient",
     "KeyServicePin",
     "ModelInfo",
     "ModelKeyReceipt",
+    "OutputSummary",
     "Owner",
     "RequestKeyReceipt",
     "UploadReceipt",
     "User",
     "error_for_response",
+    "load_inputs",
+    "save_outputs",
+    "summarize_outputs",
     "upload_model",
+    "zoo_spec_for",
 ]
