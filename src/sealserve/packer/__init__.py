@@ -11,6 +11,7 @@ routing over resident models, on instances of a few sizes), with two variants:
 model per instance).
 """
 
+from sealserve.packer._config import GroupConfig
 from sealserve.packer._costs import COSTS_SCHEMA, CostModel, ModelCosts
 from sealserve.packer._decision import Decision, DecisionKind, InstanceShape, RouteRequest
 from sealserve.packer._dedicated import (
@@ -18,13 +19,7 @@ from sealserve.packer._dedicated import (
     FittedDedicatedPolicy,
     UniformDedicatedPolicy,
 )
-from sealserve.packer._group import (
-    Assignment,
-    FunctionGroup,
-    GroupConfig,
-    LoadPlan,
-    ReadyActions,
-)
+from sealserve.packer._group import Assignment, FunctionGroup, LoadPlan, ReadyActions
 from sealserve.packer._instance import Instance, InstanceState
 from sealserve.packer._multiplex import LruMultiplexPolicy
 from sealserve.packer._policy import Policy

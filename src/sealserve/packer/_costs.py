@@ -29,6 +29,7 @@ hash (SHA-256, the same on every machine and run), never Python's salted ``hash(
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -76,6 +77,13 @@ class ModelCosts:
         return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _pick(names: tuple[str, ...], name: str) -> str:
+    """The name among ``names`` (sorted) that ``name``'s SHA-256 picks: stable everywhere."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return names[int.from_bytes(digest[:8], "big") % len(names)]
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class CostModel:
     """Cold start, runtime memory, and per-model costs, with how each was measured."""
@@ -105,9 +113,7 @@ class CostModel:
         """``name`` if it was measured, else the measured model its stable hash picks."""
         if name in self.models:
             return name
-        names = sorted(self.models)
-        digest = hashlib.sha256(name.encode("utf-8")).digest()
-        return names[int.from_bytes(digest[:8], "big") % len(names)]
+        return _pick(tuple(self.models), name)
 
     def costs_for(self, name: str) -> ModelCosts:
         return self.models[self.zoo_model_for(name)]

@@ -27,8 +27,9 @@ from collections.abc import Callable
 
 from sealserve._log import get_logger
 from sealserve.errors import PackerError
+from sealserve.packer._config import GroupConfig
 from sealserve.packer._decision import Decision, DecisionKind, RouteRequest
-from sealserve.packer._group import FunctionGroup, GroupConfig, ReadyActions
+from sealserve.packer._group import FunctionGroup, ReadyActions
 from sealserve.packer._policy import Policy
 
 __all__ = ["Routed", "Router"]

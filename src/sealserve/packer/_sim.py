@@ -27,9 +27,9 @@ import numpy as np
 
 from sealserve._clock import ManualClock
 from sealserve.errors import PackerError
+from sealserve.packer._config import GroupConfig
 from sealserve.packer._costs import CostModel
 from sealserve.packer._decision import DecisionKind, RouteRequest
-from sealserve.packer._group import GroupConfig
 from sealserve.packer._policy import Policy
 from sealserve.packer._router import Router
 from sealserve.packer._trace import Trace

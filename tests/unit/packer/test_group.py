@@ -215,3 +215,94 @@ def test_an_instance_of_given_memory_gives_its_runtime_the_rest() -> None:
     assert cfg.concurrency == 2
     with pytest.raises(ValueError, match="memory_mb must exceed runtime_base_mb"):
         GroupConfig.for_instance(memory_mb=100, runtime_base_mb=100.0)
+
+
+# -- shapes: a few sizes of the same runtime build -----------------------------------------------
+
+
+def test_sizes_keep_the_groups_runtime_reserve() -> None:
+    cfg = GroupConfig.for_instance(memory_mb=2048, runtime_base_mb=44.0, sizes_mb=(1024, 512))
+    assert cfg.reserve_mb == 44.0
+    assert [(s.function, s.memory_mb, s.budget_mb) for s in cfg.shapes] == [
+        ("group", 512, 468.0),
+        ("group", 1024, 980.0),
+        ("group", 2048, 2004.0),
+    ]
+    # an explicit budget sets the reserve: 2,048 MB billed, 1,024 MB for models
+    live = GroupConfig(budget_mb=1024.0, memory_mb=2048, sizes_mb=(1536, 3072, 2048))
+    assert [(s.memory_mb, s.budget_mb) for s in live.shapes] == [
+        (1536, 512.0),
+        (2048, 1024.0),
+        (3072, 2048.0),
+    ]
+    assert GroupConfig(budget_mb=1024.0, memory_mb=2048).shapes == (live.shape,)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ((1024,), "larger than the runtime reserve of 1024 MB .* got 1024"),
+        ((4096, 0), "got 0"),
+        ((True,), "got True"),
+        ([512], "sizes_mb must be a tuple of ints, got \\[512\\]"),
+    ],
+)
+def test_sizes_without_room_for_models_are_refused(sizes: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GroupConfig(budget_mb=1024.0, memory_mb=2048, sizes_mb=sizes)  # type: ignore[arg-type]
+
+
+def test_from_settings_takes_the_sizes() -> None:
+    cfg = GroupConfig.from_settings(PlatformSettings(), RuntimeSettings(), sizes_mb=(1536, 3072))
+    assert [s.memory_mb for s in cfg.shapes] == [1536, 2048, 3072]
+
+
+def test_the_groups_instances_take_only_its_shapes() -> None:
+    g = FunctionGroup(
+        GroupConfig(budget_mb=1000.0, runtime_base_mb=100.0, memory_mb=1100, sizes_mb=(612,)),
+        model_memory_mb=MB.__getitem__,
+    )
+    small = g.config.shapes[0]
+    assert (small.memory_mb, small.budget_mb) == (612, 512.0)
+    inst = g.start(small, 0.0)
+    assert (inst.memory_mb, inst.budget_mb) == (612, 512.0)
+    with pytest.raises(PackerError, match="is not one of function 'group''s shapes"):
+        g.start(InstanceShape(function="group", memory_mb=800, budget_mb=700.0), 0.0)
+    with pytest.raises(PackerError, match="not one of"):  # a known size with another budget
+        g.start(InstanceShape(function="group", memory_mb=612, budget_mb=600.0), 0.0)
+    # other functions (dedicated's) are sized as their policy says
+    g.start(InstanceShape(function="group/a", memory_mb=800, budget_mb=700.0), 0.0)
+
+
+def test_an_instance_never_holds_more_than_its_shapes_budget() -> None:
+    g = FunctionGroup(
+        GroupConfig(budget_mb=1000.0, runtime_base_mb=100.0, memory_mb=1100, sizes_mb=(612,)),
+        model_memory_mb=MB.__getitem__,
+    )
+    small = g.start(g.config.shapes[0], 0.0)  # 512 MB for models
+    g.mark_ready(small.id, 0.0)
+    g.assign(1, "a", small.id, 0.0)
+    assert not g.fits("big", g.config.shapes[0])
+    assert g.fits("big")  # the group's own shape holds it
+    assert g.plan(small.id, "big") is None
+    assert g.plan(small.id, "b") is None  # a (300 MB) is in use; 300 + 300 > 512
+    g.mark_loaded(small.id, "a", 0.1)
+    g.complete(1, 0.2)
+    plan = g.plan(small.id, "b")
+    assert plan is not None
+    assert plan.evict == ("a",)
+
+
+def test_gb_seconds_bill_each_instance_by_its_shape() -> None:
+    g = FunctionGroup(
+        GroupConfig(budget_mb=1948.0, runtime_base_mb=100.0, memory_mb=2048, sizes_mb=(512,)),
+        model_memory_mb=MB.__getitem__,
+    )
+    big = g.start(None, 0.0)
+    small = g.start(g.config.shapes[0], 2.0)
+    for inst in (big, small):
+        g.mark_ready(inst.id, 3.0)
+    g.stop(small.id, 10.0)
+    g.stop(big.id, 30.0)
+    assert g.intervals() == ((2048, 0.0, 30.0), (512, 2.0, 10.0))
+    assert g.gb_seconds(40.0) == pytest.approx(2.0 * 30.0 + 0.5 * 8.0)
