@@ -32,10 +32,19 @@ import dataclasses
 import math
 from typing import Any, Protocol
 
+from sealserve.errors import PackerError
+from sealserve.packer._capacity import (
+    Need,
+    NeedWindow,
+    Sized,
+    core_of,
+    resize_of,
+    shape_to_start,
+)
 from sealserve.packer._decision import Decision, RouteRequest
 from sealserve.packer._group import FunctionGroup
 from sealserve.packer._instance import Instance
-from sealserve.packer._policy import Policy, require_fits
+from sealserve.packer._policy import Policy
 from sealserve.packer._stats import LoadStats
 
 __all__ = ["CostPriors", "SealservePolicy"]
@@ -91,7 +100,8 @@ class SealservePolicy(Policy):
             raise ValueError(f"horizon_s must be a finite number > 0 or None, got {horizon_s!r}")
         self.horizon_s = horizon_s
         self._priors = priors
-        self._targets: collections.deque[tuple[float, int]] = collections.deque()
+        self._needs: NeedWindow | None = None
+        self._last_need: tuple[int, float, Need] | None = None
         self._misses: collections.deque[float] = collections.deque()
         self._evicted_at: dict[str, float] = {}
         if priors is not None:
@@ -115,14 +125,38 @@ class SealservePolicy(Policy):
 
     def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
         model = request.model
-        require_fits(group, model)
+        shapes = group.config.shapes
+        model_mb = group.model_memory_mb(model)
+        if not any(group.fits(model, shape) for shape in shapes):
+            raise PackerError(
+                f"model {model!r} needs {model_mb:.0f} MB, more than the largest instance "
+                f"budget of {shapes[-1].budget_mb:.0f} MB; raise the budget or add a size"
+            )
         infer = self.stats.model(model).exec_s.value
         load = self.stats.model(model).load_s.value
         options: list[_Option] = []
         full: list[Instance] = []
-        target = self.target_instances(group, model, now)
+        need = self.need(group, model, now)
+        self._last_need = (request.request_id, now, need)
         ours = [i for i in group if i.function == group.config.name]
-        core = {i.id for i in ours[: self._stabilized(target, group, now)]}
+        stable = self._stabilized(need, group, now)
+        core = core_of(
+            ours,
+            stable,
+            drain_cost=lambda inst: self._drain_cost(inst, group, now),
+        )
+        resize = None
+        if all(i.is_ready for i in ours):  # one change at a time
+            resize = resize_of(
+                ours,
+                stable,
+                shapes,
+                largest_model_mb=lambda inst: self._largest_model_mb(inst, group, now),
+                drain_cost=lambda inst: self._drain_cost(inst, group, now),
+            )
+        if resize is not None:
+            core = resize.kept
+        on_core = any(model in i.models for i in ours if i.id in core)
         for inst in group:
             plan = group.plan(inst.id, model)
             if plan is None:
@@ -146,7 +180,9 @@ class SealservePolicy(Policy):
             if inst.id not in core:
                 # A surplus instance: using it keeps it alive; moving the model to a core
                 # instance costs one load and lets this one reach its keep-alive and stop.
-                drain_cost = load + _EPSILON_S
+                # Once the model is resident or loading on the core, the move is paid for:
+                # until its load is done, the model's requests still run here.
+                drain_cost = (0.0 if on_core else load) + _EPSILON_S
                 label += " (surplus)"
             expected = model_at - now + infer
             free_after = inst.free_mb - (group.model_memory_mb(model) if plan.load else 0.0)
@@ -159,21 +195,42 @@ class SealservePolicy(Policy):
         wait = self._wait_option(request, full, group, now, infer, load)
         if wait is not None:
             options.append(wait)
-        if group.can_start() and (len(ours) < target or not options):
-            # Start only when the predicted load needs another instance, or nothing alive
-            # can take the request: an instance costs at least a keep-alive of GB-seconds.
+        alive_mb = sum(i.budget_mb for i in ours)
+        short = not need.covered_by(ours)
+        shape = shape_to_start(shapes, model_mb=model_mb)
+        resizing = resize is not None and group.fits(model, resize.shape)
+        if resize is not None and resizing:
+            shape = resize.shape
+        if shape is not None and group.can_start(shape) and (short or resizing or not options):
+            # Start only when the predicted load needs more memory or slots than are alive, or
+            # a smaller instance can replace a core one, or nothing alive can take the request:
+            # an instance costs at least a keep-alive of GB-seconds.  Its shape is the smallest
+            # that holds the model: more memory follows when more models come.
             # While the group is short, models evicted lately come back and evict others;
             # one cold start ends that run of reloads, so past the first its cost is shared.
+            # A resize's cold start is what it takes to stop paying for the larger instance.
             cold = self.stats.cold_start_s.value
             expected = cold + load + infer
             misses = self._recent_misses(group, now)
-            shared = cold - cold / max(1, misses)
-            decision = Decision.start(model, expected_s=expected, reason="")
-            why = f"cold start ({len(ours)} of {target} needed instances alive"
-            if misses:
-                plural = "s" if misses > 1 else ""
-                why += f", {misses} reload{plural} of evicted models lately"
-            why += ")"
+            shared = cold if resizing else cold - cold / max(1, misses)
+            decision = Decision.start(model, shape=shape, expected_s=expected, reason="")
+            if resize is not None and resizing:
+                replaced = ", ".join(f"i{i}" for i in sorted(resize.replaced))
+                why = (
+                    f"cold start of a {shape.memory_mb} MB instance to replace {replaced} "
+                    f"({resize.saving_mb} MB less for {stable.memory_mb:.0f} MB of expected "
+                    "working set lately)"
+                )
+            else:
+                why = (
+                    f"cold start of a {shape.memory_mb} MB instance ({alive_mb:.0f} of "
+                    f"{need.memory_mb:.0f} MB of expected working set and {len(ours)} of "
+                    f"{need.instances} instances for slots alive"
+                )
+                if misses:
+                    plural = "s" if misses > 1 else ""
+                    why += f", {misses} reload{plural} of evicted models lately"
+                why += ")"
             options.append(_Option(expected, 0.0, 0.0, (2.0,), why, decision, shared))
         if not options:
             return Decision.wait(
@@ -185,7 +242,8 @@ class SealservePolicy(Policy):
         if best.evict_cost > 0:
             why += f" + eviction cost {_ms(best.evict_cost)}"
         if best.shared > 0:
-            why += f" - {_ms(best.shared)} shared with recent reloads"
+            with_what = "paid by the resize" if resizing else "shared with recent reloads"
+            why += f" - {_ms(best.shared)} {with_what}"
         if best.drain_cost > 0:
             why += f" + drain cost {_ms(best.drain_cost)}"
         if len(options) > 1:
@@ -193,14 +251,14 @@ class SealservePolicy(Policy):
             why += f"; next best {runner.label}: {_ms(runner.score)}"
         return dataclasses.replace(best.decision, reason=why)
 
-    def target_instances(self, group: FunctionGroup, model: str, now: float) -> int:
-        """How many instances the predicted load needs: enough slots and enough memory.
+    def need(self, group: FunctionGroup, model: str, now: float) -> Need:
+        """What the predicted load needs now: memory for models and instances for slots.
 
         Slots: the expected busy slots (Little's law: the sum over models of arrival rate x
         inference time), doubled for bursts, plus one; and never fewer than the requests in
-        flight and waiting now, plus this one.  Memory: the expected working set (the sum over
-        models of memory x the chance of a request within the horizon; this request's model
-        counts fully) over one instance's budget.
+        flight and waiting now, plus this one.  Memory: the expected working set, the sum over
+        models of memory x the chance of a request within the horizon (this request's model
+        counts fully).
         """
         horizon = self._horizon(group)
         busy = 0.0
@@ -216,19 +274,19 @@ class SealservePolicy(Policy):
         ours = [i for i in group if i.function == config.name]
         in_flight = sum(i.in_flight for i in ours) + group.waiting_count() + 1
         slots = max(2.0 * busy + 1.0, float(in_flight))
-        by_slots = math.ceil(slots / config.concurrency - 1e-9)
-        by_memory = math.ceil(working_set / config.budget_mb - 1e-9)
-        return max(1, by_slots, by_memory)
+        return Need(working_set, max(1, math.ceil(slots / config.concurrency - 1e-9)))
 
-    def _stabilized(self, target: int, group: FunctionGroup, now: float) -> int:
-        """The largest need seen within the last keep-alive: scale down only after that.
+    def target_instances(self, group: FunctionGroup, model: str, now: float) -> int:
+        """How many instances of the group's own shape the predicted load needs (:meth:`need`)."""
+        need = self.need(group, model, now)
+        by_memory = math.ceil(need.memory_mb / group.config.budget_mb - 1e-9)
+        return max(1, need.instances, by_memory)
 
-        As autoscalers do (Kubernetes' scale-down stabilization window), an instance is not
-        drained while a need for it was seen recently; starting one follows the need at once.
-        """
-        window = group.config.keep_alive_s
-        recent = [t for at, t in self._targets if at >= now - window]
-        return max([target, *recent])
+    def _stabilized(self, need: Need, group: FunctionGroup, now: float) -> Need:
+        """The largest need seen within the last keep-alive (:class:`NeedWindow`)."""
+        if self._needs is None:
+            return need
+        return self._needs.largest(need, now)
 
     def _recent_misses(self, group: FunctionGroup, now: float) -> int:
         """Loads, within the last horizon, of models that had been evicted within it."""
@@ -261,6 +319,20 @@ class SealservePolicy(Policy):
             stats = self.stats.model(name)
             penalty += stats.chance_within(horizon, now) * stats.load_s.value
         return penalty
+
+    def _largest_model_mb(self, inst: Sized, group: FunctionGroup, now: float) -> float:
+        """The largest model on ``inst`` that is more likely than not to be requested within
+        the horizon (a resize must leave room for it)."""
+        assert isinstance(inst, Instance)
+        horizon = self._horizon(group)
+        likely = (m for m in inst.models if self.stats.model(m).chance_within(horizon, now) >= 0.5)
+        return max((group.model_memory_mb(m) for m in likely), default=0.0)
+
+    def _drain_cost(self, inst: Sized, group: FunctionGroup, now: float) -> float:
+        """What moving ``inst``'s models elsewhere is expected to cost: for each model not
+        resident elsewhere, its load time x the chance it is requested within the horizon."""
+        assert isinstance(inst, Instance)
+        return self._eviction_penalty(inst.models, inst, group, now)
 
     def _free_eta(self, inst: Instance, now: float) -> float:
         """When the instance's earliest in-flight request is expected to finish."""
@@ -310,10 +382,14 @@ class SealservePolicy(Policy):
     def on_routed(
         self, request: RouteRequest, decision: Decision, group: FunctionGroup, now: float
     ) -> None:
-        window = group.config.keep_alive_s
-        while self._targets and self._targets[0][0] < now - window:
-            self._targets.popleft()
-        self._targets.append((now, self.target_instances(group, request.model, now)))
+        if self._needs is None:
+            self._needs = NeedWindow(window_s=group.config.keep_alive_s)
+        last = self._last_need
+        if last is not None and last[:2] == (request.request_id, now):
+            need = last[2]  # the need this decision was made on
+        else:
+            need = self.need(group, request.model, now)
+        self._needs.observe(need, now)
         horizon = self._horizon(group)
         while self._misses and self._misses[0] < now - horizon:
             self._misses.popleft()

@@ -2,12 +2,13 @@
 
 Whatever the trace and the platform: every request is routed exactly once and completes
 exactly once; no instance ever runs more requests than its concurrency or holds more model
-memory (or more models) than it may; under ``sesemi`` a claimed instance serves only the model
-that claims it, no other model takes it before the claim expires, and a model with nothing in
-flight goes to the first free instance in pool order that no live claim of another model
-holds, whatever the instances hold (SeSeMI's ``steal_func``); GB-seconds are the sum
-of every instance's alive interval x its memory; and a request never finishes faster than its
-own inference.
+memory (or more models) than it may, and every instance of the group's own function has one
+of its shapes (several sizes, for ``sealserve``); under ``sesemi`` a claimed instance serves
+only the model that claims it, no other model takes it before the claim expires, and a model
+with nothing in flight goes to the first free instance in pool order that no live claim of
+another model holds, whatever the instances hold (SeSeMI's ``steal_func``); GB-seconds are the
+sum of every instance's alive interval x its own memory; and a request never finishes faster
+than its own inference.
 """
 
 from __future__ import annotations
@@ -95,9 +96,12 @@ class Checked(Policy):
         if group is None:
             return
         cap = group.config.max_models
+        shapes = {(s.memory_mb, s.budget_mb) for s in group.config.shapes}
         for inst in group:
             assert 0 <= inst.in_flight <= inst.concurrency
             assert inst.used_mb <= inst.budget_mb + 1e-6
+            if inst.function == group.config.name:  # the group's own: one of its shapes
+                assert (inst.memory_mb, inst.budget_mb) in shapes
             if cap is not None:
                 assert len(inst.models) <= cap
         if isinstance(self.inner, SesemiPolicy):
@@ -161,6 +165,7 @@ platforms = st.builds(
     keep_alive_s=st.sampled_from([0.5, 5.0, 30.0, 180.0]),
     max_instances=st.integers(1, 4),
     max_models=st.one_of(st.none(), st.integers(1, 3)),
+    sizes_mb=st.sampled_from([(), (512,), (512, 1024), (768, 3072)]),
 )
 
 
@@ -192,7 +197,13 @@ def test_invariants_hold_for_every_policy(
     assert all(stop is not None for _mb, _start, stop in intervals)
     billed = sum(mb / 1024 * (stop - start) for mb, start, stop in intervals if stop is not None)
     assert result.gb_s == pytest.approx(billed)
-    assert len(intervals) == result.cold_starts
+    sizes = {s.memory_mb for s in config.shapes}
+    for inst in group.stopped:  # each billed by its own shape
+        if inst.function == config.name:
+            assert inst.memory_mb in sizes
+        assert inst.stopped_at is not None
+        alive = inst.stopped_at - inst.started_at
+        assert inst.gb_seconds(0.0) == pytest.approx(inst.memory_mb / 1024 * alive)
     if jitter == 0.0:
         for req, latency in zip(trace.requests, result.latencies_s, strict=True):
             own = req.duration_s if req.duration_s is not None else COSTS.infer_s(req.model)

@@ -347,6 +347,8 @@ def test_sealserve_moves_a_model_off_a_surplus_instance(costs: CostModel) -> Non
     group = FunctionGroup(GroupConfig(concurrency=4), model_memory_mb=costs.memory_mb)
     core = _resident(group, "small", 1, 0.0)
     surplus = _resident(group, model, 2, 0.0)
+    for t in range(5):  # small is busy: its instance is the one to keep
+        policy.on_arrival(RouteRequest(10 + t, "small", t * 0.1), t * 0.1)
     policy.on_arrival(RouteRequest(2, model, 0.0), 0.0)
     assert policy.target_instances(group, model, 1.0) == 1
     decision = policy.route(RouteRequest(3, model, 1.0), group, 1.0)
@@ -372,7 +374,7 @@ def test_sealserve_starts_when_memory_needs_another_instance(costs: CostModel) -
     assert policy.target_instances(d.group, "medium", 10.0) == 2
     routed = d.send("medium", 10.0)
     assert routed.decision.kind is DecisionKind.START
-    assert "needed instances alive" in routed.decision.reason
+    assert "(800 of 1000 MB of expected working set" in routed.decision.reason
 
 
 def test_sealserve_learns_measured_costs(costs: CostModel) -> None:
@@ -454,3 +456,81 @@ def test_sealserve_starts_an_instance_once_evicted_models_keep_coming_back() -> 
     assert kinds[1] is DecisionKind.RUN
     assert kinds[-1] is DecisionKind.START
     assert len(kinds) < 8
+
+
+# -- sealserve on instances of a few sizes ------------------------------------------------------
+
+#: 1,024 MB instances (924 MB for models) and 512 MB ones (412 MB).
+SIZED = {"budget_mb": 924.0, "memory_mb": 1024, "sizes_mb": (512,), "concurrency": 4}
+
+
+def test_sealserve_starts_the_smallest_shape_that_holds_the_model(costs: CostModel) -> None:
+    d = Driver(SealservePolicy(priors=costs), costs, **SIZED)
+    small = d.send("small", 0.0).decision
+    assert small.kind is DecisionKind.START
+    assert small.shape is not None
+    assert (small.shape.memory_mb, small.shape.budget_mb) == (512, 412.0)
+    assert small.reason.startswith("cold start of a 512 MB instance")
+    large = d.send("large", 0.1).decision  # 700 MB: not in a 512 MB instance
+    assert large.kind is DecisionKind.START
+    assert large.shape is not None
+    assert large.shape.memory_mb == 1024
+    assert [i.memory_mb for i in d.group] == [512, 1024]
+
+
+def test_sealserve_refuses_a_model_no_shape_holds(costs: CostModel) -> None:
+    d = Driver(SealservePolicy(priors=costs), costs, budget_mb=412.0, memory_mb=512)
+    with pytest.raises(PackerError, match="more than the largest instance budget of 412 MB"):
+        d.send("large", 0.0)
+
+
+def test_sealserve_replaces_an_instance_twice_too_large(costs: CostModel) -> None:
+    policy = SealservePolicy(priors=costs)
+    d = Driver(policy, costs, keep_alive_s=60.0, **SIZED)
+    for step in range(6):  # large and small share a 1,024 MB instance
+        d.warm("large", step * 1.0)
+        d.warm("small", step * 1.0 + 0.5)
+    (big,) = d.group.instances
+    assert big.memory_mb == 1024
+    step = 0
+    while len(d.group.instances) == 1 and step < 100:  # large goes quiet; small stays busy
+        step += 1
+        d.warm("small", 5.0 + step * 10.0)
+    # large's chance of a request within a keep-alive fell, and with it the expected working
+    # set, below what a 512 MB instance holds, for a whole keep-alive
+    assert step > 6
+    start = d.router.recent[-1]
+    assert start.kind is DecisionKind.START
+    assert start.shape is not None
+    assert start.shape.memory_mb == 512
+    assert f"to replace i{big.id} (512 MB less" in start.reason
+    assert "paid by the resize" in start.reason
+    # small moved; the old instance is surplus, and large waits there until it stops
+    now = 5.0 + step * 10.0 + 1.0
+    moved = d.send("small", now).decision
+    assert (moved.instance_id, moved.load) == (start.instance_id, False)
+    assert f"next best resident on i{big.id} (surplus)" in moved.reason
+    d.router.request_done(d.next_id, now + 0.01)
+    assert d.router.expire(now + 60.0) == (big.id,)
+    assert [i.memory_mb for i in d.group] == [512]
+
+
+def test_sealserve_keeps_serving_where_a_moving_model_is_resident(costs: CostModel) -> None:
+    (model,) = _named(costs, "small", 1)  # loads in 0.1 s
+    policy = SealservePolicy(priors=costs)
+    group = FunctionGroup(GroupConfig(concurrency=4), model_memory_mb=costs.memory_mb)
+    core = _resident(group, "medium", 1, 0.0)  # busy, and 0.4 s to load: its instance stays
+    surplus = _resident(group, model, 2, 0.0)
+    for t in range(5):
+        policy.on_arrival(RouteRequest(10 + t, "medium", t * 0.1), t * 0.1)
+    policy.on_arrival(RouteRequest(2, model, 0.0), 0.0)
+    first = policy.route(RouteRequest(3, model, 1.0), group, 1.0)
+    assert (first.instance_id, first.load) == (core.id, True)  # the move: one load
+    group.assign(3, model, core.id, 1.0)
+    # while the model loads on the core, its requests still run where it is resident
+    during = policy.route(RouteRequest(4, model, 1.05), group, 1.05)
+    assert (during.instance_id, during.load) == (surplus.id, False)
+    assert during.reason.startswith(f"resident on i{surplus.id} (surplus)")
+    group.mark_loaded(core.id, model, 1.1)
+    after = policy.route(RouteRequest(5, model, 1.2), group, 1.2)
+    assert (after.instance_id, after.load) == (core.id, False)
