@@ -217,6 +217,9 @@ def _report(
     summary["zoo_model_of"] = {m: costs.zoo_model_for(m) for m in trace.models}
     platform = dataclasses.asdict(config)
     platform["instance_memory_mb"] = config.shape.memory_mb
+    platform["shapes"] = [
+        {"memory_mb": shape.memory_mb, "budget_mb": shape.budget_mb} for shape in config.shapes
+    ]
     platform["lru_max_models"] = max_models
     platform["dedicated_memory_mb"] = config.shape.memory_mb
     platform["dedicated_fitted_memory_mb"] = {
@@ -296,6 +299,14 @@ def _packer(
             min=1.0,
         ),
     ] = None,
+    sizes_mb: Annotated[
+        str,
+        typer.Option(
+            "--sizes-mb",
+            help="Other instance sizes (MB, comma-separated) sealserve may start besides "
+            "--instance-memory-mb, each with the same runtime reserve; '' for none.",
+        ),
+    ] = "512,1024",
     max_instances: Annotated[
         int, typer.Option("--max-instances", help="Instances per function, at most.", min=1)
     ] = 32,
@@ -350,6 +361,7 @@ def _packer(
     if unknown or not chosen:
         raise _fail(f"unknown policy {unknown or policies!r}; known: {', '.join(POLICY_NAMES)}")
     try:
+        sizes = _sizes(sizes_mb)
         synthetic_cfg = (
             SyntheticConfig(models=models, duration_s=duration_s) if synthetic is not None else None
         )
@@ -367,6 +379,7 @@ def _packer(
         config = _platform(
             costs,
             instance_memory_mb=instance_memory_mb,
+            sizes_mb=sizes,
             budget_mb=budget_mb,
             concurrency=concurrency,
             keep_alive_s=keep_alive_s,
@@ -415,10 +428,24 @@ def _packer(
     console.print(f"results: {json_path}")
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            size = int(part)
+        except ValueError:
+            raise ValueError(f"--sizes-mb: {part.strip()!r} is not a whole number of MB") from None
+        sizes.append(size)
+    return tuple(sorted(set(sizes)))
+
+
 def _platform(
     costs: CostModel,
     *,
     instance_memory_mb: int,
+    sizes_mb: tuple[int, ...],
     budget_mb: float | None,
     concurrency: int,
     keep_alive_s: float,
@@ -427,6 +454,7 @@ def _platform(
     """The packed instances: the given memory, and by default a budget of what the runtime
     leaves of it."""
     options: dict[str, Any] = {
+        "sizes_mb": sizes_mb,
         "concurrency": concurrency,
         "keep_alive_s": keep_alive_s,
         "max_instances": max_instances,
@@ -504,7 +532,8 @@ def _print(
     console.print(
         f"trace {summary['name']}: {summary['requests']} requests, {summary['models']} models, "
         f"{summary['duration_s']:.0f} s; platform: keep-alive {config.keep_alive_s:.0f} s, "
-        f"{config.shape.memory_mb} MB instances ({config.budget_mb:.0f} MB for models), "
+        f"{config.shape.memory_mb} MB instances ({config.budget_mb:.0f} MB for models; "
+        f"sealserve's sizes: {', '.join(str(s.memory_mb) for s in config.shapes)} MB), "
         f"concurrency {config.concurrency}; dedicated functions on the same instances, "
         f"dedicated-fitted ones sized per model (runtime + model in {config.memory_step_mb} MB "
         "steps)"
@@ -529,8 +558,8 @@ def _print(
         )
     repeats = len(next(iter(results.values())).runs)
     print_table(
-        f"FnPacker policies: medians of {repeats} runs, ratios to dedicated (ded: sized per "
-        "model on the group's instance configuration; fit: sized per model) in the same run",
+        f"FnPacker policies: medians of {repeats} runs, ratios to dedicated (ded: one function "
+        "per model on the group's instances; fit: sized per model) in the same run",
         (
             "policy",
             "p50 ms",

@@ -98,6 +98,10 @@ def test_a_trace_file_runs_the_chosen_policies(costs_file: Path, tmp_path: Path)
             ),
             "--budget-mb 600 leaves no room for the runtime in --instance-memory-mb 512",
         ),
+        (
+            ("--synthetic", "1", "--json", "o", "--sizes-mb", "512,1g"),
+            "--sizes-mb: '1g' is not a whole number of MB",
+        ),
     ],
 )
 def test_bad_invocations_get_one_clear_line(args: tuple[str, ...], message: str) -> None:
@@ -136,6 +140,29 @@ def test_the_packed_instance_can_be_sized(costs_file: Path, tmp_path: Path) -> N
     assert (platform["instance_memory_mb"], platform["budget_mb"]) == (1024, 924.0)
     assert platform["dedicated_memory_mb"] == 1024
     assert platform["dedicated_fitted_memory_mb"] == {"small": 256, "medium": 512}
+    # sealserve's sizes by default: 512 and 1,024 MB beside the packed instance, each keeping
+    # the same reserve for the runtime
+    assert platform["shapes"] == [
+        {"memory_mb": 512, "budget_mb": 412.0},
+        {"memory_mb": 1024, "budget_mb": 924.0},
+    ]
+
+
+def test_sealserve_may_start_the_sizes_given(costs_file: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp_s,model\n0,small\n0.1,large\n")
+    out = tmp_path / "r.json"
+    code, output = bench(
+        "--trace", str(trace), "--policies", "dedicated,sealserve", "--repeats", "1",
+        "--sizes-mb", "256, 1024,", "--costs", str(costs_file), "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    report = json.loads(out.read_text())
+    assert [s["memory_mb"] for s in report["platform"]["shapes"]] == [256, 1024, 2048]
+    # small in a 256 MB instance, large in a 1,024 MB one, each alive 181 s or so
+    sealserve = report["policies"]["sealserve"]
+    assert sealserve["cold_starts"] == 2
+    assert 1280 / 1024 * 181 < sealserve["gb_s"] < 1280 / 1024 * 185
 
 
 @pytest.mark.parametrize(
@@ -146,6 +173,7 @@ def test_the_packed_instance_can_be_sized(costs_file: Path, tmp_path: Path) -> N
             ("--instance-memory-mb", "512", "--budget-mb", "450"),
             "--budget-mb 450 does not fit in --instance-memory-mb 512 beside the runtime (100 MB)",
         ),
+        (("--sizes-mb", "100"), "larger than the runtime reserve of 100 MB"),
     ],
 )
 def test_a_packed_instance_without_room_for_the_runtime_is_refused(
