@@ -72,6 +72,7 @@ def serve(
     from sealserve.config import load_settings
     from sealserve.gateway import Gateway, GatewayOptions, GatewayServer
     from sealserve.instance import ModelStore
+    from sealserve.packer import POLICY_NAMES
     from sealserve.platform import (
         LocalBackend,
         LocalOptions,
@@ -83,6 +84,8 @@ def serve(
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
+    if policy is not None and policy not in POLICY_NAMES:
+        fail(f"--policy has value {policy!r}; use one of {', '.join(POLICY_NAMES)}", 2)
     if not store.is_dir():
         fail(f"--store {str(store)!r} is not a directory", 2)
     loaded = guarded(lambda: load_settings(config))

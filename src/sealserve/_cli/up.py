@@ -96,12 +96,14 @@ def up(
     """
     from sealserve._log import configure_logging
     from sealserve.gateway import DeploymentOptions, LocalDeployment
-    from sealserve.packer import CostModel
+    from sealserve.packer import POLICY_NAMES, CostModel
     from sealserve.platform import PlatformConfig
 
     level = log_level.upper()
     if level not in _LEVELS:
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
+    if policy is not None and policy not in POLICY_NAMES:
+        fail(f"--policy has value {policy!r}; use one of {', '.join(POLICY_NAMES)}", 2)
     settings = guarded(lambda: load_settings(config))
     folder = (data_dir if data_dir is not None else settings.data_dir).expanduser().resolve()
     overrides: dict[str, Any] = {}

@@ -1,0 +1,143 @@
+"""``sealserve up`` as a user runs it: it starts everything, serves sealed inference, scales an
+idle instance to zero and back, and stops on Ctrl-C with no process and no shared memory left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sealserve.attest import Policy, TrustAnchors
+from sealserve.client import GatewayClient, KeyServicePin, Owner, User, upload_model
+from sealserve.crypto import Identity, RequestKey
+from tests.unit.runtime.graphs import dense_model, plain_run
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_until(what: str, predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _shm() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("sealserve")}
+
+
+def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    shm_before = _shm()
+    ready = tmp_path / "up.json"
+    command = [
+        sys.executable, "-m", "sealserve", "up",
+        "--data-dir", str(tmp_path / "data"),
+        "--keyservice-port", "0",
+        "--gateway-port", "0",
+        "--keep-alive-s", "1",
+        "--ready-file", str(ready),
+    ]  # fmt: skip
+    up = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_until("the ready file", lambda: ready.exists() or up.poll() is not None, 120)
+        assert up.poll() is None, up.communicate()[1].decode()[-2000:]
+        info = json.loads(ready.read_text())
+        pins = KeyServicePin(
+            policy=Policy(measurements=frozenset({info["keyservice_measurement"]})),
+            trust=TrustAnchors.from_data_dir(Path(info["data_dir"])),
+        )
+        runtime = Policy(measurements=frozenset({info["runtime_measurement"]}))
+        onnx = dense_model(11)
+        (tmp_path / "m.onnx").write_bytes(onnx)
+        inputs = {"X": np.ones((1, 64), np.float32)}
+        with (
+            Owner(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as owner,
+            User(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as user,
+        ):
+            owner.register()
+            user.register()
+            from sealserve.instance import ModelStore
+
+            receipt = upload_model(owner, ModelStore(info["store_dir"]), "m", tmp_path / "m.onnx")
+            owner.grant("m", user.principal_id, runtime)
+            key = RequestKey.generate()
+            user.put_request_key(receipt.model_id, key, runtime)
+            with GatewayClient(info["gateway_url"]) as gateway:
+                first = gateway.infer(receipt.model_id, inputs, user_id=user.principal_id, key=key)
+                np.testing.assert_allclose(first.outputs["Y"], plain_run(onnx, inputs)["Y"],
+                                           rtol=1e-5, atol=1e-5)  # fmt: skip
+                assert first.route is not None
+                assert first.route.kind == "start"
+                (instance,) = gateway.platform()["instances"]
+                pids = [instance["pid"], instance["runtime_pid"]]
+                assert all(_alive(p) for p in pids)
+                # Idle past its keep-alive: the instance scales to zero, its processes end.
+                _wait_until("scale to zero", lambda: not gateway.platform()["instances"])
+                _wait_until("the instance's exit", lambda: not any(_alive(p) for p in pids))
+                assert gateway.platform()["counters"]["scaled_to_zero"] == 1
+                again = gateway.infer(receipt.model_id, inputs, user_id=user.principal_id, key=key)
+                assert again.route is not None
+                assert again.route.kind == "start"  # from zero: a cold start again
+                (instance,) = gateway.platform()["instances"]
+                pids += [instance["pid"], instance["runtime_pid"]]
+        pids += [info["pids"]["tee"], info["pids"]["keyservice"]]
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+    assert up.returncode == 0, err.decode()[-2000:]
+    text = out.decode()
+    assert "sealserve is up" in text
+    assert info["gateway_url"] in text
+    assert info["runtime_measurement"] in text
+    assert "stopped: 2 requests served, 2 cold starts" in text
+    _wait_until("every process to end", lambda: not any(_alive(p) for p in pids), 30)
+    assert not ready.exists()
+    assert not Path(info["tee_socket"]).parent.exists()
+    assert _shm() - shm_before == set()
+    logs = Path(info["logs_dir"])
+    assert (logs / "gateway.log").stat().st_size > 0
+    assert (logs / "keyservice.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--policy", "x"], {}, "error: --policy has value 'x'; use one of dedicated"),
+        ([], {"SEALSERVE_PLATFORM_POLICY": "y"}, "error: Config 'platform.policy' has value 'y'"),
+        (["--log-level", "LOUD"], {}, "error: --log-level has value 'LOUD'"),
+    ],
+)
+def test_up_refuses_bad_options_in_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sealserve", "up", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert result.returncode in (1, 2)
+    assert result.stderr.strip().startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing was started
