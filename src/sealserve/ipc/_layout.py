@@ -11,15 +11,19 @@ One segment carries one channel.  It is laid out as follows (all integers little
     192      64          space line: space epoch, wake stamp        consumers
     256      64 * S      one line per subscriber slot: state, pid,  consumer (state: also
                          start cursor, waiting flag                the attaching side)
-    4096     64 * C      descriptor ring (C a power of two)         producer, except the
+    4096     64 * C      descriptor table (C a power of two)        producer, except the
                                                                    release marks
+    Q        8 * C       delivery queue: for sequence number s,     producer
+                         word s mod C names s's descriptor
     A        arena_size  payload arena, 4 KiB aligned               producer (loans, copies)
 
 A descriptor is eight words: ``tag`` (sequence number + 1, so an unwritten descriptor never
 matches), ``offset`` and ``length`` within the arena, ``progress`` (bytes ready; equal to
 ``length`` once complete, smaller while a pipelined copy is still moving), ``mask``
-(which subscriber slots must release it; flags in the upper half), then sixteen release
-marks, one byte per subscriber slot, each written only by its subscriber.
+(which subscriber slots must release it; flags in bits 32..47; the descriptor's release mark
+in bits 48..55), then sixteen release marks, one byte per subscriber slot, each written only
+by its subscriber.  Descriptors are taken and given back in any order: one held message
+never holds up the others, and the queue keeps delivery in sequence order.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "DESC_BYTES",
     "FLAG_PIPELINED",
     "MAGIC",
+    "MARK_SHIFT",
     "MAX_SUBSCRIBERS",
     "PRODUCER_CLOSED",
     "PRODUCER_NONE",
@@ -52,7 +57,7 @@ __all__ = [
 ]
 
 MAGIC = b"SEALIPC\x00"
-VERSION = 1
+VERSION = 2
 MAX_SUBSCRIBERS = 16
 DESC_BYTES = 64
 ARENA_ALIGN = 64
@@ -71,8 +76,9 @@ CONSUMER_LIVE = 1
 CONSUMER_LEFT = 2  # closed in an orderly way; the producer reclaims its marks
 CONSUMER_DEAD = 3  # its process died; the producer reclaims its marks
 
-# Descriptor flags (upper half of the mask word).
+# Descriptor flags (bits 32..47 of the mask word); the release mark sits above them.
 FLAG_PIPELINED = 1 << 32
+MARK_SHIFT = 48
 
 
 class W:
@@ -133,7 +139,7 @@ class Geometry:
                 f"max_subscribers must be within [1, {MAX_SUBSCRIBERS}], got {max_subscribers!r}"
             )
         arena_size = _align(arena_bytes, _PAGE)
-        arena_offset = _align(_DESC_OFFSET + capacity * DESC_BYTES, _PAGE)
+        arena_offset = _align(_DESC_OFFSET + capacity * (DESC_BYTES + 8), _PAGE)
         return cls(
             segment_size=arena_offset + arena_size,
             capacity=capacity,
@@ -143,9 +149,18 @@ class Geometry:
             arena_size=arena_size,
         )
 
-    def desc_word(self, seq: int) -> int:
-        """Word index of the descriptor that carries sequence number ``seq``."""
-        return (self.desc_offset + (seq & (self.capacity - 1)) * DESC_BYTES) >> 3
+    @property
+    def queue_offset(self) -> int:
+        """Byte offset of the delivery queue (right after the descriptor table)."""
+        return self.desc_offset + self.capacity * DESC_BYTES
+
+    def desc_word(self, index: int) -> int:
+        """Word index of descriptor ``index`` of the table."""
+        return (self.desc_offset + index * DESC_BYTES) >> 3
+
+    def queue_word(self, seq: int) -> int:
+        """Word index of the queue entry that names the descriptor of sequence number ``seq``."""
+        return (self.queue_offset >> 3) + (seq & (self.capacity - 1))
 
     @staticmethod
     def consumer_word(slot: int) -> int:

@@ -312,14 +312,20 @@ class Publisher:
         if self._error is not None:
             raise self._error
 
-    def _reclaim(self) -> None:
-        """Reclaim, dropping subscribers that left or died while holding messages.  Locked."""
+    def _reclaim(self, *, everything: bool = True) -> None:
+        """Reclaim, dropping subscribers that left or died while holding messages.  Locked.
+
+        ``everything=False`` only retires messages in order from the oldest (cheap, for a
+        look at occupancy on the hot path).
+        """
         ring = self._ring
         while True:
-            blocked = ring.reclaim()
+            blocked = ring.reclaim(everything=everything)
             if blocked is None:
                 return
-            gone = ring.departed(blocked)
+            gone = [(s, why) for s, why in ring.departed_slots() if blocked.mask >> s & 1]
+            if not gone and everything:
+                gone = ring.departed_slots()
             if not gone:
                 return
             for slot, reason in gone:
@@ -370,7 +376,7 @@ class Publisher:
             decision = sched.decide(nbytes=n, qos=q)
         else:
             with self._lock:
-                self._reclaim()
+                self._reclaim(everything=False)
             decision = sched.decide(
                 nbytes=n,
                 qos=q,
@@ -562,7 +568,8 @@ class Publisher:
             if not ok:
                 raise BackpressureTimeout(
                     f"channel {self.name!r} stayed full: no room for {n} bytes "
-                    f"({ring.in_flight} of {ring.capacity} descriptors in flight)"
+                    f"({ring.descriptors_in_use} of {ring.capacity} descriptors and "
+                    f"{ring.arena_in_use} of {self._asize} arena bytes in use)"
                 )
 
     # -- lifecycle -----------------------------------------------------------------------------

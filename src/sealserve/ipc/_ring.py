@@ -1,38 +1,48 @@
-"""The producer's bookkeeping of a channel: allocate, publish in order, reclaim in order.
+"""The producer's bookkeeping of a channel: allocate, publish in order, reclaim in any order.
 
 :class:`ProducerRing` owns the producer half of the segment and nothing else: no waiting, no
 engines, no locks (the publisher holds its lock around every call).  Keeping it apart makes
 the invariants easy to state and to test under random interleavings:
 
-* sequence numbers are dense; descriptors are published in sequence order and ``head`` only
-  grows; ``tail <= head <= next_seq`` and ``next_seq - tail + reserved <= capacity``;
-* a message is reclaimed only once every subscriber in its mask has written its release mark
-  for this lap of the ring (marks carry the lap number, so they never need resetting);
-* arena allocations are a byte ring over a virtual offset that only grows; an allocation
-  goes back to the start of the arena whenever the live bytes leave room there, so a
-  channel that keeps up reuses the same few (hot) cache lines; live allocations never
-  overlap.
+* sequence numbers are dense; messages are published in sequence order through the delivery
+  queue and ``head`` only grows; ``head <= next_seq``;
+* a message holds one descriptor and one arena allocation from ``allocate`` until every
+  subscriber in its mask has written the descriptor's current release mark; then both go
+  back, whatever the order: a message that is held never holds up the ones after it;
+* a descriptor's release mark changes each time it is taken (a 7-bit generation), so a mark
+  left from an earlier message never counts for a later one;
+* live allocations never overlap; an allocation goes to the start of the arena when that
+  room is free (a channel that keeps up reuses the same few hot lines), else right after
+  the previous allocation (a stream walks forward like a ring), else into the first gap
+  that fits: free space is used wherever it is.
+
+Reclamation is cheap on the common path (in order, from the oldest message, every few
+allocations) and complete when it matters: when an allocation finds no room, every released
+message is reclaimed, out of order, before the channel says it is full.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import struct
 import time
 
 from sealserve.ipc import _sys
 from sealserve.ipc._layout import (
+    ARENA_ALIGN,
     CONSUMER_DEAD,
     CONSUMER_FREE,
     CONSUMER_LEFT,
     CONSUMER_LIVE,
+    MARK_SHIFT,
     Geometry,
     W,
     release_pattern,
 )
 from sealserve.ipc._segment import Segment
 
-__all__ = ["FLAG_ABORTED", "ProducerRing", "Rec"]
+__all__ = ["FLAG_ABORTED", "ProducerRing", "Rec", "footprint"]
 
 _DESC = struct.Struct("<5Q")
 _BARRIERS = _sys.NEEDS_BARRIERS
@@ -40,17 +50,25 @@ _FENCE_ACQUIRE, _FENCE_RELEASE = _sys.FENCE_PAIR
 #: Reclaim at every allocation once this many messages are in flight (or for large ones).
 _RECLAIM_BATCH = 4
 _EAGER_BYTES = 64 << 10
+_ALIGN_MASK = ARENA_ALIGN - 1
 #: Descriptor flag: the message's copy failed; subscribers skip it.
 FLAG_ABORTED = 1 << 33
 
 
+def footprint(nbytes: int) -> int:
+    """The arena bytes a message of ``nbytes`` occupies (whole 64-byte lines)."""
+    return (nbytes + _ALIGN_MASK) & ~_ALIGN_MASK
+
+
 class Rec:
-    """One message: its arena allocation, then its publication state."""
+    """One message: its descriptor and arena allocation, then its publication state."""
 
     __slots__ = (
+        "desc",
         "flags",
-        "freed",
+        "footprint",
         "length",
+        "mark",
         "mask",
         "mhi",
         "mlo",
@@ -61,7 +79,6 @@ class Rec:
         "progress",
         "ready",
         "seq",
-        "vend",
     )
     # set by submit()
     length: int
@@ -74,16 +91,17 @@ class Rec:
     plo: int
     phi: int
 
-    def __init__(self, offset: int, nbytes: int, vend: int) -> None:
+    def __init__(self, desc: int, mark: int, offset: int, nbytes: int, need: int) -> None:
+        self.desc = desc
+        self.mark = mark
         self.offset = offset
         self.nbytes = nbytes
-        self.vend = vend
-        self.freed = False
+        self.footprint = need
         self.seq = -1
         self.mask = 0
 
     def __repr__(self) -> str:
-        return f"Rec(seq={self.seq}, offset={self.offset}, nbytes={self.nbytes})"
+        return f"Rec(seq={self.seq}, desc={self.desc}, offset={self.offset}, nbytes={self.nbytes})"
 
 
 class ProducerRing:
@@ -98,8 +116,8 @@ class ProducerRing:
         self.capacity = g.capacity
         self.max_subscribers = g.max_subscribers
         self._cmask = g.capacity - 1
-        self._lap_shift = g.capacity.bit_length() - 1
         self._desc_off = g.desc_offset
+        self._queue_word = g.queue_offset >> 3
         self._mark_word = (g.desc_offset >> 3) + W.D_MARKS
         self.arena_size = g.arena_size
         self._trim_above = trim_above
@@ -108,8 +126,15 @@ class ProducerRing:
         self.reserved = 0
         self._pending: collections.deque[Rec] = collections.deque()
         self._inflight: collections.deque[Rec] = collections.deque()
-        self._allocs: collections.deque[Rec] = collections.deque()
-        self._alloc_head = self._alloc_tail = 0
+        # Free descriptors as a stack (the most recently freed, hottest one goes first) and
+        # each descriptor's generation, which its release mark carries.
+        self._free = list(range(g.capacity - 1, -1, -1))
+        self._gens = [0] * g.capacity
+        # Live arena allocations, sorted by offset; ``_cursor`` ends the latest one.
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._cursor = 0
+        self._in_use = 0
         self.wakeups = 0
         self.live: list[int] = []
         self.live_mask = 0
@@ -123,12 +148,21 @@ class ProducerRing:
 
     @property
     def in_flight(self) -> int:
-        """Descriptors submitted and not yet reclaimed."""
-        return self.next_seq - self.tail
+        """Messages submitted and not yet reclaimed."""
+        return len(self._inflight) + len(self._pending)
+
+    @property
+    def descriptors_in_use(self) -> int:
+        """Descriptors taken: messages in flight and open loans."""
+        return self.capacity - len(self._free)
 
     @property
     def arena_in_use(self) -> int:
-        return self._alloc_head - self._alloc_tail
+        return self._in_use
+
+    def allocations(self) -> list[tuple[int, int]]:
+        """The live arena allocations as ``(start, end)``, by offset."""
+        return list(zip(self._starts, self._ends, strict=True))
 
     # -- subscribers ---------------------------------------------------------------------------
 
@@ -150,7 +184,7 @@ class ProducerRing:
         # slot's byte is cleared everywhere, except in descriptors still in flight whose
         # mask names the slot: there the earlier occupant's marks (written by ``drop``)
         # are what lets them be reclaimed.
-        keep = {rec.seq & self._cmask for rec in self._inflight if rec.mask >> slot & 1}
+        keep = {rec.desc for rec in self._inflight if rec.mask >> slot & 1}
         b = self._b
         base = self._desc_off + W.D_MARKS_BYTE + slot
         for i in range(self.capacity):
@@ -171,20 +205,15 @@ class ProducerRing:
         released = 0
         for rec in self._inflight:
             if rec.mask >> slot & 1:
-                at = self._desc_off + (rec.seq & self._cmask) * 64 + W.D_MARKS_BYTE + slot
-                lap = ((rec.seq >> self._lap_shift) & 0x7F) | 0x80
-                if b[at] != lap:
-                    b[at] = lap
+                at = self._desc_off + rec.desc * 64 + W.D_MARKS_BYTE + slot
+                if b[at] != rec.mark:
+                    b[at] = rec.mark
                     released += 1
         self.live.remove(slot)
         self.live_mask &= ~(1 << slot)
         self._waiting_words = [Geometry.consumer_word(s) + W.C_WAITING for s in self.live]
         self._w[Geometry.consumer_word(slot) + W.C_STATE] = CONSUMER_FREE
         return released
-
-    def departed(self, rec: Rec) -> list[tuple[int, str]]:
-        """Subscribers in ``rec``'s mask that left or were marked dead."""
-        return [(slot, why) for slot, why in self.departed_slots() if rec.mask >> slot & 1]
 
     def departed_slots(self) -> list[tuple[int, str]]:
         """Subscribers this ring still counts that left or were marked dead."""
@@ -201,50 +230,83 @@ class ProducerRing:
     # -- allocation ----------------------------------------------------------------------------
 
     def allocate(self, nbytes: int, loan: bool) -> Rec | None:
-        """Take arena room for ``nbytes`` and one descriptor, or ``None`` if there is none.
+        """Take a descriptor and arena room for ``nbytes``, or ``None`` if there is none.
 
-        Released messages are reclaimed first when a few are in flight or the message is
-        large (so the allocation can go back to the start of the arena); otherwise
-        reclamation waits for the next batch, which keeps small messages cheap.
+        Released messages are reclaimed in order first when a few are in flight or the
+        message is large; if there is still no room, every released message is reclaimed,
+        out of order, and the allocation tried again.
         """
         inflight = self._inflight
         if inflight and (len(inflight) >= _RECLAIM_BATCH or nbytes >= _EAGER_BYTES):
             self.reclaim()
-        if self.next_seq - self.tail + self.reserved >= self.capacity:
-            return None
-        need = (nbytes + 63) & ~63
-        head = self._alloc_head
-        if need == 0:
-            rec = Rec(0, 0, head)
-        else:
-            tail = self._alloc_tail
-            asize = self.arena_size
-            if head == tail:
-                head = tail = self._alloc_tail = 0
-            next_lap = (head // asize + 1) * asize
-            if next_lap + need - tail <= asize:
-                start = next_lap  # back to the start: hot lines, compact footprint
-            elif head % asize + need <= asize and head + need - tail <= asize:
-                start = head
-            else:
+        rec = self._take(nbytes)
+        if rec is None:
+            if not inflight:
                 return None
-            rec = Rec(start % asize, nbytes, start + need)
-        self._alloc_head = rec.vend
-        self._allocs.append(rec)
+            self.reclaim(everything=True)
+            rec = self._take(nbytes)
+            if rec is None:
+                return None
         if loan:
             self.reserved += 1
         return rec
 
+    def _take(self, nbytes: int) -> Rec | None:
+        free = self._free
+        if not free:
+            return None
+        need = (nbytes + _ALIGN_MASK) & ~_ALIGN_MASK
+        offset = self._place(need) if need else 0
+        if offset < 0:
+            return None
+        desc = free.pop()
+        gen = self._gens[desc] = (self._gens[desc] + 1) & 0x7F
+        return Rec(desc, gen | 0x80, offset, nbytes, need)
+
+    def _place(self, need: int) -> int:
+        """Arena offset for ``need`` bytes (recorded as live), or -1 if no gap holds them."""
+        starts = self._starts
+        ends = self._ends
+        if not starts or starts[0] >= need:
+            at = 0  # the start: hot lines, compact footprint
+            i = 0
+        else:
+            at = self._cursor  # right after the latest allocation, as a ring would
+            i = bisect.bisect_left(starts, at)
+            limit = starts[i] if i < len(starts) else self.arena_size
+            if limit - at < need:
+                at = -1
+                for i in range(1, len(starts)):  # first fit
+                    if starts[i] - ends[i - 1] >= need:
+                        at = ends[i - 1]
+                        break
+                else:
+                    if self.arena_size - ends[-1] >= need:
+                        at = ends[-1]
+                        i = len(starts)
+                if at < 0:
+                    return -1
+        end = at + need
+        starts.insert(i, at)
+        ends.insert(i, end)
+        self._cursor = end
+        self._in_use += need
+        return at
+
+    def _give_back(self, rec: Rec) -> None:
+        need = rec.footprint
+        if need:
+            starts = self._starts
+            i = bisect.bisect_left(starts, rec.offset)
+            del starts[i]
+            del self._ends[i]
+            self._in_use -= need
+        self._free.append(rec.desc)
+
     def free_unpublished(self, rec: Rec) -> None:
         """Give back a loan that is discarded."""
         self.reserved -= 1
-        rec.freed = True
-        self._advance_allocs()
-
-    def _advance_allocs(self) -> None:
-        allocs = self._allocs
-        while allocs and allocs[0].freed:
-            self._alloc_tail = allocs.popleft().vend
+        self._give_back(rec)
 
     # -- publication ---------------------------------------------------------------------------
 
@@ -303,21 +365,23 @@ class ProducerRing:
         if pat is None:
             lo, hi = release_pattern(mask)
             pat = self._patterns[mask] = (lo * 0xFF, hi * 0xFF, lo, hi)
-        lap = ((seq >> self._lap_shift) & 0x7F) | 0x80
+        mark = rec.mark
         rec.mask = mask
         rec.mlo = pat[0]
         rec.mhi = pat[1]
-        rec.plo = pat[2] * lap
-        rec.phi = pat[3] * lap
+        rec.plo = pat[2] * mark
+        rec.phi = pat[3] * mark
+        desc = rec.desc
         _DESC.pack_into(
             self._b,
-            self._desc_off + (seq & self._cmask) * 64,
+            self._desc_off + desc * 64,
             seq + 1,
             rec.offset,
             rec.length,
             rec.progress,
-            mask | rec.flags,
+            mask | rec.flags | mark << MARK_SHIFT,
         )
+        self._w[self._queue_word + (seq & self._cmask)] = desc
         self._inflight.append(rec)
         self.head = seq + 1
 
@@ -325,9 +389,9 @@ class ProducerRing:
         """Store ``rec.progress`` (and its flags) if it is published, and wake who waits."""
         if rec.seq < 0 or rec.seq >= self.head:
             return
-        d = (self._desc_off >> 3) + (rec.seq & self._cmask) * 8
+        d = (self._desc_off >> 3) + rec.desc * 8
         if rec.flags & FLAG_ABORTED:
-            self._w[d + W.D_MASK] = rec.mask | rec.flags
+            self._w[d + W.D_MASK] = rec.mask | rec.flags | rec.mark << MARK_SHIFT
         _sys.release_fence()
         self._w[d + W.D_PROGRESS] = rec.progress
         self.notify()
@@ -354,28 +418,43 @@ class ProducerRing:
 
     # -- reclamation ---------------------------------------------------------------------------
 
-    def reclaim(self) -> Rec | None:
-        """Retire released messages in order; return the first one still held, if any."""
+    def reclaim(self, *, everything: bool = False) -> Rec | None:
+        """Retire released messages; return the oldest one still held, if any.
+
+        By default only from the oldest message on, up to the first one still held (the
+        cheap common case); with ``everything``, released messages behind a held one too.
+        """
         inflight = self._inflight
         w = self._w
-        cmask = self._cmask
         mark_word = self._mark_word
         freed = False
-        blocked: Rec | None = None
         while inflight:
             rec = inflight[0]
-            mw = mark_word + (rec.seq & cmask) * 8
+            mw = mark_word + rec.desc * 8
             if (w[mw] & rec.mlo) != rec.plo or (w[mw + 1] & rec.mhi) != rec.phi:
-                blocked = rec
                 break
             inflight.popleft()
-            rec.freed = True
+            self._retire(rec)
             freed = True
-            self.tail = rec.seq + 1
-            trim = self._trim_above
-            if trim is not None and rec.nbytes >= trim:
-                self._seg.trim(rec.offset, rec.nbytes)
+        if everything and len(inflight) > 1:
+            held: list[Rec] = []
+            for rec in inflight:
+                mw = mark_word + rec.desc * 8
+                if (w[mw] & rec.mlo) != rec.plo or (w[mw + 1] & rec.mhi) != rec.phi:
+                    held.append(rec)
+                else:
+                    self._retire(rec)
+            if len(held) < len(inflight):
+                inflight.clear()
+                inflight.extend(held)
+                freed = True
         if freed:
+            self.tail = inflight[0].seq if inflight else self.head
             w[W.TAIL] = self.tail
-            self._advance_allocs()
-        return blocked
+        return inflight[0] if inflight else None
+
+    def _retire(self, rec: Rec) -> None:
+        trim = self._trim_above
+        if trim is not None and rec.nbytes >= trim:
+            self._seg.trim(rec.offset, rec.nbytes)
+        self._give_back(rec)

@@ -23,7 +23,14 @@ from sealserve._log import get_logger
 from sealserve.errors import ChannelClosed, IPCError, PeerDied, SegmentError
 from sealserve.ipc import _sys
 from sealserve.ipc._engines import copy_bytes
-from sealserve.ipc._layout import CONSUMER_LEFT, CONSUMER_LIVE, PRODUCER_CLOSED, Geometry, W
+from sealserve.ipc._layout import (
+    CONSUMER_LEFT,
+    CONSUMER_LIVE,
+    MARK_SHIFT,
+    PRODUCER_CLOSED,
+    Geometry,
+    W,
+)
 from sealserve.ipc._link import Link, PeerState
 from sealserve.ipc._notify import QoS, SpinBudget, wait_on_epoch
 from sealserve.ipc._ring import FLAG_ABORTED
@@ -51,11 +58,22 @@ class Sample:
     for all of it, ``chunks()`` yields it piece by piece as it lands.
     """
 
-    __slots__ = ("_complete", "_offset", "_released", "_sub", "nbytes", "seq")
+    __slots__ = ("_complete", "_desc", "_mark", "_offset", "_released", "_sub", "nbytes", "seq")
 
-    def __init__(self, sub: Subscriber, seq: int, offset: int, nbytes: int, complete: bool) -> None:
+    def __init__(
+        self,
+        sub: Subscriber,
+        seq: int,
+        desc: int,
+        mark: int,
+        offset: int,
+        nbytes: int,
+        complete: bool,
+    ) -> None:
         self._sub = sub
         self.seq = seq
+        self._desc = desc
+        self._mark = mark
         self._offset = offset
         self.nbytes = nbytes
         self._complete = complete
@@ -106,7 +124,7 @@ class Sample:
         """How many leading bytes have landed (``nbytes`` once complete)."""
         if self._complete:
             return self.nbytes
-        ready = self._sub._progress(self.seq, self.nbytes)
+        ready = self._sub._progress(self._desc, self.seq, self.nbytes)
         if ready >= self.nbytes:
             self._complete = True
         return ready
@@ -172,11 +190,10 @@ class Sample:
         if sub._closed:
             return
         sub._held -= 1
-        seq = self.seq
-        sub._b[sub._mark_base + (seq & sub._cmask) * 64] = ((seq >> sub._lap_shift) & 0x7F) | 0x80
+        sub._b[sub._mark_base + self._desc * 64] = self._mark
         _sys.full_fence()
         want = sub._w[W.SPACE_WANT]
-        if want and seq + 1 >= want:
+        if want and self.seq + 1 >= want:
             sub._wake_producer()
 
     @property
@@ -225,7 +242,8 @@ class Subscriber:
         self._arena_u64 = np.frombuffer(self._ro, np.uint64)
         self._geometry = g
         self._cmask = g.capacity - 1
-        self._lap_shift = g.capacity.bit_length() - 1
+        self._capacity = g.capacity
+        self._queue_word = g.queue_offset >> 3
         self._desc_off = g.desc_offset
         self._asize = g.arena_size
         self._cw = Geometry.consumer_word(slot)
@@ -266,28 +284,35 @@ class Subscriber:
                     return None
             if _BARRIERS:
                 _sys.acquire_fence()
+            desc = w[self._queue_word + (seq & self._cmask)]
+            if desc >= self._capacity:
+                raise SegmentError(
+                    f"queue entry of message {seq} of channel {self.name!r} is corrupt "
+                    f"(descriptor {desc})"
+                )
             tag, offset, length, progress, mask = _DESC.unpack_from(
-                self._b, self._desc_off + (seq & self._cmask) * 64
+                self._b, self._desc_off + desc * 64
             )
             if tag != seq + 1:
                 raise SegmentError(
-                    f"descriptor {seq} of channel {self.name!r} is corrupt (tag {tag})"
+                    f"descriptor of message {seq} of channel {self.name!r} is corrupt (tag {tag})"
                 )
             self._cursor = seq + 1
             if not mask & self._bit:
                 continue  # published before this subscriber attached
+            mark = (mask >> MARK_SHIFT) & 0xFF
             if mask & FLAG_ABORTED:
-                self._mark(seq)  # its copy failed: nothing to deliver
+                self._mark(seq, desc, mark)  # its copy failed: nothing to deliver
                 continue
             if offset + length > self._asize or progress > length:
                 raise SegmentError(
-                    f"descriptor {seq} of channel {self.name!r} points outside the arena"
+                    f"descriptor of message {seq} of channel {self.name!r} points outside the arena"
                 )
             self._held += 1
             c = self._c_received
             c[0] += 1
             c[1] += length
-            return Sample(self, seq, offset, length, progress == length)
+            return Sample(self, seq, desc, mark, offset, length, progress == length)
 
     def receive_into(
         self, out: Any, *, timeout: float | None = None, qos: QoS | str | None = None
@@ -360,11 +385,13 @@ class Subscriber:
 
     # -- pipelined messages --------------------------------------------------------------------
 
-    def _progress(self, seq: int, nbytes: int) -> int:
-        d = (self._desc_off + (seq & self._cmask) * 64) >> 3
+    def _progress(self, desc: int, seq: int, nbytes: int) -> int:
+        d = (self._desc_off >> 3) + desc * 8
         w = self._w
         if w[d + W.D_TAG] != seq + 1:
-            raise SegmentError(f"descriptor {seq} of channel {self.name!r} was overwritten")
+            raise SegmentError(
+                f"descriptor of message {seq} of channel {self.name!r} was overwritten"
+            )
         ready = w[d + W.D_PROGRESS]
         _sys.acquire_fence()
         if ready > nbytes:
@@ -411,10 +438,9 @@ class Subscriber:
 
     # -- release -------------------------------------------------------------------------------
 
-    def _mark(self, seq: int) -> None:
+    def _mark(self, seq: int, desc: int, mark: int) -> None:
         """Write this subscriber's release mark for ``seq`` and wake the producer if due."""
-        lap = ((seq >> self._lap_shift) & 0x7F) | 0x80
-        self._b[self._mark_base + (seq & self._cmask) * 64] = lap
+        self._b[self._mark_base + desc * 64] = mark
         _sys.full_fence()
         want = self._w[W.SPACE_WANT]
         if want and seq + 1 >= want:

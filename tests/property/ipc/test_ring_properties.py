@@ -11,6 +11,11 @@ step:
 * every sample still held reads exactly what was written (no slot was reused under it);
 * the ring never has more descriptors in flight than its capacity, nor more arena in use
   than the arena;
+* a send or loan is refused only when the ring really is full: every descriptor is taken by
+  a message some subscriber still holds (or an open loan), or no gap of the arena can hold
+  it (``k`` live allocations leave at most ``k + 1`` gaps, so one of them has at least
+  ``free / (k + 1)`` bytes; an allocator that uses free space wherever it is never refuses
+  below that);
 * once everything is released and reclaimed, nothing is in flight and no arena is in use.
 """
 
@@ -31,6 +36,7 @@ from hypothesis.stateful import (
 
 from sealserve.errors import BackpressureTimeout
 from sealserve.ipc import Channel, ChannelOptions, Loan, Sample, Subscriber
+from sealserve.ipc._ring import footprint
 
 OPTS = ChannelOptions(capacity=8, arena_bytes=16 << 10, max_subscribers=3, memory="anonymous")
 SIZES = st.integers(min_value=0, max_value=6000)
@@ -42,10 +48,18 @@ def _content(token: int, size: int) -> bytes:
 
 
 @dataclasses.dataclass
+class _Message:
+    seq: int
+    content: bytes
+    footprint: int  # arena bytes it occupies (a loan keeps its full size when committed short)
+
+
+@dataclasses.dataclass
 class _Sub:
     sub: Subscriber
+    first: int  # index into published of the first message it receives
     next_index: int  # index into published of the next message it should receive
-    held: list[tuple[Sample, bytes]] = dataclasses.field(default_factory=list)
+    held: list[tuple[Sample, int]] = dataclasses.field(default_factory=list)  # (sample, index)
 
 
 class RingMachine(RuleBasedStateMachine):
@@ -56,17 +70,41 @@ class RingMachine(RuleBasedStateMachine):
         self.channel = Channel.create(OPTS)
         self.pub = self.channel.publisher()
         self.subs: list[_Sub] = []
-        self.published: list[tuple[int, bytes]] = []  # (seq, content) in seq order
-        self.open_loans: list[Loan] = []
+        self.published: list[_Message] = []  # in seq order
+        self.open_loans: list[tuple[Loan, int]] = []  # (loan, footprint)
         self.tokens = 0
         self._attach()
 
     def _attach(self) -> None:
-        self.subs.append(_Sub(self.channel.subscriber(), len(self.published)))
+        n = len(self.published)
+        self.subs.append(_Sub(self.channel.subscriber(), n, n))
 
     def _token(self) -> int:
         self.tokens += 1
         return self.tokens
+
+    def _live(self) -> list[int]:
+        """Footprints of what the producer may not reuse: held or unread messages, loans."""
+        live = [fp for _, fp in self.open_loans]
+        for i, msg in enumerate(self.published):
+            for s in self.subs:
+                if s.first <= i and (i >= s.next_index or any(j == i for _, j in s.held)):
+                    live.append(msg.footprint)
+                    break
+        return live
+
+    def _refusal_is_legitimate(self, size: int) -> None:
+        live = self._live()
+        if len(live) >= OPTS.capacity:
+            return  # every descriptor is taken
+        need = footprint(size)
+        occupied = [fp for fp in live if fp]
+        free = OPTS.arena_bytes - sum(occupied)
+        assert need > 0, f"an empty message was refused with {len(live)} descriptors taken"
+        assert need > free // (len(occupied) + 1), (
+            f"{size} bytes refused with {len(live)} of {OPTS.capacity} descriptors and "
+            f"{free} arena bytes free in at most {len(occupied) + 1} gaps"
+        )
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -76,19 +114,28 @@ class RingMachine(RuleBasedStateMachine):
         try:
             done = self.pub.send(content, timeout=0)
         except BackpressureTimeout:
+            self._refusal_is_legitimate(size)
             return
-        self.published.append((done.seq, content))
+        self.published.append(_Message(done.seq, content, footprint(size)))
 
     @rule(target=loans, size=SIZES)
     def take_loan(self, size: int) -> tuple[Loan, bytes] | None:
         try:
             loan = self.pub.loan(size, timeout=0)
         except BackpressureTimeout:
+            self._refusal_is_legitimate(size)
             return None
         content = _content(self._token(), size)
         loan.view[:] = content
-        self.open_loans.append(loan)
+        self.open_loans.append((loan, footprint(size)))
         return loan, content
+
+    def _close_loan(self, loan: Loan) -> int:
+        for i, (open_loan, fp) in enumerate(self.open_loans):
+            if open_loan is loan:
+                del self.open_loans[i]
+                return fp
+        raise AssertionError("unknown loan")
 
     @rule(item=consumes(loans), shorter=st.booleans())
     def commit(self, item: tuple[Loan, bytes] | None, shorter: bool) -> None:
@@ -97,14 +144,14 @@ class RingMachine(RuleBasedStateMachine):
         loan, content = item
         length = len(content) // 2 if shorter else len(content)
         seq = loan.commit(length)
-        self.open_loans.remove(loan)
-        self.published.append((seq, content[:length]))
+        fp = self._close_loan(loan)
+        self.published.append(_Message(seq, content[:length], fp))
 
     @rule(item=consumes(loans))
     def discard(self, item: tuple[Loan, bytes] | None) -> None:
         if item is not None:
             item[0].discard()
-            self.open_loans.remove(item[0])
+            self._close_loan(item[0])
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -117,11 +164,10 @@ class RingMachine(RuleBasedStateMachine):
             assert pending == [], "a published message was not delivered"
             return
         assert pending, "a message arrived that was never published"
-        seq, content = pending[0]
-        assert sample.seq == seq
-        assert sample.tobytes() == content
+        assert sample.seq == pending[0].seq
+        assert sample.tobytes() == pending[0].content
+        s.held.append((sample, s.next_index))
         s.next_index += 1
-        s.held.append((sample, content))
 
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
@@ -150,21 +196,21 @@ class RingMachine(RuleBasedStateMachine):
     @invariant()
     def held_samples_are_intact(self) -> None:
         for s in self.subs:
-            for sample, content in s.held:
-                assert sample.tobytes() == content, "a held slot was reused"
+            for sample, i in s.held:
+                assert sample.tobytes() == self.published[i].content, "a held slot was reused"
 
     @invariant()
     def ring_stays_within_bounds(self) -> None:
         stats = self.pub.stats()
         assert 0 <= stats.in_flight <= OPTS.capacity
         assert 0 <= stats.arena_bytes_in_use <= stats.arena_bytes
-        seqs = [seq for seq, _ in self.published]
+        seqs = [m.seq for m in self.published]
         assert seqs == sorted(seqs)
         assert len(set(seqs)) == len(seqs)
 
     def teardown(self) -> None:
         try:
-            for loan in self.open_loans:
+            for loan, _ in self.open_loans:
                 loan.discard()
             for s in self.subs:
                 for sample, _ in s.held:

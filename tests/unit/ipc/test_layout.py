@@ -26,16 +26,19 @@ def _header(capacity: int = 8, arena: int = 1 << 16) -> tuple[bytearray, Geometr
     return buf, g
 
 
-def test_plan_lays_out_descriptors_then_a_page_aligned_arena() -> None:
+def test_plan_lays_out_descriptors_a_queue_then_a_page_aligned_arena() -> None:
     g = Geometry.plan(capacity=64, arena_bytes=10_000, max_subscribers=3)
     assert g.desc_offset == 4096
-    assert g.arena_offset >= g.desc_offset + 64 * DESC_BYTES
+    assert g.queue_offset == g.desc_offset + 64 * DESC_BYTES
+    assert g.arena_offset >= g.queue_offset + 64 * 8
     assert g.arena_offset % 4096 == 0
     assert g.arena_size == 12_288  # rounded up to whole pages
     assert g.segment_size == g.arena_offset + g.arena_size
     assert g.desc_word(0) == 4096 // 8
-    assert g.desc_word(64) == g.desc_word(0)  # the ring wraps
-    assert g.desc_word(65) == g.desc_word(0) + 8
+    assert g.desc_word(3) == g.desc_word(0) + 3 * 8
+    assert g.queue_word(0) == g.queue_offset // 8
+    assert g.queue_word(64) == g.queue_word(0)  # the queue wraps
+    assert g.queue_word(65) == g.queue_word(0) + 1
 
 
 @pytest.mark.parametrize(

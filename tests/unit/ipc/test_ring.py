@@ -1,7 +1,8 @@
-"""The producer's bookkeeping: arena placement, lap marks, in-order reclamation."""
+"""The producer's bookkeeping: arena placement, release marks, reclamation in any order."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -19,9 +20,8 @@ def segment() -> Iterator[Segment]:
 
 
 def _release(seg: Segment, rec: Rec, slot: int) -> None:
-    g = seg.geometry
-    lap = ((rec.seq >> (g.capacity.bit_length() - 1)) & 0x7F) | 0x80
-    seg.bytes[g.desc_offset + (rec.seq & (g.capacity - 1)) * 64 + W.D_MARKS_BYTE + slot] = lap
+    """What a subscriber's ``Sample.release`` writes."""
+    seg.bytes[seg.geometry.desc_offset + rec.desc * 64 + W.D_MARKS_BYTE + slot] = rec.mark
 
 
 def _publish(ring: ProducerRing, n: int) -> Rec:
@@ -44,26 +44,66 @@ def test_a_ring_that_keeps_up_reuses_the_start_of_the_arena(segment: Segment) ->
     assert set(offsets) <= {0, 3008, 6016, 9024, 12032}  # a handful of hot lines, not a walk
 
 
+def test_a_stream_walks_forward_and_wraps_like_a_ring(segment: Segment) -> None:
+    ring = ProducerRing(segment, trim_above=None)
+    ring.attach()
+    live: list[Rec] = []
+    offsets = []
+    for _ in range(40):
+        rec = ring.allocate(20_000, False)
+        if rec is None:
+            _release(segment, live.pop(0), 0)
+            rec = ring.allocate(20_000, False)
+        assert rec is not None
+        ring.submit(rec, 20_000, 0, 20_000, True, False)
+        offsets.append(rec.offset)
+        live.append(rec)
+    assert set(offsets) == {0, 20_032, 40_064}  # three fit; each goes where the oldest was
+
+
 def test_allocations_never_overlap_while_live(segment: Segment) -> None:
     ring = ProducerRing(segment, trim_above=None)
     ring.attach()
     live: list[Rec] = []
-    for i in range(200):
+    for i in range(400):
         size = 1000 + (i * 7919) % 20_000
         rec = ring.allocate(size, False)
         if rec is None:
-            _release(segment, live.pop(0), 0)
-            ring.reclaim()
+            victim = live.pop((i * 31) % len(live))  # released in no particular order
+            _release(segment, victim, 0)
             continue
         ring.submit(rec, size, 0, size, True, False)
         for other in live:
             assert rec.offset + size <= other.offset or other.offset + other.nbytes <= rec.offset
         assert rec.offset + size <= segment.geometry.arena_size
         live.append(rec)
-        assert ring.in_flight == len(live) <= ring.capacity
+        assert len(live) <= ring.in_flight <= ring.capacity  # released, maybe not yet reclaimed
+        spans = ring.allocations()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+        assert ring.arena_in_use == sum(end - start for start, end in spans)
 
 
-def test_reclamation_is_in_order_and_waits_for_every_slot(segment: Segment) -> None:
+def test_released_messages_behind_a_held_one_are_reclaimed_when_room_is_needed(
+    segment: Segment,
+) -> None:
+    ring = ProducerRing(segment, trim_above=None)
+    ring.attach()
+    recs = [_publish(ring, 64) for _ in range(8)]  # every descriptor taken
+    for rec in recs[1:]:
+        _release(segment, rec, 0)
+    assert ring.reclaim() is recs[0]  # the cheap pass stops at the held message
+    assert ring.in_flight == 8
+    late = ring.allocate(64, False)  # no descriptor free: the full pass finds seven
+    assert late is not None
+    assert ring.in_flight == 1
+    assert ring.descriptors_in_use == 2
+    assert ring.tail == recs[0].seq
+    _release(segment, recs[0], 0)
+    assert ring.reclaim() is None
+    assert ring.tail == ring.head
+
+
+def test_reclamation_waits_for_every_slot(segment: Segment) -> None:
     ring = ProducerRing(segment, trim_above=None)
     ring.attach()
     ring.attach()
@@ -71,7 +111,8 @@ def test_reclamation_is_in_order_and_waits_for_every_slot(segment: Segment) -> N
     _release(segment, b, 0)
     _release(segment, b, 1)
     _release(segment, a, 0)
-    assert ring.reclaim() is a  # b is released, but a (slot 1) holds the line
+    assert ring.reclaim(everything=True) is a  # slot 1 still holds a; b goes
+    assert ring.in_flight == 1
     assert ring.tail == 0
     _release(segment, a, 1)
     assert ring.reclaim() is None
@@ -79,19 +120,21 @@ def test_reclamation_is_in_order_and_waits_for_every_slot(segment: Segment) -> N
     assert ring.arena_in_use == 0
 
 
-def test_marks_of_an_earlier_lap_do_not_count(segment: Segment) -> None:
+def test_marks_of_an_earlier_use_of_a_descriptor_do_not_count(segment: Segment) -> None:
     ring = ProducerRing(segment, trim_above=None)
     ring.attach()
     first = _publish(ring, 64)
     _release(segment, first, 0)
     ring.reclaim()
-    for _ in range(7):
-        r = _publish(ring, 64)
-        _release(segment, r, 0)
-        ring.reclaim()
-    again = _publish(ring, 64)  # seq 8 reuses descriptor 0, whose mark says lap 0
-    assert again.seq & 7 == first.seq & 7
+    again = _publish(ring, 64)  # the freed descriptor is taken again, with a new mark
+    assert again.desc == first.desc
+    assert again.mark != first.mark
     assert ring.reclaim() is again
+    for _ in range(300):  # the 7-bit generation wraps without ever matching a stale mark
+        _release(segment, again, 0)
+        ring.reclaim()
+        again = _publish(ring, 64)
+        assert ring.reclaim() is again
 
 
 def test_a_departed_subscriber_is_named_and_its_marks_written(segment: Segment) -> None:
@@ -102,7 +145,7 @@ def test_a_departed_subscriber_is_named_and_its_marks_written(segment: Segment) 
     _release(segment, rec, 0)
     segment.words[Geometry.consumer_word(1) + W.C_STATE] = CONSUMER_LEFT
     assert ring.reclaim() is rec
-    assert ring.departed(rec) == [(1, "left")]
+    assert ring.departed_slots() == [(1, "left")]
     assert ring.drop(1) == 1
     assert ring.reclaim() is None
     assert ring.live == [0]
