@@ -31,6 +31,7 @@ from sealserve.platform._local import LocalBackend, LocalOptions
 from sealserve.platform._meter import CostMeter, MeteredInstance
 from sealserve.platform._metrics import PlatformMetrics
 from sealserve.platform._platform import Platform, PlatformResult, PlatformState
+from sealserve.platform._priors import NamedPriors
 from sealserve.platform._stats import InstanceStats, PlatformStats
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "LocalOptions",
     "MeteredInstance",
     "ModelCatalog",
+    "NamedPriors",
     "Platform",
     "PlatformConfig",
     "PlatformController",

@@ -50,6 +50,7 @@ from sealserve.platform._backend import InstanceBackend, InstanceHealth, Instanc
 from sealserve.platform._config import PlatformConfig
 from sealserve.platform._controller import PlatformController
 from sealserve.platform._metrics import PlatformMetrics
+from sealserve.platform._priors import NamedPriors
 from sealserve.platform._stats import PlatformStats
 from sealserve.runtime import timings
 
@@ -112,9 +113,9 @@ class Platform:
     """Instances on a backend, routed by an FnPacker policy (see the module docstring).
 
     ``model_memory_mb`` gives the memory a model takes in a runtime's budget.  ``policy`` is
-    made from ``config.policy`` (with ``priors``, the measured cost model, when given) unless
-    one is passed.  With ``autotick`` off no timer runs: call :meth:`tick` and
-    :meth:`check_health` (tests move a manual clock instead of sleeping).
+    made from ``config.policy`` (with ``priors``, the measured cost model, looked up by model
+    name, when given) unless one is passed.  With ``autotick`` off no timer runs: call
+    :meth:`tick` and :meth:`check_health` (tests move a manual clock instead of sleeping).
     """
 
     def __init__(
@@ -138,7 +139,11 @@ class Platform:
         self.config = config
         self.controller = PlatformController(
             config,
-            policy=policy if policy is not None else make_policy(config.policy, priors=priors),
+            policy=policy
+            if policy is not None
+            else make_policy(
+                config.policy, priors=NamedPriors(priors) if priors is not None else None
+            ),
             model_memory_mb=model_memory_mb,
         )
         self.registry = registry if registry is not None else CollectorRegistry()

@@ -146,3 +146,27 @@ def test_the_wrapper_checks_its_arguments() -> None:
         CappedPolicy("sealserve", max_instances=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_instances must be an int >= 1, got 0"):
         CappedPolicy(Recording(), max_instances=0)
+
+
+# -- priors --------------------------------------------------------------------------------------
+
+
+def test_measured_priors_are_looked_up_by_the_models_name() -> None:
+    from sealserve.packer import CostModel, ModelCosts
+    from sealserve.platform import NamedPriors
+
+    costs = CostModel(
+        cold_start_s=2.5,
+        runtime_base_mb=80.0,
+        models={
+            "mobilenet-v2": ModelCosts(load_s=0.2, infer_s=0.02, memory_mb=70.0),
+            "resnet-50": ModelCosts(load_s=1.6, infer_s=0.12, memory_mb=380.0),
+        },
+    )
+    priors = NamedPriors(costs)
+    owner = "f" * 64
+    assert priors.cold_start_s == 2.5
+    assert priors.load_s(f"{owner}/mobilenet-v2") == 0.2
+    assert priors.infer_s(f"{owner}/resnet-50") == 0.12
+    # A name the cost model does not know takes a measured model's costs, chosen by name.
+    assert priors.infer_s(f"{owner}/custom") in (0.02, 0.12)
