@@ -4,6 +4,7 @@ inference on a photo and on text, the model list, the platform's status, and err
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -123,3 +124,50 @@ def test_an_owner_uploads_and_a_user_infers_from_the_command_line(
                       "--gateway", info.gateway_url, *pins, check=False)  # fmt: skip
     assert wrong.returncode == 1
     assert "is an image, but the model is not an image model" in wrong.stderr
+
+
+def test_gateway_serve_runs_a_gateway_against_a_running_keyservice_and_daemon(
+    cli_stack: Stack, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from sealserve.client import GatewayClient
+    from tests.unit.runtime.graphs import dense_model, plain_run
+
+    info = cli_stack.deployment.info
+    user = cli_stack.new_user()
+    model = cli_stack.add_model("dense-gw", dense_model(31), tmp_path, grant=[user])
+    command = [
+        sys.executable, "-m", "sealserve", "gateway", "serve",
+        "--store", info.store_dir,
+        "--tee-socket", info.tee_socket,
+        "--keyservice", info.keyservice_url,
+        "--keyservice-measurement", info.keyservice_measurement,
+        "--platform-key", info.platform_key_file,
+        "--data-dir", str(tmp_path / "gw"),
+        "--port", "0",
+        "--policy", "lru-multiplex",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        ready = json.loads(server.stdout.readline())
+        assert ready["event"] == "gateway.ready"
+        assert ready["policy"] == "lru-multiplex"
+        x = {"X": np.ones((1, 64), np.float32)}
+        with GatewayClient(ready["url"]) as client:
+            result = client.infer(
+                model, x, user_id=user.principal_id, key=cli_stack.key(user, model)
+            )
+        np.testing.assert_allclose(result.outputs["Y"], plain_run(dense_model(31), x)["Y"],
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        assert result.route is not None
+        assert result.route.policy == "lru-multiplex"
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=90)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err[-2000:]
