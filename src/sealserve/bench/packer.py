@@ -24,7 +24,6 @@ import dataclasses
 import math
 import statistics
 import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,20 +31,20 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sealserve.bench._common import environment, interleaved, print_table, ratio, write_json
+from sealserve.bench._common import environment, print_table, ratio, write_json
 from sealserve.bench._packer_costs import measure_costs
+from sealserve.bench._packer_runs import PolicyRuns, evaluate_goals, run_policies
 from sealserve.config import PlatformSettings
 from sealserve.errors import PackerError
 from sealserve.packer import (
     POLICY_NAMES,
     CostModel,
     GroupConfig,
-    SimResult,
     SyntheticConfig,
     Trace,
-    make_policy,
+    ideal_packing_gb_s,
+    ideal_shaped_gb_s,
     read_trace_csv,
-    simulate,
     synthetic_trace,
     write_trace_csv,
 )
@@ -62,117 +61,6 @@ __all__ = [
 _BASELINE = "dedicated"
 _FITTED = "dedicated-fitted"
 _PLATFORM = PlatformSettings()
-
-# -- running the policies -----------------------------------------------------------------------
-
-#: The figures reported per policy: the median over the repeats of each.
-_FIGURES = ("p50_ms", "p99_ms", "cold_starts", "model_loads", "gb_s")
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyRuns:
-    """One policy's simulations of a trace, one per seed, and their medians."""
-
-    name: str
-    runs: tuple[SimResult, ...]
-
-    def median(self, figure: str) -> float:
-        values = [float(r.summary()[figure]) for r in self.runs]
-        return float(statistics.median(values))
-
-    @property
-    def switches(self) -> float:
-        return float(statistics.median(r.cold_starts + r.model_loads for r in self.runs))
-
-    def summary(self) -> dict[str, Any]:
-        first = self.runs[0].summary()
-        out: dict[str, Any] = {key: self.median(key) for key in first if key not in _SKIP}
-        out["switches"] = self.switches
-        out["repeats"] = [{k: r.summary()[k] for k in (*_FIGURES, "seed")} for r in self.runs]
-        out["options"] = first["options"]
-        return out
-
-
-_SKIP = ("decisions", "options", "seed")
-
-
-def run_policies(
-    trace: Trace,
-    costs: CostModel,
-    *,
-    policies: Sequence[str],
-    config: GroupConfig,
-    jitter: float,
-    seed: int,
-    repeats: int = 3,
-    max_models: int = 3,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, PolicyRuns]:
-    """Simulate ``trace`` under each policy, ``repeats`` times with seeds ``seed``, ``seed+1``...
-
-    The repeats differ only in the sampled costs (``jitter``); each uses fresh policy objects.
-    They run interleaved, every policy once per round.
-    """
-    seeds: dict[str, int] = {}
-
-    def case(name: str) -> Callable[[], SimResult]:
-        def run() -> SimResult:
-            count = seeds.get(name, 0)
-            seeds[name] = count + 1
-            policy = make_policy(name, priors=costs, max_models=max_models)
-            return simulate(trace, policy, costs, config=config, jitter=jitter, seed=seed + count)
-
-        return run
-
-    results = interleaved({n: case(n) for n in policies}, repeats=repeats, progress=progress)
-    return {name: PolicyRuns(name, tuple(runs)) for name, runs in results.items()}
-
-
-def ideal_packing_gb_s(run: SimResult, costs: CostModel, config: GroupConfig) -> float:
-    """GB-seconds of an ideal packer that keeps every model resident as long as ``dedicated``
-    kept the model's function alive, billed only for the models' own memory plus one runtime.
-
-    ``run`` is a ``dedicated`` run.  Packing with the same residency (so the same latency) can
-    save the functions' runtimes, their rounding to memory steps and their empty space, never
-    more: this is how low it can go without evicting models sooner than a keep-alive.
-    """
-    prefix = f"{config.name}/"
-    mb_s = sum(costs.memory_mb(f.removeprefix(prefix)) * sec for f, sec in run.function_s.items())
-    return (mb_s + costs.runtime_base_mb * run.end_s) / 1024.0
-
-
-def evaluate_goals(results: dict[str, PolicyRuns]) -> list[dict[str, Any]]:
-    """Issue 6's simulator goals (on the medians), each with its value and whether it is met."""
-    goals: list[dict[str, Any]] = []
-    base = results.get(_BASELINE)
-    if base is None:
-        return goals
-    for name in ("sesemi", "sealserve"):
-        res = results.get(name)
-        if res is None:
-            continue
-        gb = ratio(res.median("gb_s"), base.median("gb_s"))
-        p99 = ratio(res.median("p99_ms"), base.median("p99_ms"))
-        goals.append(
-            {"goal": f"{name} GB-s <= 0.5 x dedicated", "value": gb, "met": bool(gb <= 0.5)}
-        )
-        goals.append(
-            {"goal": f"{name} p99 <= 1.2 x dedicated", "value": p99, "met": bool(p99 <= 1.2)}
-        )
-    ours = results.get("sealserve")
-    if ours is not None:
-        for other in ("lru-multiplex", "sesemi"):
-            res = results.get(other)
-            if res is None:
-                continue
-            goals.append(
-                {
-                    "goal": f"sealserve cold starts + loads < {other}'s",
-                    "value": f"{ours.switches:g} vs {res.switches:g}",
-                    "met": ours.switches < res.switches,
-                }
-            )
-    return goals
 
 
 def _report(
@@ -208,11 +96,18 @@ def _report(
         ideal = statistics.median(ideal_packing_gb_s(r, costs, config) for r in base.runs)
         reference["ideal_packing_gb_s"] = round(ideal, 3)
         reference["ideal_packing_ratio_to_dedicated"] = ratio(ideal, base.median("gb_s"))
+        shaped = [ideal_shaped_gb_s(r, costs, config) for r in base.runs]
+        reference["ideal_shaped_gb_s"] = round(statistics.median(gb for gb, _ in shaped), 3)
+        reference["ideal_shaped_exact"] = all(exact for _, exact in shaped)
+        reference["ideal_shaped_ratio_to_dedicated"] = ratio(
+            reference["ideal_shaped_gb_s"], base.median("gb_s")
+        )
         fitted = results.get(_FITTED)
         if fitted is not None:
-            reference["ideal_packing_ratio_to_dedicated_fitted"] = ratio(
-                ideal, fitted.median("gb_s")
-            )
+            for name in ("ideal_packing", "ideal_shaped"):
+                reference[f"{name}_ratio_to_dedicated_fitted"] = ratio(
+                    reference[f"{name}_gb_s"], fitted.median("gb_s")
+                )
     summary = trace.summary()
     summary["zoo_model_of"] = {m: costs.zoo_model_for(m) for m in trace.models}
     platform = dataclasses.asdict(config)
@@ -576,14 +471,19 @@ def _print(
         console=console,
     )
     reference = report["reference"]
-    ideal = reference.get("ideal_packing_ratio_to_dedicated")
-    if ideal is not None:
-        fitted = reference.get("ideal_packing_ratio_to_dedicated_fitted")
+    for name, what in (
+        ("ideal_packing", "billed for model memory plus one runtime"),
+        ("ideal_shaped", "in the group's shapes, repacked for free at every change"),
+    ):
+        ideal = reference.get(f"{name}_ratio_to_dedicated")
+        if ideal is None:
+            continue
+        fitted = reference.get(f"{name}_ratio_to_dedicated_fitted")
         also = f", {fitted:.2f} x dedicated-fitted" if fitted is not None else ""
         console.print(
             "  reference: an ideal packer with dedicated's residency (each model resident while "
-            "its function was alive, billed for model memory plus one runtime): "
-            f"{reference['ideal_packing_gb_s']:,.0f} GB-s, {ideal:.2f} x dedicated{also}"
+            f"its function was alive), {what}: {reference[f'{name}_gb_s']:,.0f} GB-s, "
+            f"{ideal:.2f} x dedicated{also}"
         )
     for goal in report["goals"]:
         mark = "[green]met[/green]" if goal["met"] else "[red]not met[/red]"

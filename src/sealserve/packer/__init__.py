@@ -23,6 +23,7 @@ from sealserve.packer._group import Assignment, FunctionGroup, LoadPlan, ReadyAc
 from sealserve.packer._instance import Instance, InstanceState
 from sealserve.packer._multiplex import LruMultiplexPolicy
 from sealserve.packer._policy import Policy
+from sealserve.packer._reference import ideal_packing_gb_s, ideal_shaped_gb_s, pack_memory_mb
 from sealserve.packer._registry import POLICY_ALIASES, POLICY_NAMES, make_policy
 from sealserve.packer._router import Routed, Router
 from sealserve.packer._sealserve import CostPriors, SealservePolicy
@@ -71,7 +72,10 @@ __all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "Trace",
     "TraceRequest",
     "UniformDedicatedPolicy",
+    "ideal_packing_gb_s",
+    "ideal_shaped_gb_s",
     "make_policy",
+    "pack_memory_mb",
     "parse_trace_csv",
     "read_trace_csv",
     "simulate",

@@ -61,6 +61,8 @@ class SimResult:
     seed: int = 0
     #: Instance-seconds per function (one per model under ``dedicated``; one for packing).
     function_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Every instance as (function, started at, stopped at), in start order.
+    function_intervals: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def requests(self) -> int:
@@ -234,9 +236,11 @@ def simulate(
         (stop if stop is not None else now) - start for _mb, start, stop in group.intervals()
     )
     function_s: dict[str, float] = {}
-    for inst in group.stopped:
+    intervals = []
+    for inst in sorted(group.stopped, key=lambda i: i.id):
         stop = inst.stopped_at if inst.stopped_at is not None else now
         function_s[inst.function] = function_s.get(inst.function, 0.0) + stop - inst.started_at
+        intervals.append((inst.function, inst.started_at, stop))
     return SimResult(
         policy=policy.name,
         options=policy.options(),
@@ -254,4 +258,5 @@ def simulate(
         end_s=now,
         seed=seed,
         function_s=function_s,
+        function_intervals=tuple(intervals),
     )

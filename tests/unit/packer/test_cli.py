@@ -54,8 +54,13 @@ def test_a_synthetic_run_writes_every_policy(costs_file: Path, tmp_path: Path) -
     # the packed instances: the platform's default memory, the budget what the runtime leaves
     assert report["platform"]["instance_memory_mb"] == 2048
     assert report["platform"]["budget_mb"] == pytest.approx(2048 - 100.0)
-    ideal = report["reference"]["ideal_packing_ratio_to_dedicated"]
-    assert 0 < ideal < report["reference"]["ideal_packing_ratio_to_dedicated_fitted"] < 1
+    reference = report["reference"]
+    ideal = reference["ideal_packing_ratio_to_dedicated"]
+    assert 0 < ideal < reference["ideal_packing_ratio_to_dedicated_fitted"] < 1
+    # in the shapes, packing cannot do better than with fluid memory
+    assert reference["ideal_shaped_exact"] is True
+    assert reference["ideal_packing_gb_s"] <= reference["ideal_shaped_gb_s"]
+    assert ideal <= reference["ideal_shaped_ratio_to_dedicated"] < 1
     assert report["simulation"]["seeds"] == [0, 1]
     assert report["trace"]["models"] <= 6
     assert report["costs"]["schema"] == "sealserve.packer.costs/1"
