@@ -21,6 +21,7 @@ from sealserve._cli import (
     up,
     user,
 )
+from sealserve._lifeline import watch_inherited_lifeline
 
 __all__ = ["app", "main"]
 
@@ -62,4 +63,5 @@ app.add_typer(platform.app, name="platform")
 
 def main() -> None:
     """Entry point of the ``sealserve`` console script."""
+    watch_inherited_lifeline()
     app()

@@ -11,36 +11,14 @@ from __future__ import annotations
 
 import os
 import runpy
-import select
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
+
+from sealserve._lifeline import exit_when_closed
 
 __all__ = ["main"]
 
 _EX_SOFTWARE = 70
-#: After the platform goes away, how long the entry has to shut down after SIGTERM.
-_ORPHAN_GRACE_S = 5.0
-
-
-def _exit_when_platform_goes(fd: int) -> None:
-    """A measured process lives only as long as its platform: when the attestation channel
-    hangs up (the platform, or the launcher embedding it, died or closed the handle), ask the
-    entry to stop with SIGTERM, then end the process if it has not stopped in time."""
-    poller = select.poll()
-    poller.register(fd, select.POLLHUP | select.POLLERR)
-    while True:
-        try:
-            events = poller.poll()
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-            continue
-        if any(mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, mask in events):
-            break
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(_ORPHAN_GRACE_S)
-    os._exit(_EX_SOFTWARE)
 
 
 def main() -> None:
@@ -62,8 +40,6 @@ def main() -> None:
         raise SystemExit(_EX_SOFTWARE)
     tee_fd = os.environ.get("SEALSERVE_TEE_FD", "")
     if tee_fd.isdigit():
-        threading.Thread(
-            target=_exit_when_platform_goes, args=(int(tee_fd),), name="tee-watchdog", daemon=True
-        ).start()
+        exit_when_closed(int(tee_fd), name="tee")
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

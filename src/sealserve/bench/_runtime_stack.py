@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from sealserve._lifeline import tie_to_this_process
 from sealserve.attest import (
     MeasuredProcess,
     PlatformServer,
@@ -322,12 +323,14 @@ class LocalStack:
             *extra,
         ]  # fmt: skip
         env = dict(os.environ, SEALSERVE_SPAWNED_AT=repr(time.time()))
+        lifeline = tie_to_this_process(env)
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
                 self.instance_command(extra=args),
                 stdout=log,
                 stderr=log,
                 env=env,
+                pass_fds=(lifeline,),
                 start_new_session=True,
             )
         deadline = time.monotonic() + _READY_TIMEOUT_S

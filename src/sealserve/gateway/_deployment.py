@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
+from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
 from sealserve.attest import PlatformClient, Policy, TrustAnchors, read_platform_public_key
 from sealserve.config import Settings
@@ -179,9 +180,17 @@ class LocalDeployment:
             "--data-dir", str(self.data_dir),
             "--log-level", o.log_level,
         ]  # fmt: skip
+        env = dict(os.environ)
+        lifeline = tie_to_this_process(env)
         with (self.logs_dir / "tee.log").open("ab") as log:
             self._daemon = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                pass_fds=(lifeline,),
+                start_new_session=True,
             )
         deadline = time.monotonic() + _DAEMON_TIMEOUT_S
         while True:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
 from sealserve.errors import PlatformError
 from sealserve.instance import SPAWNED_AT_ENV, InstanceClient
@@ -170,6 +171,7 @@ class LocalBackend:
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             ready_file.unlink(missing_ok=True)
             env = dict(os.environ, **{SPAWNED_AT_ENV: repr(time.time())})
+            lifeline = tie_to_this_process(env)
             with log_path.open("ab") as log:
                 return subprocess.Popen(
                     command,
@@ -177,6 +179,7 @@ class LocalBackend:
                     stdout=log,
                     stderr=log,
                     env=env,
+                    pass_fds=(lifeline,),
                     start_new_session=True,
                 )
 

@@ -144,3 +144,61 @@ def test_up_refuses_bad_options_in_one_line(
     assert result.stderr.strip().startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_nothing_outlives_up_when_it_is_killed(tmp_path: Path) -> None:
+    """SIGKILL gives ``up`` no chance to clean up: its instance hosts, the TEE daemon, the
+    KeyService and the runtimes must still end (lifelines and the TEE watchdog)."""
+    ready = tmp_path / "up.json"
+    command = [
+        sys.executable, "-m", "sealserve", "up",
+        "--data-dir", str(tmp_path / "data"),
+        "--keyservice-port", "0",
+        "--gateway-port", "0",
+        "--ready-file", str(ready),
+    ]  # fmt: skip
+    up = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pids: list[int] = []
+    try:
+        _wait_until("the ready file", lambda: ready.exists() or up.poll() is not None, 120)
+        assert up.poll() is None, up.communicate()[1].decode()[-2000:]
+        info = json.loads(ready.read_text())
+        pins = KeyServicePin(
+            policy=Policy(measurements=frozenset({info["keyservice_measurement"]})),
+            trust=TrustAnchors.from_data_dir(Path(info["data_dir"])),
+        )
+        runtime = Policy(measurements=frozenset({info["runtime_measurement"]}))
+        onnx = dense_model(3)
+        (tmp_path / "m.onnx").write_bytes(onnx)
+        with (
+            Owner(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as owner,
+            User(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as user,
+        ):
+            owner.register()
+            user.register()
+            from sealserve.instance import ModelStore
+
+            receipt = upload_model(owner, ModelStore(info["store_dir"]), "m", tmp_path / "m.onnx")
+            owner.grant("m", user.principal_id, runtime)
+            key = RequestKey.generate()
+            user.put_request_key(receipt.model_id, key, runtime)
+            with GatewayClient(info["gateway_url"]) as gateway:
+                gateway.infer(
+                    receipt.model_id,
+                    {"X": np.ones((1, 64), np.float32)},
+                    user_id=user.principal_id,
+                    key=key,
+                )
+                (instance,) = gateway.platform()["instances"]
+                pids += [instance["pid"], instance["runtime_pid"]]
+        pids += [info["pids"]["tee"], info["pids"]["keyservice"]]
+        assert all(_alive(p) for p in pids)
+        up.send_signal(signal.SIGKILL)
+        up.wait(30)
+        _wait_until("every process to end", lambda: not any(_alive(p) for p in pids), 60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        assert up.stderr is not None
+        up.stderr.close()
