@@ -1,0 +1,73 @@
+"""sealserve on Ray Serve, for clusters: instances as replicas, FnPacker as the request router.
+
+* :class:`RayOptions` — the deployment: the platform's settings and where each node keeps
+  the model store, the TEE platform daemon and the KeyService pin; its mapping to Ray Serve
+  (autoscaling, concurrency, health checks, the request router);
+* :class:`SealedInstance` — the deployment class: each replica runs one instance (host +
+  sealed runtime, launched through the node's TEE platform, as the local platform does);
+* :class:`FnPackerRequestRouter` — Ray Serve's request router whose choice is FnPacker's,
+  over :class:`ReplicaPacker` (the pure core: the same policy objects as the simulator);
+* :class:`PackerAutoscaler` — Ray Serve's autoscaling policy: a replica when the router
+  holds requests, one fewer per replica idle past the keep-alive;
+* :class:`RayPlatform` — the gateway's platform over the deployment handle;
+* :func:`connect`, :func:`deploy`, :func:`undeploy`, :func:`disconnect`.
+
+``ray`` is an optional dependency (the ``ray`` extra): importing :mod:`sealserve.platform`
+never imports it, and neither does this package until a name that needs it is used.  See
+docs/platforms.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sealserve.platform.ray._autoscale import LAST_USED_METRIC, PackerAutoscaler
+from sealserve.platform.ray._options import RayOptions
+from sealserve.platform.ray._packer import ReplicaPacker, ReplicaView
+from sealserve.platform.ray._platform import RayPlatform
+from sealserve.platform.ray._registry import forget_packers, packer_for
+from sealserve.platform.ray._serve import (
+    build_application,
+    connect,
+    deploy,
+    disconnect,
+    undeploy,
+)
+
+if TYPE_CHECKING:
+    from sealserve.platform.ray._replica import SealedInstance
+    from sealserve.platform.ray._router import FnPackerRequestRouter
+
+__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+    "FnPackerRequestRouter",
+    "LAST_USED_METRIC",
+    "PackerAutoscaler",
+    "RayOptions",
+    "RayPlatform",
+    "ReplicaPacker",
+    "ReplicaView",
+    "SealedInstance",
+    "build_application",
+    "connect",
+    "deploy",
+    "disconnect",
+    "forget_packers",
+    "packer_for",
+    "undeploy",
+]
+
+_LAZY = {"FnPackerRequestRouter": "_router", "SealedInstance": "_replica"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
