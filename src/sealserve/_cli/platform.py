@@ -1,14 +1,26 @@
-"""``sealserve platform …``: what the local platform runs and decides, as a gateway reports it."""
+"""``sealserve platform …``: what the local platform runs and decides, as a gateway reports it;
+sealserve on Ray Serve (``ray serve``) and OpenWhisk packaging (``openwhisk package``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from sealserve._cli.gateway import GatewayUrlOpt, gateway_url
-from sealserve._cli.keyservice import JsonOpt, guarded
+from sealserve._cli.keyservice import (
+    DataDirOpt,
+    JsonOpt,
+    KeyServiceMeasurementOpt,
+    PlatformKeyOpt,
+    fail,
+    guarded,
+    keyservice_url,
+    resolve_data_dir,
+)
 
 __all__ = ["app"]
 
@@ -82,3 +94,178 @@ def _short(text: str) -> str:
     if sep and len(head) == 64:
         return f"{head[:8]}…/{tail}"
     return text
+
+
+# -- sealserve on Ray Serve, and OpenWhisk packaging -------------------------------------------
+
+ray_app = typer.Typer(
+    help="sealserve on Ray Serve: instances as replicas, FnPacker as the request router.",
+    no_args_is_help=True,
+)
+openwhisk_app = typer.Typer(
+    help="The instance as an OpenWhisk blackbox action.", no_args_is_help=True
+)
+app.add_typer(ray_app, name="ray")
+app.add_typer(openwhisk_app, name="openwhisk")
+
+
+@ray_app.command("serve")
+def ray_serve(
+    store: Annotated[Path, typer.Option("--store", help="Model store (on every node).")],
+    tee_socket: Annotated[
+        Path, typer.Option(help="Each node's TEE platform daemon socket (same path everywhere).")
+    ],
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (e.g. auto, ray://HOST:10001); default: start one."),
+    ] = None,
+    keyservice: Annotated[
+        str | None, typer.Option("--keyservice", help="KeyService URL (default: settings).")
+    ] = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    data_dir: DataDirOpt = None,
+    host: Annotated[str, typer.Option(help="Gateway address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Gateway port (default: gateway.port).")] = None,
+    policy: Annotated[str | None, typer.Option(help="FnPacker policy.")] = None,
+    max_instances: Annotated[
+        int | None, typer.Option(min=1, help="Most replicas (default: platform.max_instances).")
+    ] = None,
+    min_replicas: Annotated[
+        int, typer.Option(min=0, help="Fewest replicas (0: scale to zero).")
+    ] = 0,
+    num_cpus: Annotated[
+        int | None, typer.Option(min=1, help="CPUs of a local Ray (ignored with --address).")
+    ] = None,
+    replica_cpus: Annotated[
+        float, typer.Option(min=0.0, help="CPUs Ray reserves per replica.")
+    ] = 1.0,
+    app_name: Annotated[
+        str, typer.Option("--app", help="Ray Serve application name.")
+    ] = "sealserve",
+    config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Deploy sealed instances on Ray Serve and serve the gateway through its handle.
+
+    Connects to --address (or starts a local Ray), deploys the SealedInstance deployment
+    (each replica one instance, launched through --tee-socket on its node) with FnPacker's
+    request router and autoscaler, then serves the usual gateway API until Ctrl-C; on exit the
+    application is deleted (and a local Ray stopped).  See docs/platforms.md.
+    """
+    from sealserve._log import configure_logging
+    from sealserve.attest import measure
+    from sealserve.config import load_settings
+    from sealserve.gateway import Gateway, GatewayOptions, GatewayServer
+    from sealserve.instance import ModelStore
+    from sealserve.packer import POLICY_NAMES
+    from sealserve.platform import ModelCatalog, PlatformConfig
+
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
+    if policy is not None and policy not in POLICY_NAMES:
+        fail(f"--policy has value {policy!r}; use one of {', '.join(POLICY_NAMES)}", 2)
+    if not store.is_dir():
+        fail(f"--store {str(store)!r} is not a directory", 2)
+    try:
+        from sealserve.platform import ray as on_ray
+    except ImportError:
+        fail("Ray Serve is not installed: pip install 'sealserve[ray]'", 2)
+    loaded = guarded(lambda: load_settings(config))
+    folder = resolve_data_dir(data_dir if data_dir is not None else loaded.data_dir)
+    overrides: dict[str, Any] = {}
+    if policy is not None:
+        overrides["policy"] = policy
+    if max_instances is not None:
+        overrides["max_instances"] = max_instances
+    platform_config = guarded(lambda: PlatformConfig.from_settings(loaded, **overrides))
+    key_file = platform_key or folder / "tee" / "platform.pub"
+    if not key_file.is_file():
+        fail(f"no platform key at '{key_file}'; pass --platform-key FILE", 2)
+    options = guarded(
+        lambda: on_ray.RayOptions(
+            store_dir=store.resolve(),
+            keyservice_url=keyservice_url(keyservice),
+            tee_socket=tee_socket,
+            platform_key_file=key_file.resolve(),
+            keyservice_measurement=keyservice_measurement or measure("keyservice"),
+            run_dir=folder / "run" / "ray",
+            platform=platform_config,
+            app_name=app_name,
+            min_replicas=min_replicas,
+            replica_num_cpus=replica_cpus,
+            instance_log_level="WARNING" if level in ("INFO", "DEBUG") else level,
+        )
+    )
+    configure_logging(level)
+    started = guarded(lambda: on_ray.connect(address, num_cpus=num_cpus))
+    try:
+        handle = guarded(lambda: on_ray.deploy(options))
+        platform = on_ray.RayPlatform(handle, options=options)
+        catalog = ModelCatalog(ModelStore(store), memory_factor=platform_config.memory_factor)
+        gateway = Gateway(platform, catalog, options=GatewayOptions.from_settings(loaded.gateway))
+        server = guarded(
+            lambda: GatewayServer(
+                gateway, host=host, port=loaded.gateway.port if port is None else port,
+                log_level=level,
+            )
+        )  # fmt: skip
+
+        def ready() -> None:
+            typer.echo(
+                json.dumps(
+                    {"event": "gateway.ready", "url": server.url, "platform": "ray",
+                     "app": app_name, "policy": platform.policy}
+                )
+            )  # fmt: skip
+
+        guarded(lambda: server.serve(on_ready=ready))
+    finally:
+        with contextlib.suppress(Exception):
+            on_ray.undeploy(options)
+        on_ray.disconnect(shutdown=started)
+
+
+@openwhisk_app.command("package")
+def openwhisk_package(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the package into.")],
+    keyservice: Annotated[
+        str, typer.Option("--keyservice", help="KeyService URL the action's runtime uses.")
+    ],
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    image: Annotated[str | None, typer.Option(help="Docker image reference.")] = None,
+    action: Annotated[str, typer.Option(help="OpenWhisk action name.")] = "sealed-instance",
+    package: Annotated[str, typer.Option(help="OpenWhisk package name.")] = "sealserve",
+    wheel: Annotated[
+        Path | None, typer.Option(help="A sealserve wheel to install in the image.")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help="Sealed models to bake into the image.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
+) -> None:
+    """Write a Dockerfile, entrypoint, wskdeploy manifest, wsk commands and README.
+
+    Memory, timeout and concurrency come from the settings (platform.instance_memory_mb,
+    gateway.request_timeout_s, platform.instance_concurrency).  Nothing is built or deployed.
+    """
+    from sealserve.attest import measure
+    from sealserve.config import load_settings
+    from sealserve.platform.openwhisk import OpenWhiskOptions, write_package
+
+    loaded = guarded(lambda: load_settings(config))
+    extra: dict[str, Any] = {"action": action, "package": package}
+    if image is not None:
+        extra["image"] = image
+    options = guarded(
+        lambda: OpenWhiskOptions.from_settings(
+            loaded,
+            keyservice_url=keyservice,
+            keyservice_measurement=keyservice_measurement or measure("keyservice"),
+            **extra,
+        )
+    )
+    files = guarded(lambda: write_package(out, options, wheel_file=wheel, store_dir=store))
+    for path in files:
+        typer.echo(str(path))
