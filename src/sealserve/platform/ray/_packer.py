@@ -5,13 +5,17 @@ serves each request.  :class:`ReplicaPacker` keeps FnPacker's :class:`~sealserve
 (the same policy objects as the simulator and the local platform) in step with the replicas
 Ray Serve reports, and turns each decision into a replica, or into "hold the request":
 
-* a replica FnPacker has not seen joins the function group as a ready instance; if the policy
-  asked for an instance (a ``START``) that has no replica yet, the new replica *is* that
-  instance;
-* a replica that is gone leaves the group (``instance_failed``): its requests are routed again;
-* ``RUN`` on an instance -> its replica; ``START`` and ``WAIT`` -> hold (Ray Serve asks again
-  after a backoff; :class:`~sealserve.platform.ray.PackerAutoscaler` adds a replica while
-  requests are held);
+* the group holds the instances the policy started: a ``START`` takes a replica the group
+  does not use yet (a *spare*, kept by ``min_replicas`` or added by the autoscaler) at once,
+  else it is held until Ray Serve adds one
+  (:class:`~sealserve.platform.ray.PackerAutoscaler` adds a replica while requests are held),
+  and that replica *is* the new instance; one that does not come within ``start_timeout_s``
+  is given up;
+* a replica that is gone leaves the group (``instance_failed``): its requests are routed
+  again; a runtime restart (a new generation in the replica's routing stats) does the same,
+  and the replica is a spare again;
+* ``RUN`` on an instance -> its replica; ``WAIT`` -> hold (Ray Serve asks again after a
+  backoff);
 * a request that completes frees its slot.  A model load is not its own call on Ray Serve: the
   replica loads a model when a request for it arrives (the runtime single-flights the load),
   so the first request of a model that completes on a replica ends its load in the group.
@@ -140,7 +144,7 @@ class ReplicaPacker:
             req = self._requests.get(key)
             if req is None:
                 if not self.router.group.fits(model):
-                    return next(iter(self._instance_of), None)
+                    return replicas[0].replica_id if replicas else None
                 req = _Request(next(self._ids), key, model, request_id, arrived=now)
                 self._requests[key] = req
                 self._by_rid[req.rid] = req
@@ -268,20 +272,14 @@ class ReplicaPacker:
         self._bind_unbound(replicas, now)
 
     def _bind_unbound(self, replicas: Sequence[ReplicaView], now: float) -> None:
-        group = self.router.group
+        """Give each instance the policy started (oldest first) a replica it does not use."""
         for view in replicas:
+            if not self._pending_starts:
+                return
             if view.replica_id in self._instance_of:
                 continue
-            if self._pending_starts:
-                iid = next(iter(self._pending_starts))
-                del self._pending_starts[iid]
-            elif group.can_start():
-                inst = group.start(None, now)
-                iid = inst.id
-                self._spawned_at[iid] = now
-                self.meter.start(iid, memory_mb=inst.memory_mb, now=now)
-            else:
-                continue  # more replicas than the group may have: not routed to
+            iid = next(iter(self._pending_starts))
+            del self._pending_starts[iid]
             self._replica_of[iid] = view.replica_id
             self._instance_of[view.replica_id] = iid
             self._generation[view.replica_id] = view.routing_stats.get("runtime_generation")

@@ -1,0 +1,204 @@
+"""The pure parts of sealserve on Ray Serve: FnPacker over replicas, the autoscaler, the
+mapping to Ray Serve's config.  No Ray runs here (tests/integration/ray runs it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sealserve.packer import make_policy
+from sealserve.platform import PlatformConfig
+from sealserve.platform.ray import PackerAutoscaler, RayOptions, ReplicaPacker, ReplicaView
+
+
+def packer(policy: str = "sesemi", **config: object) -> ReplicaPacker:
+    cfg = PlatformConfig(policy=policy, **config)  # type: ignore[arg-type]
+    return ReplicaPacker(cfg, policy=make_policy(policy), model_memory_mb=lambda _m: 100.0)
+
+
+def views(*ids: str, **stats: dict[str, object]) -> list[ReplicaView]:
+    return [ReplicaView(i, stats.get(i, {})) for i in ids]
+
+
+def test_replicas_join_the_group_and_a_request_goes_where_the_policy_says() -> None:
+    p = packer(max_instances=2, instance_concurrency=2)
+    reps = views("r-a", "r-b")
+    first = p.route("k1", model="m1", replicas=reps, now=0.0, request_id="req-1")
+    assert first in {"r-a", "r-b"}
+    decision = p.decision_for("req-1")
+    assert decision is not None
+    assert decision.kind == "start"
+    assert decision.load
+    assert p.replica_for(decision.instance_id or 0) == first
+    # Asked again (Ray Serve could not send it yet): the same replica.
+    assert p.route("k1", model="m1", replicas=reps, now=0.1) == first
+    p.completed("k1", 1.0)
+    stats = p.snapshot(1.0)
+    assert len(stats.instances) == 1  # the other replica is a spare, outside the group
+    assert stats.counters["served"] == 1
+    assert stats.counters["cold_starts"] == 1  # the policy started it: it took a spare
+    assert {i.url for i in stats.instances} == {f"ray-replica://{first}"}
+    inst = next(i for i in stats.instances if i.instance_id == decision.instance_id)
+    assert inst.models == ("m1",)  # the first completion ended the load
+
+
+def test_a_hot_model_claims_its_replica_under_sesemi() -> None:
+    p = packer(max_instances=2, instance_concurrency=4)
+    reps = views("r-a", "r-b")
+    hot = [p.route(f"h{i}", model="hot", replicas=reps, now=0.0) for i in range(3)]
+    assert len(set(hot)) == 1
+    other = p.route("s1", model="sporadic", replicas=reps, now=0.0)
+    assert other is not None
+    assert other != hot[0]
+
+
+def test_start_is_held_until_a_replica_comes_and_that_replica_is_the_new_instance() -> None:
+    p = packer(policy="dedicated", max_instances=2, instance_concurrency=1)
+    one = views("r-a")
+    assert p.route("k1", model="m1", replicas=one, now=0.0, request_id="a") == "r-a"
+    # Another model under "dedicated" needs its own instance: START, held (no spare).
+    assert p.route("k2", model="m2", replicas=one, now=0.1, request_id="b") is None
+    started = p.decision_for("b")
+    assert started is not None
+    assert started.kind == "start"
+    assert p.snapshot(0.1).counters["cold_starts"] == 2
+    # Ray Serve's autoscaler adds a replica: it is that instance.
+    assert p.route("k2", model="m2", replicas=views("r-a", "r-b"), now=2.0) == "r-b"
+    assert p.instance_for("r-b") == started.instance_id
+
+
+def test_a_start_whose_replica_never_comes_is_given_up_and_routed_again() -> None:
+    p = packer(policy="dedicated", max_instances=2, instance_concurrency=1, start_timeout_s=5.0)
+    one = views("r-a")
+    p.route("k1", model="m1", replicas=one, now=0.0)
+    assert p.route("k2", model="m2", replicas=one, now=0.0) is None
+    assert p.route("k2", model="m2", replicas=one, now=6.0) is None  # given up, routed again
+    stats = p.snapshot(6.0)
+    assert stats.counters["failed_starts"] == 1
+    assert stats.counters["rerouted"] == 1
+
+
+def test_a_replica_that_goes_away_leaves_the_group_and_its_requests_are_routed_again() -> None:
+    p = packer(max_instances=2, instance_concurrency=2)
+    target = p.route("k1", model="m1", replicas=views("r-a", "r-b"), now=0.0)
+    assert target is not None
+    survivor = "r-b" if target == "r-a" else "r-a"
+    # Ray Serve asks again after the replica died: it goes to the one left.
+    assert p.route("k1", model="m1", replicas=views(survivor), now=1.0) == survivor
+    stats = p.snapshot(1.0)
+    assert len(stats.instances) == 1
+    assert stats.instances[0].url == f"ray-replica://{survivor}"
+    assert stats.counters["instances_replaced"] == 1
+    p.completed("k1", 2.0)
+    assert p.snapshot(2.0).in_flight == 0
+
+
+def test_a_runtime_restart_reported_in_routing_stats_replaces_the_instance() -> None:
+    p = packer(max_instances=1, instance_concurrency=2)
+    stats_1 = {"r-a": {"runtime_generation": 1, "models": []}}
+    p.route("k1", model="m1", replicas=views("r-a", **stats_1), now=0.0)
+    p.completed("k1", 1.0)
+    before = p.instance_for("r-a")
+    stats_2 = {"r-a": {"runtime_generation": 2, "models": []}}
+    p.route("k2", model="m1", replicas=views("r-a", **stats_2), now=2.0, request_id="x")
+    assert p.instance_for("r-a") != before
+    decision = p.decision_for("x")
+    assert decision is not None
+    assert decision.load  # its models went with the old runtime
+    assert p.snapshot(2.0).counters["runtime_failures"] == 1
+
+
+def test_a_held_request_that_is_cancelled_leaves_the_router() -> None:
+    p = packer(max_instances=1, instance_concurrency=1)
+    one = views("r-a")
+    assert p.route("k1", model="m1", replicas=one, now=0.0) == "r-a"
+    assert p.route("k2", model="m1", replicas=one, now=0.0) is None  # full: held
+    assert p.waiting == 1
+    p.cancel("k2", 1.0)
+    assert p.waiting == 0
+    p.completed("k1", 1.0)
+    assert p.snapshot(1.0).in_flight == 0
+
+
+def test_a_model_no_instance_can_hold_goes_to_any_replica_unpacked() -> None:
+    cfg = PlatformConfig(policy="sealserve", max_instances=1)
+    p = ReplicaPacker(cfg, policy=make_policy("sealserve"), model_memory_mb=lambda _m: 1e9)
+    assert p.route("k", model="huge", replicas=views("r-a"), now=0.0) == "r-a"
+    assert p.decision_for("k") is None
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "queued", "idle", "want"),
+    [
+        (0, 0, 0.0, [], 0),
+        (1, 1, 2.0, [], 2),  # the router holds requests: one more
+        (1, 2, 3.0, [], 2),  # one is on its way: no more
+        (2, 2, 1.0, [], 2),  # at the maximum
+        (2, 2, 0.0, [200.0, 5.0], 1),  # one idle past its keep-alive
+        (2, 2, 0.0, [200.0, 300.0], 0),  # both: scale to zero
+    ],
+)
+def test_the_autoscaler(
+    current: int, target: int, queued: float, idle: list[float], want: int
+) -> None:
+    scaler = PackerAutoscaler(keep_alive_s=180.0, max_replicas=2)
+    now = 1000.0
+    last_used = {f"r{i}": now - s for i, s in enumerate(idle)}
+    assert (
+        scaler.decide(current=current, target=target, queued=queued, last_used=last_used, now=now)
+        == want
+    )
+
+
+def test_the_autoscaler_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="keep_alive_s"):
+        PackerAutoscaler(keep_alive_s=0, max_replicas=1)
+    with pytest.raises(ValueError, match="max_replicas"):
+        PackerAutoscaler(keep_alive_s=1, max_replicas=0)
+
+
+def options(**changes: object) -> RayOptions:
+    base = RayOptions(
+        store_dir=Path("store"),
+        keyservice_url="http://127.0.0.1:8470",
+        tee_socket=Path("tee.sock"),
+        platform_key_file=Path("platform.pub"),
+        keyservice_measurement="ab" * 32,
+        run_dir=Path("run"),
+        platform=PlatformConfig(
+            policy="sesemi", max_instances=3, instance_concurrency=2, keep_alive_s=90.0
+        ),
+    )
+    return base.replace(**changes)
+
+
+def test_the_mapping_to_ray_serve() -> None:
+    o = options()
+    d = o.deployment_options()
+    assert d["max_ongoing_requests"] == 2
+    auto = d["autoscaling_config"]
+    assert auto["min_replicas"] == 0
+    assert auto["max_replicas"] == 3
+    assert auto["policy"]["policy_function"].endswith(":PackerAutoscaler")
+    assert auto["policy"]["policy_kwargs"] == {"keep_alive_s": 90.0, "max_replicas": 3}
+    router = d["request_router_config"]
+    assert router["request_router_class"].endswith(":FnPackerRequestRouter")
+    assert router["request_router_kwargs"]["platform"]["policy"] == "sesemi"
+    assert o.replica_config()["concurrency"] == 2
+    assert o.replica_config()["tee_socket"] == "tee.sock"
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"keyservice_url": "ftp://x"}, "keyservice_url"),
+        ({"min_replicas": 4}, "min_replicas"),
+        ({"replica_num_cpus": -1.0}, "replica_num_cpus"),
+        ({"instance_log_level": "LOUD"}, "instance_log_level"),
+        ({"keyservice_measurement": ""}, "keyservice_measurement"),
+    ],
+)
+def test_options_are_checked(changes: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        options(**changes)
