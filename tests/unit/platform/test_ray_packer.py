@@ -151,11 +151,20 @@ def test_the_autoscaler(
     )
 
 
+def test_the_autoscaler_adds_no_replica_for_a_queue_its_last_scale_up_served() -> None:
+    scaler = PackerAutoscaler(keep_alive_s=180.0, max_replicas=4, cooldown_s=15.0)
+    common = {"current": 1, "target": 1, "queued": 1.0, "last_used": {}}
+    assert scaler.decide(**common, now=100.0, last_scale_up=95.0) == 1  # type: ignore[arg-type]
+    assert scaler.decide(**common, now=100.0, last_scale_up=80.0) == 2  # type: ignore[arg-type]
+
+
 def test_the_autoscaler_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="keep_alive_s"):
         PackerAutoscaler(keep_alive_s=0, max_replicas=1)
     with pytest.raises(ValueError, match="max_replicas"):
         PackerAutoscaler(keep_alive_s=1, max_replicas=0)
+    with pytest.raises(ValueError, match="cooldown_s"):
+        PackerAutoscaler(keep_alive_s=1, max_replicas=1, cooldown_s=-1)
 
 
 def options(**changes: object) -> RayOptions:
@@ -181,7 +190,11 @@ def test_the_mapping_to_ray_serve() -> None:
     assert auto["min_replicas"] == 0
     assert auto["max_replicas"] == 3
     assert auto["policy"]["policy_function"].endswith(":PackerAutoscaler")
-    assert auto["policy"]["policy_kwargs"] == {"keep_alive_s": 90.0, "max_replicas": 3}
+    assert auto["policy"]["policy_kwargs"] == {
+        "keep_alive_s": 90.0,
+        "max_replicas": 3,
+        "cooldown_s": 15.0,
+    }
     router = d["request_router_config"]
     assert router["request_router_class"].endswith(":FnPackerRequestRouter")
     assert router["request_router_kwargs"]["platform"]["policy"] == "sesemi"

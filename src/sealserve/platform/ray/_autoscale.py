@@ -7,8 +7,10 @@ FnPacker router decides where requests go, and an instance is added only when th
 instance is full.  Ray Serve counts such requests as queued at the handle
 (``total_queued_requests``), so:
 
-* requests queued at the router  -> one more replica (one at a time, like the local
-  platform's cold starts), up to ``max_replicas``;
+* requests queued at the router  -> one more replica (one at a time), up to
+  ``max_replicas``; Ray reports the queue as a maximum over its look-back window, so after a
+  scale-up the queue it reports may be the one that scale-up served: no further replica is
+  added until ``cooldown_s`` (the look-back window) has passed since it;
 * nothing queued                 -> one replica fewer for each replica that has served nothing
   for ``keep_alive_s`` (every replica reports when it was last used, see
   :data:`LAST_USED_METRIC`); with ``min_replicas`` 0 the deployment scales to zero.
@@ -37,11 +39,14 @@ LAST_USED_METRIC: Final = "sealserve_last_used"
 class PackerAutoscaler:
     """A class-callable Ray Serve autoscaling policy (see the module docstring)."""
 
-    def __init__(self, *, keep_alive_s: float, max_replicas: int) -> None:
+    def __init__(self, *, keep_alive_s: float, max_replicas: int, cooldown_s: float = 0.0) -> None:
         if not keep_alive_s > 0 or math.isinf(keep_alive_s):
             raise ValueError(f"keep_alive_s must be a finite number > 0, got {keep_alive_s!r}")
         if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or max_replicas < 1:
             raise ValueError(f"max_replicas must be an int >= 1, got {max_replicas!r}")
+        if not cooldown_s >= 0 or math.isinf(cooldown_s):
+            raise ValueError(f"cooldown_s must be a finite number >= 0, got {cooldown_s!r}")
+        self.cooldown_s = float(cooldown_s)
         self.keep_alive_s = float(keep_alive_s)
         self.max_replicas = max_replicas
 
@@ -53,11 +58,14 @@ class PackerAutoscaler:
         queued: float,
         last_used: Mapping[Any, float],
         now: float,
+        last_scale_up: float | None = None,
     ) -> int:
         """The replicas wanted, from what Ray Serve reports (pure)."""
         if queued > 0:
             if target > current:
                 return target  # a replica is already on its way
+            if last_scale_up is not None and now - last_scale_up < self.cooldown_s:
+                return current  # the queue reported may be the one the last scale-up served
             return min(current + 1, max(self.max_replicas, current))
         idle = sum(1 for at in last_used.values() if now - at >= self.keep_alive_s)
         return max(0, current - idle)
@@ -73,6 +81,7 @@ class PackerAutoscaler:
             queued=float(ctx.total_queued_requests or 0.0),
             last_used={r: float(v) for r, v in last_used.items() if r in running},
             now=float(now),
+            last_scale_up=ctx.last_scale_up_time,
         )
         return desired, {}
 

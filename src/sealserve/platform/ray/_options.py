@@ -137,6 +137,7 @@ class RayOptions:
                 "policy_kwargs": {
                     "keep_alive_s": p.keep_alive_s,
                     "max_replicas": p.max_instances,
+                    "cooldown_s": self.look_back_period_s,
                 },
             },
         }
