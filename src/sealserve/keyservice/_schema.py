@@ -7,6 +7,11 @@ roles, versions and times are stored in the clear; they are what the service loo
 
 The audit log is append-only: the database itself refuses ``UPDATE`` and ``DELETE`` on it
 (a trigger on SQLite and PostgreSQL), not only this code.
+
+``used_nonces`` makes single use hold across every process that serves the database: a
+challenge nonce is inserted in the same transaction as the audit rows of the release that used
+it, and a signed request's nonce before the request takes effect; the primary key refuses the
+second use.  Rows whose nonce has expired are purged (an expired nonce is refused anyway).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -36,11 +42,13 @@ __all__ = [
     "principals",
     "request_keys",
     "schema_version",
+    "used_nonces",
 ]
 
 #: Version of the tables below.  A database with a larger version was written by a newer
-#: sealserve and is refused; a smaller one is migrated forward when the store opens.
-SCHEMA_VERSION = 1
+#: sealserve and is refused; a smaller one is migrated forward when the store opens
+#: (version 1 had no ``used_nonces``: challenges lived in one process's memory).
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -121,6 +129,16 @@ audit_log = Table(
     Column("measurement", String(128), nullable=True),
     Column("epoch", BigInteger, nullable=True),
     Column("detail", Text, nullable=True),
+)
+
+used_nonces = Table(
+    "used_nonces",
+    metadata,
+    # A challenge nonce as issued, or a digest naming a signed request's (principal, nonce).
+    Column("nonce", LargeBinary, primary_key=True),
+    # When the nonce stops being accepted; the row may be purged some time after.
+    Column("expires_at", Float, nullable=False),
+    Index("used_nonces_expires_at", "expires_at"),
 )
 
 #: DDL that makes ``audit_log`` append-only, per dialect name.

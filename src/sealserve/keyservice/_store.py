@@ -2,20 +2,23 @@
 
 The store deals only in ids, versions and opaque sealed blobs; sealing and unsealing under the
 master key is the vault's job (:mod:`sealserve.keyservice._vault`).  Every method is
-synchronous and short; the HTTP service calls them from a worker thread so that the event loop
-never waits on the database.
+synchronous and short.  The HTTP service calls them from a worker thread, except the release
+path's read on SQLite (:meth:`Store.release_records`: a few page reads in WAL mode, which
+never wait for a writer), which is cheaper on the event loop than a thread hop.
 
 Consistency that the release path relies on: a revoke deletes the grant and increments the
 revocation epoch in one transaction, and :meth:`Store.release_records` reads the epoch
-*before* the rows, so a release never carries an epoch newer than the grants it saw.
+*before* the rows, so a release never carries an epoch newer than the grants it saw.  Single
+use of nonces holds across every process sharing the database: :meth:`Store.commit_claims`
+inserts each nonce into ``used_nonces`` (whose key refuses a second use) in the same
+transaction as the audit rows of its release.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,11 +27,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sealserve._log import get_logger
-from sealserve.errors import Conflict, KeyServiceError, NotFound, SchemaVersionError
+from sealserve.errors import Conflict, KeyServiceError, NotFound
+from sealserve.keyservice import _engine
 from sealserve.keyservice import _schema as t
+from sealserve.keyservice._hotsql import HotStatements
+from sealserve.keyservice._records import AuditEntry, Claim, ModelRow, PairRecords, PrincipalRow
 
 __all__ = [
     "AuditEntry",
+    "Claim",
     "ModelRow",
     "PairRecords",
     "PrincipalRow",
@@ -38,56 +45,13 @@ __all__ = [
 ]
 
 _log = get_logger(__name__)
-_EPOCH = "revocation_epoch"
-_COMPONENT = "keyservice"
+_EPOCH = _engine.EPOCH
 
 
 class StoreState(enum.Enum):
     UNOPENED = "unopened"
     OPENED = "opened"
     CLOSED = "closed"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PrincipalRow:
-    principal_id: str
-    public_key: bytes
-    role: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ModelRow:
-    model_id: str
-    owner_id: str
-    current_version: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PairRecords:
-    """What the database holds for one (user, model) pair of a release; ``None`` when absent."""
-
-    model_id: str
-    user_id: str
-    grant: bytes | None
-    model_key_version: int | None
-    model_key: bytes | None
-    request_key_version: int | None
-    request_key: bytes | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuditEntry:
-    at: float
-    event: str
-    actor: str
-    model_id: str | None = None
-    user_id: str | None = None
-    key_version: int | None = None
-    request_key_version: int | None = None
-    measurement: str | None = None
-    epoch: int | None = None
-    detail: str | None = None
-    seq: int | None = None
 
 
 def sqlite_url(path: str) -> str:
@@ -99,7 +63,8 @@ class Store:
     """The KeyService's tables.  ``with Store(url) as store: ...``; thread-safe.
 
     Opening creates the tables of an empty database, migrates an older schema forward and
-    refuses a newer one with :class:`~sealserve.errors.SchemaVersionError`.
+    refuses a newer one with :class:`~sealserve.errors.SchemaVersionError`.  Several processes
+    (on one machine for SQLite, anywhere for PostgreSQL) may serve one database at once.
     """
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
@@ -114,8 +79,18 @@ class Store:
         self._pool_size = pool_size
         self._engine: Engine | None = None
         self._state = StoreState.UNOPENED
-        # SQLite has one writer at a time; taking the lock here avoids SQLITE_BUSY retries.
-        self._write_lock = threading.Lock()
+        self._sqlite = self.dialect == "sqlite"
+        # One database connection in all (SQLite in memory): every use takes the lock.
+        self._shared = self._sqlite and self._url.database in (None, "", ":memory:")
+        # SQLite has one writer at a time; taking the lock here avoids waiting in busy sleeps
+        # behind another thread of this process (other processes wait in BEGIN IMMEDIATE).
+        self._write_lock = threading.RLock()
+        self._hot: HotStatements | None = None
+        # SQLite: the connection the release path reads on, held while the store is open.
+        self._reader: Any = None
+        self._reader_lock = threading.Lock()
+        self._dbapi_error: type[Exception] = Exception
+        self._integrity_error: type[Exception] = Exception
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -135,12 +110,19 @@ class Store:
     def open(self) -> Store:
         if self._state is not StoreState.UNOPENED:
             raise KeyServiceError(f"store is {self._state.value}; open it only once")
-        self._engine = self._create_engine()
+        # SQLite: one more connection than asked, for the release path's reader.
+        size = self._pool_size + 1 if self._sqlite else self._pool_size
+        engine = _engine.create_engine(self._url, pool_size=size)
+        self._engine = engine
         try:
             self._ensure_schema()
+            self._hot = HotStatements(engine.dialect)
+            self._dbapi_error = engine.dialect.loaded_dbapi.Error
+            self._integrity_error = engine.dialect.loaded_dbapi.IntegrityError
+            if self._sqlite:
+                self._reader = engine.raw_connection()
         except BaseException:
-            self._engine.dispose()
-            self._engine = None
+            self._close_engine()
             self._state = StoreState.CLOSED
             raise
         self._state = StoreState.OPENED
@@ -148,10 +130,17 @@ class Store:
         return self
 
     def close(self) -> None:
+        self._close_engine()
+        self._state = StoreState.CLOSED
+
+    def _close_engine(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
-        self._state = StoreState.CLOSED
 
     def __enter__(self) -> Store:
         return self.open()
@@ -159,87 +148,9 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _create_engine(self) -> Engine:
-        backend = self.dialect
-        if backend == "sqlite":
-            in_memory = self._url.database in (None, "", ":memory:")
-            pool: dict[str, Any] = (
-                {"poolclass": sa.pool.StaticPool}  # one shared connection: one database
-                if in_memory
-                else {
-                    "poolclass": sa.pool.QueuePool,
-                    "pool_size": self._pool_size,
-                    "max_overflow": 0,
-                }
-            )
-            engine = sa.create_engine(
-                self._url, connect_args={"check_same_thread": False, "timeout": 30.0}, **pool
-            )
-
-            @sa.event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.close()
-
-            return engine
-        if backend == "postgresql":
-            return sa.create_engine(
-                self._url, pool_size=self._pool_size, max_overflow=2, pool_pre_ping=True
-            )
-        raise ValueError(
-            f"url {self.safe_url!r} names database {backend!r}; use sqlite or postgresql"
-        )
-
     def _ensure_schema(self) -> None:
-        engine = self._require_engine()
-        try:
-            with engine.begin() as conn:
-                inspector = sa.inspect(conn)
-                if not inspector.has_table(t.schema_version.name):
-                    existing = [n for n in inspector.get_table_names() if n in t.metadata.tables]
-                    if existing:
-                        raise SchemaVersionError(
-                            f"database {self.safe_url} has KeyService tables "
-                            f"({', '.join(sorted(existing))}) but no schema version; "
-                            "it was not written by sealserve"
-                        )
-                    self._create_schema(conn)
-                    return
-                found = conn.execute(
-                    sa.select(t.schema_version.c.version).where(
-                        t.schema_version.c.component == _COMPONENT
-                    )
-                ).scalar_one_or_none()
-        except SchemaVersionError:
-            raise
-        except SQLAlchemyError as exc:
-            raise KeyServiceError(
-                f"cannot open the KeyService database {self.safe_url}: {_brief(exc)}"
-            ) from exc
-        if found is None:
-            raise SchemaVersionError(
-                f"database {self.safe_url} has a schema table without a KeyService version"
-            )
-        if found > t.SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"database {self.safe_url} has KeyService schema version {found}, written by a "
-                f"newer sealserve; this one supports up to version {t.SCHEMA_VERSION}. "
-                "Upgrade sealserve, or point --db at another database."
-            )
-        # found < SCHEMA_VERSION: no older schema exists yet; migrations go here by version.
-
-    def _create_schema(self, conn: Connection) -> None:
-        t.metadata.create_all(conn)
-        for ddl in t.APPEND_ONLY_DDL.get(conn.dialect.name, ()):
-            conn.exec_driver_sql(ddl)
-        conn.execute(
-            sa.insert(t.schema_version).values(component=_COMPONENT, version=t.SCHEMA_VERSION)
-        )
-        conn.execute(sa.insert(t.counters).values(name=_EPOCH, value=0))
-        _log.event("store.schema_created", url=self.safe_url, version=t.SCHEMA_VERSION)
+        with self._write_lock:
+            _engine.ensure_schema(self._require_engine(), safe_url=self.safe_url)
 
     def _require_engine(self) -> Engine:
         if self._engine is None:
@@ -249,16 +160,20 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         engine = self._require_engine()
-        with self._write_lock, engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                # Take the write lock at BEGIN rather than at the first write.
-                conn.exec_driver_sql("SELECT 1")
-            yield conn
+        with self._write_lock, engine.connect() as conn:
+            conn.execution_options(**{_engine.WRITE: True})
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._require_engine().connect() as conn:
-            yield conn
+        engine = self._require_engine()
+        if self._shared:
+            with self._write_lock, engine.connect() as conn:
+                yield conn
+        else:
+            with engine.connect() as conn:
+                yield conn
 
     # -- principals -------------------------------------------------------------------------
 
@@ -271,9 +186,7 @@ class Store:
                         principal_id=principal_id, public_key=public_key, role=role, created_at=at
                     )
                 )
-                _insert_audit(
-                    conn, [AuditEntry(at=at, event="register", actor=principal_id, detail=role)]
-                )
+                _audit_one(conn, at=at, event="register", actor=principal_id, detail=role)
         except IntegrityError as exc:
             raise Conflict(f"principal {principal_id} is already registered") from exc
 
@@ -338,18 +251,14 @@ class Store:
                 )
             )
             epoch = _bump_epoch(conn) if version > 1 else _read_epoch(conn)
-            _insert_audit(
+            _audit_one(
                 conn,
-                [
-                    AuditEntry(
-                        at=at,
-                        event="put_model_key",
-                        actor=owner_id,
-                        model_id=model_id,
-                        key_version=version,
-                        epoch=epoch,
-                    )
-                ],
+                at=at,
+                event="put_model_key",
+                actor=owner_id,
+                model_id=model_id,
+                key_version=version,
+                epoch=epoch,
             )
             return epoch
 
@@ -385,19 +294,15 @@ class Store:
                     )
                 )
                 epoch = _read_epoch(conn)
-            _insert_audit(
+            _audit_one(
                 conn,
-                [
-                    AuditEntry(
-                        at=at,
-                        event="grant",
-                        actor=owner_id,
-                        model_id=model_id,
-                        user_id=user_id,
-                        epoch=epoch,
-                        detail="replaced" if updated else "created",
-                    )
-                ],
+                at=at,
+                event="grant",
+                actor=owner_id,
+                model_id=model_id,
+                user_id=user_id,
+                epoch=epoch,
+                detail="replaced" if updated else "created",
             )
             return epoch
 
@@ -415,18 +320,14 @@ class Store:
             if not deleted:
                 raise NotFound(f"no grant of model {model_id} to user {user_id}")
             epoch = _bump_epoch(conn)
-            _insert_audit(
+            _audit_one(
                 conn,
-                [
-                    AuditEntry(
-                        at=at,
-                        event="revoke",
-                        actor=owner_id,
-                        model_id=model_id,
-                        user_id=user_id,
-                        epoch=epoch,
-                    )
-                ],
+                at=at,
+                event="revoke",
+                actor=owner_id,
+                model_id=model_id,
+                user_id=user_id,
+                epoch=epoch,
             )
             return epoch
 
@@ -468,19 +369,15 @@ class Store:
                     .values(version=version, sealed=sealed, created_at=at)
                 )
                 epoch = _bump_epoch(conn)
-            _insert_audit(
+            _audit_one(
                 conn,
-                [
-                    AuditEntry(
-                        at=at,
-                        event="put_request_key",
-                        actor=user_id,
-                        model_id=model_id,
-                        user_id=user_id,
-                        request_key_version=version,
-                        epoch=epoch,
-                    )
-                ],
+                at=at,
+                event="put_request_key",
+                actor=user_id,
+                model_id=model_id,
+                user_id=user_id,
+                request_key_version=version,
+                epoch=epoch,
             )
             return version, epoch
 
@@ -495,18 +392,14 @@ class Store:
             if not deleted:
                 raise NotFound(f"no request key of user {user_id} for model {model_id}")
             epoch = _bump_epoch(conn)
-            _insert_audit(
+            _audit_one(
                 conn,
-                [
-                    AuditEntry(
-                        at=at,
-                        event="delete_request_key",
-                        actor=user_id,
-                        model_id=model_id,
-                        user_id=user_id,
-                        epoch=epoch,
-                    )
-                ],
+                at=at,
+                event="delete_request_key",
+                actor=user_id,
+                model_id=model_id,
+                user_id=user_id,
+                epoch=epoch,
             )
             return epoch
 
@@ -524,24 +417,104 @@ class Store:
         several pairs the smallest epoch seen is returned, so a release never carries an epoch
         newer than a grant it saw (an older epoch only makes a runtime drop keys sooner).
         """
+        if not pairs:
+            return self.epoch(), []
+        hot = self._require_hot()
         out: list[PairRecords] = []
         epochs: list[int] = []
-        with self._read() as conn:
-            for user_id, model_id in pairs:
-                row = conn.execute(_RELEASE_SQL, {"m": model_id, "u": user_id}).one()
-                epochs.append(int(row.epoch))
-                out.append(
-                    PairRecords(
-                        model_id=model_id,
-                        user_id=user_id,
-                        grant=_opt_bytes(row.grant_sealed),
-                        model_key_version=row.mk_version if row.mk_sealed is not None else None,
-                        model_key=_opt_bytes(row.mk_sealed),
-                        request_key_version=row.rk_version,
-                        request_key=_opt_bytes(row.rk_sealed),
-                    )
-                )
-        return (min(epochs) if epochs else self.epoch()), out
+        try:
+            with self._hot_reader() as conn:
+                cur = conn.cursor()
+                try:
+                    for user_id, model_id in pairs:
+                        epoch, records = hot.read_pair(cur, user_id, model_id)
+                        epochs.append(epoch)
+                        out.append(records)
+                finally:
+                    cur.close()
+        except self._dbapi_error as exc:
+            raise self._failed(exc) from exc
+        return min(epochs), out
+
+    def commit_claims(
+        self, claims: Sequence[Claim], *, purge_before: float | None = None
+    ) -> list[bool]:
+        """Record each claim's nonce as used and, if it was not used before, its audit entries,
+        all in one transaction; per claim, whether its nonce was new.
+
+        ``purge_before`` also deletes the used nonces that expired before that time.
+        """
+        if not claims and purge_before is None:
+            return []
+        hot = self._require_hot()
+        with self._write_lock:
+            try:
+                return self._transaction(hot.claim_all, claims, purge_before)
+            except self._integrity_error:  # a nonce was used before: tell which, one by one
+                return self._transaction(hot.claim_each, claims, purge_before)
+            except self._dbapi_error as exc:
+                raise self._failed(exc) from exc
+
+    def _transaction(
+        self,
+        write: Callable[..., list[bool]],
+        claims: Sequence[Claim],
+        purge_before: float | None,
+    ) -> list[bool]:
+        """Run ``write`` in one write transaction on a DBAPI connection (the write lock held)."""
+        try:
+            raw = self._require_engine().raw_connection()
+        except SQLAlchemyError as exc:
+            raise self._failed(exc) from exc
+        try:
+            conn: Any = raw.driver_connection
+            cur = conn.cursor()
+            try:
+                if self._sqlite:
+                    cur.execute("BEGIN IMMEDIATE")
+                fresh = write(cur, claims, purge_before=purge_before)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                cur.close()
+        finally:
+            raw.close()
+        return fresh
+
+    def claim_nonce(self, nonce: bytes, *, expires_at: float) -> bool:
+        """Record ``nonce`` as used until ``expires_at``; false if it was used already."""
+        return self.commit_claims([Claim(nonce=nonce, expires_at=expires_at)])[0]
+
+    @contextmanager
+    def _hot_reader(self) -> Iterator[Any]:
+        """A DBAPI connection to read the release path's records on."""
+        if self._sqlite:
+            lock = self._write_lock if self._shared else self._reader_lock
+            with lock:
+                if self._reader is None:
+                    raise KeyServiceError(f"store is {self._state.value}; open it first")
+                yield self._reader.driver_connection
+            return
+        raw = self._require_engine().raw_connection()
+        try:
+            conn: Any = raw.driver_connection
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+        finally:
+            raw.close()
+
+    def _require_hot(self) -> HotStatements:
+        if self._hot is None or self._engine is None:
+            raise KeyServiceError(f"store is {self._state.value}; open it first")
+        return self._hot
+
+    def _failed(self, exc: BaseException) -> KeyServiceError:
+        _log.event("store.failed", error=type(exc).__name__)
+        return KeyServiceError(f"the KeyService database failed: {_engine.brief(exc)}")
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -582,31 +555,6 @@ class Store:
         return f"Store({self.safe_url!r}, state={self._state.value})"
 
 
-#: Everything a release needs about one pair, and the epoch, from one snapshot.
-_RELEASE_SQL = sa.text(
-    """
-    SELECT
-      (SELECT c.value FROM counters c WHERE c.name = 'revocation_epoch') AS epoch,
-      (SELECT g.sealed FROM grants g
-        WHERE g.model_id = :m AND g.user_id = :u) AS grant_sealed,
-      (SELECT r.version FROM request_keys r
-        WHERE r.model_id = :m AND r.user_id = :u) AS rk_version,
-      (SELECT r.sealed FROM request_keys r
-        WHERE r.model_id = :m AND r.user_id = :u) AS rk_sealed,
-      (SELECT mk.version FROM models m JOIN model_keys mk
-        ON mk.model_id = m.model_id AND mk.version = m.current_version
-        WHERE m.model_id = :m) AS mk_version,
-      (SELECT mk.sealed FROM models m JOIN model_keys mk
-        ON mk.model_id = m.model_id AND mk.version = m.current_version
-        WHERE m.model_id = :m) AS mk_sealed
-    """
-)
-
-
-def _opt_bytes(value: Any) -> bytes | None:
-    return None if value is None else bytes(value)
-
-
 def _read_epoch(conn: Connection) -> int:
     return int(
         conn.execute(sa.select(t.counters.c.value).where(t.counters.c.name == _EPOCH)).scalar_one()
@@ -620,6 +568,10 @@ def _bump_epoch(conn: Connection) -> int:
         .values(value=t.counters.c.value + 1)
     )
     return _read_epoch(conn)
+
+
+def _audit_one(conn: Connection, **fields: Any) -> None:
+    _insert_audit(conn, [AuditEntry(**fields)])
 
 
 def _insert_audit(conn: Connection, entries: Sequence[AuditEntry]) -> None:
@@ -641,8 +593,3 @@ def _insert_audit(conn: Connection, entries: Sequence[AuditEntry]) -> None:
             for e in entries
         ],
     )
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

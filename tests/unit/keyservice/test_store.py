@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from sealserve.errors import Conflict, KeyServiceError, NotFound, SchemaVersionError
-from sealserve.keyservice._schema import SCHEMA_VERSION, schema_version
-from sealserve.keyservice._store import AuditEntry, Store, StoreState
+from sealserve.keyservice._schema import SCHEMA_VERSION, schema_version, used_nonces
+from sealserve.keyservice._store import AuditEntry, Claim, Store, StoreState
 
 OWNER = "a" * 64
 USER = "b" * 64
@@ -128,3 +129,51 @@ def test_newer_schema_is_refused(tmp_path: object) -> None:
             s._ensure_schema()
     finally:
         s.close()
+
+
+def _release_entry(actor: str) -> AuditEntry:
+    return AuditEntry(at=9.0, event="release", actor=actor, model_id=MODEL, user_id=USER)
+
+
+def test_a_claimed_nonce_is_used_once_with_its_audit_rows(store: Store) -> None:
+    first = Claim(nonce=b"n1", expires_at=100.0, entries=(_release_entry("r1"),))
+    replay = Claim(nonce=b"n1", expires_at=100.0, entries=(_release_entry("r2"),))
+    other = Claim(nonce=b"n2", expires_at=100.0, entries=(_release_entry("r3"),))
+    assert store.commit_claims([first, replay, other]) == [True, False, True]
+    assert store.commit_claims([replay]) == [False]
+    assert store.claim_nonce(b"n3", expires_at=100.0) is True
+    assert store.claim_nonce(b"n3", expires_at=100.0) is False
+    actors = [e.actor for e in store.audit() if e.event == "release"]
+    assert actors == ["r1", "r3"]  # the replay's rows were never written
+
+
+def test_expired_nonces_are_purged(store: Store) -> None:
+    store.commit_claims(
+        [Claim(nonce=b"old", expires_at=10.0), Claim(nonce=b"new", expires_at=50.0)]
+    )
+    assert store.commit_claims([], purge_before=20.0) == []
+    assert store.claim_nonce(b"old", expires_at=60.0) is True  # its row was purged
+    assert store.claim_nonce(b"new", expires_at=60.0) is False
+
+
+def test_two_stores_on_one_file_share_single_use(tmp_path: Path) -> None:
+    url = f"sqlite+pysqlite:///{tmp_path / 'ks.db'}"
+    with Store(url) as first, Store(url) as second:
+        assert first.claim_nonce(b"n", expires_at=100.0) is True
+        assert second.claim_nonce(b"n", expires_at=100.0) is False
+        first.add_principal(OWNER, b"o" * 32, "owner", at=1.0)
+        first.put_model_key(MODEL, OWNER, 1, b"k1", at=1.0)
+        _, (rec,) = second.release_records([(USER, MODEL)])
+        assert rec.model_key == b"k1"
+
+
+def test_schema_version_1_is_migrated(tmp_path: Path) -> None:
+    url = f"sqlite+pysqlite:///{tmp_path / 'ks.db'}"
+    # make it look like a version-1 database
+    with Store(url) as s, s._require_engine().begin() as conn:
+        used_nonces.drop(conn)
+        conn.execute(sa.update(schema_version).values(version=1))
+    with Store(url) as s:
+        assert s.claim_nonce(b"n", expires_at=1.0) is True
+        with s._require_engine().connect() as conn:
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == 2

@@ -1,0 +1,61 @@
+"""The rows the store hands out and takes in: plain frozen values, no database types."""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["AuditEntry", "Claim", "ModelRow", "PairRecords", "PrincipalRow"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrincipalRow:
+    principal_id: str
+    public_key: bytes
+    role: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelRow:
+    model_id: str
+    owner_id: str
+    current_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PairRecords:
+    """What the database holds for one (user, model) pair of a release; ``None`` when absent."""
+
+    model_id: str
+    user_id: str
+    grant: bytes | None
+    model_key_version: int | None
+    model_key: bytes | None
+    request_key_version: int | None
+    request_key: bytes | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float
+    event: str
+    actor: str
+    model_id: str | None = None
+    user_id: str | None = None
+    key_version: int | None = None
+    request_key_version: int | None = None
+    measurement: str | None = None
+    epoch: int | None = None
+    detail: str | None = None
+    seq: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """A single-use nonce to record as used, and the audit entries that go with its use.
+
+    Committed all or nothing: when the nonce was already used, none of the entries is written
+    (and the caller refuses the request)."""
+
+    nonce: bytes
+    expires_at: float
+    entries: tuple[AuditEntry, ...] = ()
