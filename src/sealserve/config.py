@@ -54,7 +54,6 @@ class KeyServiceSettings:
     release_ttl_s: float = 300.0
     replay_window_s: float = 300.0
     max_body_bytes: int = 1 << 20
-    max_outstanding_challenges: int = 64
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
 
@@ -62,7 +61,7 @@ class KeyServiceSettings:
         _check_port("keyservice.port", self.port)
         for name in ("challenge_ttl_s", "release_ttl_s", "replay_window_s", "rate_limit_per_s"):
             _check_positive(f"keyservice.{name}", getattr(self, name))
-        for name in ("max_body_bytes", "max_outstanding_challenges", "rate_limit_burst"):
+        for name in ("max_body_bytes", "rate_limit_burst"):
             _check_positive(f"keyservice.{name}", getattr(self, name))
 
 

@@ -217,12 +217,21 @@ def serve(
         float | None, typer.Option(help="Requests per second per principal.")
     ] = None,
     rate_limit_burst: Annotated[int | None, typer.Option(help="Burst per principal.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="KeyService processes sharing the port, each launched and attested.",
+        ),
+    ] = 1,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
 ) -> None:
     """Start the KeyService, launched through the (simulated) TEE platform so it can attest.
 
-    Prints where it listens and its measurement; stops cleanly on Ctrl-C or SIGTERM.
+    Prints where it listens and its measurement; stops cleanly on Ctrl-C or SIGTERM.  With
+    --workers N, N processes serve one port (they share the database and the master key).
     """
     loaded = guarded(lambda: load_settings(config))
     changes: dict[str, Any] = {}
@@ -238,7 +247,7 @@ def serve(
     ks = guarded(lambda: dataclasses.replace(loaded.keyservice, **changes))
     folder = data_dir if data_dir is not None else loaded.data_dir
     level = (log_level or loaded.log_level).upper()
-    code = guarded(lambda: _launch_and_wait(ks, folder, tee_socket, platform_key, level))
+    code = guarded(lambda: _launch_and_wait(ks, folder, tee_socket, platform_key, level, workers))
     raise typer.Exit(code)
 
 
@@ -255,7 +264,12 @@ def _launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
 
 
 def _launch_and_wait(
-    ks: Any, data_dir: Path, tee_socket: Path | None, platform_key: Path | None, level: str
+    ks: Any,
+    data_dir: Path,
+    tee_socket: Path | None,
+    platform_key: Path | None,
+    level: str,
+    workers: int,
 ) -> int:
     from sealserve.keyservice._launch import launch_keyservice
 
@@ -268,37 +282,49 @@ def _launch_and_wait(
             platform_key=platform_key,
             log_level=level,
             stderr=sys.stderr.fileno(),
+            workers=workers,
         )
-        process = service.process
+        processes = service.processes
         stop = threading.Event()
+
+        def stop_all() -> None:
+            for process in processes:
+                with contextlib.suppress(ProcessLookupError, OSError, SealserveError):
+                    if process.returncode is None:
+                        process.terminate()
 
         def on_signal(signum: int, _frame: object) -> None:
             stop.set()
-            with contextlib.suppress(ProcessLookupError, OSError, SealserveError):
-                process.terminate()
+            stop_all()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            pids = " ".join(str(p.pid) for p in processes)
             typer.echo(
                 f"KeyService listening on {service.url}\n"
                 f"  measurement   {service.measurement}\n"
                 f"  keyservice id {service.keyservice_id}\n"
                 f"  database      {service.database}\n"
                 f"  data dir      {data_dir}\n"
+                f"  processes     {len(processes)} (pid {pids})\n"
                 "Ctrl-C stops it."
             )
             sys.stdout.flush()
-            code = None
-            while code is None:
-                code = process.wait(0.5)
+            # Bounded by the processes: when one ends (crash or stop), the others are stopped.
+            codes: list[int | None] = [None] * len(processes)
+            while all(code is None for code in codes):
+                codes = [p.wait(0.5 / len(processes)) for p in processes]
+            stop_all()
+            codes = [p.wait(30) for p in processes]
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            process.close()
-    if stop.is_set() and code in (0, -signal.SIGTERM):
+            for process in processes:
+                process.close()
+    if stop.is_set() and all(code in (0, -signal.SIGTERM) for code in codes):
         typer.echo("KeyService stopped.")
         return 0
-    return 0 if code == 0 else 1
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 @app.command()

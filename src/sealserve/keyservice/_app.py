@@ -5,13 +5,14 @@ models of :mod:`._api`, which also make the OpenAPI document at ``/openapi.json`
 response to a signed request carries ``Sealserve-Response-Signature``: the KeyService's
 attested Ed25519 key signs the request it answers, the status and the body, so a proxy cannot
 fake an acknowledgement (say, of a revoke).
+
+The runtime's round trip (``POST /v1/challenges``, ``POST /v1/releases``) and ``/healthz``
+are answered in front of FastAPI by :class:`~._hot.HotPath`; their FastAPI routes call the same
+code and give the OpenAPI document its description of them.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,16 +21,20 @@ import pydantic
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sealserve import __version__
-from sealserve._log import get_logger
-from sealserve.errors import Conflict, KeyServiceError, NotFound, RateLimited
 from sealserve.keyservice import _api as api
 from sealserve.keyservice import _wire as wire
-from sealserve.keyservice._releaser import Denied
+from sealserve.keyservice._hot import (
+    HEALTHZ_PATH,
+    HotEndpoints,
+    HotPath,
+    HotResponse,
+    error_response,
+    first_error,
+)
 from sealserve.keyservice._service import KeyService
 from sealserve.keyservice._store import PrincipalRow
 
@@ -38,7 +43,6 @@ __all__ = ["create_app"]
 RESPONSE_SIGNATURE_HEADER = wire.RESPONSE_SIGNATURE_HEADER
 _DENIAL = wire.canonical_json(wire.DENIAL_BODY)
 _UNSIGNED_FIXED_PATHS = (wire.API_PREFIX + "/releases", wire.API_PREFIX + "/challenges")
-_log = get_logger(__name__)
 
 _P_OWNER = Path(pattern=wire.PRINCIPAL_ID_PATTERN, description="The owner's principal id.")
 _P_NAME = Path(pattern=wire.MODEL_NAME_PATTERN, description="The model's name.")
@@ -140,8 +144,12 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(service: KeyService) -> FastAPI:
-    """The ASGI application serving ``service``."""
+def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
+    """The ASGI application serving ``service``.
+
+    With ``hot_path`` (the default) the runtime's round trip and ``/healthz`` are answered
+    before FastAPI (:class:`~._hot.HotPath`); without it FastAPI serves them too, the same way.
+    """
     app = FastAPI(
         title="sealserve KeyService",
         version=__version__,
@@ -155,15 +163,18 @@ def create_app(service: KeyService) -> FastAPI:
     )
     app.add_middleware(_BodyLimit, limit=service.settings.max_body_bytes)
     metrics = service.metrics
+    hot = HotEndpoints(service)
 
     def observe(route: str, status: int, started: float) -> None:
-        metrics.latency.labels(route=route, status=f"{status // 100}xx").observe(
-            time.perf_counter() - started
-        )
+        metrics.observe(route, status, time.perf_counter() - started)
+
+    def answer(hot_response: HotResponse) -> Response:
+        status, content, extra = hot_response
+        return _json(status, content, extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
-        return _json(400, {"error": _first_error(exc.errors())})
+        return _json(400, {"error": first_error(exc.errors())})
 
     # -- plumbing for signed requests ---------------------------------------------------------
 
@@ -184,7 +195,7 @@ def create_app(service: KeyService) -> FastAPI:
             extra: dict[str, str] = {}
             status, out = 200, await handler(signer, body)
         except Exception as exc:  # mapped to a status, or re-raised
-            status, out, extra = _error_response(service, exc, route)
+            status, out, extra = error_response(service, exc, route)
         content = wire.canonical_json(out)
         payload = wire.response_signing_payload(
             method=request.method,
@@ -202,13 +213,12 @@ def create_app(service: KeyService) -> FastAPI:
 
     # -- unsigned: health, metrics, attestation, challenges, releases ------------------------
 
-    @app.get("/healthz", tags=["ops"], responses={200: {"description": "The service is up."}})
+    @app.get(HEALTHZ_PATH, tags=["ops"], responses={200: {"description": "The service is up."}})
     async def healthz() -> Response:
-        return _json(200, {"status": "ok"})
+        return answer(hot.healthz())
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics_endpoint() -> Response:
-        metrics.challenges_outstanding.set(service.outstanding_challenges())
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get(
@@ -229,7 +239,7 @@ def create_app(service: KeyService) -> FastAPI:
             out = await service.attestation(wire.b64decode(nonce, name="nonce"))
             status = 200
         except Exception as exc:
-            status, out, extra = _error_response(service, exc, "attestation")
+            status, out, extra = error_response(service, exc, "attestation")
             observe("attestation", status, started)
             return _json(status, out, extra)
         observe("attestation", status, started)
@@ -239,26 +249,11 @@ def create_app(service: KeyService) -> FastAPI:
         wire.API_PREFIX + "/challenges",
         tags=["release"],
         status_code=201,
+        description="A single-use nonce, valid for ttl_s; it binds the next release's evidence.",
         responses={201: {"model": api.ChallengeOut}, 403: _ERRORS[403], 429: _ERRORS[429]},
     )
     async def challenge(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            service.check_rate(_address(request))
-            issued = service.challenge(_address(request))
-        except RateLimited as exc:
-            status, out, extra = _error_response(service, exc, "challenge")
-            observe("challenge", status, started)
-            return _json(status, out, extra)
-        observe("challenge", 201, started)
-        return _json(
-            201,
-            {
-                "nonce": wire.b64encode(issued.nonce),
-                "expires_at": issued.expires_at,
-                "ttl_s": service.challenges.ttl_s,
-            },
-        )
+        return answer(hot.challenge(_address(request)))
 
     @app.post(
         wire.API_PREFIX + "/releases",
@@ -267,19 +262,7 @@ def create_app(service: KeyService) -> FastAPI:
         openapi_extra=_body_schema(api.ReleaseIn),
     )
     async def release(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            service.check_rate(_address(request))
-            out = await service.release(await request.body())
-            status = 200
-        except Exception as exc:
-            status, out, extra = _error_response(service, exc, "release")
-            if status not in (403, 429, 503):  # every other failure is the fixed denial too
-                status, out, extra = 403, wire.DENIAL_BODY, {}
-            observe("release", status, started)
-            return _json(status, out, extra)
-        observe("release", status, started)
-        return _json(status, out)
+        return answer(await hot.release(await request.body(), _address(request)))
 
     # -- principals ---------------------------------------------------------------------------
 
@@ -308,7 +291,7 @@ def create_app(service: KeyService) -> FastAPI:
             )
             status = 200
         except Exception as exc:
-            status, out, extra = _error_response(service, exc, "register")
+            status, out, extra = error_response(service, exc, "register")
             if status == 400:  # unauthenticated: say nothing more than the denial
                 status, out = 403, wire.DENIAL_BODY
         content = wire.canonical_json(out)
@@ -459,52 +442,12 @@ def create_app(service: KeyService) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
-    return app
+    if not hot_path:
+        return app
+    return HotPath(hot, app, max_body_bytes=service.settings.max_body_bytes)
 
 
 _M = Any  # the pydantic model a parse() returns; typed loosely to keep the closures simple
-
-
-def _error_response(
-    service: KeyService, exc: BaseException, route: str
-) -> tuple[int, Any, dict[str, str]]:
-    """Status, body and headers for an exception; unexpected ones propagate."""
-    if isinstance(exc, Denied):
-        service.metrics.deny(exc.reason)
-        _log.event(
-            "request.denied", level=logging.DEBUG, route=route, reason=exc.reason, **exc.detail
-        )
-        return 403, wire.DENIAL_BODY, {}
-    if isinstance(exc, RateLimited):
-        retry = str(max(1, math.ceil(getattr(exc, "retry_after_s", 1.0))))
-        return 429, {"error": str(exc)}, {"Retry-After": retry}
-    if isinstance(exc, NotFound):
-        return 404, {"error": str(exc)}, {}
-    if isinstance(exc, Conflict):
-        return 409, {"error": str(exc)}, {}
-    if isinstance(exc, pydantic.ValidationError):
-        return 400, {"error": _first_error(exc.errors())}, {}
-    if isinstance(exc, ValueError | json.JSONDecodeError):
-        return 400, {"error": str(exc)}, {}
-    if isinstance(exc, SQLAlchemyError | KeyServiceError):
-        _log.event(
-            "request.storage_error", level=logging.ERROR, route=route, error=type(exc).__name__
-        )
-        return (
-            503,
-            {"error": "the KeyService's database is unavailable; retry later"},
-            {"Retry-After": "1"},
-        )
-    raise exc
-
-
-def _first_error(errors: Any) -> str:
-    try:
-        first = errors[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return f"{where or 'body'}: {first.get('msg', 'invalid')}"
-    except (IndexError, TypeError, AttributeError):
-        return "invalid request"
 
 
 def _signed_path(request: Request) -> str:

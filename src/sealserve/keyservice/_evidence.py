@@ -24,6 +24,7 @@ from sealserve.keyservice._judge import VerifiedEvidence
 __all__ = ["EvidenceVerifier"]
 
 _log = get_logger(__name__)
+_OWN_CLAIMS_CACHE = 64
 
 
 class EvidenceVerifier:
@@ -40,16 +41,24 @@ class EvidenceVerifier:
             raise TypeError(f"trust must be TrustAnchors, got {type(trust).__name__}")
         self._trust = trust
         self._clock = clock
+        # The policy admitting exactly one measurement's claims, by measurement (a handful of
+        # runtime builds in practice; bounded all the same).
+        self._own_claims: dict[bytes, Policy] = {}
 
     def verify(self, evidence: bytes, *, bound_key: bytes, nonce: bytes) -> VerifiedEvidence | None:
         try:
             parsed = Evidence.from_bytes(evidence)
             report_data = report_data_for(bound_key, nonce)
-            own_claims = Policy(
-                measurements=frozenset({parsed.measurement.hex()}),
-                allow_debug=True,
-                tcb_statuses=TCB_STATUSES,
-            )
+            own_claims = self._own_claims.get(parsed.measurement)
+            if own_claims is None:
+                own_claims = Policy(
+                    measurements=frozenset({parsed.measurement.hex()}),
+                    allow_debug=True,
+                    tcb_statuses=TCB_STATUSES,
+                )
+                if len(self._own_claims) >= _OWN_CLAIMS_CACHE:
+                    self._own_claims.clear()
+                self._own_claims[parsed.measurement] = own_claims
             claims = verify_evidence(
                 parsed,
                 own_claims,

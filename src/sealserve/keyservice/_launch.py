@@ -4,6 +4,13 @@ The launcher (an embedded :class:`~sealserve.attest.SimulatedPlatform` or a
 :class:`~sealserve.attest.PlatformClient` to a daemon) is the untrusted host's view: it passes
 the unmeasured arguments, the measured config (:func:`measured_config`), and reads the ready
 line the service prints on its stdout.
+
+With ``workers`` > 1 the host binds one listening socket per process on one port
+(``SO_REUSEPORT``) and launches that many KeyService processes, each measured and attested on
+its own, each handed its socket: the kernel spreads connections over them.  They derive the
+same identity from the master key and keep every single-use nonce in the database, so a
+client may attest one and be answered by another.  The first is launched alone and ready
+before the others start (it creates or migrates the schema).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import os
 import select
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ from typing import Any
 from sealserve.attest import Launcher, MeasuredProcess
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import KeyServiceError
+from sealserve.keyservice._listen import bind_listener
 from sealserve.keyservice._main import measured_config
 
 __all__ = ["LaunchedKeyService", "launch_args", "launch_keyservice"]
@@ -27,23 +36,41 @@ __all__ = ["LaunchedKeyService", "launch_args", "launch_keyservice"]
 
 @dataclasses.dataclass(frozen=True)
 class LaunchedKeyService:
-    """A running KeyService: its process handle and what its ready line said."""
+    """A running KeyService: its processes (one or more on one port) and what their ready
+    lines said."""
 
-    process: MeasuredProcess
+    processes: tuple[MeasuredProcess, ...]
     url: str
     keyservice_id: str
     database: str
 
     @property
+    def process(self) -> MeasuredProcess:
+        """The first process (the only one unless launched with several workers)."""
+        return self.processes[0]
+
+    @property
     def measurement(self) -> str:
-        return self.process.measurement
+        return self.processes[0].measurement
 
     def stop(self, *, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait for the graceful shutdown, release the handle; the exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.process.close()
-        return code
+        """SIGTERM every process, wait for their graceful shutdown, release the handles; the
+        exit status (the first non-zero one, or None if one did not stop in time)."""
+        return _stop(self.processes, timeout)
+
+
+def _stop(processes: tuple[MeasuredProcess, ...], timeout: float) -> int | None:
+    for process in processes:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for process in processes:
+        codes.append(process.wait(max(0.0, deadline - time.monotonic())))
+        process.close()
+    if any(code is None for code in codes):
+        return None
+    return next((code for code in codes if code), 0)
 
 
 def launch_args(
@@ -52,6 +79,7 @@ def launch_args(
     data_dir: Path,
     platform_key: Path | None = None,
     log_level: str = "INFO",
+    inherit_socket: bool = False,
 ) -> list[str]:
     """The (unmeasured) command line of the ``keyservice`` entry for ``settings``."""
     args = [
@@ -59,7 +87,6 @@ def launch_args(
         "--host", settings.host,
         "--port", str(settings.port),
         "--max-body-bytes", str(settings.max_body_bytes),
-        "--max-outstanding-challenges", str(settings.max_outstanding_challenges),
         "--rate-limit-per-s", repr(float(settings.rate_limit_per_s)),
         "--rate-limit-burst", str(settings.rate_limit_burst),
         "--log-level", log_level,
@@ -70,6 +97,8 @@ def launch_args(
         args += ["--master-key-file", str(Path(settings.master_key_file).resolve())]
     if platform_key is not None:
         args += ["--platform-key", str(Path(platform_key).resolve())]
+    if inherit_socket:
+        args.append("--inherit-socket")
     return args
 
 
@@ -82,23 +111,84 @@ def launch_keyservice(
     log_level: str = "INFO",
     stderr: int | None = None,
     ready_timeout_s: float = 60.0,
+    workers: int = 1,
 ) -> LaunchedKeyService:
-    """Launch the KeyService and return once it accepts connections."""
+    """Launch the KeyService (``workers`` processes on one port) and return once every
+    process accepts connections."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    socks = _listeners(settings.host, settings.port, workers) if workers > 1 else []
+    args = launch_args(
+        settings,
+        data_dir=data_dir,
+        platform_key=platform_key,
+        log_level=log_level,
+        inherit_socket=bool(socks),
+    )
+    config = measured_config(settings)
+    started: list[MeasuredProcess] = []
+    readies: list[dict[str, Any]] = []
+    try:
+        for index in range(workers):
+            fds = (socks[index].fileno(),) if socks else ()
+            process, ready = _launch_one(
+                launcher, args, config, fds, stderr=stderr, timeout_s=ready_timeout_s
+            )
+            started.append(process)
+            readies.append(ready)
+        ids = {str(ready["keyservice_id"]) for ready in readies}
+        if len(ids) != 1:
+            raise KeyServiceError(
+                f"the KeyService processes report {len(ids)} identities; they must share one "
+                "master key and one database"
+            )
+    except BaseException:
+        _stop(tuple(started), 10.0)
+        raise
+    finally:
+        for sock in socks:
+            sock.close()  # the processes hold them now
+    first = readies[0]
+    return LaunchedKeyService(
+        processes=tuple(started),
+        url=str(first["url"]),
+        keyservice_id=str(first["keyservice_id"]),
+        database=str(first["database"]),
+    )
+
+
+def _listeners(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one port (the first picks it when ``port`` is 0)."""
+    first = bind_listener(host, port, reuse_port=True)
+    socks = [first]
+    try:
+        bound = first.getsockname()[1]
+        socks += [bind_listener(host, bound, reuse_port=True) for _ in range(count - 1)]
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _launch_one(
+    launcher: Launcher,
+    args: list[str],
+    config: dict[str, str],
+    fds: tuple[int, ...],
+    *,
+    stderr: int | None,
+    timeout_s: float,
+) -> tuple[MeasuredProcess, dict[str, Any]]:
     read_fd, write_fd = os.pipe()
     try:
         process = launcher.launch(
-            "keyservice",
-            args=launch_args(
-                settings, data_dir=data_dir, platform_key=platform_key, log_level=log_level
-            ),
-            config=measured_config(settings),
-            stdout=write_fd,
-            stderr=stderr,
+            "keyservice", args=args, config=config, fds=fds, stdout=write_fd, stderr=stderr
         )
     finally:
         os.close(write_fd)
     try:
-        ready = _read_ready(read_fd, process, ready_timeout_s)
+        ready = _read_ready(read_fd, process, timeout_s)
     finally:
         os.close(read_fd)
     if ready is None:
@@ -107,12 +197,7 @@ def launch_keyservice(
         raise KeyServiceError(
             f"the KeyService exited before it was ready (status {code}); see its log"
         )
-    return LaunchedKeyService(
-        process=process,
-        url=str(ready["url"]),
-        keyservice_id=str(ready["keyservice_id"]),
-        database=str(ready["database"]),
-    )
+    return process, ready
 
 
 def _read_ready(fd: int, process: MeasuredProcess, timeout_s: float) -> dict[str, Any] | None:

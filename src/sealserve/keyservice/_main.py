@@ -6,6 +6,10 @@ host decides) say where to listen and where the data is; the settings that weake
 when changed (challenge, release and replay windows) arrive in the *measured* launch config,
 so a client's pinned measurement covers them (an empty config means the defaults).
 
+With ``--inherit-socket`` it serves on the listening socket the launcher handed over (the
+first passed descriptor) instead of binding one: that is how several KeyService processes,
+each launched and attested on its own, share one port.
+
 It prints one JSON "ready" line on stdout when it accepts connections, logs JSON lines on
 stderr, and stops cleanly on SIGINT or SIGTERM.
 """
@@ -13,12 +17,13 @@ stderr, and stops cleanly on SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sealserve._log import configure_logging, get_logger
-from sealserve.attest import TrustAnchors, launch_config, local_evidence
+from sealserve.attest import TrustAnchors, launch_config, local_evidence, passed_fds
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import SealserveError
 
@@ -54,7 +59,6 @@ def settings_from(args: argparse.Namespace, config: Mapping[str, str]) -> KeySer
         db_url=args.db,
         master_key_file=args.master_key_file,
         max_body_bytes=args.max_body_bytes,
-        max_outstanding_challenges=args.max_outstanding_challenges,
         rate_limit_per_s=args.rate_limit_per_s,
         rate_limit_burst=args.rate_limit_burst,
         **measured,
@@ -72,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform-key", default="", help="hex public key file of the platform")
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     p.add_argument(
-        "--max-outstanding-challenges", type=int, default=defaults.max_outstanding_challenges
+        "--inherit-socket",
+        action="store_true",
+        help="serve on the listening socket passed by the launcher (its first passed fd)",
     )
     p.add_argument("--rate-limit-per-s", type=float, default=defaults.rate_limit_per_s)
     p.add_argument("--rate-limit-burst", type=int, default=defaults.rate_limit_burst)
@@ -87,6 +93,17 @@ def _trust(args: argparse.Namespace) -> TrustAnchors:
     return TrustAnchors.from_data_dir(args.data_dir)
 
 
+def _inherited_socket() -> socket.socket:
+    fds = passed_fds()
+    if not fds:
+        raise SealserveError("--inherit-socket given, but the launcher passed no descriptor")
+    sock = socket.socket(fileno=fds[0])
+    if sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise SealserveError("--inherit-socket: the passed descriptor is not a stream socket")
+    return sock
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
@@ -98,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from(args, launch_config())
         trust = _trust(args)
+        sock = _inherited_socket() if args.inherit_socket else None
         run_keyservice(
             settings=settings,
             data_dir=args.data_dir,
@@ -105,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trust=trust,
             ready=sys.stdout,
             log_level=args.log_level,
+            sock=sock,
         )
     except (SealserveError, ValueError, OSError) as exc:
         _log.event("keyservice.failed", error=type(exc).__name__, message=str(exc))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 __all__ = ["DENIAL_REASONS", "Metrics"]
 
@@ -28,7 +30,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 
 class Metrics:
     """The series: releases, keys released, denials by reason, challenges, rate limiting and
-    request latency by route."""
+    request latency by route.  Each process of a KeyService keeps (and serves) its own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -55,11 +57,6 @@ class Metrics:
             "Challenges issued.",
             registry=self.registry,
         )
-        self.challenges_outstanding = Gauge(
-            "sealserve_keyservice_challenges_outstanding",
-            "Challenges issued and neither used nor expired.",
-            registry=self.registry,
-        )
         self.rate_limited = Counter(
             "sealserve_keyservice_rate_limited",
             "Requests answered 429.",
@@ -73,11 +70,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._latency_children: dict[tuple[str, int], Any] = {}
 
     def deny(self, reason: str) -> None:
         if reason not in DENIAL_REASONS:
             raise ValueError(f"reason must be one of {DENIAL_REASONS}, got {reason!r}")
         self.denials.labels(reason=reason).inc()
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Record one answered request's latency (the labelled series is looked up once)."""
+        key = (route, status // 100)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self.latency.labels(route=route, status=f"{status // 100}xx")
+            self._latency_children[key] = child
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -51,14 +51,11 @@ class ReleaseRequest:
     runtime_key: bytes
     pairs: tuple[tuple[str, str], ...]  # (user_id, model_id)
     suite: HpkeSuite
+    runtime_key_id: str = ""
 
-    @property
-    def runtime_key_id(self) -> str:
-        return wire.fingerprint(self.runtime_key)
-
-    @property
-    def pair_tuples(self) -> list[tuple[str, str]]:
-        return list(self.pairs)
+    def __post_init__(self) -> None:
+        if not self.runtime_key_id:
+            object.__setattr__(self, "runtime_key_id", wire.fingerprint(self.runtime_key))
 
 
 class Releaser:

@@ -1,9 +1,10 @@
 """Run a KeyService: open the store and the vault, build the app, serve it with uvicorn.
 
 :func:`run_keyservice` is what the attested ``keyservice`` entry (``sealserve.keyservice._main``)
-calls inside the launched process.  It binds the socket first (so port 0 works), prints one
-JSON "ready" line to ``ready`` once it accepts connections, and stops cleanly on SIGINT or
-SIGTERM (uvicorn's handlers: in-flight requests finish, then the store closes).
+calls inside the launched process.  It binds the socket first (so port 0 works), or serves on
+one it was given (several processes sharing a port), prints one JSON "ready" line to ``ready``
+once it accepts connections, and stops cleanly on SIGINT or SIGTERM (uvicorn's handlers:
+in-flight requests finish, then the store closes).
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ from sealserve.attest import TrustAnchors
 from sealserve.config import KeyServiceSettings
 from sealserve.keyservice._app import create_app
 from sealserve.keyservice._evidence import EvidenceVerifier
+from sealserve.keyservice._listen import bind_listener
 from sealserve.keyservice._service import EvidenceSource, KeyService
 from sealserve.keyservice._store import Store, sqlite_url
 from sealserve.keyservice._vault import Vault, load_master_key
 
-__all__ = ["database_url", "keyservice_dir", "open_keyservice", "run_keyservice"]
+__all__ = [
+    "database_url",
+    "keyservice_dir",
+    "open_keyservice",
+    "run_keyservice",
+]
 
 _log = get_logger(__name__)
 
@@ -79,13 +86,16 @@ def run_keyservice(
     trust: TrustAnchors,
     ready: TextIO | None = None,
     log_level: str = "INFO",
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM.  ``ready`` gets one JSON line once the port accepts."""
+    """Serve until SIGINT/SIGTERM, on ``sock`` if given (a listening socket) or on one bound
+    to ``settings.host``/``port``.  ``ready`` gets one JSON line once the port accepts."""
     with open_keyservice(
         settings=settings, data_dir=data_dir, evidence_source=evidence_source, trust=trust
     ) as service:
         app = create_app(service)
-        sock = _bind(settings.host, settings.port)
+        if sock is None:
+            sock = bind_listener(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
         config = uvicorn.Config(
             app,
@@ -110,6 +120,7 @@ def run_keyservice(
                 "url": f"http://{_url_host(host)}:{port}",
                 "keyservice_id": service.keyservice_id,
                 "database": service.store.safe_url,
+                "pid": os.getpid(),
             }
             _log.event(
                 "keyservice.listening", host=host, port=port, keyservice_id=service.keyservice_id
@@ -147,22 +158,6 @@ class _ReadyServer(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started and callable(self.on_ready):
             self.on_ready()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
-    # and accepted sockets inherit it; without it Nagle and delayed ACKs add ~40 ms a request.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _url_host(host: str) -> str:

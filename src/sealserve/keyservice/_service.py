@@ -1,8 +1,13 @@
 """The KeyService itself, without HTTP: who may do what, and the release protocol.
 
-:class:`KeyService` holds the store, the vault (master key), its own fresh HPKE key pair and
-Ed25519 signing identity (both bound into its evidence), the challenge store and the limits.
+:class:`KeyService` holds the store, the vault (master key), its HPKE key pair and Ed25519
+signing identity (both derived from the master key and bound into its evidence, so every
+process of one KeyService is the same attested service), the challenge issuer and the limits.
 Its coroutines run on the service's event loop; database work goes to a worker thread.
+
+Nothing that single use depends on lives in this process's memory: challenges are stateless
+(:mod:`._challenges`), and the nonces of releases and of signed requests are recorded as used
+in the database (:mod:`._claims`), so any number of processes can serve one database.
 Every refusal that must not say why raises :class:`Denied` (an
 :class:`~sealserve.errors.AccessDenied` that carries the reason for the log and the metrics
 only), which the HTTP layer turns into the one fixed 403.
@@ -14,6 +19,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -21,13 +27,17 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import (
+    NONCE_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     HpkeKeyPair,
+    HpkeSuite,
     Identity,
     RequestVerifier,
     principal_id,
@@ -43,10 +53,12 @@ from sealserve.errors import (
     RateLimited,
 )
 from sealserve.keyservice import _wire as wire
-from sealserve.keyservice._audit import AuditWriter
+from sealserve.keyservice._challenges import Challenge, ChallengeIssuer
+from sealserve.keyservice._claims import ClaimWriter
 from sealserve.keyservice._judge import EvidenceJudge
-from sealserve.keyservice._limits import Challenge, ChallengeStore, RateLimiter
+from sealserve.keyservice._limits import RateLimiter
 from sealserve.keyservice._metrics import Metrics
+from sealserve.keyservice._records import Claim
 from sealserve.keyservice._releaser import Denied, Releaser
 from sealserve.keyservice._store import PrincipalRow, Store
 from sealserve.keyservice._vault import Vault
@@ -63,12 +75,19 @@ EvidenceSource = Callable[[bytes], bytes]
 
 def headers_signature(headers: Mapping[str, str]) -> bytes:
     """The signature bytes a signed request carries (64 zero bytes if none parse)."""
-    value = headers.get(SIGNATURE_HEADER, "")
+    value = _header(headers, SIGNATURE_HEADER)
     try:
         raw = base64.urlsafe_b64decode(value.encode("ascii"))
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raw = b""
     return raw if len(raw) == 64 else bytes(64)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    value = headers.get(name)
+    if value is None:  # a plain mapping with other letter case
+        value = next((v for k, v in headers.items() if k.lower() == name), "")
+    return value
 
 
 class Throttled(RateLimited):
@@ -104,17 +123,17 @@ class KeyService:
         self.metrics = Metrics()
         self._evidence_source = evidence_source
         self._verifier = verifier
-        self._hpke = hpke_key or HpkeKeyPair.generate()
-        self._identity = identity or Identity.generate()
+        self._hpke = hpke_key or HpkeKeyPair.from_private_bytes(vault.derive("hpke"))
+        self._identity = identity or Identity(
+            ed25519.Ed25519PrivateKey.from_private_bytes(vault.derive("signing"))
+        )
         self._binding = wire.keyservice_binding(
             self._hpke.public_key_bytes(), self._identity.public_key_bytes
         )
         self.keyservice_id = wire.fingerprint(self._binding)
         self._requests = RequestVerifier(replay_window_s=self.settings.replay_window_s, clock=clock)
-        self.challenges = ChallengeStore(
-            ttl_s=self.settings.challenge_ttl_s,
-            max_outstanding=self.settings.max_outstanding_challenges,
-            clock=clock,
+        self.challenges = ChallengeIssuer(
+            key=vault.derive("challenge"), ttl_s=self.settings.challenge_ttl_s, clock=clock
         )
         self._limiter = RateLimiter(
             rate_per_s=self.settings.rate_limit_per_s,
@@ -123,7 +142,10 @@ class KeyService:
         )
         self._db_limiter = anyio.CapacityLimiter(db_threads)
         self._inline_reads = store.dialect == "sqlite"
-        self._audit = AuditWriter(lambda entries: self._db(self.store.append_audit, entries))
+        self._claims = ClaimWriter(
+            lambda claims, purge: self._db(self.store.commit_claims, claims, purge_before=purge),
+            clock=clock,
+        )
         self._principals: dict[str, PrincipalRow] = {}
         # The key that unknown principals' signatures are checked against (equal work).
         self._decoy_key = Identity.generate().public_key_bytes
@@ -147,6 +169,10 @@ class KeyService:
     @property
     def hpke_public_key(self) -> bytes:
         return self._hpke.public_key_bytes()
+
+    @property
+    def hpke_suite(self) -> HpkeSuite:
+        return self._hpke.suite
 
     def sign(self, payload: bytes) -> bytes:
         return self._identity.sign(payload)
@@ -193,7 +219,21 @@ class KeyService:
             )
         except InvalidSignature:
             raise Denied("signature") from None
+        await self._claim_request(claimed, headers)
         return row
+
+    async def _claim_request(self, pid: str, headers: Mapping[str, str]) -> None:
+        """Record a verified request's nonce as used in the database, so that no process of
+        this KeyService accepts the request again (each one also remembers it in memory)."""
+        nonce = _header(headers, NONCE_HEADER)
+        try:
+            timestamp = float(_header(headers, TIMESTAMP_HEADER))
+        except ValueError:  # the verifier accepted it, so this does not happen
+            raise Denied("signature") from None
+        key = hashlib.sha256(f"sealserve/request-nonce\0{pid}\0{nonce}".encode()).digest()
+        expires_at = max(timestamp, self.clock.time()) + self.settings.replay_window_s
+        if not await self._claims.commit(Claim(nonce=key, expires_at=expires_at)):
+            raise Denied("signature")
 
     async def _principal(self, pid: str) -> PrincipalRow | None:
         cached = self._principals.get(pid)
@@ -236,6 +276,7 @@ class KeyService:
             self._requests.verify(public_key, method=method, path=path, body=body, headers=headers)
         except InvalidSignature:
             raise Denied("signature") from None
+        await self._claim_request(pid, headers)
         existing = await self._principal(pid)
         if existing is not None:
             if existing.role != role:
@@ -391,31 +432,32 @@ class KeyService:
 
     # -- runtime: challenge and release -----------------------------------------------------
 
-    def challenge(self, requester: str) -> Challenge:
-        issued = self.challenges.issue(requester)
-        if issued is None:
-            self.metrics.rate_limited.labels(limit="challenges").inc()
-            raise Throttled(
-                "too many outstanding challenges; use them or let them expire first",
-                self.challenges.ttl_s,
-            )
+    def challenge(self) -> Challenge:
+        """A fresh challenge.  It costs one HMAC and stores nothing, so there is nothing to
+        hoard: the per-requester request rate limit is what bounds issuing."""
+        issued = self.challenges.issue()
         self.metrics.challenges.inc()
         return issued
 
     async def release(self, body: bytes) -> dict[str, Any]:
         """Answer a release request (the raw JSON body) or raise :class:`Denied`."""
         request = self.releaser.parse(body)
-        if not self.challenges.redeem(request.nonce):
+        expires_at = self.challenges.check(request.nonce)
+        if expires_at is None:
             raise Denied("nonce")
         verified = self.releaser.verify_evidence(request)
         if self._inline_reads:
             # SQLite in WAL mode: a few page reads that never wait for the writer; a thread
             # hop would cost more than the read (it waits for the GIL behind the event loop).
-            epoch, records = self.store.release_records(request.pair_tuples)
+            epoch, records = self.store.release_records(request.pairs)
         else:
-            epoch, records = await self._db(self.store.release_records, request.pair_tuples)
+            epoch, records = await self._db(self.store.release_records, request.pairs)
         response, audit = self.releaser.decide(request, verified, epoch, records)
-        await self._audit.append(audit)  # durable before the keys leave
+        # Durable before the keys leave: the audit rows, and the nonce as used (false when
+        # another request, in this process or another, used it first).
+        claim = Claim(nonce=request.nonce, expires_at=expires_at, entries=tuple(audit))
+        if not await self._claims.commit(claim):
+            raise Denied("nonce")
         self.metrics.releases.inc()
         self.metrics.released_pairs.inc(len(audit))
         _log.event(
@@ -429,6 +471,3 @@ class KeyService:
 
     async def epoch(self) -> int:
         return await self._db(self.store.epoch)
-
-    def outstanding_challenges(self) -> int:
-        return self.challenges.outstanding()

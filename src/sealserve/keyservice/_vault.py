@@ -7,6 +7,11 @@ KeyService process.
 
 Each record is sealed with a context naming its kind and the row it belongs to, so a record
 copied to another row (another model, user or version) does not unseal there.
+
+The master key also derives (HKDF-SHA256, one label per use) the KeyService's own long-term
+secrets: its HPKE and signing keys, and the key that authenticates its challenges.  Every
+process that holds the same master key is therefore the same KeyService, which is what lets
+several processes, on one machine or several, serve one database.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from sealserve._log import get_logger
-from sealserve.crypto import SymmetricKey, seal, unseal
+from sealserve.crypto import SymmetricKey, canonical_encode, seal, unseal
 from sealserve.errors import ConfigError, InvalidEnvelope, KeyServiceError
 
 __all__ = ["MASTER_KEY_ENV", "Vault", "load_master_key"]
@@ -102,6 +110,15 @@ class Vault:
                 f"a {kind} record does not unseal under the master key: the database was "
                 "tampered with or written under another master key"
             ) from exc
+
+    def derive(self, label: str) -> bytes:
+        """32 bytes derived from the master key for ``label`` (distinct labels never derive
+        the same bytes).  For the KeyService's own keys only; never sent anywhere."""
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"label must be a non-empty string, got {label!r}")
+        info = canonical_encode({"purpose": "sealserve/keyservice/derived", "label": label})
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=info)
+        return hkdf.derive(self._key.to_bytes())
 
     def __repr__(self) -> str:
         return "Vault(<master key withheld>)"

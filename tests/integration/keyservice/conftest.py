@@ -110,7 +110,6 @@ class KeyServiceProcess:
             "--port", "0",
             "--platform-key", str(key_file),
             "--max-body-bytes", str(s.max_body_bytes),
-            "--max-outstanding-challenges", str(s.max_outstanding_challenges),
             "--rate-limit-per-s", repr(float(s.rate_limit_per_s)),
             "--rate-limit-burst", str(s.rate_limit_burst),
             "--log-level", "DEBUG",

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -131,20 +132,33 @@ class Harness:
         return r, runtime, nonce
 
 
-def run(test: Callable[[Harness], Awaitable[None]], **settings: Any) -> None:
+def make_service(store: Store, vault: Vault, clock: ManualClock, **settings: Any) -> KeyService:
+    return KeyService(
+        store=store,
+        vault=vault,
+        evidence_source=lambda rd: fake_evidence("aa" * 32, rd),
+        verifier=FakeJudge(),
+        settings=KeyServiceSettings(**settings),
+        clock=clock,
+        db_threads=1,
+    )
+
+
+def run(
+    test: Callable[[Harness], Awaitable[None]],
+    *,
+    db_url: str = "sqlite+pysqlite:///:memory:",
+    vault: Vault | None = None,
+    hot_path: bool = True,
+    **settings: Any,
+) -> None:
     async def main() -> None:
         clock = ManualClock(start=1_800_000_000.0)
-        with Store("sqlite+pysqlite:///:memory:", pool_size=1) as store:
-            service = KeyService(
-                store=store,
-                vault=Vault(SymmetricKey.generate()),
-                evidence_source=lambda rd: fake_evidence("aa" * 32, rd),
-                verifier=FakeJudge(),
-                settings=KeyServiceSettings(**settings),
-                clock=clock,
-                db_threads=1,
+        with Store(db_url, pool_size=1) as store:
+            service = make_service(
+                store, vault or Vault(SymmetricKey.generate()), clock, **settings
             )
-            transport = httpx.ASGITransport(app=create_app(service))
+            transport = httpx.ASGITransport(app=create_app(service, hot_path=hot_path))
             async with httpx.AsyncClient(transport=transport, base_url="http://ks") as client:
                 nonce = b"n" * 32
                 r = await client.get(f"/v1/attestation?nonce={wire.b64encode(nonce)}")
@@ -380,15 +394,89 @@ def test_rate_limit_answers_429_with_retry_after() -> None:
     run(body, rate_limit_per_s=1.0, rate_limit_burst=3)
 
 
-def test_outstanding_challenges_are_limited() -> None:
-    async def body(h: Harness) -> None:
-        for _ in range(2):
-            assert (await h.client.post("/v1/challenges")).status_code == 201
-        r = await h.client.post("/v1/challenges")
-        assert r.status_code == 429
-        assert "outstanding" in r.json()["error"]
+def test_challenges_are_stateless_and_single_use_spans_processes(tmp_path: Path) -> None:
+    """Two KeyServices on one database and one master key (two processes, in effect): one
+    identity, a challenge from either is good at the other, and each nonce and signed request
+    is accepted once in all."""
+    vault = Vault(SymmetricKey.generate())
+    url = f"sqlite+pysqlite:///{tmp_path / 'ks.db'}"
 
-    run(body, max_outstanding_challenges=2)
+    async def body(h: Harness) -> None:
+        mid, _, _ = await h.setup_grant()
+        uid = h.user.principal_id
+        with Store(url, pool_size=1) as store:
+            other = make_service(store, vault, h.clock)
+            assert other.keyservice_id == h.service.keyservice_id
+            assert other.hpke_public_key == h.service.hpke_public_key
+            assert other.signing_public_key == h.service.signing_public_key
+            transport = httpx.ASGITransport(app=create_app(other))
+            async with httpx.AsyncClient(transport=transport, base_url="http://ks") as client:
+                # a challenge from this process, the release at the other
+                r = await h.client.post("/v1/challenges")
+                nonce = wire.b64decode(r.json()["nonce"])
+                runtime = HpkeKeyPair.generate()
+                first = release_body(runtime, nonce, [(uid, mid)])
+                assert (await client.post("/v1/releases", content=first)).status_code == 200
+                for replay_at in (client, h.client):  # replayed at either process
+                    again = await replay_at.post("/v1/releases", content=first)
+                    assert (again.status_code, again.content) == (403, DENIAL)
+                # a signed request accepted by one process is a replay at the other
+                path = f"/v1/models/{mid}"
+                headers = sign_request(h.owner, method="GET", path=path, body=b"", clock=h.clock)
+                assert (await h.client.get(path, headers=headers)).status_code == 200
+                replay = await client.get(path, headers=headers)
+                assert (replay.status_code, replay.content) == (403, DENIAL)
+        releases = [e for e in h.service.store.audit() if e.event == "release"]
+        assert len(releases) == 1
+
+    run(body, db_url=url, vault=vault)
+
+
+def release_body(runtime: HpkeKeyPair, nonce: bytes, pairs: list[tuple[str, str]]) -> bytes:
+    key = runtime.public_key_bytes()
+    return wire.canonical_json(
+        {
+            "nonce": wire.b64encode(nonce),
+            "evidence": wire.b64encode(fake_evidence(GOOD, fake_report_data(key, nonce))),
+            "runtime_public_key": wire.b64encode(key),
+            "pairs": [{"user_id": u, "model_id": m} for u, m in pairs],
+        }
+    )
+
+
+def test_hot_path_and_fastapi_routes_answer_alike() -> None:
+    """The three hot endpoints answer the same through HotPath and through FastAPI."""
+    answers: dict[bool, list[tuple[int, Any]]] = {}
+
+    def collect(hot: bool) -> Callable[[Harness], Awaitable[None]]:
+        async def body(h: Harness) -> None:
+            mid, _, _ = await h.setup_grant()
+            uid = h.user.principal_id
+            out: list[tuple[int, Any]] = []
+            r = await h.client.get("/healthz")
+            out.append((r.status_code, r.content))
+            r = await h.client.post("/v1/challenges")
+            out.append((r.status_code, sorted(r.json())))
+            nonce = wire.b64decode(r.json()["nonce"])
+            r = await h.client.post(
+                "/v1/releases", content=release_body(HpkeKeyPair.generate(), nonce, [(uid, mid)])
+            )
+            out.append((r.status_code, sorted(r.json())))
+            for content in (b"{", b"x" * (h.service.settings.max_body_bytes + 1)):
+                r = await h.client.post("/v1/releases", content=content)
+                out.append((r.status_code, r.content))
+            r = await h.client.post("/v1/challenges", content=b"x" * 2_000_000)
+            out.append((r.status_code, r.content))
+            r = await h.client.get("/v1/releases")
+            out.append((r.status_code, r.headers["content-type"]))
+            answers[hot] = out
+
+        return body
+
+    run(collect(True))
+    run(collect(False), hot_path=False)
+    assert answers[True] == answers[False]
+    assert [status for status, _ in answers[True]] == [200, 201, 200, 403, 403, 403, 405]
 
 
 def test_openapi_document_describes_the_bodies() -> None:
