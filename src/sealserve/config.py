@@ -19,15 +19,16 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sealserve.errors import ConfigError
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
     "AttestSettings",
     "GatewaySettings",
     "KeyServiceSettings",
     "PlatformSettings",
+    "RUNTIME_RESERVE_MB",
     "RuntimeSettings",
     "Settings",
     "load_settings",
@@ -80,12 +81,25 @@ class GatewaySettings:
         _check_positive("gateway.max_queued", self.max_queued)
 
 
+#: What an instance keeps beside its models for the instance host and the runtime themselves:
+#: the default model budget is ``platform.instance_memory_mb`` less this.  Measured on the
+#: zoo's models (docs/operating.md, "Instance sizes"): an empty host + runtime pair holds
+#: 169 MB, and the pair's memory beyond what the runtime charges its models peaked at 344 MB
+#: (MiniLM int8 alone, during its load and four concurrent requests); rounded up to the
+#: platform's 128 MB step.
+RUNTIME_RESERVE_MB: Final = 384
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PlatformSettings:
     keep_alive_s: float = 180.0
     max_instances: int = 4
     instance_concurrency: int = 4
+    #: Billed memory of the platform's own instance size.
     instance_memory_mb: int = 2048
+    #: Other instance sizes (billed MB) the ``sealserve`` policy may start; each keeps the same
+    #: reserve for the host and the runtime as the platform's own instances.
+    sizes_mb: tuple[int, ...] = (512, 1024)
     #: FnPacker policy used by the live router.
     policy: str = "sealserve"
 
@@ -94,18 +108,42 @@ class PlatformSettings:
         _check_positive("platform.max_instances", self.max_instances)
         _check_positive("platform.instance_concurrency", self.instance_concurrency)
         _check_positive("platform.instance_memory_mb", self.instance_memory_mb)
+        sizes: object = self.sizes_mb
+        if isinstance(sizes, list):
+            object.__setattr__(self, "sizes_mb", tuple(sizes))
+        elif not isinstance(sizes, tuple):
+            raise ConfigError(
+                f"Config 'platform.sizes_mb' has value {sizes!r}. Not a list of ints."
+            )
+        for size in self.sizes_mb:
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise ConfigError(
+                    f"Config 'platform.sizes_mb' has value {list(self.sizes_mb)!r}. "
+                    f"Every size must be an int greater than zero, got {size!r}."
+                )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RuntimeSettings:
-    memory_budget_mb: int = 1024
+    #: Memory for unsealed models in each runtime; ``None`` derives it from the instance's
+    #: memory (see :meth:`memory_budget_for`).
+    memory_budget_mb: int | None = None
     threads: int = 2
     executor_workers: int = 4
 
     def __post_init__(self) -> None:
-        _check_positive("runtime.memory_budget_mb", self.memory_budget_mb)
+        if self.memory_budget_mb is not None:
+            _check_positive("runtime.memory_budget_mb", self.memory_budget_mb)
         _check_positive("runtime.threads", self.threads)
         _check_positive("runtime.executor_workers", self.executor_workers)
+
+    def memory_budget_for(self, platform: PlatformSettings) -> int:
+        """The model budget of a runtime in an instance of ``platform.instance_memory_mb``:
+        ``memory_budget_mb`` when set, else the instance's memory less
+        :data:`RUNTIME_RESERVE_MB`."""
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb
+        return platform.instance_memory_mb - RUNTIME_RESERVE_MB
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -137,6 +175,7 @@ class Settings:
                 f"Config 'log_level' has value {self.log_level!r}. "
                 f"Not one of {', '.join(_LOG_LEVELS)}."
             )
+        _check_instance_memory(self.platform, self.runtime)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with top-level fields replaced (use ``dataclasses.replace`` on a section)."""
@@ -210,6 +249,8 @@ def _build(
 
 
 def _coerce(hint: Any, raw: Any, dotted: str, where: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        return _coerce_ints(raw, dotted, where)
     target = _base_type(hint)
     bad = ConfigError(
         f"Config '{dotted}' ({where}) has value {raw!r}. Not a valid {target.__name__}."
@@ -248,6 +289,25 @@ def _coerce(hint: Any, raw: Any, dotted: str, where: str) -> Any:
     raise bad  # pragma: no cover - a field type this loader does not know
 
 
+def _coerce_ints(raw: Any, dotted: str, where: str) -> tuple[int, ...]:
+    """A list of ints: a TOML array, or a variable's comma-separated text (empty: none)."""
+    bad = ConfigError(
+        f"Config '{dotted}' ({where}) has value {raw!r}. Not a list of ints "
+        "(a TOML array such as [512, 1024], or 512,1024 in a variable)."
+    )
+    if isinstance(raw, str):
+        parts = [part.strip() for part in raw.split(",")] if raw.strip() else []
+        try:
+            return tuple(int(part, 10) for part in parts)
+        except ValueError:
+            raise bad from None
+    if isinstance(raw, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in raw
+    ):
+        return tuple(raw)
+    raise bad
+
+
 def _base_type(hint: Any) -> type:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -269,3 +329,21 @@ def _check_port(name: str, value: int) -> None:
 def _check_positive(name: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"Config '{name}' has value {value!r}. Must be greater than zero.")
+
+
+def _check_instance_memory(platform: PlatformSettings, runtime: RuntimeSettings) -> None:
+    """The model budget leaves room in the instance for the host and the runtime."""
+    memory = platform.instance_memory_mb
+    budget = runtime.memory_budget_mb
+    if budget is None and memory <= RUNTIME_RESERVE_MB:
+        raise ConfigError(
+            f"Config 'platform.instance_memory_mb' has value {memory!r}. Must be more than "
+            f"the {RUNTIME_RESERVE_MB} MB an instance reserves for its host and runtime "
+            "(or set 'runtime.memory_budget_mb' below it)."
+        )
+    if budget is not None and budget >= memory:
+        raise ConfigError(
+            f"Config 'runtime.memory_budget_mb' has value {budget!r}. Must be less than "
+            f"'platform.instance_memory_mb' ({memory!r}): the instance holds the host and "
+            "the runtime beside the models."
+        )

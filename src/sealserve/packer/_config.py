@@ -90,7 +90,7 @@ class GroupConfig:
         """The group the live platform runs, from ``[platform]`` and ``[runtime]`` settings."""
         return cls(
             name=name,
-            budget_mb=float(runtime.memory_budget_mb),
+            budget_mb=float(runtime.memory_budget_for(platform)),
             runtime_base_mb=runtime_base_mb,
             memory_mb=platform.instance_memory_mb,
             sizes_mb=sizes_mb,

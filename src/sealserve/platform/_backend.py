@@ -50,6 +50,8 @@ class InstanceInfo:
     #: The cold start's stages (ms) as the instance reported them (``sandbox_start``,
     #: ``runtime_start``).
     timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: What the instance used when it was last measured (MB), when the backend measures it.
+    resident_mb: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class InstanceInfo:
             "runtime_pid": self.runtime_pid,
             "measurement": self.measurement,
             "timings": dict(self.timings),
+            "resident_mb": None if self.resident_mb is None else round(self.resident_mb, 1),
         }
 
 
@@ -77,7 +80,9 @@ class InstanceBackend(Protocol):
     async def start(
         self, instance_id: int, *, memory_mb: int, budget_mb: float, concurrency: int
     ) -> InstanceInfo:
-        """Start instance ``instance_id`` and return once it serves (a cold start)."""
+        """Start instance ``instance_id`` of ``memory_mb`` (its size: its sandbox's memory,
+        what it is billed) whose runtime holds at most ``budget_mb`` of models, and return
+        once it serves (a cold start)."""
         ...
 
     async def load(

@@ -22,14 +22,14 @@ the waiting requests run and try for themselves.
 Instances stop when idle past the keep-alive (``tick``), and are replaced when unhealthy:
 their unserved requests are routed again (at most ``max_reroutes`` times), the ones in flight
 fail by themselves, retryably.  The meter bills every instance its configured memory from
-spawn to stop.
+spawn to stop: the size of its shape (``StartInstance.memory_mb``), which is the platform's
+own instance size or, under the ``sealserve`` policy, one of ``sizes_mb``.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 from collections.abc import Callable
 
 from sealserve.errors import (
@@ -58,54 +58,12 @@ from sealserve.platform._capped import CappedPolicy
 from sealserve.platform._config import PlatformConfig
 from sealserve.platform._meter import CostMeter
 from sealserve.platform._stats import InstanceStats, PlatformStats
+from sealserve.platform._tracking import InstanceRecord, LoadInFlight, RequestPhase, Tracked
 
 __all__ = ["ControllerCounters", "PlatformController", "RequestPhase"]
 
 #: A duration the platform did not measure (the capped policy does not pass it on).
 _NOT_MEASURED = -1.0
-
-
-class RequestPhase(enum.Enum):
-    WAITING = "waiting"
-    ASSIGNED = "assigned"
-    RUNNING = "running"
-
-
-@dataclasses.dataclass(slots=True)
-class _Tracked:
-    request_id: int
-    model: str
-    user_id: str
-    arrived_at: float
-    deadline: float
-    phase: RequestPhase = RequestPhase.WAITING
-    instance_id: int | None = None
-    #: Whether the router still holds it (not after its instance failed under it).
-    in_group: bool = True
-    #: Already answered (its deadline passed); it is let go once it can be.
-    abandoned: bool = False
-    waits: int = 0
-    retry_at: float | None = None
-    reroutes: int = 0
-    decision: DecisionRecord | None = None
-    cold_start: bool = False
-    sent_at: float | None = None
-
-
-@dataclasses.dataclass(slots=True)
-class _Load:
-    user_id: str
-    began_at: float
-
-
-@dataclasses.dataclass(slots=True)
-class _InstanceRecord:
-    memory_mb: int
-    budget_mb: float
-    spawned_at: float
-    ready_at: float | None = None
-    failed_checks: int = 0
-    runtime_restarting: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -159,10 +117,10 @@ class PlatformController:
             maxlen=config.decision_history
         )
         self.decision_counts = {kind.value: 0 for kind in DecisionKind}
-        self._requests: dict[int, _Tracked] = {}
+        self._requests: dict[int, Tracked] = {}
         self._waiting: dict[int, None] = {}
-        self._loads: dict[tuple[int, str], _Load] = {}
-        self._instances: dict[int, _InstanceRecord] = {}
+        self._loads: dict[tuple[int, str], LoadInFlight] = {}
+        self._instances: dict[int, InstanceRecord] = {}
 
     @property
     def policy_name(self) -> str:
@@ -236,9 +194,16 @@ class PlatformController:
                     url=None if info is None else info.url,
                     pid=None if info is None else info.pid,
                     runtime_pid=None if info is None else info.runtime_pid,
+                    resident_mb=None if info is None else info.resident_mb,
                 )
             )
         config = dataclasses.asdict(self.config)
+        config["memory_budget_mb"] = self.config.model_budget_mb
+        config["reserve_mb"] = self.config.reserve_mb
+        config["shapes"] = [
+            {"memory_mb": s.memory_mb, "budget_mb": s.budget_mb}
+            for s in self.router.group.config.shapes
+        ]
         return PlatformStats(
             policy=self.policy_name,
             instances=tuple(instances),
@@ -262,14 +227,18 @@ class PlatformController:
         :class:`~sealserve.errors.MemoryBudgetExceeded` for a model no instance can hold."""
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already submitted")
-        if not self.router.group.fits(model):
-            need = self.router.group.model_memory_mb(model)
+        group = self.router.group
+        shapes = group.config.shapes
+        if not any(group.fits(model, shape) for shape in shapes):
+            need = group.model_memory_mb(model)
+            largest = shapes[-1]
             raise MemoryBudgetExceeded(
-                f"model {model} needs {need:.0f} MB of runtime memory, more than an "
-                f"instance's budget of {self.config.memory_budget_mb} MB; raise "
-                "runtime.memory_budget_mb"
+                f"model {model} needs {need:.0f} MB of runtime memory, more than the budget "
+                f"of the largest instance ({largest.budget_mb:.0f} MB of {largest.memory_mb} "
+                "MB); raise platform.instance_memory_mb"
+                + (" or add a larger size to platform.sizes_mb" if len(shapes) > 1 else "")
             )
-        tracked = _Tracked(request_id, model, user_id, arrived_at=now, deadline=deadline)
+        tracked = Tracked(request_id, model, user_id, arrived_at=now, deadline=deadline)
         self._requests[request_id] = tracked
         actions: list[Action] = []
         self._route(tracked, now, actions)
@@ -488,7 +457,7 @@ class PlatformController:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _route(self, tracked: _Tracked, now: float, actions: list[Action]) -> None:
+    def _route(self, tracked: Tracked, now: float, actions: list[Action]) -> None:
         rid = tracked.request_id
         routed = self.router.route(RouteRequest(rid, tracked.model, tracked.arrived_at), now)
         decision = routed.decision
@@ -509,7 +478,7 @@ class PlatformController:
         tracked.phase = RequestPhase.ASSIGNED
         if decision.kind is DecisionKind.START:
             inst = self.router.group.instance(iid)
-            self._instances[iid] = _InstanceRecord(inst.memory_mb, inst.budget_mb, now)
+            self._instances[iid] = InstanceRecord(inst.memory_mb, inst.budget_mb, now)
             self.meter.start(iid, memory_mb=inst.memory_mb, now=now)
             self.counters.cold_starts += 1
             tracked.cold_start = True
@@ -534,7 +503,7 @@ class PlatformController:
     def _begin_load(
         self, iid: int, model: str, user_id: str, evict: tuple[str, ...], now: float
     ) -> None:
-        self._loads[(iid, model)] = _Load(user_id, now)
+        self._loads[(iid, model)] = LoadInFlight(user_id, now)
         self.counters.evictions += len(evict)
 
     def _load_action(self, iid: int, model: str, evict: tuple[str, ...]) -> LoadModel:
@@ -552,7 +521,7 @@ class PlatformController:
             raise AssertionError(f"a load of {model!r} on instance {iid} has no request")
         return live[0].user_id
 
-    def _run(self, tracked: _Tracked, now: float, actions: list[Action]) -> None:
+    def _run(self, tracked: Tracked, now: float, actions: list[Action]) -> None:
         tracked.phase = RequestPhase.RUNNING
         tracked.sent_at = now
         if tracked.abandoned or tracked.deadline <= now:
@@ -565,13 +534,13 @@ class PlatformController:
         assert tracked.instance_id is not None
         actions.append(RunRequest(tracked.request_id, tracked.instance_id))
 
-    def _let_go(self, tracked: _Tracked, now: float, exec_s: float) -> None:
+    def _let_go(self, tracked: Tracked, now: float, exec_s: float) -> None:
         """The request is over: free its slot (when the router still holds it)."""
         if tracked.in_group:
             self.router.request_done(tracked.request_id, now, exec_s=exec_s)
         self._requests.pop(tracked.request_id, None)
 
-    def _forget_waiting(self, tracked: _Tracked) -> None:
+    def _forget_waiting(self, tracked: Tracked) -> None:
         if tracked.request_id in self._waiting:
             self.router.cancel(tracked.request_id)
             del self._waiting[tracked.request_id]
@@ -619,7 +588,7 @@ class PlatformController:
         self._reroute(now, actions)
 
 
-def _fails_too(error: SealserveError, tracked: _Tracked, load_user: str) -> bool:
+def _fails_too(error: SealserveError, tracked: Tracked, load_user: str) -> bool:
     """Whether a failed load's error is also the answer for ``tracked`` (waiting for it)."""
     if isinstance(
         error, ModelNotAvailable | ModelNotStored | StoreIntegrityError | MemoryBudgetExceeded

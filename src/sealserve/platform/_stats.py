@@ -35,6 +35,8 @@ class InstanceStats:
     url: str | None = None
     pid: int | None = None
     runtime_pid: int | None = None
+    #: What the host and the runtime used at the last measurement (MB), if measured.
+    resident_mb: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -42,6 +44,8 @@ class InstanceStats:
         doc["loading"] = list(self.loading)
         doc["age_s"] = round(self.age_s, 3)
         doc["gb_s"] = round(self.gb_s, 3)
+        if self.resident_mb is not None:
+            doc["resident_mb"] = round(self.resident_mb, 1)
         return doc
 
 

@@ -7,8 +7,10 @@ happens, for every policy:
 * every request is answered exactly once (served, or refused with an error);
 * no instance runs more requests than its concurrency, and no more instances are alive than
   the platform's maximum;
+* every instance starts in one of the router's shapes (its own size and model budget, the
+  platform's size unless the policy starts other sizes), as the router's group has it;
 * once the work is done and the keep-alive has passed, every instance has stopped, and the
-  meter's GB-seconds equal the alive intervals times the memory.
+  meter bills each instance its own size times its alive interval.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sealserve.errors import ModelNotAvailable, SealserveError
-from sealserve.packer import POLICY_NAMES, make_policy
+from sealserve.packer import make_policy
 from sealserve.platform import (
+    LIVE_POLICIES,
     InstanceHealth,
     LoadModel,
     PlatformConfig,
@@ -47,9 +50,10 @@ arrival = st.tuples(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    policy=st.sampled_from(POLICY_NAMES),
+    policy=st.sampled_from(LIVE_POLICIES),
+    sizes=st.sampled_from([(), (512,), (512, 1024), (768, 2048)]),
     arrivals=st.lists(arrival, min_size=1, max_size=40),
     max_instances=st.integers(1, 3),
     concurrency=st.integers(1, 3),
@@ -59,6 +63,7 @@ arrival = st.tuples(
 )
 def test_every_request_is_answered_once_within_the_caps(
     policy: str,
+    sizes: tuple[int, ...],
     arrivals: list[tuple[float, str, str, float, float]],
     max_instances: int,
     concurrency: int,
@@ -71,18 +76,23 @@ def test_every_request_is_answered_once_within_the_caps(
         keep_alive_s=5.0,
         max_instances=max_instances,
         instance_concurrency=concurrency,
-        instance_memory_mb=1024,
-        memory_budget_mb=1024,
+        instance_memory_mb=1280,  # 896 MB for models, beside the measured reserve
+        sizes_mb=sizes,
         max_waiting=1000,
         max_reroutes=2,
     )
     ctl = PlatformController(config, policy=make_policy(policy), model_memory_mb=SIZES.__getitem__)
+    shapes = {(s.memory_mb, s.budget_mb) for s in config.shapes}
+    if policy != "sealserve":
+        assert shapes == {(1280, 896.0)}
     answers: Counter[int] = Counter()
     events: list[tuple[float, int, str, Any]] = []
     seq = itertools.count()
     run_time: dict[int, float] = {}
     running: dict[int, int] = {}  # request -> instance
     alive: dict[int, tuple[float, int]] = {}  # instance -> spawn time, memory
+    started: dict[int, tuple[float, int]] = {}
+    stopped: dict[int, float] = {}
     intervals: list[tuple[float, float, int]] = []
     starts = itertools.count()
     loads = itertools.count()
@@ -93,7 +103,13 @@ def test_every_request_is_answered_once_within_the_caps(
     def apply(actions: list[Any], now: float) -> None:
         for action in actions:
             if isinstance(action, StartInstance):
+                shape = (action.memory_mb, action.budget_mb)
+                assert shape in shapes
+                planned = ctl.router.group.instance(action.instance_id)
+                assert shape == (planned.memory_mb, planned.budget_mb)
+                assert action.concurrency == concurrency
                 alive[action.instance_id] = (now, action.memory_mb)
+                started[action.instance_id] = (now, action.memory_mb)
                 assert len(alive) <= max_instances
                 push(now + 1.0, "start_fails" if next(starts) in start_fail else "started",
                      action.instance_id)  # fmt: skip
@@ -113,6 +129,7 @@ def test_every_request_is_answered_once_within_the_caps(
             elif isinstance(action, StopInstance):
                 spawned, memory = alive.pop(action.instance_id)
                 intervals.append((spawned, now, memory))
+                stopped[action.instance_id] = now
                 for rid, iid in list(running.items()):
                     if iid == action.instance_id:  # its in-flight requests fail by themselves
                         push(now, "done_failed", rid)
@@ -157,5 +174,10 @@ def test_every_request_is_answered_once_within_the_caps(
     assert ctl.instance_ids() == ()
     billed = sum((stop - start) * memory / 1024 for start, stop, memory in intervals)
     assert abs(ctl.meter.gb_seconds(end + 100) - billed) < 1e-6
+    per_instance = ctl.meter.per_instance(end + 100)
+    assert set(per_instance) == set(started)
+    for iid, (spawned, memory) in started.items():
+        expected = (stopped[iid] - spawned) * memory / 1024
+        assert abs(per_instance[iid] - expected) < 1e-6, (iid, memory)
     counters = ctl.counters
     assert counters.served + counters.failed + counters.rejected == len(arrivals)

@@ -93,7 +93,7 @@ def test_requests_that_arrive_during_a_cold_start_wait_for_its_load_and_run_toge
 
 
 def test_an_idle_instance_scales_to_zero_after_its_keep_alive_and_is_billed_until_then() -> None:
-    ctl = controller(keep_alive_s=10.0, instance_memory_mb=2048)
+    ctl = controller(keep_alive_s=10.0, instance_memory_mb=2048, sizes_mb=())
     iid = serve_first(ctl, 1, "m", 0.0)
     ctl.finished(1, 3.0, exec_s=0.5, ok=True)
     assert ctl.next_wakeup() == pytest.approx(13.0)
@@ -176,10 +176,25 @@ def test_too_many_waiting_requests_are_refused_at_once() -> None:
 
 
 def test_a_model_larger_than_an_instance_budget_is_refused() -> None:
-    ctl = controller(memory_budget_mb=1024)
-    with pytest.raises(MemoryBudgetExceeded, match="4000 MB"):
+    ctl = controller(memory_budget_mb=1024, sizes_mb=())
+    with pytest.raises(MemoryBudgetExceeded, match="4000 MB") as info:
         ctl.submit(1, model="big", user_id=USER, deadline=FAR, now=0.0)
+    assert "budget of the largest instance (1024 MB of 2048 MB)" in str(info.value)
     assert ctl.in_flight == 0
+    sized = controller()  # 512, 1024 and 2048 MB: the largest holds 1664 MB of models
+    with pytest.raises(MemoryBudgetExceeded, match=r"\(1664 MB of 2048 MB\).*platform\.sizes_mb"):
+        sized.submit(1, model="big", user_id=USER, deadline=FAR, now=0.0)
+
+
+def test_a_model_that_only_a_larger_size_holds_starts_that_size() -> None:
+    ctl = controller(sizes_mb=(4800,))  # 4800 - 384 = 4416 MB for models
+    (start,) = ctl.submit(1, model="big", user_id=USER, deadline=FAR, now=0.0)
+    assert start == StartInstance(0, 4800, 4416.0, 4)
+    # A policy that starts only the platform's own size refuses it.
+    with pytest.raises(MemoryBudgetExceeded, match="4000 MB"):
+        controller("lru-multiplex", sizes_mb=(4800,)).submit(
+            1, model="big", user_id=USER, deadline=FAR, now=0.0
+        )
 
 
 def test_a_deadline_that_passes_during_a_cold_start_answers_at_once_and_frees_the_slot_later() -> (
@@ -288,7 +303,7 @@ def test_shutdown_refuses_what_has_not_run_and_stops_every_instance() -> None:
 
 
 def test_stats_show_instances_meters_counters_and_decisions() -> None:
-    ctl = controller(instance_memory_mb=1024)
+    ctl = controller(instance_memory_mb=1024, sizes_mb=())
     iid = serve_first(ctl, 1, "m", 0.0)
     stats = ctl.snapshot(2.0)
     assert stats.policy == "sealserve"
@@ -303,6 +318,10 @@ def test_stats_show_instances_meters_counters_and_decisions() -> None:
     assert doc["counters"]["cold_starts"] == 1
     assert doc["recent_decisions"][0]["text"].startswith("m: start i0 [load]")
     assert math.isclose(doc["instance_seconds"], 2.0)
+    # The configuration shows the derived budget, the reserve and the shapes.
+    assert doc["config"]["memory_budget_mb"] == 1024 - 384
+    assert doc["config"]["reserve_mb"] == 384
+    assert doc["config"]["shapes"] == [{"memory_mb": 1024, "budget_mb": 640.0}]
 
 
 def test_submitting_a_request_id_twice_is_a_caller_error() -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sealserve.config import PlatformSettings, Settings
+from sealserve.config import (
+    RUNTIME_RESERVE_MB,
+    PlatformSettings,
+    RuntimeSettings,
+    Settings,
+    load_settings,
+)
 from sealserve.errors import ConfigError
 from sealserve.packer import (
     Decision,
@@ -18,7 +26,7 @@ from sealserve.packer import (
     Router,
     RouteRequest,
 )
-from sealserve.platform import CappedPolicy, CostMeter, PlatformConfig
+from sealserve.platform import LIVE_POLICIES, CappedPolicy, CostMeter, PlatformConfig
 
 # -- the meter -----------------------------------------------------------------------------------
 
@@ -64,11 +72,15 @@ def test_the_meter_refuses_what_cannot_be_billed() -> None:
         ("instance_concurrency", True, "instance_concurrency must be an int >= 1, got True"),
         ("memory_factor", 0.5, "memory_factor must be >= 1, got 0.5"),
         ("max_reroutes", -1, "max_reroutes must be an int >= 0, got -1"),
-        ("instance_memory_mb", 512, "instance_memory_mb (512) must be at least memory_budget_mb"),
+        ("instance_memory_mb", 384, "instance_memory_mb must be more than the 384 MB reserved"),
+        ("memory_budget_mb", 2048, "memory_budget_mb (2048) must be less than instance_memory_mb"),
+        ("memory_budget_mb", 0, "memory_budget_mb must be an int >= 1 or None, got 0"),
+        ("sizes_mb", (384,), "sizes_mb must be larger than the reserve of 384 MB"),
+        ("sizes_mb", ("512",), "sizes_mb must be a tuple of ints, got ('512',)"),
     ],
 )
 def test_a_bad_setting_names_itself_and_its_value(field: str, value: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         PlatformConfig(**{field: value})
 
 
@@ -76,15 +88,142 @@ def test_the_platform_reads_its_settings() -> None:
     settings = Settings(platform=PlatformSettings(keep_alive_s=30.0, max_instances=2))
     config = PlatformConfig.from_settings(settings, threads=1)
     assert (config.keep_alive_s, config.max_instances, config.threads) == (30.0, 2, 1)
-    assert config.memory_budget_mb == settings.runtime.memory_budget_mb
+    assert config.model_budget_mb == settings.runtime.memory_budget_for(settings.platform)
     assert config.max_waiting == settings.gateway.max_queued
+    assert config.sizes_mb == settings.platform.sizes_mb == (512, 1024)
     group = config.group_config()
     assert group.keep_alive_s == 30.0
     assert group.max_instances == 2
     assert group.shape.memory_mb == config.instance_memory_mb
+    assert group.sizes_mb == (512, 1024)
     bad = Settings(platform=PlatformSettings(policy="fastest"))
     with pytest.raises(ConfigError, match=r"Config 'platform\.policy' has value 'fastest'"):
         PlatformConfig.from_settings(bad)
+
+
+# -- instance sizes, the reserve and the model budget --------------------------------------------
+
+
+def test_the_model_budget_is_the_instance_memory_less_the_measured_reserve() -> None:
+    assert RUNTIME_RESERVE_MB == 384
+    assert Settings().runtime.memory_budget_for(Settings().platform) == 2048 - 384
+    config = PlatformConfig()
+    assert (config.model_budget_mb, config.reserve_mb) == (1664, 384)
+    assert [(s.memory_mb, s.budget_mb) for s in config.shapes] == [
+        (512, 128.0),
+        (1024, 640.0),
+        (2048, 1664.0),
+    ]
+    # The budget follows the instance's memory when it is not set ...
+    bigger = PlatformConfig.from_settings(
+        Settings(platform=PlatformSettings(instance_memory_mb=4096))
+    )
+    assert (bigger.model_budget_mb, bigger.reserve_mb) == (4096 - 384, 384)
+    assert PlatformConfig(instance_memory_mb=4096).replace(
+        instance_memory_mb=3072
+    ).model_budget_mb == (3072 - 384)
+    # ... and an explicit budget still works: it sets the reserve of every size.
+    explicit = PlatformConfig.from_settings(
+        Settings(
+            platform=PlatformSettings(instance_memory_mb=3072, sizes_mb=(1024,)),
+            runtime=RuntimeSettings(memory_budget_mb=2560),
+        )
+    )
+    assert (explicit.model_budget_mb, explicit.reserve_mb) == (2560, 512)
+    assert [(s.memory_mb, s.budget_mb) for s in explicit.shapes] == [(1024, 512.0), (3072, 2560.0)]
+
+
+def test_only_the_sealserve_policy_starts_the_other_sizes() -> None:
+    for policy in ("dedicated", "sesemi", "sesemi-1model", "lru-multiplex"):
+        config = PlatformConfig(policy=policy)
+        assert not config.uses_sizes
+        assert [s.memory_mb for s in config.shapes] == [2048]
+    assert PlatformConfig(policy="sealserve").uses_sizes
+    assert not PlatformConfig(policy="sealserve", sizes_mb=()).uses_sizes
+    assert PlatformConfig().group_config(sizes=False).sizes_mb == ()
+    # Sizes too small for the reserve matter only to a policy that starts them.
+    assert PlatformConfig(policy="sesemi", memory_budget_mb=1024).model_budget_mb == 1024
+
+
+def test_a_budget_that_leaves_no_room_names_both_settings() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(runtime=RuntimeSettings(memory_budget_mb=2048))
+    assert str(info.value) == (
+        "Config 'runtime.memory_budget_mb' has value 2048. Must be less than "
+        "'platform.instance_memory_mb' (2048): the instance holds the host and the runtime "
+        "beside the models."
+    )
+    with pytest.raises(ConfigError, match=r"'platform\.instance_memory_mb' has value 256\. Must be "
+                       r"more than the 384 MB .*'runtime\.memory_budget_mb'"):  # fmt: skip
+        Settings(platform=PlatformSettings(instance_memory_mb=256))
+    assert (
+        Settings(
+            platform=PlatformSettings(instance_memory_mb=256, sizes_mb=()),
+            runtime=RuntimeSettings(memory_budget_mb=200),
+        ).runtime.memory_budget_for(PlatformSettings(instance_memory_mb=256))
+        == 200
+    )
+
+
+def test_sizes_that_leave_no_room_for_models_name_the_reserve_and_where_it_comes_from() -> None:
+    old = Settings(runtime=RuntimeSettings(memory_budget_mb=1024))  # the earlier default
+    with pytest.raises(ConfigError) as info:
+        PlatformConfig.from_settings(old)
+    assert str(info.value) == (
+        "Config 'platform.sizes_mb' has value [512, 1024]. 512, 1024 MB leave no room for models "
+        "beside the reserve of 1024 MB ('platform.instance_memory_mb' 2048 less "
+        "'runtime.memory_budget_mb' 1024); give larger sizes, or [] for none."
+    )
+    with pytest.raises(ConfigError, match=r"256 MB leave no room for models beside the 384 MB"):
+        PlatformConfig.from_settings(Settings(platform=PlatformSettings(sizes_mb=(256, 1024))))
+    # With one size, or a policy that starts only that size, the old budget still works.
+    assert PlatformConfig.from_settings(old, sizes_mb=()).model_budget_mb == 1024
+    assert PlatformConfig.from_settings(old, policy="lru-multiplex").model_budget_mb == 1024
+
+
+def test_sizes_are_read_from_a_file_and_from_the_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[platform]\nsizes_mb = [768, 1536]\n[runtime]\nthreads = 1\n")
+    assert load_settings(cfg, env={}).platform.sizes_mb == (768, 1536)
+    assert load_settings(
+        cfg, env={"SEALSERVE_PLATFORM_SIZES_MB": " 640 ,1280"}
+    ).platform.sizes_mb == (
+        640,
+        1280,
+    )
+    assert load_settings(env={"SEALSERVE_PLATFORM_SIZES_MB": ""}).platform.sizes_mb == ()
+    assert load_settings(env={}).runtime.memory_budget_mb is None
+    assert load_settings(
+        env={"SEALSERVE_RUNTIME_MEMORY_BUDGET_MB": "1500"}
+    ).runtime.memory_budget_mb == (1500)
+    for env, fragment in (
+        ({"SEALSERVE_PLATFORM_SIZES_MB": "512;1024"}, "'512;1024'. Not a list of ints"),
+        ({"SEALSERVE_PLATFORM_SIZES_MB": "0"}, "Every size must be an int greater than zero"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            load_settings(env=env)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[platform]\nsizes_mb = ["512"]\n')
+    with pytest.raises(ConfigError, match=r"Config 'platform\.sizes_mb' \(in '.*'\) has value"):
+        load_settings(bad, env={})
+
+
+def test_dedicated_fitted_is_a_simulator_baseline_and_refused_live() -> None:
+    assert "dedicated-fitted" not in LIVE_POLICIES
+    assert set(LIVE_POLICIES) == {
+        "dedicated",
+        "sesemi",
+        "sesemi-1model",
+        "lru-multiplex",
+        "sealserve",
+    }
+    with pytest.raises(ValueError, match="not a live policy") as info:
+        PlatformConfig(policy="dedicated-fitted")
+    assert "a measured runtime of its own that every owner would have to grant" in str(info.value)
+    with pytest.raises(
+        ConfigError, match=r"^Config 'platform\.policy' has value 'dedicated-fitted'\. "
+    ):
+        PlatformConfig.from_settings(Settings(platform=PlatformSettings(policy="dedicated-fitted")))
 
 
 # -- the wrapper ---------------------------------------------------------------------------------

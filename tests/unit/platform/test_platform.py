@@ -4,6 +4,7 @@ manual clock: requests served through cold start and load, keep-alive, failures,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -42,6 +43,10 @@ class MemoryBackend:
         self.start_errors: list[SealserveError] = []
         self.infer_errors: list[SealserveError] = []
         self.health_of: dict[int, InstanceHealth] = {}
+        #: What each instance was started as: (memory_mb, budget_mb, concurrency).
+        self.shapes: dict[int, tuple[int, float, int]] = {}
+        #: What each instance uses, as a backend that measures it reports it.
+        self.resident_mb: dict[int, float] = {}
         self.closed = False
 
     async def start(
@@ -53,6 +58,7 @@ class MemoryBackend:
         info = InstanceInfo(instance_id=instance_id, url=f"mem://{instance_id}", pid=100)
         self.running[instance_id] = info
         self.started.append(instance_id)
+        self.shapes[instance_id] = (memory_mb, budget_mb, concurrency)
         return info
 
     async def load(
@@ -89,20 +95,28 @@ class MemoryBackend:
             self.stopped.append(instance_id)
 
     def describe(self, instance_id: int) -> InstanceInfo | None:
-        return self.running.get(instance_id)
+        info = self.running.get(instance_id)
+        if info is None or instance_id not in self.resident_mb:
+            return info
+        return dataclasses.replace(info, resident_mb=self.resident_mb[instance_id])
 
     async def close(self) -> None:
         self.closed = True
 
 
-def run(body: Callable[[Platform, MemoryBackend, ManualClock], Awaitable[T]], **config: Any) -> T:
+def run(
+    body: Callable[[Platform, MemoryBackend, ManualClock], Awaitable[T]],
+    *,
+    sizes: Mapping[str, float] | None = None,
+    **config: Any,
+) -> T:
     backend = MemoryBackend()
     assert isinstance(backend, InstanceBackend)
     clock = ManualClock(start=1_000.0)
     platform = Platform(
         backend,
         config=PlatformConfig(**config),
-        model_memory_mb=lambda _m: 50.0,
+        model_memory_mb=lambda m: (sizes or {}).get(m, 50.0),
         clock=clock,
         autotick=False,
     )
@@ -169,7 +183,39 @@ def test_an_idle_instance_stops_after_its_keep_alive_and_the_next_request_starts
         await infer(platform, clock, rid="r2")
         assert backend.started == [0, 1]
 
-    run(body, keep_alive_s=60.0, instance_memory_mb=2048)
+    run(body, keep_alive_s=60.0, instance_memory_mb=2048, sizes_mb=())
+
+
+def test_instances_start_at_the_routers_sizes_and_are_billed_at_them() -> None:
+    """512 and 1,024 MB beside the platform's 2,048 MB, with the measured 384 MB reserve:
+    128, 640 and 1,664 MB for models."""
+
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        await infer(platform, clock, model="small")
+        await infer(platform, clock, model="large", rid="r2")
+        clock.advance(10.0)
+        stats = platform.stats()
+        by_id = {i.instance_id: i for i in stats.instances}
+        group = platform.controller.router.group
+        assert set(backend.shapes) == set(by_id)
+        for iid, (memory, budget, concurrency) in backend.shapes.items():
+            # The backend got the router's shape: its size, and its runtime's budget.
+            assert (memory, budget) == (
+                group.instance(iid).memory_mb,
+                group.instance(iid).budget_mb,
+            )
+            assert (by_id[iid].memory_mb, by_id[iid].budget_mb) == (memory, budget)
+            assert concurrency == 2
+            assert by_id[iid].gb_s == pytest.approx(memory / 1024 * 10.0)
+        assert sorted(m for m, _, _ in backend.shapes.values()) == [512, 2048]
+        assert stats.gb_seconds == pytest.approx((512 + 2048) / 1024 * 10.0)
+        assert stats.config["shapes"] == [
+            {"memory_mb": 512, "budget_mb": 128.0},
+            {"memory_mb": 1024, "budget_mb": 640.0},
+            {"memory_mb": 2048, "budget_mb": 1664.0},
+        ]
+
+    run(body, sizes={"small": 50.0, "large": 1200.0}, instance_concurrency=2)
 
 
 def test_a_runtime_lost_under_a_request_is_a_retryable_error() -> None:

@@ -113,7 +113,7 @@ class OpenWhiskOptions:
             "memory_mb": settings.platform.instance_memory_mb,
             "timeout_ms": math.ceil(settings.gateway.request_timeout_s * 1000),
             "concurrency": settings.platform.instance_concurrency,
-            "memory_budget_mb": settings.runtime.memory_budget_mb,
+            "memory_budget_mb": settings.runtime.memory_budget_for(settings.platform),
             "threads": settings.runtime.threads,
             "max_body_mb": max(1, -(-settings.gateway.max_body_bytes // (1 << 20))),
         }

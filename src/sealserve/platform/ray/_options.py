@@ -79,6 +79,11 @@ class RayOptions:
         for name in ("app_name", "deployment_name", "keyservice_measurement"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
+        if self.platform.uses_sizes:
+            raise ValueError(
+                "platform.sizes_mb must be empty on Ray Serve (every replica has one size, "
+                f"platform.instance_memory_mb), got {list(self.platform.sizes_mb)}"
+            )
         top = self.platform.max_instances
         if isinstance(self.min_replicas, bool) or not 0 <= self.min_replicas <= top:
             raise ValueError(
@@ -189,7 +194,7 @@ class RayOptions:
             "keyservice_measurement": self.keyservice_measurement,
             "run_dir": str(self.run_dir),
             "memory_mb": p.instance_memory_mb,
-            "budget_mb": p.memory_budget_mb,
+            "budget_mb": p.model_budget_mb,
             "concurrency": p.instance_concurrency,
             "memory_factor": p.memory_factor,
             "threads": p.threads,

@@ -93,7 +93,7 @@ class ReplicaPacker:
         self.config = config
         self.router = Router(
             CappedPolicy(policy, max_instances=config.max_instances),
-            config.group_config(),
+            config.group_config(sizes=False),  # every replica has one size
             model_memory_mb=model_memory_mb,
             history=config.decision_history,
         )
