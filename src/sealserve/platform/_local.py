@@ -7,6 +7,11 @@ the host's ready file, talks to it with :class:`~sealserve.instance.InstanceClie
 of threads (the client is blocking, and keeps one connection per thread), checks
 ``/healthz``, and stops the host with SIGTERM (the host closes its runtime; the daemon ends a
 runtime whose host went away), then SIGKILL if it does not stop in time.
+
+An instance's size is what it is billed and what its runtime's model budget is set from
+(``--memory-budget-mb``: the size less the reserve for the host and the runtime).  No sandbox
+holds the processes to the size here; each health check measures what the pair uses
+(:mod:`._memory`), which :meth:`LocalBackend.describe` reports as ``resident_mb``.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from typing import Any, Final, TypeVar
 
 from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
-from sealserve.errors import PlatformError
+from sealserve.errors import PlatformError, SealserveError
 from sealserve.instance import SPAWNED_AT_ENV, InstanceClient
 from sealserve.platform._backend import InferOutcome, InstanceHealth, InstanceInfo
+from sealserve.platform._memory import pair_resident_mb, process_memory
 
 __all__ = ["LocalBackend", "LocalOptions"]
 
@@ -91,8 +97,14 @@ class _LocalInstance:
     popen: subprocess.Popen[bytes]
     log_path: Path
     ready_file: Path
+    memory_mb: int
+    budget_mb: float
     info: InstanceInfo | None = None
     client: InstanceClient | None = None
+    #: The runtime's process (the host starts a new one after a crash).
+    runtime_pid: int | None = None
+    #: What the host and the runtime used at the last health check (MB).
+    resident_mb: float | None = None
 
 
 class LocalBackend:
@@ -187,9 +199,15 @@ class LocalBackend:
             popen = await self._call(spawn)
         except OSError as exc:
             raise PlatformError(f"could not start instance {instance_id}: {exc}") from exc
-        inst = _LocalInstance(popen, log_path, ready_file)
+        inst = _LocalInstance(popen, log_path, ready_file, memory_mb, budget_mb)
         self._instances[instance_id] = inst
-        _log.event("platform.instance_spawned", instance=instance_id, pid=popen.pid)
+        _log.event(
+            "platform.instance_spawned",
+            instance=instance_id,
+            pid=popen.pid,
+            memory_mb=memory_mb,
+            budget_mb=budget_mb,
+        )
         while not ready_file.exists():
             code = popen.poll()
             if code is not None:
@@ -221,6 +239,7 @@ class LocalBackend:
         )
         inst.client = InstanceClient(url).open()
         inst.info = info
+        inst.runtime_pid = info.runtime_pid
         _log.event(
             "platform.instance_ready", instance=instance_id, url=url, runtime_pid=info.runtime_pid
         )
@@ -267,7 +286,23 @@ class LocalBackend:
         if inst.info is None:
             return InstanceHealth.RESTARTING
         url = inst.info.url
-        return await self._call(lambda: _check_health(url))
+        status = await self._call(lambda: _check_health(url))
+        if status in (InstanceHealth.READY, InstanceHealth.RESTARTING):
+            inst.resident_mb = await self._call(lambda: self._measure(inst))
+        return status
+
+    def _measure(self, inst: _LocalInstance) -> float | None:
+        """What the host and its current runtime use now (MB), if it can be read."""
+        pid = inst.runtime_pid
+        if (pid is None or process_memory(pid) is None) and inst.client is not None:
+            try:
+                found = inst.client.stats().get("supervisor", {}).get("runtime_pid")
+            except (SealserveError, OSError, ValueError, AttributeError):
+                found = None
+            pid = inst.runtime_pid = _int_or_none(found)
+        if pid is None:
+            return None
+        return pair_resident_mb((inst.popen.pid, pid))
 
     async def stop(self, instance_id: int) -> None:
         inst = self._instances.pop(instance_id, None)
@@ -293,7 +328,11 @@ class LocalBackend:
 
     def describe(self, instance_id: int) -> InstanceInfo | None:
         inst = self._instances.get(instance_id)
-        return None if inst is None else inst.info
+        if inst is None or inst.info is None:
+            return None
+        return dataclasses.replace(
+            inst.info, runtime_pid=inst.runtime_pid, resident_mb=inst.resident_mb
+        )
 
     def log_path(self, instance_id: int) -> Path | None:
         inst = self._instances.get(instance_id)

@@ -16,6 +16,7 @@ from sealserve.platform._stats import PlatformStats
 
 __all__ = ["PlatformMetrics"]
 
+_MIB = 1 << 20
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 _COUNTERS = (
@@ -46,6 +47,30 @@ class _StatsCollector(Collector):
         yield states
         yield GaugeMetricFamily(
             "sealserve_platform_waiting", "Requests held at the router.", value=stats.waiting
+        )
+        memory = GaugeMetricFamily(
+            "sealserve_platform_memory_bytes",
+            "Memory of the alive instances: their sizes (configured, as billed), their "
+            "runtimes' model budgets (budget), and what they used when last measured "
+            "(resident: the host and the runtime, shared memory once).",
+            labels=["kind"],
+        )
+        measured = [i.resident_mb for i in stats.instances if i.resident_mb is not None]
+        for kind, mb in (
+            ("configured", sum(i.memory_mb for i in stats.instances)),
+            ("budget", sum(i.budget_mb for i in stats.instances)),
+            ("resident", sum(measured)),
+        ):
+            memory.add_metric([kind], mb * _MIB)
+        yield memory
+        yield GaugeMetricFamily(
+            "sealserve_platform_instances_over_memory",
+            "Alive instances that used more than their size when last measured.",
+            value=sum(
+                1
+                for i in stats.instances
+                if i.resident_mb is not None and i.resident_mb > i.memory_mb
+            ),
         )
         yield GaugeMetricFamily(
             "sealserve_platform_in_flight",

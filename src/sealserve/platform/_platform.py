@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import enum
 import itertools
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -156,6 +157,7 @@ class Platform:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[int] = set()
         self._cold_start_ms: dict[int, float] = {}
+        self._over_memory: set[int] = set()
         self._timer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._planned: float = math.inf
@@ -283,6 +285,29 @@ class Platform:
         )
         for iid, status in zip(ids, results, strict=True):
             self._apply(self.controller.health(iid, status, self._now()))
+        self._note_memory(ids)
+
+    def _note_memory(self, ids: tuple[int, ...]) -> None:
+        """Log an instance that uses more than its size (once each time it goes over): no
+        sandbox stops it here, where a platform with memory limits would kill it."""
+        alive = self.controller.instance_ids()
+        for iid in ids:
+            info = self.backend.describe(iid)
+            if info is None or info.resident_mb is None or iid not in alive:
+                continue
+            size = self.controller.router.group.instance(iid).memory_mb
+            if info.resident_mb > size and iid not in self._over_memory:
+                self._over_memory.add(iid)
+                _log.event(
+                    "platform.instance_over_memory",
+                    level=logging.WARNING,
+                    instance=iid,
+                    resident_mb=round(info.resident_mb, 1),
+                    memory_mb=size,
+                )
+            elif info.resident_mb <= size:
+                self._over_memory.discard(iid)
+        self._over_memory.intersection_update(ids)
 
     async def _health_of(self, instance_id: int) -> InstanceHealth:
         try:

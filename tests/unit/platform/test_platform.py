@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -216,6 +217,37 @@ def test_instances_start_at_the_routers_sizes_and_are_billed_at_them() -> None:
         ]
 
     run(body, sizes={"small": 50.0, "large": 1200.0}, instance_concurrency=2)
+
+
+def test_what_an_instance_uses_is_reported_beside_its_size_and_going_over_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prometheus_client import generate_latest
+
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        await infer(platform, clock)
+        (inst,) = platform.stats().instances
+        assert inst.resident_mb is None  # not measured yet
+        backend.resident_mb[inst.instance_id] = 700.0
+        with caplog.at_level(logging.WARNING, logger="sealserve"):
+            await platform.check_health()
+            await platform.check_health()  # logged once while it stays over
+        over = [r for r in caplog.records if r.getMessage() == "platform.instance_over_memory"]
+        assert len(over) == 1
+        assert over[0].sealserve_fields == {  # type: ignore[attr-defined]
+            "instance": inst.instance_id,
+            "resident_mb": 700.0,
+            "memory_mb": 512,
+        }
+        (inst,) = platform.stats().instances
+        assert (inst.resident_mb, inst.memory_mb) == (700.0, 512)
+        assert inst.to_json()["resident_mb"] == 700.0
+        text = generate_latest(platform.registry).decode()
+        assert 'sealserve_platform_memory_bytes{kind="configured"} 5.36870912e+08' in text
+        assert 'sealserve_platform_memory_bytes{kind="resident"} 7.340032e+08' in text
+        assert "sealserve_platform_instances_over_memory 1.0" in text
+
+    run(body)
 
 
 def test_a_runtime_lost_under_a_request_is_a_retryable_error() -> None:
