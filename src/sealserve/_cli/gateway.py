@@ -25,13 +25,54 @@ from sealserve._cli.keyservice import (
     settings,
 )
 
-__all__ = ["GatewayUrlOpt", "app", "gateway_url"]
+__all__ = ["GatewayUrlOpt", "SizesOpt", "app", "check_policy", "gateway_url", "parse_sizes"]
 
 app = typer.Typer(help="The public inference API (sealed envelopes only).", no_args_is_help=True)
 
 GatewayUrlOpt = Annotated[
     str | None, typer.Option("--gateway", help="Gateway URL (default: from the settings).")
 ]
+
+
+SizesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sizes-mb",
+        help="Other instance sizes the sealserve policy may start, e.g. 512,1024; '' for none "
+        "(default: platform.sizes_mb).",
+    ),
+]
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """``--sizes-mb``: comma-separated MB (empty: none); a bad value is a one-line error."""
+    parts = [part.strip() for part in text.split(",")] if text.strip() else []
+    try:
+        sizes = tuple(int(part, 10) for part in parts)
+    except ValueError:
+        fail(
+            f"--sizes-mb has value {text!r}; give sizes in MB separated by commas, e.g. 512,1024", 2
+        )
+    if any(size < 1 for size in sizes):
+        fail(f"--sizes-mb has value {text!r}; every size must be at least 1 MB", 2)
+    return sizes
+
+
+def check_policy(policy: str | None) -> None:
+    """``--policy`` names a policy the live platform runs (a one-line error if not)."""
+    from sealserve.packer import POLICY_NAMES
+    from sealserve.platform import LIVE_POLICIES
+
+    if policy is None or policy in LIVE_POLICIES:
+        return
+    if policy in POLICY_NAMES:
+        fail(
+            f"--policy {policy} is a simulator baseline (sealserve bench packer): it sizes each "
+            "model's instance for that model, a measured runtime of its own per model in a TEE; "
+            f"use one of {', '.join(LIVE_POLICIES)}",
+            2,
+        )
+    fail(f"--policy has value {policy!r}; use one of {', '.join(LIVE_POLICIES)}", 2)
 
 
 def gateway_url(url: str | None) -> str:
@@ -56,6 +97,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: gateway.port; 0: any).")] = None,
     policy: Annotated[str | None, typer.Option(help="FnPacker policy.")] = None,
+    sizes_mb: SizesOpt = None,
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
@@ -72,7 +114,6 @@ def serve(
     from sealserve.config import load_settings
     from sealserve.gateway import Gateway, GatewayOptions, GatewayServer
     from sealserve.instance import ModelStore
-    from sealserve.packer import POLICY_NAMES
     from sealserve.platform import (
         LocalBackend,
         LocalOptions,
@@ -84,13 +125,14 @@ def serve(
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
-    if policy is not None and policy not in POLICY_NAMES:
-        fail(f"--policy has value {policy!r}; use one of {', '.join(POLICY_NAMES)}", 2)
+    check_policy(policy)
     if not store.is_dir():
         fail(f"--store {str(store)!r} is not a directory", 2)
     loaded = guarded(lambda: load_settings(config))
     folder = data_dir if data_dir is not None else loaded.data_dir
     overrides: dict[str, Any] = {} if policy is None else {"policy": policy}
+    if sizes_mb is not None:
+        overrides["sizes_mb"] = parse_sizes(sizes_mb)
     platform_config = guarded(lambda: PlatformConfig.from_settings(loaded, **overrides))
     key_file = platform_key or folder / "tee" / "platform.pub"
     if not key_file.is_file():

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sealserve._cli.gateway import GatewayUrlOpt, gateway_url
+from sealserve._cli.gateway import GatewayUrlOpt, check_policy, gateway_url
 from sealserve._cli.keyservice import (
     DataDirOpt,
     JsonOpt,
@@ -62,7 +62,9 @@ def status(
     )
     if doc["instances"]:
         table = Table(show_header=True, header_style="bold")
-        for column in ("instance", "state", "models", "in flight", "served", "age s", "GB-s"):
+        columns = ("instance", "state", "MB used/size", "models", "in flight", "served", "age s",
+                   "GB-s")  # fmt: skip
+        for column in columns:
             table.add_column(column)
         for inst in doc["instances"]:
             models = ", ".join(m.rsplit("/", 1)[-1] for m in inst["models"]) or "-"
@@ -70,8 +72,10 @@ def status(
                 models += (
                     " (loading " + ", ".join(m.rsplit("/", 1)[-1] for m in inst["loading"]) + ")"
                 )
+            used = inst.get("resident_mb")
+            memory = f"{'-' if used is None else f'{used:.0f}'}/{inst['memory_mb']}"
             table.add_row(
-                f"i{inst['instance_id']}", inst["state"], models, str(inst["in_flight"]),
+                f"i{inst['instance_id']}", inst["state"], memory, models, str(inst["in_flight"]),
                 str(inst["served"]), f"{inst['age_s']:.0f}", f"{inst['gb_s']:.1f}",
             )  # fmt: skip
         console.print(table)
@@ -81,11 +85,18 @@ def status(
 
 @app.command()
 def policies() -> None:
-    """List the FnPacker routing policies (platform.policy picks one)."""
+    """List the FnPacker routing policies the platform runs (platform.policy picks one)."""
     from sealserve.packer import POLICY_NAMES
+    from sealserve.platform import LIVE_POLICIES
 
-    for name in POLICY_NAMES:
+    for name in LIVE_POLICIES:
         typer.echo(name)
+    baselines = [name for name in POLICY_NAMES if name not in LIVE_POLICIES]
+    if baselines:
+        typer.echo(
+            f"(simulator baselines, not run live: {', '.join(baselines)}; sealserve bench packer)",
+            err=True,
+        )
 
 
 def _short(text: str) -> str:
@@ -158,14 +169,12 @@ def ray_serve(
     from sealserve.config import load_settings
     from sealserve.gateway import Gateway, GatewayOptions, GatewayServer
     from sealserve.instance import ModelStore
-    from sealserve.packer import POLICY_NAMES
     from sealserve.platform import ModelCatalog, PlatformConfig
 
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
-    if policy is not None and policy not in POLICY_NAMES:
-        fail(f"--policy has value {policy!r}; use one of {', '.join(POLICY_NAMES)}", 2)
+    check_policy(policy)
     if not store.is_dir():
         fail(f"--store {str(store)!r} is not a directory", 2)
     try:
@@ -180,6 +189,13 @@ def ray_serve(
     if max_instances is not None:
         overrides["max_instances"] = max_instances
     platform_config = guarded(lambda: PlatformConfig.from_settings(loaded, **overrides))
+    if platform_config.uses_sizes:
+        typer.echo(
+            f"note: every Ray Serve replica has one size ({platform_config.instance_memory_mb} "
+            f"MB); platform.sizes_mb {list(platform_config.sizes_mb)} is not used",
+            err=True,
+        )
+        platform_config = platform_config.replace(sizes_mb=())
     key_file = platform_key or folder / "tee" / "platform.pub"
     if not key_file.is_file():
         fail(f"no platform key at '{key_file}'; pass --platform-key FILE", 2)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
+from sealserve._cli.gateway import SizesOpt, check_policy, parse_sizes
 from sealserve._cli.keyservice import DataDirOpt, fail, guarded
 from sealserve.config import load_settings
 
@@ -80,6 +81,7 @@ def up(
     keep_alive_s: Annotated[
         float | None, typer.Option(min=0.001, help="Idle seconds before an instance stops.")
     ] = None,
+    sizes_mb: SizesOpt = None,
     costs: Annotated[
         Path | None,
         typer.Option(help="A measured cost model (bench runtime --costs-out) for the router."),
@@ -96,14 +98,13 @@ def up(
     """
     from sealserve._log import configure_logging
     from sealserve.gateway import DeploymentOptions, LocalDeployment
-    from sealserve.packer import POLICY_NAMES, CostModel
+    from sealserve.packer import CostModel
     from sealserve.platform import PlatformConfig
 
     level = log_level.upper()
     if level not in _LEVELS:
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
-    if policy is not None and policy not in POLICY_NAMES:
-        fail(f"--policy has value {policy!r}; use one of {', '.join(POLICY_NAMES)}", 2)
+    check_policy(policy)
     settings = guarded(lambda: load_settings(config))
     folder = (data_dir if data_dir is not None else settings.data_dir).expanduser().resolve()
     overrides: dict[str, Any] = {}
@@ -113,6 +114,8 @@ def up(
         overrides["max_instances"] = max_instances
     if keep_alive_s is not None:
         overrides["keep_alive_s"] = keep_alive_s
+    if sizes_mb is not None:
+        overrides["sizes_mb"] = parse_sizes(sizes_mb)
     platform_config = guarded(lambda: PlatformConfig.from_settings(settings, **overrides))
     priors = guarded(lambda: CostModel.load(costs)) if costs is not None else None
     options = guarded(
@@ -165,6 +168,13 @@ def up(
     sys.stdout.flush()
 
 
+def _sizes(shapes: list[dict[str, float]]) -> str:
+    """``512, 1024, 2048 MB (128, 640, 1664 MB for models)``."""
+    memory = ", ".join(f"{s['memory_mb']:.0f}" for s in shapes)
+    budget = ", ".join(f"{s['budget_mb']:.0f}" for s in shapes)
+    return f"{memory} MB ({budget} MB for models)"
+
+
 def _print_ready(console: Any, info: dict[str, Any]) -> None:
     from rich.markup import escape
 
@@ -175,6 +185,7 @@ def _print_ready(console: Any, info: dict[str, Any]) -> None:
         ("KeyService measurement", info["keyservice_measurement"]),
         ("runtime measurement", info["runtime_measurement"]),
         ("routing policy", info["policy"]),
+        ("instance sizes", _sizes(info["shapes"])),
         ("data dir", info["data_dir"]),
         ("model store", info["store_dir"]),
         ("logs", info["logs_dir"]),

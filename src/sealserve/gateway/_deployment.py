@@ -110,6 +110,9 @@ class DeploymentInfo:
     store_dir: str
     logs_dir: str
     policy: str
+    #: The instance sizes the policy may start: ``memory_mb`` (billed) and ``budget_mb``
+    #: (for models), smallest first.
+    shapes: list[dict[str, float]]
     pids: dict[str, int]
 
     def to_json(self) -> dict[str, Any]:
@@ -300,6 +303,8 @@ class LocalDeployment:
             store_dir=str(self.store.root),
             logs_dir=str(self.logs_dir),
             policy=self.platform.policy,
+            shapes=[{"memory_mb": sh.memory_mb, "budget_mb": sh.budget_mb}
+                    for sh in self.options.platform_config.shapes],
             pids={"tee": self._daemon.pid, "keyservice": int(self._keyservice.process.pid),
                   "gateway": os.getpid()},
         )  # fmt: skip

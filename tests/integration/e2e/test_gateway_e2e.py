@@ -16,6 +16,7 @@ import pytest
 
 from sealserve.client import GatewayClient
 from sealserve.errors import AccessDenied, ModelNotAvailable, SealserveError
+from sealserve.instance import InstanceClient
 from tests.integration.e2e.conftest import Stack
 from tests.unit.runtime.graphs import dense_model, plain_run, slow_model
 
@@ -57,6 +58,15 @@ def test_three_models_on_two_instances_with_concurrent_users(stack: Stack, tmp_p
     # Every model is resident somewhere, and the router said why it put each request where.
     resident = {m for inst in stats.instances for m in inst.models}
     assert set(models) <= resident
+    # Each instance runs at one of the router's sizes, its runtime with that size's budget.
+    config = stack.deployment.options.platform_config
+    shapes = {(shape.memory_mb, shape.budget_mb) for shape in config.shapes}
+    for inst in stats.instances:
+        assert (inst.memory_mb, inst.budget_mb) in shapes
+        assert inst.url is not None
+        with InstanceClient(inst.url) as host:
+            budget = host.stats()["runtime"]["models"]["budget_bytes"]
+        assert budget == int(inst.budget_mb) << 20
     kinds = {r.route.kind for *_, r in results if r.route is not None}
     assert "start" in kinds
     assert "run" in kinds

@@ -73,7 +73,7 @@ def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         ):
             owner.register()
             user.register()
-            from sealserve.instance import ModelStore
+            from sealserve.instance import InstanceClient, ModelStore
 
             receipt = upload_model(owner, ModelStore(info["store_dir"]), "m", tmp_path / "m.onnx")
             owner.grant("m", user.principal_id, runtime)
@@ -88,6 +88,12 @@ def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
                 (instance,) = gateway.platform()["instances"]
                 pids = [instance["pid"], instance["runtime_pid"]]
                 assert all(_alive(p) for p in pids)
+                # The sealserve policy started the smallest size that holds the model, whose
+                # runtime has that size's budget; it is billed that size.
+                assert (instance["memory_mb"], instance["budget_mb"]) == (512, 128.0)
+                with InstanceClient(instance["url"]) as host:
+                    budget = host.stats()["runtime"]["models"]["budget_bytes"]
+                assert budget == 128 << 20
                 # Idle past its keep-alive: the instance scales to zero, its processes end.
                 _wait_until("scale to zero", lambda: not gateway.platform()["instances"])
                 _wait_until("the instance's exit", lambda: not any(_alive(p) for p in pids))
@@ -112,6 +118,8 @@ def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
     assert "sealserve is up" in text
     assert info["gateway_url"] in text
     assert info["runtime_measurement"] in text
+    assert "instance sizes          512, 1024, 2048 MB (128, 640, 1664 MB for models)" in text
+    assert [s["memory_mb"] for s in info["shapes"]] == [512, 1024, 2048]
     assert "stopped: 2 requests served, 2 cold starts" in text
     _wait_until("every process to end", lambda: not any(_alive(p) for p in pids), 30)
     assert not ready.exists()
@@ -128,6 +136,15 @@ def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         (["--policy", "x"], {}, "error: --policy has value 'x'; use one of dedicated"),
         ([], {"SEALSERVE_PLATFORM_POLICY": "y"}, "error: Config 'platform.policy' has value 'y'"),
         (["--log-level", "LOUD"], {}, "error: --log-level has value 'LOUD'"),
+        (["--policy", "dedicated-fitted"], {}, "error: --policy dedicated-fitted is a simulator"),
+        (["--sizes-mb", "big"], {}, "error: --sizes-mb has value 'big'"),
+        (["--sizes-mb", "256,1024"], {}, "error: Config 'platform.sizes_mb' has value [256, 1024]"),
+        (
+            [],
+            {"SEALSERVE_RUNTIME_MEMORY_BUDGET_MB": "4096"},
+            "error: Config 'runtime.memory_budget_mb' has value 4096. Must be less than "
+            "'platform.instance_memory_mb' (2048)",
+        ),
     ],
 )
 def test_up_refuses_bad_options_in_one_line(
