@@ -144,10 +144,29 @@ class Loan:
                 raise ValueError(f"nbytes must be within [0, {self.nbytes}], got {nbytes!r}")
             if state == _PUBLISHED and length != self.nbytes:
                 raise ValueError("a loan published early commits its full length")
-        seq = self._pub._commit_loan(self, length)
+        pub = self._pub
+        rec = self._rec
+        with pub._lock:
+            if pub._closed or pub._error is not None:
+                pub._ensure_open()
+            if state == _OPEN:
+                seq = pub._ring.submit(rec, length, 0, length, True)
+            else:  # published early: now complete
+                seq = rec.seq
+                rec.progress = rec.length
+                pub._ring.write_progress(rec)
+                pub._ring.finish(rec)
+        c = pub._c_loan
+        c[0] += 1
+        c[1] += length
         self._state = _COMMITTED
-        if self._view is not None:
-            self._drop_view()
+        view = self._view
+        if view is not None:  # writes through it would land in a published message
+            self._view = None
+            try:  # noqa: SIM105 - contextlib.suppress costs a microsecond per message here
+                view.release()
+            except BufferError:  # an export is alive; it keeps the mapping
+                pass
         return seq
 
     def discard(self) -> None:
@@ -384,7 +403,7 @@ class Publisher:
                 asynchronous=asynchronous,
                 backlog={name: e.backlog_bytes() for name, e in self._engines.items()},
             )
-        rec = self._allocate(n, q, timeout, False)
+        rec = self._allocate(n, q, timeout)
         dst = self._arena[rec.offset : rec.offset + n]
         path = decision.path
         if path is Path.INLINE:
@@ -396,16 +415,16 @@ class Publisher:
                 dst[:] = src
             with self._lock:
                 self._ensure_open()
-                self._ring.submit(rec, n, 0, n, True, False)
+                seq = self._ring.submit(rec, n, 0, n, True)
             c = self._c_inline
             c[0] += 1
             c[1] += n
-            return Completion(rec.seq, n, decision, None)
+            return Completion(seq, n, decision, None)
         engine = self._engines.get(decision.engine, _INLINE)
         pipelined = path is Path.PIPELINED
         with self._lock:
             self._ensure_open()
-            self._ring.submit(rec, n, FLAG_PIPELINED if pipelined else 0, 0, pipelined, False)
+            seq = self._ring.submit(rec, n, FLAG_PIPELINED if pipelined else 0, 0, pipelined)
         job = engine.submit(
             src,
             dst,
@@ -417,7 +436,7 @@ class Publisher:
             with self._lock:
                 if not job.done():
                     self._jobs.add(job)
-        completion = Completion(rec.seq, n, decision, job)
+        completion = Completion(seq, n, decision, job)
         if not asynchronous:
             completion.wait()
         return completion
@@ -440,6 +459,7 @@ class Publisher:
             else:
                 self._ring.mark_ready(rec)
             self._counters.count(path, rec.length)
+            self._ring.finish(rec)  # last: once released, the message may go (and rec be reused)
 
     def _progress(self, rec: Rec, pos: int) -> None:
         t0 = time.perf_counter()
@@ -459,10 +479,10 @@ class Publisher:
         with self._lock:
             if self._closed or self._error is not None:
                 self._ensure_open()
-            rec = self._ring.allocate(nbytes, True)
+            rec = self._ring.allocate(nbytes)
         if rec is None:
             q = self._qos if qos is None else QoS.parse(qos)
-            rec = self._allocate(nbytes, q, timeout, True)
+            rec = self._allocate(nbytes, q, timeout)
         return Loan(self, rec)
 
     def _check_loan_size(self, nbytes: object) -> int:
@@ -489,27 +509,12 @@ class Publisher:
         with self._lock:
             self._ensure_open()
             if rec.seq < 0:
-                self._ring.submit(rec, rec.nbytes, FLAG_PIPELINED, ready, True, True)
+                self._ring.submit(rec, rec.nbytes, FLAG_PIPELINED, ready, True)
             else:
                 if ready < rec.progress:
                     raise ValueError(f"ready_bytes went backwards: {ready} < {rec.progress}")
                 rec.progress = ready
                 self._ring.write_progress(rec)
-
-    def _commit_loan(self, loan: Loan, length: int) -> int:
-        rec = loan._rec
-        with self._lock:
-            if self._closed or self._error is not None:
-                self._ensure_open()
-            if rec.seq < 0:
-                self._ring.submit(rec, length, 0, length, True, True)
-            else:
-                rec.progress = rec.length
-                self._ring.write_progress(rec)
-        c = self._c_loan
-        c[0] += 1
-        c[1] += length
-        return rec.seq
 
     def _discard_loan(self, loan: Loan) -> None:
         with self._lock:
@@ -517,20 +522,20 @@ class Publisher:
 
     # -- room ----------------------------------------------------------------------------------
 
-    def _allocate(self, n: int, qos: QoS, timeout: float | None, loan: bool) -> Rec:
+    def _allocate(self, n: int, qos: QoS, timeout: float | None) -> Rec:
         with self._lock:
             if self._closed or self._error is not None:
                 self._ensure_open()
-            rec = self._ring.allocate(n, loan)
+            rec = self._ring.allocate(n)
             if rec is None:
                 self._reclaim()
-                rec = self._ring.allocate(n, loan)
+                rec = self._ring.allocate(n)
         if rec is not None:
             return rec
         deadline = None if timeout is None else self._clock.monotonic() + timeout
-        return self._wait_room(n, qos, deadline, loan)
+        return self._wait_room(n, qos, deadline)
 
-    def _wait_room(self, n: int, qos: QoS, deadline: float | None, loan: bool) -> Rec:
+    def _wait_room(self, n: int, qos: QoS, deadline: float | None) -> Rec:
         got: list[Rec] = []
 
         def ready() -> bool:
@@ -538,7 +543,7 @@ class Publisher:
                 if self._error is not None or self._closed:
                     return True
                 self._reclaim()
-                rec = self._ring.allocate(n, loan)
+                rec = self._ring.allocate(n)
             if rec is None:
                 return False
             got.append(rec)

@@ -16,9 +16,10 @@ the invariants easy to state and to test under random interleavings:
   the previous allocation (a stream walks forward like a ring), else into the first gap
   that fits: free space is used wherever it is.
 
-Reclamation is cheap on the common path (in order, from the oldest message, every few
-allocations) and complete when it matters: when an allocation finds no room, every released
-message is reclaimed, out of order, before the channel says it is full.
+Reclamation is cheap on the common path (in order, from the oldest message, right after a
+publication once a few messages are in flight) and complete when it matters: when an
+allocation finds no room, every released message is reclaimed, out of order, before the
+channel says it is full.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = ["FLAG_ABORTED", "ProducerRing", "Rec", "footprint"]
 _DESC = struct.Struct("<5Q")
 _BARRIERS = _sys.NEEDS_BARRIERS
 _FENCE_ACQUIRE, _FENCE_RELEASE = _sys.FENCE_PAIR
+_HEAD = W.HEAD
 #: Reclaim at every allocation once this many messages are in flight (or for large ones).
 _RECLAIM_BATCH = 4
 _EAGER_BYTES = 64 << 10
@@ -61,44 +63,45 @@ def footprint(nbytes: int) -> int:
 
 
 class Rec:
-    """One message: its descriptor and arena allocation, then its publication state."""
+    """One descriptor's current message: its arena allocation, then its publication state.
+
+    There is one per descriptor, reused each time the descriptor is taken (no allocation per
+    message); everything is reset by :meth:`ProducerRing.allocate`.
+    """
 
     __slots__ = (
         "desc",
+        "done",
         "flags",
         "footprint",
         "length",
         "mark",
         "mask",
-        "mhi",
-        "mlo",
         "nbytes",
         "offset",
-        "phi",
-        "plo",
         "progress",
         "ready",
+        "release",
         "seq",
     )
-    # set by submit()
-    length: int
-    flags: int
-    progress: int
-    ready: bool
-    # set when published
-    mlo: int
-    mhi: int
-    plo: int
-    phi: int
 
-    def __init__(self, desc: int, mark: int, offset: int, nbytes: int, need: int) -> None:
+    def __init__(self, desc: int) -> None:
         self.desc = desc
-        self.mark = mark
-        self.offset = offset
-        self.nbytes = nbytes
-        self.footprint = need
+        self.mark = 0x80
+        self.offset = 0
+        self.nbytes = 0
+        self.footprint = 0
         self.seq = -1
         self.mask = 0
+        self.length = 0
+        self.flags = 0
+        self.progress = 0
+        self.ready = False
+        #: The payload is fully in the arena (its copy or its loan is finished): until then
+        #: the message is never reclaimed, even if every subscriber has let go of it.
+        self.done = False
+        #: ``(mask_lo, marks_lo, mask_hi, marks_hi)``: the mark words once all have released.
+        self.release = (0, 0, 0, 0)
 
     def __repr__(self) -> str:
         return f"Rec(seq={self.seq}, desc={self.desc}, offset={self.offset}, nbytes={self.nbytes})"
@@ -122,14 +125,14 @@ class ProducerRing:
         self.arena_size = g.arena_size
         self._trim_above = trim_above
         self._data_epoch_address = segment.address + W.DATA_EPOCH * 8
+        self._space_epoch_address = segment.address + W.SPACE_EPOCH * 8
         self.next_seq = self.head = self.tail = w[W.HEAD]
-        self.reserved = 0
         self._pending: collections.deque[Rec] = collections.deque()
         self._inflight: collections.deque[Rec] = collections.deque()
         # Free descriptors as a stack (the most recently freed, hottest one goes first) and
         # each descriptor's generation, which its release mark carries.
         self._free = list(range(g.capacity - 1, -1, -1))
-        self._gens = [0] * g.capacity
+        self._recs = [Rec(i) for i in range(g.capacity)]
         # Live arena allocations, sorted by offset; ``_cursor`` ends the latest one.
         self._starts: list[int] = []
         self._ends: list[int] = []
@@ -139,7 +142,8 @@ class ProducerRing:
         self.live: list[int] = []
         self.live_mask = 0
         self._waiting_words: list[int] = []
-        self._patterns: dict[int, tuple[int, int, int, int]] = {}
+        # mark -> release words for the current ``live_mask`` (reset when it changes)
+        self._releases: dict[int, tuple[int, int, int, int]] = {}
         for slot in range(g.max_subscribers):
             if w[Geometry.consumer_word(slot) + W.C_STATE] == CONSUMER_LIVE:
                 self._add_live(slot)
@@ -169,7 +173,11 @@ class ProducerRing:
     def _add_live(self, slot: int) -> None:
         self.live.append(slot)
         self.live_mask |= 1 << slot
+        self._live_changed()
+
+    def _live_changed(self) -> None:
         self._waiting_words = [Geometry.consumer_word(s) + W.C_WAITING for s in self.live]
+        self._releases = {}
 
     def attach(self, *, pid: int = 0) -> int | None:
         """Reserve a free subscriber slot starting at the current head, or ``None``."""
@@ -211,7 +219,7 @@ class ProducerRing:
                     released += 1
         self.live.remove(slot)
         self.live_mask &= ~(1 << slot)
-        self._waiting_words = [Geometry.consumer_word(s) + W.C_WAITING for s in self.live]
+        self._live_changed()
         self._w[Geometry.consumer_word(slot) + W.C_STATE] = CONSUMER_FREE
         return released
 
@@ -229,67 +237,68 @@ class ProducerRing:
 
     # -- allocation ----------------------------------------------------------------------------
 
-    def allocate(self, nbytes: int, loan: bool) -> Rec | None:
+    def allocate(self, nbytes: int) -> Rec | None:
         """Take a descriptor and arena room for ``nbytes``, or ``None`` if there is none.
 
-        Released messages are reclaimed in order first when a few are in flight or the
-        message is large; if there is still no room, every released message is reclaimed,
-        out of order, and the allocation tried again.
+        Released messages are reclaimed in order after each publication once a few are in
+        flight (:meth:`submit`, off the critical path) and here before a large message; if
+        there is no room, every released message is reclaimed, out of order, and the
+        allocation tried again.
         """
         inflight = self._inflight
-        if inflight and (len(inflight) >= _RECLAIM_BATCH or nbytes >= _EAGER_BYTES):
-            self.reclaim()
-        rec = self._take(nbytes)
-        if rec is None:
+        if inflight and nbytes >= _EAGER_BYTES:
+            self.reclaim()  # large: make room at the start (hot lines) if it is there
+        need = (nbytes + _ALIGN_MASK) & ~_ALIGN_MASK
+        free = self._free
+        offset = self._place(need) if free else -1
+        if offset < 0:
             if not inflight:
                 return None
             self.reclaim(everything=True)
-            rec = self._take(nbytes)
-            if rec is None:
+            offset = self._place(need) if free else -1
+            if offset < 0:
                 return None
-        if loan:
-            self.reserved += 1
+        rec = self._recs[free.pop()]
+        rec.mark = ((rec.mark + 1) & 0x7F) | 0x80  # a new generation: stale marks never match
+        rec.offset = offset
+        rec.nbytes = nbytes
+        rec.footprint = need
+        rec.seq = -1
         return rec
-
-    def _take(self, nbytes: int) -> Rec | None:
-        free = self._free
-        if not free:
-            return None
-        need = (nbytes + _ALIGN_MASK) & ~_ALIGN_MASK
-        offset = self._place(need) if need else 0
-        if offset < 0:
-            return None
-        desc = free.pop()
-        gen = self._gens[desc] = (self._gens[desc] + 1) & 0x7F
-        return Rec(desc, gen | 0x80, offset, nbytes, need)
 
     def _place(self, need: int) -> int:
         """Arena offset for ``need`` bytes (recorded as live), or -1 if no gap holds them."""
+        if not need:
+            return 0
         starts = self._starts
         ends = self._ends
         if not starts or starts[0] >= need:
             at = 0  # the start: hot lines, compact footprint
-            i = 0
+            starts.insert(0, 0)
+            ends.insert(0, need)
         else:
             at = self._cursor  # right after the latest allocation, as a ring would
-            i = bisect.bisect_left(starts, at)
-            limit = starts[i] if i < len(starts) else self.arena_size
-            if limit - at < need:
-                at = -1
-                for i in range(1, len(starts)):  # first fit
-                    if starts[i] - ends[i - 1] >= need:
-                        at = ends[i - 1]
-                        break
-                else:
-                    if self.arena_size - ends[-1] >= need:
-                        at = ends[-1]
-                        i = len(starts)
-                if at < 0:
-                    return -1
-        end = at + need
-        starts.insert(i, at)
-        ends.insert(i, end)
-        self._cursor = end
+            if at == ends[-1] and self.arena_size - at >= need:
+                starts.append(at)
+                ends.append(at + need)
+            else:
+                i = bisect.bisect_left(starts, at)
+                limit = starts[i] if i < len(starts) else self.arena_size
+                if limit - at < need:
+                    at = -1
+                    for i in range(1, len(starts)):  # first fit
+                        if starts[i] - ends[i - 1] >= need:
+                            at = ends[i - 1]
+                            break
+                    else:
+                        if self.arena_size - ends[-1] >= need:
+                            at = ends[-1]
+                            i = len(starts)
+                    if at < 0:
+                        return -1
+                starts.insert(i, at)
+                ends.insert(i, at + need)
+        self._cursor = at + need
         self._in_use += need
         return at
 
@@ -297,7 +306,7 @@ class ProducerRing:
         need = rec.footprint
         if need:
             starts = self._starts
-            i = bisect.bisect_left(starts, rec.offset)
+            i = 0 if starts[0] == rec.offset else bisect.bisect_left(starts, rec.offset)
             del starts[i]
             del self._ends[i]
             self._in_use -= need
@@ -305,47 +314,92 @@ class ProducerRing:
 
     def free_unpublished(self, rec: Rec) -> None:
         """Give back a loan that is discarded."""
-        self.reserved -= 1
         self._give_back(rec)
 
     # -- publication ---------------------------------------------------------------------------
 
-    def submit(
-        self, rec: Rec, length: int, flags: int, progress: int, ready: bool, loan: bool
-    ) -> None:
-        """Give ``rec`` its sequence number; publish what can be and wake who waits."""
-        if loan:
-            self.reserved -= 1
-        rec.seq = self.next_seq
-        self.next_seq += 1
+    def submit(self, rec: Rec, length: int, flags: int, progress: int, ready: bool) -> int:
+        """Give ``rec`` its sequence number (returned); publish what can be, wake who waits.
+
+        ``progress == length`` means the payload is complete; otherwise the caller reports
+        progress later and marks the message done with :meth:`finish`.
+        """
+        seq = rec.seq = self.next_seq
+        self.next_seq = seq + 1
         rec.length = length
         rec.flags = flags
         rec.progress = progress
-        rec.ready = ready
-        pending = self._pending
-        if not ready or pending:
-            pending.append(rec)
-            self._advance()
-            return
-        self._publish(rec)
+        if progress != length or not ready or self._pending:
+            rec.ready = ready
+            rec.done = progress == length
+            if not ready or self._pending:
+                self._pending.append(rec)
+                self._advance()
+                return seq
+            self._publish(rec)
+            _sys.release_fence()
+            self._w[_HEAD] = self.head
+            self.notify()
+            return seq
+        rec.ready = rec.done = True
+        # A complete message published at once: _publish inlined (every message's hot path).
+        mask = self.live_mask
+        mark = rec.mark
+        release = self._releases.get(mark)
+        if release is None:
+            release = self._release_words(mark)
+        rec.mask = mask
+        rec.release = release
+        desc = rec.desc
+        _DESC.pack_into(
+            self._b,
+            self._desc_off + desc * 64,
+            seq + 1,
+            rec.offset,
+            length,
+            progress,
+            mask | flags | mark << MARK_SHIFT,
+        )
+        w = self._w
+        w[self._queue_word + (seq & self._cmask)] = desc
+        self._inflight.append(rec)
+        self.head = seq + 1
         if _BARRIERS:
             _sys.release_fence()
-        w = self._w
-        w[W.HEAD] = self.head
-        if _FENCE_ACQUIRE is not None and _FENCE_RELEASE is not None:
-            _FENCE_ACQUIRE()  # the x86-64 full fence, without a Python-level call
-            _FENCE_RELEASE()
-        else:
-            _sys.full_fence()
+        w[_HEAD] = seq + 1
+        _FENCE_ACQUIRE()  # a full fence without a Python-level call
+        _FENCE_RELEASE()
         for word in self._waiting_words:
             if w[word]:
                 self.wake_all()
-                return
+                break
+        # Bookkeeping after publication, off the message's critical path: the subscriber
+        # is already reading it while the producer reclaims what was released.
+        if len(self._inflight) >= _RECLAIM_BATCH:
+            self.reclaim()
+        return seq
+
+    def _release_words(self, mark: int) -> tuple[int, int, int, int]:
+        lo, hi = release_pattern(self.live_mask)
+        release = self._releases[mark] = (lo * 0xFF, lo * mark, hi * 0xFF, hi * mark)
+        return release
 
     def mark_ready(self, rec: Rec) -> None:
         """An offloaded copy landed; publish it (and whatever waited behind it)."""
         rec.ready = True
         self._advance()
+
+    def finish(self, rec: Rec) -> None:
+        """The payload of a submitted message is complete: it may go once it is released.
+
+        Its subscribers may have let go of it already; a producer waiting for room is told.
+        """
+        rec.done = True
+        w = self._w
+        _sys.full_fence()
+        if w[W.SPACE_WANT]:
+            w[W.SPACE_EPOCH] = (w[W.SPACE_EPOCH] + 1) & 0xFFFFFFFF
+            _sys.futex_wake(self._space_epoch_address)
 
     def _advance(self) -> None:
         pending = self._pending
@@ -361,16 +415,12 @@ class ProducerRing:
     def _publish(self, rec: Rec) -> None:
         seq = rec.seq
         mask = self.live_mask
-        pat = self._patterns.get(mask)
-        if pat is None:
-            lo, hi = release_pattern(mask)
-            pat = self._patterns[mask] = (lo * 0xFF, hi * 0xFF, lo, hi)
         mark = rec.mark
+        release = self._releases.get(mark)
+        if release is None:
+            release = self._release_words(mark)
         rec.mask = mask
-        rec.mlo = pat[0]
-        rec.mhi = pat[1]
-        rec.plo = pat[2] * mark
-        rec.phi = pat[3] * mark
+        rec.release = release
         desc = rec.desc
         _DESC.pack_into(
             self._b,
@@ -423,24 +473,41 @@ class ProducerRing:
 
         By default only from the oldest message on, up to the first one still held (the
         cheap common case); with ``everything``, released messages behind a held one too.
+        A message whose payload is still being written (a pipelined copy, a loan published
+        early) counts as held.
         """
         inflight = self._inflight
         w = self._w
         mark_word = self._mark_word
         freed = False
-        while inflight:
-            rec = inflight[0]
-            mw = mark_word + rec.desc * 8
-            if (w[mw] & rec.mlo) != rec.plo or (w[mw + 1] & rec.mhi) != rec.phi:
-                break
-            inflight.popleft()
-            self._retire(rec)
-            freed = True
+        if inflight:
+            starts = self._starts
+            ends = self._ends
+            free = self._free
+            trim = self._trim_above
+            while inflight:
+                rec = inflight[0]
+                mw = mark_word + rec.desc * 8
+                mlo, plo, mhi, phi = rec.release
+                if (w[mw] & mlo) != plo or (mhi and (w[mw + 1] & mhi) != phi) or not rec.done:
+                    break
+                inflight.popleft()
+                freed = True
+                need = rec.footprint
+                if need:  # _retire, inlined for the common case: in order, from the front
+                    if trim is not None and rec.nbytes >= trim:
+                        self._seg.trim(rec.offset, rec.nbytes)
+                    i = 0 if starts[0] == rec.offset else bisect.bisect_left(starts, rec.offset)
+                    del starts[i]
+                    del ends[i]
+                    self._in_use -= need
+                free.append(rec.desc)
         if everything and len(inflight) > 1:
             held: list[Rec] = []
             for rec in inflight:
                 mw = mark_word + rec.desc * 8
-                if (w[mw] & rec.mlo) != rec.plo or (w[mw + 1] & rec.mhi) != rec.phi:
+                mlo, plo, mhi, phi = rec.release
+                if (w[mw] & mlo) != plo or (w[mw + 1] & mhi) != phi or not rec.done:
                     held.append(rec)
                 else:
                     self._retire(rec)

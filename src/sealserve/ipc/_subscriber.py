@@ -44,6 +44,9 @@ __all__ = ["Sample", "Subscriber"]
 _log = get_logger(__name__)
 _DESC = struct.Struct("<5Q")
 _BARRIERS = _sys.NEEDS_BARRIERS
+_FENCE_ACQUIRE, _FENCE_RELEASE = _sys.FENCE_PAIR
+_HEAD = W.HEAD
+_SPACE_WANT = W.SPACE_WANT
 #: Consumer-side copies move at most this much at a time (well inside a private cache).
 _PLACE_CHUNK = 256 << 10
 _NO_ARRAY: np.ndarray[Any, Any] = np.zeros(0, np.uint8)
@@ -88,8 +91,11 @@ class Sample:
     @property
     def view(self) -> memoryview:
         """The whole payload as a read-only memoryview (waits for a pipelined message)."""
-        self._check()
-        return self._sub._ro[self._offset : self._offset + self.nbytes]
+        sub = self._sub
+        if self._released or not self._complete or sub._closed:
+            self._check()
+        off = self._offset
+        return sub._ro[off : off + self.nbytes]
 
     def array(self, dtype: Any = np.uint8) -> np.ndarray[Any, Any]:
         """The payload as a read-only 1-D numpy array of ``dtype`` (no copy)."""
@@ -191,8 +197,9 @@ class Sample:
             return
         sub._held -= 1
         sub._b[sub._mark_base + self._desc * 64] = self._mark
-        _sys.full_fence()
-        want = sub._w[W.SPACE_WANT]
+        _FENCE_ACQUIRE()  # a full fence without a Python-level call
+        _FENCE_RELEASE()
+        want = sub._w[_SPACE_WANT]
         if want and self.seq + 1 >= want:
             sub._wake_producer()
 
@@ -277,7 +284,7 @@ class Subscriber:
         deadline: float | None = None
         while True:
             seq = self._cursor
-            if w[W.HEAD] <= seq:
+            if w[_HEAD] <= seq:
                 if deadline is None and timeout is not None:
                     deadline = self._clock.monotonic() + timeout
                 if not self._wait_data(seq, deadline, qos):

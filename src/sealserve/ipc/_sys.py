@@ -165,15 +165,16 @@ def _load_atomic_fence() -> Callable[[], None] | None:
 #: Whether publication and consumption need explicit barriers (everything but x86-64).
 NEEDS_BARRIERS = _MACHINE not in ("x86_64", "amd64")
 
-#: ``(acquire, release)`` of the private lock whose pair of calls is the x86-64 full fence,
-#: for hot paths that cannot afford a Python-level call; ``(None, None)`` elsewhere.
-FENCE_PAIR: tuple[Callable[[], object] | None, Callable[[], object] | None] = (None, None)
+#: Two callables whose calls in turn are a full fence, for hot paths that cannot afford a
+#: Python-level call: on x86-64 the acquire and release of a private lock (C calls),
+#: elsewhere ``(full_fence, no-op)``.
+FENCE_PAIR: tuple[Callable[[], object], Callable[[], object]]
 
 if not NEEDS_BARRIERS:
-    FENCE_PAIR = (_fence_lock.acquire, _fence_lock.release)
     full_fence: Callable[[], None] = _x86_full_fence
     release_fence: Callable[[], None] = _noop
     acquire_fence: Callable[[], None] = _noop
+    FENCE_PAIR = (_fence_lock.acquire, _fence_lock.release)
 else:  # pragma: no cover - exercised on aarch64 only
     _atomic = _load_atomic_fence()
     if _atomic is None:
@@ -181,6 +182,7 @@ else:  # pragma: no cover - exercised on aarch64 only
         full_fence = release_fence = acquire_fence = os.sched_yield
     else:
         full_fence = release_fence = acquire_fence = _atomic
+    FENCE_PAIR = (full_fence, _noop)
 
 
 # -- addresses, files, processes ----------------------------------------------------------------

@@ -268,6 +268,28 @@ class ConformanceSuite:
         samples[1].release()  # type: ignore[union-attr]
         pub.send(b"d" * (64 << 10), timeout=0)  # all released: the whole arena is one piece
 
+    def test_a_message_still_being_written_keeps_its_room_when_released_early(
+        self, backend: Backend
+    ) -> None:
+        # A reader may let go of a streamed message before its tail has landed; the
+        # producer is still writing there, so the room must not be handed out again yet.
+        pub, sub = backend.pair(SMALL)
+        loan = pub.loan(40 << 10)
+        loan.view[:1000] = b"h" * 1000
+        loan.publish(1000)
+        sample = sub.receive(timeout=1.0)
+        assert sample is not None
+        sample.release()
+        with pytest.raises(BackpressureTimeout):
+            pub.send(b"x" * (40 << 10), timeout=0)  # would land on the loan's tail
+        loan.view[1000:] = b"t" * ((40 << 10) - 1000)
+        loan.commit()
+        pub.send(b"x" * (40 << 10), timeout=1.0)
+        after = sub.receive(timeout=1.0)
+        assert after is not None
+        assert after.tobytes() == b"x" * (40 << 10)
+        after.release()
+
     def test_a_blocked_producer_is_woken_by_a_release(self, backend: Backend) -> None:
         pub, sub = backend.pair(SMALL, qos=QoS.EFFICIENCY)
         for _ in range(SMALL.capacity):

@@ -25,9 +25,9 @@ def _release(seg: Segment, rec: Rec, slot: int) -> None:
 
 
 def _publish(ring: ProducerRing, n: int) -> Rec:
-    rec = ring.allocate(n, False)
+    rec = ring.allocate(n)
     assert rec is not None
-    ring.submit(rec, n, 0, n, True, False)
+    ring.submit(rec, n, 0, n, True)
     return rec
 
 
@@ -50,12 +50,12 @@ def test_a_stream_walks_forward_and_wraps_like_a_ring(segment: Segment) -> None:
     live: list[Rec] = []
     offsets = []
     for _ in range(40):
-        rec = ring.allocate(20_000, False)
+        rec = ring.allocate(20_000)
         if rec is None:
             _release(segment, live.pop(0), 0)
-            rec = ring.allocate(20_000, False)
+            rec = ring.allocate(20_000)
         assert rec is not None
-        ring.submit(rec, 20_000, 0, 20_000, True, False)
+        ring.submit(rec, 20_000, 0, 20_000, True)
         offsets.append(rec.offset)
         live.append(rec)
     assert set(offsets) == {0, 20_032, 40_064}  # three fit; each goes where the oldest was
@@ -67,12 +67,12 @@ def test_allocations_never_overlap_while_live(segment: Segment) -> None:
     live: list[Rec] = []
     for i in range(400):
         size = 1000 + (i * 7919) % 20_000
-        rec = ring.allocate(size, False)
+        rec = ring.allocate(size)
         if rec is None:
             victim = live.pop((i * 31) % len(live))  # released in no particular order
             _release(segment, victim, 0)
             continue
-        ring.submit(rec, size, 0, size, True, False)
+        ring.submit(rec, size, 0, size, True)
         for other in live:
             assert rec.offset + size <= other.offset or other.offset + other.nbytes <= rec.offset
         assert rec.offset + size <= segment.geometry.arena_size
@@ -91,13 +91,15 @@ def test_released_messages_behind_a_held_one_are_reclaimed_when_room_is_needed(
     recs = [_publish(ring, 64) for _ in range(8)]  # every descriptor taken
     for rec in recs[1:]:
         _release(segment, rec, 0)
+    oldest = recs[0].seq
     assert ring.reclaim() is recs[0]  # the cheap pass stops at the held message
     assert ring.in_flight == 8
-    late = ring.allocate(64, False)  # no descriptor free: the full pass finds seven
+    late = ring.allocate(64)  # no descriptor free: the full pass finds seven
     assert late is not None
     assert ring.in_flight == 1
     assert ring.descriptors_in_use == 2
-    assert ring.tail == recs[0].seq
+    assert ring.tail == oldest
+    assert recs[0].seq == oldest  # still held: its descriptor was not taken again
     _release(segment, recs[0], 0)
     assert ring.reclaim() is None
     assert ring.tail == ring.head
@@ -124,11 +126,12 @@ def test_marks_of_an_earlier_use_of_a_descriptor_do_not_count(segment: Segment) 
     ring = ProducerRing(segment, trim_above=None)
     ring.attach()
     first = _publish(ring, 64)
+    desc, mark = first.desc, first.mark
     _release(segment, first, 0)
     ring.reclaim()
     again = _publish(ring, 64)  # the freed descriptor is taken again, with a new mark
-    assert again.desc == first.desc
-    assert again.mark != first.mark
+    assert again.desc == desc
+    assert again.mark != mark
     assert ring.reclaim() is again
     for _ in range(300):  # the 7-bit generation wraps without ever matching a stale mark
         _release(segment, again, 0)
@@ -154,11 +157,11 @@ def test_a_departed_subscriber_is_named_and_its_marks_written(segment: Segment) 
 def test_descriptors_run_out_before_the_arena(segment: Segment) -> None:
     ring = ProducerRing(segment, trim_above=None)
     ring.attach()
-    recs = [ring.allocate(0, True) for _ in range(8)]
+    recs = [ring.allocate(0) for _ in range(8)]
     assert all(r is not None for r in recs)
-    assert ring.allocate(0, True) is None  # eight loans hold all eight descriptors
+    assert ring.allocate(0) is None  # eight loans hold all eight descriptors
     ring.free_unpublished(recs[0])  # type: ignore[arg-type]
-    assert ring.allocate(0, False) is not None
+    assert ring.allocate(0) is not None
     assert ring.attach() == 1
     assert ring.attach() is None  # two slots only
 
