@@ -98,8 +98,9 @@ class PlatformSettings:
     #: Billed memory of the platform's own instance size.
     instance_memory_mb: int = 2048
     #: Other instance sizes (billed MB) the ``sealserve`` policy may start; each keeps the same
-    #: reserve for the host and the runtime as the platform's own instances.
-    sizes_mb: tuple[int, ...] = (512, 1024)
+    #: reserve for the host and the runtime as the platform's own instances.  The defaults
+    #: leave 512 and 1,024 MB for models beside the 384 MB reserve (docs/operating.md).
+    sizes_mb: tuple[int, ...] = (896, 1408)
     #: FnPacker policy used by the live router.
     policy: str = "sealserve"
 
@@ -293,7 +294,7 @@ def _coerce_ints(raw: Any, dotted: str, where: str) -> tuple[int, ...]:
     """A list of ints: a TOML array, or a variable's comma-separated text (empty: none)."""
     bad = ConfigError(
         f"Config '{dotted}' ({where}) has value {raw!r}. Not a list of ints "
-        "(a TOML array such as [512, 1024], or 512,1024 in a variable)."
+        "(a TOML array such as [896, 1408], or 896,1408 in a variable)."
     )
     if isinstance(raw, str):
         parts = [part.strip() for part in raw.split(",")] if raw.strip() else []

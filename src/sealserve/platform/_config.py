@@ -72,7 +72,7 @@ class PlatformConfig:
     instance_concurrency: int = 4
     instance_memory_mb: int = 2048
     memory_budget_mb: int | None = None
-    sizes_mb: tuple[int, ...] = (512, 1024)
+    sizes_mb: tuple[int, ...] = (896, 1408)
     memory_factor: float = 4.0
     threads: int = 2
     max_waiting: int = 256

@@ -90,10 +90,10 @@ def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
                 assert all(_alive(p) for p in pids)
                 # The sealserve policy started the smallest size that holds the model, whose
                 # runtime has that size's budget; it is billed that size.
-                assert (instance["memory_mb"], instance["budget_mb"]) == (512, 128.0)
+                assert (instance["memory_mb"], instance["budget_mb"]) == (896, 512.0)
                 with InstanceClient(instance["url"]) as host:
                     budget = host.stats()["runtime"]["models"]["budget_bytes"]
-                assert budget == 128 << 20
+                assert budget == 512 << 20
                 # Idle past its keep-alive: the instance scales to zero, its processes end.
                 _wait_until("scale to zero", lambda: not gateway.platform()["instances"])
                 _wait_until("the instance's exit", lambda: not any(_alive(p) for p in pids))
@@ -118,8 +118,8 @@ def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
     assert "sealserve is up" in text
     assert info["gateway_url"] in text
     assert info["runtime_measurement"] in text
-    assert "instance sizes          512, 1024, 2048 MB (128, 640, 1664 MB for models)" in text
-    assert [s["memory_mb"] for s in info["shapes"]] == [512, 1024, 2048]
+    assert "instance sizes          896, 1408, 2048 MB (512, 1024, 1664 MB for models)" in text
+    assert [s["memory_mb"] for s in info["shapes"]] == [896, 1408, 2048]
     assert "stopped: 2 requests served, 2 cold starts" in text
     _wait_until("every process to end", lambda: not any(_alive(p) for p in pids), 30)
     assert not ready.exists()

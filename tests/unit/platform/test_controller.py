@@ -181,7 +181,7 @@ def test_a_model_larger_than_an_instance_budget_is_refused() -> None:
         ctl.submit(1, model="big", user_id=USER, deadline=FAR, now=0.0)
     assert "budget of the largest instance (1024 MB of 2048 MB)" in str(info.value)
     assert ctl.in_flight == 0
-    sized = controller()  # 512, 1024 and 2048 MB: the largest holds 1664 MB of models
+    sized = controller()  # 896, 1408 and 2048 MB: the largest holds 1664 MB of models
     with pytest.raises(MemoryBudgetExceeded, match=r"\(1664 MB of 2048 MB\).*platform\.sizes_mb"):
         sized.submit(1, model="big", user_id=USER, deadline=FAR, now=0.0)
 

@@ -90,12 +90,12 @@ def test_the_platform_reads_its_settings() -> None:
     assert (config.keep_alive_s, config.max_instances, config.threads) == (30.0, 2, 1)
     assert config.model_budget_mb == settings.runtime.memory_budget_for(settings.platform)
     assert config.max_waiting == settings.gateway.max_queued
-    assert config.sizes_mb == settings.platform.sizes_mb == (512, 1024)
+    assert config.sizes_mb == settings.platform.sizes_mb == (896, 1408)
     group = config.group_config()
     assert group.keep_alive_s == 30.0
     assert group.max_instances == 2
     assert group.shape.memory_mb == config.instance_memory_mb
-    assert group.sizes_mb == (512, 1024)
+    assert group.sizes_mb == (896, 1408)
     bad = Settings(platform=PlatformSettings(policy="fastest"))
     with pytest.raises(ConfigError, match=r"Config 'platform\.policy' has value 'fastest'"):
         PlatformConfig.from_settings(bad)
@@ -110,8 +110,8 @@ def test_the_model_budget_is_the_instance_memory_less_the_measured_reserve() -> 
     config = PlatformConfig()
     assert (config.model_budget_mb, config.reserve_mb) == (1664, 384)
     assert [(s.memory_mb, s.budget_mb) for s in config.shapes] == [
-        (512, 128.0),
-        (1024, 640.0),
+        (896, 512.0),
+        (1408, 1024.0),
         (2048, 1664.0),
     ]
     # The budget follows the instance's memory when it is not set ...
@@ -170,7 +170,7 @@ def test_sizes_that_leave_no_room_for_models_name_the_reserve_and_where_it_comes
     with pytest.raises(ConfigError) as info:
         PlatformConfig.from_settings(old)
     assert str(info.value) == (
-        "Config 'platform.sizes_mb' has value [512, 1024]. 512, 1024 MB leave no room for models "
+        "Config 'platform.sizes_mb' has value [896, 1408]. 896 MB leave no room for models "
         "beside the reserve of 1024 MB ('platform.instance_memory_mb' 2048 less "
         "'runtime.memory_budget_mb' 1024); give larger sizes, or [] for none."
     )

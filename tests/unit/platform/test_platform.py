@@ -188,8 +188,8 @@ def test_an_idle_instance_stops_after_its_keep_alive_and_the_next_request_starts
 
 
 def test_instances_start_at_the_routers_sizes_and_are_billed_at_them() -> None:
-    """512 and 1,024 MB beside the platform's 2,048 MB, with the measured 384 MB reserve:
-    128, 640 and 1,664 MB for models."""
+    """896 and 1,408 MB beside the platform's 2,048 MB, with the measured 384 MB reserve:
+    512, 1,024 and 1,664 MB for models."""
 
     async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
         await infer(platform, clock, model="small")
@@ -208,11 +208,11 @@ def test_instances_start_at_the_routers_sizes_and_are_billed_at_them() -> None:
             assert (by_id[iid].memory_mb, by_id[iid].budget_mb) == (memory, budget)
             assert concurrency == 2
             assert by_id[iid].gb_s == pytest.approx(memory / 1024 * 10.0)
-        assert sorted(m for m, _, _ in backend.shapes.values()) == [512, 2048]
-        assert stats.gb_seconds == pytest.approx((512 + 2048) / 1024 * 10.0)
+        assert sorted(m for m, _, _ in backend.shapes.values()) == [896, 2048]
+        assert stats.gb_seconds == pytest.approx((896 + 2048) / 1024 * 10.0)
         assert stats.config["shapes"] == [
-            {"memory_mb": 512, "budget_mb": 128.0},
-            {"memory_mb": 1024, "budget_mb": 640.0},
+            {"memory_mb": 896, "budget_mb": 512.0},
+            {"memory_mb": 1408, "budget_mb": 1024.0},
             {"memory_mb": 2048, "budget_mb": 1664.0},
         ]
 
@@ -223,12 +223,13 @@ def test_what_an_instance_uses_is_reported_beside_its_size_and_going_over_is_log
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
 
     async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
         await infer(platform, clock)
         (inst,) = platform.stats().instances
         assert inst.resident_mb is None  # not measured yet
-        backend.resident_mb[inst.instance_id] = 700.0
+        backend.resident_mb[inst.instance_id] = 1000.0
         with caplog.at_level(logging.WARNING, logger="sealserve"):
             await platform.check_health()
             await platform.check_health()  # logged once while it stays over
@@ -236,16 +237,24 @@ def test_what_an_instance_uses_is_reported_beside_its_size_and_going_over_is_log
         assert len(over) == 1
         assert over[0].sealserve_fields == {  # type: ignore[attr-defined]
             "instance": inst.instance_id,
-            "resident_mb": 700.0,
-            "memory_mb": 512,
+            "resident_mb": 1000.0,
+            "memory_mb": 896,
         }
         (inst,) = platform.stats().instances
-        assert (inst.resident_mb, inst.memory_mb) == (700.0, 512)
-        assert inst.to_json()["resident_mb"] == 700.0
-        text = generate_latest(platform.registry).decode()
-        assert 'sealserve_platform_memory_bytes{kind="configured"} 5.36870912e+08' in text
-        assert 'sealserve_platform_memory_bytes{kind="resident"} 7.340032e+08' in text
-        assert "sealserve_platform_instances_over_memory 1.0" in text
+        assert (inst.resident_mb, inst.memory_mb) == (1000.0, 896)
+        assert inst.to_json()["resident_mb"] == 1000.0
+        samples = {
+            (sample.name, sample.labels.get("kind")): sample.value
+            for family in text_string_to_metric_families(
+                generate_latest(platform.registry).decode()
+            )
+            for sample in family.samples
+        }
+        mib = 2.0**20
+        assert samples[("sealserve_platform_memory_bytes", "configured")] == 896 * mib
+        assert samples[("sealserve_platform_memory_bytes", "budget")] == 512 * mib
+        assert samples[("sealserve_platform_memory_bytes", "resident")] == 1000 * mib
+        assert samples[("sealserve_platform_instances_over_memory", None)] == 1.0
 
     run(body)
 
