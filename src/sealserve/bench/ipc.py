@@ -2,19 +2,20 @@
 
 One run, producer and consumer in two processes pinned to two cores, message sizes from 64 B
 to 16 MiB.  Every message is fully written by the producer and fully read and checked by the
-consumer (:mod:`sealserve.bench._ipc_transports`), whatever the transport, so each does the
-same useful work.  Transports: ``baseline`` (shm ring + memcpy in + memcpy out + blocking
-futex, the paper's baseline), every sealserve mode under every QoS hint, and
+consumer at ``memcpy``/``memcmp`` speed (:mod:`sealserve.bench._ipc_work`), whatever the
+transport, so each does the same useful work; shared memory is faulted in up front on both
+sides for every transport.  Transports: ``baseline`` (shm ring + memcpy in + memcpy out +
+blocking futex, the paper's baseline), every sealserve mode under every QoS hint, and
 ``multiprocessing``, ``zmq`` and ``iceoryx2`` when importable.
 
 For each transport and size: p50 and p99 one-way latency (one message in flight, from the
-producer starting to write to the consumer having checked; each message is sent ``gap_us``
-after the previous one was checked, 20 us by default, so that a consumer that blocks is
-asleep when it comes, as between requests, while a spinning one is still spinning), GB/s and
-messages/s (streaming), and CPU seconds per GB of both processes.  Cases run round-robin,
-``repeats`` rounds; the figures are medians over rounds and the ratios are medians of
-per-round ratios to the baseline of the same size in the same round, so that a slow phase of
-a shared machine cancels out.
+producer starting to send, before it asks for a buffer, to the consumer having checked; each
+message is sent ``gap_us`` after the previous one was checked, 20 us by default, so that a
+consumer that blocks is asleep when it comes, as between requests, while a spinning one is
+still spinning), GB/s and messages/s (streaming), and CPU seconds per GB of both processes.
+Cases run round-robin, ``repeats`` rounds; the figures are medians over rounds and the ratios
+are medians of per-round ratios to the baseline of the same size in the same round, so that a
+slow phase of a shared machine cancels out.
 The JSON has ``results`` (one object per transport and size) and ``goals`` (each goal of the
 issue, the best sealserve transport for it, the ratio and whether it was met).
 """
