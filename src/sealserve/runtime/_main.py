@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The receiver thread hands calls to workers: a short switch interval hands over the GIL
     # in a fraction of a millisecond instead of up to 5 ms.
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    from sealserve.runtime._malloc import keep_buffers_in_heap
+
+    keep_buffers_in_heap()
     preload = threading.Thread(target=_preload, name="runtime-preload", daemon=True)
     preload.start()
 
