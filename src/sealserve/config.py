@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 
 from sealserve.errors import ConfigError
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "AttestSettings",
     "GatewaySettings",
     "KeyServiceSettings",

@@ -37,7 +37,7 @@ from sealserve.attest._policy import (
     verify_evidence,
 )
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "DEFAULT_MAX_EVIDENCE_AGE_S",
     "DcapReport",
     "ENTRIES",

@@ -20,7 +20,7 @@ from sealserve._log import get_logger
 from sealserve.crypto import canonical_decode, canonical_encode
 from sealserve.errors import AttestationError
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "Evidence",
     "FORMATS",
     "FORMAT_SGX_DCAP",

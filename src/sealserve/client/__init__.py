@@ -34,7 +34,7 @@ from sealserve.client._principals import (
 )
 from sealserve.client._upload import UploadReceipt, upload_model
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "ClientState",
     "GatewayAnswer",
     "GatewayClient",

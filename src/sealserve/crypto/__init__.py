@@ -52,7 +52,7 @@ from sealserve.crypto._stream import (
     unseal_model_stream,
 )
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "CanonicalValue",
     "DEFAULT_CHUNK_SIZE",
     "ENVELOPE_OVERHEAD",

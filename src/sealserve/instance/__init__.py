@@ -40,7 +40,7 @@ if TYPE_CHECKING:
         SupervisorState,
     )
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "ACTIVATION_MARKER",
     "ClientState",
     "HostError",

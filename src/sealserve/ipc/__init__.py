@@ -39,7 +39,7 @@ from sealserve.ipc._segment import Segment, SegmentState
 from sealserve.ipc._stats import ChannelStats
 from sealserve.ipc._subscriber import Sample, Subscriber
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "Channel",
     "ChannelOptions",
     "ChannelState",

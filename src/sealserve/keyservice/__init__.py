@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from sealserve.keyservice._store import AuditEntry, Store, StoreState, sqlite_url
     from sealserve.keyservice._vault import MASTER_KEY_ENV, Vault, load_master_key
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "API_PREFIX",
     "AttestedKeyService",
     "AuditEntry",

@@ -32,7 +32,7 @@ from sealserve.models._tensors import (
 )
 from sealserve.models._text import l2_normalize, mean_pool, sentence_embedding, tokenize
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "BytesLike",
     "ClassScore",
     "DEFAULT_LIMITS",

@@ -39,7 +39,7 @@ from sealserve.packer._trace import (
     write_trace_csv,
 )
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "Assignment",
     "COSTS_SCHEMA",
     "CostModel",

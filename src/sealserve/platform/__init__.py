@@ -37,7 +37,7 @@ from sealserve.platform._platform import Platform, PlatformResult, PlatformState
 from sealserve.platform._priors import NamedPriors
 from sealserve.platform._stats import InstanceStats, PlatformStats
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "Action",
     "CappedPolicy",
     "ControllerCounters",

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from sealserve.runtime._server import HostModelSource, HostRelay, RuntimeServer
     from sealserve.runtime._session import BAD_INPUT, LoadedModel, session_options
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "BAD_INPUT",
     "Endpoint",
     "EndpointState",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from sealserve.platform.ray._replica import SealedInstance
     from sealserve.platform.ray._router import FnPackerRequestRouter
 
-__all__ = [  # noqa: RUF022 (plain sorted(), which test_exported_members checks)
+__all__ = [
     "FnPackerRequestRouter",
     "LAST_USED_METRIC",
     "PackerAutoscaler",
