@@ -25,7 +25,10 @@ from sealserve._cli.keyservice import (
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="The local platform: instances, GB-seconds, cold starts, routing decisions.",
+    help=(
+        "Serverless platforms: the local platform's instances, GB-seconds, cold starts and "
+        "routing decisions; Ray Serve; the OpenWhisk package."
+    ),
     no_args_is_help=True,
 )
 
