@@ -5,17 +5,20 @@ concurrency, maximum instances) with the same cost model and seed; the table giv
 latency percentiles, cold starts, model loads and GB-seconds, with ratios to ``dedicated``
 (one function per model on the packed group's instance configuration: the same measured
 runtime) and to ``dedicated-fitted`` (one function per model, each sized for its model)
-measured in the same run.  The packed
-policies' instances have the platform's default memory (``platform.instance_memory_mb``), and
-their runtime's model budget is what the runtime leaves of it.
+measured in the same run.  The simulated platform is the live one's defaults: the packed
+policies' instances have ``platform.instance_memory_mb``, ``sealserve`` may also start
+``platform.sizes_mb``, and every instance keeps the live platform's reserve for the instance
+host and the runtime (:data:`~sealserve.config.RUNTIME_RESERVE_MB`); the rest of its memory is
+the runtime's model budget.
 
 The cost model is measured on this machine (``--measure-costs PATH``, or automatically when
 ``--costs`` is not given, cached beside the JSON output): for each model of the zoo, a load is
 reading the file and creating an onnxruntime session, an inference is the median batch-1 run
 with 2 threads, the memory is the resident-set growth of a fresh process that loads the model
 and runs it once; a cold start is a fresh Python process that imports onnxruntime and creates
-a session for the smallest model.  The sealed runtime will write the same JSON with its own
-figures (fetch, unseal and attestation included).
+a session for the smallest model.  The sealed runtime writes the same JSON with its own
+figures, fetch, unseal and attestation included (``sealserve bench runtime --costs-out``;
+``sealserve bench all`` feeds them to this benchmark).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sealserve.bench._common import environment, print_table, ratio, write_json
 from sealserve.bench._packer_costs import measure_costs
 from sealserve.bench._packer_runs import PolicyRuns, evaluate_goals, run_policies
-from sealserve.config import PlatformSettings
+from sealserve.config import RUNTIME_RESERVE_MB, PlatformSettings
 from sealserve.errors import PackerError
 from sealserve.packer import (
     POLICY_NAMES,
@@ -61,6 +64,8 @@ __all__ = [
 _BASELINE = "dedicated"
 _FITTED = "dedicated-fitted"
 _PLATFORM = PlatformSettings()
+#: ``--sizes-mb`` by default: the live platform's (``platform.sizes_mb``).
+_DEFAULT_SIZES = ",".join(map(str, _PLATFORM.sizes_mb))
 
 
 def _report(
@@ -189,19 +194,29 @@ def _packer(
         float | None,
         typer.Option(
             "--budget-mb",
-            help="Model memory budget of a packed instance (default: its memory less the "
-            "runtime's).",
+            help="Model memory budget of a packed instance (default: its memory less "
+            "--reserve-mb).",
             min=1.0,
         ),
     ] = None,
+    reserve_mb: Annotated[
+        float,
+        typer.Option(
+            "--reserve-mb",
+            help="What every instance keeps for the instance host and the runtime beside its "
+            "models (default: the live platform's reserve).",
+            min=0.0,
+        ),
+    ] = RUNTIME_RESERVE_MB,
     sizes_mb: Annotated[
         str,
         typer.Option(
             "--sizes-mb",
             help="Other instance sizes (MB, comma-separated) sealserve may start besides "
-            "--instance-memory-mb, each with the same runtime reserve; '' for none.",
+            "--instance-memory-mb, each with the same runtime reserve; '' for none "
+            "(default: the platform's).",
         ),
-    ] = "512,1024",
+    ] = _DEFAULT_SIZES,
     max_instances: Annotated[
         int, typer.Option("--max-instances", help="Instances per function, at most.", min=1)
     ] = 32,
@@ -272,10 +287,10 @@ def _packer(
         return
     try:
         config = _platform(
-            costs,
             instance_memory_mb=instance_memory_mb,
             sizes_mb=sizes,
             budget_mb=budget_mb,
+            reserve_mb=reserve_mb,
             concurrency=concurrency,
             keep_alive_s=keep_alive_s,
             max_instances=max_instances,
@@ -337,28 +352,29 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def _platform(
-    costs: CostModel,
     *,
     instance_memory_mb: int,
     sizes_mb: tuple[int, ...],
     budget_mb: float | None,
+    reserve_mb: float,
     concurrency: int,
     keep_alive_s: float,
     max_instances: int,
 ) -> GroupConfig:
-    """The packed instances: the given memory, and by default a budget of what the runtime
-    leaves of it."""
+    """The packed instances: the given memory, and by default a budget of what the reserve
+    for the host and the runtime (``reserve_mb``, the live platform's by default) leaves of
+    it."""
     options: dict[str, Any] = {
         "sizes_mb": sizes_mb,
         "concurrency": concurrency,
         "keep_alive_s": keep_alive_s,
         "max_instances": max_instances,
     }
-    base = costs.runtime_base_mb
+    base = reserve_mb
     if instance_memory_mb <= base:
         raise ValueError(
             f"--instance-memory-mb {instance_memory_mb} leaves no room for models beside "
-            f"the runtime ({base:.0f} MB)"
+            f"the reserve for the host and the runtime ({base:g} MB)"
         )
     if budget_mb is None:
         return GroupConfig.for_instance(
@@ -367,7 +383,8 @@ def _platform(
     if budget_mb > instance_memory_mb - base:
         raise ValueError(
             f"--budget-mb {budget_mb:g} does not fit in --instance-memory-mb "
-            f"{instance_memory_mb} beside the runtime ({base:.0f} MB)"
+            f"{instance_memory_mb} beside the reserve for the host and the runtime "
+            f"({base:g} MB)"
         )
     return GroupConfig(
         budget_mb=budget_mb, runtime_base_mb=base, memory_mb=instance_memory_mb, **options

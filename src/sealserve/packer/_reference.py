@@ -3,8 +3,9 @@
 Both bounds keep every model resident exactly as long as ``dedicated`` kept the model's
 function alive, so they have ``dedicated``'s latency; they differ in what memory costs:
 
-* :func:`ideal_packing_gb_s`: memory is fluid: the models' own memory plus one runtime, as if
-  one instance grew and shrank to the byte.  Packing can save each function's runtime, its
+* :func:`ideal_packing_gb_s`: memory is fluid: the models' own memory plus one instance's
+  reserve for the host and the runtime (the group's ``runtime_base_mb``), as if one instance
+  grew and shrank to the byte.  Packing can save each function's runtime, its
   rounding up to a memory step and its empty space, never more, without evicting models sooner
   than a keep-alive.
 * :func:`ideal_shaped_gb_s`: memory comes in the group's shapes: at every moment the alive
@@ -36,7 +37,7 @@ def ideal_packing_gb_s(run: SimResult, costs: CostModel, config: GroupConfig) ->
     """
     prefix = f"{config.name}/"
     mb_s = sum(costs.memory_mb(f.removeprefix(prefix)) * sec for f, sec in run.function_s.items())
-    return (mb_s + costs.runtime_base_mb * run.end_s) / 1024.0
+    return (mb_s + config.runtime_base_mb * run.end_s) / 1024.0
 
 
 def ideal_shaped_gb_s(run: SimResult, costs: CostModel, config: GroupConfig) -> tuple[float, bool]:

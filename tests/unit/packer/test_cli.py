@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from sealserve.bench import packer as bench_packer
 from sealserve.cli import app
+from sealserve.config import RUNTIME_RESERVE_MB, PlatformSettings
 from sealserve.packer import POLICY_NAMES, CostModel
 
 runner = CliRunner()
@@ -51,9 +52,15 @@ def test_a_synthetic_run_writes_every_policy(costs_file: Path, tmp_path: Path) -
     assert fitted["ratio_to_dedicated_fitted"]["gb_s"] == 1.0
     assert fitted["ratio_to_dedicated"]["gb_s"] < 1.0  # every function sized for its model
     assert fitted["ratio_to_dedicated"]["p99"] == 1.0  # the same instances, the same latency
-    # the packed instances: the platform's default memory, the budget what the runtime leaves
-    assert report["platform"]["instance_memory_mb"] == 2048
-    assert report["platform"]["budget_mb"] == pytest.approx(2048 - 100.0)
+    # the packed instances: the live platform's default memory and sizes, each keeping the
+    # live platform's reserve for the host and the runtime (not the cost model's runtime alone)
+    platform = PlatformSettings()
+    assert report["platform"]["instance_memory_mb"] == platform.instance_memory_mb
+    assert report["platform"]["budget_mb"] == platform.instance_memory_mb - RUNTIME_RESERVE_MB
+    assert report["platform"]["shapes"] == [
+        {"memory_mb": size, "budget_mb": size - RUNTIME_RESERVE_MB}
+        for size in sorted({*platform.sizes_mb, platform.instance_memory_mb})
+    ]
     reference = report["reference"]
     ideal = reference["ideal_packing_ratio_to_dedicated"]
     assert 0 < ideal < reference["ideal_packing_ratio_to_dedicated_fitted"] < 1
@@ -138,15 +145,16 @@ def test_the_packed_instance_can_be_sized(costs_file: Path, tmp_path: Path) -> N
     out = tmp_path / "r.json"
     code, output = bench(
         "--trace", str(trace), "--policies", "dedicated,sesemi", "--repeats", "1",
-        "--instance-memory-mb", "1024", "--costs", str(costs_file), "--json", str(out),
+        "--instance-memory-mb", "1024", "--reserve-mb", "100", "--sizes-mb", "512",
+        "--costs", str(costs_file), "--json", str(out),
     )  # fmt: skip
     assert code == 0, output
     platform = json.loads(out.read_text())["platform"]
     assert (platform["instance_memory_mb"], platform["budget_mb"]) == (1024, 924.0)
     assert platform["dedicated_memory_mb"] == 1024
     assert platform["dedicated_fitted_memory_mb"] == {"small": 256, "medium": 512}
-    # sealserve's sizes by default: 512 and 1,024 MB beside the packed instance, each keeping
-    # the same reserve for the runtime
+    # sealserve's sizes: 512 MB beside the packed instance, each keeping the same reserve for
+    # the host and the runtime
     assert platform["shapes"] == [
         {"memory_mb": 512, "budget_mb": 412.0},
         {"memory_mb": 1024, "budget_mb": 924.0},
@@ -159,7 +167,8 @@ def test_sealserve_may_start_the_sizes_given(costs_file: Path, tmp_path: Path) -
     out = tmp_path / "r.json"
     code, output = bench(
         "--trace", str(trace), "--policies", "dedicated,sealserve", "--repeats", "1",
-        "--sizes-mb", "256, 1024,", "--costs", str(costs_file), "--json", str(out),
+        "--sizes-mb", "256, 1024,", "--reserve-mb", "100",
+        "--costs", str(costs_file), "--json", str(out),
     )  # fmt: skip
     assert code == 0, output
     report = json.loads(out.read_text())
@@ -173,12 +182,14 @@ def test_sealserve_may_start_the_sizes_given(costs_file: Path, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--instance-memory-mb", "64"), "--instance-memory-mb 64 leaves no room for models"),
+        (("--instance-memory-mb", "256"), "--instance-memory-mb 256 leaves no room for models"),
         (
-            ("--instance-memory-mb", "512", "--budget-mb", "450"),
-            "--budget-mb 450 does not fit in --instance-memory-mb 512 beside the runtime (100 MB)",
+            ("--instance-memory-mb", "512", "--budget-mb", "450", "--reserve-mb", "100"),
+            "--budget-mb 450 does not fit in --instance-memory-mb 512 beside the reserve for "
+            "the host and the runtime (100 MB)",
         ),
-        (("--sizes-mb", "100"), "larger than the runtime reserve of 100 MB"),
+        (("--sizes-mb", "100", "--reserve-mb", "100"), "larger than the runtime reserve of 100 MB"),
+        (("--sizes-mb", "384"), f"larger than the runtime reserve of {RUNTIME_RESERVE_MB} MB"),
     ],
 )
 def test_a_packed_instance_without_room_for_the_runtime_is_refused(
