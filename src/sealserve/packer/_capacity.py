@@ -13,9 +13,9 @@ instances and the prediction:
   ones, covers the need with less memory than any core of alive instances: by at least its own
   memory, so that the two being alive together while the old ones drain is paid back within
   a keep-alive;
-* a new instance otherwise takes the smallest shape that holds its model
-  (:func:`shape_to_start`): it is sized for what it will hold for certain, and more memory
-  follows when more models come.
+* a new instance otherwise takes the smallest shape that holds its model and the part of the
+  expected working set the alive instances cannot hold (:func:`shape_to_start`): one instance
+  sized for the shortfall, not a small one that the next models evict each other from.
 """
 
 from __future__ import annotations
@@ -255,9 +255,15 @@ def resize_of(
     return best
 
 
-def shape_to_start(shapes: Sequence[InstanceShape], *, model_mb: float) -> InstanceShape | None:
-    """The smallest of ``shapes`` (smallest first) that holds ``model_mb``; ``None`` if none."""
-    for shape in shapes:
-        if shape.budget_mb >= model_mb - _TOLERANCE_MB:
+def shape_to_start(
+    shapes: Sequence[InstanceShape], *, model_mb: float, shortfall_mb: float = 0.0
+) -> InstanceShape | None:
+    """The smallest of ``shapes`` (smallest first) that holds ``model_mb`` and the predicted
+    working set the alive instances leave out (``shortfall_mb``); when none holds that much,
+    the largest, if it holds the model; ``None`` if no shape holds the model."""
+    wanted = max(model_mb, shortfall_mb)
+    fits = [s for s in shapes if s.budget_mb >= model_mb - _TOLERANCE_MB]
+    for shape in fits:
+        if shape.budget_mb >= wanted - _TOLERANCE_MB:
             return shape
-    return None
+    return fits[-1] if fits else None

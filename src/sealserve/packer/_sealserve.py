@@ -17,7 +17,10 @@ per-model arrivals) and takes the cheapest:
   already waiting ahead, then the load (if needed) and the inference;
 * a cold start: the cold start, the load and the inference; considered only while fewer
   instances are alive than the predicted load needs (slots by Little's law, memory by the
-  expected working set), or when nothing alive can take the request.
+  expected working set), or when nothing alive can take the request.  The new instance takes
+  the smallest size that holds the model and the part of the expected working set the alive
+  instances leave out, so that the models that come next do not evict each other from a
+  small instance.
 
 Instances beyond the largest need seen within the last keep-alive are surplus: running there
 is charged one load, so a model moves to a core instance once and the surplus one drains.  Ties
@@ -197,7 +200,7 @@ class SealservePolicy(Policy):
             options.append(wait)
         alive_mb = sum(i.budget_mb for i in ours)
         short = not need.covered_by(ours)
-        shape = shape_to_start(shapes, model_mb=model_mb)
+        shape = shape_to_start(shapes, model_mb=model_mb, shortfall_mb=need.memory_mb - alive_mb)
         resizing = resize is not None and group.fits(model, resize.shape)
         if resize is not None and resizing:
             shape = resize.shape
@@ -205,7 +208,7 @@ class SealservePolicy(Policy):
             # Start only when the predicted load needs more memory or slots than are alive, or
             # a smaller instance can replace a core one, or nothing alive can take the request:
             # an instance costs at least a keep-alive of GB-seconds.  Its shape is the smallest
-            # that holds the model: more memory follows when more models come.
+            # that holds the model and the expected working set the alive ones leave out.
             # While the group is short, models evicted lately come back and evict others;
             # one cold start ends that run of reloads, so past the first its cost is shared.
             # A resize's cold start is what it takes to stop paying for the larger instance.

@@ -105,6 +105,17 @@ def test_a_new_instance_is_the_smallest_shape_that_holds_the_model() -> None:
     assert shape_to_start(CONFIG.shapes, model_mb=3000.0) is None
 
 
+def test_a_new_instance_holds_the_working_set_the_alive_ones_leave_out() -> None:
+    # the smallest shape that holds the shortfall as well as the model
+    assert shape_to_start(CONFIG.shapes, model_mb=300.0, shortfall_mb=300.0) == SMALL
+    assert shape_to_start(CONFIG.shapes, model_mb=300.0, shortfall_mb=600.0) == MEDIUM
+    assert shape_to_start(CONFIG.shapes, model_mb=300.0, shortfall_mb=925.0) == LARGE
+    # more than any shape holds: the largest; none covered (a negative shortfall): the model's
+    assert shape_to_start(CONFIG.shapes, model_mb=300.0, shortfall_mb=5000.0) == LARGE
+    assert shape_to_start(CONFIG.shapes, model_mb=413.0, shortfall_mb=-200.0) == MEDIUM
+    assert shape_to_start(CONFIG.shapes, model_mb=3000.0, shortfall_mb=5000.0) is None
+
+
 def _largest(g: FunctionGroup) -> Callable[[Sized], float]:
     def largest(inst: Sized) -> float:
         return max((g.model_memory_mb(m) for m in g.instance(inst.id).models), default=0.0)

@@ -478,6 +478,24 @@ def test_sealserve_starts_the_smallest_shape_that_holds_the_model(costs: CostMod
     assert [i.memory_mb for i in d.group] == [512, 1024]
 
 
+def test_sealserve_sizes_a_new_instance_for_the_working_set_left_out(costs: CostModel) -> None:
+    # small and large have come every second for a minute: both are expected within the
+    # horizon, 800 MB of working set that a 512 MB instance (412 for models) does not hold
+    warm = SealservePolicy(priors=costs)
+    cold = SealservePolicy(priors=costs)
+    for t in range(60):
+        for model in ("small", "large"):
+            warm.on_arrival(RouteRequest(1000 + 2 * t, model, float(t)), float(t))
+    # with large expected too, the first instance holds both (1,024 MB); alone, 512 MB
+    first = Driver(warm, costs, **SIZED).send("small", 60.0).decision
+    assert first.shape is not None
+    assert first.shape.memory_mb == 1024
+    assert "(0 of 800 MB of expected working set" in first.reason
+    alone = Driver(cold, costs, **SIZED).send("small", 60.0).decision
+    assert alone.shape is not None
+    assert alone.shape.memory_mb == 512
+
+
 def test_sealserve_refuses_a_model_no_shape_holds(costs: CostModel) -> None:
     d = Driver(SealservePolicy(priors=costs), costs, budget_mb=412.0, memory_mb=512)
     with pytest.raises(PackerError, match="more than the largest instance budget of 412 MB"):
