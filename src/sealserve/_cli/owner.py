@@ -8,6 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
+from sealserve._cli._principal import (
+    AllowDebugOpt,
+    TcbOpt,
+    connect,
+    init_identity,
+    load_or_create_key,
+    register_principal,
+    runtime_policy_or_default,
+)
 from sealserve._cli.keyservice import (
     DataDirOpt,
     IdentityOpt,
@@ -17,12 +26,10 @@ from sealserve._cli.keyservice import (
     MeasurementOpt,
     PlatformKeyOpt,
     PolicyFileOpt,
-    build_pin,
     build_policy,
     emit,
     fail,
     guarded,
-    keyservice_url,
     read_secret_file,
     resolve_data_dir,
     write_secret_file,
@@ -36,60 +43,6 @@ app = typer.Typer(
 )
 
 ROLE = "owner"
-AllowDebugOpt = Annotated[
-    bool, typer.Option("--allow-debug", help="Admit debug runtimes (never in production).")
-]
-TcbOpt = Annotated[
-    list[str] | None,
-    typer.Option("--tcb-status", help="An acceptable TCB status (default: UpToDate); repeat."),
-]
-
-
-def identity_path(data_dir: Path, identity: Path | None, role: str) -> Path:
-    return identity if identity is not None else data_dir / role / "identity.pem"
-
-
-def init_identity(identity: Path | None, data_dir: Path | None, role: str, as_json: bool) -> None:
-    from sealserve.crypto import Identity
-
-    path = identity_path(resolve_data_dir(data_dir), identity, role)
-
-    def create() -> Identity:
-        if path.exists():
-            return Identity.load(path)
-        new = Identity.generate()
-        new.save(path)
-        return new
-
-    ident = guarded(create)
-    emit(
-        as_json,
-        {"principal_id": ident.principal_id, "identity": str(path), "role": role},
-        f"{role} {ident.principal_id}\nidentity file {path}",
-    )
-
-
-def connect(
-    cls: Any,
-    *,
-    data_dir: Path | None,
-    identity: Path | None,
-    keyservice: str | None,
-    measurement: str | None,
-    platform_key: Path | None,
-    role: str,
-) -> Any:
-    """An opened Owner or User (attested connection); the caller closes it."""
-    from sealserve.crypto import Identity
-
-    folder = resolve_data_dir(data_dir)
-
-    def open_principal() -> Any:
-        ident = Identity.load(identity_path(folder, identity, role))
-        pin = build_pin(folder, measurement, platform_key)
-        return cls(ident, keyservice_url=keyservice_url(keyservice), pin=pin).open()
-
-    return guarded(open_principal)
 
 
 def _owner(**kwargs: Any) -> Any:
@@ -123,13 +76,7 @@ def register(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with contextlib.closing(owner):
-        created = guarded(owner.register)
-        emit(
-            json_out,
-            {"principal_id": owner.principal_id, "role": ROLE, "created": created},
-            f"owner {owner.principal_id} {'registered' if created else 'was already registered'}",
-        )
+    register_principal(owner, ROLE, json_out)
 
 
 @app.command("put-key")
@@ -167,15 +114,7 @@ def put_key(
     with contextlib.closing(owner):
         version = guarded(lambda: owner.model(name).key_version + 1) if rotate else 1
         path = key_file or folder / ROLE / "model-keys" / f"{name}.v{version}.key"
-
-        def load_or_create() -> SymmetricKey:
-            if path.exists():
-                return SymmetricKey.from_bytes(read_secret_file(path))
-            key = SymmetricKey.generate()
-            write_secret_file(path, key.to_bytes())
-            return key
-
-        key = guarded(load_or_create)
+        key = guarded(lambda: load_or_create_key(path, SymmetricKey))
         try:
             receipt = owner.put_model_key(name, key, version=version)
         except Conflict:
@@ -422,20 +361,3 @@ def upload(
         lines += [f"granted {u}" for u in granted]
         lines.append(f"  in runtimes measuring {', '.join(sorted(runtime_policy.measurements))}")
     emit(json_out, doc, "\n".join(lines))
-
-
-def runtime_policy_or_default(
-    data_dir: Path,
-    measurements: list[str] | None,
-    policy_file: Path | None,
-    allow_debug: bool,
-    tcb_statuses: list[str] | None,
-) -> Any:
-    """The runtime policy of a grant: the one given, else the installed code's runtime."""
-    if not measurements and policy_file is None:
-        from sealserve._cli.up import default_runtime_measurement
-
-        measurements = [default_runtime_measurement(data_dir)]
-    return build_policy(
-        measurements, policy_file, allow_debug=allow_debug, tcb_statuses=tcb_statuses
-    )

@@ -8,6 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
+from sealserve._cli._principal import (
+    AllowDebugOpt,
+    TcbOpt,
+    connect,
+    identity_path,
+    init_identity,
+    load_or_create_key,
+    register_principal,
+    runtime_policy_or_default,
+)
 from sealserve._cli.keyservice import (
     DataDirOpt,
     IdentityOpt,
@@ -25,7 +35,6 @@ from sealserve._cli.keyservice import (
     resolve_data_dir,
     write_secret_file,
 )
-from sealserve._cli.owner import AllowDebugOpt, TcbOpt, connect, init_identity
 
 __all__ = ["app"]
 
@@ -68,13 +77,7 @@ def register(
         measurement=keyservice_measurement,
         platform_key=platform_key,
     )
-    with contextlib.closing(user):
-        created = guarded(user.register)
-        emit(
-            json_out,
-            {"principal_id": user.principal_id, "role": ROLE, "created": created},
-            f"user {user.principal_id} {'registered' if created else 'was already registered'}",
-        )
+    register_principal(user, ROLE, json_out)
 
 
 @app.command("request-key")
@@ -111,13 +114,6 @@ def request_key(
         else (folder / ROLE / "request-keys" / owner_id / f"{name}.key")
     )
 
-    def load_or_create() -> RequestKey:
-        if path.exists():
-            return RequestKey.from_bytes(read_secret_file(path))
-        key = RequestKey.generate()
-        write_secret_file(path, key.to_bytes())
-        return key
-
     user = _user(
         data_dir=data_dir,
         identity=identity,
@@ -126,7 +122,7 @@ def request_key(
         platform_key=platform_key,
     )
     with contextlib.closing(user):
-        key = guarded(load_or_create)
+        key = guarded(lambda: load_or_create_key(path, RequestKey))
         receipt = guarded(lambda: user.put_request_key(model_id, key, runtime_policy))
         emit(
             json_out,
@@ -199,7 +195,6 @@ def infer(
     import json
 
     from sealserve._cli.gateway import gateway_url
-    from sealserve._cli.owner import identity_path, runtime_policy_or_default
     from sealserve.client import (
         GatewayClient,
         load_inputs,
