@@ -14,9 +14,9 @@ Names that pull in the web server are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sealserve import _lazy
 from sealserve.instance import _headers as headers
 from sealserve.instance._blobs import SealedModelReader, SealedModelWriter, WriterState
 from sealserve.instance._client import ClientState, InferResult, InstanceClient, raise_for_error
@@ -70,31 +70,22 @@ __all__ = [
     "serve_instance",
 ]
 
-_LAZY = {
-    "ACTIVATION_MARKER": "_app",
-    "HostOptions": "_app",
-    "InstanceHost": "_app",
-    "InstanceMetrics": "_metrics",
-    "SPAWNED_AT_ENV": "_server",
-    "InstanceConfig": "_server",
-    "process_age_s": "_server",
-    "serve_instance": "_server",
-    "RuntimeGeneration": "_supervisor",
-    "RuntimeHandle": "_supervisor",
-    "RuntimeSupervisor": "_supervisor",
-    "SupervisorOptions": "_supervisor",
-    "SupervisorState": "_supervisor",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    globals(),
+    {
+        "ACTIVATION_MARKER": "_app",
+        "HostOptions": "_app",
+        "InstanceHost": "_app",
+        "InstanceMetrics": "_metrics",
+        "SPAWNED_AT_ENV": "_server",
+        "InstanceConfig": "_server",
+        "process_age_s": "_server",
+        "serve_instance": "_server",
+        "RuntimeGeneration": "_supervisor",
+        "RuntimeHandle": "_supervisor",
+        "RuntimeSupervisor": "_supervisor",
+        "SupervisorOptions": "_supervisor",
+        "SupervisorState": "_supervisor",
+    },
+)

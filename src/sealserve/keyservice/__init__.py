@@ -17,9 +17,9 @@ load the web framework or the database layer.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sealserve import _lazy
 from sealserve.keyservice import _wire as wire
 from sealserve.keyservice._wire import (
     API_PREFIX,
@@ -97,48 +97,39 @@ __all__ = [
     "wire",
 ]
 
-_LAZY = {
-    "create_app": "_app",
-    "AttestedKeyService": "_attested",
-    "attestation_nonce": "_attested",
-    "default_keyservice_pin": "_attested",
-    "verify_keyservice": "_attested",
-    "EvidenceJudge": "_judge",
-    "EvidenceVerifier": "_evidence",
-    "VerifiedEvidence": "_judge",
-    "Denied": "_releaser",
-    "LaunchedKeyService": "_launch",
-    "launch_keyservice": "_launch",
-    "measured_config": "_main",
-    "Release": "_runtime",
-    "ReleasedKeys": "_runtime",
-    "ReleaseSession": "_runtime",
-    "parse_challenge": "_runtime",
-    "database_url": "_server",
-    "keyservice_dir": "_server",
-    "open_keyservice": "_server",
-    "run_keyservice": "_server",
-    "EvidenceSource": "_service",
-    "KeyService": "_service",
-    "Throttled": "_service",
-    "AuditEntry": "_store",
-    "Store": "_store",
-    "StoreState": "_store",
-    "sqlite_url": "_store",
-    "MASTER_KEY_ENV": "_vault",
-    "Vault": "_vault",
-    "load_master_key": "_vault",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    globals(),
+    {
+        "create_app": "_app",
+        "AttestedKeyService": "_attested",
+        "attestation_nonce": "_attested",
+        "default_keyservice_pin": "_attested",
+        "verify_keyservice": "_attested",
+        "EvidenceJudge": "_judge",
+        "EvidenceVerifier": "_evidence",
+        "VerifiedEvidence": "_judge",
+        "Denied": "_releaser",
+        "LaunchedKeyService": "_launch",
+        "launch_keyservice": "_launch",
+        "measured_config": "_main",
+        "Release": "_runtime",
+        "ReleasedKeys": "_runtime",
+        "ReleaseSession": "_runtime",
+        "parse_challenge": "_runtime",
+        "database_url": "_server",
+        "keyservice_dir": "_server",
+        "open_keyservice": "_server",
+        "run_keyservice": "_server",
+        "EvidenceSource": "_service",
+        "KeyService": "_service",
+        "Throttled": "_service",
+        "AuditEntry": "_store",
+        "Store": "_store",
+        "StoreState": "_store",
+        "sqlite_url": "_store",
+        "MASTER_KEY_ENV": "_vault",
+        "Vault": "_vault",
+        "load_master_key": "_vault",
+    },
+)

@@ -18,9 +18,9 @@ Heavy names are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sealserve import _lazy
 from sealserve.runtime import _timings as timings
 from sealserve.runtime import _wire as wire
 from sealserve.runtime._envelopes import (
@@ -104,44 +104,35 @@ __all__ = [
     "wire",
 ]
 
-_LAZY = {
-    "ModelSource": "_core",
-    "RuntimeOptions": "_core",
-    "SealedModel": "_core",
-    "SealedOutput": "_core",
-    "SealedRuntime": "_core",
-    "KeyBroker": "_keys",
-    "KeyCache": "_keys",
-    "KeyCacheStats": "_keys",
-    "KeyResult": "_keys",
-    "Relay": "_keys",
-    "Lease": "_models",
-    "ModelCache": "_models",
-    "ModelCacheStats": "_models",
-    "ResidentModel": "_models",
-    "PlaintextBuffer": "_plaintext",
-    "Endpoint": "_rpc",
-    "EndpointState": "_rpc",
-    "Message": "_rpc",
-    "PayloadWriter": "_rpc",
-    "OutgoingCall": "_rpc",
-    "HostModelSource": "_server",
-    "HostRelay": "_server",
-    "RuntimeServer": "_server",
-    "BAD_INPUT": "_session",
-    "LoadedModel": "_session",
-    "session_options": "_session",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    globals(),
+    {
+        "ModelSource": "_core",
+        "RuntimeOptions": "_core",
+        "SealedModel": "_core",
+        "SealedOutput": "_core",
+        "SealedRuntime": "_core",
+        "KeyBroker": "_keys",
+        "KeyCache": "_keys",
+        "KeyCacheStats": "_keys",
+        "KeyResult": "_keys",
+        "Relay": "_keys",
+        "Lease": "_models",
+        "ModelCache": "_models",
+        "ModelCacheStats": "_models",
+        "ResidentModel": "_models",
+        "PlaintextBuffer": "_plaintext",
+        "Endpoint": "_rpc",
+        "EndpointState": "_rpc",
+        "Message": "_rpc",
+        "PayloadWriter": "_rpc",
+        "OutgoingCall": "_rpc",
+        "HostModelSource": "_server",
+        "HostRelay": "_server",
+        "RuntimeServer": "_server",
+        "BAD_INPUT": "_session",
+        "LoadedModel": "_session",
+        "session_options": "_session",
+    },
+)

@@ -19,9 +19,9 @@ docs/platforms.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sealserve import _lazy
 from sealserve.platform.ray._autoscale import LAST_USED_METRIC, PackerAutoscaler
 from sealserve.platform.ray._options import RayOptions
 from sealserve.platform.ray._packer import ReplicaPacker, ReplicaView
@@ -57,17 +57,8 @@ __all__ = [
     "undeploy",
 ]
 
-_LAZY = {"FnPackerRequestRouter": "_router", "SealedInstance": "_replica"}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    globals(),
+    {"FnPackerRequestRouter": "_router", "SealedInstance": "_replica"},
+)
