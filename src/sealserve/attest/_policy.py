@@ -24,7 +24,7 @@ from sealserve.attest._evidence import (
     REPORT_DATA_BYTES,
     Evidence,
 )
-from sealserve.errors import AttestationError
+from sealserve.errors import AttestationError, ConfigError
 
 __all__ = [
     "DEFAULT_MAX_EVIDENCE_AGE_S",
@@ -196,6 +196,32 @@ class TrustAnchors:
         from sealserve.attest._platform_key import read_platform_public_key
 
         return cls(simulated_platform_keys=frozenset({read_platform_public_key(data_dir)}))
+
+    def of_own_platform(self, own_evidence: Evidence) -> TrustAnchors:
+        """These anchors narrowed to the platform that issued ``own_evidence`` (this process's
+        own evidence): the simulated key that signed it, or no simulated key at all when it is
+        hardware evidence.
+
+        A verifier whose trust anchors come from its (untrusted) host uses this at start:
+        its clients accept it only if its own evidence verifies under the platform they
+        trust, so trusting that platform and no other leaves the host no key of its own to
+        slip in.  :class:`~sealserve.errors.ConfigError` when the evidence is simulated and
+        none of ``simulated_platform_keys`` signed it.
+        """
+        if own_evidence.format != FORMAT_SIMULATED:
+            return dataclasses.replace(self, simulated_platform_keys=frozenset())
+        from sealserve.attest._simulated_evidence import verify_simulated
+
+        for key in self.simulated_platform_keys:
+            try:
+                verify_simulated(own_evidence.raw, (key,))
+            except ValueError:
+                continue
+            return dataclasses.replace(self, simulated_platform_keys=frozenset({key}))
+        raise ConfigError(
+            "none of the given platform keys signed this process's own evidence: it would "
+            "trust a platform other than the one that launched it"
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sealserve._log import configure_logging, get_logger
-from sealserve.attest import TrustAnchors, launch_config, local_evidence, passed_fds
+from sealserve.attest import (
+    REPORT_DATA_BYTES,
+    TrustAnchors,
+    launch_config,
+    local_evidence,
+    passed_fds,
+)
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import SealserveError
 
@@ -87,10 +93,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _trust(args: argparse.Namespace) -> TrustAnchors:
+    """The platforms whose evidence this KeyService accepts: of the keys its host names, only
+    the one of the platform that launched it (the host is not trusted to choose)."""
     if args.platform_key:
         raw = bytes.fromhex(Path(args.platform_key).read_text().strip())
-        return TrustAnchors(simulated_platform_keys=frozenset({raw}))
-    return TrustAnchors.from_data_dir(args.data_dir)
+        given = TrustAnchors(simulated_platform_keys=frozenset({raw}))
+    else:
+        given = TrustAnchors.from_data_dir(args.data_dir)
+    return given.of_own_platform(local_evidence(bytes(REPORT_DATA_BYTES)))
 
 
 def _inherited_socket() -> socket.socket:

@@ -6,8 +6,16 @@ from typing import Any
 
 import pytest
 
-from sealserve.attest import Policy, TrustAnchors, VerifiedClaims, evaluate_policy
-from sealserve.errors import AttestationError
+from sealserve.attest import (
+    FORMAT_SGX_DCAP,
+    Evidence,
+    Policy,
+    TrustAnchors,
+    VerifiedClaims,
+    evaluate_policy,
+)
+from sealserve.crypto import Identity
+from sealserve.errors import AttestationError, ConfigError
 
 M1 = "11" * 32
 M2 = "22" * 32
@@ -148,3 +156,40 @@ def test_trust_anchors_validate_keys() -> None:
         TrustAnchors(simulated_platform_keys=frozenset({b"short"}))
     anchors = TrustAnchors(simulated_platform_keys=frozenset({bytes(32)}))
     assert anchors.simulated_platform_keys == {bytes(32)}
+
+
+def _own_evidence(platform: Identity) -> Evidence:
+    from sealserve.attest._simulated_evidence import sign_simulated
+
+    return sign_simulated(
+        platform,
+        measurement=bytes(32),
+        report_data=bytes(64),
+        debug=False,
+        tcb_status="UpToDate",
+        entry="keyservice",
+        issued_at=1_700_000_000,
+    )
+
+
+def test_trust_narrows_to_the_platform_that_signed_own_evidence() -> None:
+    launcher, other = Identity.generate(), Identity.generate()
+    given = TrustAnchors(
+        simulated_platform_keys=frozenset({launcher.public_key_bytes, other.public_key_bytes})
+    )
+    narrowed = given.of_own_platform(_own_evidence(launcher))
+    assert narrowed.simulated_platform_keys == {launcher.public_key_bytes}
+    assert narrowed.accept_dcap is given.accept_dcap
+
+
+def test_a_host_chosen_platform_key_is_refused() -> None:
+    launcher, hosts_own = Identity.generate(), Identity.generate()
+    given = TrustAnchors(simulated_platform_keys=frozenset({hosts_own.public_key_bytes}))
+    with pytest.raises(ConfigError, match="other than the one that launched it"):
+        given.of_own_platform(_own_evidence(launcher))
+
+
+def test_hardware_evidence_drops_every_simulated_key() -> None:
+    given = TrustAnchors(simulated_platform_keys=frozenset({Identity.generate().public_key_bytes}))
+    hardware = dataclasses.replace(_own_evidence(Identity.generate()), format=FORMAT_SGX_DCAP)
+    assert given.of_own_platform(hardware).simulated_platform_keys == frozenset()
