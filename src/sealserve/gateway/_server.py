@@ -8,15 +8,12 @@ closes the platform (which stops its instances).  ``start()`` serves from a back
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
-import uvicorn
-
 from sealserve._log import get_logger
+from sealserve._serving import ReadyServer, bind_listener, server_config, url_host
 from sealserve.errors import GatewayError
 from sealserve.gateway._app import Gateway
 
@@ -41,24 +38,20 @@ class GatewayServer:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
         self.gateway = gateway
-        self._sock = _bind(host, port)
+        try:
+            self._sock = bind_listener(host, port, inheritable=False)
+        except OSError as exc:
+            raise GatewayError(str(exc)) from exc
         bound_host, bound_port = self._sock.getsockname()[:2]
         self.host = str(bound_host)
         self.port = int(bound_port)
-        self.url = f"http://{_url_host(self.host)}:{self.port}"
-        self._server = _Server(
-            uvicorn.Config(
+        self.url = f"http://{url_host(self.host)}:{self.port}"
+        self._server = ReadyServer(
+            server_config(
                 gateway.app,
-                log_config=None,
-                access_log=False,
-                log_level=log_level.lower(),
-                http="auto",
-                loop="auto",
+                log_level=log_level,
                 lifespan="on",
-                timeout_keep_alive=30,
-                timeout_graceful_shutdown=int(graceful_s),
-                server_header=False,
-                date_header=False,
+                graceful_s=int(graceful_s),
                 limit_concurrency=gateway.options.max_queued + 64,
             )
         )
@@ -113,40 +106,3 @@ class GatewayServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _Server(uvicorn.Server):
-    on_ready: Callable[[], None] | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn re-raises a captured SIGINT/SIGTERM after its graceful shutdown; a stop we
-        # were asked for is a clean exit.
-        with super().capture_signals():
-            yield
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and self.on_ready is not None:
-            self.on_ready()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.listen(2048)
-    return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -21,18 +21,17 @@ import contextlib
 import dataclasses
 import json
 import os
-import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, TextIO
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from sealserve._log import get_logger
+from sealserve._serving import ReadyServer, bind_listener, server_config, url_host
 from sealserve.attest import Launcher
 from sealserve.errors import InstanceError, SealserveError
 from sealserve.instance._app import HostOptions, InstanceHost
@@ -124,23 +123,19 @@ def serve_instance(
             failure.append(exc)
 
     starter = threading.Thread(target=start_runtime, name="runtime-start", daemon=True)
-    sock = _bind(config.host, config.port)
+    try:
+        sock = bind_listener(config.host, config.port)
+    except OSError as exc:
+        raise InstanceError(str(exc)) from exc
     bound_host, port = sock.getsockname()[:2]
-    url = f"http://{_url_host(bound_host)}:{port}"
+    url = f"http://{url_host(bound_host)}:{port}"
     starter.start()
-    server = _ReadyServer(
-        uvicorn.Config(
+    server = ReadyServer(
+        server_config(
             host.app,
-            log_config=None,
-            access_log=False,
-            log_level=config.log_level.lower(),
-            http="auto",
-            loop="auto",
+            log_level=config.log_level,
             lifespan="off",
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=10,
-            server_header=False,
-            date_header=False,
+            graceful_s=10,
             limit_concurrency=max(64, config.http.concurrency * 8),
         )
     )
@@ -190,45 +185,6 @@ def serve_instance(
         raise InstanceError(f"the runtime did not start: {failure[0]}")
     _log.event("instance.stopped")
     return 0
-
-
-class _ReadyServer(uvicorn.Server):
-    on_ready: object = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn re-raises a captured SIGINT/SIGTERM after its graceful shutdown; a stop we
-        # were asked for is a clean exit.
-        with super().capture_signals():
-            yield
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and callable(self.on_ready):
-            await self.on_ready()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
-    # (accepted sockets inherit it); without it Nagle and delayed ACKs add ~40 ms a request.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise InstanceError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sealserve._serving import bind_listener
 from sealserve.attest import Launcher, MeasuredProcess
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import KeyServiceError
-from sealserve.keyservice._listen import bind_listener
 from sealserve.keyservice._main import measured_config
 
 __all__ = ["LaunchedKeyService", "launch_args", "launch_keyservice"]

@@ -18,15 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-import uvicorn
-
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve._serving import ReadyServer, bind_listener, server_config, url_host
 from sealserve.attest import TrustAnchors
 from sealserve.config import KeyServiceSettings
 from sealserve.keyservice._app import create_app
 from sealserve.keyservice._evidence import EvidenceVerifier
-from sealserve.keyservice._listen import bind_listener
 from sealserve.keyservice._service import EvidenceSource, KeyService
 from sealserve.keyservice._store import Store, sqlite_url
 from sealserve.keyservice._vault import Vault, load_master_key
@@ -97,27 +95,14 @@ def run_keyservice(
         if sock is None:
             sock = bind_listener(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            log_level=log_level.lower(),
-            http="auto",  # httptools when installed, else h11
-            loop="auto",  # uvloop when installed, else asyncio
-            lifespan="off",
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=10,
-            server_header=False,
-            date_header=False,
-        )
-        server = _ReadyServer(config)
+        server = ReadyServer(server_config(app, log_level=log_level, lifespan="off", graceful_s=10))
 
         def announce() -> None:
             line = {
                 "event": "keyservice.ready",
                 "host": host,
                 "port": port,
-                "url": f"http://{_url_host(host)}:{port}",
+                "url": f"http://{url_host(host)}:{port}",
                 "keyservice_id": service.keyservice_id,
                 "database": service.store.safe_url,
                 "pid": os.getpid(),
@@ -139,26 +124,3 @@ def run_keyservice(
         finally:
             sock.close()
         _log.event("keyservice.stopped")
-
-
-class _ReadyServer(uvicorn.Server):
-    on_ready: object = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn re-raises a captured SIGINT/SIGTERM after its graceful shutdown, so the
-        # process would die of the signal; a stop we asked for is a clean exit (status 0).
-        with super().capture_signals():
-            yield
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and callable(self.on_ready):
-            self.on_ready()
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
