@@ -3,14 +3,18 @@
 An autouse fixture replaces the entry points with functions that fail loudly, so a unit test
 that reaches for one of them fails instead of quietly becoming an integration test.  Socket
 pairs (which event loops use to wake themselves) stay allowed; connecting or binding does not.
+
+Fixtures more than one area uses live here too (``sealserve_logs``).
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -58,3 +62,20 @@ def _no_network_subprocess_or_shm(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(_posixshmem, "shm_open", _refuse("shared memory (shm_open)"))
     except ImportError:  # pragma: no cover - not on Linux
         pass
+
+
+@pytest.fixture
+def sealserve_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` attached to the ``sealserve`` logger at DEBUG, whatever configured it."""
+    logger = logging.getLogger("sealserve")
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    caplog.handler.setLevel(logging.DEBUG)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
