@@ -1,8 +1,10 @@
-"""Shared fixtures: where the test vectors are, and a PostgreSQL URL when CI provides one."""
+"""Shared fixtures: where the test vectors are, a PostgreSQL URL when CI provides one, and a
+private copy of the package to measure."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,19 @@ def testvectors_dir() -> Path:
     if not (folder / "dcap").is_dir():
         pytest.skip(f"test vectors not found at {folder} (set SEALSERVE_TESTVECTORS)")
     return folder
+
+
+@pytest.fixture
+def frozen_package(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A private copy of the installed package, made the "installed" one for this test, so
+    that engineers editing the checkout meanwhile cannot change a measurement mid-test."""
+    from sealserve.attest import _measure
+
+    copy = tmp_path_factory.mktemp("frozen") / "sealserve"
+    shutil.copytree(
+        _measure.installed_package_dir(), copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    monkeypatch.setattr(_measure, "installed_package_dir", lambda: copy)
+    return copy

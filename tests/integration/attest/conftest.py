@@ -1,4 +1,5 @@
-"""Fixtures of the attest integration tests: a private copy of the package and a platform."""
+"""Fixtures of the attest integration tests: a platform on a private copy of the package
+(``frozen_package``, from tests/conftest.py) and a short directory for sockets."""
 
 from __future__ import annotations
 
@@ -9,21 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.attest import SimulatedPlatform, _measure
-
-
-@pytest.fixture
-def frozen_package(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Path:
-    """A private copy of the installed package, made the "installed" one for this test, so
-    that engineers editing the checkout meanwhile cannot change a measurement mid-test."""
-    copy = tmp_path_factory.mktemp("frozen") / "sealserve"
-    shutil.copytree(
-        _measure.installed_package_dir(), copy, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    monkeypatch.setattr(_measure, "installed_package_dir", lambda: copy)
-    return copy
+from sealserve.attest import SimulatedPlatform
 
 
 @pytest.fixture
