@@ -27,5 +27,22 @@ def launch_probe(
     return process, json.loads(line)
 
 
+def probe_line_on_passed_fd(launcher: Launcher, report_data: bytes) -> bytes:
+    """Launch attest-probe with a pipe's write end handed over (``--out-fd``); return the line
+    it wrote there, once it has exited with status 0."""
+    read_end, write_end = os.pipe()
+    try:
+        process = launcher.launch(
+            "attest-probe", args=[report_data.hex(), "--out-fd"], fds=[write_end]
+        )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as out:
+        line = out.readline()
+    assert process.wait(30) == 0
+    process.close()
+    return line
+
+
 def evidence_of(doc: dict[str, Any]) -> Evidence:
     return Evidence.from_bytes(unb64(doc["evidence"]))

@@ -25,7 +25,11 @@ from sealserve.attest import (
 )
 from sealserve.attest._wire import b64, recv_message, send_message
 from sealserve.errors import AttestationError, TeeError
-from tests.integration.attest._probe_io import evidence_of, launch_probe
+from tests.integration.attest._probe_io import (
+    evidence_of,
+    launch_probe,
+    probe_line_on_passed_fd,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -84,18 +88,7 @@ def test_launch_through_the_daemon_and_verify(
 
 
 def test_descriptors_travel_over_the_socket(client: PlatformClient) -> None:
-    report_data = _report_data()
-    read_end, write_end = os.pipe()
-    try:
-        process = client.launch(
-            "attest-probe", args=[report_data.hex(), "--out-fd"], fds=[write_end]
-        )
-    finally:
-        os.close(write_end)
-    with os.fdopen(read_end, "rb") as out:
-        line = out.readline()
-    assert process.wait(30) == 0
-    process.close()
+    line = probe_line_on_passed_fd(client, _report_data())
     assert b'"passed_fds": 1' in line
 
 

@@ -23,7 +23,11 @@ from sealserve.attest import (
 )
 from sealserve.crypto import HpkeKeyPair
 from sealserve.errors import AttestationError
-from tests.integration.attest._probe_io import evidence_of, launch_probe
+from tests.integration.attest._probe_io import (
+    evidence_of,
+    launch_probe,
+    probe_line_on_passed_fd,
+)
 
 
 def _fresh_report_data() -> tuple[bytes, bytes, bytes]:
@@ -74,17 +78,7 @@ def test_evidence_for_another_public_key_or_nonce_fails(platform: SimulatedPlatf
 
 def test_descriptors_are_handed_to_the_child(platform: SimulatedPlatform) -> None:
     _, _, report_data = _fresh_report_data()
-    read_end, write_end = os.pipe()
-    try:
-        process = platform.launch(
-            "attest-probe", args=[report_data.hex(), "--out-fd"], fds=[write_end]
-        )
-    finally:
-        os.close(write_end)
-    with os.fdopen(read_end, "rb") as out:
-        line = out.readline()
-    assert process.wait(30) == 0
-    process.close()
+    line = probe_line_on_passed_fd(platform, report_data)
     assert b'"passed_fds": 1' in line
     assert evidence_of(json.loads(line)).report_data == report_data
 
