@@ -15,15 +15,15 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff format --check src tests examples
 
 format: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests examples
+	$(BIN)/ruff check --fix src tests examples
 
 typecheck: install
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src examples
 
 pytest: install
 	$(BIN)/pytest

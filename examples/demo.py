@@ -16,6 +16,7 @@ Run it with ``make demo`` (or ``python examples/demo.py`` in the project's envir
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from sealserve.attest import Policy, TrustAnchors
@@ -169,11 +170,7 @@ def share_models(
         for name, path in files.items():
             task = bar.add_task(name, total=path.stat().st_size)
             receipt = upload_model(
-                owner,
-                store,
-                name,
-                path,
-                progress=lambda done, t=task: bar.update(t, completed=done),
+                owner, store, name, path, progress=functools.partial(_advance, bar, task)
             )
             owner.grant(name, user.principal_id, runtime)
             keys[name] = RequestKey.generate()
@@ -184,6 +181,10 @@ def share_models(
         f"{next(iter(runtime.measurements))[:16]}… only"
     )
     return keys
+
+
+def _advance(bar: Progress, task: TaskID, done: int) -> None:
+    bar.update(task, completed=done)
 
 
 def infer_all(
