@@ -58,7 +58,7 @@ from sealserve.keyservice._claims import ClaimWriter
 from sealserve.keyservice._judge import EvidenceJudge
 from sealserve.keyservice._limits import RateLimiter
 from sealserve.keyservice._metrics import Metrics
-from sealserve.keyservice._records import Claim
+from sealserve.keyservice._records import AuditEntry, Claim
 from sealserve.keyservice._releaser import Denied, Releaser
 from sealserve.keyservice._store import PrincipalRow, Store
 from sealserve.keyservice._vault import Vault
@@ -440,24 +440,38 @@ class KeyService:
         return issued
 
     async def release(self, body: bytes) -> dict[str, Any]:
-        """Answer a release request (the raw JSON body) or raise :class:`Denied`."""
+        """Answer a release request (the raw JSON body) or raise :class:`Denied`.
+
+        A nonce that passes its tag and expiry check is used up by this request whatever the
+        outcome: a denied release records it as used too, so the same nonce never gets a
+        second decision (say, after a denial for the measurement, with other evidence).
+        """
         request = self.releaser.parse(body)
         expires_at = self.challenges.check(request.nonce)
         if expires_at is None:
             raise Denied("nonce")
-        verified = self.releaser.verify_evidence(request)
-        if self._inline_reads:
-            # SQLite in WAL mode: a few page reads that never wait for the writer; a thread
-            # hop would cost more than the read (it waits for the GIL behind the event loop).
-            epoch, records = self.store.release_records(request.pairs)
-        else:
-            epoch, records = await self._db(self.store.release_records, request.pairs)
-        response, audit = self.releaser.decide(request, verified, epoch, records)
-        # Durable before the keys leave: the audit rows, and the nonce as used (false when
-        # another request, in this process or another, used it first).
+        denial: Denied | None = None
+        response: dict[str, Any] = {}
+        audit: list[AuditEntry] = []
+        epoch = 0
+        try:
+            verified = self.releaser.verify_evidence(request)
+            if self._inline_reads:
+                # SQLite in WAL mode: a few page reads that never wait for the writer; a thread
+                # hop would cost more than the read (it waits for the GIL behind the event loop).
+                epoch, records = self.store.release_records(request.pairs)
+            else:
+                epoch, records = await self._db(self.store.release_records, request.pairs)
+            response, audit = self.releaser.decide(request, verified, epoch, records)
+        except Denied as exc:
+            denial = exc
+        # Durable before the answer leaves: the nonce as used (false when another request, in
+        # this process or another, used it first) and, for a granted release, its audit rows.
         claim = Claim(nonce=request.nonce, expires_at=expires_at, entries=tuple(audit))
         if not await self._claims.commit(claim):
             raise Denied("nonce")
+        if denial is not None:
+            raise denial
         self.metrics.releases.inc()
         self.metrics.released_pairs.inc(len(audit))
         _log.event(

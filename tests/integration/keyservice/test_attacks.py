@@ -121,12 +121,21 @@ def test_release_attacks_are_denied_alike(world: World) -> None:
         world.post_release(nonce=nonce, evidence=keyservice_evidence, key=runtime_key),
         "measurement not in the policy",
     )
+    # ... and the same nonce again with good evidence: a denial used the nonce up
+    assert_denied(
+        world.post_release(nonce=nonce, evidence=good_evidence(nonce), key=runtime_key),
+        "good evidence after a denial, same nonce",
+    )
     # a debug runtime (the policy does not allow debug)
     nonce = world.challenge()
     debug = platform.issue_unlaunched_evidence(
         "attest-probe", _report_data(runtime_key, nonce), debug=True
     )
     assert_denied(world.post_release(nonce=nonce, evidence=debug, key=runtime_key), "debug")
+    assert_denied(
+        world.post_release(nonce=nonce, evidence=good_evidence(nonce), key=runtime_key),
+        "good evidence after a debug denial, same nonce",
+    )
     # a forged simulated quote: signed by a key that is not the platform's
     nonce = world.challenge()
     forged = sign_simulated(

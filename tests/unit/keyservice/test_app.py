@@ -281,6 +281,30 @@ def test_revocation_takes_effect_for_the_next_release() -> None:
     run(body)
 
 
+def test_a_denied_release_uses_up_its_nonce() -> None:
+    """Denied for the measurement, or for evidence bound to another key: the same nonce with
+    good evidence is then refused too (the fixed 403), and nothing is released or audited."""
+
+    async def body(h: Harness) -> None:
+        mid, _, _ = await h.setup_grant()
+        uid = h.user.principal_id
+        denials = (
+            {"measurement": "33" * 32},
+            {"bind_key": HpkeKeyPair.generate().public_key_bytes()},
+        )
+        for bad in denials:
+            denied, _, nonce = await h.release([(uid, mid)], **bad)
+            assert (denied.status_code, denied.content) == (403, DENIAL), bad
+            retry, _, _ = await h.release([(uid, mid)], nonce=nonce)
+            assert (retry.status_code, retry.content) == (403, DENIAL), bad
+        assert not [e for e in h.service.store.audit() if e.event == "release"]
+        # a fresh nonce with the same good evidence is released: only the nonce was refused
+        ok, _, _ = await h.release([(uid, mid)])
+        assert ok.status_code == 200, ok.text
+
+    run(body)
+
+
 def test_owners_and_users_act_only_on_their_own() -> None:
     async def body(h: Harness) -> None:
         mid, _, _ = await h.setup_grant()
