@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from sealserve.keyservice._records import AuditEntry, Claim, PairRecords
+from sealserve.keyservice._records import AuditEntry, Claim, PairRecords, audit_values
 
 __all__ = ["HotStatements"]
 
@@ -182,27 +182,12 @@ class HotStatements:
             new = cursor.rowcount == 1
             fresh.append(new)
             if new:
-                rows.extend(self._audit.params(_audit_values(e)) for e in claim.entries)
+                rows.extend(self._audit.params(audit_values(e)) for e in claim.entries)
         if rows:
             cursor.executemany(self._audit.sql, rows)
         if purge_before is not None:
             cursor.execute(self._purge.sql, self._purge.params({"before": purge_before}))
         return fresh
-
-
-def _audit_values(e: AuditEntry) -> dict[str, Any]:
-    return {
-        "at": e.at,
-        "event": e.event,
-        "actor": e.actor,
-        "model_id": e.model_id,
-        "user_id": e.user_id,
-        "key_version": e.key_version,
-        "request_key_version": e.request_key_version,
-        "measurement": e.measurement,
-        "epoch": e.epoch,
-        "detail": e.detail,
-    }
 
 
 def _opt_bytes(value: Any) -> bytes | None:

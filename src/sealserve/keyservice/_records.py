@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-__all__ = ["AuditEntry", "Claim", "ModelRow", "PairRecords", "PrincipalRow"]
+__all__ = ["AuditEntry", "Claim", "ModelRow", "PairRecords", "PrincipalRow", "audit_values"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +48,22 @@ class AuditEntry:
     epoch: int | None = None
     detail: str | None = None
     seq: int | None = None
+
+
+def audit_values(e: AuditEntry) -> dict[str, Any]:
+    """The values of the ``audit_log`` row that records ``e`` (its ``seq`` is the database's)."""
+    return {
+        "at": e.at,
+        "event": e.event,
+        "actor": e.actor,
+        "model_id": e.model_id,
+        "user_id": e.user_id,
+        "key_version": e.key_version,
+        "request_key_version": e.request_key_version,
+        "measurement": e.measurement,
+        "epoch": e.epoch,
+        "detail": e.detail,
+    }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

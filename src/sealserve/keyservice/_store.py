@@ -31,7 +31,14 @@ from sealserve.errors import Conflict, KeyServiceError, NotFound
 from sealserve.keyservice import _engine
 from sealserve.keyservice import _schema as t
 from sealserve.keyservice._hotsql import HotStatements
-from sealserve.keyservice._records import AuditEntry, Claim, ModelRow, PairRecords, PrincipalRow
+from sealserve.keyservice._records import (
+    AuditEntry,
+    Claim,
+    ModelRow,
+    PairRecords,
+    PrincipalRow,
+    audit_values,
+)
 
 __all__ = [
     "AuditEntry",
@@ -575,21 +582,4 @@ def _audit_one(conn: Connection, **fields: Any) -> None:
 
 
 def _insert_audit(conn: Connection, entries: Sequence[AuditEntry]) -> None:
-    conn.execute(
-        sa.insert(t.audit_log),
-        [
-            {
-                "at": e.at,
-                "event": e.event,
-                "actor": e.actor,
-                "model_id": e.model_id,
-                "user_id": e.user_id,
-                "key_version": e.key_version,
-                "request_key_version": e.request_key_version,
-                "measurement": e.measurement,
-                "epoch": e.epoch,
-                "detail": e.detail,
-            }
-            for e in entries
-        ],
-    )
+    conn.execute(sa.insert(t.audit_log), [audit_values(e) for e in entries])
