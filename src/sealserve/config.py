@@ -13,6 +13,7 @@ Command-line flags override all of these; they are applied with :meth:`Settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -280,9 +281,14 @@ def _coerce(hint: Any, raw: Any, dotted: str, where: str) -> Any:
         if isinstance(raw, bool):
             raise bad
         try:
-            return float(raw)
+            value = float(raw)
         except (TypeError, ValueError):
             raise bad from None
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"Config '{dotted}' ({where}) has value {raw!r}. Not a finite number."
+            )
+        return value
     if target is str:
         if not isinstance(raw, str):
             raise bad
@@ -328,6 +334,8 @@ def _check_port(name: str, value: int) -> None:
 
 
 def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes ``<= 0``
+        raise ConfigError(f"Config '{name}' has value {value!r}. Not a finite number.")
     if value <= 0:
         raise ConfigError(f"Config '{name}' has value {value!r}. Must be greater than zero.")
 

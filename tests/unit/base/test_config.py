@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
-from sealserve.config import Settings, load_settings
+from sealserve.config import GatewaySettings, KeyServiceSettings, Settings, load_settings
 from sealserve.errors import ConfigError
 
 
@@ -55,6 +56,29 @@ def test_bad_env_value_names_key_source_and_value() -> None:
 def test_invalid_values(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_settings(env=env)
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_non_finite_numbers_are_refused_with_key_and_value(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"SEALSERVE_KEYSERVICE_CHALLENGE_TTL_S": raw})
+    msg = str(info.value)
+    assert "keyservice.challenge_ttl_s" in msg
+    assert "SEALSERVE_KEYSERVICE_CHALLENGE_TTL_S" in msg
+    assert repr(raw) in msg
+    assert "Not a finite number" in msg
+
+
+def test_non_finite_numbers_in_a_file_or_a_constructor_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[platform]\nkeep_alive_s = nan\n")
+    with pytest.raises(ConfigError, match=r"'platform.keep_alive_s' .*nan.*Not a finite number"):
+        load_settings(cfg, env={})
+    for value in (math.nan, math.inf):
+        with pytest.raises(ConfigError, match=r"'gateway.request_timeout_s' has value"):
+            GatewaySettings(request_timeout_s=value)
+        with pytest.raises(ConfigError, match=r"'keyservice.release_ttl_s' has value"):
+            KeyServiceSettings(release_ttl_s=value)
 
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
