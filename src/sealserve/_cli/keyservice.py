@@ -34,10 +34,12 @@ __all__ = [
     "app",
     "build_pin",
     "build_policy",
+    "check_policy_flags",
     "emit",
     "fail",
     "guarded",
     "keyservice_url",
+    "open_launcher",
     "read_secret_file",
     "resolve_data_dir",
     "settings",
@@ -140,6 +142,35 @@ def read_secret_file(path: Path, *, size: int = 32) -> bytes:
     return raw
 
 
+def check_policy_flags(
+    measurements: Sequence[str] | None,
+    policy_file: Path | None,
+    *,
+    allow_debug: bool,
+    tcb_statuses: Sequence[str] | None,
+) -> None:
+    """A ``--policy`` file is the whole policy: the flags that would build one beside it
+    (and so be ignored) are refused in one line, exit 2."""
+    if policy_file is None:
+        return
+    given = [
+        flag
+        for flag, used in (
+            ("--measurement", bool(measurements)),
+            ("--allow-debug", allow_debug),
+            ("--tcb-status", bool(tcb_statuses)),
+        )
+        if used
+    ]
+    if given:
+        fail(
+            f"{', '.join(given)} cannot be combined with --policy FILE: put "
+            f"{'them' if len(given) > 1 else 'it'} in the policy file "
+            '("measurements", "allow_debug", "tcb_statuses") or drop --policy',
+            2,
+        )
+
+
 def build_policy(
     measurements: Sequence[str] | None,
     policy_file: Path | None,
@@ -150,9 +181,10 @@ def build_policy(
     """A runtime policy from ``--measurement``s or a ``--policy`` file."""
     from sealserve.attest import Policy
 
+    check_policy_flags(
+        measurements, policy_file, allow_debug=allow_debug, tcb_statuses=tcb_statuses
+    )
     if policy_file is not None:
-        if measurements:
-            raise ValueError("give either --measurement or --policy, not both")
         try:
             doc = json.loads(policy_file.read_text())
         except json.JSONDecodeError as exc:
@@ -252,13 +284,15 @@ def serve(
 
 
 @contextlib.contextmanager
-def _launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
+def open_launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
+    """The TEE platform daemon at ``tee_socket``, else a simulated platform in ``data_dir``."""
     from sealserve.attest import PlatformClient, SimulatedPlatform
 
     if tee_socket is not None:
         with PlatformClient(tee_socket) as client:
             yield client
     else:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with SimulatedPlatform(data_dir=data_dir) as platform:
             yield platform
 
@@ -274,7 +308,7 @@ def _launch_and_wait(
     from sealserve.keyservice._launch import launch_keyservice
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _launcher(data_dir, tee_socket) as launcher:
+    with open_launcher(data_dir, tee_socket) as launcher:
         service = launch_keyservice(
             launcher,
             ks,

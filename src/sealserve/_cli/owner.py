@@ -27,6 +27,7 @@ from sealserve._cli.keyservice import (
     PlatformKeyOpt,
     PolicyFileOpt,
     build_policy,
+    check_policy_flags,
     emit,
     fail,
     guarded,
@@ -283,6 +284,7 @@ def upload(
     from sealserve.crypto import SymmetricKey
     from sealserve.instance import ModelStore
 
+    check_policy_flags(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
     if not model.is_file():
         fail(f"no model file at '{model}'", 2)
     folder = resolve_data_dir(data_dir)

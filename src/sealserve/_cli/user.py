@@ -28,6 +28,7 @@ from sealserve._cli.keyservice import (
     PlatformKeyOpt,
     PolicyFileOpt,
     build_policy,
+    check_policy_flags,
     emit,
     fail,
     guarded,
@@ -205,6 +206,7 @@ def infer(
     from sealserve.crypto import Identity, RequestKey
     from sealserve.keyservice import split_model_id
 
+    check_policy_flags(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
     owner_id, name = guarded(lambda: split_model_id(model_id))
     if not input_file.is_file():
         fail(f"no input file at '{input_file}'", 2)
