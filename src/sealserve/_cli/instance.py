@@ -9,10 +9,8 @@ lists and checks the sealed models of a model store.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +25,7 @@ from sealserve._cli.keyservice import (
     fail,
     guarded,
     keyservice_url,
+    open_launcher,
     resolve_data_dir,
 )
 
@@ -67,19 +66,6 @@ def _pin(
     else:
         trust = TrustAnchors.from_data_dir(data_dir)
     return runtime_launch_config(keyservice_policy=policy, trust=trust)
-
-
-@contextlib.contextmanager
-def _launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
-    from sealserve.attest import PlatformClient, SimulatedPlatform
-
-    if tee_socket is not None:
-        with PlatformClient(tee_socket) as client:
-            yield client
-    else:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with SimulatedPlatform(data_dir=data_dir) as platform:
-            yield platform
 
 
 @app.command()
@@ -169,7 +155,7 @@ def serve(
 
     def run() -> int:
         configure_logging(level)
-        with _launcher(folder, tee_socket) as launcher:
+        with open_launcher(folder, tee_socket) as launcher:
             pin = _pin(launcher, folder, keyservice_measurement, platform_key)
             return serve_instance(
                 config,
