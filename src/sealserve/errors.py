@@ -21,7 +21,7 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     ├── TeeError                     the TEE platform could not launch, reach or signal a process
     ├── KeyServiceError
     │   ├── AccessDenied             the fixed 403 of key release and signed requests
-    │   ├── RateLimited              429: too many requests or outstanding nonces
+    │   ├── RateLimited              429: too many requests from one principal or address
     │   ├── NotFound                 an unknown principal, model or grant (for its owner)
     │   ├── Conflict                 already registered, already exists
     │   └── SchemaVersionError       a database written by a newer sealserve
@@ -170,7 +170,9 @@ class AccessDenied(KeyServiceError):
 
 
 class RateLimited(KeyServiceError):
-    """Too many requests or outstanding challenges for one principal; retry later."""
+    """429: too many requests from one principal (or, unsigned, one client address); retry
+    later.  Challenges are stateless, so there is no limit on outstanding ones: issuing them
+    counts against the request rate like any request (docs/keyservice.md, section 7)."""
 
     retryable = True
 
