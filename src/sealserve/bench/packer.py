@@ -24,7 +24,9 @@ figures, fetch, unseal and attestation included (``sealserve bench runtime --cos
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -282,6 +284,17 @@ def _packer(
             trace = synthetic_trace(synthetic, synthetic_cfg)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    # Before a minute of measuring or simulating: every output path can be written.
+    for option, target in (
+        ("--json", json_path),
+        ("--save-trace", save_trace),
+        ("--measure-costs", measure_path),
+    ):
+        if target is not None:
+            try:
+                _check_writable(target)
+            except OSError as exc:
+                raise _cannot_write(option, target, exc) from None
     costs = _costs(costs_path, measure_path, json_path, model_dir, console)
     if trace is None:
         return
@@ -298,7 +311,10 @@ def _packer(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if save_trace is not None:
-        write_trace_csv(trace, save_trace)
+        try:
+            write_trace_csv(trace, save_trace)
+        except OSError as exc:
+            raise _cannot_write("--save-trace", save_trace, exc) from None
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
@@ -333,9 +349,32 @@ def _packer(
         synthetic=synthetic_cfg,
     )
     assert json_path is not None
-    write_json(json_path, report)
+    try:
+        write_json(json_path, report)
+    except OSError as exc:
+        raise _cannot_write("--json", json_path, exc) from None
     _print(trace, config, results, report, console)
     console.print(f"results: {json_path}")
+
+
+def _cannot_write(option: str, target: Path, exc: OSError) -> typer.Exit:
+    return _fail(f"{option} {target}: cannot write there: {exc.strerror or exc}", code=1)
+
+
+def _check_writable(target: Path) -> None:
+    """Raise OSError unless a file can be written at ``target`` (its folder is created, as
+    the writers do; nothing is left at ``target`` itself)."""
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    nearest = next(folder for folder in target.parents if folder.exists())
+    if not nearest.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)}: '{nearest}'")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    # The folder takes a new file (the JSON is written beside its target, then renamed).
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
+        pass
 
 
 def _sizes(text: str) -> tuple[int, ...]:

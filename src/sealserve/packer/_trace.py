@@ -190,6 +190,8 @@ def read_trace_csv(path: str | os.PathLike[str]) -> Trace:
         raise ValueError(f"trace file '{target}' does not exist") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"trace file '{target}' is not UTF-8 text: {exc}") from exc
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ValueError(f"trace file '{target}' cannot be read: {exc.strerror or exc}") from exc
 
 
 def write_trace_csv(trace: Trace, path: str | os.PathLike[str] | None = None) -> str:

@@ -131,6 +131,42 @@ def test_a_bad_trace_says_where(costs_file: Path, tmp_path: Path) -> None:
     assert "line 3, column 'timestamp_s': value 'soon' is not a number" in output
 
 
+def test_a_directory_as_the_trace_gets_one_line(costs_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.json"
+    code, output = bench("--trace", str(tmp_path), "--costs", str(costs_file), "--json", str(out))
+    assert code == 2
+    assert output.strip() == f"Error: trace file '{tmp_path}' cannot be read: Is a directory"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--json", "--save-trace"])
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("a-file/o.out", "Not a directory: {a_file}"),  # its folder would be a regular file
+        ("a-dir", "Is a directory"),
+    ],
+)
+def test_an_unwritable_output_is_refused_before_simulating(
+    costs_file: Path, tmp_path: Path, option: str, where: str, reason: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "a-dir").mkdir()
+    bad = tmp_path / where
+    paths = {"--json": str(tmp_path / "r.json"), "--save-trace": str(tmp_path / "t.csv")}
+    paths[option] = str(bad)
+    code, output = bench(
+        "--synthetic", "1", "--models", "3", "--duration-s", "60", "--repeats", "1",
+        "--costs", str(costs_file), *(arg for pair in paths.items() for arg in pair),
+    )  # fmt: skip
+    assert code == 1
+    reason = reason.format(a_file=repr(str(tmp_path / "a-file")))
+    assert output.strip() == f"Error: {option} {bad}: cannot write there: {reason}"
+    assert "FnPacker policies" not in output  # refused before simulating
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "a-file", "costs.json"]
+    assert list((tmp_path / "a-dir").iterdir()) == []
+
+
 def test_a_missing_cost_model_is_reported(tmp_path: Path) -> None:
     code, output = bench(
         "--synthetic", "1", "--costs", str(tmp_path / "none.json"), "--json", "o.json"

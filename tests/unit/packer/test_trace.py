@@ -74,6 +74,8 @@ def test_file_errors_are_clear(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ValueError, match="is not UTF-8 text"):
         read_trace_csv(binary)
+    with pytest.raises(ValueError, match=f"trace file '{tmp_path}' cannot be read: Is a dir"):
+        read_trace_csv(tmp_path)
 
 
 def test_summary_reports_size_skew_and_burstiness() -> None:
