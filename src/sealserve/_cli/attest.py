@@ -90,6 +90,12 @@ def measure_command(
     It is computed exactly as the platform computes it for its snapshot: SHA-256 over every
     .py file of the package (sorted relative paths and file digests), the entry and the
     launch config; the same on every machine for the same code.
+
+    Not what owners grant: a runtime's measured launch config pins the KeyService it
+    trusts, and a runtime launched without that pin (the config measured here unless
+    --config gives it) refuses to start (exit 78), so no runtime runs with this
+    measurement.  For the runtime measurement to grant, run 'sealserve instance
+    measurement' (it adds the KeyService pin).
     """
     _check_entry(entry)
     cfg = _parse_config(config or [])

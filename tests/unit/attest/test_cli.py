@@ -46,6 +46,14 @@ def test_measure_refuses_bad_input_in_one_line() -> None:
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_measure_help_points_to_the_grantable_runtime_measurement() -> None:
+    result = runner.invoke(app, ["attest", "measure", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "exit 78" in text
+    assert "'sealserve instance measurement'" in text
+
+
 def test_verify_dcap_json(testvectors_dir: Path) -> None:
     result = runner.invoke(
         app,
