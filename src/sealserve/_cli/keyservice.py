@@ -241,7 +241,8 @@ def serve(
     tee_socket: Annotated[
         Path | None,
         typer.Option(
-            help="Launch through this platform daemon (default: an embedded simulated platform)."
+            help="Launch through this platform daemon (default: a simulated platform embedded "
+            "in this process, platform key included: for development only)."
         ),
     ] = None,
     platform_key: PlatformKeyOpt = None,
@@ -264,6 +265,12 @@ def serve(
 
     Prints where it listens and its measurement; stops cleanly on Ctrl-C or SIGTERM.  With
     --workers N, N processes serve one port (they share the database and the master key).
+
+    Without --tee-socket, the simulated platform runs inside this (untrusted, serving host)
+    process, its platform signing key included: this host could sign evidence of its own, so
+    that mode is for development only.  'sealserve up', or --tee-socket with a daemon from
+    'sealserve attest platform serve', launches the KeyService through a separate platform
+    daemon instead.
     """
     loaded = guarded(lambda: load_settings(config))
     changes: dict[str, Any] = {}

@@ -60,3 +60,13 @@ def test_policy_flags_beside_a_policy_file_are_refused(
             lines,
         )
         assert "in the policy file" in lines[0], lines
+
+
+def test_serve_help_says_the_embedded_platform_is_for_development() -> None:
+    result = runner.invoke(app, ["keyservice", "serve", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "Without --tee-socket, the simulated platform runs inside this" in text
+    assert "platform signing key included" in text
+    assert "for development only" in text
+    assert "'sealserve up'" in text
