@@ -34,7 +34,15 @@ from sealserve.ipc._link import InProcessLink, Link, PeerState, SocketLink
 from sealserve.ipc._metrics import IPCMetrics
 from sealserve.ipc._notify import QoS, SpinBudget
 from sealserve.ipc._publisher import Completion, Loan, Publisher
-from sealserve.ipc._scheduler import Decision, EngineModel, Path, Reason, Scheduler
+from sealserve.ipc._scheduler import (
+    Decision,
+    EngineModel,
+    Notify,
+    NotifyReason,
+    Path,
+    Reason,
+    Scheduler,
+)
 from sealserve.ipc._segment import Segment, SegmentState
 from sealserve.ipc._stats import ChannelStats
 from sealserve.ipc._subscriber import Sample, Subscriber
@@ -58,6 +66,8 @@ __all__ = [
     "Listener",
     "Loan",
     "MAX_SUBSCRIBERS",
+    "Notify",
+    "NotifyReason",
     "Path",
     "PeerState",
     "Publisher",

@@ -8,6 +8,10 @@ so a message costs no metric lock.  Series (labels in braces)::
     sealserve_ipc_bytes_total{channel, role, path}          payload bytes by path
     sealserve_ipc_offload_seconds{channel, engine}          submit -> copy landed (histogram)
     sealserve_ipc_wakeups_total{channel, role, direction}   futex wake-ups sent / received
+    sealserve_ipc_notifications_total{channel, policy, outcome}
+                                                            publications by notification
+                                                            policy (wake, batch) and outcome
+                                                            (woken, coalesced, none-needed)
     sealserve_ipc_spin_hits_total{channel, role}            waits that ended while spinning
     sealserve_ipc_spin_misses_total{channel, role}          spins that gave up and blocked
     sealserve_ipc_ring_occupancy{channel}                   descriptors in flight / capacity
@@ -35,7 +39,13 @@ from prometheus_client.core import (
     Metric,
 )
 
-from sealserve.ipc._stats import OFFLOAD_BUCKETS_S, ChannelStats, Counters
+from sealserve.ipc._stats import (
+    NOTIFY_OUTCOMES,
+    NOTIFY_POLICIES,
+    OFFLOAD_BUCKETS_S,
+    ChannelStats,
+    Counters,
+)
 
 __all__ = ["IPCMetrics"]
 
@@ -92,6 +102,7 @@ class IPCMetrics:
         messages: dict[_Key, float] = collections.defaultdict(float)
         nbytes: dict[_Key, float] = collections.defaultdict(float)
         wakeups: dict[_Key, float] = collections.defaultdict(float)
+        notified: dict[_Key, float] = collections.defaultdict(float)
         hits: dict[_Key, float] = collections.defaultdict(float)
         misses: dict[_Key, float] = collections.defaultdict(float)
         reclaimed: dict[_Key, float] = collections.defaultdict(float)
@@ -112,6 +123,11 @@ class IPCMetrics:
             for reason, count in list(c.reclaimed.items()):
                 reclaimed[(ep.name, reason)] += count
             if role == "publisher":
+                flat = list(c.notified)
+                for p, policy in enumerate(NOTIFY_POLICIES):
+                    for o, outcome in enumerate(NOTIFY_OUTCOMES):
+                        if flat[p * 3 + o]:
+                            notified[(ep.name, policy, outcome)] += flat[p * 3 + o]
                 occupancy[(ep.name,)] = stats.occupancy
                 in_use[(ep.name,)] += stats.arena_bytes_in_use
             for engine, buckets in list(c.offload_buckets.items()):
@@ -122,7 +138,7 @@ class IPCMetrics:
                     old_sum + c.offload_sum_s.get(engine, 0.0),
                 )
         yield from self._families(
-            messages, nbytes, wakeups, hits, misses, reclaimed, occupancy, in_use, offload
+            messages, nbytes, wakeups, hits, misses, reclaimed, occupancy, in_use, offload, notified
         )
 
     @staticmethod
@@ -136,6 +152,7 @@ class IPCMetrics:
         occupancy: dict[_Key, float] | None = None,
         in_use: dict[_Key, float] | None = None,
         offload: dict[_Key, tuple[list[int], float]] | None = None,
+        notified: dict[_Key, float] | None = None,
     ) -> Iterator[Metric]:
         def counter(
             name: str, doc: str, labels: list[str], values: dict[_Key, float] | None
@@ -177,6 +194,12 @@ class IPCMetrics:
             "Futex wake-ups sent to and received from the peer.",
             ["channel", "role", "direction"],
             wakeups,
+        )
+        yield counter(
+            "sealserve_ipc_notifications",
+            "Publications by notification policy and what the notification did.",
+            ["channel", "policy", "outcome"],
+            notified,
         )
         yield counter(
             "sealserve_ipc_spin_hits", "Waits that ended while spinning.", ["channel", "role"], hits

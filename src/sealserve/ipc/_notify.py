@@ -6,15 +6,18 @@ a bump is needed::
 
     waiter                                   notifier
     e = epoch                                <change the state>
-    waiting = 1                              full fence
+    waiting = e + 1                          full fence
     full fence                               if waiting: epoch += 1; futex_wake(epoch)
     if <state changed>: done
     futex_wait(epoch, e)   # the kernel re-checks epoch == e atomically
 
 Either the notifier sees ``waiting`` or the waiter sees the new state (the fences forbid both
 missing each other), and ``futex_wait`` returns at once if the epoch moved in between, so no
-wake-up is lost.  Blocking waits are sliced (50 ms) so that the peer's liveness is checked even
-when nothing ever wakes us: a dead peer ends the wait with :class:`~sealserve.errors.PeerDied`.
+wake-up is lost.  The flag names the epoch the waiter sleeps on, so a notifier that batches
+(the ``batch`` policy of :mod:`sealserve.ipc._scheduler`) can skip a waiter whose epoch has
+already moved: a wake-up is on its way to it.  Blocking waits are sliced (50 ms) so that
+the peer's liveness is checked even when nothing ever wakes us: a dead peer ends the wait
+with :class:`~sealserve.errors.PeerDied`.
 
 QoS hints choose how to wait:
 
@@ -22,7 +25,8 @@ QoS hints choose how to wait:
                 (spinning longer than a wake-up would take can never pay; shorter misses
                 messages that were about to arrive), then block;
 ``EFFICIENCY``  block at once; the fewest CPU cycles per message;
-``THROUGHPUT``  block, and ask to be woken only on transitions that matter: a consumer sleeps
+``THROUGHPUT``  block, and ask to be woken only on transitions that matter (the producer's
+                ``batch`` policy sends one wake-up per sleep): a consumer sleeps
                 only when the ring is empty (so it is woken on empty -> non-empty), a producer
                 on a full ring asks to be woken once half of its messages are released
                 (full -> non-full with hysteresis), so a stream costs few wake-ups.
@@ -132,7 +136,7 @@ def wait_on_epoch(
     address: int,
     epoch_word: int,
     waiting_word: int,
-    waiting_value: int,
+    waiting_value: int | None,
     stamp_word: int,
     spin_ns: int,
     deadline: float | None,
@@ -142,6 +146,9 @@ def wait_on_epoch(
     counters: WaitCounters,
 ) -> bool:
     """Wait until ``ready()``; ``True`` when it is, ``False`` once ``deadline`` has passed.
+
+    ``waiting_value`` is what the waiting word says while we sleep; ``None`` writes the epoch
+    read plus one (data waits: the notifier can tell who still needs a wake-up).
 
     ``check()`` runs between blocking slices and raises when the peer is gone.  ``deadline``
     is on ``clock.monotonic()``; ``None`` waits for ever.
@@ -161,7 +168,7 @@ def wait_on_epoch(
     epoch_address = address + epoch_word * 8
     while True:
         epoch = words[epoch_word] & 0xFFFFFFFF
-        words[waiting_word] = waiting_value
+        words[waiting_word] = epoch + 1 if waiting_value is None else waiting_value
         _sys.full_fence()
         if ready():
             words[waiting_word] = 0

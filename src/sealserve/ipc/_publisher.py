@@ -32,7 +32,7 @@ from sealserve.ipc._layout import FLAG_PIPELINED, PRODUCER_CLOSED, PRODUCER_NONE
 from sealserve.ipc._link import Link, PeerState
 from sealserve.ipc._notify import QoS, SpinBudget, wait_on_epoch
 from sealserve.ipc._ring import FLAG_ABORTED, ProducerRing, Rec
-from sealserve.ipc._scheduler import Decision, Path, Scheduler
+from sealserve.ipc._scheduler import Decision, Notify, Path, Scheduler
 from sealserve.ipc._stats import ChannelStats, Counters, snapshot
 
 if TYPE_CHECKING:
@@ -91,11 +91,12 @@ class Loan:
     As a context manager it commits on success and discards on error.
     """
 
-    __slots__ = ("_pub", "_rec", "_state", "_view", "nbytes")
+    __slots__ = ("_batch", "_pub", "_rec", "_state", "_view", "nbytes")
 
-    def __init__(self, pub: Publisher, rec: Rec) -> None:
+    def __init__(self, pub: Publisher, rec: Rec, batch: bool = False) -> None:
         self._pub = pub
         self._rec = rec
+        self._batch = batch
         self.nbytes = rec.nbytes
         self._view: memoryview | None = None
         self._state = _OPEN
@@ -150,11 +151,11 @@ class Loan:
             if pub._closed or pub._error is not None:
                 pub._ensure_open()
             if state == _OPEN:
-                seq = pub._ring.submit(rec, length, 0, length, True)
+                seq = pub._ring.submit(rec, length, 0, length, True, self._batch)
             else:  # published early: now complete
                 seq = rec.seq
                 rec.progress = rec.length
-                pub._ring.write_progress(rec)
+                pub._ring.write_progress(rec, self._batch)
                 pub._ring.finish(rec)
         c = pub._c_loan
         c[0] += 1
@@ -406,6 +407,7 @@ class Publisher:
         rec = self._allocate(n, q, timeout)
         dst = self._arena[rec.offset : rec.offset + n]
         path = decision.path
+        batch = decision.notify is Notify.BATCH
         if path is Path.INLINE:
             if n >= _TIMED_COPY_MIN:
                 t0 = time.perf_counter()
@@ -415,7 +417,7 @@ class Publisher:
                 dst[:] = src
             with self._lock:
                 self._ensure_open()
-                seq = self._ring.submit(rec, n, 0, n, True)
+                seq = self._ring.submit(rec, n, 0, n, True, batch)
             c = self._c_inline
             c[0] += 1
             c[1] += n
@@ -424,13 +426,13 @@ class Publisher:
         pipelined = path is Path.PIPELINED
         with self._lock:
             self._ensure_open()
-            seq = self._ring.submit(rec, n, FLAG_PIPELINED if pipelined else 0, 0, pipelined)
+            seq = self._ring.submit(rec, n, FLAG_PIPELINED if pipelined else 0, 0, pipelined, batch)
         job = engine.submit(
             src,
             dst,
             chunk_bytes=decision.chunk_bytes if pipelined else 0,
-            on_chunk=(lambda pos: self._progress(rec, pos)) if pipelined else None,
-            on_done=lambda j: self._copied(rec, j, path.value),
+            on_chunk=(lambda pos: self._progress(rec, pos, batch)) if pipelined else None,
+            on_done=lambda j: self._copied(rec, j, path.value, batch),
         )
         if not job.done():
             with self._lock:
@@ -441,7 +443,7 @@ class Publisher:
             completion.wait()
         return completion
 
-    def _copied(self, rec: Rec, job: CopyJob, path: str) -> None:
+    def _copied(self, rec: Rec, job: CopyJob, path: str, batch: bool) -> None:
         """A copy finished (engine thread or caller): publish, learn, count."""
         if job.engine != "inline":
             self._counters.observe_offload(job.engine, (job.finished_ns - job.submitted_ns) / 1e9)
@@ -455,17 +457,17 @@ class Publisher:
                 rec.flags |= FLAG_ABORTED
             rec.progress = rec.length
             if rec.ready:
-                self._ring.write_progress(rec)
+                self._ring.write_progress(rec, batch)
             else:
-                self._ring.mark_ready(rec)
+                self._ring.mark_ready(rec, batch)
             self._counters.count(path, rec.length)
             self._ring.finish(rec)  # last: once released, the message may go (and rec be reused)
 
-    def _progress(self, rec: Rec, pos: int) -> None:
+    def _progress(self, rec: Rec, pos: int, batch: bool) -> None:
         t0 = time.perf_counter()
         with self._lock:
             rec.progress = pos
-            self._ring.write_progress(rec)
+            self._ring.write_progress(rec, batch)
         self._scheduler.observe_chunk(time.perf_counter() - t0)
 
     # -- loans ---------------------------------------------------------------------------------
@@ -473,17 +475,22 @@ class Publisher:
     def loan(
         self, nbytes: int, *, qos: QoS | str | None = None, timeout: float | None = None
     ) -> Loan:
-        """Lend ``nbytes`` of the arena to write in place; ``commit()`` publishes them."""
+        """Lend ``nbytes`` of the arena to write in place; ``commit()`` publishes them.
+
+        The scheduler picks how the commit wakes a sleeping reader (``qos`` and occupancy).
+        """
         if type(nbytes) is not int or not 0 <= nbytes <= self._asize:
             nbytes = self._check_loan_size(nbytes)
+        q = self._qos if qos is None else QoS.parse(qos)
+        ring = self._ring
+        batch = self._scheduler.notify_for(q, ring.in_flight / ring.capacity) is Notify.BATCH
         with self._lock:
             if self._closed or self._error is not None:
                 self._ensure_open()
-            rec = self._ring.allocate(nbytes)
+            rec = ring.allocate(nbytes)
         if rec is None:
-            q = self._qos if qos is None else QoS.parse(qos)
             rec = self._allocate(nbytes, q, timeout)
-        return Loan(self, rec)
+        return Loan(self, rec, batch)
 
     def _check_loan_size(self, nbytes: object) -> int:
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
@@ -509,12 +516,12 @@ class Publisher:
         with self._lock:
             self._ensure_open()
             if rec.seq < 0:
-                self._ring.submit(rec, rec.nbytes, FLAG_PIPELINED, ready, True)
+                self._ring.submit(rec, rec.nbytes, FLAG_PIPELINED, ready, True, loan._batch)
             else:
                 if ready < rec.progress:
                     raise ValueError(f"ready_bytes went backwards: {ready} < {rec.progress}")
                 rec.progress = ready
-                self._ring.write_progress(rec)
+                self._ring.write_progress(rec, loan._batch)
 
     def _discard_loan(self, loan: Loan) -> None:
         with self._lock:
@@ -586,7 +593,11 @@ class Publisher:
             raise self._error
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every asynchronous copy submitted so far has landed."""
+        """Wait until every asynchronous copy submitted so far has landed.
+
+        Then wake every reader whose waiting flag is up, whatever the notification policy:
+        after a flush no reader sleeps while a message waits for it.
+        """
         deadline = None if timeout is None else self._clock.monotonic() + timeout
         with self._lock:
             jobs = list(self._jobs)
@@ -596,6 +607,9 @@ class Publisher:
                 raise BackpressureTimeout(
                     f"copies into channel {self.name!r} still in flight after {timeout}s"
                 )
+        with self._lock:
+            if not self._closed:
+                self._ring.wake_flagged()
 
     def stats(self) -> ChannelStats:
         """Counters, waits, occupancy, and the scheduler's model and decisions."""
@@ -619,6 +633,7 @@ class Publisher:
     @property
     def counters(self) -> Counters:
         self._counters.wakeups_sent = self._ring.wakeups
+        self._counters.notified = self._ring.notified
         return self._counters
 
     @property

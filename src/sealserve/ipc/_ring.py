@@ -55,6 +55,10 @@ _EAGER_BYTES = 64 << 10
 _ALIGN_MASK = ARENA_ALIGN - 1
 #: Descriptor flag: the message's copy failed; subscribers skip it.
 FLAG_ABORTED = 1 << 33
+#: What a publication's notification did: index ``policy * 3 + outcome`` of
+#: ``ProducerRing.notified`` (policy 0: wake, 1: batch; outcomes as in
+#: :data:`sealserve.ipc._stats.NOTIFY_OUTCOMES`).
+_WOKEN, _COALESCED, _NONE = 0, 1, 2
 
 
 def footprint(nbytes: int) -> int:
@@ -139,6 +143,11 @@ class ProducerRing:
         self._cursor = 0
         self._in_use = 0
         self.wakeups = 0
+        #: Notification outcomes by policy (``NOTIFY_OUTCOMES``): plain integers, hot path.
+        self.notified = [0] * 6
+        #: The data epoch as last written (the producer is its only writer); a sleeping
+        #: subscriber's waiting flag is the epoch it read plus one.
+        self._epoch = w[W.DATA_EPOCH] & 0xFFFFFFFF
         self.live: list[int] = []
         self.live_mask = 0
         self._waiting_words: list[int] = []
@@ -318,11 +327,20 @@ class ProducerRing:
 
     # -- publication ---------------------------------------------------------------------------
 
-    def submit(self, rec: Rec, length: int, flags: int, progress: int, ready: bool) -> int:
+    def submit(
+        self,
+        rec: Rec,
+        length: int,
+        flags: int,
+        progress: int,
+        ready: bool,
+        batch: bool = False,
+    ) -> int:
         """Give ``rec`` its sequence number (returned); publish what can be, wake who waits.
 
         ``progress == length`` means the payload is complete; otherwise the caller reports
-        progress later and marks the message done with :meth:`finish`.
+        progress later and marks the message done with :meth:`finish`.  ``batch`` chooses
+        the one-wake-up-per-sleep policy (:meth:`notify`).
         """
         seq = rec.seq = self.next_seq
         self.next_seq = seq + 1
@@ -334,12 +352,12 @@ class ProducerRing:
             rec.done = progress == length
             if not ready or self._pending:
                 self._pending.append(rec)
-                self._advance()
+                self._advance(batch)
                 return seq
             self._publish(rec)
             _sys.release_fence()
             self._w[_HEAD] = self.head
-            self.notify()
+            self.notify(batch)
             return seq
         rec.ready = rec.done = True
         # A complete message published at once: _publish inlined (every message's hot path).
@@ -369,10 +387,17 @@ class ProducerRing:
         w[_HEAD] = seq + 1
         _FENCE_ACQUIRE()  # a full fence without a Python-level call
         _FENCE_RELEASE()
+        # notify(batch), inlined: a flag is the epoch its reader slept on, plus one
+        outcome = _NONE
         for word in self._waiting_words:
-            if w[word]:
-                self.wake_all()
-                break
+            flag = w[word]
+            if flag:
+                if not batch or flag == self._epoch + 1:
+                    self.wake_all()
+                    outcome = _WOKEN
+                    break
+                outcome = _COALESCED
+        self.notified[3 + outcome if batch else outcome] += 1
         # Bookkeeping after publication, off the message's critical path: the subscriber
         # is already reading it while the producer reclaims what was released.
         if len(self._inflight) >= _RECLAIM_BATCH:
@@ -384,10 +409,10 @@ class ProducerRing:
         release = self._releases[mark] = (lo * 0xFF, lo * mark, hi * 0xFF, hi * mark)
         return release
 
-    def mark_ready(self, rec: Rec) -> None:
+    def mark_ready(self, rec: Rec, batch: bool = False) -> None:
         """An offloaded copy landed; publish it (and whatever waited behind it)."""
         rec.ready = True
-        self._advance()
+        self._advance(batch)
 
     def finish(self, rec: Rec) -> None:
         """The payload of a submitted message is complete: it may go once it is released.
@@ -401,7 +426,7 @@ class ProducerRing:
             w[W.SPACE_EPOCH] = (w[W.SPACE_EPOCH] + 1) & 0xFFFFFFFF
             _sys.futex_wake(self._space_epoch_address)
 
-    def _advance(self) -> None:
+    def _advance(self, batch: bool = False) -> None:
         pending = self._pending
         moved = False
         while pending and pending[0].ready:
@@ -410,7 +435,7 @@ class ProducerRing:
         if moved:
             _sys.release_fence()
             self._w[W.HEAD] = self.head
-            self.notify()
+            self.notify(batch)
 
     def _publish(self, rec: Rec) -> None:
         seq = rec.seq
@@ -435,7 +460,7 @@ class ProducerRing:
         self._inflight.append(rec)
         self.head = seq + 1
 
-    def write_progress(self, rec: Rec) -> None:
+    def write_progress(self, rec: Rec, batch: bool = False) -> None:
         """Store ``rec.progress`` (and its flags) if it is published, and wake who waits."""
         if rec.seq < 0 or rec.seq >= self.head:
             return
@@ -444,22 +469,47 @@ class ProducerRing:
             self._w[d + W.D_MASK] = rec.mask | rec.flags | rec.mark << MARK_SHIFT
         _sys.release_fence()
         self._w[d + W.D_PROGRESS] = rec.progress
-        self.notify()
+        self.notify(batch)
 
-    def notify(self) -> None:
-        """Wake sleeping subscribers, if any."""
+    def notify(self, batch: bool = False) -> bool:
+        """Wake sleeping subscribers, if any; ``True`` if a wake-up was sent.
+
+        A sleeping subscriber's waiting flag is the data epoch it read, plus one.  ``wake``
+        (the default) wakes whenever a flag is up.  ``batch`` wakes only a subscriber asleep
+        on the current epoch: one whose flag names an older epoch was already sent a
+        wake-up (the epoch moved, so its ``futex_wait`` returns at once), and the rest of a
+        burst rides on it.  Neither loses a wake-up.
+        """
+        _sys.full_fence()
+        w = self._w
+        outcome = _NONE
+        for word in self._waiting_words:
+            flag = w[word]
+            if flag:
+                if not batch or flag == self._epoch + 1:
+                    self.wake_all()
+                    self.notified[3 if batch else 0] += 1
+                    return True
+                outcome = _COALESCED
+        self.notified[3 + outcome if batch else outcome] += 1
+        return False
+
+    def wake_flagged(self) -> bool:
+        """Wake every subscriber whose waiting flag is up (a flush); ``True`` if one was."""
         _sys.full_fence()
         w = self._w
         for word in self._waiting_words:
             if w[word]:
                 self.wake_all()
-                return
+                return True
+        return False
 
     def wake_all(self) -> None:
-        """Bump the data epoch and wake every sleeper (also used on close)."""
+        """Bump the data epoch and wake every sleeper (also used on flush and close)."""
         w = self._w
         w[W.WAKE_STAMP] = time.monotonic_ns()
-        w[W.DATA_EPOCH] = (w[W.DATA_EPOCH] + 1) & 0xFFFFFFFF
+        self._epoch = epoch = (self._epoch + 1) & 0xFFFFFFFF
+        w[W.DATA_EPOCH] = epoch
         _sys.futex_wake(self._data_epoch_address)
         self.wakeups += 1
 

@@ -30,6 +30,21 @@ thresholds move with the measurements; the paper's were fixed.
 
 ``force=`` pins one path (where it applies) for characterization runs such as
 ``sealserve bench ipc``; the decisions then say so.
+
+Notification.  Each decision also says how the publication wakes a reader that sleeps
+(:class:`Notify`, with a :class:`NotifyReason`):
+
+``wake``   wake every reader whose waiting flag is up, at once (``latency``, ``efficiency``);
+``batch``  one wake-up per sleep (``throughput``, and any hint once the ring is more than
+           ``high_occupancy`` full): a reader that went to sleep on the current data epoch
+           (it drained the ring: empty -> non-empty) is woken; one that a wake-up is already
+           on its way to is not woken again, so a burst rides on the first wake-up.
+
+Neither ever loses a wake-up: a reader that sleeps on the current epoch is always woken (and a
+flush or a close wakes every flagged reader whatever the policy).  Whether a wake-up is
+needed at all is only known at publication (a reader that is spinning or busy has no flag
+up): the ring counts each publication's outcome by policy, ``woken``, ``coalesced`` (batch:
+a wake-up was already on its way) or ``none-needed`` (no reader asleep).
 """
 
 from __future__ import annotations
@@ -43,7 +58,7 @@ from typing import Any
 
 from sealserve.ipc._notify import QoS
 
-__all__ = ["Decision", "EngineModel", "Path", "Reason", "Scheduler"]
+__all__ = ["Decision", "EngineModel", "Notify", "NotifyReason", "Path", "Reason", "Scheduler"]
 
 _KIB = 1 << 10
 _MIB = 1 << 20
@@ -72,12 +87,30 @@ class Reason(enum.Enum):
     FORCED = "path pinned by the scheduler's force= option"
 
 
+class Notify(enum.Enum):
+    """How a publication wakes a reader that sleeps (see the module docstring)."""
+
+    WAKE = "wake"  # wake every flagged reader now
+    BATCH = "batch"  # one wake-up per sleep: only a reader asleep on the current epoch
+
+
+class NotifyReason(enum.Enum):
+    """Why the scheduler chose a notification policy."""
+
+    LATENCY = "latency hint: wake a sleeping reader at once"
+    EFFICIENCY = "efficiency hint: the reader blocks; wake it at once"
+    THROUGHPUT = "throughput hint: one wake-up per empty -> non-empty; a burst rides on it"
+    OCCUPANCY_HIGH = "ring nearly full: the reader is behind, awake or being woken"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
     path: Path
     engine: str
     chunk_bytes: int
     reason: Reason
+    notify: Notify = Notify.WAKE
+    notify_reason: NotifyReason = NotifyReason.LATENCY
 
 
 @dataclasses.dataclass(slots=True)
@@ -144,6 +177,8 @@ class Scheduler:
         self.engines: dict[str, EngineModel] = {}
         #: Decisions so far, by path (read through ``snapshot()``).
         self.counts: dict[Path, int] = dict.fromkeys(Path, 0)
+        #: Notification policies chosen so far (``decide`` and ``notify_for``).
+        self.notify_counts: dict[Notify, int] = dict.fromkeys(Notify, 0)
         self.recent: collections.deque[tuple[int, QoS, Decision]] = collections.deque(maxlen=16)
         self._small_bytes = 0
         self._refresh()
@@ -232,33 +267,44 @@ class Scheduler:
         asynchronous: bool = False,
         backlog: Mapping[str, int] | None = None,
     ) -> Decision:
-        """The path for one message of ``nbytes`` under ``qos``."""
+        """The path and the notification policy for one message of ``nbytes`` under ``qos``."""
+        high = occupancy >= self.high_occupancy
         if in_arena:
-            decision = _LOAN
+            decision = _LOAN[qos, high]
         elif self.force is not None:
-            decision = self._forced(nbytes, asynchronous)
+            decision = self._forced(nbytes, asynchronous, qos, high)
         elif nbytes < self._small_bytes:
-            decision = _SMALL
+            decision = _SMALL[qos, high]
         else:
             decision = self._decide_large(nbytes, qos, occupancy, asynchronous, backlog or {})
         self.counts[decision.path] += 1
+        self.notify_counts[decision.notify] += 1
         if nbytes >= self._small_bytes:
             self.recent.append((nbytes, qos, decision))
         return decision
 
-    def _forced(self, nbytes: int, asynchronous: bool) -> Decision:
+    def notify_for(self, qos: QoS, occupancy: float = 0.0) -> Notify:
+        """The notification policy alone (a loan committed without a ``send``); counted."""
+        notify = _NOTIFY[qos, occupancy >= self.high_occupancy][0]
+        self.notify_counts[notify] += 1
+        return notify
+
+    def _forced(self, nbytes: int, asynchronous: bool, qos: QoS, high: bool) -> Decision:
         """The pinned path where it applies (characterization runs), else inline."""
         force = self.force
+        notify, why = _NOTIFY[qos, high]
         if force is Path.PIPELINED:
             engine = "inline"
             if asynchronous:
                 engine = next((m.name for m in self.engines.values() if m.asynchronous), engine)
-            return Decision(Path.PIPELINED, engine, self.chunk_bytes_for(nbytes), Reason.FORCED)
+            return Decision(
+                Path.PIPELINED, engine, self.chunk_bytes_for(nbytes), Reason.FORCED, notify, why
+            )
         if force is Path.OFFLOAD:
             for model in self.engines.values():
                 if model.asynchronous:
-                    return Decision(Path.OFFLOAD, model.name, 0, Reason.FORCED)
-        return _FORCED_INLINE
+                    return Decision(Path.OFFLOAD, model.name, 0, Reason.FORCED, notify, why)
+        return _FORCED_INLINE[qos, high]
 
     def _decide_large(
         self,
@@ -268,6 +314,19 @@ class Scheduler:
         asynchronous: bool,
         backlog: Mapping[str, int],
     ) -> Decision:
+        d = self._decide_path(nbytes, qos, occupancy, asynchronous, backlog)
+        notify, why = _NOTIFY[qos, occupancy >= self.high_occupancy]
+        return Decision(d.path, d.engine, d.chunk_bytes, d.reason, notify, why)
+
+    def _decide_path(
+        self,
+        nbytes: int,
+        qos: QoS,
+        occupancy: float,
+        asynchronous: bool,
+        backlog: Mapping[str, int],
+    ) -> Decision:
+        """The path for a message above the small-message threshold (notify: the default)."""
         if qos is QoS.EFFICIENCY:
             return Decision(Path.INLINE, "inline", 0, Reason.EFFICIENCY)
         offload: EngineModel | None = None
@@ -337,8 +396,22 @@ class Scheduler:
                 "high_occupancy": self.high_occupancy,
             },
             "decisions": {path.value: n for path, n in self.counts.items() if n},
+            "notify": {
+                "policy": {
+                    f"{q.value}{' (ring nearly full)' if high else ''}": f"{n.value}: {why.value}"
+                    for (q, high), (n, why) in _NOTIFY.items()
+                },
+                "decisions": {n.value: c for n, c in self.notify_counts.items() if c},
+            },
             "recent": [
-                {"bytes": n, "qos": q.value, "path": d.path.value, "why": d.reason.value}
+                {
+                    "bytes": n,
+                    "qos": q.value,
+                    "path": d.path.value,
+                    "why": d.reason.value,
+                    "notify": d.notify.value,
+                    "notify_why": d.notify_reason.value,
+                }
                 for n, q, d in self.recent
             ],
         }
@@ -350,9 +423,29 @@ class Scheduler:
         self._small_bytes = min(known) if known else 1 << 62
 
 
-_LOAN = Decision(Path.LOAN, "none", 0, Reason.IN_ARENA)
-_FORCED_INLINE = Decision(Path.INLINE, "inline", 0, Reason.FORCED)
-_SMALL = Decision(Path.INLINE, "inline", 0, Reason.SMALL)
+def _notify_policy(qos: QoS, high: bool) -> tuple[Notify, NotifyReason]:
+    if high:
+        return Notify.BATCH, NotifyReason.OCCUPANCY_HIGH
+    if qos is QoS.THROUGHPUT:
+        return Notify.BATCH, NotifyReason.THROUGHPUT
+    if qos is QoS.EFFICIENCY:
+        return Notify.WAKE, NotifyReason.EFFICIENCY
+    return Notify.WAKE, NotifyReason.LATENCY
+
+
+#: (hint, ring nearly full) -> notification policy and why: a table, so that the hot path
+#: allocates nothing.
+_NOTIFY = {(q, high): _notify_policy(q, high) for q in QoS for high in (False, True)}
+
+
+def _fixed(path: Path, engine: str, reason: Reason) -> dict[tuple[QoS, bool], Decision]:
+    """One shared decision per (hint, ring nearly full) for the paths that need no sizing."""
+    return {key: Decision(path, engine, 0, reason, *policy) for key, policy in _NOTIFY.items()}
+
+
+_LOAN = _fixed(Path.LOAN, "none", Reason.IN_ARENA)
+_FORCED_INLINE = _fixed(Path.INLINE, "inline", Reason.FORCED)
+_SMALL = _fixed(Path.INLINE, "inline", Reason.SMALL)
 
 
 def _smallest(pays: Any) -> int | None:

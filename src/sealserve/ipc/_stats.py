@@ -12,7 +12,20 @@ from typing import Any
 
 from sealserve.ipc._notify import WaitCounters
 
-__all__ = ["OFFLOAD_BUCKETS_S", "ChannelStats", "Counters", "offload_summary", "snapshot"]
+__all__ = [
+    "NOTIFY_OUTCOMES",
+    "NOTIFY_POLICIES",
+    "OFFLOAD_BUCKETS_S",
+    "ChannelStats",
+    "Counters",
+    "notify_summary",
+    "offload_summary",
+    "snapshot",
+]
+
+#: ``Counters.notified[policy * 3 + outcome]``: what each publication's notification did.
+NOTIFY_POLICIES = ("wake", "batch")
+NOTIFY_OUTCOMES = ("woken", "coalesced", "none-needed")
 
 #: Upper bounds (seconds) of the offload-latency histogram buckets.
 OFFLOAD_BUCKETS_S = (
@@ -37,6 +50,7 @@ class Counters:
     """Counters of one publisher or subscriber."""
 
     __slots__ = (
+        "notified",
         "offload_buckets",
         "offload_count",
         "offload_sum_s",
@@ -51,6 +65,9 @@ class Counters:
         self.paths: dict[str, list[int]] = {}
         self.waits = WaitCounters()
         self.wakeups_sent = 0
+        #: Publications by notification policy and outcome (``NOTIFY_POLICIES`` x
+        #: ``NOTIFY_OUTCOMES``, flattened); a publisher shares its ring's list.
+        self.notified = [0] * 6
         self.reclaimed: dict[str, int] = {}
         self.offload_buckets: dict[str, list[int]] = {}
         self.offload_sum_s: dict[str, float] = {}
@@ -101,6 +118,7 @@ class ChannelStats:
     by_path: dict[str, dict[str, int]]
     wakeups_sent: int
     wakeups_received: int
+    notify: dict[str, dict[str, int]]
     spin_hits: int
     spin_misses: int
     blocks: int
@@ -124,6 +142,17 @@ class ChannelStats:
         out = dataclasses.asdict(self)
         out["occupancy"] = self.occupancy
         return out
+
+
+def notify_summary(counters: Counters) -> dict[str, dict[str, int]]:
+    """Publications by notification policy, then outcome (policies never used left out)."""
+    flat = list(counters.notified)
+    out: dict[str, dict[str, int]] = {}
+    for p, policy in enumerate(NOTIFY_POLICIES):
+        row = flat[p * 3 : p * 3 + 3]
+        if any(row):
+            out[policy] = dict(zip(NOTIFY_OUTCOMES, row, strict=True))
+    return out
 
 
 def offload_summary(counters: Counters) -> dict[str, dict[str, float]]:
@@ -166,6 +195,7 @@ def snapshot(
         by_path=by_path,
         wakeups_sent=counters.wakeups_sent,
         wakeups_received=waits.wakeups_received,
+        notify=notify_summary(counters),
         spin_hits=waits.spin_hits,
         spin_misses=waits.spin_misses,
         blocks=waits.blocks,

@@ -33,6 +33,7 @@ from sealserve.ipc import (
     Subscriber,
     ThreadEngine,
 )
+from sealserve.ipc._layout import W
 
 SMALL = ChannelOptions(capacity=8, arena_bytes=64 << 10)
 
@@ -345,6 +346,61 @@ class ConformanceSuite:
         assert got == [b"wake up"]
         assert sub.stats().wakeups_received >= 1
         assert pub.stats().wakeups_sent >= 1
+
+    @pytest.mark.parametrize(
+        ("qos", "policy"), [("latency", "wake"), ("efficiency", "wake"), ("throughput", "batch")]
+    )
+    def test_wake_ups_follow_the_notification_policy_and_leave_no_reader_asleep(
+        self, backend: Backend, qos: str, policy: str
+    ) -> None:
+        pub, sub = backend.pair(SMALL, qos=qos)
+        burst = 4
+        # A reader stopped while asleep (as SIGSTOP would leave it): its waiting flag names
+        # the data epoch it sleeps on, and it cannot lower the flag before the burst is out.
+        flag = sub._cw + W.C_WAITING
+        sub._w[flag] = (sub._w[W.DATA_EPOCH] & 0xFFFFFFFF) + 1
+        for i in range(burst):
+            pub.send(b"burst %d" % i, qos=qos)
+        stats = pub.stats()
+        if policy == "batch":  # one wake-up for the sleep; the rest of the burst rides on it
+            assert stats.wakeups_sent == 1
+            assert stats.notify == {"batch": {"woken": 1, "coalesced": burst - 1, "none-needed": 0}}
+        else:  # a wake-up every time the flag is seen up
+            assert stats.wakeups_sent == burst
+            assert stats.notify == {"wake": {"woken": burst, "coalesced": 0, "none-needed": 0}}
+        sub._w[flag] = 0  # it runs again: the epoch moved, so it does not sleep
+        for i in range(burst):
+            sample = sub.receive(timeout=1.0)
+            assert sample is not None
+            assert sample.tobytes() == b"burst %d" % i
+            sample.release()
+        # A real reader that blocks is woken under every policy, and a reader that is not
+        # asleep needs no wake-up at all.
+        got: list[bytes] = []
+
+        def consumer() -> None:
+            for _ in range(2):
+                sample = sub.receive(timeout=10.0)
+                assert sample is not None
+                got.append(sample.tobytes())
+                sample.release()
+
+        t = threading.Thread(target=consumer)
+        t.start()
+        _wait_until(lambda: sub.stats().blocks >= 1, "the reader blocks")
+        pub.send(b"wake up", qos=qos)
+        _wait_until(lambda: len(got) == 1, "the reader is woken")
+        blocks = sub.stats().blocks
+        _wait_until(lambda: sub.stats().blocks > blocks, "the reader blocks again")
+        pub.send(b"and again", qos=qos)
+        t.join(timeout=10)
+        assert got == [b"wake up", b"and again"]
+        pub.send(b"nobody asleep", qos=qos)
+        after = pub.stats()
+        assert after.wakeups_sent == stats.wakeups_sent + 2
+        assert after.notify[policy]["woken"] == stats.notify[policy]["woken"] + 2
+        assert after.notify[policy]["none-needed"] == 1
+        assert sub.stats().wakeups_received >= 2
 
     def test_receive_times_out_with_none(self, backend: Backend) -> None:
         _, sub = backend.pair(SMALL, qos="efficiency")

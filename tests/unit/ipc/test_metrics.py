@@ -49,6 +49,15 @@ def test_series_follow_the_channel_and_stop_when_it_closes() -> None:
             )
             == 1
         )
+        notified = {"channel": "frames", "policy": "wake"}  # latency: wake; nobody asleep
+        assert (
+            _value(registry, "sealserve_ipc_notifications_total", outcome="none-needed", **notified)
+            == 2
+        )
+        assert (
+            _value(registry, "sealserve_ipc_notifications_total", outcome="woken", **notified)
+            is None
+        )
         occupancy = _value(registry, "sealserve_ipc_ring_occupancy", channel="frames")
         assert occupancy is not None
         assert 0 <= occupancy <= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sealserve.ipc import Path, QoS, Reason, Scheduler
+from sealserve.ipc import Notify, NotifyReason, Path, QoS, Reason, Scheduler
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -158,3 +158,65 @@ def test_when_chunks_cost_more_than_they_save_nothing_is_pipelined() -> None:
         s.observe_chunk(1e-3)  # a millisecond per chunk: never worth it
     assert s.pipeline_min_bytes is None
     assert s.decide(nbytes=256 * MIB, qos=QoS.LATENCY).path is Path.INLINE
+
+
+@pytest.mark.parametrize(
+    ("qos", "notify", "why"),
+    [
+        (QoS.LATENCY, Notify.WAKE, NotifyReason.LATENCY),
+        (QoS.EFFICIENCY, Notify.WAKE, NotifyReason.EFFICIENCY),
+        (QoS.THROUGHPUT, Notify.BATCH, NotifyReason.THROUGHPUT),
+    ],
+)
+def test_the_notification_policy_follows_the_hint_on_every_path(
+    qos: QoS, notify: Notify, why: NotifyReason
+) -> None:
+    s = _scheduler()
+    decisions = [
+        s.decide(nbytes=100, qos=qos),
+        s.decide(nbytes=16 * MIB, qos=qos),
+        s.decide(nbytes=16 * MIB, qos=qos, asynchronous=True),
+        s.decide(nbytes=16 * MIB, qos=qos, in_arena=True),
+        _scheduler(force=Path.OFFLOAD).decide(nbytes=100, qos=qos),
+        _scheduler(force=Path.INLINE).decide(nbytes=100, qos=qos),
+    ]
+    assert {(d.notify, d.notify_reason) for d in decisions} == {(notify, why)}
+    assert s.notify_for(qos) is notify
+    assert s.notify_counts[notify] == 5
+
+
+def test_a_nearly_full_ring_batches_wake_ups_whatever_the_hint() -> None:
+    s = _scheduler()
+    for qos in QoS:
+        for d in (
+            s.decide(nbytes=100, qos=qos, occupancy=0.8),
+            s.decide(nbytes=16 * MIB, qos=qos, occupancy=0.9),
+        ):
+            assert (d.notify, d.notify_reason) == (Notify.BATCH, NotifyReason.OCCUPANCY_HIGH)
+        assert s.notify_for(qos, 0.75) is Notify.BATCH
+        below = s.decide(nbytes=100, qos=qos, occupancy=0.5)
+        assert below.notify_reason is not NotifyReason.OCCUPANCY_HIGH
+
+
+def test_small_and_loan_decisions_are_shared_not_allocated_per_message() -> None:
+    s = _scheduler()
+    for qos in QoS:
+        assert s.decide(nbytes=64, qos=qos) is s.decide(nbytes=64, qos=qos)
+        assert s.decide(nbytes=64, qos=qos, in_arena=True) is s.decide(
+            nbytes=64, qos=qos, in_arena=True
+        )
+    assert s.decide(nbytes=64, qos=QoS.LATENCY) is not s.decide(nbytes=64, qos=QoS.THROUGHPUT)
+
+
+def test_snapshot_explains_the_notification_policy() -> None:
+    s = _scheduler()
+    s.decide(nbytes=16 * MIB, qos=QoS.THROUGHPUT)
+    s.decide(nbytes=100, qos=QoS.LATENCY)
+    s.notify_for(QoS.THROUGHPUT)
+    snap = s.snapshot()["notify"]
+    assert snap["decisions"] == {"batch": 2, "wake": 1}
+    assert snap["policy"]["throughput"] == f"batch: {NotifyReason.THROUGHPUT.value}"
+    assert snap["policy"]["latency (ring nearly full)"].startswith("batch: ")
+    assert snap["policy"]["efficiency"].startswith("wake: ")
+    recent = s.snapshot()["recent"][-1]
+    assert (recent["notify"], recent["notify_why"]) == ("batch", NotifyReason.THROUGHPUT.value)
