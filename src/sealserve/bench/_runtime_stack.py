@@ -21,7 +21,6 @@ import dataclasses
 import io
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -45,6 +44,7 @@ from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, seal_model
 from sealserve.errors import SealserveError
 from sealserve.instance import InstanceClient, ModelStore
+from sealserve.keyservice._launch import read_ready_line
 from sealserve.runtime import runtime_launch_config
 
 __all__ = ["InstanceProcess", "LocalStack", "StackModel"]
@@ -242,14 +242,16 @@ class LocalStack:
             os.close(write_fd)
             os.close(log)
         self._keyservice = process
-        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-            line = _read_line(pipe, lambda: process.wait(0) is not None)
-        if line is None:
+        try:
+            ready = read_ready_line(read_fd, process, _READY_TIMEOUT_S)
+        finally:
+            os.close(read_fd)
+        if ready is None:
             raise SealserveError(
                 "the KeyService did not start:\n"
                 + (self.root / "keyservice.log").read_text(errors="replace")[-2000:]
             )
-        self.keyservice_url = str(json.loads(line)["url"])
+        self.keyservice_url = str(ready["url"])
 
     # -- models --------------------------------------------------------------------------------
 
@@ -346,21 +348,3 @@ class LocalStack:
         instance = InstanceProcess(popen, ready, log_path)
         self._instances.append(instance)
         return instance
-
-
-def _read_line(pipe: Any, exited: Any) -> bytes | None:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    buffer = b""
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([pipe], [], [], 0.2)
-        if readable:
-            chunk = pipe.read(4096)
-            if not chunk:
-                return None
-            buffer += chunk
-            if b"\n" in buffer:
-                line: bytes = buffer.split(b"\n", 1)[0]
-                return line
-        elif exited():
-            return None
-    return None

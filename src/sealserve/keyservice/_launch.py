@@ -31,7 +31,7 @@ from sealserve.config import KeyServiceSettings
 from sealserve.errors import KeyServiceError
 from sealserve.keyservice._main import measured_config
 
-__all__ = ["LaunchedKeyService", "launch_args", "launch_keyservice"]
+__all__ = ["LaunchedKeyService", "launch_args", "launch_keyservice", "read_ready_line"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +188,7 @@ def _launch_one(
     finally:
         os.close(write_fd)
     try:
-        ready = _read_ready(read_fd, process, timeout_s)
+        ready = read_ready_line(read_fd, process, timeout_s)
     finally:
         os.close(read_fd)
     if ready is None:
@@ -200,7 +200,10 @@ def _launch_one(
     return process, ready
 
 
-def _read_ready(fd: int, process: MeasuredProcess, timeout_s: float) -> dict[str, Any] | None:
+def read_ready_line(fd: int, process: MeasuredProcess, timeout_s: float) -> dict[str, Any] | None:
+    """The JSON object of the first line a launched KeyService writes to ``fd`` (the read end
+    of its stdout); ``None`` when it exits, or closes its stdout, or ``timeout_s`` passes
+    first.  The caller closes ``fd``."""
     deadline = time.monotonic() + timeout_s
     buffer = b""
     while time.monotonic() < deadline:

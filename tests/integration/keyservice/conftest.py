@@ -12,12 +12,9 @@ that files edited while the tests run cannot make the pin and the launched code 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
-import select
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ import pytest
 from sealserve.attest import Policy, SimulatedPlatform
 from sealserve.client import KeyServicePin
 from sealserve.config import KeyServiceSettings
+from sealserve.keyservice._launch import read_ready_line
 from sealserve.keyservice._main import measured_config
 
 POSTGRES_ENV = "SEALSERVE_TEST_POSTGRES_URL"
@@ -129,14 +127,16 @@ class KeyServiceProcess:
         finally:
             os.close(write_fd)
             os.close(stderr)
-        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-            line = _read_line(pipe, self.process)
-        if line is None:
+        try:
+            ready = read_ready_line(read_fd, self.process, _READY_TIMEOUT_S)
+        finally:
+            os.close(read_fd)
+        if ready is None:
             self.process.close()
             raise AssertionError(
                 f"the KeyService did not start:\n{self.stderr_path.read_text()[-3000:]}"
             )
-        self.url = json.loads(line)["url"]
+        self.url = ready["url"]
         return self
 
     def stop(self) -> int | None:
@@ -150,23 +150,6 @@ class KeyServiceProcess:
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=20)
-
-
-def _read_line(pipe: Any, process: Any) -> bytes | None:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    buffer = b""
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([pipe], [], [], 0.2)
-        if readable:
-            chunk = pipe.read(4096)
-            if not chunk:
-                return None
-            buffer += chunk
-            if b"\n" in buffer:
-                return buffer.split(b"\n", 1)[0]
-        elif process.wait(0) is not None:
-            return None
-    return None
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
