@@ -280,13 +280,17 @@ def upload(
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from sealserve.client import upload_model
+    from sealserve.client import check_onnx_model, upload_model
     from sealserve.crypto import SymmetricKey
     from sealserve.instance import ModelStore
 
     check_policy_flags(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
     if not model.is_file():
         fail(f"no model file at '{model}'", 2)
+    try:
+        check_onnx_model(model)  # before connecting to anything or sealing a byte
+    except (ValueError, OSError) as exc:
+        fail(str(exc), 2)
     folder = resolve_data_dir(data_dir)
     store_dir = store if store is not None else folder / "store"
     runtime_policy = (

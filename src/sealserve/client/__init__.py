@@ -4,7 +4,8 @@
 KeyService (:class:`KeyServiceClient`, pinned by a :class:`KeyServicePin`); every key they
 upload is HPKE-wrapped to the KeyService's attested public key.
 
-:func:`upload_model` seals a model straight into the model store and hands its key over;
+:func:`upload_model` seals a model straight into the model store and hands its key over
+(after :func:`check_onnx_model`);
 :class:`GatewayClient` is the user's side of an inference (seal the input, send it to the
 gateway, unseal the output).
 """
@@ -32,7 +33,7 @@ from sealserve.client._principals import (
     RequestKeyReceipt,
     User,
 )
-from sealserve.client._upload import UploadReceipt, upload_model
+from sealserve.client._upload import UploadReceipt, check_onnx_model, upload_model
 
 __all__ = [
     "ClientState",
@@ -50,6 +51,7 @@ __all__ = [
     "RequestKeyReceipt",
     "UploadReceipt",
     "User",
+    "check_onnx_model",
     "error_for_response",
     "load_inputs",
     "save_outputs",

@@ -9,11 +9,15 @@ The model is sealed chunk by chunk (bounded memory whatever its size) under a fr
 (or the one given) straight into the store, which commits it atomically; only then is the key
 put in the KeyService, HPKE-wrapped to its attested key.  Uploading a model that has a key
 already rotates it: the next key version, and the new sealed model replaces the old one.
+
+The file is checked to be an ONNX model (:func:`check_onnx_model`) before anything is sealed
+or sent: a wrong file is refused with a ``ValueError`` that names it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +28,7 @@ from sealserve.crypto import SymmetricKey, seal_model
 from sealserve.errors import NotFound
 from sealserve.instance import ModelManifest, ModelStore
 
-__all__ = ["UploadReceipt", "upload_model"]
+__all__ = ["UploadReceipt", "check_onnx_model", "upload_model"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +45,35 @@ class UploadReceipt:
     key_fingerprint: str
 
 
+def check_onnx_model(source: str | os.PathLike[str] | BinaryIO) -> None:
+    """Raise ``ValueError`` ("X is not an ONNX model: why") unless ``source`` holds an ONNX
+    model that onnx's checker accepts.
+
+    A path is checked by onnx's C++ checker straight from the file, so Python holds no copy of
+    the model (pass a path for large models); a binary file is read from its current position
+    (it must be seekable) and rewound there.
+    """
+    import onnx
+
+    if isinstance(source, str | os.PathLike):
+        what = f"'{os.fspath(source)}'"
+        if not Path(source).is_file():
+            raise ValueError(f"{what} is not an ONNX model: no such file")
+        model: str | bytes = os.fspath(source)
+    else:
+        what = f"'{getattr(source, 'name', type(source).__name__)}'"
+        if not source.seekable():
+            raise ValueError(f"source {what} must be a path or a seekable binary file")
+        start = source.tell()
+        model = source.read()
+        source.seek(start, io.SEEK_SET)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{what} is not an ONNX model: {reason}") from None
+
+
 def upload_model(
     owner: Owner,
     store: ModelStore,
@@ -50,8 +83,10 @@ def upload_model(
     key: SymmetricKey | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> UploadReceipt:
-    """Seal ``source`` (an ``.onnx`` path or a binary file) as model ``name`` of ``owner``
-    into ``store`` and put its key in the KeyService (see the module docstring).
+    """Seal ``source`` (an ``.onnx`` path or a seekable binary file) as model ``name`` of
+    ``owner`` into ``store`` and put its key in the KeyService (see the module docstring).
+
+    Raises ``ValueError`` naming ``source`` if it is not an ONNX model (nothing is sealed).
 
     ``progress`` is called with the plaintext bytes sealed so far.  The key version is 1 for a
     new model, else the current one plus 1.
@@ -60,6 +95,7 @@ def upload_model(
         raise TypeError(f"owner must be an Owner, got {type(owner).__name__}")
     if not isinstance(store, ModelStore):
         raise TypeError(f"store must be a ModelStore, got {type(store).__name__}")
+    check_onnx_model(source)
     model_id = owner.model_id(name)
     try:
         version = owner.model(name).key_version + 1
