@@ -44,12 +44,13 @@ from sealserve.ipc._scheduler import (
     Scheduler,
 )
 from sealserve.ipc._segment import Segment, SegmentState
-from sealserve.ipc._stats import ChannelStats
+from sealserve.ipc._stats import ChannelReport, ChannelStats
 from sealserve.ipc._subscriber import Sample, Subscriber
 
 __all__ = [
     "Channel",
     "ChannelOptions",
+    "ChannelReport",
     "ChannelState",
     "ChannelStats",
     "Completion",

@@ -33,6 +33,7 @@ from sealserve.ipc._notify import QoS
 from sealserve.ipc._publisher import Publisher
 from sealserve.ipc._scheduler import Scheduler
 from sealserve.ipc._segment import Memory, Segment
+from sealserve.ipc._stats import ChannelReport
 from sealserve.ipc._subscriber import Subscriber
 
 __all__ = ["Channel", "ChannelOptions", "ChannelState"]
@@ -221,6 +222,19 @@ class Channel:
                 w[cw + W.C_STATE] = CONSUMER_LIVE
                 return slot
         raise IPCError(f"channel {self.name!r} has all its subscriber slots taken")
+
+    def stats(self) -> ChannelReport:
+        """The stats of the publisher and the subscribers made here (see :class:`ChannelReport`).
+
+        The publisher's include the scheduler's cost model, thresholds and decisions.
+        """
+        self._ensure_open()
+        pub = self._publisher
+        return ChannelReport(
+            channel=self.name,
+            publisher=None if pub is None else pub.stats(),
+            subscribers=tuple(sub.stats() for sub in self._subscribers if not sub.closed),
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from sealserve.ipc._notify import QoS
 from sealserve.ipc._publisher import Publisher
 from sealserve.ipc._scheduler import Scheduler
 from sealserve.ipc._segment import Segment
+from sealserve.ipc._stats import ChannelStats
 from sealserve.ipc._subscriber import Subscriber
 
 __all__ = ["Connection", "ConnectionState", "Listener", "connect", "share_channel"]
@@ -118,6 +119,21 @@ class Connection:
     @property
     def peer_pid(self) -> int | None:
         return self.link.peer_pid
+
+    def stats(self) -> dict[str, ChannelStats]:
+        """The stats of this side's ends, by role (``publisher``, ``subscriber``).
+
+        A role is present when the connection has it; the publisher's stats include the
+        scheduler's cost model, thresholds and decisions.
+        """
+        if self.state is ConnectionState.CLOSED:
+            raise IPCError(f"connection {self.name!r} is closed")
+        out: dict[str, ChannelStats] = {}
+        if self._publisher is not None:
+            out["publisher"] = self._publisher.stats()
+        if self._subscriber is not None:
+            out["subscriber"] = self._subscriber.stats()
+        return out
 
     # -- making connections --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ __all__ = [
     "NOTIFY_OUTCOMES",
     "NOTIFY_POLICIES",
     "OFFLOAD_BUCKETS_S",
+    "ChannelReport",
     "ChannelStats",
     "Counters",
     "notify_summary",
@@ -142,6 +143,26 @@ class ChannelStats:
         out = dataclasses.asdict(self)
         out["occupancy"] = self.occupancy
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelReport:
+    """Every end of one channel made in this process: ``Channel.stats()``.
+
+    The publisher's stats carry the scheduler's cost model, thresholds and decisions
+    (``publisher.scheduler``); ends in other processes report in their own process.
+    """
+
+    channel: str
+    publisher: ChannelStats | None
+    subscribers: tuple[ChannelStats, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "publisher": None if self.publisher is None else self.publisher.as_dict(),
+            "subscribers": [sub.as_dict() for sub in self.subscribers],
+        }
 
 
 def notify_summary(counters: Counters) -> dict[str, dict[str, int]]:

@@ -665,3 +665,40 @@ class ConformanceSuite:
         assert ps.capacity == SMALL.capacity
         assert 0 <= ps.occupancy <= 1
         assert ps.as_dict()["scheduler"]["model"]["inline"]["kind"] == "inline"
+
+    def test_channel_and_connection_stats_show_every_end_and_the_scheduler(
+        self, backend: Backend
+    ) -> None:
+        pub, sub = backend.pair(SMALL)
+        pub.send(b"abc")
+        sample = sub.receive(timeout=1.0)
+        assert sample is not None
+        sample.release()
+        report = pub.channel.stats()
+        assert report.channel == pub.name
+        assert report.publisher is not None
+        assert (report.publisher.role, report.publisher.messages) == ("publisher", 1)
+        scheduler = report.as_dict()["publisher"]["scheduler"]
+        assert scheduler["decisions"] == {"inline": 1}
+        assert scheduler["notify"]["decisions"] == {"wake": 1}
+        assert scheduler["model"]["inline"]["gb_per_s"] > 0
+        assert "pipelined_from_bytes" in scheduler["thresholds"]
+        readers = sub.channel.stats().subscribers  # the subscriber's own side
+        assert [(r.role, r.messages, r.bytes) for r in readers] == [("subscriber", 1, 3)]
+
+        host, runtime = backend.connections()
+        host.publisher.send(b"request")
+        req = runtime.subscriber.receive(timeout=2.0)
+        assert req is not None
+        req.release()
+        host_stats, runtime_stats = host.stats(), runtime.stats()
+        assert set(host_stats) == set(runtime_stats) == {"publisher", "subscriber"}
+        assert host_stats["publisher"].messages == 1
+        assert host_stats["publisher"].scheduler is not None
+        assert runtime_stats["subscriber"].messages == 1
+        host.close()
+        with pytest.raises(IPCError, match="closed"):
+            host.stats()
+        pub.channel.close()
+        with pytest.raises(IPCError, match="closed"):
+            pub.channel.stats()
