@@ -2,16 +2,21 @@
 
 An autouse fixture replaces the entry points with functions that fail loudly, so a unit test
 that reaches for one of them fails instead of quietly becoming an integration test.  Socket
-pairs (which event loops use to wake themselves) stay allowed; connecting or binding does not.
+pairs (which event loops use to wake themselves) stay allowed; connecting, binding or sending
+a datagram to an address does not.  Processes are refused at every door: ``subprocess``,
+``os.fork``/``forkpty``/``posix_spawn[p]``/``system``, ``pty.fork`` and the low-level
+``_posixsubprocess.fork_exec`` that multiprocessing's spawn and forkserver contexts use.
 
 Fixtures more than one area uses live here too (``sealserve_logs``).
 """
 
 from __future__ import annotations
 
+import _posixsubprocess
 import logging
 import mmap
 import os
+import pty
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -34,6 +39,7 @@ def _refuse(what: str) -> Any:
 
 
 _REAL_MMAP = mmap.mmap
+_REAL_SENDMSG = socket.socket.sendmsg
 
 
 def _anonymous_mmap_only(fileno: int, *args: Any, **kwargs: Any) -> mmap.mmap:
@@ -42,16 +48,39 @@ def _anonymous_mmap_only(fileno: int, *args: Any, **kwargs: Any) -> mmap.mmap:
     return _REAL_MMAP(fileno, *args, **kwargs)
 
 
+def _sendmsg_without_address(self: socket.socket, *args: Any, **kwargs: Any) -> int:
+    """``sendmsg`` on a connected socket (a socket pair passing descriptors) is allowed; with a
+    destination address it is a datagram to the network."""
+    if len(args) > 3 or "address" in kwargs:
+        raise ForbiddenInUnitTest(
+            "unit tests may not use the network (socket.sendmsg to an address); "
+            "move the test to tests/integration"
+        )
+    return _REAL_SENDMSG(self, *args, **kwargs)
+
+
 @pytest.fixture(autouse=True)
 def _no_network_subprocess_or_shm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _refuse("the network (socket.connect)"))
     monkeypatch.setattr(socket.socket, "connect_ex", _refuse("the network (socket.connect_ex)"))
     monkeypatch.setattr(socket.socket, "bind", _refuse("the network (socket.bind)"))
+    monkeypatch.setattr(socket.socket, "sendto", _refuse("the network (socket.sendto)"))
+    monkeypatch.setattr(socket.socket, "sendmsg", _sendmsg_without_address)
     monkeypatch.setattr(socket, "create_connection", _refuse("the network (create_connection)"))
     monkeypatch.setattr(socket, "getaddrinfo", _refuse("the network (getaddrinfo)"))
     monkeypatch.setattr(subprocess.Popen, "__init__", _refuse("subprocesses (Popen)"))
     monkeypatch.setattr(os, "fork", _refuse("subprocesses (fork)"))
     monkeypatch.setattr(os, "posix_spawn", _refuse("subprocesses (posix_spawn)"))
+    monkeypatch.setattr(os, "posix_spawnp", _refuse("subprocesses (posix_spawnp)"))
+    monkeypatch.setattr(os, "forkpty", _refuse("subprocesses (forkpty)"))
+    monkeypatch.setattr(pty, "fork", _refuse("subprocesses (pty.fork)"))
+    # What multiprocessing's spawn and forkserver contexts (and its resource tracker) start
+    # their processes with: multiprocessing.util.spawnv_passfds calls it.
+    monkeypatch.setattr(
+        _posixsubprocess,
+        "fork_exec",
+        _refuse("subprocesses (fork_exec: multiprocessing spawn/forkserver)"),
+    )
     monkeypatch.setattr(os, "system", _refuse("subprocesses (system)"))
     if hasattr(os, "memfd_create"):
         monkeypatch.setattr(os, "memfd_create", _refuse("shared memory (memfd_create)"))
