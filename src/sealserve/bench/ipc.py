@@ -236,7 +236,12 @@ def run_ipc_bench(
     workdir: Path,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every case ``config.repeats`` times, interleaved; return the JSON document."""
+    """Run every case ``config.repeats`` times, interleaved; return the JSON document.
+
+    ``elapsed_s`` is the wall-clock time of the whole run, workers' start and stop included
+    (``--quick`` is meant to finish in under a minute).
+    """
+    started = time.monotonic()
     transports = config.selected()
     workers = _Workers()
     counter = [0]
@@ -276,6 +281,7 @@ def run_ipc_bench(
         "results": results,
         "goals": _goals(results, config.sizes),
         "failures": failures,
+        "elapsed_s": round(time.monotonic() - started, 1),
     }
 
 
@@ -451,6 +457,8 @@ def _print(doc: dict[str, Any], console: Console) -> None:
     )
     for case, why in doc["failures"].items():
         console.print(f"[red]failed[/red] {case}: {why}")
+    if "elapsed_s" in doc:
+        console.print(f"elapsed: {doc['elapsed_s']:.1f} s")
 
 
 _PLOTTED: Final = (

@@ -34,6 +34,8 @@ def test_a_tiny_run_writes_results_goals_and_a_plot(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     doc = json.loads(out.read_text())
     assert doc["failures"] == {}
+    assert doc["elapsed_s"] > 0  # the whole run, workers included (--quick: under 60 s)
+    assert f"elapsed: {doc['elapsed_s']:.1f} s" in done.stdout
     rows = {(r["transport"], r["size_bytes"]): r for r in doc["results"]}
     assert set(rows) == {
         (t, s)
