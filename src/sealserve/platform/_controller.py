@@ -60,7 +60,7 @@ from sealserve.platform._meter import CostMeter
 from sealserve.platform._stats import InstanceStats, PlatformStats
 from sealserve.platform._tracking import InstanceRecord, LoadInFlight, RequestPhase, Tracked
 
-__all__ = ["ControllerCounters", "PlatformController", "RequestPhase"]
+__all__ = ["ControllerCounters", "PlatformController", "RequestPhase", "RouterCore"]
 
 #: A duration the platform did not measure (the capped policy does not pass it on).
 _NOT_MEASURED = -1.0
@@ -88,7 +88,51 @@ class ControllerCounters:
         return dataclasses.asdict(self)
 
 
-class PlatformController:
+class RouterCore:
+    """What the local platform's controller and Ray Serve's replica packer share: FnPacker's
+    router around the policy capped at ``config.max_instances``, the cost meter, the counters
+    and the log of the last decisions.
+
+    ``sizes=False``: every instance has ``config.instance_memory_mb`` (see
+    :meth:`PlatformConfig.group_config`).
+    """
+
+    def __init__(
+        self,
+        config: PlatformConfig,
+        *,
+        policy: Policy,
+        model_memory_mb: Callable[[str], float],
+        sizes: bool = True,
+    ) -> None:
+        if not isinstance(config, PlatformConfig):
+            raise TypeError(f"config must be a PlatformConfig, got {type(config).__name__}")
+        self.config = config
+        self.router = Router(
+            CappedPolicy(policy, max_instances=config.max_instances),
+            config.group_config(sizes=sizes),
+            model_memory_mb=model_memory_mb,
+            history=config.decision_history,
+        )
+        self.meter = CostMeter()
+        self.counters = ControllerCounters()
+        self.decisions: collections.deque[DecisionRecord] = collections.deque(
+            maxlen=config.decision_history
+        )
+        self.decision_counts = {kind.value: 0 for kind in DecisionKind}
+
+    @property
+    def policy_name(self) -> str:
+        return self.router.policy.name
+
+    def _log_decision(self, rid: int, decision: Decision, waits: int, now: float) -> DecisionRecord:
+        record = DecisionRecord.of(rid, decision, waits=waits, at=now)
+        self.decisions.append(record)
+        self.decision_counts[record.kind] += 1
+        return record
+
+
+class PlatformController(RouterCore):
     """The local platform's pure decisions (see the module docstring).
 
     ``model_memory_mb`` gives the memory a model takes in a runtime's budget (what the router
@@ -102,29 +146,11 @@ class PlatformController:
         policy: Policy,
         model_memory_mb: Callable[[str], float],
     ) -> None:
-        if not isinstance(config, PlatformConfig):
-            raise TypeError(f"config must be a PlatformConfig, got {type(config).__name__}")
-        self.config = config
-        self.router = Router(
-            CappedPolicy(policy, max_instances=config.max_instances),
-            config.group_config(),
-            model_memory_mb=model_memory_mb,
-            history=config.decision_history,
-        )
-        self.meter = CostMeter()
-        self.counters = ControllerCounters()
-        self.decisions: collections.deque[DecisionRecord] = collections.deque(
-            maxlen=config.decision_history
-        )
-        self.decision_counts = {kind.value: 0 for kind in DecisionKind}
+        super().__init__(config, policy=policy, model_memory_mb=model_memory_mb)
         self._requests: dict[int, Tracked] = {}
         self._waiting: dict[int, None] = {}
         self._loads: dict[tuple[int, str], LoadInFlight] = {}
         self._instances: dict[int, InstanceRecord] = {}
-
-    @property
-    def policy_name(self) -> str:
-        return self.router.policy.name
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -463,7 +489,7 @@ class PlatformController:
         decision = routed.decision
         if decision.kind is DecisionKind.WAIT:
             if tracked.phase is not RequestPhase.WAITING or tracked.waits == 0:
-                self._record(rid, decision, tracked.waits, now)
+                self._log_decision(rid, decision, tracked.waits, now)
             tracked.phase = RequestPhase.WAITING
             tracked.waits += 1
             tracked.retry_at = decision.retry_at
@@ -471,7 +497,7 @@ class PlatformController:
             return
         self._waiting.pop(rid, None)
         tracked.retry_at = None
-        tracked.decision = self._record(rid, decision, tracked.waits, now)
+        tracked.decision = self._log_decision(rid, decision, tracked.waits, now)
         iid = decision.instance_id
         assert iid is not None  # an applied RUN or START names its instance
         tracked.instance_id = iid
@@ -493,12 +519,6 @@ class PlatformController:
             self._run(tracked, now, actions)
         elif not self.router.group.instance(iid).is_ready:
             tracked.cold_start = True
-
-    def _record(self, rid: int, decision: Decision, waits: int, now: float) -> DecisionRecord:
-        record = DecisionRecord.of(rid, decision, waits=waits, at=now)
-        self.decisions.append(record)
-        self.decision_counts[record.kind] += 1
-        return record
 
     def _begin_load(
         self, iid: int, model: str, user_id: str, evict: tuple[str, ...], now: float

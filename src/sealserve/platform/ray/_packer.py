@@ -36,12 +36,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sealserve.packer import DecisionKind, Policy, Router, RouteRequest
+from sealserve.packer import DecisionKind, Policy, RouteRequest
 from sealserve.platform._actions import DecisionRecord
-from sealserve.platform._capped import CappedPolicy
 from sealserve.platform._config import PlatformConfig
-from sealserve.platform._controller import ControllerCounters
-from sealserve.platform._meter import CostMeter
+from sealserve.platform._controller import RouterCore
 from sealserve.platform._stats import InstanceStats, PlatformStats
 
 __all__ = ["ReplicaPacker", "ReplicaView"]
@@ -73,7 +71,7 @@ class _Request:
     waits: int = 0
 
 
-class ReplicaPacker:
+class ReplicaPacker(RouterCore):
     """FnPacker's router over Ray Serve's replicas (see the module docstring).
 
     ``model_memory_mb`` gives the memory a model takes in a runtime's budget (the model
@@ -88,21 +86,8 @@ class ReplicaPacker:
         policy: Policy,
         model_memory_mb: Callable[[str], float],
     ) -> None:
-        if not isinstance(config, PlatformConfig):
-            raise TypeError(f"config must be a PlatformConfig, got {type(config).__name__}")
-        self.config = config
-        self.router = Router(
-            CappedPolicy(policy, max_instances=config.max_instances),
-            config.group_config(sizes=False),  # every replica has one size
-            model_memory_mb=model_memory_mb,
-            history=config.decision_history,
-        )
-        self.meter = CostMeter()
-        self.counters = ControllerCounters()
-        self.decisions: collections.deque[DecisionRecord] = collections.deque(
-            maxlen=config.decision_history
-        )
-        self.decision_counts = {kind.value: 0 for kind in DecisionKind}
+        # every replica has one size
+        super().__init__(config, policy=policy, model_memory_mb=model_memory_mb, sizes=False)
         self._by_request_id: collections.OrderedDict[str, DecisionRecord] = (
             collections.OrderedDict()
         )
@@ -116,10 +101,6 @@ class ReplicaPacker:
         self._spawned_at: dict[int, float] = {}
         self._generation: dict[str, object] = {}
         self._stats: dict[str, Mapping[str, Any]] = {}
-
-    @property
-    def policy_name(self) -> str:
-        return self.router.policy.name
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -334,9 +315,7 @@ class ReplicaPacker:
     # -- reading -------------------------------------------------------------------------------
 
     def _record(self, req: _Request, decision: Any, now: float) -> None:
-        record = DecisionRecord.of(req.rid, decision, waits=req.waits, at=now)
-        self.decisions.append(record)
-        self.decision_counts[record.kind] += 1
+        record = self._log_decision(req.rid, decision, req.waits, now)
         if decision.kind is not DecisionKind.WAIT and req.request_id is not None:
             self._by_request_id[req.request_id] = record
             while len(self._by_request_id) > 4 * self.config.decision_history:
