@@ -29,6 +29,7 @@ __all__ = [
     "connect",
     "identity_path",
     "init_identity",
+    "load_identity",
     "load_or_create_key",
     "register_principal",
     "runtime_policy_or_default",
@@ -46,6 +47,20 @@ KeyT = TypeVar("KeyT", "SymmetricKey", "RequestKey")
 
 def identity_path(data_dir: Path, identity: Path | None, role: str) -> Path:
     return identity if identity is not None else data_dir / role / "identity.pem"
+
+
+def load_identity(data_dir: Path, identity: Path | None, role: str) -> Any:
+    """The ``role``'s identity; a missing file says which command creates it."""
+    from sealserve.crypto import Identity
+    from sealserve.errors import IdentityError
+
+    path = identity_path(data_dir, identity, role)
+    if not path.exists():
+        where = f" --identity '{path}'" if identity is not None else f" --data-dir '{data_dir}'"
+        raise IdentityError(
+            f"No {role} identity at '{path}'. Create it first: sealserve {role} init{where}"
+        )
+    return Identity.load(path)
 
 
 def init_identity(identity: Path | None, data_dir: Path | None, role: str, as_json: bool) -> None:
@@ -79,12 +94,10 @@ def connect(
     role: str,
 ) -> Any:
     """An opened Owner or User (attested connection); the caller closes it."""
-    from sealserve.crypto import Identity
-
     folder = resolve_data_dir(data_dir)
 
     def open_principal() -> Any:
-        ident = Identity.load(identity_path(folder, identity, role))
+        ident = load_identity(folder, identity, role)
         pin = build_pin(folder, measurement, platform_key)
         return cls(ident, keyservice_url=keyservice_url(keyservice), pin=pin).open()
 

@@ -12,8 +12,8 @@ from sealserve._cli._principal import (
     AllowDebugOpt,
     TcbOpt,
     connect,
-    identity_path,
     init_identity,
+    load_identity,
     load_or_create_key,
     register_principal,
     runtime_policy_or_default,
@@ -203,7 +203,7 @@ def infer(
         summarize_outputs,
         zoo_spec_for,
     )
-    from sealserve.crypto import Identity, RequestKey
+    from sealserve.crypto import RequestKey
     from sealserve.keyservice import split_model_id
 
     check_policy_flags(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
@@ -214,7 +214,7 @@ def infer(
     if as_model is not None and spec is None:
         fail(f"--as {as_model!r} is not a model of the zoo (see 'sealserve models list')", 2)
     folder = resolve_data_dir(data_dir)
-    ident = guarded(lambda: Identity.load(identity_path(folder, identity, ROLE)))
+    ident = guarded(lambda: load_identity(folder, identity, ROLE))
     path = key_file or folder / ROLE / "request-keys" / owner_id / f"{name}.key"
     inputs = guarded(lambda: load_inputs(input_file, spec=spec))
     registered = False

@@ -52,8 +52,9 @@ def read_platform_public_key(data_dir: str | os.PathLike[str]) -> bytes:
         text = pub_path.read_text().strip()
     except FileNotFoundError:
         raise TeeError(
-            f"No simulated platform public key at '{pub_path}'. Start the platform once "
-            f"(sealserve attest platform serve --data-dir '{data_dir}') to create it."
+            f"No simulated platform public key at '{pub_path}'. Start the platform once to "
+            f"create it: sealserve up --data-dir '{data_dir}' (the whole system), or "
+            f"sealserve attest platform serve --data-dir '{data_dir}' (the platform alone)."
         ) from None
     try:
         raw = bytes.fromhex(text)

@@ -96,6 +96,9 @@ def test_public_key_without_a_platform(tmp_path: Path) -> None:
     result = runner.invoke(app, ["attest", "platform", "public-key", "--data-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: No simulated platform public key")
+    assert f"sealserve up --data-dir '{tmp_path}'" in result.stderr
+    assert f"sealserve attest platform serve --data-dir '{tmp_path}'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_help_explains_every_command() -> None:

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from sealserve.attest import Policy
 from sealserve.cli import app
+from tests.unit.runtime.graphs import dense_model
 
 runner = CliRunner()
 MEASUREMENT = "ab" * 32
@@ -70,3 +71,38 @@ def test_serve_help_says_the_embedded_platform_is_for_development() -> None:
     assert "platform signing key included" in text
     assert "for development only" in text
     assert "'sealserve up'" in text
+
+
+@pytest.mark.parametrize("role", ["owner", "user"])
+def test_a_missing_identity_names_the_init_command(tmp_path: Path, role: str) -> None:
+    commands = {
+        "owner": [
+            ["owner", "upload", "MODEL", "--name", "m"],
+            ["owner", "grant", "resnet", "ef" * 32, "--measurement", MEASUREMENT],
+            ["owner", "register"],
+        ],
+        "user": [
+            ["user", "infer", MODEL_ID, "--input", "INPUT"],
+            ["user", "request-key", MODEL_ID, "--measurement", MEASUREMENT],
+            ["user", "register"],
+        ],
+    }[role]
+    model = tmp_path / "m.onnx"
+    model.write_bytes(
+        dense_model(1, inputs=4, outputs=2)
+    )  # a valid ONNX model: upload checks it first
+    inputs = tmp_path / "in.npz"
+    inputs.write_bytes(b"npz")
+    for command in commands:
+        args = [str(model) if a == "MODEL" else str(inputs) if a == "INPUT" else a for a in command]
+        result = runner.invoke(app, [*args, "--data-dir", str(tmp_path)])
+        assert result.exit_code == 1, (command, result.output)
+        path = tmp_path / role / "identity.pem"
+        assert result.stderr.strip() == (
+            f"error: No {role} identity at '{path}'. "
+            f"Create it first: sealserve {role} init --data-dir '{tmp_path}'"
+        ), command
+    custom = tmp_path / "elsewhere.pem"
+    result = runner.invoke(app, [role, "register", "--identity", str(custom)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(f"sealserve {role} init --identity '{custom}'")
