@@ -43,7 +43,7 @@ from sealserve.errors import (
     SealserveError,
     StoreIntegrityError,
 )
-from sealserve.packer import Decision, DecisionKind, Policy, Router, RouteRequest
+from sealserve.packer import Decision, DecisionKind, Instance, Policy, Router, RouteRequest
 from sealserve.platform._actions import (
     Action,
     DecisionRecord,
@@ -125,6 +125,38 @@ class RouterCore:
     def policy_name(self) -> str:
         return self.router.policy.name
 
+    def _instance_stats(
+        self,
+        inst: Instance,
+        now: float,
+        *,
+        spawned_at: float,
+        runtime_restarting: bool = False,
+        url: str | None = None,
+        pid: int | None = None,
+        runtime_pid: int | None = None,
+        resident_mb: float | None = None,
+    ) -> InstanceStats:
+        """Instance ``inst`` at ``now`` as the router and the meter see it, with what the
+        platform knows of its process."""
+        return InstanceStats(
+            instance_id=inst.id,
+            state=inst.state.value,
+            memory_mb=inst.memory_mb,
+            budget_mb=inst.budget_mb,
+            models=inst.loaded_models,
+            loading=tuple(m for m in inst.models if inst.is_loading(m)),
+            in_flight=inst.in_flight,
+            served=inst.served,
+            age_s=max(0.0, now - spawned_at),
+            gb_s=self.meter.gb_seconds(now, inst.id),
+            runtime_restarting=runtime_restarting,
+            url=url,
+            pid=pid,
+            runtime_pid=runtime_pid,
+            resident_mb=resident_mb,
+        )
+
     def _log_decision(self, rid: int, decision: Decision, waits: int, now: float) -> DecisionRecord:
         record = DecisionRecord.of(rid, decision, waits=waits, at=now)
         self.decisions.append(record)
@@ -205,17 +237,10 @@ class PlatformController(RouterCore):
                 continue
             info = describe(inst.id) if describe is not None else None
             instances.append(
-                InstanceStats(
-                    instance_id=inst.id,
-                    state=inst.state.value,
-                    memory_mb=inst.memory_mb,
-                    budget_mb=inst.budget_mb,
-                    models=inst.loaded_models,
-                    loading=tuple(m for m in inst.models if inst.is_loading(m)),
-                    in_flight=inst.in_flight,
-                    served=inst.served,
-                    age_s=max(0.0, now - record.spawned_at),
-                    gb_s=self.meter.gb_seconds(now, inst.id),
+                self._instance_stats(
+                    inst,
+                    now,
+                    spawned_at=record.spawned_at,
                     runtime_restarting=record.runtime_restarting,
                     url=None if info is None else info.url,
                     pid=None if info is None else info.pid,

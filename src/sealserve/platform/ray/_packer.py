@@ -40,7 +40,7 @@ from sealserve.packer import DecisionKind, Policy, RouteRequest
 from sealserve.platform._actions import DecisionRecord
 from sealserve.platform._config import PlatformConfig
 from sealserve.platform._controller import RouterCore
-from sealserve.platform._stats import InstanceStats, PlatformStats
+from sealserve.platform._stats import PlatformStats
 
 __all__ = ["ReplicaPacker", "ReplicaView"]
 
@@ -355,17 +355,10 @@ class ReplicaPacker(RouterCore):
                 stats = self._stats.get(replica, {}) if replica is not None else {}
                 spawned = self._spawned_at.get(inst.id, now)
                 instances.append(
-                    InstanceStats(
-                        instance_id=inst.id,
-                        state=inst.state.value,
-                        memory_mb=inst.memory_mb,
-                        budget_mb=inst.budget_mb,
-                        models=inst.loaded_models,
-                        loading=tuple(m for m in inst.models if inst.is_loading(m)),
-                        in_flight=inst.in_flight,
-                        served=inst.served,
-                        age_s=max(0.0, now - spawned),
-                        gb_s=self.meter.gb_seconds(now, inst.id),
+                    self._instance_stats(
+                        inst,
+                        now,
+                        spawned_at=spawned,
                         url=None if replica is None else f"ray-replica://{replica}",
                         pid=_int_or_none(stats.get("pid")),
                         runtime_pid=_int_or_none(stats.get("runtime_pid")),
