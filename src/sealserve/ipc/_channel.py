@@ -158,11 +158,16 @@ class Channel:
         if scheduler is None:
             scheduler = Scheduler(cache_bytes=_sys.consumer_cache_bytes())
         for engine in engines:
+            if not isinstance(engine, CopyEngine):
+                raise TypeError(
+                    f"engines must implement CopyEngine (name, asynchronous, kind, submit, "
+                    f"backlog_bytes, close), got {engine!r}"
+                )
             if engine.name not in scheduler.engines:
                 scheduler.register_engine(
                     engine.name,
                     asynchronous=engine.asynchronous,
-                    kind="device" if getattr(engine, "kind", "thread") == "device" else "thread",
+                    kind="device" if engine.kind == "device" else "thread",
                 )
         pub = Publisher(
             self,

@@ -11,7 +11,8 @@ engine's cost from these records; the publisher turns them into descriptors.
                   message becomes readable while its tail is still moving.
 
 A device engine (an on-chip copy accelerator such as Intel DSA, where one exists) joins by
-implementing the same protocol and registering with the scheduler under ``kind="device"``.
+implementing the same protocol with ``kind = "device"``: ``Channel.publisher(engines=[...])``
+registers it with the scheduler under that kind, and the scheduler prefers it for offloads.
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ class CopyEngine(Protocol):
     name: str
     #: ``True`` when ``submit`` returns before the copy is done.
     asynchronous: bool
+    #: ``"inline"`` (the caller's thread), ``"thread"`` (a helper thread) or ``"device"``
+    #: (a copy accelerator): how the scheduler models it (a device is preferred for offloads).
+    kind: str
 
     def submit(
         self,
@@ -177,6 +181,7 @@ class InlineEngine:
 
     name = "inline"
     asynchronous = False
+    kind = "inline"
 
     def submit(
         self,
@@ -217,6 +222,7 @@ class ThreadEngine:
     """
 
     asynchronous = True
+    kind = "thread"
 
     def __init__(self, *, name: str = "thread") -> None:
         if not name or not isinstance(name, str):

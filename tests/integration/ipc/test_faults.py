@@ -50,6 +50,12 @@ def _shm_files() -> set[str]:
     return set(glob.glob("/dev/shm/sealserve-ipc-*"))
 
 
+def _ipc_mappings() -> set[str]:
+    """This process's mappings of ipc segments (memfd ``sealserve-ipc`` or a /dev/shm file)."""
+    with open("/proc/self/maps") as maps:
+        return {line.strip() for line in maps if "sealserve-ipc" in line}
+
+
 class Child:
     """A Python child holding one end of a socketpair; says what it did on stdout."""
 
@@ -112,7 +118,9 @@ def test_a_killed_consumer_holding_samples_is_reclaimed(children: list[Child]) -
     )
     children.append(child)
     fds_before = _open_fds()  # the child's pipes and our socket end are open already
+    maps_before = _ipc_mappings()
     conn = Connection.create(mine, request=SMALL, response=SMALL)
+    assert _ipc_mappings() - maps_before  # the two segments are mapped here
     assert conn.peer_pid == child.proc.pid
     for _ in range(SMALL.capacity):
         conn.publisher.send(b"job" * 100)
@@ -129,6 +137,7 @@ def test_a_killed_consumer_holding_samples_is_reclaimed(children: list[Child]) -
     conn.close()
     assert _open_fds() <= fds_before
     assert _shm_files() == shm_before
+    assert _ipc_mappings() <= maps_before
 
 
 def test_a_producer_killed_mid_loan_ends_in_peer_died(children: list[Child]) -> None:
@@ -147,6 +156,7 @@ def test_a_producer_killed_mid_loan_ends_in_peer_died(children: list[Child]) -> 
     )
     children.append(child)
     fds_before = _open_fds()
+    maps_before = _ipc_mappings()
     conn = Connection.open(mine)
     assert conn.peer_pid == child.proc.pid
     child.expect("loaning")
@@ -169,6 +179,7 @@ def test_a_producer_killed_mid_loan_ends_in_peer_died(children: list[Child]) -> 
         keep_replying()
     conn.close()
     assert _open_fds() <= fds_before
+    assert _ipc_mappings() <= maps_before
 
 
 def test_a_producer_killed_mid_stream_fails_the_reader(children: list[Child]) -> None:
@@ -185,6 +196,7 @@ def test_a_producer_killed_mid_stream_fails_the_reader(children: list[Child]) ->
         theirs,
     )
     children.append(child)
+    maps_before = _ipc_mappings()
     conn = Connection.open(mine)
     child.expect("streaming")
     sample = conn.subscriber.receive(timeout=10)
@@ -198,6 +210,7 @@ def test_a_producer_killed_mid_stream_fails_the_reader(children: list[Child]) ->
         sample.wait(timeout=30)
     sample.release()
     conn.close()
+    assert _ipc_mappings() <= maps_before
 
 
 def test_a_full_ring_across_processes_gives_backpressure_then_peer_died(
@@ -213,6 +226,7 @@ def test_a_full_ring_across_processes_gives_backpressure_then_peer_died(
         theirs,
     )
     children.append(child)
+    maps_before = _ipc_mappings()
     conn = Connection.create(mine, request=SMALL, response=SMALL)
     child.expect("idle")
     for _ in range(SMALL.capacity):
@@ -223,6 +237,7 @@ def test_a_full_ring_across_processes_gives_backpressure_then_peer_died(
     with pytest.raises(PeerDied):
         conn.publisher.send(b"y", timeout=30)
     conn.close()
+    assert _ipc_mappings() <= maps_before
 
 
 # -- segments the opener must refuse ---------------------------------------------------------

@@ -402,6 +402,35 @@ class ConformanceSuite:
         assert after.notify[policy]["none-needed"] == 1
         assert sub.stats().wakeups_received >= 2
 
+    def test_the_spin_budget_adapts_to_the_wake_ups_it_measures(self, backend: Backend) -> None:
+        pub, sub = backend.pair(SMALL, qos=QoS.EFFICIENCY)
+        before = sub.stats()
+        got: list[bytes] = []
+
+        def consumer() -> None:
+            for _ in range(4):
+                sample = sub.receive(timeout=10.0)
+                assert sample is not None
+                got.append(sample.tobytes())
+                sample.release()
+
+        t = threading.Thread(target=consumer)
+        t.start()
+        for i in range(4):
+            blocks = sub.stats().blocks
+            _wait_until(lambda b=blocks: sub.stats().blocks > b, "the reader blocks")
+            pub.send(b"%d" % i)
+            _wait_until(lambda n=i + 1: len(got) == n, "the reader is woken")
+        t.join(timeout=10)
+        after = sub.stats()
+        assert after.wakeups_received >= 4
+        # Every wake-up it measured moved the average away from the starting guess, and the
+        # budget follows: twice the measured cost, clamped to [2 us, 200 us].
+        assert after.wake_cost_us != before.wake_cost_us
+        assert after.spin_budget_us == pytest.approx(
+            min(max(2 * after.wake_cost_us, 2.0), 200.0), abs=1e-3
+        )
+
     def test_receive_times_out_with_none(self, backend: Backend) -> None:
         _, sub = backend.pair(SMALL, qos="efficiency")
         assert sub.receive(timeout=0.02) is None

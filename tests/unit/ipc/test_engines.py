@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from sealserve.errors import IPCError
-from sealserve.ipc import CopyEngine, InlineEngine, ThreadEngine
+from sealserve.ipc import (
+    Channel,
+    ChannelOptions,
+    CopyEngine,
+    CopyJob,
+    InlineEngine,
+    Path,
+    ThreadEngine,
+)
 from sealserve.ipc._engines import copy_bytes
 
 
@@ -89,3 +99,88 @@ def test_engines_refuse_mismatched_lengths_and_work_after_close() -> None:
         engine.submit(src, memoryview(bytearray(10)))
     with pytest.raises(ValueError, match="name"):
         ThreadEngine(name="")
+
+
+class MemoryviewDevice:
+    """A fake copy accelerator: copies with memoryview slices, done by the time submit returns."""
+
+    name = "fake-dsa"
+    asynchronous = True
+    kind = "device"
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def submit(
+        self,
+        src: memoryview,
+        dst: memoryview,
+        *,
+        chunk_bytes: int = 0,
+        on_chunk: Callable[[int], None] | None = None,
+        on_done: Callable[[CopyJob], None] | None = None,
+    ) -> CopyJob:
+        job = CopyJob(
+            engine=self.name,
+            src=src,
+            dst=dst,
+            chunk_bytes=chunk_bytes,
+            on_chunk=on_chunk,
+            on_done=on_done,
+        )
+        job.started_ns = time.monotonic_ns()
+        n = len(src)
+        step = chunk_bytes or n or 1
+        for pos in range(0, n, step):
+            end = min(pos + step, n)
+            dst[pos:end] = src[pos:end]
+            job.copied = end
+            if on_chunk is not None:
+                on_chunk(end)
+        job.src = job.dst = None
+        job.finished_ns = time.monotonic_ns()
+        self.jobs += 1
+        if on_done is not None:
+            on_done(job)
+        return job
+
+    def backlog_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_device_engine_registers_through_the_publisher_and_is_preferred() -> None:
+    device = MemoryviewDevice()
+    assert isinstance(device, CopyEngine)
+    opts = ChannelOptions(capacity=8, arena_bytes=8 << 20, memory="anonymous")
+    with ThreadEngine() as thread, Channel.create(opts) as ch:
+        pub = ch.publisher(qos="throughput", engines=[thread, device])
+        sub = ch.subscriber()
+        model = pub.stats().scheduler
+        assert model is not None
+        assert model["model"]["fake-dsa"]["kind"] == "device"
+        assert model["model"]["thread"]["kind"] == "thread"
+        payload = np.random.default_rng(3).integers(0, 255, 4 << 20, dtype=np.uint8)
+        done = pub.send_async(payload)
+        done.wait(timeout=5.0)
+        assert (done.path, device.jobs) == (Path.OFFLOAD, 1)
+        sample = sub.receive(timeout=5.0)
+        assert sample is not None
+        assert np.array_equal(sample.array(), payload)
+        sample.release()
+        assert pub.stats().offload["fake-dsa"]["count"] == 1
+
+
+def test_an_engine_without_the_protocol_is_refused_by_name() -> None:
+    class NoKind:
+        name = "half"
+        asynchronous = True
+
+    assert not isinstance(NoKind(), CopyEngine)
+    with (
+        Channel.create(ChannelOptions(memory="anonymous")) as ch,
+        pytest.raises(TypeError, match="engines must implement CopyEngine"),
+    ):
+        ch.publisher(engines=[NoKind()])  # type: ignore[list-item]
