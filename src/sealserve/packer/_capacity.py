@@ -102,10 +102,13 @@ class NeedWindow:
         self._instances.append((now, need.instances))
 
     def largest(self, need: Need, now: float) -> Need:
-        """``need``, or the larger need seen within the window."""
-        self._expire(now)
-        memory = self._memory[0][1] if self._memory else 0.0
-        instances = self._instances[0][1] if self._instances else 0
+        """``need``, or the larger need seen within the window (a read: it changes nothing,
+        so a policy's pure decision may ask; :meth:`observe` drops what expired)."""
+        start = now - self.window_s
+        # Each queue decreases from its front, so its first entry within the window is the
+        # largest there; the expired ones, if any, are at the front.
+        memory = next((m for at, m in self._memory if at >= start), 0.0)
+        instances = next((n for at, n in self._instances if at >= start), 0)
         return need.max(Need(memory, instances))
 
     def _expire(self, now: float) -> None:

@@ -39,7 +39,9 @@ class Policy(abc.ABC):
 
     @abc.abstractmethod
     def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
-        """Decide where ``request`` goes; must not change any state."""
+        """Decide where ``request`` goes; must not change any state (the policy's or the
+        group's): the same inputs give the same decision, and what it learns it learns in the
+        callbacks below (tests/unit/packer/test_purity.py checks every policy)."""
 
     def on_arrival(  # noqa: B027 - an optional hook
         self, request: RouteRequest, now: float

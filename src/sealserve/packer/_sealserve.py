@@ -104,7 +104,6 @@ class SealservePolicy(Policy):
         self.horizon_s = horizon_s
         self._priors = priors
         self._needs: NeedWindow | None = None
-        self._last_need: tuple[int, float, Need] | None = None
         self._misses: collections.deque[float] = collections.deque()
         self._evicted_at: dict[str, float] = {}
         if priors is not None:
@@ -135,12 +134,11 @@ class SealservePolicy(Policy):
                 f"model {model!r} needs {model_mb:.0f} MB, more than the largest instance "
                 f"budget of {shapes[-1].budget_mb:.0f} MB; raise the budget or add a size"
             )
-        infer = self.stats.model(model).exec_s.value
-        load = self.stats.model(model).load_s.value
+        infer = self.stats.peek(model).exec_s.value
+        load = self.stats.peek(model).load_s.value
         options: list[_Option] = []
         full: list[Instance] = []
         need = self.need(group, model, now)
-        self._last_need = (request.request_id, now, need)
         ours = [i for i in group if i.function == group.config.name]
         stable = self._stabilized(need, group, now)
         core = core_of(
@@ -263,11 +261,15 @@ class SealservePolicy(Policy):
         models of memory x the chance of a request within the horizon (this request's model
         counts fully).
         """
+        return self._need(group, model, now, pending=1)
+
+    def _need(self, group: FunctionGroup, model: str, now: float, *, pending: int) -> Need:
+        """:meth:`need`, counting ``pending`` requests besides those the group holds."""
         horizon = self._horizon(group)
         busy = 0.0
         working_set = group.model_memory_mb(model)
         for name in self.stats.known():
-            stats = self.stats.model(name)
+            stats = self.stats.peek(name)
             rate = stats.rate(now)
             busy += rate * stats.exec_s.value
             if name != model:
@@ -275,7 +277,7 @@ class SealservePolicy(Policy):
                 working_set += chance * group.model_memory_mb(name)
         config = group.config
         ours = [i for i in group if i.function == config.name]
-        in_flight = sum(i.in_flight for i in ours) + group.waiting_count() + 1
+        in_flight = sum(i.in_flight for i in ours) + group.waiting_count() + pending
         slots = max(2.0 * busy + 1.0, float(in_flight))
         return Need(working_set, max(1, math.ceil(slots / config.concurrency - 1e-9)))
 
@@ -306,7 +308,7 @@ class SealservePolicy(Policy):
 
     def _load_eta(self, inst: Instance, model: str, now: float) -> float:
         started = inst.load_started_at(model)
-        load = self.stats.model(model).load_s.value
+        load = self.stats.peek(model).load_s.value
         if started is None:
             return self._ready_eta(inst, now) + load
         return max(now, started + load)
@@ -319,7 +321,7 @@ class SealservePolicy(Policy):
         for name in evict:
             if any(i.id != inst.id and name in i.models for i in group):
                 continue
-            stats = self.stats.model(name)
+            stats = self.stats.peek(name)
             penalty += stats.chance_within(horizon, now) * stats.load_s.value
         return penalty
 
@@ -328,7 +330,7 @@ class SealservePolicy(Policy):
         the horizon (a resize must leave room for it)."""
         assert isinstance(inst, Instance)
         horizon = self._horizon(group)
-        likely = (m for m in inst.models if self.stats.model(m).chance_within(horizon, now) >= 0.5)
+        likely = (m for m in inst.models if self.stats.peek(m).chance_within(horizon, now) >= 0.5)
         return max((group.model_memory_mb(m) for m in likely), default=0.0)
 
     def _drain_cost(self, inst: Sized, group: FunctionGroup, now: float) -> float:
@@ -342,7 +344,7 @@ class SealservePolicy(Policy):
         earliest = math.inf
         for rid in inst.request_ids():
             req_model = inst.request_model(rid)
-            exec_s = self.stats.model(req_model).exec_s.value
+            exec_s = self.stats.peek(req_model).exec_s.value
             since = inst.running_since(rid)
             if since is not None:
                 end = since + exec_s
@@ -387,12 +389,11 @@ class SealservePolicy(Policy):
     ) -> None:
         if self._needs is None:
             self._needs = NeedWindow(window_s=group.config.keep_alive_s)
-        last = self._last_need
-        if last is not None and last[:2] == (request.request_id, now):
-            need = last[2]  # the need this decision was made on
-        else:
-            need = self.need(group, request.model, now)
-        self._needs.observe(need, now)
+        # The need the decision was made on: the group now holds the request (in flight, or
+        # waiting), which route counted as one more; a retried request route also found
+        # waiting, so it counted it twice.
+        pending = 1 if request.attempt > 0 else 0
+        self._needs.observe(self._need(group, request.model, now, pending=pending), now)
         horizon = self._horizon(group)
         while self._misses and self._misses[0] < now - horizon:
             self._misses.popleft()

@@ -147,7 +147,21 @@ class LoadStats:
         self.cold_start_s = Ewma(prior_cold_start_s)
         self._models: dict[str, ModelStats] = {}
 
+    def peek(self, name: str) -> ModelStats:
+        """``name``'s statistics, or fresh ones from the priors, without recording the model
+        (what a pure decision reads; do not update what it returns)."""
+        stats = self._models.get(name)
+        if stats is not None:
+            return stats
+        return ModelStats(
+            exec_s=self._prior_exec(name),
+            load_s=self._prior_load(name),
+            short_window_s=self.short_window_s,
+            long_window_s=self.long_window_s,
+        )
+
     def model(self, name: str) -> ModelStats:
+        """``name``'s statistics, created from the priors on first use (to update them)."""
         stats = self._models.get(name)
         if stats is None:
             stats = ModelStats(
