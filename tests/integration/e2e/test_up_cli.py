@@ -43,6 +43,33 @@ def _shm() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("sealserve")}
 
 
+def _publish_model(
+    info: dict[str, Any], tmp_path: Path, onnx: bytes
+) -> tuple[str, str, RequestKey]:
+    """As a new owner and a new user of what ``up`` started (its ready file's ``info``):
+    upload ``onnx`` as model ``m``, grant it to the user in the installed runtime, register a
+    request key; the model's id, the user's id and the key."""
+    from sealserve.instance import ModelStore
+
+    pins = KeyServicePin(
+        policy=Policy(measurements=frozenset({info["keyservice_measurement"]})),
+        trust=TrustAnchors.from_data_dir(Path(info["data_dir"])),
+    )
+    runtime = Policy(measurements=frozenset({info["runtime_measurement"]}))
+    (tmp_path / "m.onnx").write_bytes(onnx)
+    with (
+        Owner(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as owner,
+        User(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as user,
+    ):
+        owner.register()
+        user.register()
+        receipt = upload_model(owner, ModelStore(info["store_dir"]), "m", tmp_path / "m.onnx")
+        owner.grant("m", user.principal_id, runtime)
+        key = RequestKey.generate()
+        user.put_request_key(receipt.model_id, key, runtime)
+    return receipt.model_id, user.principal_id, key
+
+
 def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     shm_before = _shm()
     ready = tmp_path / "up.json"
@@ -59,53 +86,38 @@ def test_up_serves_scales_to_zero_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         _wait_until("the ready file", lambda: ready.exists() or up.poll() is not None, 120)
         assert up.poll() is None, up.communicate()[1].decode()[-2000:]
         info = json.loads(ready.read_text())
-        pins = KeyServicePin(
-            policy=Policy(measurements=frozenset({info["keyservice_measurement"]})),
-            trust=TrustAnchors.from_data_dir(Path(info["data_dir"])),
-        )
-        runtime = Policy(measurements=frozenset({info["runtime_measurement"]}))
         onnx = dense_model(11)
-        (tmp_path / "m.onnx").write_bytes(onnx)
         inputs = {"X": np.ones((1, 64), np.float32)}
-        with (
-            Owner(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as owner,
-            User(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as user,
-        ):
-            owner.register()
-            user.register()
-            from sealserve.instance import InstanceClient, ModelStore
+        model_id, user_id, key = _publish_model(info, tmp_path, onnx)
+        from sealserve.instance import InstanceClient
 
-            receipt = upload_model(owner, ModelStore(info["store_dir"]), "m", tmp_path / "m.onnx")
-            owner.grant("m", user.principal_id, runtime)
-            key = RequestKey.generate()
-            user.put_request_key(receipt.model_id, key, runtime)
-            with GatewayClient(info["gateway_url"]) as gateway:
-                first = gateway.infer(receipt.model_id, inputs, user_id=user.principal_id, key=key)
-                np.testing.assert_allclose(first.outputs["Y"], plain_run(onnx, inputs)["Y"],
-                                           rtol=1e-5, atol=1e-5)  # fmt: skip
-                assert first.route is not None
-                assert first.route.kind == "start"
-                (instance,) = gateway.platform()["instances"]
-                pids = [instance["pid"], instance["runtime_pid"]]
-                assert all(_alive(p) for p in pids)
-                # The sealserve policy started the smallest size that holds the model, whose
-                # runtime has that size's budget; it is billed that size.
-                assert (instance["memory_mb"], instance["budget_mb"]) == (896, 512.0)
-                with InstanceClient(instance["url"]) as host:
-                    budget = host.stats()["runtime"]["models"]["budget_bytes"]
-                assert budget == 512 << 20
-                # Idle past its keep-alive: the instance scales to zero, its processes end.
-                _wait_until("scale to zero", lambda: not gateway.platform()["instances"])
-                _wait_until("the instance's exit", lambda: not any(_alive(p) for p in pids))
-                assert gateway.platform()["counters"]["scaled_to_zero"] == 1
-                again = gateway.infer(receipt.model_id, inputs, user_id=user.principal_id, key=key)
-                assert again.route is not None
-                assert again.route.kind == "start"  # from zero: a cold start again
-                pids += [
-                    pid
-                    for inst in gateway.platform()["instances"]  # (unless idle past 3 s already)
-                    for pid in (inst["pid"], inst["runtime_pid"])
-                ]
+        with GatewayClient(info["gateway_url"]) as gateway:
+            first = gateway.infer(model_id, inputs, user_id=user_id, key=key)
+            np.testing.assert_allclose(first.outputs["Y"], plain_run(onnx, inputs)["Y"],
+                                       rtol=1e-5, atol=1e-5)  # fmt: skip
+            assert first.route is not None
+            assert first.route.kind == "start"
+            (instance,) = gateway.platform()["instances"]
+            pids = [instance["pid"], instance["runtime_pid"]]
+            assert all(_alive(p) for p in pids)
+            # The sealserve policy started the smallest size that holds the model, whose
+            # runtime has that size's budget; it is billed that size.
+            assert (instance["memory_mb"], instance["budget_mb"]) == (896, 512.0)
+            with InstanceClient(instance["url"]) as host:
+                budget = host.stats()["runtime"]["models"]["budget_bytes"]
+            assert budget == 512 << 20
+            # Idle past its keep-alive: the instance scales to zero, its processes end.
+            _wait_until("scale to zero", lambda: not gateway.platform()["instances"])
+            _wait_until("the instance's exit", lambda: not any(_alive(p) for p in pids))
+            assert gateway.platform()["counters"]["scaled_to_zero"] == 1
+            again = gateway.infer(model_id, inputs, user_id=user_id, key=key)
+            assert again.route is not None
+            assert again.route.kind == "start"  # from zero: a cold start again
+            pids += [
+                pid
+                for inst in gateway.platform()["instances"]  # (unless idle past 3 s already)
+                for pid in (inst["pid"], inst["runtime_pid"])
+            ]
         pids += [info["pids"]["tee"], info["pids"]["keyservice"]]
         up.send_signal(signal.SIGINT)
         out, err = up.communicate(timeout=120)
@@ -180,34 +192,11 @@ def test_nothing_outlives_up_when_it_is_killed(tmp_path: Path) -> None:
         _wait_until("the ready file", lambda: ready.exists() or up.poll() is not None, 120)
         assert up.poll() is None, up.communicate()[1].decode()[-2000:]
         info = json.loads(ready.read_text())
-        pins = KeyServicePin(
-            policy=Policy(measurements=frozenset({info["keyservice_measurement"]})),
-            trust=TrustAnchors.from_data_dir(Path(info["data_dir"])),
-        )
-        runtime = Policy(measurements=frozenset({info["runtime_measurement"]}))
-        onnx = dense_model(3)
-        (tmp_path / "m.onnx").write_bytes(onnx)
-        with (
-            Owner(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as owner,
-            User(Identity.generate(), keyservice_url=info["keyservice_url"], pin=pins) as user,
-        ):
-            owner.register()
-            user.register()
-            from sealserve.instance import ModelStore
-
-            receipt = upload_model(owner, ModelStore(info["store_dir"]), "m", tmp_path / "m.onnx")
-            owner.grant("m", user.principal_id, runtime)
-            key = RequestKey.generate()
-            user.put_request_key(receipt.model_id, key, runtime)
-            with GatewayClient(info["gateway_url"]) as gateway:
-                gateway.infer(
-                    receipt.model_id,
-                    {"X": np.ones((1, 64), np.float32)},
-                    user_id=user.principal_id,
-                    key=key,
-                )
-                (instance,) = gateway.platform()["instances"]
-                pids += [instance["pid"], instance["runtime_pid"]]
+        model_id, user_id, key = _publish_model(info, tmp_path, dense_model(3))
+        with GatewayClient(info["gateway_url"]) as gateway:
+            gateway.infer(model_id, {"X": np.ones((1, 64), np.float32)}, user_id=user_id, key=key)
+            (instance,) = gateway.platform()["instances"]
+            pids += [instance["pid"], instance["runtime_pid"]]
         pids += [info["pids"]["tee"], info["pids"]["keyservice"]]
         assert all(_alive(p) for p in pids)
         up.send_signal(signal.SIGKILL)
