@@ -139,12 +139,25 @@ def test_a_runtime_killed_under_load_recovers_and_no_request_is_lost_silently(
             with lock:
                 lost.append(exc)
 
+    platform = stack.deployment.platform
+    assert platform is not None
+    failures_before = platform.stats().counters["runtime_failures"]
+
+    def in_flight_on_holder() -> int:
+        return sum(
+            i.in_flight for i in platform.stats().instances if i.instance_id == holder.instance_id
+        )
+
     def kill_under_load() -> None:
-        # In steady state two requests are in the runtime at any time (each ~0.1-0.3 s).
-        if steady.wait(120):
-            time.sleep(0.1)
-            os.kill(runtime_pid, signal.SIGKILL)
-            killed.set()
+        # In steady state, kill the runtime while the platform has requests running on it
+        # (each runs ~0.1-0.3 s in the runtime), so the kill lands on work in flight.
+        if not steady.wait(120):
+            return
+        deadline = time.monotonic() + 60
+        while in_flight_on_holder() < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(runtime_pid, signal.SIGKILL)
+        killed.set()
 
     killer = threading.Thread(target=kill_under_load)
     killer.start()
@@ -156,6 +169,8 @@ def test_a_runtime_killed_under_load_recovers_and_no_request_is_lost_silently(
           f"{outcomes['retryable']} got a retryable error, {len(lost)} lost")  # fmt: skip
     assert lost == []
     assert outcomes["ok"] + outcomes["retryable"] == 24
+    # The kill hit requests in flight: the platform counted requests whose runtime died.
+    assert platform.stats().counters["runtime_failures"] > failures_before
     # The host restarted its runtime: the next requests succeed.
     with GatewayClient(stack.gateway_url) as client:
         for _ in range(3):
