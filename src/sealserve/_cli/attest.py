@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sealserve._log import configure_logging
+from sealserve._log import configure_logging, get_logger
 from sealserve.attest import (
     ENTRIES,
     TCB_STATUSES,
@@ -38,6 +39,7 @@ from sealserve.crypto import HpkeKeyPair
 from sealserve.errors import AttestationError, IdentityError, TeeError
 
 __all__ = ["app"]
+_log = get_logger(__name__)
 
 app = typer.Typer(
     help="Attestation: code measurements, DCAP quote verification, the simulated TEE platform.",
@@ -269,10 +271,10 @@ def serve_command(
             SimulatedPlatform(data_dir=data_dir, tcb_status=tcb_status) as platform,
             PlatformServer(platform, socket_path=socket_path),
         ):
-            typer.echo(
-                f"serving on {socket_path}; platform key {platform.public_key_bytes.hex()}",
-                err=True,
-            )
+            public_key = platform.public_key_bytes.hex()
+            _log.event("attest.platform_serving", socket=str(socket_path), public_key=public_key)
+            if sys.stderr.isatty():
+                typer.echo(f"serving on {socket_path}; platform key {public_key}", err=True)
             while not stop.wait(1.0):
                 pass
     except (TeeError, IdentityError, ValueError) as exc:
