@@ -241,6 +241,10 @@ class Publisher:
         self._arena_u64 = np.frombuffer(seg.arena, np.uint64)
         self._asize = seg.geometry.arena_size
         self._ring = ProducerRing(seg, trim_above=channel.trim_above)
+        # Loans under the default hint decide their notification from this table (no call
+        # and no enum hashing per loan); the tallies reach the scheduler with stats().
+        self._loan_batch, self._loan_high = scheduler.loan_table(qos, self._ring.capacity)
+        self._loan_tally = [0, 0]  # [wake, batch]
         self._lock = threading.Lock()
         self._counters = Counters()
         self._c_inline = self._counters.path("inline")
@@ -481,9 +485,14 @@ class Publisher:
         """
         if type(nbytes) is not int or not 0 <= nbytes <= self._asize:
             nbytes = self._check_loan_size(nbytes)
-        q = self._qos if qos is None else QoS.parse(qos)
         ring = self._ring
-        batch = self._scheduler.notify_for(q, ring.in_flight / ring.capacity) is Notify.BATCH
+        if qos is None:
+            q = self._qos
+            batch = self._loan_batch[ring.in_flight >= self._loan_high]
+            self._loan_tally[batch] += 1
+        else:
+            q = QoS.parse(qos)
+            batch = self._scheduler.notify_for(q, ring.in_flight / ring.capacity) is Notify.BATCH
         with self._lock:
             if self._closed or self._error is not None:
                 self._ensure_open()
@@ -627,8 +636,15 @@ class Publisher:
             capacity=self._ring.capacity,
             arena_bytes_in_use=in_use,
             arena_bytes=self._asize,
-            scheduler=self._scheduler.snapshot(),
+            scheduler=self._scheduler_snapshot(),
         )
+
+    def _scheduler_snapshot(self) -> dict[str, Any]:
+        tally = self._loan_tally
+        wake, batch = tally
+        tally[0] = tally[1] = 0
+        self._scheduler.count_notify(wake=wake, batch=batch)
+        return self._scheduler.snapshot()
 
     @property
     def counters(self) -> Counters:

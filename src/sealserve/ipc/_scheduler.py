@@ -289,6 +289,22 @@ class Scheduler:
         self.notify_counts[notify] += 1
         return notify
 
+    def loan_table(self, qos: QoS, capacity: int) -> tuple[tuple[bool, bool], int]:
+        """For a publisher's loans under its default hint, decided without a call per loan:
+        whether a commit batches its wake-up, by (ring nearly full), and the number of
+        messages in flight from which the ring counts as nearly full.  Same policy as
+        :meth:`notify_for`; the publisher reports its tallies with :meth:`count_notify`."""
+        table = (
+            _NOTIFY[qos, False][0] is Notify.BATCH,
+            _NOTIFY[qos, True][0] is Notify.BATCH,
+        )
+        return table, math.ceil(self.high_occupancy * capacity)
+
+    def count_notify(self, *, wake: int, batch: int) -> None:
+        """Add notification choices a publisher tallied itself (its default-hint loans)."""
+        self.notify_counts[Notify.WAKE] += wake
+        self.notify_counts[Notify.BATCH] += batch
+
     def _forced(self, nbytes: int, asynchronous: bool, qos: QoS, high: bool) -> Decision:
         """The pinned path where it applies (characterization runs), else inline."""
         force = self.force
