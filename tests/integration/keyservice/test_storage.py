@@ -14,8 +14,10 @@ from sealserve.attest import Policy
 from sealserve.client import Owner, User
 from sealserve.crypto import Identity, RequestKey, SymmetricKey
 from sealserve.keyservice._schema import SCHEMA_VERSION, schema_version
-from tests.integration.keyservice.conftest import KeyServiceProcess
+from tests.integration.keyservice.conftest import REQUIRE_POSTGRES_ENV, KeyServiceProcess
 from tests.integration.keyservice.simruntime import SimulatedRuntime, probe_measurement
+
+PG_DUMP_ENV = "SEALSERVE_TEST_PG_DUMP"
 
 
 def _forms(secret: bytes) -> list[bytes]:
@@ -34,9 +36,11 @@ def _dump(ks: KeyServiceProcess) -> bytes:
         db = Path(str(url.database))
         files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-journal")]
         return b"".join(f.read_bytes() for f in files if f.exists())
-    pg_dump = os.environ.get("SEALSERVE_TEST_PG_DUMP")
+    pg_dump = os.environ.get(PG_DUMP_ENV)
     if not pg_dump:
-        pytest.skip("SEALSERVE_TEST_PG_DUMP is not set (scripts/with-postgres sets it)")
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {PG_DUMP_ENV} is not set")
+        pytest.skip(f"{PG_DUMP_ENV} is not set (scripts/with-postgres sets it)")
     conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
     return subprocess.run(
         [pg_dump, "--data-only", "--inserts", conninfo],
