@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sealserve._clock import ManualClock
 from sealserve.config import KeyServiceSettings
@@ -31,6 +33,7 @@ from sealserve.keyservice import (
     create_app,
     wire,
 )
+from sealserve.keyservice._metrics import DENIAL_REASONS
 from tests.unit.keyservice.fakes import GOOD, OTHER, FakeJudge, fake_evidence, fake_report_data
 
 DENIAL = wire.canonical_json(DENIAL_BODY)
@@ -512,3 +515,49 @@ def test_openapi_document_describes_the_bodies() -> None:
         assert "ReleasePair" in doc["components"]["schemas"]
 
     run(body)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` as {(sample name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@pytest.mark.parametrize("hot_path", [True, False])
+def test_metrics_count_one_release_and_one_denial(hot_path: bool) -> None:
+    """After one release and one denial (a measurement outside the owner's policy), /metrics
+    shows one release, one denial under its reason and none under any other, and the latency
+    histogram of the release route has one 2xx and one 4xx observation."""
+
+    async def body(h: Harness) -> None:
+        mid, _, _ = await h.setup_grant()
+        uid = h.user.principal_id
+        before = _samples((await h.client.get("/metrics")).text)
+        assert before[("sealserve_keyservice_releases_total", ())] == 0
+        ok, _, _ = await h.release([(uid, mid)])
+        assert ok.status_code == 200, ok.text
+        denied, _, _ = await h.release([(uid, mid)], measurement="33" * 32)
+        assert (denied.status_code, denied.content) == (403, DENIAL)
+        after = _samples((await h.client.get("/metrics")).text)
+
+        assert after[("sealserve_keyservice_releases_total", ())] == 1
+        assert after[("sealserve_keyservice_released_pairs_total", ())] == 1
+        denials = {
+            dict(labels)["reason"]: value
+            for (name, labels), value in after.items()
+            if name == "sealserve_keyservice_denials_total"
+        }
+        assert set(denials) == set(DENIAL_REASONS)
+        assert denials == {r: (1.0 if r == "owner_policy" else 0.0) for r in DENIAL_REASONS}
+        hist = "sealserve_keyservice_request_seconds"
+        for status in ("2xx", "4xx"):
+            labels = (("route", "release"), ("status", status))
+            assert after[(f"{hist}_count", labels)] == 1, status
+            inf = tuple(sorted((*labels, ("le", "+Inf"))))
+            assert after[(f"{hist}_bucket", inf)] == 1, status
+            assert (f"{hist}_count", labels) not in before, status
+
+    run(body, hot_path=hot_path)
