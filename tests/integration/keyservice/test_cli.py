@@ -126,3 +126,62 @@ def test_serve_then_the_whole_flow_through_the_cli(served: Served, tmp_path: Pat
     assert b"KeyService stopped." in out
     with pytest.raises(httpx.HTTPError):
         httpx.get(served.url + "/healthz", timeout=2)
+
+
+def test_put_key_rotate_through_the_cli(served: Served, tmp_path: Path) -> None:
+    """``owner put-key NAME --rotate`` stores the next version (docs/keyservice.md: current + 1,
+    the revocation epoch goes up) under a new key file; the next release carries the new key
+    and version, never the old key; a second put-key without --rotate is refused."""
+    runner = CliRunner()
+    pin_opts = ["--keyservice", served.url, "--data-dir", str(tmp_path),
+                "--keyservice-measurement", served.measurement]  # fmt: skip
+
+    def run(*args: str) -> dict[str, object]:
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        assert isinstance(doc, dict)
+        return doc
+
+    owner_id = str(run("owner", "init", "--data-dir", str(tmp_path))["principal_id"])
+    user_id = str(run("user", "init", "--data-dir", str(tmp_path))["principal_id"])
+    run("owner", "register", *pin_opts)
+    run("user", "register", *pin_opts)
+    model_id = f"{owner_id}/resnet"
+    first = run("owner", "put-key", "resnet", *pin_opts)
+    assert first["version"] == 1
+
+    with SimulatedPlatform(data_dir=tmp_path) as platform:
+        probe = probe_measurement(platform)
+        run("owner", "grant", "resnet", user_id, "--measurement", probe, *pin_opts)
+        run("user", "request-key", model_id, "--measurement", probe, *pin_opts)
+        pin = KeyServicePin(
+            policy=Policy(measurements=frozenset({served.measurement})),
+            trust=TrustAnchors.from_data_dir(tmp_path),
+        )
+        runtime = SimulatedRuntime(platform=platform, url=served.url, pin=pin)
+        try:
+            before = runtime.release([(user_id, model_id)])
+            old = before.keys[(user_id, model_id)]
+            old_key = Path(str(first["key_file"])).read_bytes()
+            assert (old.model_key.to_bytes(), old.model_key_version) == (old_key, 1)
+
+            rotated = run("owner", "put-key", "resnet", "--rotate", *pin_opts)
+            assert rotated["version"] == 2
+            assert int(str(rotated["revocation_epoch"])) > int(str(first["revocation_epoch"]))
+            assert rotated["key_file"] != first["key_file"]
+            new_key = Path(str(rotated["key_file"])).read_bytes()
+            assert new_key != old_key
+            assert run("owner", "show", "resnet", *pin_opts)["key_version"] == 2
+
+            after = runtime.release([(user_id, model_id)])
+            new = after.keys[(user_id, model_id)]
+            assert (new.model_key.to_bytes(), new.model_key_version) == (new_key, 2)
+            assert after.revocation_epoch > before.revocation_epoch
+            assert new.request_key.to_bytes() == old.request_key.to_bytes()  # untouched
+        finally:
+            runtime.close()
+
+    again = runner.invoke(app, ["owner", "put-key", "resnet", *pin_opts])
+    assert again.exit_code == 1
+    assert again.output.startswith(f"error: model {model_id} already has a key; use --rotate")
