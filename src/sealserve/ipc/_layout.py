@@ -92,6 +92,7 @@ class W:
     SPACE_WANT = 20  # 0, or (sequence number + 1) whose release should wake the producer
     WAKE_STAMP = 21  # monotonic ns of the producer's last wake-up call
     DATA_EPOCH = 22  # futex word: bumped when a waiting subscriber must look again
+    PCPU = 23  # CPU + 1 the producer last waited or sent a wake-up on (0: unknown)
     # space line (bytes 192..255), written by any subscriber
     SPACE_EPOCH = 24  # futex word: bumped when the waiting producer must look again
     SPACE_STAMP = 25
@@ -101,6 +102,7 @@ class W:
     C_PID = 1
     C_START = 2  # first sequence number this subscriber receives
     C_WAITING = 3  # 1 while the subscriber sleeps or is about to
+    C_CPU = 4  # CPU + 1 the subscriber last waited or sent a wake-up on (0: unknown)
     # descriptor fields (word offsets within a descriptor)
     D_TAG = 0
     D_OFFSET = 1

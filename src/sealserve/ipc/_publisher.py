@@ -576,12 +576,14 @@ class Publisher:
                 waiting_word=W.SPACE_WANT,
                 waiting_value=ring.tail + batch,
                 stamp_word=W.SPACE_STAMP,
-                spin_ns=self._spin.budget_ns if qos is QoS.LATENCY else 0,
+                spin_ns=self._spin.next_spin_ns() if qos is QoS.LATENCY else 0,
                 deadline=deadline,
                 clock=self._clock,
                 check=self.check_peers,
                 budget=self._spin,
                 counters=self._counters.waits,
+                cpu_word=W.PCPU,
+                peer_cpu_words=ring.cpu_words,
             )
             if got:
                 return got[0]
@@ -631,6 +633,7 @@ class Publisher:
             role="publisher",
             closed=self._closed,
             spin_budget_ns=self._spin.budget_ns,
+            spin_backoff=self._spin.backing_off,
             wake_ns=self._spin.wake_ns,
             in_flight=in_flight,
             capacity=self._ring.capacity,

@@ -151,6 +151,8 @@ class ProducerRing:
         self.live: list[int] = []
         self.live_mask = 0
         self._waiting_words: list[int] = []
+        #: Where the live subscribers write the CPU they last waited on (plus one).
+        self.cpu_words: tuple[int, ...] = ()
         # mark -> release words for the current ``live_mask`` (reset when it changes)
         self._releases: dict[int, tuple[int, int, int, int]] = {}
         for slot in range(g.max_subscribers):
@@ -186,6 +188,7 @@ class ProducerRing:
 
     def _live_changed(self) -> None:
         self._waiting_words = [Geometry.consumer_word(s) + W.C_WAITING for s in self.live]
+        self.cpu_words = tuple(Geometry.consumer_word(s) + W.C_CPU for s in self.live)
         self._releases = {}
 
     def attach(self, *, pid: int = 0) -> int | None:
@@ -507,6 +510,7 @@ class ProducerRing:
     def wake_all(self) -> None:
         """Bump the data epoch and wake every sleeper (also used on flush and close)."""
         w = self._w
+        w[W.PCPU] = _sys.current_cpu() + 1
         w[W.WAKE_STAMP] = time.monotonic_ns()
         self._epoch = epoch = (self._epoch + 1) & 0xFFFFFFFF
         w[W.DATA_EPOCH] = epoch

@@ -133,6 +133,10 @@ class ChannelStats:
     reclaimed_slots: dict[str, int]
     offload: dict[str, dict[str, float]]
     scheduler: dict[str, Any] | None = None
+    #: Spins that found the peer last seen on this end's CPU, and so yielded at every turn.
+    spins_on_shared_cpu: int = 0
+    #: Waits left that block without spinning: spinning kept missing and backs off.
+    spin_backoff: int = 0
 
     @property
     def occupancy(self) -> float:
@@ -203,6 +207,7 @@ def snapshot(
     arena_bytes_in_use: int,
     arena_bytes: int,
     scheduler: dict[str, Any] | None = None,
+    spin_backoff: int = 0,
 ) -> ChannelStats:
     """Assemble a :class:`ChannelStats` from one end's counters and state."""
     by_path = counters.by_path()
@@ -230,4 +235,6 @@ def snapshot(
         reclaimed_slots=dict(counters.reclaimed),
         offload=offload_summary(counters),
         scheduler=scheduler,
+        spins_on_shared_cpu=waits.shared_cpu,
+        spin_backoff=spin_backoff,
     )

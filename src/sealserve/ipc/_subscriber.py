@@ -47,6 +47,7 @@ _BARRIERS = _sys.NEEDS_BARRIERS
 _FENCE_ACQUIRE, _FENCE_RELEASE = _sys.FENCE_PAIR
 _HEAD = W.HEAD
 _SPACE_WANT = W.SPACE_WANT
+_PRODUCER_CPU = (W.PCPU,)
 #: Consumer-side copies move at most this much at a time (well inside a private cache).
 _PLACE_CHUNK = 256 << 10
 _NO_ARRAY: np.ndarray[Any, Any] = np.zeros(0, np.uint8)
@@ -364,12 +365,14 @@ class Subscriber:
             waiting_word=self._cw + W.C_WAITING,
             waiting_value=None,
             stamp_word=W.WAKE_STAMP,
-            spin_ns=self._spin.budget_ns if q is QoS.LATENCY else 0,
+            spin_ns=self._spin.next_spin_ns() if q is QoS.LATENCY else 0,
             deadline=deadline,
             clock=self._clock,
             check=lambda: self._check_publisher(seq),
             budget=self._spin,
             counters=self._counters.waits,
+            cpu_word=self._cw + W.C_CPU,
+            peer_cpu_words=_PRODUCER_CPU,
         )
 
     def _check_publisher(self, seq: int) -> None:
@@ -435,12 +438,14 @@ class Subscriber:
             waiting_word=self._cw + W.C_WAITING,
             waiting_value=None,
             stamp_word=W.WAKE_STAMP,
-            spin_ns=self._spin.budget_ns if q is QoS.LATENCY else 0,
+            spin_ns=self._spin.next_spin_ns() if q is QoS.LATENCY else 0,
             deadline=deadline,
             clock=self._clock,
             check=check,
             budget=self._spin,
             counters=self._counters.waits,
+            cpu_word=self._cw + W.C_CPU,
+            peer_cpu_words=_PRODUCER_CPU,
         )
 
     # -- release -------------------------------------------------------------------------------
@@ -455,6 +460,7 @@ class Subscriber:
 
     def _wake_producer(self) -> None:
         w = self._w
+        w[self._cw + W.C_CPU] = _sys.current_cpu() + 1
         w[W.SPACE_STAMP] = time.monotonic_ns()
         w[W.SPACE_EPOCH] = (w[W.SPACE_EPOCH] + 1) & 0xFFFFFFFF
         _sys.futex_wake(self._space_epoch_address)
@@ -484,6 +490,7 @@ class Subscriber:
             role="subscriber",
             closed=self._closed,
             spin_budget_ns=self._spin.budget_ns,
+            spin_backoff=self._spin.backing_off,
             wake_ns=self._spin.wake_ns,
             in_flight=pending,
             capacity=self._geometry.capacity,

@@ -37,6 +37,7 @@ __all__ = [
     "acquire_fence",
     "address_of",
     "consumer_cache_bytes",
+    "current_cpu",
     "full_fence",
     "futex_wait",
     "futex_wake",
@@ -123,6 +124,26 @@ def futex_wake(address: int, count: int = _INT_MAX) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"futex wake failed: {os.strerror(err)}")
     return int(rc)
+
+
+def _load_getcpu() -> Callable[[], int] | None:
+    try:
+        fn = ctypes.CDLL(None).sched_getcpu
+    except (OSError, AttributeError):  # pragma: no cover - no glibc
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = []
+    return fn
+
+
+_getcpu = _load_getcpu()
+
+
+def current_cpu() -> int:
+    """The CPU this thread runs on now (``-1`` where the system cannot say)."""
+    if _getcpu is None:  # pragma: no cover - no glibc
+        return -1
+    return int(_getcpu())
 
 
 # -- fences ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 
 import pytest
@@ -151,5 +152,107 @@ def test_check_runs_between_slices_and_ends_a_wait_on_a_dead_peer() -> None:
         with pytest.raises(PeerDied):
             _wait(w, spin_ns=0, deadline=None, clock=SystemClock(), check=check)
         assert len(calls) == 2
+    finally:
+        w.close()
+
+
+def test_spinning_that_keeps_missing_backs_off_and_is_tried_again() -> None:
+    b = SpinBudget(initial_wake_ns=20_000, miss_limit=3, max_backoff=64)
+    assert b.next_spin_ns() == 40_000
+    b.observe_spin(hit=False)
+    b.observe_spin(hit=False)
+    assert b.next_spin_ns() == 40_000  # two misses: still spinning
+    b.observe_spin(hit=False)
+    assert b.backing_off == 16
+    assert [b.next_spin_ns() for _ in range(16)] == [0] * 16
+    assert b.next_spin_ns() == 40_000  # tried again
+    b.observe_spin(hit=False)  # and missed: a longer back-off at once
+    assert b.backing_off == 32
+    for _ in range(32):
+        b.next_spin_ns()
+    b.observe_spin(hit=False)
+    assert b.backing_off == 64
+    for _ in range(64):
+        b.next_spin_ns()
+    b.observe_spin(hit=False)
+    assert b.backing_off == 64  # capped at max_backoff
+    for _ in range(64):
+        b.next_spin_ns()
+    b.observe_spin(hit=True)  # a hit turns spinning back on and forgets the back-off
+    assert b.backing_off == 0
+    b.observe_spin(hit=False)
+    b.observe_spin(hit=False)
+    b.observe_spin(hit=False)
+    assert b.backing_off == 16
+    assert b.budget_ns == 40_000  # the budget itself still follows the wake-up cost
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"miss_limit": 0}, "miss_limit"), ({"max_backoff": 0}, "max_backoff")]
+)
+def test_spin_back_off_names_bad_arguments(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SpinBudget(**kwargs)
+
+
+def test_a_spin_that_finds_the_peer_on_its_cpu_yields_and_says_so() -> None:
+    w = _Words()
+    try:
+        counters = WaitCounters()
+        budget = SpinBudget()
+        cpus = max(os.cpu_count() or 1, 1)
+        # The peer's words claim every CPU, so whichever one this thread runs on matches.
+        peer_words = list(range(8, 8 + cpus))
+        for i, word in enumerate(peer_words):
+            w.words[word] = i + 1
+        turns = [0]
+
+        def ready() -> bool:
+            turns[0] += 1
+            return turns[0] > 3
+
+        assert wait_on_epoch(
+            ready,
+            words=w.words,
+            address=w.address,
+            epoch_word=1,
+            waiting_word=2,
+            waiting_value=1,
+            stamp_word=3,
+            spin_ns=10_000_000_000,
+            deadline=None,
+            clock=SystemClock(),
+            check=lambda: None,
+            budget=budget,
+            counters=counters,
+            cpu_word=4,
+            peer_cpu_words=peer_words,
+        )
+        assert counters.spin_hits == 1
+        assert counters.shared_cpu == 1
+        assert 1 <= w.words[4] <= cpus  # this end wrote the CPU it waited on, plus one
+        # A peer on another CPU (or unknown, 0): a plain spin.
+        for word in peer_words:
+            w.words[word] = 0
+        turns[0] = 0
+        assert wait_on_epoch(
+            ready,
+            words=w.words,
+            address=w.address,
+            epoch_word=1,
+            waiting_word=2,
+            waiting_value=1,
+            stamp_word=3,
+            spin_ns=10_000_000_000,
+            deadline=None,
+            clock=SystemClock(),
+            check=lambda: None,
+            budget=budget,
+            counters=counters,
+            cpu_word=4,
+            peer_cpu_words=peer_words,
+        )
+        assert counters.shared_cpu == 1
+        assert counters.spin_hits == 2
     finally:
         w.close()
