@@ -37,6 +37,8 @@ __all__ = [
 
 _ENV_PREFIX = "SEALSERVE_"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Variables that used to hand the KeyService a master key chosen by whoever launched it.
+_REMOVED_ENV: Final = ("SEALSERVE_KEYSERVICE_MASTER_KEY", "SEALSERVE_KEYSERVICE_MASTER_KEY_FILE")
 
 
 def _default_data_dir() -> Path:
@@ -50,8 +52,6 @@ class KeyServiceSettings:
     port: int = 8470
     #: SQLAlchemy URL; empty means a SQLite file in the data directory.
     db_url: str = ""
-    #: Master key file (0600); empty means ``<data_dir>/keyservice/master.key``.
-    master_key_file: str = ""
     challenge_ttl_s: float = 60.0
     release_ttl_s: float = 300.0
     replay_window_s: float = 300.0
@@ -194,6 +194,13 @@ def load_settings(
 ) -> Settings:
     """Read settings: defaults, then the TOML file, then ``SEALSERVE_*`` variables."""
     environ = os.environ if env is None else env
+    for name in _REMOVED_ENV:
+        if name in environ:
+            raise ConfigError(
+                f"{name} is set, but the KeyService no longer takes its master key from its "
+                "launcher: it generates it inside the attested process and keeps it sealed to "
+                f"its TEE identity (docs/keyservice.md, section 5). Unset {name}."
+            )
     file_path = path if path is not None else environ.get(_ENV_PREFIX + "CONFIG") or None
     table: dict[str, Any] = {}
     if file_path is not None:

@@ -24,7 +24,9 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     │   ├── RateLimited              429: too many requests from one principal or address
     │   ├── NotFound                 an unknown principal, model or grant (for its owner)
     │   ├── Conflict                 already registered, already exists
-    │   └── SchemaVersionError       a database written by a newer sealserve
+    │   ├── SchemaVersionError       a database written by a newer sealserve
+    │   ├── SealedStateError         the data is sealed under another key; refusing to start
+    │   └── KeyServiceChanged        the attested KeyService's long-term keys are not pinned ones
     ├── IPCError
     │   ├── SegmentError             bad magic, wrong version, corrupt header, wrong size
     │   ├── ChannelClosed            the channel (or its peer) was closed in an orderly way
@@ -67,6 +69,7 @@ __all__ = [
     "InstanceError",
     "InvalidEnvelope",
     "InvalidSignature",
+    "KeyServiceChanged",
     "KeyServiceError",
     "MemoryBudgetExceeded",
     "MessageTooLarge",
@@ -81,6 +84,7 @@ __all__ = [
     "RuntimeError_",
     "RuntimeUnavailable",
     "SchemaVersionError",
+    "SealedStateError",
     "SealserveError",
     "SegmentError",
     "StoreIntegrityError",
@@ -187,6 +191,16 @@ class Conflict(KeyServiceError):
 
 class SchemaVersionError(KeyServiceError):
     """The database was written by a newer sealserve than this one."""
+
+
+class SealedStateError(KeyServiceError):
+    """The KeyService's data is sealed under a key this KeyService cannot derive (another
+    build, platform or debug launch): it refuses to start rather than replace the key."""
+
+
+class KeyServiceChanged(KeyServiceError):
+    """The KeyService attested, but its long-term keys are not the ones pinned for it (on
+    first use or configured): treat it as an attack until the operator explains the change."""
 
 
 # -- ipc -------------------------------------------------------------------------------------

@@ -202,14 +202,17 @@ def build_policy(
 
 
 def build_pin(data_dir: Path, measurement: str | None, platform_key: Path | None) -> Any:
-    """The KeyServicePin: the computed (or given) measurement and platform key."""
+    """The KeyServicePin: the computed (or given) measurement and platform key, and the
+    instances remembered on first use in ``<data_dir>/client/known-keyservices.json``."""
     from sealserve.attest import Policy, TrustAnchors
     from sealserve.client import KeyServicePin
+    from sealserve.client._keyservice import known_keyservices_file
     from sealserve.keyservice import default_keyservice_pin
 
+    known = known_keyservices_file(data_dir)
     if measurement is None and platform_key is None:
         policy, trust = default_keyservice_pin(data_dir)
-        return KeyServicePin(policy=policy, trust=trust)
+        return KeyServicePin(policy=policy, trust=trust, known_keyservices=known)
     if measurement is not None:
         policy = Policy(measurements=frozenset({measurement}))
     else:
@@ -219,7 +222,7 @@ def build_pin(data_dir: Path, measurement: str | None, platform_key: Path | None
         trust = TrustAnchors(simulated_platform_keys=frozenset({raw}))
     else:
         trust = TrustAnchors.from_data_dir(data_dir)
-    return KeyServicePin(policy=policy, trust=trust)
+    return KeyServicePin(policy=policy, trust=trust, known_keyservices=known)
 
 
 def emit(as_json: bool, data: dict[str, Any], text: str) -> None:

@@ -23,7 +23,13 @@ from sealserve.attest._evidence import (
     report_data_for,
 )
 from sealserve.attest._launcher import Launcher, MeasuredProcess
-from sealserve.attest._local import in_measured_launch, launch_config, local_evidence, passed_fds
+from sealserve.attest._local import (
+    in_measured_launch,
+    launch_config,
+    local_evidence,
+    local_sealing_key,
+    passed_fds,
+)
 from sealserve.attest._measure import measure
 from sealserve.attest._platform import LaunchedProcess, PlatformState, SimulatedPlatform
 from sealserve.attest._platform_key import read_platform_public_key
@@ -63,6 +69,7 @@ __all__ = [
     "in_measured_launch",
     "launch_config",
     "local_evidence",
+    "local_sealing_key",
     "measure",
     "passed_fds",
     "read_platform_public_key",

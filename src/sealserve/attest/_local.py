@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import threading
-from typing import Final
+from typing import Any, Final
 
 from sealserve.attest._evidence import REPORT_DATA_BYTES, Evidence
 from sealserve.attest._wire import b64, recv_message, send_message, unb64
@@ -27,6 +27,7 @@ __all__ = [
     "in_measured_launch",
     "launch_config",
     "local_evidence",
+    "local_sealing_key",
     "passed_fds",
 ]
 
@@ -54,23 +55,49 @@ def local_evidence(report_data: bytes, *, timeout: float = 10.0) -> Evidence:
     data = bytes(report_data)
     if len(data) != REPORT_DATA_BYTES:
         raise ValueError(f"report_data must be {REPORT_DATA_BYTES} bytes, got {len(data)}")
-    with _lock:
-        channel = _open_channel()
-        channel.settimeout(timeout)
-        try:
-            send_message(channel, {"op": "evidence", "report_data": b64(data)})
-            reply = recv_message(channel)
-        except (OSError, ValueError) as exc:
-            raise TeeError(f"the attestation channel failed: {exc}") from exc
-    if reply is None:
-        raise TeeError("the platform closed the attestation channel")
-    message, _ = reply
+    message = _ask({"op": "evidence", "report_data": b64(data)}, timeout)
     if not message.get("ok"):
         raise TeeError(f"the platform refused evidence: {message.get('error', 'unknown error')}")
     try:
         return Evidence.from_bytes(unb64(message.get("evidence")))
     except ValueError as exc:
         raise TeeError("the platform answered with malformed evidence") from exc
+
+
+def local_sealing_key(purpose: str, *, timeout: float = 10.0) -> bytes:
+    """This process's 32-byte sealing key for ``purpose`` (see :mod:`sealserve.attest._sealing`).
+
+    The platform derives it from its sealing root and this process's measurement, and hands it
+    over only on this process's own attestation channel: the same code launched on the same
+    platform gets the same key after any restart; other code, a debug launch, or another
+    platform never does.  Outside a measured launch raises :class:`~sealserve.errors.TeeError`.
+    """
+    from sealserve.attest._sealing import SEALING_KEY_BYTES, check_purpose
+
+    message = _ask({"op": "sealing_key", "purpose": check_purpose(purpose)}, timeout)
+    if not message.get("ok"):
+        raise TeeError(f"the platform refused a sealing key: {message.get('error', 'unknown')}")
+    try:
+        key = unb64(message.get("key"))
+    except ValueError:
+        key = b""
+    if len(key) != SEALING_KEY_BYTES:
+        raise TeeError("the platform answered with a malformed sealing key")
+    return key
+
+
+def _ask(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    with _lock:
+        channel = _open_channel()
+        channel.settimeout(timeout)
+        try:
+            send_message(channel, request)
+            reply = recv_message(channel)
+        except (OSError, ValueError) as exc:
+            raise TeeError(f"the attestation channel failed: {exc}") from exc
+    if reply is None:
+        raise TeeError("the platform closed the attestation channel")
+    return reply[0]
 
 
 def launch_config() -> dict[str, str]:

@@ -38,8 +38,12 @@ from sealserve.attest._local import (
     TEE_FD_ENV,
 )
 from sealserve.attest._measure import BOOT_COMMAND, CodeSnapshot
-from sealserve.attest._platform_key import load_or_create_platform_key
+from sealserve.attest._platform_key import (
+    load_or_create_platform_key,
+    load_or_create_sealing_root,
+)
 from sealserve.attest._policy import TCB_STATUSES, TrustAnchors
+from sealserve.attest._sealing import check_purpose, derive_sealing_key
 from sealserve.attest._simulated_evidence import sign_simulated
 from sealserve.attest._wire import MAX_FDS, b64, recv_message, send_message, unb64
 from sealserve.crypto import Identity
@@ -50,26 +54,13 @@ __all__ = ["LaunchedProcess", "PlatformState", "SimulatedPlatform"]
 _log = get_logger(__name__)
 _RESERVED_ENV_PREFIX: Final = "SEALSERVE_TEE_"
 _CLOSE_GRACE_S: Final = 5.0
-#: Launcher variables that would make the child load code outside the measured snapshot: the
-#: dynamic loader's, the interpreter's (``-I`` ignores them too), OpenSSL's configuration and
-#: provider modules, and the rest of glibc's list of variables unsafe for privileged programs.
-_CODE_LOADING_ENV_PREFIXES: Final = ("LD_", "PYTHON", "OPENSSL_")
-_CODE_LOADING_ENV: Final = frozenset(
-    {
-        "GCONV_PATH",
-        "GETCONF_DIR",
-        "GLIBC_TUNABLES",
-        "HOSTALIASES",
-        "LOCALDOMAIN",
-        "LOCPATH",
-        "MALLOC_TRACE",
-        "NIS_PATH",
-        "NLSPATH",
-        "RESOLV_HOST_CONF",
-        "RES_OPTIONS",
-        "TZDIR",
-    }
-)
+#: The only launcher variables a launched process gets.  The environment is the untrusted
+#: host's and is not measured, so nothing the measured code decides may depend on it: not its
+#: secrets (a KeyService once read its master key from a variable), not where it loads code
+#: from (``LD_*``, ``PYTHON*``, ``OPENSSL_*``, glibc's unsafe list), not onnxruntime's
+#: switches (``ORT_LOAD_CONFIG_FROM_MODEL``).  The locale is kept for messages; ``PATH`` is
+#: always the platform's default.
+ALLOWED_ENV: Final = frozenset({"LANG", "LC_ALL", "LC_CTYPE"})
 
 
 class PlatformState(enum.Enum):
@@ -114,6 +105,7 @@ class SimulatedPlatform:
         self._key_public = b""
         self._snapshot: CodeSnapshot | None = None
         self._key: Identity | None = None
+        self._sealing_root: bytes | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -127,9 +119,11 @@ class SimulatedPlatform:
             if self._state is not PlatformState.UNOPENED:
                 raise TeeError(f"the platform is {self._state.value}; open it only once")
             key = load_or_create_platform_key(self._data_dir)
+            sealing_root = load_or_create_sealing_root(self._data_dir)
             package_dir = self._package_dir or _measure.installed_package_dir()
             self._snapshot = CodeSnapshot.create(package_dir, parent=self._data_dir / "tee")
             self._key = key
+            self._sealing_root = sealing_root
             self._key_public = key.public_key_bytes
             self._state = PlatformState.OPENED
         _log.event(
@@ -152,6 +146,7 @@ class SimulatedPlatform:
         if self._snapshot is not None:
             self._snapshot.remove()
         self._key = None
+        self._sealing_root = None
         _log.event("platform.closed")
 
     def __enter__(self) -> SimulatedPlatform:
@@ -266,7 +261,28 @@ class SimulatedPlatform:
         measurement = self.measurement(entry, config=config)
         return self._issue(entry, measurement, bytes(report_data), debug=debug)
 
+    def unlaunched_sealing_key(
+        self,
+        entry: str,
+        purpose: str,
+        *,
+        config: Mapping[str, str] | None = None,
+        debug: bool = False,
+    ) -> bytes:
+        """The sealing key a launch of ``entry`` with ``config`` gets for ``purpose``, *without
+        launching it*: for tests and in-process tools only (see
+        :meth:`issue_unlaunched_evidence`)."""
+        return self._sealing_key(self.measurement(entry, config=config), purpose, debug=debug)
+
     # -- internals -------------------------------------------------------------------------
+
+    def _sealing_key(self, measurement: str, purpose: str, *, debug: bool) -> bytes:
+        root = self._sealing_root
+        if root is None:
+            raise TeeError("the platform is closed")
+        return derive_sealing_key(
+            root, measurement=measurement, purpose=check_purpose(purpose), debug=debug
+        )
 
     def _issue(self, entry: str, measurement: str, report_data: bytes, *, debug: bool) -> Evidence:
         if len(report_data) != REPORT_DATA_BYTES:
@@ -401,8 +417,12 @@ class LaunchedProcess:
             if received is None:
                 return
             request, _ = received
-            if request.get("op") != "evidence":
-                self._reply({"ok": False, "error": f"unknown op {request.get('op')!r}"})
+            op = request.get("op")
+            if op == "sealing_key":
+                self._reply_sealing_key(request.get("purpose"))
+                continue
+            if op != "evidence":
+                self._reply({"ok": False, "error": f"unknown op {op!r}"})
                 continue
             try:
                 report_data = unb64(request.get("report_data"))
@@ -414,6 +434,19 @@ class LaunchedProcess:
                 continue
             _log.event("platform.evidence", level=logging.DEBUG, entry=self._entry, pid=self.pid)
             self._reply({"ok": True, "evidence": b64(evidence.to_bytes())})
+
+    def _reply_sealing_key(self, purpose: object) -> None:
+        """The sealing key of this process's measurement for ``purpose`` (EGETKEY's analogue:
+        only on this process's own channel, so only for its own measurement)."""
+        try:
+            key = self._platform._sealing_key(
+                self._measurement, check_purpose(purpose), debug=self._debug
+            )
+        except (ValueError, TeeError) as exc:
+            self._reply({"ok": False, "error": str(exc)})
+            return
+        _log.event("platform.sealing_key", level=logging.DEBUG, entry=self._entry, pid=self.pid)
+        self._reply({"ok": True, "key": b64(key)})
 
     def _reply(self, message: Mapping[str, object]) -> None:
         with contextlib.suppress(OSError):
@@ -448,22 +481,20 @@ def _check_args(args: Sequence[str]) -> list[str]:
 
 
 def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    """The launcher's environment minus what only the platform sets and what would load
-    code the measurement does not cover (dynamic-loader, interpreter and OpenSSL hooks)."""
+    """The launcher's environment narrowed to :data:`ALLOWED_ENV`, with the default ``PATH``;
+    the names of what was dropped are logged (never the values)."""
     out: dict[str, str] = {}
     dropped: list[str] = []
     for key, value in (env or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"env must map str to str; got {key!r}: {value!r}")
-        if key.startswith(_RESERVED_ENV_PREFIX) or key == PASSED_FDS_ENV:
-            continue  # the platform alone sets these
-        if key.startswith(_CODE_LOADING_ENV_PREFIXES) or key in _CODE_LOADING_ENV:
-            dropped.append(key)
-            continue
-        out[key] = value
+        if key in ALLOWED_ENV:
+            out[key] = value
+        elif key != "PATH" and not key.startswith(_RESERVED_ENV_PREFIX) and key != PASSED_FDS_ENV:
+            dropped.append(key)  # the platform alone sets its own variables: not worth a line
     if dropped:
-        _log.event("platform.env_dropped", level=logging.WARNING, names=sorted(dropped))
-    out.setdefault("PATH", os.defpath)
+        _log.event("platform.env_dropped", level=logging.WARNING, names=sorted(dropped)[:32])
+    out["PATH"] = os.defpath
     return out
 
 

@@ -1,21 +1,29 @@
 """The ``attest-probe`` entry: a measured process that obtains evidence and prints it.
 
-``attest-probe REPORT_DATA_HEX [--out-fd] [--hold]`` writes one JSON line,
+``attest-probe REPORT_DATA_HEX [--out-fd] [--hold] [--sealing-key]`` writes one JSON line,
 ``{"evidence": <base64 Evidence.to_bytes()>, "config": {...}, "passed_fds": n}``, to stdout,
 or with ``--out-fd`` to the first descriptor the launcher passed; with ``--hold`` it then
-waits for a signal (to exercise a launcher's terminate and kill).  ``sealserve attest probe``
+waits for a signal (to exercise a launcher's terminate and kill).  With ``--sealing-key`` the
+line also carries ``"sealing_key_sha256"``: the SHA-256 of the probe's own sealing key for the
+purpose ``attest-probe`` (a fingerprint, never the key).  ``sealserve attest probe``
 and the integration tests use it to show the whole measured-launch protocol end to end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from sealserve.attest._local import launch_config, local_evidence, passed_fds
+from sealserve.attest._local import (
+    launch_config,
+    local_evidence,
+    local_sealing_key,
+    passed_fds,
+)
 from sealserve.attest._wire import b64
 
 __all__ = ["main"]
@@ -23,10 +31,12 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    to_fd, hold = "--out-fd" in args, "--hold" in args
-    args = [a for a in args if a not in ("--out-fd", "--hold")]
+    to_fd, hold, sealing = "--out-fd" in args, "--hold" in args, "--sealing-key" in args
+    args = [a for a in args if a not in ("--out-fd", "--hold", "--sealing-key")]
     if len(args) != 1:
-        sys.stderr.write("usage: attest-probe REPORT_DATA_HEX [--out-fd] [--hold]\n")
+        sys.stderr.write(
+            "usage: attest-probe REPORT_DATA_HEX [--out-fd] [--hold] [--sealing-key]\n"
+        )
         return 2
     try:
         report_data = bytes.fromhex(args[0])
@@ -35,9 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     evidence = local_evidence(report_data)
     fds = passed_fds()
-    line = json.dumps(
-        {"evidence": b64(evidence.to_bytes()), "config": launch_config(), "passed_fds": len(fds)}
-    )
+    doc: dict[str, object] = {
+        "evidence": b64(evidence.to_bytes()),
+        "config": launch_config(),
+        "passed_fds": len(fds),
+    }
+    if sealing:
+        doc["sealing_key_sha256"] = hashlib.sha256(local_sealing_key("attest-probe")).hexdigest()
+    line = json.dumps(doc)
     if to_fd:
         if not fds:
             sys.stderr.write("attest-probe: --out-fd given but no descriptor was passed\n")

@@ -1,10 +1,17 @@
 """An attested, signed HTTP connection to the KeyService (what ``Owner`` and ``User`` use).
 
 Opening the client fetches the KeyService's evidence with a fresh nonce and verifies it
-against the pinned policy before anything else is sent.  Every later request is signed with
-the principal's identity, and every response must carry a signature by the attested
-KeyService over that request, its status and its body: a proxy in front of the service can
-neither read the keys (they are HPKE-wrapped to the attested key) nor fake an answer.
+against the pinned policy before anything else is sent.  The evidence proves which code runs;
+the pin also names *which instance* of it: its long-term keys (``keyservice_id``, the hash of
+its HPKE and signing public keys), configured or remembered on first use.  A KeyService that
+attests but presents other long-term keys is refused with
+:class:`~sealserve.errors.KeyServiceChanged`: its secrets are not the ones clients trusted
+before (a host that re-created the KeyService, or launched it with secrets of its choosing).
+
+Every later request is signed with the principal's identity, and every response must carry
+a signature by the attested KeyService over that request, its status and its body: a proxy in
+front of the service can neither read the keys (they are HPKE-wrapped to the attested key)
+nor fake an answer.
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
+import re
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -25,6 +35,7 @@ from sealserve.errors import (
     AccessDenied,
     Conflict,
     InvalidSignature,
+    KeyServiceChanged,
     KeyServiceError,
     NotFound,
     RateLimited,
@@ -38,7 +49,7 @@ from sealserve.keyservice import (
     wire,
 )
 
-__all__ = ["ClientState", "KeyServiceClient", "KeyServicePin"]
+__all__ = ["ClientState", "KeyServiceClient", "KeyServicePin", "known_keyservices_file"]
 
 _log = get_logger(__name__)
 
@@ -49,21 +60,104 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
+_KEYSERVICE_ID: Final = re.compile(r"[0-9a-f]{64}")
+_KNOWN_VERSION: Final = 1
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class KeyServicePin:
-    """What a client requires of the KeyService's evidence: a policy and the platform keys
-    that may sign evidence.  :meth:`default` pins the ``keyservice`` entry of the installed
-    code on the simulated platform whose key is in ``data_dir``."""
+    """What a client requires of the KeyService: a policy and the platform keys that may sign
+    its evidence (which code), and which instance of that code (its long-term keys).
+
+    ``keyservice_id`` pins the instance outright; else ``known_keyservices`` (a JSON file) pins
+    it on first use: the first id seen for a URL is remembered there and every later one must
+    match.  With neither, only the code is pinned.  :meth:`default` pins the ``keyservice``
+    entry of the installed code on the simulated platform whose key is in ``data_dir``, and
+    remembers instances in ``<data_dir>/client/known-keyservices.json``.
+    """
 
     policy: Policy
     trust: TrustAnchors
+    keyservice_id: str | None = None
+    known_keyservices: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.keyservice_id is not None and not (
+            isinstance(self.keyservice_id, str) and _KEYSERVICE_ID.fullmatch(self.keyservice_id)
+        ):
+            raise ValueError(
+                f"keyservice_id must be 64 lowercase hex characters, got {self.keyservice_id!r}"
+            )
+        if self.known_keyservices is not None:
+            object.__setattr__(self, "known_keyservices", Path(self.known_keyservices))
 
     @classmethod
     def default(cls, data_dir: str | Path) -> KeyServicePin:
         from sealserve.keyservice import default_keyservice_pin
 
         policy, trust = default_keyservice_pin(Path(data_dir))
-        return cls(policy=policy, trust=trust)
+        return cls(policy=policy, trust=trust, known_keyservices=known_keyservices_file(data_dir))
+
+    def check_instance(self, url: str, attested: AttestedKeyService) -> None:
+        """Accept ``attested`` (reached at ``url``) as the pinned instance, remembering it on
+        first use; :class:`~sealserve.errors.KeyServiceChanged` when it is another one."""
+        seen = attested.keyservice_id
+        if self.keyservice_id is not None:
+            if seen != self.keyservice_id:
+                raise KeyServiceChanged(
+                    f"the KeyService at {url} attested, but its long-term keys are "
+                    f"{seen[:16]}..., not the configured {self.keyservice_id[:16]}...: its "
+                    "secrets are not the ones you pinned. Treat this as an attack (a host that "
+                    "launched it with secrets of its own) unless its operator re-created it on "
+                    "purpose and told you the new id."
+                )
+            return
+        if self.known_keyservices is None:
+            return
+        known = _read_known(self.known_keyservices)
+        first = known.get(url)
+        if first is None:
+            known[url] = {"keyservice_id": seen, "measurement": attested.measurement}
+            _write_known(self.known_keyservices, known)
+            return
+        if first.get("keyservice_id") != seen:
+            raise KeyServiceChanged(
+                f"the KeyService at {url} attested, but its long-term keys changed: "
+                f"{seen[:16]}... now, {str(first.get('keyservice_id'))[:16]}... when first "
+                "seen. A KeyService keeps its keys across restarts and upgrades of its host; "
+                "new keys mean new secrets, which is what a host that launched it with "
+                "secrets of its own would show. Refusing to send it anything. If its operator "
+                f"re-created it on purpose, remove its entry from '{self.known_keyservices}'."
+            )
+
+
+def known_keyservices_file(data_dir: str | Path) -> Path:
+    """Where clients of ``data_dir`` remember KeyService instances on first use."""
+    return Path(data_dir) / "client" / "known-keyservices.json"
+
+
+def _read_known(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise KeyServiceError(f"cannot read the known KeyServices in '{path}': {exc}") from exc
+    entries = doc.get("keyservices") if isinstance(doc, dict) else None
+    if doc.get("version") != _KNOWN_VERSION or not isinstance(entries, dict):
+        raise KeyServiceError(f"'{path}' is not a known-KeyServices file (version 1)")
+    return {str(url): dict(entry) for url, entry in entries.items() if isinstance(entry, dict)}
+
+
+def _write_known(path: Path, known: dict[str, dict[str, str]]) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    doc = {"version": _KNOWN_VERSION, "keyservices": known}
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    tmp.replace(path)
 
 
 class KeyServiceClient:
@@ -158,13 +252,15 @@ class KeyServiceClient:
                 f"the KeyService at {self.url} refused its attestation "
                 f"(HTTP {response.status_code})"
             )
-        return verify_keyservice(
+        attested = verify_keyservice(
             response.content,
             nonce=nonce,
             policy=self._pin.policy,
             trust=self._pin.trust,
             now=self._clock.time(),
         )
+        self._pin.check_instance(self.url, attested)
+        return attested
 
     # -- requests -------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     )
     from sealserve.keyservice._service import EvidenceSource, KeyService, Throttled
     from sealserve.keyservice._store import AuditEntry, Store, StoreState, sqlite_url
-    from sealserve.keyservice._vault import MASTER_KEY_ENV, Vault, load_master_key
+    from sealserve.keyservice._vault import MASTER_KEY_PURPOSE, Vault, open_master_key
 
 __all__ = [
     "API_PREFIX",
@@ -69,7 +69,7 @@ __all__ = [
     "EvidenceVerifier",
     "KeyService",
     "LaunchedKeyService",
-    "MASTER_KEY_ENV",
+    "MASTER_KEY_PURPOSE",
     "RESPONSE_SIGNATURE_HEADER",
     "Release",
     "ReleaseSession",
@@ -85,10 +85,10 @@ __all__ = [
     "default_keyservice_pin",
     "keyservice_dir",
     "launch_keyservice",
-    "load_master_key",
     "measured_config",
     "model_id",
     "open_keyservice",
+    "open_master_key",
     "parse_challenge",
     "run_keyservice",
     "split_model_id",
@@ -128,8 +128,8 @@ __getattr__, __dir__ = _lazy.exports(
         "Store": "_store",
         "StoreState": "_store",
         "sqlite_url": "_store",
-        "MASTER_KEY_ENV": "_vault",
+        "MASTER_KEY_PURPOSE": "_vault",
         "Vault": "_vault",
-        "load_master_key": "_vault",
+        "open_master_key": "_vault",
     },
 )

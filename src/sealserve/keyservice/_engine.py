@@ -137,6 +137,9 @@ def _migrate(conn: Connection, found: int, safe_url: str) -> None:
     if version == 1:  # 1 -> 2: single use of nonces moves from memory to the database
         t.used_nonces.create(conn)
         version = 2
+    if version == 2:  # 2 -> 3: the master key is sealed in the database (see _vault)
+        t.keyservice_state.create(conn)
+        version = 3
     conn.execute(
         sa.update(t.schema_version)
         .where(t.schema_version.c.component == COMPONENT)

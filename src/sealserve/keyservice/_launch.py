@@ -7,8 +7,9 @@ line the service prints on its stdout.
 
 With ``workers`` > 1 the host binds one listening socket per process on one port
 (``SO_REUSEPORT``) and launches that many KeyService processes, each measured and attested on
-its own, each handed its socket: the kernel spreads connections over them.  They derive the
-same identity from the master key and keep every single-use nonce in the database, so a
+its own, each handed its socket: the kernel spreads connections over them.  They unseal the
+same master key (the same code on the same platform has the same sealing key), so they derive
+the same identity from it and keep every single-use nonce in the database, so a
 client may attest one and be answered by another.  The first is launched alone and ready
 before the others start (it creates or migrates the schema).
 """
@@ -93,8 +94,6 @@ def launch_args(
     ]  # fmt: skip
     if settings.db_url:
         args += ["--db", settings.db_url]
-    if settings.master_key_file:
-        args += ["--master-key-file", str(Path(settings.master_key_file).resolve())]
     if platform_key is not None:
         args += ["--platform-key", str(Path(platform_key).resolve())]
     if inherit_socket:
@@ -140,7 +139,7 @@ def launch_keyservice(
         if len(ids) != 1:
             raise KeyServiceError(
                 f"the KeyService processes report {len(ids)} identities; they must share one "
-                "master key and one database"
+                "database and one sealing key (the same build on the same platform)"
             )
     except BaseException:
         _stop(tuple(started), 10.0)

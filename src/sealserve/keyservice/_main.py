@@ -10,6 +10,9 @@ With ``--inherit-socket`` it serves on the listening socket the launcher handed 
 first passed descriptor) instead of binding one: that is how several KeyService processes,
 each launched and attested on its own, share one port.
 
+Its master key is never an argument, a file or a variable: it is generated here and kept
+sealed under this process's TEE sealing key (:mod:`sealserve.keyservice._vault`).
+
 It prints one JSON "ready" line on stdout when it accepts connections, logs JSON lines on
 stderr, and stops cleanly on SIGINT or SIGTERM.
 """
@@ -28,10 +31,12 @@ from sealserve.attest import (
     TrustAnchors,
     launch_config,
     local_evidence,
+    local_sealing_key,
     passed_fds,
 )
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import SealserveError
+from sealserve.keyservice._vault import MASTER_KEY_PURPOSE
 
 __all__ = ["MEASURED_SETTINGS", "main", "measured_config", "settings_from"]
 
@@ -63,7 +68,6 @@ def settings_from(args: argparse.Namespace, config: Mapping[str, str]) -> KeySer
         host=args.host,
         port=args.port,
         db_url=args.db,
-        master_key_file=args.master_key_file,
         max_body_bytes=args.max_body_bytes,
         rate_limit_per_s=args.rate_limit_per_s,
         rate_limit_burst=args.rate_limit_burst,
@@ -78,7 +82,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="")
     p.add_argument("--host", default=defaults.host)
     p.add_argument("--port", type=int, default=defaults.port)
-    p.add_argument("--master-key-file", default="")
     p.add_argument("--platform-key", default="", help="hex public key file of the platform")
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     p.add_argument(
@@ -131,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data_dir,
             evidence_source=lambda report_data: local_evidence(report_data).to_bytes(),
             trust=trust,
+            sealing_key=local_sealing_key(MASTER_KEY_PURPOSE),
             ready=sys.stdout,
             log_level=args.log_level,
             sock=sock,

@@ -36,6 +36,7 @@ __all__ = [
     "audit_log",
     "counters",
     "grants",
+    "keyservice_state",
     "metadata",
     "model_keys",
     "models",
@@ -47,8 +48,9 @@ __all__ = [
 
 #: Version of the tables below.  A database with a larger version was written by a newer
 #: sealserve and is refused; a smaller one is migrated forward when the store opens
-#: (version 1 had no ``used_nonces``: challenges lived in one process's memory).
-SCHEMA_VERSION = 2
+#: (version 1 had no ``used_nonces``: challenges lived in one process's memory; version 2 had
+#: no ``keyservice_state``: the master key was a file the host could read).
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -139,6 +141,15 @@ used_nonces = Table(
     # When the nonce stops being accepted; the row may be purged some time after.
     Column("expires_at", Float, nullable=False),
     Index("used_nonces_expires_at", "expires_at"),
+)
+
+keyservice_state = Table(
+    "keyservice_state",
+    metadata,
+    # "master-key": the master key sealed under the KeyService's TEE sealing key.
+    Column("name", String(32), primary_key=True),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 #: DDL that makes ``audit_log`` append-only, per dialect name.

@@ -27,7 +27,7 @@ from sealserve.keyservice._app import create_app
 from sealserve.keyservice._evidence import EvidenceVerifier
 from sealserve.keyservice._service import EvidenceSource, KeyService
 from sealserve.keyservice._store import Store, sqlite_url
-from sealserve.keyservice._vault import Vault, load_master_key
+from sealserve.keyservice._vault import Vault, open_master_key
 
 __all__ = [
     "database_url",
@@ -40,7 +40,7 @@ _log = get_logger(__name__)
 
 
 def keyservice_dir(data_dir: Path) -> Path:
-    """``<data_dir>/keyservice``: the master key file and the default SQLite database."""
+    """``<data_dir>/keyservice``: the default SQLite database."""
     return Path(data_dir) / "keyservice"
 
 
@@ -60,12 +60,14 @@ def open_keyservice(
     data_dir: Path,
     evidence_source: EvidenceSource,
     trust: TrustAnchors,
+    sealing_key: bytes,
     clock: Clock = SYSTEM_CLOCK,
 ) -> Iterator[KeyService]:
-    """A ready :class:`KeyService` over its store and master key; closes the store on exit."""
-    key_file = Path(settings.master_key_file or keyservice_dir(data_dir) / "master.key")
-    vault = Vault(load_master_key(key_file))
+    """A ready :class:`KeyService` over its store, its master key unsealed (or created and
+    sealed) with ``sealing_key`` (the TEE's, :func:`~sealserve.attest.local_sealing_key`);
+    closes the store on exit."""
     with Store(database_url(settings, data_dir)) as store:
+        vault = Vault(open_master_key(store, sealing_key, now=clock.time()))
         yield KeyService(
             store=store,
             vault=vault,
@@ -82,6 +84,7 @@ def run_keyservice(
     data_dir: Path,
     evidence_source: EvidenceSource,
     trust: TrustAnchors,
+    sealing_key: bytes,
     ready: TextIO | None = None,
     log_level: str = "INFO",
     sock: socket.socket | None = None,
@@ -89,7 +92,11 @@ def run_keyservice(
     """Serve until SIGINT/SIGTERM, on ``sock`` if given (a listening socket) or on one bound
     to ``settings.host``/``port``.  ``ready`` gets one JSON line once the port accepts."""
     with open_keyservice(
-        settings=settings, data_dir=data_dir, evidence_source=evidence_source, trust=trust
+        settings=settings,
+        data_dir=data_dir,
+        evidence_source=evidence_source,
+        trust=trust,
+        sealing_key=sealing_key,
     ) as service:
         app = create_app(service)
         if sock is None:

@@ -182,6 +182,39 @@ class Store:
             with engine.connect() as conn:
                 yield conn
 
+    # -- the KeyService's own sealed state -------------------------------------------------
+
+    def get_state(self, name: str) -> bytes | None:
+        """The sealed blob stored under ``name`` (``"master-key"``), or None."""
+        with self._read() as conn:
+            value = conn.execute(
+                sa.select(t.keyservice_state.c.sealed).where(t.keyservice_state.c.name == name)
+            ).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def put_state_once(self, name: str, sealed: bytes, *, at: float) -> bytes:
+        """Store ``sealed`` under ``name`` unless a blob is there already; the stored blob
+        (ours, or the one another process stored first)."""
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    sa.insert(t.keyservice_state).values(name=name, sealed=sealed, created_at=at)
+                )
+        except IntegrityError:
+            pass
+        stored = self.get_state(name)
+        if stored is None:  # pragma: no cover - a row we just inserted or lost the race to
+            raise KeyServiceError(f"the KeyService state {name!r} vanished while it was stored")
+        return stored
+
+    def holds_sealed_records(self) -> bool:
+        """Whether any model key, grant or request key is stored (sealed under a master key)."""
+        with self._read() as conn:
+            for table in (t.model_keys, t.grants, t.request_keys):
+                if conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first():
+                    return True
+        return False
+
     # -- principals -------------------------------------------------------------------------
 
     def add_principal(self, principal_id: str, public_key: bytes, role: str, *, at: float) -> None:

@@ -1,91 +1,90 @@
 """The master key and what it seals: every key and grant the KeyService keeps at rest.
 
-In production the master key would be sealed to the KeyService's own TEE identity.  In the
-simulation it is a 0600 file in the data directory (created on first start) or the variable
-``SEALSERVE_KEYSERVICE_MASTER_KEY`` (base64url of 32 bytes), read only inside the attested
-KeyService process.
+The master key is born inside the attested KeyService process and is never seen outside it:
+the first KeyService to open a database generates it, seals it under its TEE **sealing key**
+(:func:`~sealserve.attest.local_sealing_key`: bound to the KeyService's measurement and to the
+platform, see :mod:`sealserve.attest._sealing`) and stores that sealed blob in the database
+(``keyservice_state``).  Every later start unseals it.  No argument, file or environment
+variable can supply it, so the host that launches the genuine KeyService cannot choose its
+secrets (it used to: ``--master-key-file`` and ``SEALSERVE_KEYSERVICE_MASTER_KEY``).
+
+:func:`open_master_key` refuses to start when the stored blob does not unseal (the data was
+sealed under another key: another KeyService build, another platform, a debug launch), and
+when the database holds sealed records but no master key (they were written under a key this
+KeyService cannot recover); it never replaces a master key.
 
 Each record is sealed with a context naming its kind and the row it belongs to, so a record
 copied to another row (another model, user or version) does not unseal there.
 
 The master key also derives (HKDF-SHA256, one label per use) the KeyService's own long-term
 secrets: its HPKE and signing keys, and the key that authenticates its challenges.  Every
-process that holds the same master key is therefore the same KeyService, which is what lets
-several processes, on one machine or several, serve one database.
+process that unseals the same master key is therefore the same KeyService: several processes
+of one build on one platform (the same sealing key) serve one database as one identity.
+Replicas on other machines have other sealing keys; see docs/keyservice.md, section 8.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-import stat
+import logging
 from collections.abc import Mapping
-from pathlib import Path
+from typing import Final
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sealserve._log import get_logger
 from sealserve.crypto import SymmetricKey, canonical_encode, seal, unseal
-from sealserve.errors import ConfigError, InvalidEnvelope, KeyServiceError
+from sealserve.errors import InvalidEnvelope, KeyServiceError, SealedStateError
+from sealserve.keyservice._store import Store
 
-__all__ = ["MASTER_KEY_ENV", "Vault", "load_master_key"]
+__all__ = ["MASTER_KEY_PURPOSE", "Vault", "open_master_key"]
 
-MASTER_KEY_ENV = "SEALSERVE_KEYSERVICE_MASTER_KEY"
+#: The purpose of the sealing key the master key is sealed under.
+MASTER_KEY_PURPOSE: Final = "keyservice/master-key"
+_STATE_NAME: Final = "master-key"
 _log = get_logger(__name__)
 _KEY_BYTES = 32
 
 
-def load_master_key(
-    path: str | os.PathLike[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    create: bool = True,
-) -> SymmetricKey:
-    """The master key: from ``$SEALSERVE_KEYSERVICE_MASTER_KEY`` if set, else the file.
+def open_master_key(store: Store, sealing_key: bytes, *, now: float) -> SymmetricKey:
+    """The master key sealed in ``store`` under ``sealing_key``; generated here (and sealed
+    there) when the database has none yet and holds no sealed record.
 
-    The file is created (0600, in a 0700 directory) when absent and ``create`` is true.  A file
-    readable or writable by group or others is refused, as is one of the wrong size.
+    :class:`~sealserve.errors.SealedStateError` when the stored master key does not unseal
+    under ``sealing_key``, or when sealed records exist without a master key.
     """
-    environ = os.environ if env is None else env
-    encoded = environ.get(MASTER_KEY_ENV)
-    if encoded:
-        try:
-            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != _KEY_BYTES:
-            raise ConfigError(
-                f"Config '{MASTER_KEY_ENV}' is not the base64url encoding of {_KEY_BYTES} bytes."
+    wrapping = SymmetricKey.from_bytes(bytes(sealing_key))
+    sealed = store.get_state(_STATE_NAME)
+    if sealed is None:
+        if store.holds_sealed_records():
+            raise SealedStateError(
+                "the KeyService database holds sealed keys but no sealed master key: they were "
+                "written under a master key this KeyService cannot recover (a sealserve before "
+                "0.x kept it in a host-readable file). Refusing to start; point --db at a new "
+                "database and upload the keys again."
             )
-        return SymmetricKey.from_bytes(raw)
-    file = Path(path)
-    if not file.exists():
-        if not create:
-            raise ConfigError(f"master key file '{file}' does not exist")
-        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = SymmetricKey.generate()
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, key.to_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _log.event("vault.master_key_created", path=str(file))
-        return key
-    mode = file.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"master key file '{file}' has mode {stat.S_IMODE(mode):o}; it must not be "
-            f"accessible by group or others (chmod 600 '{file}')"
+        sealed = store.put_state_once(
+            _STATE_NAME, seal(wrapping, key.to_bytes(), context=_master_context()), at=now
         )
-    raw = file.read_bytes()
-    if len(raw) != _KEY_BYTES:
-        raise ConfigError(
-            f"master key file '{file}' holds {len(raw)} bytes; a master key has {_KEY_BYTES}"
-        )
+        _log.event("vault.master_key_created")
+    try:
+        raw = unseal(wrapping, sealed, context=_master_context())
+    except InvalidEnvelope:
+        _log.event("vault.master_key_refused", level=logging.ERROR)
+        raise SealedStateError(
+            "the KeyService's data is sealed under another key: its master key does not unseal "
+            "with this KeyService's sealing key (another sealserve build, another platform or "
+            "machine, or a debug launch). Refusing to start rather than replace it; run the "
+            "KeyService that sealed it, or point --db at another database."
+        ) from None
+    if len(raw) != _KEY_BYTES:  # pragma: no cover - only we seal this blob
+        raise SealedStateError("the sealed master key has the wrong size")
     return SymmetricKey.from_bytes(raw)
+
+
+def _master_context() -> dict[str, str]:
+    return {"purpose": "sealserve/keyservice/master-key"}
 
 
 class Vault:

@@ -290,4 +290,24 @@ def test_launcher_env_cannot_load_unmeasured_code() -> None:
             "SEALSERVE_LOG_LEVEL": "DEBUG",
         }
     )
-    assert env == {"OMP_NUM_THREADS": "2", "SEALSERVE_LOG_LEVEL": "DEBUG", "PATH": os.defpath}
+    assert env == {"PATH": os.defpath}
+
+
+def test_launcher_env_passes_only_the_allow_list() -> None:
+    """Issue 10.1: the host chose the KeyService's master key through a variable the platform
+    passed on (and ``HOME`` and ``ORT_LOAD_CONFIG_FROM_MODEL`` passed too): now only the locale
+    does, and ``PATH`` is the platform's own."""
+    from sealserve.attest._platform import ALLOWED_ENV, _child_env
+
+    env = _child_env(
+        {
+            "SEALSERVE_KEYSERVICE_MASTER_KEY": "A" * 43,
+            "HOME": "/tmp/evil-home",
+            "ORT_LOAD_CONFIG_FROM_MODEL": "1",
+            "PATH": "/tmp/evil-bin",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C",
+        }
+    )
+    assert env == {"LANG": "C.UTF-8", "LC_ALL": "C", "PATH": os.defpath}
+    assert frozenset({"LANG", "LC_ALL", "LC_CTYPE"}) == ALLOWED_ENV

@@ -9,7 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from sealserve.errors import Conflict, KeyServiceError, NotFound, SchemaVersionError
-from sealserve.keyservice._schema import SCHEMA_VERSION, schema_version, used_nonces
+from sealserve.keyservice._schema import (
+    SCHEMA_VERSION,
+    keyservice_state,
+    schema_version,
+    used_nonces,
+)
 from sealserve.keyservice._store import AuditEntry, Claim, Store, StoreState
 
 OWNER = "a" * 64
@@ -172,8 +177,23 @@ def test_schema_version_1_is_migrated(tmp_path: Path) -> None:
     # make it look like a version-1 database
     with Store(url) as s, s._require_engine().begin() as conn:
         used_nonces.drop(conn)
+        keyservice_state.drop(conn)
         conn.execute(sa.update(schema_version).values(version=1))
     with Store(url) as s:
         assert s.claim_nonce(b"n", expires_at=1.0) is True
+        assert s.get_state("master-key") is None
         with s._require_engine().connect() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == 2
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == 3
+
+
+def test_sealed_state_is_stored_once(tmp_path: Path) -> None:
+    url = f"sqlite+pysqlite:///{tmp_path / 'ks.db'}"
+    with Store(url) as first, Store(url) as second:
+        assert first.holds_sealed_records() is False
+        assert first.put_state_once("master-key", b"first", at=1.0) == b"first"
+        # a second process that lost the race gets the blob the first one stored
+        assert second.put_state_once("master-key", b"second", at=2.0) == b"first"
+        assert second.get_state("master-key") == b"first"
+        first.add_principal(OWNER, b"o" * 32, "owner", at=1.0)
+        first.put_model_key(MODEL, OWNER, 1, b"k1", at=1.0)
+        assert second.holds_sealed_records() is True
