@@ -6,22 +6,32 @@ against a :class:`Policy` and its :class:`TrustAnchors`; every failure is the on
 (:class:`SimulatedPlatform`, served by :class:`PlatformServer`, reached with
 :class:`PlatformClient`) plays the hardware for development and CI: only a process it launched
 from its measured code snapshot obtains evidence (:func:`local_evidence`).  Real SGX and TDX
-quotes are verified offline with :func:`verify_dcap`.  See docs/threat-model.md.
+quotes are verified offline with :func:`verify_dcap`, AMD SEV-SNP reports with
+:func:`verify_snp`, TPM 2.0 quotes with :func:`verify_tpm`, and Azure confidential VMs (SNP
+report, runtime claims, vTPM quote) with :func:`verify_azure_cvm`; a policy's
+:class:`ReferenceValues` pin a confidential VM's platform part.  See docs/threat-model.md.
 """
 
+from sealserve.attest._amd import ARK_SPKI_SHA256, SnpAnchors, TcbVersion
+from sealserve.attest._azure import AzureCvmAttestation, verify_azure_cvm
+from sealserve.attest._claims import VerifiedClaims
 from sealserve.attest._client import PlatformClient, RemoteProcess
 from sealserve.attest._daemon import PlatformServer
 from sealserve.attest._dcap import DcapReport, verify_dcap
 from sealserve.attest._entries import ENTRIES
 from sealserve.attest._evidence import (
+    FORMAT_AZURE_SNP_VTPM,
+    FORMAT_SEV_SNP,
     FORMAT_SGX_DCAP,
     FORMAT_SIMULATED,
     FORMAT_TDX_DCAP,
+    FORMAT_TPM_QUOTE,
     FORMATS,
     REPORT_DATA_BYTES,
     Evidence,
     report_data_for,
 )
+from sealserve.attest._hw_evidence import snp_evidence
 from sealserve.attest._launcher import Launcher, MeasuredProcess
 from sealserve.attest._local import (
     in_measured_launch,
@@ -37,21 +47,41 @@ from sealserve.attest._policy import (
     DEFAULT_MAX_EVIDENCE_AGE_S,
     TCB_STATUSES,
     Policy,
-    TrustAnchors,
-    VerifiedClaims,
     evaluate_policy,
+    verified_claims,
     verify_evidence,
 )
+from sealserve.attest._reference import (
+    ReferenceValues,
+    SnpReference,
+    TdxReference,
+    TpmReference,
+)
+from sealserve.attest._snp import SnpAttestation, SnpReport, verify_snp
+from sealserve.attest._tpm import (
+    TpmAnchors,
+    TpmAttestation,
+    TpmQuote,
+    TpmSignature,
+    tpm_qualifying_data,
+    verify_tpm,
+)
+from sealserve.attest._trust import TrustAnchors
 
 __all__ = [
+    "ARK_SPKI_SHA256",
+    "AzureCvmAttestation",
     "DEFAULT_MAX_EVIDENCE_AGE_S",
     "DcapReport",
     "ENTRIES",
     "Evidence",
     "FORMATS",
+    "FORMAT_AZURE_SNP_VTPM",
+    "FORMAT_SEV_SNP",
     "FORMAT_SGX_DCAP",
     "FORMAT_SIMULATED",
     "FORMAT_TDX_DCAP",
+    "FORMAT_TPM_QUOTE",
     "LaunchedProcess",
     "Launcher",
     "MeasuredProcess",
@@ -60,9 +90,21 @@ __all__ = [
     "PlatformState",
     "Policy",
     "REPORT_DATA_BYTES",
+    "ReferenceValues",
     "RemoteProcess",
     "SimulatedPlatform",
+    "SnpAnchors",
+    "SnpAttestation",
+    "SnpReference",
+    "SnpReport",
     "TCB_STATUSES",
+    "TcbVersion",
+    "TdxReference",
+    "TpmAnchors",
+    "TpmAttestation",
+    "TpmQuote",
+    "TpmReference",
+    "TpmSignature",
     "TrustAnchors",
     "VerifiedClaims",
     "evaluate_policy",
@@ -74,6 +116,12 @@ __all__ = [
     "passed_fds",
     "read_platform_public_key",
     "report_data_for",
+    "snp_evidence",
+    "tpm_qualifying_data",
+    "verified_claims",
+    "verify_azure_cvm",
     "verify_dcap",
     "verify_evidence",
+    "verify_snp",
+    "verify_tpm",
 ]

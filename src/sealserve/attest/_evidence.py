@@ -23,9 +23,12 @@ from sealserve.errors import AttestationError
 __all__ = [
     "Evidence",
     "FORMATS",
+    "FORMAT_AZURE_SNP_VTPM",
+    "FORMAT_SEV_SNP",
     "FORMAT_SGX_DCAP",
     "FORMAT_SIMULATED",
     "FORMAT_TDX_DCAP",
+    "FORMAT_TPM_QUOTE",
     "REPORT_DATA_BYTES",
     "report_data_for",
 ]
@@ -36,7 +39,22 @@ FORMAT_SIMULATED: Final = "sealserve-sim/1"
 FORMAT_SGX_DCAP: Final = "sgx-dcap"
 #: An Intel TDX DCAP quote with its recorded collateral.
 FORMAT_TDX_DCAP: Final = "tdx-dcap"
-FORMATS: Final = frozenset({FORMAT_SIMULATED, FORMAT_SGX_DCAP, FORMAT_TDX_DCAP})
+#: An AMD SEV-SNP attestation report, with the host's certificate table when it gave one.
+FORMAT_SEV_SNP: Final = "sev-snp"
+#: A TPM 2.0 quote with its PCR values and the attestation key's certificate chain.
+FORMAT_TPM_QUOTE: Final = "tpm-quote"
+#: An Azure confidential VM: the HCL report (SEV-SNP) and a quote of its vTPM.
+FORMAT_AZURE_SNP_VTPM: Final = "azure-snp-vtpm"
+FORMATS: Final = frozenset(
+    {
+        FORMAT_SIMULATED,
+        FORMAT_SGX_DCAP,
+        FORMAT_TDX_DCAP,
+        FORMAT_SEV_SNP,
+        FORMAT_TPM_QUOTE,
+        FORMAT_AZURE_SNP_VTPM,
+    }
+)
 
 REPORT_DATA_BYTES: Final = 64
 _MAX_WIRE_BYTES: Final = 256 * 1024
@@ -75,7 +93,8 @@ class Evidence:
     """
 
     format: str
-    #: MRENCLAVE (SGX), MRTD (TDX), or the simulated platform's code measurement.
+    #: MRENCLAVE (SGX), MRTD (TDX), the launch MEASUREMENT (SEV-SNP, Azure CVM), the quote's
+    #: PCR digest (TPM), or the simulated platform's code measurement.
     measurement: bytes
     report_data: bytes
     raw: bytes
@@ -87,7 +106,8 @@ class Evidence:
     product_id: int | None = None
     svn: int | None = None
     advisories: tuple[str, ...] = ()
-    #: The recorded DCAP collateral (JSON) that travels with a quote; None otherwise.
+    #: The recorded DCAP collateral (JSON) that travels with a quote, or the host's SEV-SNP
+    #: certificate table; None otherwise.
     collateral: bytes | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +147,17 @@ class Evidence:
             from sealserve.attest._simulated_evidence import parse_simulated
 
             return parse_simulated(raw)
+        if fmt in (FORMAT_SEV_SNP, FORMAT_TPM_QUOTE, FORMAT_AZURE_SNP_VTPM):
+            from sealserve.attest._certs import Rejected
+            from sealserve.attest._hw_evidence import parse_hw_evidence
+
+            if collateral is not None and not isinstance(collateral, bytes):
+                _refuse("collateral")
+            try:
+                return parse_hw_evidence(fmt, raw, collateral)
+            except Rejected as exc:
+                _log.event("evidence.malformed", level=logging.DEBUG, reason=str(exc))
+                raise AttestationError() from None
         if fmt not in (FORMAT_SGX_DCAP, FORMAT_TDX_DCAP):
             _refuse("format")
         if not isinstance(collateral, bytes):

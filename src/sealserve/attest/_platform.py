@@ -42,9 +42,10 @@ from sealserve.attest._platform_key import (
     load_or_create_platform_key,
     load_or_create_sealing_root,
 )
-from sealserve.attest._policy import TCB_STATUSES, TrustAnchors
+from sealserve.attest._policy import TCB_STATUSES
 from sealserve.attest._sealing import check_purpose, derive_sealing_key
 from sealserve.attest._simulated_evidence import sign_simulated
+from sealserve.attest._trust import TrustAnchors
 from sealserve.attest._wire import MAX_FDS, b64, recv_message, send_message, unb64
 from sealserve.crypto import Identity
 from sealserve.errors import TeeError
