@@ -1,4 +1,4 @@
-"""``sealserve attest …``: measurements, DCAP quotes, and the simulated TEE platform."""
+"""``sealserve attest …``: measurements, hardware evidence, and the simulated TEE platform."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sealserve._cli import _attest_hw
 from sealserve._log import configure_logging, get_logger
 from sealserve.attest import (
     ENTRIES,
@@ -42,7 +43,8 @@ __all__ = ["app"]
 _log = get_logger(__name__)
 
 app = typer.Typer(
-    help="Attestation: code measurements, DCAP quote verification, the simulated TEE platform.",
+    help="Attestation: code measurements, verification of DCAP quotes, SEV-SNP reports, TPM "
+    "quotes and Azure CVMs, the simulated TEE platform.",
     no_args_is_help=True,
 )
 platform_app = typer.Typer(
@@ -50,6 +52,7 @@ platform_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(platform_app, name="platform")
+_attest_hw.register(app)
 
 _JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
