@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sealserve.bench import crypto, ipc, keyservice, packer, runtime, suite
+from sealserve.bench import crypto, imports, ipc, keyservice, packer, runtime, suite
 
 __all__ = ["app"]
 
@@ -23,4 +23,5 @@ ipc.register(app)
 keyservice.register(app)
 runtime.register(app)
 packer.register(app)
+imports.register(app)
 suite.register(app)

@@ -50,7 +50,7 @@ def _pin(
 ) -> dict[str, str]:
     """The runtime's measured launch config: the KeyService it trusts."""
     from sealserve.attest import Policy, TrustAnchors
-    from sealserve.runtime import runtime_launch_config
+    from sealserve.ecall import runtime_launch_config
 
     if keyservice_measurement is None:
         if launcher is not None:

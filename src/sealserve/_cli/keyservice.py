@@ -207,7 +207,7 @@ def build_pin(data_dir: Path, measurement: str | None, platform_key: Path | None
     from sealserve.attest import Policy, TrustAnchors
     from sealserve.client import KeyServicePin
     from sealserve.client._keyservice import known_keyservices_file
-    from sealserve.keyservice import default_keyservice_pin
+    from sealserve.protocol import default_keyservice_pin
 
     known = known_keyservices_file(data_dir)
     if measurement is None and platform_key is None:

@@ -44,7 +44,7 @@ def default_runtime_measurement(data_dir: Path) -> str:
     ``data_dir``, pinned to the KeyService of the installed code (default settings): what
     ``sealserve instance measurement`` prints, computed here rather than read from the host."""
     from sealserve.attest import Policy, TrustAnchors, measure
-    from sealserve.runtime import runtime_launch_config
+    from sealserve.ecall import runtime_launch_config
 
     keyservice = measure("keyservice")
     config = runtime_launch_config(

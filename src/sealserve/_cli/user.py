@@ -102,7 +102,7 @@ def request_key(
     """Register a request key for MODEL_ID, releasable only to runtimes that satisfy the
     policy (the key is generated into --key-file when that does not exist)."""
     from sealserve.crypto import RequestKey
-    from sealserve.keyservice import split_model_id
+    from sealserve.protocol import split_model_id
 
     owner_id, name = guarded(lambda: split_model_id(model_id))
     runtime_policy = guarded(
@@ -196,15 +196,10 @@ def infer(
     import json
 
     from sealserve._cli.gateway import gateway_url
-    from sealserve.client import (
-        GatewayClient,
-        load_inputs,
-        save_outputs,
-        summarize_outputs,
-        zoo_spec_for,
-    )
+    from sealserve.client import GatewayClient
     from sealserve.crypto import RequestKey
-    from sealserve.keyservice import split_model_id
+    from sealserve.models import load_inputs, save_outputs, summarize_outputs, zoo_spec_for
+    from sealserve.protocol import split_model_id
 
     check_policy_flags(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
     owner_id, name = guarded(lambda: split_model_id(model_id))

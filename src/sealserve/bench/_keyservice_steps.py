@@ -49,17 +49,15 @@ async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
     from sealserve.attest import Policy, SimulatedPlatform
     from sealserve.config import KeyServiceSettings
     from sealserve.crypto import Identity, SymmetricKey, wrap
-    from sealserve.keyservice import (
+    from sealserve.keyservice import EvidenceVerifier, KeyService, Store, Vault
+    from sealserve.keyservice._records import Claim, PrincipalRow
+    from sealserve.protocol import (
         AttestedKeyService,
-        EvidenceVerifier,
-        KeyService,
         ReleaseSession,
-        Store,
-        Vault,
+        join_model_id,
         parse_challenge,
         wire,
     )
-    from sealserve.keyservice._records import Claim, PrincipalRow
 
     with (
         SimulatedPlatform(data_dir=root / "platform") as platform,
@@ -80,7 +78,7 @@ async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
         store.add_principal(o.principal_id, o.public_key, "owner", at=time.time())
         store.add_principal(u.principal_id, u.public_key, "user", at=time.time())
         policy = Policy(measurements=frozenset({platform.measurement("attest-probe")})).to_dict()
-        mid = wire.model_id(owner.principal_id, "m")
+        mid = join_model_id(owner.principal_id, "m")
         ks_key = service.hpke_public_key
 
         def wrapped(kind: str, who: str, version: int | None) -> bytes:

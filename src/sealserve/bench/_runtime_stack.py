@@ -8,7 +8,7 @@ daemon launches::
     with LocalStack(root) as stack:
         model = stack.add_model("mobilenet", onnx_path)       # seal, store, key, grant
         with stack.start_instance() as inst:                  # a real host + runtime
-            outputs, timings = inst.client.infer_tensors(model.request_key, inputs, ...)
+            outputs, timings = infer_tensors(inst.client, model.request_key, inputs, ...)
 
 Every pin is computed from the platform's own code snapshot, so files edited while the stack
 runs cannot make a pin and the launched code disagree.
@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
+
 from sealserve._lifeline import tie_to_this_process
 from sealserve.attest import (
     MeasuredProcess,
@@ -42,14 +45,42 @@ from sealserve.attest import (
 from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, seal_model
+from sealserve.ecall import runtime_launch_config
 from sealserve.errors import SealserveError
 from sealserve.instance import InstanceClient, ModelStore
 from sealserve.keyservice._launch import read_ready_line
-from sealserve.runtime import runtime_launch_config
+from sealserve.protocol import new_request_id, seal_input, unseal_output
 
-__all__ = ["InstanceProcess", "LocalStack", "StackModel"]
+__all__ = ["InstanceProcess", "LocalStack", "StackModel", "infer_tensors"]
 
 _READY_TIMEOUT_S: Final = 90.0
+
+
+def infer_tensors(
+    client: InstanceClient,
+    key: RequestKey,
+    inputs: Mapping[str, npt.NDArray[Any]],
+    *,
+    model_id: str,
+    user_id: str,
+    request_id: str | None = None,
+    timeout_s: float | None = None,
+) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, float]]:
+    """The user's whole side against one instance: seal ``inputs``, send them with
+    ``client``, unseal the outputs; the outputs and the stage timings."""
+    rid = request_id or new_request_id()
+    sealed = seal_input(key, inputs, model_id=model_id, user_id=user_id, request_id=rid)
+    result = client.infer(
+        model_id=model_id,
+        user_id=user_id,
+        request_id=rid,
+        sealed_input=sealed,
+        timeout_s=timeout_s,
+    )
+    outputs = unseal_output(
+        key, result.sealed_output, model_id=model_id, user_id=user_id, request_id=rid
+    )
+    return outputs, result.timings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

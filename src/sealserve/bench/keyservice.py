@@ -149,7 +149,7 @@ class _Bench:
     async def _phase(self, kind: str, count: int, concurrency: int) -> _Phase:
         import aiohttp
 
-        from sealserve.keyservice import (
+        from sealserve.protocol import (
             ReleaseSession,
             attestation_nonce,
             parse_challenge,

@@ -206,10 +206,16 @@ def _user(stack: Any) -> str:
 
 
 def _sealed_call(client: Any, m: _Model, user: str) -> Callable[[], tuple[float, dict[str, float]]]:
+    from sealserve.bench._runtime_stack import infer_tensors
+
     def call() -> tuple[float, dict[str, float]]:
         started = time.perf_counter()
-        _, stages = client.infer_tensors(
-            m.stack_model.request_key, m.inputs, model_id=m.stack_model.model_id, user_id=user
+        _, stages = infer_tensors(
+            client,
+            m.stack_model.request_key,
+            m.inputs,
+            model_id=m.stack_model.model_id,
+            user_id=user,
         )
         return (time.perf_counter() - started) * 1000, stages
 
@@ -219,7 +225,7 @@ def _sealed_call(client: Any, m: _Model, user: str) -> Callable[[], tuple[float,
 def _cold_starts(
     stack: Any, models: list[_Model], config: RuntimeBenchConfig, progress: Progress
 ) -> tuple[dict[str, dict[str, float]], dict[str, float], float]:
-    from sealserve.runtime import timings
+    from sealserve.ecall import timings
 
     task = progress.add_task(
         "cold starts (a fresh instance each)", total=len(models) * config.cold_rounds
@@ -290,7 +296,7 @@ def _alternating(
 def _warm(
     stack: Any, models: list[_Model], config: RuntimeBenchConfig, progress: Progress
 ) -> dict[str, dict[str, Any]]:
-    from sealserve.runtime import timings
+    from sealserve.ecall import timings
 
     user = _user(stack)
     total = len(models) * config.warm_rounds * config.warm_instances
@@ -387,8 +393,8 @@ def _goals(results: dict[str, Any]) -> dict[str, Any]:
 
 def cost_model(results: dict[str, Any]) -> CostModel:
     """The FnPacker cost model these measurements of the real runtime give."""
+    from sealserve.ecall import timings
     from sealserve.packer import CostModel, ModelCosts
-    from sealserve.runtime import timings
 
     models = {}
     colds = []
@@ -554,7 +560,7 @@ def _report(results: dict[str, Any], console: Console) -> None:
 
 
 def _stage_order(stage: str) -> int:
-    from sealserve.runtime import timings
+    from sealserve.ecall import timings
 
     order = [*timings.COLD_START_STAGES, "total"]
     return order.index(stage) if stage in order else len(order)

@@ -25,7 +25,7 @@ from sealserve.bench._common import print_table
 __all__ = ["BENCHMARKS", "commands", "register"]
 
 #: In the order of the layers.
-BENCHMARKS: Final = ("crypto", "ipc", "keyservice", "runtime", "packer")
+BENCHMARKS: Final = ("crypto", "ipc", "keyservice", "runtime", "packer", "imports")
 
 
 def commands(out: Path, *, quick: bool, only: Sequence[str] = BENCHMARKS) -> list[list[str]]:
@@ -40,6 +40,7 @@ def commands(out: Path, *, quick: bool, only: Sequence[str] = BENCHMARKS) -> lis
         "ipc": ["ipc", "--json", str(out / "ipc.json"), "--plot", str(out / "ipc.png"), *q],
         "keyservice": ["keyservice", "--json", str(out / "keyservice.json")],
         "runtime": ["runtime", "--json", str(out / "runtime.json"), "--costs-out", str(costs), *q],
+        "imports": ["imports", "--json", str(out / "imports.json"), *q],
         "packer": [
             "packer", "--synthetic", "1", "--json", str(out / "packer.json"),
             *(["--costs", str(costs)] if "runtime" in only or costs.exists() else []),
@@ -53,6 +54,7 @@ def _summary(out: Path) -> list[tuple[str, str, Any]]:
     picks = {
         "crypto.json": ("framing_overhead", "model_unseal_ratio"),
         "keyservice.json": ("releases_per_s", "p50_ms", "trivial_p50_ms"),
+        "imports.json": ("client_import_s", "client_over_floor", "client_sealserve_modules"),
     }
     for file, keys in picks.items():
         path = out / file

@@ -10,29 +10,9 @@ upload is HPKE-wrapped to the KeyService's attested public key.
 gateway, unseal the output).
 """
 
-from sealserve.client._gateway import (
-    GatewayAnswer,
-    GatewayClient,
-    GatewayClientState,
-    Inference,
-    error_for_response,
-)
-from sealserve.client._inputs import (
-    IMAGE_SUFFIXES,
-    OutputSummary,
-    load_inputs,
-    save_outputs,
-    summarize_outputs,
-    zoo_spec_for,
-)
+from sealserve.client._gateway import GatewayAnswer, GatewayClient, GatewayClientState, Inference
 from sealserve.client._keyservice import ClientState, KeyServiceClient, KeyServicePin
-from sealserve.client._principals import (
-    ModelInfo,
-    ModelKeyReceipt,
-    Owner,
-    RequestKeyReceipt,
-    User,
-)
+from sealserve.client._principals import Owner, User
 from sealserve.client._upload import UploadReceipt, check_onnx_model, upload_model
 
 __all__ = [
@@ -40,22 +20,12 @@ __all__ = [
     "GatewayAnswer",
     "GatewayClient",
     "GatewayClientState",
-    "IMAGE_SUFFIXES",
     "Inference",
     "KeyServiceClient",
     "KeyServicePin",
-    "ModelInfo",
-    "ModelKeyReceipt",
-    "OutputSummary",
     "Owner",
-    "RequestKeyReceipt",
     "UploadReceipt",
     "User",
     "check_onnx_model",
-    "error_for_response",
-    "load_inputs",
-    "save_outputs",
-    "summarize_outputs",
     "upload_model",
-    "zoo_spec_for",
 ]

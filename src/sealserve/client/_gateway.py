@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -30,26 +29,22 @@ import numpy.typing as npt
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve.crypto import RequestKey
-from sealserve.errors import (
-    CapacityExhausted,
-    GatewayError,
-    InstanceError,
-    ModelNotAvailable,
-    PlatformError,
-    SealserveError,
+from sealserve.errors import GatewayError, SealserveError
+from sealserve.protocol import (
+    RouteInfo,
+    exception_for_answer,
+    new_request_id,
+    seal_input,
+    split_model_id,
+    unseal_output,
 )
-from sealserve.gateway import RouteInfo
-from sealserve.gateway import headers as hd
-from sealserve.instance import raise_for_error
-from sealserve.keyservice import split_model_id
-from sealserve.runtime import new_request_id, seal_input, unseal_output
+from sealserve.protocol import headers as hd
 
 __all__ = [
     "GatewayAnswer",
     "GatewayClient",
     "GatewayClientState",
     "Inference",
-    "error_for_response",
 ]
 
 _MAX_RETRY_WAIT_S: Final = 5.0
@@ -179,7 +174,7 @@ class GatewayClient:
         """Send a sealed input; the sealed output, timings and route (or the error, raised)."""
         response = self._exchange(model_id, user_id, request_id, sealed_input, timeout_s)
         if response.status_code != 200:
-            raise error_for_response(response)
+            raise exception_for_answer(response.status_code, response.content)
         return _answer(response, request_id)
 
     def infer(
@@ -213,7 +208,7 @@ class GatewayClient:
                 time.sleep(1.0)
                 continue
             if response.status_code != 200:
-                error = error_for_response(response)
+                error = exception_for_answer(response.status_code, response.content)
                 if not error.retryable or attempt > retries:
                     raise error
                 time.sleep(_retry_after(response))
@@ -238,7 +233,7 @@ class GatewayClient:
         """The stored models (ids, sizes, key versions)."""
         response = self._send("GET", "/v1/models")
         if response.status_code != 200:
-            raise error_for_response(response)
+            raise exception_for_answer(response.status_code, response.content)
         models: list[dict[str, Any]] = response.json()["models"]
         return models
 
@@ -246,7 +241,7 @@ class GatewayClient:
         """The platform's instances, meters, counters and recent routing decisions."""
         response = self._send("GET", "/v1/platform", params={"recent": str(recent)})
         if response.status_code != 200:
-            raise error_for_response(response)
+            raise exception_for_answer(response.status_code, response.content)
         doc: dict[str, Any] = response.json()
         return doc
 
@@ -281,37 +276,3 @@ def _retry_after(response: httpx.Response) -> float:
     except ValueError:
         wait = 1.0
     return min(_MAX_RETRY_WAIT_S, max(0.0, wait))
-
-
-def error_for_response(response: httpx.Response) -> SealserveError:
-    """The sealserve exception a gateway error answer stands for (``retryable`` kept).
-
-    A refusal of the request itself (``bad_request``, ``payload_too_large``, ...) is raised as
-    the ``ValueError`` it is.
-    """
-    status = response.status_code
-    try:
-        error = json.loads(response.content)["error"]
-        code, message = str(error["code"]), str(error["message"])
-        retryable = bool(error.get("retryable", False))
-    except (ValueError, KeyError, TypeError):
-        return GatewayError(f"the gateway answered HTTP {status} without an error object")
-    exc: SealserveError
-    if code == "unknown_model":
-        exc = ModelNotAvailable(message)
-    elif code in ("too_many_requests", "capacity_exhausted"):
-        exc = CapacityExhausted(message)
-    elif code == "instance_unavailable":
-        exc = InstanceError(message)
-    elif code in ("platform_unavailable", "platform_error"):
-        exc = PlatformError(message)
-    else:
-        try:
-            raise_for_error(status, response.content)
-        except SealserveError as relayed:
-            exc = relayed
-        else:  # pragma: no cover - raise_for_error raises for every status but 200
-            exc = GatewayError(f"the gateway answered HTTP {status}")
-    if retryable and not exc.retryable:
-        exc.retryable = True
-    return exc

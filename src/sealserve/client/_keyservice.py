@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 
@@ -40,11 +40,12 @@ from sealserve.errors import (
     NotFound,
     RateLimited,
 )
-from sealserve.keyservice import (
-    API_PREFIX,
-    RESPONSE_SIGNATURE_HEADER,
+from sealserve.protocol import (
     AttestedKeyService,
+    ErrorOut,
+    Message,
     attestation_nonce,
+    default_keyservice_pin,
     verify_keyservice,
     wire,
 )
@@ -52,6 +53,7 @@ from sealserve.keyservice import (
 __all__ = ["ClientState", "KeyServiceClient", "KeyServicePin", "known_keyservices_file"]
 
 _log = get_logger(__name__)
+_A = TypeVar("_A", bound=Message)
 
 
 class ClientState(enum.Enum):
@@ -93,8 +95,6 @@ class KeyServicePin:
 
     @classmethod
     def default(cls, data_dir: str | Path) -> KeyServicePin:
-        from sealserve.keyservice import default_keyservice_pin
-
         policy, trust = default_keyservice_pin(Path(data_dir))
         return cls(policy=policy, trust=trust, known_keyservices=known_keyservices_file(data_dir))
 
@@ -246,7 +246,7 @@ class KeyServiceClient:
     def _attest(self) -> AttestedKeyService:
         assert self._http is not None
         nonce = attestation_nonce()
-        response = self._send("GET", f"{API_PREFIX}/attestation?nonce={wire.b64encode(nonce)}")
+        response = self._send("GET", f"{wire.API_PREFIX}/attestation?nonce={wire.b64encode(nonce)}")
         if response.status_code != 200:
             raise KeyServiceError(
                 f"the KeyService at {self.url} refused its attestation "
@@ -264,15 +264,17 @@ class KeyServiceClient:
 
     # -- requests -------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        """Send a signed request and return the verified JSON answer.
+    def request(
+        self, method: str, path: str, body: Message | None = None, *, answer: type[_A]
+    ) -> _A:
+        """Send a signed request and return its verified answer, parsed as ``answer``.
 
         Raises :class:`AccessDenied` (403), :class:`NotFound` (404), :class:`Conflict` (409),
         :class:`RateLimited` (429), :class:`ValueError` (400: the request was malformed) or
         :class:`KeyServiceError` (anything else, including an unverifiable response).
         """
         self._require_open()
-        content = b"" if body is None else wire.canonical_json(body)
+        content = b"" if body is None else body.to_json()
         headers = sign_request(
             self.identity, method=method, path=path, body=content, clock=self._clock
         )
@@ -280,7 +282,13 @@ class KeyServiceClient:
             headers["content-type"] = "application/json"
         response = self._send(method, path, content=content, headers=headers)
         self._check_signature(method, path, headers, response)
-        return _answer(response)
+        _raise_for_status(response)
+        try:
+            return answer.from_json(response.content)
+        except ValueError as exc:
+            raise KeyServiceError(
+                f"the KeyService's answer to {method} {path} is not a {answer.__name__}: {exc}"
+            ) from None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         assert self._http is not None
@@ -295,7 +303,7 @@ class KeyServiceClient:
         self, method: str, path: str, headers: dict[str, str], response: httpx.Response
     ) -> None:
         assert self._attested is not None
-        encoded = response.headers.get(RESPONSE_SIGNATURE_HEADER, "")
+        encoded = response.headers.get(wire.RESPONSE_SIGNATURE_HEADER, "")
         payload = wire.response_signing_payload(
             method=method,
             path=path,
@@ -304,7 +312,7 @@ class KeyServiceClient:
             body=response.content,
         )
         try:
-            signature = wire.b64decode(encoded, name=RESPONSE_SIGNATURE_HEADER)
+            signature = wire.b64decode(encoded, name=wire.RESPONSE_SIGNATURE_HEADER)
             verify_signature(self._attested.signing_public_key, payload, signature)
         except (ValueError, InvalidSignature):
             raise KeyServiceError(
@@ -316,17 +324,14 @@ class KeyServiceClient:
         return f"KeyServiceClient({self.url!r}, state={self._state.value})"
 
 
-def _answer(response: httpx.Response) -> dict[str, Any]:
+def _raise_for_status(response: httpx.Response) -> None:
     status = response.status_code
-    try:
-        doc = json.loads(response.content)
-    except ValueError:
-        doc = {}
-    if not isinstance(doc, dict):
-        doc = {}
-    message = str(doc.get("error", f"HTTP {status}"))
     if 200 <= status < 300:
-        return doc
+        return
+    try:
+        message = ErrorOut.from_json(response.content).error
+    except ValueError:
+        message = f"HTTP {status}"
     if status == 403:
         raise AccessDenied()
     if status == 404:

@@ -15,7 +15,6 @@ is and for whom::
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import httpx
@@ -24,31 +23,22 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve.attest import Policy
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, wrap
-from sealserve.keyservice import API_PREFIX, wire
+from sealserve.protocol import (
+    AccessChange,
+    GrantIn,
+    ModelInfo,
+    ModelKeyIn,
+    ModelKeyReceipt,
+    PrincipalIn,
+    PrincipalOut,
+    RequestKeyIn,
+    RequestKeyReceipt,
+    join_model_id,
+    split_model_id,
+    wire,
+)
 
-__all__ = ["ModelInfo", "ModelKeyReceipt", "Owner", "RequestKeyReceipt", "User"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ModelKeyReceipt:
-    model_id: str
-    version: int
-    revocation_epoch: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ModelInfo:
-    model_id: str
-    key_version: int
-    grants: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RequestKeyReceipt:
-    model_id: str
-    user_id: str
-    version: int
-    revocation_epoch: int
+__all__ = ["Owner", "User"]
 
 
 class _Principal:
@@ -94,9 +84,14 @@ class _Principal:
 
     def register(self) -> bool:
         """Register this identity with its role; ``False`` if it already was."""
-        body = {"public_key": wire.b64encode(self.identity.public_key_bytes), "role": self.role}
-        doc = self._client.request("POST", f"{API_PREFIX}/principals", body)
-        return bool(doc.get("created", False))
+        body = PrincipalIn(
+            public_key=wire.b64encode(self.identity.public_key_bytes),
+            role=self.role,  # type: ignore[arg-type]
+        )
+        doc = self._client.request(
+            "POST", f"{wire.API_PREFIX}/principals", body, answer=PrincipalOut
+        )
+        return doc.created
 
     def _wrap(self, kind: str, model_id: str, version: int | None, secret: bytes) -> str:
         attested = self._client.keyservice
@@ -126,20 +121,18 @@ class Owner(_Principal):
 
     def model_id(self, name: str) -> str:
         """``<owner_id>/<name>``: how the model is named everywhere."""
-        return wire.model_id(self.principal_id, name)
+        return join_model_id(self.principal_id, name)
 
     def _path(self, name: str) -> str:
-        return f"{API_PREFIX}/models/{self.model_id(name)}"
+        return f"{wire.API_PREFIX}/models/{self.model_id(name)}"
 
     def put_model_key(self, name: str, key: SymmetricKey, *, version: int = 1) -> ModelKeyReceipt:
         """Store ``key`` as version ``version`` of model ``name`` (1 creates the model)."""
         if not isinstance(key, SymmetricKey):
             raise TypeError(f"key must be a SymmetricKey, got {type(key).__name__}")
         wrapped = self._wrap("model-key", self.model_id(name), version, key.to_bytes())
-        doc = self._client.request(
-            "PUT", self._path(name) + "/key", {"version": version, "wrapped_key": wrapped}
-        )
-        return ModelKeyReceipt(doc["model_id"], int(doc["version"]), int(doc["revocation_epoch"]))
+        body = ModelKeyIn(version=version, wrapped_key=wrapped)
+        return self._client.request("PUT", self._path(name) + "/key", body, answer=ModelKeyReceipt)
 
     def rotate_model_key(self, name: str, key: SymmetricKey) -> ModelKeyReceipt:
         """Replace the key of model ``name`` by ``key`` (the next version).  Runtimes get the
@@ -148,22 +141,27 @@ class Owner(_Principal):
         return self.put_model_key(name, key, version=current + 1)
 
     def model(self, name: str) -> ModelInfo:
-        doc = self._client.request("GET", self._path(name))
-        return ModelInfo(doc["model_id"], int(doc["key_version"]), tuple(doc["grants"]))
+        """Model ``name``'s current key version and the users granted access to it."""
+        return self._client.request("GET", self._path(name), answer=ModelInfo)
 
     def grant(self, name: str, user_id: str, policy: Policy) -> int:
         """Let ``user_id`` use model ``name`` in runtimes that satisfy ``policy``; returns
         the revocation epoch."""
         doc = self._client.request(
-            "PUT", f"{self._path(name)}/grants/{user_id}", {"policy": policy.to_dict()}
+            "PUT",
+            f"{self._path(name)}/grants/{user_id}",
+            GrantIn(policy=policy.to_dict()),
+            answer=AccessChange,
         )
-        return int(doc["revocation_epoch"])
+        return doc.revocation_epoch
 
     def revoke(self, name: str, user_id: str) -> int:
         """Withdraw the grant; no release after this returns includes it.  Returns the new
         revocation epoch (runtimes drop keys of older epochs when they see it)."""
-        doc = self._client.request("DELETE", f"{self._path(name)}/grants/{user_id}")
-        return int(doc["revocation_epoch"])
+        doc = self._client.request(
+            "DELETE", f"{self._path(name)}/grants/{user_id}", answer=AccessChange
+        )
+        return doc.revocation_epoch
 
 
 class User(_Principal):
@@ -176,8 +174,8 @@ class User(_Principal):
         return self
 
     def _path(self, model_id: str) -> str:
-        wire.split_model_id(model_id)
-        return f"{API_PREFIX}/models/{model_id}/request-keys/{self.principal_id}"
+        split_model_id(model_id)
+        return f"{wire.API_PREFIX}/models/{model_id}/request-keys/{self.principal_id}"
 
     def put_request_key(self, model_id: str, key: RequestKey, policy: Policy) -> RequestKeyReceipt:
         """Give the KeyService ``key`` for ``model_id``, releasable only to runtimes that
@@ -185,14 +183,10 @@ class User(_Principal):
         if not isinstance(key, RequestKey):
             raise TypeError(f"key must be a RequestKey, got {type(key).__name__}")
         wrapped = self._wrap("request-key", model_id, None, key.to_bytes())
-        doc = self._client.request(
-            "PUT", self._path(model_id), {"wrapped_key": wrapped, "policy": policy.to_dict()}
-        )
-        return RequestKeyReceipt(
-            doc["model_id"], doc["user_id"], int(doc["version"]), int(doc["revocation_epoch"])
-        )
+        body = RequestKeyIn(wrapped_key=wrapped, policy=policy.to_dict())
+        return self._client.request("PUT", self._path(model_id), body, answer=RequestKeyReceipt)
 
     def delete_request_key(self, model_id: str) -> int:
         """Withdraw the request key for ``model_id``; returns the new revocation epoch."""
-        doc = self._client.request("DELETE", self._path(model_id))
-        return int(doc["revocation_epoch"])
+        doc = self._client.request("DELETE", self._path(model_id), answer=AccessChange)
+        return doc.revocation_epoch

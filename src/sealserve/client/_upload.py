@@ -5,6 +5,9 @@
     with Owner(identity, keyservice_url=url, pin=pin) as owner:
         receipt = upload_model(owner, ModelStore(store_dir), "mobilenet", "mobilenet.onnx")
 
+``store`` is any :class:`ModelSink`: the platform's model store
+(:class:`sealserve.instance.ModelStore`) is one.
+
 The model is sealed chunk by chunk (bounded memory whatever its size) under a fresh model key
 (or the one given) straight into the store, which commits it atomically; only then is the key
 put in the KeyService, HPKE-wrapped to its attested key.  Uploading a model that has a key
@@ -21,14 +24,45 @@ import io
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, Self, cast, runtime_checkable
 
 from sealserve.client._principals import Owner
 from sealserve.crypto import SymmetricKey, seal_model
 from sealserve.errors import NotFound
-from sealserve.instance import ModelManifest, ModelStore
 
-__all__ = ["UploadReceipt", "check_onnx_model", "upload_model"]
+__all__ = ["ModelSink", "UploadReceipt", "check_onnx_model", "upload_model"]
+
+
+class StoredModel(Protocol):
+    """What a store says about a sealed model it committed."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def digest(self) -> str: ...
+
+
+class SealedModelSink(Protocol):
+    """A sealed model being written: a raw binary stream that commits on leaving ``with``."""
+
+    @property
+    def manifest(self) -> StoredModel | None: ...
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, exc_type: object, /, *rest: object) -> None: ...
+
+
+@runtime_checkable
+class ModelSink(Protocol):
+    """Where an owner seals models into: :class:`sealserve.instance.ModelStore` is one."""
+
+    def create(self, model_id: str, /, *, key_version: int) -> SealedModelSink:
+        """A writer for version ``key_version`` of ``model_id``'s sealed model."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +110,7 @@ def check_onnx_model(source: str | os.PathLike[str] | BinaryIO) -> None:
 
 def upload_model(
     owner: Owner,
-    store: ModelStore,
+    store: ModelSink,
     name: str,
     source: str | os.PathLike[str] | BinaryIO,
     *,
@@ -93,8 +127,8 @@ def upload_model(
     """
     if not isinstance(owner, Owner):
         raise TypeError(f"owner must be an Owner, got {type(owner).__name__}")
-    if not isinstance(store, ModelStore):
-        raise TypeError(f"store must be a ModelStore, got {type(store).__name__}")
+    if not isinstance(store, ModelSink):
+        raise TypeError(f"store must be a ModelSink (a ModelStore), got {type(store).__name__}")
     check_onnx_model(source)
     model_id = owner.model_id(name)
     try:
@@ -120,13 +154,13 @@ def upload_model(
 
 
 def _seal_into(
-    store: ModelStore,
+    store: ModelSink,
     model_id: str,
     version: int,
     key: SymmetricKey,
     src: BinaryIO,
     progress: Callable[[int], None] | None,
-) -> tuple[int, ModelManifest]:
+) -> tuple[int, StoredModel]:
     sealed_so_far = [0]
 
     def on_chunk(done: int) -> None:

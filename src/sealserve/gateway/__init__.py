@@ -6,16 +6,14 @@
 * :class:`GatewayServer` — the gateway on uvicorn;
 * :class:`LocalDeployment` — the TEE platform daemon, the KeyService, the local platform and
   the gateway on one machine (``sealserve up``);
-* :mod:`headers` — the header names and the routing decision's wire form, for clients.
+* the header names and the routing decision's wire form are :mod:`sealserve.protocol`'s.
 
 See docs/http-api.md and docs/operating.md.
 """
 
-from sealserve.gateway import _headers as headers
 from sealserve.gateway._app import Gateway, GatewayOptions, InferenceBackend, ModelDirectory
 from sealserve.gateway._deployment import DeploymentInfo, DeploymentOptions, LocalDeployment
 from sealserve.gateway._errors import error_for
-from sealserve.gateway._headers import RouteInfo
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.gateway._server import GatewayServer
@@ -30,8 +28,6 @@ __all__ = [
     "InferenceBackend",
     "LocalDeployment",
     "ModelDirectory",
-    "RouteInfo",
     "error_for",
-    "headers",
     "openapi_document",
 ]

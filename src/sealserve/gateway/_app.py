@@ -35,14 +35,13 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.config import GatewaySettings
 from sealserve.errors import DeadlineExceeded, ModelNotStored
-from sealserve.gateway import _headers as hd
-from sealserve.gateway._errors import error_body, error_for, too_many_requests, unknown_model
+from sealserve.gateway._errors import error_for, too_many_requests, unknown_model
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
-from sealserve.instance import HostError, ModelManifest
-from sealserve.keyservice import split_model_id
+from sealserve.instance import ModelManifest
 from sealserve.platform import PlatformResult, PlatformStats
-from sealserve.runtime import check_request_id
+from sealserve.protocol import HostError, check_request_id, error_body, split_model_id
+from sealserve.protocol import headers as hd
 
 __all__ = ["Gateway", "GatewayOptions", "InferenceBackend", "ModelDirectory"]
 

@@ -40,6 +40,7 @@ from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
 from sealserve.attest import PlatformClient, Policy, TrustAnchors, read_platform_public_key
 from sealserve.config import Settings
+from sealserve.ecall import runtime_launch_config
 from sealserve.errors import GatewayError, SealserveError, TeeError
 from sealserve.gateway._app import Gateway, GatewayOptions
 from sealserve.gateway._server import GatewayServer
@@ -53,7 +54,6 @@ from sealserve.platform import (
     Platform,
     PlatformConfig,
 )
-from sealserve.runtime import runtime_launch_config
 
 __all__ = ["DeploymentInfo", "DeploymentOptions", "LocalDeployment"]
 

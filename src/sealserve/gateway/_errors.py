@@ -1,27 +1,12 @@
-"""The gateway's error answers: a stable code, a message with no secret, ``retryable``.
+"""The gateway's error answers: its own codes over the instance host's.
 
-Every error is ``{"error": {"code", "message", "retryable"}}``, as on the instance host whose
-codes the gateway relays unchanged (docs/http-api.md); a retryable failure carries
-``Retry-After``.  The gateway's own:
-
-=============================  ======  ==========  ==========================================
-code                           status  retryable   when
-=============================  ======  ==========  ==========================================
-``unknown_model``              404     no          no such model in the store
-``too_many_requests``          429     yes         the gateway holds ``max_queued`` requests
-``capacity_exhausted``         503     yes         no instance could take the request before
-                                                   its deadline, or too many wait for one
-``instance_unavailable``       503     yes         the instance failed or did not answer
-``platform_unavailable``       503     yes         the platform is starting or stopping, or
-                                                   an instance failed before the request ran
-``platform_error``             502     no          the platform failed in a way that will not
-                                                   pass by itself
-=============================  ======  ==========  ==========================================
+The codes, their statuses and ``retryable`` are tabled in :mod:`sealserve.protocol`'s error
+module (one table for the host's and the gateway's, which the client reads back with
+:func:`~sealserve.protocol.exception_for_answer`); the bodies are
+:func:`~sealserve.protocol.error_body`'s.
 """
 
 from __future__ import annotations
-
-import json
 
 from sealserve.errors import (
     CapacityExhausted,
@@ -30,9 +15,9 @@ from sealserve.errors import (
     PlatformError,
     SealserveError,
 )
-from sealserve.instance import HostError, error_for_exception
+from sealserve.protocol import HostError, error_for_exception
 
-__all__ = ["error_body", "error_for", "too_many_requests", "unknown_model"]
+__all__ = ["error_for", "too_many_requests", "unknown_model"]
 
 
 def unknown_model(model_id: str) -> HostError:
@@ -71,9 +56,3 @@ def error_for(exc: BaseException) -> HostError:
             status = {"bad_request": 400, "payload_too_large": 413, "length_required": 411}
             return HostError(status[code], code, message)
     return error_for_exception(exc)
-
-
-def error_body(error: HostError) -> bytes:
-    """``{"error": {"code", "message", "retryable"}}`` as the answer's body."""
-    doc = {"error": {"code": error.code, "message": error.message, "retryable": error.retryable}}
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8")

@@ -45,13 +45,19 @@ from starlette.routing import Route
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve.ecall import Message, timings, wire
 from sealserve.errors import BackpressureTimeout, DeadlineExceeded, SealserveError
-from sealserve.instance import _headers as hd
-from sealserve.instance._errors import HostError, bad_request, error_body, error_for_exception
 from sealserve.instance._metrics import InstanceMetrics
 from sealserve.instance._supervisor import RuntimeGeneration, RuntimeHandle, SupervisorState
-from sealserve.keyservice import split_model_id
-from sealserve.runtime import Message, check_request_id, timings, wire
+from sealserve.protocol import (
+    HostError,
+    bad_request,
+    check_request_id,
+    error_body,
+    error_for_exception,
+    split_model_id,
+)
+from sealserve.protocol import headers as hd
 
 __all__ = ["ACTIVATION_MARKER", "HostOptions", "InstanceHost"]
 

@@ -6,9 +6,10 @@
         result = instance.infer(model_id=mid, user_id=uid, request_id=rid, sealed_input=env)
         outputs = unseal_output(request_key, result.sealed_output, model_id=mid, ...)
 
-or, as the user's side in one call, :meth:`InstanceClient.infer_tensors` (seal, send, unseal).
-Error answers become sealserve's exceptions (see :func:`raise_for_error`), so a caller can
-tell a retryable failure (``exc.retryable``) from one that will always fail.
+(the host, and so this client, never holds a key: the sealing is the user's, with
+:func:`sealserve.protocol.seal_input` and :func:`~sealserve.protocol.unseal_output`).
+Error answers become sealserve's exceptions (:func:`~sealserve.protocol.raise_for_error`),
+so a caller can tell a retryable failure (``exc.retryable``) from one that will always fail.
 
 It speaks HTTP/1.1 with the standard library, one keep-alive connection per calling thread:
 on this hot path (a sealed input of hundreds of KB per request) it costs about a third of what
@@ -26,26 +27,11 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+from sealserve.errors import InstanceError
+from sealserve.protocol import headers as hd
+from sealserve.protocol import raise_for_error
 
-from sealserve.crypto import RequestKey
-from sealserve.errors import (
-    AccessDenied,
-    CapacityExhausted,
-    DeadlineExceeded,
-    InstanceError,
-    InvalidEnvelope,
-    KeyServiceError,
-    MemoryBudgetExceeded,
-    ModelNotAvailable,
-    RuntimeUnavailable,
-    SealserveError,
-)
-from sealserve.instance import _headers as hd
-from sealserve.runtime import new_request_id, seal_input, unseal_output
-
-__all__ = ["ClientState", "InferResult", "InstanceClient", "raise_for_error"]
+__all__ = ["ClientState", "InferResult", "InstanceClient"]
 
 #: Errors of a kept-alive connection that the server had already closed: retried once.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -64,44 +50,6 @@ class InferResult:
     request_id: str
     sealed_output: bytes
     timings: dict[str, float]
-
-
-def raise_for_error(status: int, body: bytes) -> None:
-    """Raise the sealserve exception an error answer of the host stands for."""
-    if status == 200:
-        return
-    try:
-        error = json.loads(body)["error"]
-        code, message = str(error["code"]), str(error["message"])
-        retryable = bool(error.get("retryable", False))
-    except (ValueError, KeyError, TypeError):
-        raise InstanceError(
-            f"the instance answered HTTP {status} without an error object"
-        ) from None
-    exc: Exception
-    if code == "invalid_envelope":
-        exc = InvalidEnvelope()
-    elif code == "access_denied":
-        exc = AccessDenied()
-    elif code == "deadline_exceeded":
-        exc = DeadlineExceeded(message)
-    elif code == "runtime_unavailable":
-        exc = RuntimeUnavailable(message)
-    elif code == "overloaded":
-        exc = CapacityExhausted(message)
-    elif code == "model_not_available":
-        exc = ModelNotAvailable(message)
-    elif code == "memory_budget_exceeded":
-        exc = MemoryBudgetExceeded(message)
-    elif code.startswith("keyservice_"):
-        exc = KeyServiceError(message)
-    elif code in ("bad_request", "payload_too_large", "length_required"):
-        exc = ValueError(f"{code}: {message}")
-    else:
-        exc = InstanceError(f"{code}: {message}")
-    if isinstance(exc, SealserveError) and retryable and not exc.retryable:
-        exc.retryable = True
-    raise exc
 
 
 class InstanceClient:
@@ -239,31 +187,6 @@ class InstanceClient:
             sealed_output=body,
             timings=hd.parse_server_timing(reply_headers.get(hd.SERVER_TIMING_HEADER, "")),
         )
-
-    def infer_tensors(
-        self,
-        key: RequestKey,
-        inputs: Mapping[str, npt.NDArray[Any]],
-        *,
-        model_id: str,
-        user_id: str,
-        request_id: str | None = None,
-        timeout_s: float | None = None,
-    ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, float]]:
-        """The user's whole side: seal ``inputs``, send them, unseal the outputs."""
-        rid = request_id or new_request_id()
-        sealed = seal_input(key, inputs, model_id=model_id, user_id=user_id, request_id=rid)
-        result = self.infer(
-            model_id=model_id,
-            user_id=user_id,
-            request_id=rid,
-            sealed_input=sealed,
-            timeout_s=timeout_s,
-        )
-        outputs = unseal_output(
-            key, result.sealed_output, model_id=model_id, user_id=user_id, request_id=rid
-        )
-        return outputs, result.timings
 
     def _json(self, method: str, path: str, doc: Mapping[str, Any] | None = None) -> Any:
         body = None if doc is None else json.dumps(doc).encode("utf-8")

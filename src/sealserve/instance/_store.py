@@ -42,7 +42,7 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.errors import ModelNotStored, StoreIntegrityError
 from sealserve.instance._blobs import SealedModelReader, SealedModelWriter
-from sealserve.keyservice import split_model_id
+from sealserve.protocol import split_model_id
 
 __all__ = ["MANIFEST_SCHEMA", "ModelManifest", "ModelStore"]
 

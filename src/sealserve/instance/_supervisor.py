@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.attest import Launcher, MeasuredProcess
+from sealserve.ecall import Endpoint, Message, wire
 from sealserve.errors import (
     DeadlineExceeded,
     InstanceError,
@@ -48,8 +49,7 @@ from sealserve.errors import (
 )
 from sealserve.instance._store import ModelStore
 from sealserve.ipc import ChannelOptions, Connection, QoS
-from sealserve.keyservice import API_PREFIX
-from sealserve.runtime import Endpoint, Message, wire
+from sealserve.protocol import wire as keyservice_wire
 
 __all__ = [
     "RuntimeGeneration",
@@ -64,9 +64,9 @@ _MIB = 1 << 20
 #: Give the pages of messages at least this large back once reclaimed (models, not inputs).
 _TRIM = 16 * _MIB
 _RELAY_PATHS = (
-    ("GET", f"{API_PREFIX}/attestation?nonce="),
-    ("POST", f"{API_PREFIX}/challenges"),
-    ("POST", f"{API_PREFIX}/releases"),
+    ("GET", f"{keyservice_wire.API_PREFIX}/attestation?nonce="),
+    ("POST", f"{keyservice_wire.API_PREFIX}/challenges"),
+    ("POST", f"{keyservice_wire.API_PREFIX}/releases"),
 )
 
 

@@ -1,7 +1,8 @@
 """The KeyService's HTTP API (FastAPI/Starlette), on top of :class:`KeyService`.
 
-Handlers read the raw body (signatures cover the exact bytes) and validate it with the pydantic
-models of :mod:`._api`, which also make the OpenAPI document at ``/openapi.json``.  Every
+Handlers read the raw body (signatures cover the exact bytes) and parse it with the typed
+bodies of :mod:`sealserve.protocol`, whose schemas also make the OpenAPI document at
+``/openapi.json``; the service's methods return typed answers, written as canonical JSON.  Every
 response to a signed request carries ``Sealserve-Response-Signature``: the KeyService's
 attested Ed25519 key signs the request it answers, the status and the body, so a proxy cannot
 fake an acknowledgement (say, of a revoke).
@@ -17,16 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pydantic
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from sealserve import __version__
-from sealserve.keyservice import _api as api
-from sealserve.keyservice import _wire as wire
 from sealserve.keyservice._hot import (
     HEALTHZ_PATH,
     HotEndpoints,
@@ -37,6 +36,26 @@ from sealserve.keyservice._hot import (
 )
 from sealserve.keyservice._service import KeyService
 from sealserve.keyservice._store import PrincipalRow
+from sealserve.protocol import (
+    MODEL_NAME_PATTERN,
+    PRINCIPAL_ID_PATTERN,
+    AccessChange,
+    AttestationOut,
+    ChallengeOut,
+    ErrorOut,
+    GrantIn,
+    Message,
+    ModelInfo,
+    ModelKeyIn,
+    ModelKeyReceipt,
+    PrincipalIn,
+    PrincipalOut,
+    ReleaseIn,
+    ReleaseOut,
+    RequestKeyIn,
+    RequestKeyReceipt,
+    wire,
+)
 
 __all__ = ["create_app"]
 
@@ -44,18 +63,46 @@ RESPONSE_SIGNATURE_HEADER = wire.RESPONSE_SIGNATURE_HEADER
 _DENIAL = wire.canonical_json(wire.DENIAL_BODY)
 _UNSIGNED_FIXED_PATHS = (wire.API_PREFIX + "/releases", wire.API_PREFIX + "/challenges")
 
-_P_OWNER = Path(pattern=wire.PRINCIPAL_ID_PATTERN, description="The owner's principal id.")
-_P_NAME = Path(pattern=wire.MODEL_NAME_PATTERN, description="The model's name.")
-_P_USER = Path(pattern=wire.PRINCIPAL_ID_PATTERN, description="The user's principal id.")
+_P_OWNER = Path(pattern=PRINCIPAL_ID_PATTERN, description="The owner's principal id.")
+_P_NAME = Path(pattern=MODEL_NAME_PATTERN, description="The model's name.")
+_P_USER = Path(pattern=PRINCIPAL_ID_PATTERN, description="The user's principal id.")
+
+#: Every body the OpenAPI document describes (with the bodies they nest).
+_BODIES: tuple[type[Message], ...] = (
+    AccessChange,
+    AttestationOut,
+    ChallengeOut,
+    ErrorOut,
+    GrantIn,
+    ModelInfo,
+    ModelKeyIn,
+    ModelKeyReceipt,
+    PrincipalIn,
+    PrincipalOut,
+    ReleaseIn,
+    ReleaseOut,
+    RequestKeyIn,
+    RequestKeyReceipt,
+)
+
+
+def _content(model: type[Message]) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"content": {"application/json": {"schema": ref}}}
+
+
+def _answer(model: type[Message], description: str = "Successful Response") -> dict[str, Any]:
+    return {"description": description, **_content(model)}
+
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": api.ErrorOut, "description": "Malformed request (after authentication)."},
-    403: {"model": api.ErrorOut, "description": "The fixed denial: nothing says why."},
-    404: {"model": api.ErrorOut, "description": "Not found (told only to its owner)."},
-    409: {"model": api.ErrorOut, "description": "Conflicting version or registration."},
-    413: {"model": api.ErrorOut, "description": "Body larger than the limit."},
-    429: {"model": api.ErrorOut, "description": "Rate limited; see Retry-After."},
-    503: {"model": api.ErrorOut, "description": "The database is unavailable."},
+    400: _answer(ErrorOut, "Malformed request (after authentication)."),
+    403: _answer(ErrorOut, "The fixed denial: nothing says why."),
+    404: _answer(ErrorOut, "Not found (told only to its owner)."),
+    409: _answer(ErrorOut, "Conflicting version or registration."),
+    413: _answer(ErrorOut, "Body larger than the limit."),
+    429: _answer(ErrorOut, "Rate limited; see Retry-After."),
+    503: _answer(ErrorOut, "The database is unavailable."),
 }
 _SIGNED = (
     "Signed request: the headers of sealserve.crypto.sign_request over method, path and body. "
@@ -64,19 +111,21 @@ _SIGNED = (
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    content = body if isinstance(body, bytes) else wire.canonical_json(body)
+    content = _encode(body)
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
-def _body_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-            },
-        }
-    }
+def _encode(body: Any) -> bytes:
+    """An answer's bytes: a typed body's canonical JSON (or a plain JSON value's)."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, Message):
+        return body.to_json()
+    return wire.canonical_json(body)
+
+
+def _body_schema(model: type[Message]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, **_content(model)}}
 
 
 class _BodyLimit:
@@ -103,7 +152,7 @@ class _BodyLimit:
         seen = 0
         started = False
 
-        async def counting_receive() -> Message:
+        async def counting_receive() -> AsgiMessage:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -112,7 +161,7 @@ class _BodyLimit:
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def tracking_send(message: AsgiMessage) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -181,7 +230,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     async def signed(
         request: Request,
         route: str,
-        handler: Callable[[PrincipalRow, bytes], Awaitable[dict[str, Any]]],
+        handler: Callable[[PrincipalRow, bytes], Awaitable[Message]],
     ) -> Response:
         started = time.perf_counter()
         body = await request.body()
@@ -196,7 +245,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
             status, out = 200, await handler(signer, body)
         except Exception as exc:  # mapped to a status, or re-raised
             status, out, extra = error_response(service, exc, route)
-        content = wire.canonical_json(out)
+        content = _encode(out)
         payload = wire.response_signing_payload(
             method=request.method,
             path=path,
@@ -207,9 +256,6 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         extra[RESPONSE_SIGNATURE_HEADER] = wire.b64encode(service.sign(payload))
         observe(route, status, started)
         return _json(status, content, extra)
-
-    def parse(model: type[_M], body: bytes) -> _M:
-        return model.model_validate_json(body or b"null")
 
     # -- unsigned: health, metrics, attestation, challenges, releases ------------------------
 
@@ -224,7 +270,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     @app.get(
         wire.API_PREFIX + "/attestation",
         tags=["attestation"],
-        responses={200: {"model": api.AttestationOut}, **_ERRORS},
+        responses={200: _answer(AttestationOut), **_ERRORS},
     )
     async def attestation(
         request: Request,
@@ -250,7 +296,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         tags=["release"],
         status_code=201,
         description="A single-use nonce, valid for ttl_s; it binds the next release's evidence.",
-        responses={201: {"model": api.ChallengeOut}, 403: _ERRORS[403], 429: _ERRORS[429]},
+        responses={201: _answer(ChallengeOut), 403: _ERRORS[403], 429: _ERRORS[429]},
     )
     async def challenge(request: Request) -> Response:
         return answer(hot.challenge(_address(request)))
@@ -258,8 +304,8 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     @app.post(
         wire.API_PREFIX + "/releases",
         tags=["release"],
-        responses={200: {"model": api.ReleaseOut}, 403: _ERRORS[403], 429: _ERRORS[429]},
-        openapi_extra=_body_schema(api.ReleaseIn),
+        responses={200: _answer(ReleaseOut), 403: _ERRORS[403], 429: _ERRORS[429]},
+        openapi_extra=_body_schema(ReleaseIn),
     )
     async def release(request: Request) -> Response:
         return answer(await hot.release(await request.body(), _address(request)))
@@ -270,17 +316,18 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         wire.API_PREFIX + "/principals",
         tags=["principals"],
         description="Register the key that signs this request. " + _SIGNED,
-        responses={200: {"model": api.PrincipalOut}, **_ERRORS},
-        openapi_extra=_body_schema(api.PrincipalIn),
+        responses={200: _answer(PrincipalOut), **_ERRORS},
+        openapi_extra=_body_schema(PrincipalIn),
     )
     async def register(request: Request) -> Response:
         started = time.perf_counter()
         body = await request.body()
         path = _signed_path(request)
         extra: dict[str, str] = {}
+        out: Any
         try:
             service.check_rate(_address(request))
-            doc = parse(api.PrincipalIn, body)
+            doc = PrincipalIn.from_json(body)
             out = await service.register(
                 public_key=wire.b64decode(doc.public_key, name="public_key"),
                 role=doc.role,
@@ -294,7 +341,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
             status, out, extra = error_response(service, exc, "register")
             if status == 400:  # unauthenticated: say nothing more than the denial
                 status, out = 403, wire.DENIAL_BODY
-        content = wire.canonical_json(out)
+        content = _encode(out)
         payload = wire.response_signing_payload(
             method=request.method,
             path=path,
@@ -314,14 +361,14 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         model_path + "/key",
         tags=["owner"],
         description="Put version 1 of a model key, or rotate it to the next version. " + _SIGNED,
-        responses={200: {"model": api.ModelKeyOut}, **_ERRORS},
-        openapi_extra=_body_schema(api.ModelKeyIn),
+        responses={200: _answer(ModelKeyReceipt), **_ERRORS},
+        openapi_extra=_body_schema(ModelKeyIn),
     )
     async def put_model_key(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME
     ) -> Response:
-        async def handle(signer: PrincipalRow, body: bytes) -> dict[str, Any]:
-            doc = parse(api.ModelKeyIn, body)
+        async def handle(signer: PrincipalRow, body: bytes) -> Message:
+            doc = ModelKeyIn.from_json(body)
             return await service.put_model_key(
                 signer,
                 owner_id=owner_id,
@@ -336,12 +383,12 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         model_path,
         tags=["owner"],
         description="The model's key version and the users granted access. " + _SIGNED,
-        responses={200: {"model": api.ModelOut}, **_ERRORS},
+        responses={200: _answer(ModelInfo), **_ERRORS},
     )
     async def get_model(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME
     ) -> Response:
-        async def handle(signer: PrincipalRow, _body: bytes) -> dict[str, Any]:
+        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
             return await service.model_info(signer, owner_id=owner_id, name=name)
 
         return await signed(request, "get_model", handle)
@@ -350,14 +397,14 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         model_path + "/grants/{user_id}",
         tags=["owner"],
         description="Grant a user access under a runtime policy (or replace it). " + _SIGNED,
-        responses={200: {"model": api.GrantOut}, **_ERRORS},
-        openapi_extra=_body_schema(api.GrantIn),
+        responses={200: _answer(AccessChange), **_ERRORS},
+        openapi_extra=_body_schema(GrantIn),
     )
     async def put_grant(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, body: bytes) -> dict[str, Any]:
-            doc = parse(api.GrantIn, body)
+        async def handle(signer: PrincipalRow, body: bytes) -> Message:
+            doc = GrantIn.from_json(body)
             return await service.grant(
                 signer, owner_id=owner_id, name=name, user_id=user_id, policy=doc.policy
             )
@@ -368,12 +415,12 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         model_path + "/grants/{user_id}",
         tags=["owner"],
         description="Revoke a grant: effective for the next release. " + _SIGNED,
-        responses={200: {"model": api.GrantOut}, **_ERRORS},
+        responses={200: _answer(AccessChange), **_ERRORS},
     )
     async def delete_grant(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, _body: bytes) -> dict[str, Any]:
+        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
             return await service.revoke(signer, owner_id=owner_id, name=name, user_id=user_id)
 
         return await signed(request, "revoke", handle)
@@ -384,14 +431,14 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         model_path + "/request-keys/{user_id}",
         tags=["user"],
         description="Put (or replace) the user's request key and runtime policy. " + _SIGNED,
-        responses={200: {"model": api.RequestKeyOut}, **_ERRORS},
-        openapi_extra=_body_schema(api.RequestKeyIn),
+        responses={200: _answer(RequestKeyReceipt), **_ERRORS},
+        openapi_extra=_body_schema(RequestKeyIn),
     )
     async def put_request_key(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, body: bytes) -> dict[str, Any]:
-            doc = parse(api.RequestKeyIn, body)
+        async def handle(signer: PrincipalRow, body: bytes) -> Message:
+            doc = RequestKeyIn.from_json(body)
             return await service.put_request_key(
                 signer,
                 owner_id=owner_id,
@@ -407,12 +454,12 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         model_path + "/request-keys/{user_id}",
         tags=["user"],
         description="Withdraw the user's request key: effective for the next release. " + _SIGNED,
-        responses={200: {"model": api.RequestKeyOut}, **_ERRORS},
+        responses={200: _answer(AccessChange), **_ERRORS},
     )
     async def delete_request_key(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, _body: bytes) -> dict[str, Any]:
+        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
             return await service.delete_request_key(
                 signer, owner_id=owner_id, name=name, user_id=user_id
             )
@@ -428,15 +475,9 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (
-                api.PrincipalIn,
-                api.ModelKeyIn,
-                api.GrantIn,
-                api.RequestKeyIn,
-                api.ReleaseIn,
-            ):
-                generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(generated.pop("$defs", {}))
+            for model in _BODIES:
+                generated, nested = model.json_schema()
+                components.update(nested)
                 components[model.__name__] = generated
             app.openapi_schema = schema
         return app.openapi_schema
@@ -445,9 +486,6 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     if not hot_path:
         return app
     return HotPath(hot, app, max_body_bytes=service.settings.max_body_bytes)
-
-
-_M = Any  # the pydantic model a parse() returns; typed loosely to keep the closures simple
 
 
 def _signed_path(request: Request) -> str:

@@ -17,15 +17,14 @@ import math
 import time
 from typing import Any, Final
 
-import pydantic
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sealserve._log import get_logger
 from sealserve.errors import Conflict, KeyServiceError, NotFound, RateLimited
-from sealserve.keyservice import _wire as wire
 from sealserve.keyservice._releaser import Denied
 from sealserve.keyservice._service import KeyService
+from sealserve.protocol import ChallengeOut, wire
 
 __all__ = [
     "HEALTHZ_PATH",
@@ -69,13 +68,9 @@ class HotEndpoints:
             service.metrics.observe("challenge", status, time.perf_counter() - started)
             return status, wire.canonical_json(out), extra
         issued = service.challenge()
-        content = wire.canonical_json(
-            {
-                "nonce": wire.b64encode(issued.nonce),
-                "expires_at": issued.expires_at,
-                "ttl_s": self._ttl_s,
-            }
-        )
+        content = ChallengeOut(
+            nonce=wire.b64encode(issued.nonce), expires_at=issued.expires_at, ttl_s=self._ttl_s
+        ).to_json()
         service.metrics.observe("challenge", 201, time.perf_counter() - started)
         return 201, content, {}
 
@@ -95,7 +90,7 @@ class HotEndpoints:
             content = DENIAL if status == 403 else wire.canonical_json(doc)
             service.metrics.observe("release", status, time.perf_counter() - started)
             return status, content, extra
-        content = wire.canonical_json(out)
+        content = out.to_json()
         service.metrics.observe("release", 200, time.perf_counter() - started)
         return 200, content, {}
 
@@ -195,8 +190,6 @@ def error_response(
         return 404, {"error": str(exc)}, {}
     if isinstance(exc, Conflict):
         return 409, {"error": str(exc)}, {}
-    if isinstance(exc, pydantic.ValidationError):
-        return 400, {"error": first_error(exc.errors())}, {}
     if isinstance(exc, ValueError | json.JSONDecodeError):
         return 400, {"error": str(exc)}, {}
     if isinstance(exc, SQLAlchemyError | KeyServiceError):

@@ -30,7 +30,7 @@ from sealserve._serving import bind_listener
 from sealserve.attest import Launcher, MeasuredProcess
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import KeyServiceError
-from sealserve.keyservice._main import measured_config
+from sealserve.keyservice._measured import measured_config
 
 __all__ = ["LaunchedKeyService", "launch_args", "launch_keyservice", "read_ready_line"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from sealserve._log import configure_logging, get_logger
@@ -36,43 +36,14 @@ from sealserve.attest import (
 )
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import SealserveError
+from sealserve.keyservice._measured import settings_from
 from sealserve.keyservice._vault import MASTER_KEY_PURPOSE
 
-__all__ = ["MEASURED_SETTINGS", "main", "measured_config", "settings_from"]
+__all__ = ["main"]
 
-#: Settings carried in the measured launch config when they differ from the defaults.
-MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s")
 _EX_CONFIG = 78
 _SWITCH_INTERVAL_S = 0.0005
 _log = get_logger(__name__)
-
-
-def measured_config(settings: KeyServiceSettings) -> dict[str, str]:
-    """The launch config for ``settings``: the security-relevant values that differ from the
-    defaults (so default settings measure as the empty config that clients pin by default)."""
-    defaults = KeyServiceSettings()
-    return {
-        name: repr(float(getattr(settings, name)))
-        for name in MEASURED_SETTINGS
-        if getattr(settings, name) != getattr(defaults, name)
-    }
-
-
-def settings_from(args: argparse.Namespace, config: Mapping[str, str]) -> KeyServiceSettings:
-    """The service settings: unmeasured ones from the arguments, measured ones from config."""
-    unknown = sorted(set(config) - set(MEASURED_SETTINGS))
-    if unknown:
-        raise SealserveError(f"launch config has unknown keys {unknown}")
-    measured = {name: float(value) for name, value in config.items()}
-    return KeyServiceSettings(
-        host=args.host,
-        port=args.port,
-        db_url=args.db,
-        max_body_bytes=args.max_body_bytes,
-        rate_limit_per_s=args.rate_limit_per_s,
-        rate_limit_burst=args.rate_limit_burst,
-        **measured,
-    )
 
 
 def _parser() -> argparse.ArgumentParser:

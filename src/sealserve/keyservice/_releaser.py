@@ -19,11 +19,18 @@ from typing import Any, TypeVar, cast
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve.crypto import HpkeSuite, Identity, wrap
 from sealserve.errors import AccessDenied, KeyServiceError
-from sealserve.keyservice import _wire as wire
 from sealserve.keyservice._judge import EvidenceJudge, VerifiedEvidence
 from sealserve.keyservice._metrics import Metrics
 from sealserve.keyservice._store import AuditEntry, PairRecords
 from sealserve.keyservice._vault import Vault
+from sealserve.protocol import (
+    ReleaseIn,
+    ReleaseOut,
+    WrappedPairKeys,
+    join_model_id,
+    split_model_id,
+    wire,
+)
 
 __all__ = ["Denied", "ReleaseRequest", "Releaser"]
 
@@ -96,28 +103,14 @@ class Releaser:
     def parse(self, body: bytes) -> ReleaseRequest:
         """The release request in ``body``, or the denial (reason ``malformed``)."""
         try:
-            doc = json.loads(body)
-            if not isinstance(doc, dict) or set(doc) != {
-                "nonce",
-                "evidence",
-                "runtime_public_key",
-                "pairs",
-            }:
-                raise ValueError("fields")
-            nonce = wire.b64decode(doc["nonce"], name="nonce")
-            evidence = wire.b64decode(doc["evidence"], name="evidence")
-            runtime_key = wire.b64decode(doc["runtime_public_key"], name="runtime_public_key")
-            raw_pairs = doc["pairs"]
-            if not isinstance(raw_pairs, list) or not 1 <= len(raw_pairs) <= wire.MAX_PAIRS:
-                raise ValueError("pairs")
+            doc = ReleaseIn.from_json(body)
+            nonce = wire.b64decode(doc.nonce, name="nonce")
+            evidence = wire.b64decode(doc.evidence, name="evidence")
+            runtime_key = wire.b64decode(doc.runtime_public_key, name="runtime_public_key")
             pairs: list[tuple[str, str]] = []
-            for item in raw_pairs:
-                if not isinstance(item, dict) or set(item) != {"user_id", "model_id"}:
-                    raise ValueError("pair")
-                owner, name = wire.split_model_id(item["model_id"])
-                user = item["user_id"]
-                wire.model_id(user, "x")  # validates the user id's form
-                pairs.append((user, wire.model_id(owner, name)))
+            for item in doc.pairs:
+                owner, name = split_model_id(item.model_id)
+                pairs.append((item.user_id, join_model_id(owner, name)))
             if len(set(pairs)) != len(pairs):
                 raise ValueError("duplicate pairs")
             if len(evidence) > _MAX_EVIDENCE_BYTES:
@@ -143,11 +136,11 @@ class Releaser:
         verified: VerifiedEvidence,
         epoch: int,
         records: Sequence[PairRecords],
-    ) -> tuple[dict[str, Any], list[AuditEntry]]:
+    ) -> tuple[ReleaseOut, list[AuditEntry]]:
         """The signed response and its audit entries, or the denial after equal work."""
         now = self._clock.time()
         reason: str | None = None
-        keys: list[dict[str, Any]] = []
+        keys: list[WrappedPairKeys] = []
         audit: list[AuditEntry] = []
         for rec in records:
             pair_reason, entry = self._pair(request, verified, rec)
@@ -168,25 +161,27 @@ class Releaser:
             )
         if reason is not None:
             raise self._deny(reason, pairs=len(records), measurement=verified.measurement)
-        body: dict[str, Any] = {
-            "keyservice_id": self._keyservice_id,
-            "runtime_key_id": request.runtime_key_id,
-            "nonce": wire.b64encode(request.nonce),
-            "measurement": verified.measurement,
-            "revocation_epoch": epoch,
-            "issued_at": now,
-            "ttl_s": self._ttl,
-            "expires_at": now + self._ttl,
-            "keys": keys,
-        }
-        body["signature"] = wire.b64encode(self._identity.sign(wire.release_signing_payload(body)))
-        return body, audit
+        unsigned = ReleaseOut(
+            keyservice_id=self._keyservice_id,
+            runtime_key_id=request.runtime_key_id,
+            nonce=wire.b64encode(request.nonce),
+            measurement=verified.measurement,
+            revocation_epoch=epoch,
+            issued_at=now,
+            ttl_s=self._ttl,
+            expires_at=now + self._ttl,
+            keys=tuple(keys),
+            signature="",
+        )
+        payload = wire.release_signing_payload(unsigned.to_dict())
+        signature = wire.b64encode(self._identity.sign(payload))
+        return dataclasses.replace(unsigned, signature=signature), audit
 
     # -- one pair ---------------------------------------------------------------------------
 
     def _pair(
         self, request: ReleaseRequest, verified: VerifiedEvidence, rec: PairRecords
-    ) -> tuple[str | None, dict[str, Any]]:
+    ) -> tuple[str | None, WrappedPairKeys]:
         reason: str | None = None
         mid, uid = rec.model_id, rec.user_id
         # The grant: the owner's runtime policy.
@@ -219,15 +214,15 @@ class Releaser:
             reason = reason or "user_policy"
         mk_version = rec.model_key_version or 0
         rk_version = rec.request_key_version or 0
-        entry = {
-            "user_id": uid,
-            "model_id": mid,
-            "model_key_version": mk_version,
-            "request_key_version": rk_version,
-            "wrapped_keys": self._wrap(
+        entry = WrappedPairKeys(
+            user_id=uid,
+            model_id=mid,
+            model_key_version=mk_version,
+            request_key_version=rk_version,
+            wrapped_keys=self._wrap(
                 model_key + request_key, mid, uid, mk_version, rk_version, request
             ),
-        }
+        )
         return reason, entry
 
     def _open(

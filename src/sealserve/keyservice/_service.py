@@ -52,7 +52,6 @@ from sealserve.errors import (
     NotFound,
     RateLimited,
 )
-from sealserve.keyservice import _wire as wire
 from sealserve.keyservice._challenges import Challenge, ChallengeIssuer
 from sealserve.keyservice._claims import ClaimWriter
 from sealserve.keyservice._judge import EvidenceJudge
@@ -62,6 +61,17 @@ from sealserve.keyservice._records import AuditEntry, Claim
 from sealserve.keyservice._releaser import Denied, Releaser
 from sealserve.keyservice._store import PrincipalRow, Store
 from sealserve.keyservice._vault import Vault
+from sealserve.protocol import (
+    AccessChange,
+    AttestationOut,
+    ModelInfo,
+    ModelKeyReceipt,
+    PrincipalOut,
+    ReleaseOut,
+    RequestKeyReceipt,
+    join_model_id,
+    wire,
+)
 
 __all__ = ["EvidenceSource", "KeyService", "Throttled"]
 
@@ -177,19 +187,19 @@ class KeyService:
     def sign(self, payload: bytes) -> bytes:
         return self._identity.sign(payload)
 
-    async def attestation(self, nonce: bytes) -> dict[str, Any]:
+    async def attestation(self, nonce: bytes) -> AttestationOut:
         """The service's evidence binding its two public keys and the caller's ``nonce``."""
         if not 16 <= len(nonce) <= 64:
             raise ValueError(f"nonce must be 16 to 64 bytes, got {len(nonce)}")
         report_data = self._verifier.report_data(self._binding, nonce)
         evidence = await anyio.to_thread.run_sync(self._evidence_source, report_data)
-        return {
-            "evidence": wire.b64encode(evidence),
-            "hpke_public_key": wire.b64encode(self.hpke_public_key),
-            "hpke_suite": self._hpke.suite.name,
-            "signing_public_key": wire.b64encode(self.signing_public_key),
-            "keyservice_id": self.keyservice_id,
-        }
+        return AttestationOut(
+            evidence=wire.b64encode(evidence),
+            hpke_public_key=wire.b64encode(self.hpke_public_key),
+            hpke_suite=self._hpke.suite.name,
+            signing_public_key=wire.b64encode(self.signing_public_key),
+            keyservice_id=self.keyservice_id,
+        )
 
     # -- limits and authentication ----------------------------------------------------------
 
@@ -259,7 +269,7 @@ class KeyService:
         path: str,
         body: bytes,
         headers: Mapping[str, str],
-    ) -> dict[str, Any]:
+    ) -> PrincipalOut:
         """Register the key that signed this request (proof of possession) with ``role``."""
         if role not in wire.ROLES:
             raise ValueError(f"role must be one of {wire.ROLES}, got {role!r}")
@@ -281,16 +291,16 @@ class KeyService:
         if existing is not None:
             if existing.role != role:
                 raise Conflict(f"principal {pid} is already registered as {existing.role}")
-            return {"principal_id": pid, "role": role, "created": False}
+            return PrincipalOut(principal_id=pid, role=role, created=False)
         try:
             await self._db(self.store.add_principal, pid, public_key, role, at=self.clock.time())
         except Conflict:  # registered concurrently: answer as for an existing principal
             raced = await self._db(self.store.get_principal, pid)
             if raced is None or raced.role != role:
                 raise
-            return {"principal_id": pid, "role": role, "created": False}
+            return PrincipalOut(principal_id=pid, role=role, created=False)
         _log.event("principal.registered", principal=pid, role=role)
-        return {"principal_id": pid, "role": role, "created": True}
+        return PrincipalOut(principal_id=pid, role=role, created=True)
 
     # -- owner ------------------------------------------------------------------------------
 
@@ -300,11 +310,11 @@ class KeyService:
             raise Denied("wrong_role")
         if signer.principal_id != owner_id:
             raise Denied("wrong_principal")
-        return wire.model_id(owner_id, name)
+        return join_model_id(owner_id, name)
 
     async def put_model_key(
         self, signer: PrincipalRow, *, owner_id: str, name: str, version: int, wrapped: bytes
-    ) -> dict[str, Any]:
+    ) -> ModelKeyReceipt:
         mid = self._own(signer, owner_id, name)
         info = wire.upload_info(
             "model-key",
@@ -319,20 +329,20 @@ class KeyService:
             self.store.put_model_key, mid, owner_id, version, sealed, at=self.clock.time()
         )
         _log.event("model_key.stored", model_id=mid, version=version)
-        return {"model_id": mid, "version": version, "revocation_epoch": epoch}
+        return ModelKeyReceipt(model_id=mid, version=version, revocation_epoch=epoch)
 
-    async def model_info(self, signer: PrincipalRow, *, owner_id: str, name: str) -> dict[str, Any]:
+    async def model_info(self, signer: PrincipalRow, *, owner_id: str, name: str) -> ModelInfo:
         mid = self._own(signer, owner_id, name)
         model = await self._db(self.store.get_model, mid)
         if model is None:
             raise NotFound(f"model {mid} has no key yet; put one first")
         users = await self._db(self.store.list_grants, mid)
-        return {
-            "model_id": mid,
-            "owner_id": owner_id,
-            "key_version": model.current_version,
-            "grants": users,
-        }
+        return ModelInfo(
+            model_id=mid,
+            owner_id=owner_id,
+            key_version=model.current_version,
+            grants=tuple(users),
+        )
 
     async def grant(
         self,
@@ -342,7 +352,7 @@ class KeyService:
         name: str,
         user_id: str,
         policy: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    ) -> AccessChange:
         mid = self._own(signer, owner_id, name)
         parsed = self._verifier.parse_policy(policy)
         if await self._db(self.store.get_model, mid) is None:
@@ -359,17 +369,17 @@ class KeyService:
             self.store.set_grant, mid, user_id, sealed, owner_id=owner_id, at=self.clock.time()
         )
         _log.event("grant.set", model_id=mid, user=user_id)
-        return {"model_id": mid, "user_id": user_id, "revocation_epoch": epoch}
+        return AccessChange(model_id=mid, user_id=user_id, revocation_epoch=epoch)
 
     async def revoke(
         self, signer: PrincipalRow, *, owner_id: str, name: str, user_id: str
-    ) -> dict[str, Any]:
+    ) -> AccessChange:
         mid = self._own(signer, owner_id, name)
         epoch = await self._db(
             self.store.delete_grant, mid, user_id, owner_id=owner_id, at=self.clock.time()
         )
         _log.event("grant.revoked", model_id=mid, user=user_id, epoch=epoch)
-        return {"model_id": mid, "user_id": user_id, "revocation_epoch": epoch}
+        return AccessChange(model_id=mid, user_id=user_id, revocation_epoch=epoch)
 
     # -- user -------------------------------------------------------------------------------
 
@@ -378,7 +388,7 @@ class KeyService:
             raise Denied("wrong_role")
         if signer.principal_id != user_id:
             raise Denied("wrong_principal")
-        return wire.model_id(owner_id, name)
+        return join_model_id(owner_id, name)
 
     async def put_request_key(
         self,
@@ -389,7 +399,7 @@ class KeyService:
         user_id: str,
         wrapped: bytes,
         policy: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    ) -> RequestKeyReceipt:
         mid = self._self_user(signer, owner_id, name, user_id)
         parsed = self._verifier.parse_policy(policy)
         info = wire.upload_info(
@@ -408,15 +418,17 @@ class KeyService:
             self.store.put_request_key, mid, user_id, sealed, at=self.clock.time()
         )
         _log.event("request_key.stored", model_id=mid, user=user_id, version=version)
-        return {"model_id": mid, "user_id": user_id, "version": version, "revocation_epoch": epoch}
+        return RequestKeyReceipt(
+            model_id=mid, user_id=user_id, version=version, revocation_epoch=epoch
+        )
 
     async def delete_request_key(
         self, signer: PrincipalRow, *, owner_id: str, name: str, user_id: str
-    ) -> dict[str, Any]:
+    ) -> AccessChange:
         mid = self._self_user(signer, owner_id, name, user_id)
         epoch = await self._db(self.store.delete_request_key, mid, user_id, at=self.clock.time())
         _log.event("request_key.deleted", model_id=mid, user=user_id, epoch=epoch)
-        return {"model_id": mid, "user_id": user_id, "revocation_epoch": epoch}
+        return AccessChange(model_id=mid, user_id=user_id, revocation_epoch=epoch)
 
     def _unwrap_upload(self, wrapped: bytes, info: Mapping[str, str], *, what: str) -> bytes:
         try:
@@ -439,7 +451,7 @@ class KeyService:
         self.metrics.challenges.inc()
         return issued
 
-    async def release(self, body: bytes) -> dict[str, Any]:
+    async def release(self, body: bytes) -> ReleaseOut:
         """Answer a release request (the raw JSON body) or raise :class:`Denied`.
 
         A nonce that passes its tag and expiry check is used up by this request whatever the
@@ -451,7 +463,7 @@ class KeyService:
         if expires_at is None:
             raise Denied("nonce")
         denial: Denied | None = None
-        response: dict[str, Any] = {}
+        response: ReleaseOut | None = None
         audit: list[AuditEntry] = []
         epoch = 0
         try:
@@ -472,6 +484,7 @@ class KeyService:
             raise Denied("nonce")
         if denial is not None:
             raise denial
+        assert response is not None  # decided, or denied above
         self.metrics.releases.inc()
         self.metrics.released_pairs.inc(len(audit))
         _log.event(

@@ -15,7 +15,7 @@ import threading
 
 from sealserve.errors import ModelNotStored
 from sealserve.instance import ModelManifest, ModelStore
-from sealserve.keyservice import split_model_id
+from sealserve.protocol import split_model_id
 
 __all__ = ["ModelCatalog"]
 

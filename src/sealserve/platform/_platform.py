@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve.ecall import timings
 from sealserve.errors import (
     DeadlineExceeded,
     InstanceError,
@@ -53,7 +54,6 @@ from sealserve.platform._controller import PlatformController
 from sealserve.platform._metrics import PlatformMetrics
 from sealserve.platform._priors import NamedPriors
 from sealserve.platform._stats import PlatformStats
-from sealserve.runtime import timings
 
 __all__ = ["Platform", "PlatformResult", "PlatformState"]
 

@@ -35,21 +35,27 @@ from typing import Any, Protocol
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.crypto import seal_into, sealed_size, unseal_into, unseal_model, unsealed_size
+from sealserve.ecall import timings as st
 from sealserve.errors import (
     DeadlineExceeded,
     InvalidEnvelope,
     ModelNotAvailable,
     TensorFormatError,
 )
-from sealserve.keyservice import ReleasedKeys, split_model_id
-from sealserve.models import decode_tensors, encode_tensors_into, encoded_size
-from sealserve.runtime import _timings as st
-from sealserve.runtime._envelopes import check_request_id, input_context, output_context
+from sealserve.protocol import (
+    ReleasedKeys,
+    check_request_id,
+    decode_tensors,
+    encode_tensors_into,
+    encoded_size,
+    input_context,
+    output_context,
+    split_model_id,
+)
 from sealserve.runtime._keys import KeyBroker
 from sealserve.runtime._models import Lease, ModelCache, Reserve
 from sealserve.runtime._plaintext import PlaintextBuffer
 from sealserve.runtime._session import BAD_INPUT, LoadedModel
-from sealserve.runtime._timings import StageTimer
 
 __all__ = ["ModelSource", "RuntimeOptions", "SealedModel", "SealedOutput", "SealedRuntime"]
 
@@ -114,7 +120,7 @@ class SealedOutput:
 
     size: int
     write: Callable[[memoryview], None]
-    timings: StageTimer
+    timings: st.StageTimer
 
 
 def sealed_model_plaintext_size(sealed: memoryview) -> int:
@@ -158,7 +164,7 @@ class SealedRuntime:
     def load(self, *, model_id: str, user_id: str, deadline: float | None) -> dict[str, float]:
         """Make ``model_id`` resident (with the keys of ``user_id``); its stage timings."""
         _check_ids(model_id, user_id)
-        timer = StageTimer()
+        timer = st.StageTimer()
         keys = self._obtain_keys(user_id, model_id, deadline, timer)
         if self.options.baseline:
             lease = self._fresh_model(keys, deadline, timer)
@@ -192,7 +198,7 @@ class SealedRuntime:
         _check_ids(model_id, user_id)
         check_request_id(request_id)
         self._requests += 1
-        timer = StageTimer()
+        timer = st.StageTimer()
         consumed = False
 
         def consume() -> None:
@@ -283,7 +289,7 @@ class SealedRuntime:
         return self._keys.cache.holds(user_id, model_id) and model_id in self._models
 
     def _obtain_keys(
-        self, user_id: str, model_id: str, deadline: float | None, timer: StageTimer
+        self, user_id: str, model_id: str, deadline: float | None, timer: st.StageTimer
     ) -> ReleasedKeys:
         result = self._keys.keys_for(user_id, model_id, deadline=deadline)
         if result.seconds > 0:
@@ -291,7 +297,7 @@ class SealedRuntime:
         return result.keys
 
     def _lease(
-        self, keys: ReleasedKeys, deadline: float | None, timer: StageTimer
+        self, keys: ReleasedKeys, deadline: float | None, timer: st.StageTimer
     ) -> Lease[LoadedModel]:
         started = time.perf_counter()
         lease = self._models.acquire(
@@ -305,7 +311,7 @@ class SealedRuntime:
         return lease
 
     def _fresh_model(
-        self, keys: ReleasedKeys, deadline: float | None, timer: StageTimer
+        self, keys: ReleasedKeys, deadline: float | None, timer: st.StageTimer
     ) -> Lease[LoadedModel]:
         """Baseline mode: a private cache of one, emptied when the request ends."""
         cache: ModelCache[LoadedModel] = ModelCache(
@@ -321,7 +327,7 @@ class SealedRuntime:
         return lease
 
     def _load(
-        self, keys: ReleasedKeys, reserve: Reserve, deadline: float | None, timer: StageTimer
+        self, keys: ReleasedKeys, reserve: Reserve, deadline: float | None, timer: st.StageTimer
     ) -> LoadedModel:
         model_id = keys.model_id
         with timer.stage(st.MODEL_FETCH):

@@ -32,8 +32,7 @@ from sealserve._log import get_logger
 from sealserve.attest import Evidence, Policy, TrustAnchors
 from sealserve.crypto import HpkeKeyPair
 from sealserve.errors import AccessDenied, DeadlineExceeded, KeyServiceError
-from sealserve.keyservice import (
-    API_PREFIX,
+from sealserve.protocol import (
     AttestedKeyService,
     Release,
     ReleasedKeys,
@@ -283,7 +282,7 @@ class KeyBroker:
 
     def _attest(self, key_pair: HpkeKeyPair, deadline: float | None) -> ReleaseSession:
         nonce = attestation_nonce()
-        path = f"{API_PREFIX}/attestation?nonce={wire.b64encode(nonce)}"
+        path = f"{wire.API_PREFIX}/attestation?nonce={wire.b64encode(nonce)}"
         status, body = self._relay("GET", path, b"", timeout=self._remaining(deadline))
         if status != 200:
             raise _http_error("its attestation", status)
@@ -320,7 +319,7 @@ class KeyBroker:
         self, session: ReleaseSession, user_id: str, model_id: str, deadline: float | None
     ) -> Release:
         status, body = self._relay(
-            "POST", f"{API_PREFIX}/challenges", b"", timeout=self._remaining(deadline)
+            "POST", f"{wire.API_PREFIX}/challenges", b"", timeout=self._remaining(deadline)
         )
         if status == 403:
             raise AccessDenied()
@@ -330,7 +329,7 @@ class KeyBroker:
         evidence = self._evidence(session.report_data(nonce))
         request = session.request_body(nonce=nonce, evidence=evidence, pairs=[(user_id, model_id)])
         status, answer = self._relay(
-            "POST", f"{API_PREFIX}/releases", request, timeout=self._remaining(deadline)
+            "POST", f"{wire.API_PREFIX}/releases", request, timeout=self._remaining(deadline)
         )
         if status not in (200, 403):
             raise _http_error("the release", status)

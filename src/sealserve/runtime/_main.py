@@ -69,11 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sealserve.attest import launch_config, local_evidence, passed_fds
     from sealserve.crypto import HpkeKeyPair
+    from sealserve.ecall import Endpoint, Message, pin_from_launch_config
     from sealserve.ipc import Connection, QoS
     from sealserve.runtime._core import RuntimeOptions, SealedRuntime
     from sealserve.runtime._keys import KeyBroker
-    from sealserve.runtime._pin import pin_from_launch_config
-    from sealserve.runtime._rpc import Endpoint, Message
     from sealserve.runtime._server import HostModelSource, HostRelay, RuntimeServer
 
     try:

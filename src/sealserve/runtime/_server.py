@@ -28,11 +28,10 @@ from typing import Any
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve.ecall import Endpoint, Message, wire
+from sealserve.ecall import timings as st
 from sealserve.errors import DeadlineExceeded, KeyServiceError, ModelNotAvailable
-from sealserve.runtime import _timings as st
 from sealserve.runtime._core import SealedRuntime
-from sealserve.runtime._rpc import Endpoint, Message
-from sealserve.runtime._wire import Op
 
 __all__ = ["HostModelSource", "HostRelay", "RuntimeServer", "timeout_from_meta"]
 
@@ -89,7 +88,9 @@ class HostModelSource:
 
     def fetch(self, model_id: str, *, deadline: float | None) -> _FetchedModel:
         timeout = None if deadline is None else max(0.001, deadline - self._clock.monotonic())
-        message = self._endpoint.call(Op.FETCH_MODEL, {"model_id": model_id}, b"", timeout=timeout)
+        message = self._endpoint.call(
+            wire.Op.FETCH_MODEL, {"model_id": model_id}, b"", timeout=timeout
+        )
         return _FetchedModel(message)
 
 
@@ -106,7 +107,7 @@ class HostRelay:
         if timeout is not None:
             meta["timeout_s"] = round(timeout, 6)
         try:
-            with self._endpoint.call(Op.KEYSERVICE, meta, body, timeout=timeout) as reply:
+            with self._endpoint.call(wire.Op.KEYSERVICE, meta, body, timeout=timeout) as reply:
                 status = reply.meta.get("status")
                 if isinstance(status, bool) or not isinstance(status, int):
                     raise KeyServiceError("the host relayed a KeyService answer without a status")
@@ -145,14 +146,14 @@ class RuntimeServer:
     # -- dispatch (on the receiver thread: never block here) -----------------------------------
 
     def handle(self, message: Message) -> None:
-        if message.op is Op.STATS:
+        if message.op is wire.Op.STATS:
             self._run(self._stats, message)
-        elif message.op in (Op.LOAD, Op.INFER, Op.EVICT):
+        elif message.op in (wire.Op.LOAD, wire.Op.INFER, wire.Op.EVICT):
             received = time.perf_counter()
             with self._lock:
                 busy = self._active >= self._workers
                 self._active += 1
-            if busy and message.op is Op.INFER:  # it will queue: let the channel go now
+            if busy and message.op is wire.Op.INFER:  # it will queue: let the channel go now
                 message.detach()
             self._pool.submit(self._run, self._work, message, received)
         else:
@@ -189,14 +190,14 @@ class RuntimeServer:
     def _serve(self, message: Message, received: float) -> None:
         assert self._endpoint is not None
         meta = message.meta
-        if message.op is Op.EVICT:
+        if message.op is wire.Op.EVICT:
             evicted = self.runtime.evict(_text(meta, "model_id"))
             message.release()
             self._endpoint.reply(message, {"evicted": evicted})
             return
         timeout = timeout_from_meta(meta)
         deadline = None if timeout is None else self._clock.monotonic() + timeout
-        if message.op is Op.LOAD:
+        if message.op is wire.Op.LOAD:
             message.release()
             timings = self.runtime.load(
                 model_id=_text(meta, "model_id"), user_id=_text(meta, "user_id"), deadline=deadline

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sealserve.gateway import headers as hd
-from sealserve.runtime import seal_input, unseal_output
+from sealserve.protocol import headers as hd
+from sealserve.protocol import seal_input, unseal_output
 from tests.integration.e2e.conftest import Stack
 from tests.unit.runtime.graphs import dense_model, plain_run
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
-from sealserve.bench._runtime_stack import LocalStack
+from sealserve.bench._runtime_stack import LocalStack, infer_tensors
 from sealserve.ipc import Channel, ChannelOptions
-from sealserve.runtime import seal_input
+from sealserve.protocol import seal_input
 from tests.unit.runtime.graphs import marker_floats, marker_model, plain_run
 
 _PIECE = 64
@@ -126,8 +126,8 @@ def test_no_plaintext_outside_the_runtime(stack: LocalStack) -> None:
         secrets[f"output Z {i}"] = needles(outputs[i]["Z"].tobytes())
     with stack.start_instance(extra=["--log-level", "DEBUG"]) as instance:
         for i in (0, 1):
-            got, _ = instance.client.infer_tensors(
-                model.request_key, inputs[i], model_id=model.model_id, user_id=user
+            got, _ = infer_tensors(
+                instance.client, model.request_key, inputs[i], model_id=model.model_id, user_id=user
             )
             assert got["Y"].tobytes() == inputs[i]["X"].tobytes()  # the marker went through
         with httpx.Client(base_url=instance.url, timeout=60) as http:

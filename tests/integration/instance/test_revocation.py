@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sealserve.bench._runtime_stack import LocalStack
+from sealserve.bench._runtime_stack import LocalStack, infer_tensors
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import AccessDenied
 from tests.unit.runtime.graphs import dense_model
@@ -39,21 +39,21 @@ def test_a_revoked_grant_is_refused_once_the_ttl_has_passed(short_ttl_stack: Loc
     model = stack.add_model("dense", dense_model(60))
     user = stack.user.principal_id
     with stack.start_instance() as instance:
-        instance.client.infer_tensors(
-            model.request_key, x(0), model_id=model.model_id, user_id=user
+        infer_tensors(
+            instance.client, model.request_key, x(0), model_id=model.model_id, user_id=user
         )
         revoked_at = time.monotonic()
         stack.owner.revoke(model.name, user)
         while time.monotonic() - revoked_at < TTL_S + 0.2:  # real processes: wait out the TTL
             time.sleep(0.1)
         with pytest.raises(AccessDenied):
-            instance.client.infer_tensors(
-                model.request_key, x(1), model_id=model.model_id, user_id=user
+            infer_tensors(
+                instance.client, model.request_key, x(1), model_id=model.model_id, user_id=user
             )
         # A new grant (a new epoch) serves again.
         stack.owner.grant(model.name, user, stack.runtime_policy)
-        outputs, _ = instance.client.infer_tensors(
-            model.request_key, x(2), model_id=model.model_id, user_id=user
+        outputs, _ = infer_tensors(
+            instance.client, model.request_key, x(2), model_id=model.model_id, user_id=user
         )
         assert outputs["Y"].shape == (1, 16)
         keys = instance.client.stats()["runtime"]["keys"]

@@ -15,12 +15,13 @@ import httpx
 import numpy as np
 import pytest
 
-from sealserve.bench._runtime_stack import LocalStack
+from sealserve.bench._runtime_stack import LocalStack, infer_tensors
 from sealserve.crypto import RequestKey
+from sealserve.ecall import timings
 from sealserve.errors import InvalidEnvelope, ModelNotAvailable, RuntimeUnavailable
 from sealserve.instance import ACTIVATION_MARKER, InstanceClient
 from sealserve.models import get_spec, topk
-from sealserve.runtime import new_request_id, seal_input, timings, unseal_output
+from sealserve.protocol import new_request_id, seal_input, unseal_output
 from tests.unit.runtime.graphs import dense_model, plain_run, slow_model
 
 
@@ -33,16 +34,24 @@ def test_sealed_inference_equals_plain_onnxruntime(stack: LocalStack, mobilenet:
     assert stack.user is not None
     inputs = get_spec("mobilenet-v2").example_inputs(3)
     with stack.start_instance() as instance:
-        outputs, stages = instance.client.infer_tensors(
-            model.request_key, inputs, model_id=model.model_id, user_id=stack.user.principal_id
+        outputs, stages = infer_tensors(
+            instance.client,
+            model.request_key,
+            inputs,
+            model_id=model.model_id,
+            user_id=stack.user.principal_id,
         )
         expected = plain_run(mobilenet.read_bytes(), inputs)["logits"]
         assert np.allclose(outputs["logits"], expected, rtol=1e-6, atol=1e-6)
         assert topk(outputs["logits"], 5) == topk(expected, 5)
         for stage in timings.COLD_START_STAGES:
             assert stages[stage] >= 0, stage
-        _, warm = instance.client.infer_tensors(
-            model.request_key, inputs, model_id=model.model_id, user_id=stack.user.principal_id
+        _, warm = infer_tensors(
+            instance.client,
+            model.request_key,
+            inputs,
+            model_id=model.model_id,
+            user_id=stack.user.principal_id,
         )
         assert timings.MODEL_FETCH not in warm
         assert warm[timings.TOTAL] >= warm[timings.RUNTIME] >= warm[timings.INFERENCE]
@@ -61,8 +70,8 @@ def test_sixteen_concurrent_requests_over_three_models_under_a_small_budget(
         def one(i: int) -> tuple[int, np.ndarray[Any, Any]]:
             m = models[i % 3]
             with InstanceClient(instance.url) as client:
-                outputs, _ = client.infer_tensors(
-                    m.request_key, x(512, i), model_id=m.model_id, user_id=user
+                outputs, _ = infer_tensors(
+                    client, m.request_key, x(512, i), model_id=m.model_id, user_id=user
                 )
             return i, outputs["Y"]
 
@@ -168,10 +177,10 @@ def test_a_damaged_blob_is_not_served_and_other_models_still_are(stack: LocalSta
     blob.write_bytes(data)
     with stack.start_instance() as instance:
         with pytest.raises(ModelNotAvailable, match="does not match its digest"):
-            instance.client.infer_tensors(bad.request_key, x(64, 0), model_id=bad.model_id,
+            infer_tensors(instance.client, bad.request_key, x(64, 0), model_id=bad.model_id,
                                           user_id=user)  # fmt: skip
-        outputs, _ = instance.client.infer_tensors(
-            good.request_key, x(64, 0), model_id=good.model_id, user_id=user
+        outputs, _ = infer_tensors(
+            instance.client, good.request_key, x(64, 0), model_id=good.model_id, user_id=user
         )
         assert outputs["Y"].shape == (1, 16)
 
@@ -185,14 +194,14 @@ def test_a_runtime_killed_mid_request_fails_it_retryably_and_the_next_succeeds(
     user = stack.user.principal_id
     inputs = {"X": np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)}
     with stack.start_instance(concurrency=4) as instance:
-        instance.client.infer_tensors(model.request_key, inputs, model_id=model.model_id,
+        infer_tensors(instance.client, model.request_key, inputs, model_id=model.model_id,
                                       user_id=user)  # fmt: skip  # warm
         first_pid = instance.client.stats()["supervisor"]["runtime_pid"]
 
         def one(_: int) -> Exception | None:
             with InstanceClient(instance.url) as client:
                 try:
-                    client.infer_tensors(model.request_key, inputs, model_id=model.model_id,
+                    infer_tensors(client, model.request_key, inputs, model_id=model.model_id,
                                          user_id=user)  # fmt: skip
                 except Exception as exc:
                     return exc
@@ -211,8 +220,8 @@ def test_a_runtime_killed_mid_request_fails_it_retryably_and_the_next_succeeds(
         for failure in failures:
             assert isinstance(failure, RuntimeUnavailable)
             assert failure.retryable
-        outputs, stages = instance.client.infer_tensors(
-            model.request_key, inputs, model_id=model.model_id, user_id=user
+        outputs, stages = infer_tensors(
+            instance.client, model.request_key, inputs, model_id=model.model_id, user_id=user
         )
         assert np.allclose(outputs["Y"], plain_run(onnx, inputs)["Y"], rtol=1e-3, atol=1e-3)
         assert timings.RUNTIME_START in stages  # this request carried the restart's cold start

@@ -25,8 +25,8 @@ import pytest
 from sealserve.attest import Policy, SimulatedPlatform
 from sealserve.client import KeyServicePin
 from sealserve.config import KeyServiceSettings
+from sealserve.keyservice import measured_config
 from sealserve.keyservice._launch import read_ready_line
-from sealserve.keyservice._main import measured_config
 
 POSTGRES_ENV = "SEALSERVE_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "SEALSERVE_REQUIRE_POSTGRES"

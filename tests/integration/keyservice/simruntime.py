@@ -22,7 +22,7 @@ import httpx
 
 from sealserve.attest import Evidence, SimulatedPlatform
 from sealserve.client import KeyServicePin
-from sealserve.keyservice import (
+from sealserve.protocol import (
     AttestedKeyService,
     Release,
     ReleaseSession,

@@ -13,11 +13,11 @@ from sealserve.attest import Evidence, Policy
 from sealserve.attest._simulated_evidence import sign_simulated
 from sealserve.client import Owner, User
 from sealserve.crypto import HpkeKeyPair, Identity, RequestKey, SymmetricKey, sign_request
-from sealserve.keyservice import DENIAL_BODY, wire
+from sealserve.protocol import join_model_id, wire
 from tests.integration.keyservice.conftest import KeyServiceProcess
 from tests.integration.keyservice.simruntime import SimulatedRuntime, probe_measurement
 
-DENIAL = wire.canonical_json(DENIAL_BODY)
+DENIAL = wire.canonical_json(wire.DENIAL_BODY)
 
 
 @dataclasses.dataclass
@@ -163,7 +163,7 @@ def test_release_attacks_are_denied_alike(world: World) -> None:
     # a pair that is not granted: an unknown user, and another owner's model
     for pairs, case in (
         ([(Identity.generate().principal_id, world.model_id)], "unknown user"),
-        ([(world.user.principal_id, wire.model_id("f" * 64, "guarded"))], "other owner"),
+        ([(world.user.principal_id, join_model_id("f" * 64, "guarded"))], "other owner"),
         (
             [
                 (world.user.principal_id, world.model_id),

@@ -22,9 +22,8 @@ from sealserve.attest import SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner
 from sealserve.crypto import Identity, SymmetricKey
 from sealserve.errors import KeyServiceChanged, KeyServiceError
-from sealserve.keyservice import Vault
+from sealserve.keyservice import Vault, measured_config
 from sealserve.keyservice._launch import read_ready_line
-from sealserve.keyservice._main import measured_config
 from sealserve.keyservice._schema import keyservice_state, model_keys
 from tests.integration.keyservice.conftest import KeyServiceProcess
 

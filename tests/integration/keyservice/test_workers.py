@@ -19,11 +19,12 @@ from sealserve.client import Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import HpkeKeyPair, Identity, RequestKey, SymmetricKey, sign_request
 from sealserve.errors import AccessDenied
-from sealserve.keyservice import DENIAL_BODY, launch_keyservice, wire
+from sealserve.keyservice import launch_keyservice
+from sealserve.protocol import wire
 from tests.integration.keyservice.conftest import KeyServiceProcess
 from tests.integration.keyservice.simruntime import SimulatedRuntime, probe_measurement
 
-DENIAL = wire.canonical_json(DENIAL_BODY)
+DENIAL = wire.canonical_json(wire.DENIAL_BODY)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from sealserve.errors import AccessDenied
 from sealserve.gateway import Gateway, GatewayServer
 from sealserve.instance import ModelStore
 from sealserve.platform import ModelCatalog, PlatformResult
-from sealserve.runtime import new_request_id, seal_input, unseal_output
+from sealserve.protocol import new_request_id, seal_input, unseal_output
 from tests.integration.ray.conftest import RayStack
 from tests.unit.runtime.graphs import dense_model, plain_run, slow_model
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from sealserve.bench._runtime_stack import LocalStack
+from sealserve.ecall import timings, wire
 from sealserve.errors import ModelNotAvailable, RuntimeUnavailable
 from sealserve.instance import RuntimeSupervisor, SupervisorOptions, SupervisorState
-from sealserve.runtime import new_request_id, seal_input, timings, unseal_output, wire
+from sealserve.protocol import new_request_id, seal_input, unseal_output
 from tests.unit.runtime.graphs import dense_model, plain_run
 
 Op = wire.Op

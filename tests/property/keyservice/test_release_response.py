@@ -10,16 +10,17 @@ from hypothesis import strategies as st
 
 from sealserve.crypto import HpkeKeyPair, HpkeSuite, Identity, SymmetricKey
 from sealserve.errors import KeyServiceError
-from sealserve.keyservice import AttestedKeyService, ReleaseSession, Vault, wire
+from sealserve.keyservice import Vault
 from sealserve.keyservice._metrics import Metrics
 from sealserve.keyservice._releaser import Releaser, ReleaseRequest
 from sealserve.keyservice._store import PairRecords
+from sealserve.protocol import AttestedKeyService, ReleaseSession, join_model_id, wire
 from tests.unit.keyservice.fakes import GOOD, FakeJudge, fake_evidence, fake_report_data
 
 _KS = Identity.generate()
 _HPKE = HpkeKeyPair.generate()
 _VAULT = Vault(SymmetricKey.generate())
-_MID, _UID = wire.model_id("a" * 64, "m"), "b" * 64
+_MID, _UID = join_model_id("a" * 64, "m"), "b" * 64
 _MODEL_KEY, _REQUEST_KEY = SymmetricKey.generate().to_bytes(), SymmetricKey.generate().to_bytes()
 
 
@@ -65,7 +66,7 @@ def _release() -> tuple[ReleaseSession, bytes, bytes]:
     verified = judge.verify(evidence, bound_key=session.public_key, nonce=nonce)
     assert verified is not None
     body, _ = releaser.decide(request, verified, 7, [record])
-    return session, wire.canonical_json(body), nonce
+    return session, body.to_json(), nonce
 
 
 _SESSION, _BODY, _NONCE = _release()

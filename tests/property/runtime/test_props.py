@@ -7,8 +7,9 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sealserve.ecall import wire
 from sealserve.errors import DeadlineExceeded, IPCError, MemoryBudgetExceeded
-from sealserve.runtime import Lease, ModelCache, wire
+from sealserve.runtime import Lease, ModelCache
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),

@@ -18,7 +18,7 @@ import pytest
 from sealserve.client import Owner, User
 from sealserve.crypto import Identity, SymmetricKey, verify_signature
 from sealserve.errors import KeyServiceError
-from sealserve.keyservice import DENIAL_BODY, RESPONSE_SIGNATURE_HEADER, wire
+from sealserve.protocol import wire
 from tests.unit.runtime.keyservice import InProcessKeyService
 
 MODES = [
@@ -52,7 +52,7 @@ class TamperingProxy(httpx.BaseTransport):
             self._seen[key] = (status, headers, body)
             return httpx.Response(status, headers=headers, content=body)
         self.tampered += 1
-        name = RESPONSE_SIGNATURE_HEADER.lower().encode()
+        name = wire.RESPONSE_SIGNATURE_HEADER.lower().encode()
         unsigned = [(k, v) for k, v in headers if k.lower() != name]
         if self.mode == "missing":
             return httpx.Response(status, headers=unsigned, content=body)
@@ -83,7 +83,7 @@ class TamperingProxy(httpx.BaseTransport):
         if self.mode == "status_changed":
             return httpx.Response(201 if status == 200 else 200, headers=headers, content=body)
         assert self.mode == "forged_denial"
-        return httpx.Response(403, content=wire.canonical_json(DENIAL_BODY))
+        return httpx.Response(403, content=wire.canonical_json(wire.DENIAL_BODY))
 
 
 @pytest.fixture

@@ -20,10 +20,11 @@ from sealserve.errors import (
     PlatformError,
     RuntimeUnavailable,
 )
-from sealserve.gateway import Gateway, GatewayOptions, RouteInfo
-from sealserve.gateway import headers as hd
+from sealserve.gateway import Gateway, GatewayOptions
 from sealserve.instance import ModelManifest
 from sealserve.platform import DecisionRecord, PlatformResult, PlatformStats
+from sealserve.protocol import RouteInfo
+from sealserve.protocol import headers as hd
 
 OWNER = "0" * 64
 USER = "1" * 64

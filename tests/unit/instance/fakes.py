@@ -11,17 +11,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from sealserve.ecall import Endpoint, Message, wire
 from sealserve.errors import RuntimeUnavailable
 from sealserve.instance import RuntimeGeneration, SupervisorState
 from sealserve.ipc import ChannelOptions, Connection
-from sealserve.runtime import (
-    Endpoint,
-    Message,
-    RuntimeOptions,
-    RuntimeServer,
-    SealedRuntime,
-    wire,
-)
+from sealserve.runtime import RuntimeOptions, RuntimeServer, SealedRuntime
 from tests.unit.runtime.keyservice import InProcessKeyService
 
 __all__ = ["FakeProcess", "InProcessRuntime"]

@@ -12,8 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from sealserve.instance import ACTIVATION_MARKER, HostOptions, InstanceHost, headers
-from sealserve.runtime import seal_input, timings, unseal_output
+from sealserve.ecall import timings
+from sealserve.instance import ACTIVATION_MARKER, HostOptions, InstanceHost
+from sealserve.protocol import headers, seal_input, unseal_output
 from tests.unit.instance.fakes import InProcessRuntime
 from tests.unit.runtime.graphs import dense_model, plain_run
 from tests.unit.runtime.keyservice import InProcessKeyService

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from sealserve.attest import measure
 from sealserve.cli import app
 from sealserve.crypto import SymmetricKey, seal_model
+from sealserve.ecall import runtime_launch_config
 from sealserve.errors import (
     AccessDenied,
     CapacityExhausted,
@@ -26,9 +27,8 @@ from sealserve.errors import (
     SealserveError,
     StoreIntegrityError,
 )
-from sealserve.instance import ModelStore, error_for_exception, headers, raise_for_error
-from sealserve.instance._errors import error_body
-from sealserve.runtime import runtime_launch_config
+from sealserve.instance import ModelStore
+from sealserve.protocol import error_body, error_for_exception, headers, raise_for_error
 
 runner = CliRunner()
 

@@ -12,8 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sealserve.keyservice import wire
 from sealserve.keyservice._judge import VerifiedEvidence
+from sealserve.protocol import wire
 
 GOOD = "11" * 32
 OTHER = "22" * 32

@@ -24,19 +24,12 @@ from sealserve.crypto import (
     verify_signature,
     wrap,
 )
-from sealserve.keyservice import (
-    DENIAL_BODY,
-    RESPONSE_SIGNATURE_HEADER,
-    KeyService,
-    Store,
-    Vault,
-    create_app,
-    wire,
-)
+from sealserve.keyservice import KeyService, Store, Vault, create_app
 from sealserve.keyservice._metrics import DENIAL_REASONS
+from sealserve.protocol import join_model_id, wire
 from tests.unit.keyservice.fakes import GOOD, OTHER, FakeJudge, fake_evidence, fake_report_data
 
-DENIAL = wire.canonical_json(DENIAL_BODY)
+DENIAL = wire.canonical_json(wire.DENIAL_BODY)
 
 
 @dataclasses.dataclass
@@ -61,7 +54,7 @@ class Harness:
             status=response.status_code,
             body=response.content,
         )
-        signature = wire.b64decode(response.headers[RESPONSE_SIGNATURE_HEADER])
+        signature = wire.b64decode(response.headers[wire.RESPONSE_SIGNATURE_HEADER])
         verify_signature(self.service.signing_public_key, payload, signature)
         return response
 
@@ -82,7 +75,7 @@ class Harness:
             body = {"public_key": wire.b64encode(who.public_key_bytes), "role": role}
             r = await self.signed(who, "POST", "/v1/principals", body)
             assert r.status_code == 200, r.text
-        mid = wire.model_id(self.owner.principal_id, name)
+        mid = join_model_id(self.owner.principal_id, name)
         r = await self.signed(
             self.owner,
             "PUT",

@@ -24,8 +24,9 @@ from sealserve.attest import Evidence, Policy, SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, seal_model
+from sealserve.ecall import runtime_launch_config
 from sealserve.keyservice import EvidenceVerifier, KeyService, Store, Vault, create_app
-from sealserve.runtime import KeyBroker, runtime_launch_config
+from sealserve.runtime import KeyBroker
 
 __all__ = ["InProcessKeyService", "MemorySource", "SyncASGITransport"]
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sealserve.crypto import RequestKey
+from sealserve.ecall import timings
 from sealserve.errors import (
     AccessDenied,
     DeadlineExceeded,
@@ -18,15 +19,8 @@ from sealserve.errors import (
     MemoryBudgetExceeded,
     ModelNotAvailable,
 )
-from sealserve.models import encode_tensors
-from sealserve.runtime import (
-    BAD_INPUT,
-    RuntimeOptions,
-    SealedRuntime,
-    seal_input,
-    timings,
-    unseal_output,
-)
+from sealserve.protocol import encode_tensors, seal_input, unseal_output
+from sealserve.runtime import BAD_INPUT, RuntimeOptions, SealedRuntime
 from tests.unit.runtime.graphs import dense_model, marker_floats, marker_model, plain_run
 from tests.unit.runtime.keyservice import InProcessKeyService
 

@@ -12,7 +12,7 @@ from sealserve._clock import ManualClock
 from sealserve.attest import Policy
 from sealserve.crypto import RequestKey, SymmetricKey
 from sealserve.errors import AccessDenied, AttestationError, KeyServiceError
-from sealserve.keyservice import Release, ReleasedKeys, wire
+from sealserve.protocol import Release, ReleasedKeys, wire
 from sealserve.runtime import KeyBroker, KeyCache
 from tests.unit.runtime.graphs import dense_model
 from tests.unit.runtime.keyservice import InProcessKeyService

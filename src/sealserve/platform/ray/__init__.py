@@ -5,28 +5,25 @@
   (autoscaling, concurrency, health checks, the request router);
 * :class:`SealedInstance` — the deployment class: each replica runs one instance (host +
   sealed runtime, launched through the node's TEE platform, as the local platform does);
-* :class:`FnPackerRequestRouter` — Ray Serve's request router whose choice is FnPacker's,
-  over :class:`ReplicaPacker` (the pure core: the same policy objects as the simulator);
+* ``FnPackerRequestRouter`` (``sealserve.platform.ray._router``, which Ray Serve loads by
+  that path) — Ray Serve's request router whose choice is FnPacker's, over
+  :class:`ReplicaPacker` (the pure core: the same policy objects as the simulator);
 * :class:`PackerAutoscaler` — Ray Serve's autoscaling policy: a replica when the router
   holds requests, one fewer per replica idle past the keep-alive;
 * :class:`RayPlatform` — the gateway's platform over the deployment handle;
 * :func:`connect`, :func:`deploy`, :func:`undeploy`, :func:`disconnect`.
 
 ``ray`` is an optional dependency (the ``ray`` extra): importing :mod:`sealserve.platform`
-never imports it, and neither does this package until a name that needs it is used.  See
+never imports it, and this package imports it only when it connects or deploys.  See
 docs/platforms.md.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from sealserve import _lazy
 from sealserve.platform.ray._autoscale import LAST_USED_METRIC, PackerAutoscaler
 from sealserve.platform.ray._options import RayOptions
 from sealserve.platform.ray._packer import ReplicaPacker, ReplicaView
 from sealserve.platform.ray._platform import RayPlatform
 from sealserve.platform.ray._registry import forget_packers, packer_for
+from sealserve.platform.ray._replica import SealedInstance
 from sealserve.platform.ray._serve import (
     build_application,
     connect,
@@ -35,12 +32,7 @@ from sealserve.platform.ray._serve import (
     undeploy,
 )
 
-if TYPE_CHECKING:
-    from sealserve.platform.ray._replica import SealedInstance
-    from sealserve.platform.ray._router import FnPackerRequestRouter
-
 __all__ = [
-    "FnPackerRequestRouter",
     "LAST_USED_METRIC",
     "PackerAutoscaler",
     "RayOptions",
@@ -56,9 +48,3 @@ __all__ = [
     "packer_for",
     "undeploy",
 ]
-
-__getattr__, __dir__ = _lazy.exports(
-    __name__,
-    globals(),
-    {"FnPackerRequestRouter": "_router", "SealedInstance": "_replica"},
-)

@@ -4,7 +4,7 @@
 (:class:`~sealserve.gateway.InferenceBackend`: ``infer``, ``stats``, ``policy``), over a Ray
 Serve handle to the ``SealedInstance`` deployment.  Each request names its model as the
 handle's ``multiplexed_model_id``, so Ray Serve's request router in this process (FnPacker's,
-:class:`~sealserve.platform.ray.FnPackerRequestRouter`) sends it to the replica the policy
+:class:`~sealserve.platform.ray._router.FnPackerRequestRouter`) sends it to the replica the policy
 chose; the answer carries the decision (:meth:`ReplicaPacker.decision_for`) like the local
 platform's.  The same gateway API and client work unchanged.
 """
@@ -18,11 +18,11 @@ from typing import Any, Final
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.errors import DeadlineExceeded, PlatformError, SealserveError
-from sealserve.instance import raise_for_error
 from sealserve.platform import PlatformResult, PlatformStats
 from sealserve.platform.ray._options import RayOptions
 from sealserve.platform.ray._packer import ReplicaPacker
 from sealserve.platform.ray._registry import packer_for
+from sealserve.protocol import raise_for_error
 
 __all__ = ["RayPlatform"]
 

@@ -26,9 +26,10 @@ from typing import Any, Final
 
 from sealserve._log import get_logger
 from sealserve.errors import PlatformError
-from sealserve.instance import HostError, InstanceClient, error_for_exception
+from sealserve.instance import InstanceClient
 from sealserve.platform import InstanceHealth, LocalBackend, LocalOptions
 from sealserve.platform.ray._autoscale import LAST_USED_METRIC
+from sealserve.protocol import HostError, error_for_exception
 
 __all__ = ["SealedInstance"]
 

@@ -12,19 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from sealserve.crypto import SIGNATURE_HEADERS, canonical_encode
+from sealserve.protocol._schema import canonical_json
 
 __all__ = [
     "API_PREFIX",
     "DENIAL_BODY",
     "MAX_PAIRS",
-    "MODEL_NAME_PATTERN",
-    "PRINCIPAL_ID_PATTERN",
     "RESPONSE_SIGNATURE_HEADER",
     "ROLES",
     "b64decode",
@@ -32,12 +30,10 @@ __all__ = [
     "canonical_json",
     "fingerprint",
     "keyservice_binding",
-    "model_id",
     "release_info",
     "release_signing_payload",
     "request_tag",
     "response_signing_payload",
-    "split_model_id",
     "upload_info",
 ]
 
@@ -50,11 +46,7 @@ ROLES = ("owner", "user")
 #: Most (user, model) pairs one release may ask for.
 MAX_PAIRS = 32
 
-PRINCIPAL_ID_PATTERN = r"^[0-9a-f]{64}$"
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-_PRINCIPAL_RE = re.compile(PRINCIPAL_ID_PATTERN)
-_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
-_B64_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64_RE = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def b64encode(data: bytes) -> str:
@@ -64,7 +56,7 @@ def b64encode(data: bytes) -> str:
 def b64decode(text: str, *, name: str = "value") -> bytes:
     """Decode unpadded (or padded) base64url; ``ValueError`` naming ``name`` otherwise."""
     stripped = text.rstrip("=") if isinstance(text, str) else None
-    if stripped is None or not _B64_RE.match(stripped) or len(stripped) % 4 == 1:
+    if stripped is None or not _B64_RE.fullmatch(stripped) or len(stripped) % 4 == 1:
         raise ValueError(f"{name} is not base64url")
     try:
         return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
@@ -75,34 +67,6 @@ def b64decode(text: str, *, name: str = "value") -> bytes:
 def fingerprint(public_key: bytes) -> str:
     """Hex SHA-256 of a public key: how ids, info strings and the audit log name it."""
     return hashlib.sha256(public_key).hexdigest()
-
-
-def model_id(owner_id: str, name: str) -> str:
-    """``<owner_id>/<model_name>``, validated."""
-    if not isinstance(owner_id, str) or not _PRINCIPAL_RE.match(owner_id):
-        raise ValueError(f"owner_id must be 64 lowercase hex digits, got {owner_id!r}")
-    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
-        raise ValueError(
-            f"model name must match {MODEL_NAME_PATTERN} (letters, digits, '.', '_', '-'; "
-            f"at most 128), got {name!r}"
-        )
-    return f"{owner_id}/{name}"
-
-
-def split_model_id(value: str) -> tuple[str, str]:
-    """``(owner_id, model_name)`` of a model id; ``ValueError`` when it is not one."""
-    if not isinstance(value, str) or value.count("/") != 1:
-        raise ValueError(f"model id must be '<owner_id>/<model_name>', got {value!r}")
-    owner, name = value.split("/")
-    model_id(owner, name)
-    return owner, name
-
-
-def canonical_json(value: Any) -> bytes:
-    """The one byte form of a JSON value: sorted keys, no spaces, ASCII."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
 
 
 def keyservice_binding(hpke_public_key: bytes, signing_public_key: bytes) -> bytes:

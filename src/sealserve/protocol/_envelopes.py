@@ -10,15 +10,13 @@ the request it was made for::
 
 The two directions use different subkeys (HKDF of the request key) and different purposes, so
 an output can never be passed off as an input, nor as the output of another request, model or
-user.  The plaintext is the tensor container of :mod:`sealserve.models` (no pickle).
+user.  The plaintext is the tensor container of :func:`encode_tensors` (no pickle).
 
-This module is deliberately light (no onnxruntime, no ipc): the client SDK imports it.
+This module is deliberately light (no onnxruntime, no ipc): the client SDK seals with it.
 """
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -27,14 +25,13 @@ import numpy.typing as npt
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve.crypto import RequestKey, seal, unseal
-from sealserve.models import decode_tensors, encode_tensors
+from sealserve.protocol._ids import check_request_id
+from sealserve.protocol._tensors import decode_tensors, encode_tensors
 
 __all__ = [
     "INPUT_PURPOSE",
     "OUTPUT_PURPOSE",
-    "check_request_id",
     "input_context",
-    "new_request_id",
     "output_context",
     "seal_input",
     "unseal_output",
@@ -44,24 +41,6 @@ __all__ = [
 INPUT_PURPOSE: Final = "sealserve/inference/input"
 #: The purpose bound into every sealed inference output.
 OUTPUT_PURPOSE: Final = "sealserve/inference/output"
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
-def new_request_id() -> str:
-    """A fresh request id (32 hex digits); a client makes one per inference."""
-    return secrets.token_hex(16)
-
-
-def check_request_id(request_id: str) -> str:
-    """``request_id`` if it is 1 to 128 characters of ``[A-Za-z0-9._:-]`` starting with a
-    letter or digit; ``ValueError`` naming the value otherwise."""
-    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
-        raise ValueError(
-            f"request_id has value {request_id!r}. Use 1 to 128 characters of "
-            "[A-Za-z0-9._:-] starting with a letter or digit."
-        )
-    return request_id
 
 
 def _context(purpose: str, model_id: str, user_id: str, request_id: str) -> dict[str, str]:

@@ -28,15 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sealserve._log import get_logger
-from sealserve.errors import (
-    ChannelClosed,
-    DeadlineExceeded,
-    IPCError,
-    PeerDied,
-    RuntimeUnavailable,
-)
-from sealserve.ipc import Connection, Loan, Sample
-from sealserve.runtime._wire import (
+from sealserve.ecall._wire import (
     Frame,
     Kind,
     Op,
@@ -48,6 +40,14 @@ from sealserve.runtime._wire import (
     status_for,
     write_header,
 )
+from sealserve.errors import (
+    ChannelClosed,
+    DeadlineExceeded,
+    IPCError,
+    PeerDied,
+    RuntimeUnavailable,
+)
+from sealserve.ipc import Connection, Loan, Sample
 
 __all__ = ["Endpoint", "EndpointState", "Message", "OutgoingCall", "PayloadWriter"]
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from sealserve.ecall import Endpoint, Message, wire
 from sealserve.errors import (
     AccessDenied,
     DeadlineExceeded,
@@ -17,7 +18,6 @@ from sealserve.errors import (
     RuntimeUnavailable,
 )
 from sealserve.ipc import ChannelOptions, Connection
-from sealserve.runtime import Endpoint, Message, wire
 
 Op = wire.Op
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sealserve.errors import TensorFormatError
-from sealserve.models import decode_tensors, encode_tensors, encoded_size
+from sealserve.protocol import decode_tensors, encode_tensors, encoded_size
 
 SETTINGS = settings(deadline=None, max_examples=150)
 

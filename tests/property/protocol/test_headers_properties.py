@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealserve.gateway import RouteInfo
-from sealserve.gateway import headers as hd
+from sealserve.protocol import RouteInfo
+from sealserve.protocol import headers as hd
 
 reasons = st.text(max_size=300)
 

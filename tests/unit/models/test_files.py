@@ -7,8 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sealserve.client import load_inputs, save_outputs, summarize_outputs, zoo_spec_for
-from sealserve.models import encode_tensors, get_spec, sample_image_path
+from sealserve.models import (
+    get_spec,
+    load_inputs,
+    sample_image_path,
+    save_outputs,
+    summarize_outputs,
+    zoo_spec_for,
+)
+from sealserve.protocol import encode_tensors
 
 
 def test_tensor_files_are_read_by_name_without_pickle(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
-"""The headers of the gateway's inference endpoint, shared by the gateway and its clients.
+"""The headers of sealserve's HTTP inference endpoints, shared by servers and clients.
 
-A request names the user and the request id (the ones bound in both envelopes) and may name a
-deadline; the model is in the path.  An answer carries the stage timings (``Server-Timing``)
-and how the request was routed::
+The instance host's binary endpoint (``POST /v1/infer``) carries the sealed input as its body
+(``application/octet-stream``, with a ``Content-Length``) and says what it is in headers: the
+model, the user and the request id (the ones bound in both envelopes) and maybe a deadline.
+The gateway's (``POST /v1/models/<owner>/<name>:infer``) takes the same headers but the model,
+which is in its path.  An answer's body is the sealed output; its ``Server-Timing`` header
+gives the stage timings (``name;dur=<ms>``, the stage names of :mod:`sealserve.ecall.timings`)
+and the gateway's answer says how the request was routed::
 
     x-sealserve-decision: run;instance=0;load=1;cold-start=0;evict=0;waits=0
     x-sealserve-decision-reason: load on i0: expected 281 ms; next best ...
@@ -13,37 +17,38 @@ and how the request was routed::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Final
-
-from sealserve.instance import headers as _host
 
 __all__ = [
     "DEADLINE_HEADER",
     "DECISION_HEADER",
     "INSTANCE_HEADER",
+    "MODEL_HEADER",
     "POLICY_HEADER",
     "REASON_HEADER",
     "REQUEST_ID_HEADER",
+    "RouteInfo",
     "SERVER_TIMING_HEADER",
     "TIMEOUT_HEADER",
     "USER_HEADER",
-    "RouteInfo",
     "ascii_header",
     "format_server_timing",
     "parse_server_timing",
 ]
 
+#: The model id, ``<owner_id>/<name>``.
+MODEL_HEADER: Final = "x-sealserve-model"
 #: The user's principal id (64 hex digits).
-USER_HEADER: Final = _host.USER_HEADER
+USER_HEADER: Final = "x-sealserve-user"
 #: The client's request id, bound into both envelopes.
-REQUEST_ID_HEADER: Final = _host.REQUEST_ID_HEADER
-#: Absolute deadline, Unix time in milliseconds.
-DEADLINE_HEADER: Final = _host.DEADLINE_HEADER
+REQUEST_ID_HEADER: Final = "x-sealserve-request-id"
+#: Absolute deadline, Unix time in milliseconds (as OpenWhisk's ``deadline``).
+DEADLINE_HEADER: Final = "x-sealserve-deadline"
 #: Relative deadline in milliseconds (used when there is no absolute one).
-TIMEOUT_HEADER: Final = _host.TIMEOUT_HEADER
-SERVER_TIMING_HEADER: Final = _host.SERVER_TIMING_HEADER
-format_server_timing = _host.format_server_timing
-parse_server_timing = _host.parse_server_timing
+TIMEOUT_HEADER: Final = "x-sealserve-timeout-ms"
+SERVER_TIMING_HEADER: Final = "server-timing"
+
 
 #: How the request was routed: ``<kind>;instance=<id>;load=<0|1>;cold-start=<0|1>;...``.
 DECISION_HEADER: Final = "x-sealserve-decision"
@@ -128,3 +133,25 @@ class RouteInfo:
             extra.append(f"after {self.waits} wait{'s' if self.waits > 1 else ''}")
         tail = f" [{'; '.join(extra)}]" if extra else ""
         return f"{where.get(self.kind, self.kind)}{tail}: {self.reason}"
+
+
+def format_server_timing(timings_ms: Mapping[str, float]) -> str:
+    """``stage;dur=ms, ...`` (RFC-less but what browsers and proxies read: W3C Server Timing)."""
+    return ", ".join(f"{name};dur={ms:.3f}" for name, ms in timings_ms.items())
+
+
+def parse_server_timing(value: str) -> dict[str, float]:
+    """The stage timings of a ``Server-Timing`` header (unknown parameters are ignored)."""
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        if not name:
+            continue
+        for param in params:
+            key, _, raw = param.partition("=")
+            if key.strip() == "dur":
+                try:
+                    out[name] = float(raw.strip().strip('"'))
+                except ValueError:
+                    continue
+    return out

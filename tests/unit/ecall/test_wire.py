@@ -1,4 +1,4 @@
-"""The call surface's frames, its errors, the envelopes' contexts, the launch pin, timings."""
+"""The call surface's frames, its errors, the launch pin, timings."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import json
 import struct
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
 from sealserve.attest import Policy, TrustAnchors
-from sealserve.crypto import RequestKey, seal, unseal
+from sealserve.ecall import pin_from_launch_config, runtime_launch_config, timings, wire
 from sealserve.errors import (
     AccessDenied,
     ConfigError,
@@ -23,21 +22,6 @@ from sealserve.errors import (
     RuntimeError_,
     RuntimeUnavailable,
 )
-from sealserve.runtime import (
-    INPUT_PURPOSE,
-    OUTPUT_PURPOSE,
-    PlaintextBuffer,
-    check_request_id,
-    input_context,
-    output_context,
-    pin_from_launch_config,
-    runtime_launch_config,
-    seal_input,
-    timings,
-    unseal_output,
-    wire,
-)
-from sealserve.runtime._wire import error_for, status_for
 
 MODEL = "ab" * 32 + "/resnet"
 USER = "cd" * 32
@@ -123,49 +107,20 @@ def test_meta_must_be_a_json_object_and_padding_zero() -> None:
     ],
 )
 def test_errors_keep_their_class_and_message_across_the_boundary(exc: Exception) -> None:
-    status, message = status_for(exc)
-    back = error_for(status, message)
+    status, message = wire.status_for(exc)
+    back = wire.error_for(status, message)
     assert type(back) is type(exc)
     assert str(back) == str(exc)
 
 
 def test_foreign_errors_say_nothing_but_their_type() -> None:
-    status, message = status_for(KeyError("a secret key name"))
+    status, message = wire.status_for(KeyError("a secret key name"))
     assert status is wire.Status.INTERNAL
     assert message == "internal error (KeyError)"
-    retry = error_for(wire.Status.KEYSERVICE_ERROR, "unreachable", retryable=True)
+    retry = wire.error_for(wire.Status.KEYSERVICE_ERROR, "unreachable", retryable=True)
     assert isinstance(retry, KeyServiceError)
     assert retry.retryable
     assert not KeyServiceError("x").retryable
-
-
-def test_input_and_output_contexts_bind_the_request() -> None:
-    ctx = input_context(model_id=MODEL, user_id=USER, request_id="r-1")
-    assert ctx == {
-        "purpose": INPUT_PURPOSE,
-        "model_id": MODEL,
-        "user_id": USER,
-        "request_id": "r-1",
-    }
-    assert (
-        output_context(model_id=MODEL, user_id=USER, request_id="r-1")["purpose"] == OUTPUT_PURPOSE
-    )
-    key = RequestKey.generate()
-    tensors = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    sealed = seal_input(key, tensors, model_id=MODEL, user_id=USER, request_id="r-1")
-    plain = unseal(key.input_key, sealed, context=ctx)
-    with pytest.raises(InvalidEnvelope):  # an input never opens as an output
-        unseal_output(key, sealed, model_id=MODEL, user_id=USER, request_id="r-1")
-    reply = seal(
-        key.output_key,
-        plain,
-        context=output_context(model_id=MODEL, user_id=USER, request_id="r-1"),
-    )
-    opened = unseal_output(key, reply, model_id=MODEL, user_id=USER, request_id="r-1")
-    assert np.array_equal(opened["x"], tensors["x"])
-    for bad in ("", "-x", "a b", "x" * 129, "é"):
-        with pytest.raises(ValueError, match="request_id"):
-            check_request_id(bad)
 
 
 def test_the_launch_config_carries_the_keyservice_pin() -> None:
@@ -183,19 +138,6 @@ def test_the_launch_config_carries_the_keyservice_pin() -> None:
         pin_from_launch_config({**config, "debug": "1"})
     with pytest.raises(ConfigError, match="invalid"):
         pin_from_launch_config({**config, "platform_keys": "zz"})
-
-
-def test_a_plaintext_buffer_is_bytes_that_get_wiped() -> None:
-    buffer = PlaintextBuffer(1000)
-    buffer.view[:] = b"\xaa" * 1000
-    data = buffer.data
-    assert isinstance(data, bytes)
-    assert data == b"\xaa" * 1000
-    buffer.wipe()
-    assert data == bytes(1000)  # the very object onnxruntime was given is now zeros
-    with pytest.raises(ValueError, match="wiped"):
-        _ = buffer.view
-    buffer.wipe()
 
 
 def test_stage_timer_knows_only_the_stage_names() -> None:

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sealserve.client import GatewayClient, error_for_response
+from sealserve.client import GatewayClient
 from sealserve.crypto import RequestKey, seal, unseal
 from sealserve.errors import (
     AccessDenied,
@@ -20,10 +20,15 @@ from sealserve.errors import (
     PlatformError,
     RuntimeUnavailable,
 )
-from sealserve.gateway import RouteInfo
-from sealserve.gateway import headers as hd
-from sealserve.models import decode_tensors, encode_tensors
-from sealserve.runtime import input_context, output_context
+from sealserve.protocol import (
+    RouteInfo,
+    decode_tensors,
+    encode_tensors,
+    exception_for_answer,
+    input_context,
+    output_context,
+)
+from sealserve.protocol import headers as hd
 
 OWNER = "0" * 64
 USER = "1" * 64
@@ -141,14 +146,15 @@ def test_a_refusal_is_never_retried() -> None:
 def test_error_answers_become_sealserve_errors(
     response: httpx.Response, kind: type[Exception], retryable: bool
 ) -> None:
-    exc: Any = error_for_response(response)
+    exc: Any = exception_for_answer(response.status_code, response.content)
     assert isinstance(exc, kind)
     assert exc.retryable is retryable
 
 
 def test_a_malformed_request_is_the_callers_error() -> None:
+    response = error(400, "bad_request", False)
     with pytest.raises(ValueError, match="bad_request"):
-        error_for_response(error(400, "bad_request", False))
+        exception_for_answer(response.status_code, response.content)
 
 
 def test_an_unreachable_gateway_is_retryable_and_a_closed_client_says_so() -> None:

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sealserve.models import ModelSpec, decode_tensors, get_spec
+from sealserve.models._registry import ModelSpec, get_spec
+from sealserve.protocol import decode_tensors
 
 __all__ = [
     "IMAGE_SUFFIXES",

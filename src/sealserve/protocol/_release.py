@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,8 +28,10 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve.attest import Evidence, report_data_for
 from sealserve.crypto import HpkeKeyPair, RequestKey, SymmetricKey, unwrap, verify_signature
 from sealserve.errors import AccessDenied, InvalidEnvelope, InvalidSignature, KeyServiceError
-from sealserve.keyservice import _wire as wire
-from sealserve.keyservice._attested import AttestedKeyService
+from sealserve.protocol import _wire as wire
+from sealserve.protocol._attested import AttestedKeyService
+from sealserve.protocol._ids import check_principal_id, split_model_id
+from sealserve.protocol._messages import ChallengeOut, ReleaseIn, ReleaseOut, ReleasePair
 
 __all__ = ["Release", "ReleaseSession", "ReleasedKeys", "parse_challenge"]
 
@@ -71,9 +72,8 @@ class Release:
 def parse_challenge(body: bytes) -> bytes:
     """The nonce of a ``POST /v1/challenges`` response."""
     try:
-        doc = json.loads(body)
-        return wire.b64decode(doc["nonce"], name="nonce")
-    except (ValueError, KeyError, TypeError) as exc:
+        return wire.b64decode(ChallengeOut.from_json(body).nonce, name="nonce")
+    except ValueError as exc:
         raise KeyServiceError("the challenge response is malformed") from exc
 
 
@@ -111,20 +111,18 @@ class ReleaseSession:
         self, *, nonce: bytes, evidence: Evidence, pairs: Iterable[tuple[str, str]]
     ) -> bytes:
         """The JSON body of ``POST /v1/releases`` for ``pairs`` of ``(user_id, model_id)``."""
-        items = [{"user_id": u, "model_id": m} for u, m in pairs]
+        items = tuple(ReleasePair(user_id=u, model_id=m) for u, m in pairs)
         if not 1 <= len(items) <= wire.MAX_PAIRS:
             raise ValueError(f"pairs must hold 1 to {wire.MAX_PAIRS} pairs, got {len(items)}")
         for item in items:
-            wire.split_model_id(item["model_id"])
-            wire.model_id(item["user_id"], "x")
-        return wire.canonical_json(
-            {
-                "nonce": wire.b64encode(nonce),
-                "evidence": wire.b64encode(evidence.to_bytes()),
-                "runtime_public_key": wire.b64encode(self.public_key),
-                "pairs": items,
-            }
-        )
+            split_model_id(item.model_id)
+            check_principal_id(item.user_id, name="user_id")
+        return ReleaseIn(
+            nonce=wire.b64encode(nonce),
+            evidence=wire.b64encode(evidence.to_bytes()),
+            runtime_public_key=wire.b64encode(self.public_key),
+            pairs=items,
+        ).to_json()
 
     def open(self, body: bytes, *, nonce: bytes, status: int = 200) -> Release:
         """Verify and unwrap a ``POST /v1/releases`` response.
@@ -154,31 +152,26 @@ class ReleaseSession:
             ) from None
         return self._unwrap(doc, nonce)
 
-    def _unwrap(self, doc: Mapping[str, Any], nonce: bytes) -> Release:
+    def _unwrap(self, raw: Mapping[str, Any], nonce: bytes) -> Release:
         try:
-            if doc["keyservice_id"] != self.keyservice.keyservice_id:
+            doc = ReleaseOut.from_dict(raw)
+            if doc.keyservice_id != self.keyservice.keyservice_id:
                 raise ValueError("keyservice_id")
-            if doc["runtime_key_id"] != wire.fingerprint(self.public_key):
+            if doc.runtime_key_id != wire.fingerprint(self.public_key):
                 raise ValueError("runtime_key_id")
-            if wire.b64decode(doc["nonce"], name="nonce") != nonce:
+            if wire.b64decode(doc.nonce, name="nonce") != nonce:
                 raise ValueError("nonce")
-            issued_at = float(doc["issued_at"])
-            expires_at = float(doc["expires_at"])
-            if not (math.isfinite(issued_at) and math.isfinite(expires_at)):
-                raise ValueError("times")
             keys: dict[tuple[str, str], ReleasedKeys] = {}
-            for item in doc["keys"]:
-                uid, mid = str(item["user_id"]), str(item["model_id"])
-                mk_version = int(item["model_key_version"])
-                rk_version = int(item["request_key_version"])
+            for item in doc.keys:
+                uid, mid = item.user_id, item.model_id
                 both = unwrap(
                     self._key_pair,
-                    wire.b64decode(item["wrapped_keys"], name="wrapped_keys"),
+                    wire.b64decode(item.wrapped_keys, name="wrapped_keys"),
                     info=wire.release_info(
                         model_id=mid,
                         user_id=uid,
-                        model_key_version=mk_version,
-                        request_key_version=rk_version,
+                        model_key_version=item.model_key_version,
+                        request_key_version=item.request_key_version,
                         runtime_key=self.public_key,
                     ),
                 )
@@ -189,16 +182,16 @@ class ReleaseSession:
                     user_id=uid,
                     model_id=mid,
                     model_key=SymmetricKey.from_bytes(model_key),
-                    model_key_version=mk_version,
+                    model_key_version=item.model_key_version,
                     request_key=RequestKey.from_bytes(request_key),
-                    request_key_version=rk_version,
+                    request_key_version=item.request_key_version,
                 )
             return Release(
                 keys=keys,
-                revocation_epoch=int(doc["revocation_epoch"]),
-                issued_at=issued_at,
-                expires_at=expires_at,
-                measurement=str(doc["measurement"]),
+                revocation_epoch=doc.revocation_epoch,
+                issued_at=doc.issued_at,
+                expires_at=doc.expires_at,
+                measurement=doc.measurement,
             )
         except (ValueError, KeyError, TypeError, InvalidEnvelope) as exc:
             raise KeyServiceError(

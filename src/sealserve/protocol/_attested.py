@@ -9,7 +9,6 @@ Only then do they wrap keys to its HPKE key or trust responses signed by its Ed2
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import secrets
 from collections.abc import Mapping
@@ -25,7 +24,8 @@ from sealserve.attest import (
 )
 from sealserve.crypto import HpkeSuite
 from sealserve.errors import AttestationError, KeyServiceError
-from sealserve.keyservice import _wire as wire
+from sealserve.protocol import _wire as wire
+from sealserve.protocol._messages import AttestationOut
 
 __all__ = [
     "AttestedKeyService",
@@ -62,11 +62,11 @@ def verify_keyservice(
     """Check a ``GET /v1/attestation`` response against ``policy``; the fixed
     :class:`~sealserve.errors.AttestationError` when the evidence does not satisfy it."""
     try:
-        doc = json.loads(body)
-        evidence = Evidence.from_bytes(wire.b64decode(doc["evidence"], name="evidence"))
-        hpke_key = wire.b64decode(doc["hpke_public_key"], name="hpke_public_key")
-        signing_key = wire.b64decode(doc["signing_public_key"], name="signing_public_key")
-        suite = HpkeSuite[str(doc["hpke_suite"])]
+        doc = AttestationOut.from_json(body)
+        evidence = Evidence.from_bytes(wire.b64decode(doc.evidence, name="evidence"))
+        hpke_key = wire.b64decode(doc.hpke_public_key, name="hpke_public_key")
+        signing_key = wire.b64decode(doc.signing_public_key, name="signing_public_key")
+        suite = HpkeSuite[doc.hpke_suite]
     except (ValueError, KeyError, TypeError) as exc:
         raise KeyServiceError("the KeyService's attestation response is malformed") from exc
     binding = wire.keyservice_binding(hpke_key, signing_key)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sealserve.errors import TensorFormatError
-from sealserve.models import (
+from sealserve.protocol import (
     TensorLimits,
     decode_tensors,
     encode_tensors,

@@ -1,0 +1,138 @@
+"""The wire that clients and servers share: everything the client SDK needs, and no more.
+
+* ids: :func:`join_model_id` / :func:`split_model_id` (``<owner_id>/<name>``),
+  :func:`check_principal_id`, :func:`new_request_id` / :func:`check_request_id`;
+* the envelopes of an inference: :func:`seal_input` / :func:`unseal_output` and the contexts
+  both sides bind (:func:`input_context`, :func:`output_context`);
+* the tensor format inside them: :func:`encode_tensors` / :func:`decode_tensors` (no pickle);
+* HTTP: the header names and Server-Timing of :mod:`headers`, :class:`RouteInfo`, and the
+  error body with its mapping to exceptions both ways (:class:`HostError`,
+  :func:`error_for_exception`, :func:`raise_for_error`, :func:`exception_for_answer`);
+* the KeyService: its typed request and answer bodies (:class:`ReleaseIn`,
+  :class:`ModelKeyReceipt`, ...), the encodings and ``info`` strings of :mod:`wire`, checking
+  its attestation (:func:`verify_keyservice`) and the runtime's side of a key release
+  (:class:`ReleaseSession`).
+
+It imports ``crypto`` and ``attest`` only (no web server, database or onnxruntime).
+"""
+
+from sealserve.protocol import _headers as headers
+from sealserve.protocol import _wire as wire
+from sealserve.protocol._attested import (
+    AttestedKeyService,
+    attestation_nonce,
+    default_keyservice_pin,
+    verify_keyservice,
+)
+from sealserve.protocol._envelopes import (
+    INPUT_PURPOSE,
+    OUTPUT_PURPOSE,
+    input_context,
+    output_context,
+    seal_input,
+    unseal_output,
+)
+from sealserve.protocol._errors import (
+    RETRY_AFTER_S,
+    HostError,
+    bad_request,
+    error_body,
+    error_for_exception,
+    exception_for_answer,
+    raise_for_error,
+)
+from sealserve.protocol._headers import RouteInfo
+from sealserve.protocol._ids import (
+    MODEL_NAME_PATTERN,
+    PRINCIPAL_ID_PATTERN,
+    check_principal_id,
+    check_request_id,
+    join_model_id,
+    new_request_id,
+    split_model_id,
+)
+from sealserve.protocol._messages import (
+    AccessChange,
+    AttestationOut,
+    ChallengeOut,
+    ErrorOut,
+    GrantIn,
+    ModelInfo,
+    ModelKeyIn,
+    ModelKeyReceipt,
+    PrincipalIn,
+    PrincipalOut,
+    ReleaseIn,
+    ReleaseOut,
+    ReleasePair,
+    RequestKeyIn,
+    RequestKeyReceipt,
+    WrappedPairKeys,
+)
+from sealserve.protocol._release import Release, ReleasedKeys, ReleaseSession, parse_challenge
+from sealserve.protocol._schema import Message
+from sealserve.protocol._tensors import (
+    DEFAULT_LIMITS,
+    TensorLimits,
+    decode_tensors,
+    encode_tensors,
+    encode_tensors_into,
+    encoded_size,
+)
+
+__all__ = [
+    "AccessChange",
+    "AttestationOut",
+    "AttestedKeyService",
+    "ChallengeOut",
+    "DEFAULT_LIMITS",
+    "ErrorOut",
+    "GrantIn",
+    "HostError",
+    "INPUT_PURPOSE",
+    "MODEL_NAME_PATTERN",
+    "Message",
+    "ModelInfo",
+    "ModelKeyIn",
+    "ModelKeyReceipt",
+    "OUTPUT_PURPOSE",
+    "PRINCIPAL_ID_PATTERN",
+    "PrincipalIn",
+    "PrincipalOut",
+    "RETRY_AFTER_S",
+    "Release",
+    "ReleaseIn",
+    "ReleaseOut",
+    "ReleasePair",
+    "ReleaseSession",
+    "ReleasedKeys",
+    "RequestKeyIn",
+    "RequestKeyReceipt",
+    "RouteInfo",
+    "TensorLimits",
+    "WrappedPairKeys",
+    "attestation_nonce",
+    "bad_request",
+    "check_principal_id",
+    "check_request_id",
+    "decode_tensors",
+    "default_keyservice_pin",
+    "encode_tensors",
+    "encode_tensors_into",
+    "encoded_size",
+    "error_body",
+    "error_for_exception",
+    "exception_for_answer",
+    "headers",
+    "input_context",
+    "join_model_id",
+    "new_request_id",
+    "output_context",
+    "parse_challenge",
+    "raise_for_error",
+    "seal_input",
+    "split_model_id",
+    "unseal_output",
+    "verify_keyservice",
+    "wire",
+]
