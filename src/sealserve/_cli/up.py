@@ -97,7 +97,7 @@ def up(
     <data-dir>/logs.  Ctrl-C (or SIGTERM) stops it all cleanly.
     """
     from sealserve._log import configure_logging
-    from sealserve.gateway import DeploymentOptions, LocalDeployment
+    from sealserve.deploy import DeploymentOptions, LocalDeployment
     from sealserve.packer import CostModel
     from sealserve.platform import PlatformConfig
 

@@ -1,32 +1,27 @@
-"""The public inference API, and everything ``sealserve up`` runs.
+"""The public inference API.
 
 * :class:`Gateway` — the HTTP application (``POST /v1/models/{owner_id}/{name}:infer`` with
   sealed envelopes as binary bodies, ``GET /v1/models``, ``/v1/platform``, ``/healthz``,
   ``/metrics``) over the platform; it sees ciphertext only;
 * :class:`GatewayServer` — the gateway on uvicorn;
-* :class:`LocalDeployment` — the TEE platform daemon, the KeyService, the local platform and
-  the gateway on one machine (``sealserve up``);
+* ``sealserve up`` wires it to a platform and a KeyService: :mod:`sealserve.deploy`;
 * the header names and the routing decision's wire form are :mod:`sealserve.protocol`'s.
 
 See docs/http-api.md and docs/operating.md.
 """
 
 from sealserve.gateway._app import Gateway, GatewayOptions, InferenceBackend, ModelDirectory
-from sealserve.gateway._deployment import DeploymentInfo, DeploymentOptions, LocalDeployment
 from sealserve.gateway._errors import error_for
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.gateway._server import GatewayServer
 
 __all__ = [
-    "DeploymentInfo",
-    "DeploymentOptions",
     "Gateway",
     "GatewayMetrics",
     "GatewayOptions",
     "GatewayServer",
     "InferenceBackend",
-    "LocalDeployment",
     "ModelDirectory",
     "error_for",
     "openapi_document",

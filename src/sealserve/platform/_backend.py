@@ -1,11 +1,21 @@
-"""The platform interface: where instances run.
+"""The instance backend interface: where the local platform's instances run.
 
 A backend starts instances, routes a request (or a model load) to one, checks its health,
-stops it, and reports what it knows of it.  :class:`~sealserve.platform.LocalBackend` runs
-each instance as a host + runtime process pair on this machine; another platform (Ray Serve
-replicas, OpenWhisk actions) implements the same protocol.  Backends make no decisions: the
+stops it, and reports what it knows of it.  Backends make no decisions: the
 :class:`~sealserve.platform.PlatformController` does, and the
 :class:`~sealserve.platform.Platform` driver carries them out on a backend.
+
+One backend implements it: :class:`~sealserve.platform.LocalBackend`, each instance a host +
+runtime process pair on this machine (tests add fakes of the same interface).  The other
+platforms do not plug in here, because they own what a backend would do:
+
+* Ray Serve (:mod:`sealserve.platform.ray`) starts, health-checks and scales its replicas
+  itself and routes with FnPacker as its request router, so its ``RayPlatform`` replaces the
+  whole :class:`~sealserve.platform.Platform` (it is the gateway's
+  :class:`~sealserve.gateway.InferenceBackend`); each replica runs its one instance with a
+  ``LocalBackend`` of its own.
+* OpenWhisk (:mod:`sealserve.platform.openwhisk`) runs the instance host itself as a
+  blackbox action (``/init``, ``/run``); OpenWhisk's controller is the platform.
 
 Every call is a coroutine; a backend may do its blocking work on threads.  Failures are
 sealserve's exceptions with ``retryable`` set as the instance host sets it

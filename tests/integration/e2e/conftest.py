@@ -1,6 +1,6 @@
 """A real deployment (what ``sealserve up`` runs) with an owner, users and models.
 
-The deployment is :class:`sealserve.gateway.LocalDeployment` served from a background thread:
+The deployment is :class:`sealserve.deploy.LocalDeployment` served from a background thread:
 the TEE platform daemon and the KeyService are real processes, instances are real host +
 runtime process pairs started on demand, and every request goes through the gateway over
 loopback HTTP.  Every pin is asked of the daemon.
@@ -17,7 +17,7 @@ import pytest
 from sealserve.attest import Policy, TrustAnchors
 from sealserve.client import KeyServicePin, Owner, User, upload_model
 from sealserve.crypto import Identity, RequestKey
-from sealserve.gateway import DeploymentOptions, LocalDeployment
+from sealserve.deploy import DeploymentOptions, LocalDeployment
 from sealserve.platform import PlatformConfig
 
 

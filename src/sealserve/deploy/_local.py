@@ -42,8 +42,7 @@ from sealserve.attest import PlatformClient, Policy, TrustAnchors, read_platform
 from sealserve.config import Settings
 from sealserve.ecall import runtime_launch_config
 from sealserve.errors import GatewayError, SealserveError, TeeError
-from sealserve.gateway._app import Gateway, GatewayOptions
-from sealserve.gateway._server import GatewayServer
+from sealserve.gateway import Gateway, GatewayOptions, GatewayServer
 from sealserve.instance import ModelStore
 from sealserve.keyservice import LaunchedKeyService, launch_keyservice
 from sealserve.packer import CostPriors
