@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 from sealserve.errors import ConfigError
 
 __all__ = [
+    "ATTEST_BACKENDS",
     "AttestSettings",
     "GatewaySettings",
     "KeyServiceSettings",
@@ -148,16 +149,73 @@ class RuntimeSettings:
         return platform.instance_memory_mb - RUNTIME_RESERVE_MB
 
 
+#: The evidence backends ``attest.backend`` names (docs/threat-model.md, "Backends").
+ATTEST_BACKENDS: Final = ("simulated", "tsm", "gramine", "tpm", "azure-cvm", "auto")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttestSettings:
-    #: ``simulated`` (development and CI) or ``sgx-dcap`` / ``tdx`` on real hardware.
+    """Where the measured launcher gets evidence and sealing keys.
+
+    ``backend``: ``simulated`` (development and CI: a key in the data directory signs), or
+    hardware: ``tsm`` (Linux configfs-tsm: TDX quotes or SEV-SNP reports), ``gramine`` (SGX in
+    a Gramine enclave), ``tpm`` (a TPM 2.0 quote), ``azure-cvm`` (an Azure confidential VM's HCL
+    report and vTPM quote); ``auto`` picks the hardware present and refuses to start when there
+    is none, unless ``allow_simulated`` is set.  A hardware backend never falls back to the
+    simulated one.
+    """
+
     backend: str = "simulated"
+    #: With ``auto``: start on the simulated platform when no hardware is found (else refuse).
+    allow_simulated: bool = False
+    #: configfs-tsm's report directory (``tsm``).
+    tsm_report_dir: str = "/sys/kernel/config/tsm/report"
+    #: TDX's RTMR3 attribute (``tsm`` on TDX; Linux 6.16+).
+    tdx_rtmr3: str = "/sys/class/misc/tdx_guest/measurements/rtmr3:sha384"
+    #: The SEV-SNP guest device (``tsm`` on SNP: derived sealing keys).
+    sev_guest_device: str = "/dev/sev-guest"
+    #: The launch log an SEV-SNP VM was started for (its SHA-256 replay is HOST_DATA).
+    snp_launch_log: str = ""
+    #: Gramine's attestation pseudo-filesystem (``gramine``).
+    gramine_dir: str = "/dev/attestation"
+    #: DCAP collateral (JSON) sent with TDX and SGX quotes; refreshed by the operator.
+    dcap_collateral: str = ""
+    #: How tpm2-tools reach the TPM (``tpm``, ``azure-cvm``).
+    tpm_tcti: str = "device:/dev/tpmrm0"
+    #: The attestation key: a persistent handle or a saved context (Azure: 0x81000003).
+    tpm_ak: str = ""
+    #: PEM file of the AK's certificate chain (leaf first).
+    tpm_ak_chain: str = ""
+    tpm_ak_scheme: str = "rsassa"
+    #: The PCR (SHA-256 bank) the launcher extends with what it launches.
+    tpm_launch_pcr: int = 23
+    #: The boot PCRs quoted beside it, and the ones the TPM sealing root is bound to.
+    tpm_boot_pcrs: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("simulated", "sgx-dcap", "tdx"):
+        if self.backend not in ATTEST_BACKENDS:
             raise ConfigError(
                 f"Config 'attest.backend' has value {self.backend!r}. "
-                "Not one of 'simulated', 'sgx-dcap', 'tdx'."
+                f"Not one of {', '.join(repr(b) for b in ATTEST_BACKENDS)}."
+            )
+        pcrs: object = self.tpm_boot_pcrs
+        if isinstance(pcrs, list):
+            object.__setattr__(self, "tpm_boot_pcrs", tuple(pcrs))
+        for index in (self.tpm_launch_pcr, *self.tpm_boot_pcrs):
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= 23:
+                raise ConfigError(
+                    f"Config 'attest.tpm_launch_pcr'/'attest.tpm_boot_pcrs' has PCR {index!r}. "
+                    "A PCR index is 0 to 23."
+                )
+        if self.tpm_launch_pcr in self.tpm_boot_pcrs:
+            raise ConfigError(
+                f"Config 'attest.tpm_launch_pcr' ({self.tpm_launch_pcr}) is one of "
+                "'attest.tpm_boot_pcrs': the launcher must extend a PCR the boot does not."
+            )
+        if self.tpm_ak_scheme not in ("rsassa", "rsapss", "ecdsa"):
+            raise ConfigError(
+                f"Config 'attest.tpm_ak_scheme' has value {self.tpm_ak_scheme!r}. "
+                "Not one of 'rsassa', 'rsapss', 'ecdsa'."
             )
 
 

@@ -21,6 +21,7 @@ from sealserve.attest._dcap import DcapReport, verify_dcap
 from sealserve.attest._entries import ENTRIES
 from sealserve.attest._evidence import (
     FORMAT_AZURE_SNP_VTPM,
+    FORMAT_LAUNCH,
     FORMAT_SEV_SNP,
     FORMAT_SGX_DCAP,
     FORMAT_SIMULATED,
@@ -77,6 +78,7 @@ __all__ = [
     "Evidence",
     "FORMATS",
     "FORMAT_AZURE_SNP_VTPM",
+    "FORMAT_LAUNCH",
     "FORMAT_SEV_SNP",
     "FORMAT_SGX_DCAP",
     "FORMAT_SIMULATED",

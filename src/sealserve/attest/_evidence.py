@@ -24,6 +24,7 @@ __all__ = [
     "Evidence",
     "FORMATS",
     "FORMAT_AZURE_SNP_VTPM",
+    "FORMAT_LAUNCH",
     "FORMAT_SEV_SNP",
     "FORMAT_SGX_DCAP",
     "FORMAT_SIMULATED",
@@ -39,6 +40,9 @@ FORMAT_SIMULATED: Final = "sealserve-sim/1"
 FORMAT_SGX_DCAP: Final = "sgx-dcap"
 #: An Intel TDX DCAP quote with its recorded collateral.
 FORMAT_TDX_DCAP: Final = "tdx-dcap"
+#: A confidential VM's hardware evidence with its measured launcher's launch log
+#: (:mod:`sealserve.attest._launch_log`).
+FORMAT_LAUNCH: Final = "sealserve-launch/1"
 #: An AMD SEV-SNP attestation report, with the host's certificate table when it gave one.
 FORMAT_SEV_SNP: Final = "sev-snp"
 #: A TPM 2.0 quote with its PCR values and the attestation key's certificate chain.
@@ -53,6 +57,7 @@ FORMATS: Final = frozenset(
         FORMAT_SEV_SNP,
         FORMAT_TPM_QUOTE,
         FORMAT_AZURE_SNP_VTPM,
+        FORMAT_LAUNCH,
     }
 )
 
@@ -147,6 +152,10 @@ class Evidence:
             from sealserve.attest._simulated_evidence import parse_simulated
 
             return parse_simulated(raw)
+        if fmt == FORMAT_LAUNCH:
+            if collateral is not None:
+                _refuse("fields")
+            return _parse_launch(raw)
         if fmt in (FORMAT_SEV_SNP, FORMAT_TPM_QUOTE, FORMAT_AZURE_SNP_VTPM):
             from sealserve.attest._certs import Rejected
             from sealserve.attest._hw_evidence import parse_hw_evidence
@@ -179,6 +188,29 @@ class Evidence:
         else:
             raise TypeError(f"collateral must be bytes or a mapping, got {type(collateral)}")
         return parse_dcap_quote(bytes(quote), collateral_bytes)
+
+
+def _parse_launch(raw: bytes) -> Evidence:
+    """The unverified view of launch evidence: the launched process's measurement and
+    report_data, the hardware's debug flag and TCB status."""
+    from sealserve.attest._launch_log import LaunchEvidence, LaunchLogMismatch
+
+    try:
+        launch = LaunchEvidence.from_raw(raw)
+    except LaunchLogMismatch as exc:
+        _log.event("evidence.malformed", level=logging.DEBUG, reason=f"launch:{exc}")
+        raise AttestationError() from None
+    inner = Evidence.from_bytes(launch.platform)
+    if inner.format == FORMAT_LAUNCH:
+        _refuse("nested_launch")
+    return Evidence(
+        format=FORMAT_LAUNCH,
+        measurement=launch.measurement,
+        report_data=launch.report_data,
+        raw=bytes(raw),
+        debug=inner.debug,
+        tcb_status=inner.tcb_status,
+    )
 
 
 def _refuse(reason: str, **detail: int) -> NoReturn:

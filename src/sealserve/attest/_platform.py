@@ -1,12 +1,19 @@
-"""The simulated TEE platform: plays the hardware for development and CI.
+"""The TEE platform: the measured launcher, simulated or on a hardware backend.
 
-A :class:`SimulatedPlatform` holds the platform's Ed25519 key, takes one snapshot of the
-sealserve code when it opens, and is the only way to obtain signed evidence: it launches
-registered entries from that snapshot and answers evidence requests on each launched process's
-private channel, with that process's measurement.  Run it embedded (tests, a command that is
-its own launcher) or behind a Unix socket (:class:`~sealserve.attest.PlatformServer`), so the
-untrusted host never holds the key.  See docs/threat-model.md for what this does and does not
-protect.
+A :class:`SimulatedPlatform` takes one snapshot of the sealserve code when it opens, and is the
+only way to obtain evidence: it launches registered entries from that snapshot and answers
+evidence (and sealing-key) requests on each launched process's private channel, with that
+process's measurement.  By default it plays the hardware for development and CI: it holds the
+platform's Ed25519 key and signs simulated evidence.  Given a hardware ``backend``
+(:class:`~sealserve.attest._backends.LaunchBackend`: configfs-tsm, a TPM, an Azure vTPM) it is
+a confidential VM's measured launcher instead: it extends each entry's measurement into the
+hardware's launch register before the entry's first launch, and answers with the hardware's
+evidence wrapped with the launch log (``sealserve-launch/1``, see
+:mod:`sealserve.attest._launch_log`); it then holds no signing key at all.
+
+Run it embedded (tests, a command that is its own launcher) or behind a Unix socket
+(:class:`~sealserve.attest.PlatformServer`), so the untrusted host never holds the key.  See
+docs/threat-model.md for what this does and does not protect.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from typing import Final
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.attest import _measure
+from sealserve.attest._backends import LaunchBackend
 from sealserve.attest._entries import entry_module
-from sealserve.attest._evidence import REPORT_DATA_BYTES, Evidence
+from sealserve.attest._evidence import FORMAT_LAUNCH, REPORT_DATA_BYTES, Evidence
+from sealserve.attest._launch_log import LaunchEvent, LaunchEvidence, bind_report_data
 from sealserve.attest._local import (
     PASSED_FDS_ENV,
     TEE_CONFIG_ENV,
@@ -87,7 +96,10 @@ class SimulatedPlatform:
         python: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
         max_processes: int = 64,
+        backend: LaunchBackend | None = None,
     ) -> None:
+        if backend is not None and not isinstance(backend, LaunchBackend):
+            raise TypeError(f"backend must be a LaunchBackend, got {type(backend).__name__}")
         if tcb_status not in TCB_STATUSES:
             raise ValueError(
                 f"tcb_status must be one of {sorted(TCB_STATUSES)}, got {tcb_status!r}"
@@ -107,6 +119,11 @@ class SimulatedPlatform:
         self._snapshot: CodeSnapshot | None = None
         self._key: Identity | None = None
         self._sealing_root: bytes | None = None
+        self._backend = backend
+        # The launch log of a hardware backend, and the lock that keeps it and the register in
+        # step with the evidence taken over them.
+        self._events: list[LaunchEvent] = []
+        self._launch_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -115,22 +132,31 @@ class SimulatedPlatform:
         return self._state
 
     def open(self) -> SimulatedPlatform:
-        """Load (or create) the platform key and snapshot the code."""
+        """Snapshot the code; load (or create) the platform key and sealing root, or open the
+        hardware backend (its launch log so far)."""
         with self._lock:
             if self._state is not PlatformState.UNOPENED:
                 raise TeeError(f"the platform is {self._state.value}; open it only once")
-            key = load_or_create_platform_key(self._data_dir)
-            sealing_root = load_or_create_sealing_root(self._data_dir)
+            if self._backend is None:
+                key = load_or_create_platform_key(self._data_dir)
+                self._sealing_root = load_or_create_sealing_root(self._data_dir)
+                self._key = key
+                self._key_public = key.public_key_bytes
+            else:
+                self._events = self._backend.open()
             package_dir = self._package_dir or _measure.installed_package_dir()
-            self._snapshot = CodeSnapshot.create(package_dir, parent=self._data_dir / "tee")
-            self._key = key
-            self._sealing_root = sealing_root
-            self._key_public = key.public_key_bytes
+            try:
+                self._snapshot = CodeSnapshot.create(package_dir, parent=self._data_dir / "tee")
+            except BaseException:
+                if self._backend is not None:
+                    self._backend.close()
+                raise
             self._state = PlatformState.OPENED
         _log.event(
             "platform.opened",
             files=self._snapshot.file_count,
             tcb_status=self._tcb_status,
+            backend=self.backend_name,
         )
         return self
 
@@ -146,6 +172,8 @@ class SimulatedPlatform:
             process.close()
         if self._snapshot is not None:
             self._snapshot.remove()
+        if self._backend is not None:
+            self._backend.close()
         self._key = None
         self._sealing_root = None
         _log.event("platform.closed")
@@ -162,7 +190,27 @@ class SimulatedPlatform:
     def public_key_bytes(self) -> bytes:
         """The platform's raw Ed25519 public key (also published in ``tee/platform.pub``)."""
         self._check_open()
+        if self._backend is not None:
+            raise TeeError(
+                f"the platform runs on the {self._backend.name} backend and has no simulated "
+                "key: verifiers trust the hardware's roots instead"
+            )
         return self._key_public
+
+    @property
+    def backend_name(self) -> str:
+        """``simulated``, or the hardware backend's name."""
+        return "simulated" if self._backend is None else self._backend.name
+
+    @property
+    def launch_register(self) -> str | None:
+        """The register a hardware backend extends (None when simulated)."""
+        return None if self._backend is None else self._backend.register
+
+    def launch_log(self) -> tuple[LaunchEvent, ...]:
+        """The launch events extended so far (empty when simulated)."""
+        with self._launch_lock:
+            return tuple(self._events)
 
     @property
     def tcb_status(self) -> str:
@@ -197,6 +245,13 @@ class SimulatedPlatform:
         child_env = _child_env(env)
         passed = _check_fds(fds)
         measurement = snapshot.measurement(entry, config=cfg)
+        if self._backend is not None:
+            if debug:
+                raise TeeError(
+                    "debug launches exist only on the simulated platform: a confidential VM's "
+                    "debug state is the VM's, not a process's"
+                )
+            self._record_launch(LaunchEvent(entry=entry, measurement=bytes.fromhex(measurement)))
         with self._lock:
             self._check_open()
             if len(self._processes) >= self._max_processes:
@@ -277,8 +332,26 @@ class SimulatedPlatform:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _record_launch(self, event: LaunchEvent) -> None:
+        """Extend the launch register with ``event`` unless this boot's log has it already."""
+        assert self._backend is not None
+        with self._launch_lock:
+            if event in self._events:
+                return
+            self._backend.extend(event)
+            self._events.append(event)
+        _log.event(
+            "platform.measured_launch",
+            entry=event.entry,
+            measurement=event.measurement.hex(),
+            register=self._backend.register,
+            events=len(self._events),
+        )
+
     def _sealing_key(self, measurement: str, purpose: str, *, debug: bool) -> bytes:
         root = self._sealing_root
+        if root is None and self._backend is not None and self._state is PlatformState.OPENED:
+            root = self._sealing_root = self._backend.sealing_root()
         if root is None:
             raise TeeError("the platform is closed")
         return derive_sealing_key(
@@ -290,6 +363,8 @@ class SimulatedPlatform:
             raise ValueError(
                 f"report_data must be {REPORT_DATA_BYTES} bytes, got {len(report_data)}"
             )
+        if self._backend is not None:
+            return self._issue_launch(entry, measurement, report_data)
         key = self._key
         if key is None:
             raise TeeError("the platform is closed")
@@ -301,6 +376,37 @@ class SimulatedPlatform:
             tcb_status=self._tcb_status,
             entry=entry,
             issued_at=int(self._clock.time()),
+        )
+
+    def _issue_launch(self, entry: str, measurement: str, report_data: bytes) -> Evidence:
+        """The hardware's evidence for a launched process, wrapped with the launch log.
+
+        Under the launch lock, so the log it carries is the one the register holds."""
+        assert self._backend is not None
+        if self._state is not PlatformState.OPENED:
+            raise TeeError("the platform is closed")
+        event = LaunchEvent(entry=entry, measurement=bytes.fromhex(measurement))
+        bound = bind_report_data(report_data, entry=entry, measurement=event.measurement)
+        with self._launch_lock:
+            if event not in self._events:
+                raise TeeError(f"{entry} was not launched by this platform")
+            events = tuple(self._events)
+            inner = self._backend.evidence(bound)
+        wrapper = LaunchEvidence(
+            platform=inner.to_bytes(),
+            register=self._backend.register,
+            events=events,
+            entry=entry,
+            measurement=event.measurement,
+            report_data=report_data,
+        )
+        return Evidence(
+            format=FORMAT_LAUNCH,
+            measurement=event.measurement,
+            report_data=report_data,
+            raw=wrapper.to_raw(),
+            debug=inner.debug,
+            tcb_status=inner.tcb_status,
         )
 
     def _forget(self, process: LaunchedProcess) -> None:
