@@ -151,6 +151,66 @@ def verify_dcap_command(
     Console().print(table)
 
 
+@app.command("gramine-manifest")
+def gramine_manifest_command(
+    snapshot: Annotated[
+        Path,
+        typer.Option(
+            "--snapshot",
+            help="Directory of the measured code snapshot; created from the installed code "
+            "when it does not exist (then keep it read-only: its hashes go into MRENCLAVE).",
+        ),
+    ],
+    entry: Annotated[
+        str, typer.Option("--entry", help=f"Entry: {', '.join(sorted(ENTRIES))}.")
+    ] = "runtime",
+    config: Annotated[
+        list[str] | None,
+        typer.Option("--config", help="Measured launch config KEY=VALUE (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the manifest here (default: stdout).")
+    ] = None,
+) -> None:
+    """Write the Gramine manifest template that runs ENTRY in an SGX enclave.
+
+    Trusted files (hashed into MRENCLAVE by gramine-sgx-sign): Gramine's runtime, the system
+    libraries, the interpreter and its standard library, the installed packages with their
+    native libraries (onnxruntime, numpy, cryptography...), and the snapshot. The launch
+    config is fixed in the manifest (measured); nothing is writable but memory. Then:
+    gramine-manifest -Dentrypoint=... -Darch_libdir=... T.manifest.template > T.manifest;
+    gramine-sgx-sign --manifest T.manifest --output T.manifest.sgx (prints MRENCLAVE, what
+    policies pin); gramine-sgx T. See docs/deploy-sgx-gramine.md.
+    """
+    from sealserve.attest._gramine import gramine_manifest
+    from sealserve.attest._measure import (
+        installed_package_dir,
+        measure_manifest,
+        package_sources,
+        source_manifest,
+    )
+
+    _check_entry(entry)
+    cfg = _parse_config(config or [])
+    sources = package_sources(installed_package_dir())
+    if not snapshot.exists():
+        for rel, data in sources:
+            target = snapshot / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o444)
+    else:
+        sources = package_sources(snapshot / "sealserve")
+    measurement = measure_manifest(source_manifest(sources), entry=entry, config=cfg)
+    text = gramine_manifest(entry, snapshot=snapshot, config=cfg)
+    text = f"# sealserve measurement of the snapshot as {entry}: {measurement}\n" + text
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out} ({entry}; snapshot {snapshot}; measurement {measurement})")
+
+
 @app.command("probe")
 def probe_command(
     data_dir: Annotated[

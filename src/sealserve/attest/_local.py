@@ -4,19 +4,28 @@ The platform starts each launched process with one end of a socket pair whose de
 number is in ``SEALSERVE_TEE_FD``; only requests on that channel are answered, and the answer
 carries that process's measurement.  A process that was not launched by the platform has no
 such channel and cannot obtain evidence.
+
+Inside a Gramine SGX enclave (``SEALSERVE_TEE_BACKEND=gramine``, fixed by the measured
+manifest) the process is the enclave: it asks Gramine's ``/dev/attestation`` itself
+(:mod:`sealserve.attest._gramine`; ``SEALSERVE_TEE_GRAMINE_DIR`` and
+``SEALSERVE_TEE_DCAP_COLLATERAL`` name another directory and the collateral file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import threading
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sealserve.attest._evidence import REPORT_DATA_BYTES, Evidence
 from sealserve.attest._wire import b64, recv_message, send_message, unb64
 from sealserve.errors import TeeError
+
+if TYPE_CHECKING:
+    from sealserve.attest._gramine import GramineAttestation
 
 __all__ = [
     "PASSED_FDS_ENV",
@@ -32,6 +41,9 @@ __all__ = [
 ]
 
 TEE_FD_ENV: Final = "SEALSERVE_TEE_FD"
+TEE_BACKEND_ENV: Final = "SEALSERVE_TEE_BACKEND"
+TEE_GRAMINE_DIR_ENV: Final = "SEALSERVE_TEE_GRAMINE_DIR"
+TEE_COLLATERAL_ENV: Final = "SEALSERVE_TEE_DCAP_COLLATERAL"
 TEE_CONFIG_ENV: Final = "SEALSERVE_TEE_CONFIG"
 TEE_ENTRY_ENV: Final = "SEALSERVE_TEE_ENTRY"
 TEE_DEBUG_ENV: Final = "SEALSERVE_TEE_DEBUG"
@@ -42,8 +54,27 @@ _channel: socket.socket | None = None
 
 
 def in_measured_launch() -> bool:
-    """Whether this process was started by a TEE platform (has an attestation channel)."""
-    return TEE_FD_ENV in os.environ
+    """Whether this process was started by a TEE platform (has an attestation channel), or
+    runs in a Gramine enclave."""
+    return TEE_FD_ENV in os.environ or _gramine() is not None
+
+
+def _gramine() -> GramineAttestation | None:
+    if os.environ.get(TEE_BACKEND_ENV) != "gramine":
+        return None
+    from sealserve.attest._gramine import DEFAULT_ATTESTATION_DIR, GramineAttestation
+
+    collateral = None
+    path = os.environ.get(TEE_COLLATERAL_ENV)
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                collateral = fh.read()
+        except OSError as exc:
+            raise TeeError(f"cannot read the DCAP collateral '{path}': {exc}") from exc
+    return GramineAttestation(
+        os.environ.get(TEE_GRAMINE_DIR_ENV) or DEFAULT_ATTESTATION_DIR, collateral=collateral
+    )
 
 
 def local_evidence(report_data: bytes, *, timeout: float = 10.0) -> Evidence:
@@ -55,6 +86,9 @@ def local_evidence(report_data: bytes, *, timeout: float = 10.0) -> Evidence:
     data = bytes(report_data)
     if len(data) != REPORT_DATA_BYTES:
         raise ValueError(f"report_data must be {REPORT_DATA_BYTES} bytes, got {len(data)}")
+    gramine = _gramine()
+    if gramine is not None:
+        return gramine.evidence(data)
     message = _ask({"op": "evidence", "report_data": b64(data)}, timeout)
     if not message.get("ok"):
         raise TeeError(f"the platform refused evidence: {message.get('error', 'unknown error')}")
@@ -72,8 +106,18 @@ def local_sealing_key(purpose: str, *, timeout: float = 10.0) -> bytes:
     platform gets the same key after any restart; other code, a debug launch, or another
     platform never does.  Outside a measured launch raises :class:`~sealserve.errors.TeeError`.
     """
-    from sealserve.attest._sealing import SEALING_KEY_BYTES, check_purpose
+    from sealserve.attest._sealing import SEALING_KEY_BYTES, check_purpose, derive_sealing_key
 
+    gramine = _gramine()
+    if gramine is not None:
+        # EGETKEY's key is bound to MRENCLAVE already; the measurement named here is the
+        # launch config's (the manifest fixes it), so each purpose still gets its own key.
+        return derive_sealing_key(
+            gramine.sealing_root(),
+            measurement=hashlib.sha256(os.environ.get(TEE_CONFIG_ENV, "").encode()).hexdigest(),
+            purpose=check_purpose(purpose),
+            debug=False,
+        )
     message = _ask({"op": "sealing_key", "purpose": check_purpose(purpose)}, timeout)
     if not message.get("ok"):
         raise TeeError(f"the platform refused a sealing key: {message.get('error', 'unknown')}")
