@@ -211,6 +211,51 @@ def gramine_manifest_command(
         typer.echo(f"wrote {out} ({entry}; snapshot {snapshot}; measurement {measurement})")
 
 
+@app.command("launch-log")
+def launch_log_command(
+    events: Annotated[
+        list[str],
+        typer.Option("--event", help="ENTRY=MEASUREMENT (hex), in launch order (repeatable)."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the launch log (JSON) here.")
+    ] = None,
+    as_json: _JSON = False,
+) -> None:
+    """A launch log and the registers it replays to: HOST_DATA for an SEV-SNP VM started
+    for exactly these entries, and what PCR 23 and RTMR3 hold after these launches."""
+    import hashlib
+
+    from sealserve.attest._launch_log import LaunchEvent, register_of
+
+    parsed = []
+    for item in events:
+        entry, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError("not ENTRY=MEASUREMENT")
+            _check_entry(entry)
+            parsed.append(LaunchEvent(entry=entry, measurement=bytes.fromhex(value)))
+        except ValueError as exc:
+            _fail(f"--event {item!r}: {exc}", 2)
+    doc = {
+        "version": 1,
+        "events": [{"entry": e.entry, "measurement": e.measurement.hex()} for e in parsed],
+    }
+    if out is not None:
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+    registers = {
+        "host_data": hashlib.sha256(register_of(parsed, "sha256")).hexdigest(),
+        "pcr.sha256": register_of(parsed, "sha256").hex(),
+        "rtmr3": register_of(parsed, "sha384").hex(),
+    }
+    if as_json:
+        typer.echo(json.dumps({**doc, "registers": registers}, indent=2))
+    else:
+        for name, value in registers.items():
+            typer.echo(f"{name:11} {value}")
+
+
 @app.command("probe")
 def probe_command(
     data_dir: Annotated[
