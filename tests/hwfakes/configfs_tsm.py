@@ -63,12 +63,15 @@ class _Entry:
         self.inblob = b""
         self.report: tuple[int, bytes, bytes | None] | None = None
         self.served = -1
-        (path / "provider").write_text(provider + "\n")
-        self._write_generation()
         for name in ("inblob", "outblob", *(["auxblob"] if provider == "sev_guest" else [])):
             os.mkfifo(path / name, 0o600)
         # Held open for reading, so a writer's open() never blocks and its bytes wait for us.
         self.inblob_fd = os.open(path / "inblob", os.O_RDONLY | os.O_NONBLOCK)
+        # Written whole, last: an entry is complete once its provider and generation show.
+        tmp = path / ".provider.tmp"
+        tmp.write_text(provider + "\n")
+        tmp.replace(path / "provider")
+        self._write_generation()
 
     def _write_generation(self) -> None:
         tmp = self.path / ".generation.tmp"
@@ -203,10 +206,11 @@ class FakeTsm:
                 # closed yet opens the FIFO too: that is no new read, and is served again).
                 self.outblob_reads += 1
                 self._second_writer(entry)
-                entry.served = entry.generation
             self._take_extends()
             entry.take_writes()
             outblob, auxblob = self._report(entry)
+            if name == "outblob":
+                entry.served = entry.generation
             data = outblob if name == "outblob" else (auxblob or b"")
             view = memoryview(data)
             while view:

@@ -359,12 +359,19 @@ def serve_command(
         typer.Option("--tcb-status", help="TCB status every evidence reports (to test policies)."),
     ] = "UpToDate",
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING.")] = "INFO",
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Settings file; its [attest] table picks the backend."),
+    ] = None,
 ) -> None:
-    """Run the simulated TEE platform daemon until SIGTERM or SIGINT.
+    """Run the TEE platform daemon (the measured launcher) until SIGTERM or SIGINT.
 
-    It generates (once) the platform key in DATA_DIR/tee/platform.key, publishes the public
-    key in DATA_DIR/tee/platform.pub (what verifiers pin), snapshots the installed code, and
-    launches registered entries from that snapshot when a launcher asks on --socket.
+    With attest.backend = "simulated" (the default) it generates (once) the platform key in
+    DATA_DIR/tee/platform.key, publishes the public key in DATA_DIR/tee/platform.pub (what
+    verifiers pin), snapshots the installed code, and launches registered entries from that
+    snapshot when a launcher asks on --socket. With a hardware backend (tsm, tpm, azure-cvm,
+    or auto) it holds no key: it extends each entry's measurement into the hardware's launch
+    register before launching it, and its processes' evidence comes from the hardware.
     """
     if tcb_status not in TCB_STATUSES:
         _fail(f"--tcb-status must be one of {', '.join(sorted(TCB_STATUSES))}", 2)
@@ -374,15 +381,33 @@ def serve_command(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    from sealserve.attest._backends import open_backend
+    from sealserve.config import load_settings
+
     try:
+        backend = open_backend(load_settings(config).attest, data_dir=data_dir)
         with (
-            SimulatedPlatform(data_dir=data_dir, tcb_status=tcb_status) as platform,
+            SimulatedPlatform(
+                data_dir=data_dir, tcb_status=tcb_status, backend=backend
+            ) as platform,
             PlatformServer(platform, socket_path=socket_path),
         ):
-            public_key = platform.public_key_bytes.hex()
-            _log.event("attest.platform_serving", socket=str(socket_path), public_key=public_key)
+            if backend is None:
+                public_key = platform.public_key_bytes.hex()
+                _log.event(
+                    "attest.platform_serving", socket=str(socket_path), public_key=public_key
+                )
+                line = f"serving on {socket_path}; platform key {public_key}"
+            else:
+                _log.event(
+                    "attest.platform_serving",
+                    socket=str(socket_path),
+                    backend=backend.name,
+                    register=backend.register,
+                )
+                line = f"serving on {socket_path}; {backend.name}, launches in {backend.register}"
             if sys.stderr.isatty():
-                typer.echo(f"serving on {socket_path}; platform key {public_key}", err=True)
+                typer.echo(line, err=True)
             while not stop.wait(1.0):
                 pass
     except (TeeError, IdentityError, ValueError) as exc:

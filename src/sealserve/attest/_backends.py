@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
 from sealserve._log import get_logger
+from sealserve.attest._certs import Rejected
 from sealserve.attest._evidence import FORMAT_TDX_DCAP, REPORT_DATA_BYTES, Evidence
+from sealserve.attest._hw_evidence import snp_evidence
 from sealserve.attest._launch_log import LaunchEvent, register_of
 from sealserve.attest._tsm import Rtmr, TsmReports, snp_derived_key
 from sealserve.config import AttestSettings
@@ -224,10 +226,9 @@ class TsmBackend:
 
 def _snp_evidence(report: bytes, cert_table: bytes | None, report_data: bytes) -> Evidence:
     try:
-        from sealserve.attest._hw_evidence import snp_evidence  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - until the SEV-SNP evidence format lands
-        raise TeeError("this sealserve cannot carry SEV-SNP evidence yet") from None
-    evidence: Evidence = snp_evidence(report, cert_table=cert_table)
+        evidence = snp_evidence(report, cert_table=cert_table)
+    except Rejected as exc:
+        raise TeeError(f"configfs-tsm returned an SNP report that does not parse: {exc}") from exc
     if evidence.report_data != report_data:
         raise TeeError("configfs-tsm returned an SNP report that is not over this report_data")
     return evidence

@@ -16,6 +16,7 @@ from typing import Final
 from sealserve.attest._certs import Rejected
 from sealserve.attest._evidence import (
     FORMAT_AZURE_SNP_VTPM,
+    FORMAT_LAUNCH,
     FORMAT_SEV_SNP,
     FORMAT_SGX_DCAP,
     FORMAT_SIMULATED,
@@ -58,6 +59,11 @@ class VerifiedClaims:
     snp: SnpAttestation | None = None
     #: The PCR values a verified TPM quote vouches for, by bank and index; None otherwise.
     pcrs: Mapping[str, Mapping[int, bytes]] | None = None
+    #: Launch evidence (``sealserve-launch/1``): the hardware evidence's format and
+    #: measurement (MRTD, SNP MEASUREMENT, PCR digest), whose reference values the policy
+    #: checks; ``measurement`` and ``entry`` then name the launched process.
+    platform_format: str | None = None
+    platform_measurement: str | None = None
 
 
 def backend_claims(
@@ -75,6 +81,8 @@ def backend_claims(
         claims = _tpm(evidence, trust, now=now)
     elif fmt == FORMAT_AZURE_SNP_VTPM:
         claims = _azure(evidence, trust, now=now)
+    elif fmt == FORMAT_LAUNCH:
+        claims = _launch(evidence, trust, now=now, max_age_s=max_age_s)
     else:  # pragma: no cover - Evidence refuses unknown formats
         raise Rejected("format")
     # The convenience fields of the Evidence must say what the raw bytes prove.
@@ -216,4 +224,59 @@ def _azure(evidence: Evidence, trust: TrustAnchors, *, now: float) -> VerifiedCl
         report_data=bundle.report_data,
         snp=azure.snp,
         pcrs=azure.pcrs,
+    )
+
+
+#: Which hardware evidence may carry a launch log in which register.
+_LAUNCH_REGISTERS: Final = {
+    FORMAT_TDX_DCAP: "rtmr3",
+    FORMAT_SEV_SNP: "host_data",
+    FORMAT_TPM_QUOTE: "pcr",
+    FORMAT_AZURE_SNP_VTPM: "pcr",
+}
+
+
+def _launch(
+    evidence: Evidence, trust: TrustAnchors, *, now: float, max_age_s: float
+) -> VerifiedClaims:
+    """A confidential VM's measured launch (:mod:`sealserve.attest._launch_log`): verify the
+    hardware evidence, replay the launch log against the register it reports, find the
+    process's launch in the log and the binding of its report_data in the hardware's."""
+    from sealserve.attest._launch_log import LaunchEvidence, LaunchLogMismatch
+
+    try:
+        launch = LaunchEvidence.from_raw(evidence.raw)
+    except LaunchLogMismatch as exc:
+        raise Rejected(f"launch:{exc}") from None
+    inner_evidence = Evidence.from_bytes(launch.platform)
+    kind = _LAUNCH_REGISTERS.get(inner_evidence.format)
+    if kind is None or not launch.register.startswith(kind):
+        raise Rejected(f"launch:register_{launch.register}_for_{inner_evidence.format}")
+    inner = backend_claims(inner_evidence, trust, now=now, max_age_s=max_age_s)
+    if launch.register == "rtmr3":
+        if len(inner.rtmrs) != 4:
+            raise Rejected("launch:no_rtmr3")
+        register = bytes.fromhex(inner.rtmrs[3])
+    elif launch.register == "host_data":
+        if inner.snp is None:
+            raise Rejected("launch:no_host_data")
+        register = inner.snp.report.host_data
+    else:
+        index = int(launch.register.rsplit(".", 1)[1])
+        quoted = (inner.pcrs or {}).get("sha256", {})
+        if index not in quoted:
+            raise Rejected("launch:register_not_quoted")
+        register = quoted[index]
+    try:
+        launch.check(register_value=register, platform_report_data=inner.report_data)
+    except LaunchLogMismatch as exc:
+        raise Rejected(f"launch:{exc}") from None
+    return dataclasses.replace(
+        inner,
+        format=FORMAT_LAUNCH,
+        measurement=launch.measurement.hex(),
+        report_data=launch.report_data,
+        entry=launch.entry,
+        platform_format=inner.format,
+        platform_measurement=inner.measurement,
     )

@@ -257,6 +257,10 @@ def evaluate_policy(claims: VerifiedClaims, policy: Policy, *, report_data: byte
 def _check_policy(claims: VerifiedClaims, policy: Policy, report_data: bytes) -> None:
     if not hmac.compare_digest(claims.report_data, report_data):
         raise Rejected("report_data")
+    if claims.platform_format is not None and not policy.measurements:
+        # Launch evidence names a launched process: only its sealserve measurement says which
+        # code it is (reference values pin the VM image, which may launch other entries).
+        raise Rejected("launch:measurements_required")
     if policy.measurements:
         if claims.measurement not in policy.measurements:
             raise Rejected("measurement")
@@ -275,17 +279,20 @@ def _check_policy(claims: VerifiedClaims, policy: Policy, report_data: bytes) ->
         unexpected = set(claims.advisories) - policy.allowed_advisories
         if unexpected:
             raise Rejected(f"advisories:{','.join(sorted(unexpected))}")
+    # Launch evidence: the reference values are the hardware evidence's (the VM image).
+    platform = claims.platform_format or claims.format
+    platform_measurement = claims.platform_measurement or claims.measurement
     if policy.reference_values:
         check_reference_values(
             policy.reference_values,
-            fmt=claims.format,
+            fmt=platform,
             snp=claims.snp,
             pcrs=claims.pcrs,
-            mrtd=claims.measurement if claims.format == FORMAT_TDX_DCAP else None,
+            mrtd=platform_measurement if platform == FORMAT_TDX_DCAP else None,
             rtmrs=claims.rtmrs,
         )
-    elif needs_reference_values(claims.format):
-        raise Rejected(f"reference:required_for_{claims.format}")
+    elif needs_reference_values(platform):
+        raise Rejected(f"reference:required_for_{platform}")
     elif claims.tcb_status is None:  # pragma: no cover - every such kind needs references
         raise Rejected("tcb_status:none")
 

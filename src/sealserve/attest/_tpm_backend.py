@@ -22,13 +22,19 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sealserve._log import get_logger
-from sealserve.attest._evidence import REPORT_DATA_BYTES, Evidence
+from sealserve.attest._certs import Rejected
+from sealserve.attest._evidence import (
+    FORMAT_AZURE_SNP_VTPM,
+    FORMAT_TPM_QUOTE,
+    REPORT_DATA_BYTES,
+    Evidence,
+)
+from sealserve.attest._hw_evidence import AzureBundle, TpmBundle, parse_hw_evidence
 from sealserve.attest._launch_log import LaunchEvent
 from sealserve.attest._tpm_device import (
     AZURE_AK_HANDLE,
@@ -136,6 +142,7 @@ class TpmBackend:
         if len(values) != 32 * len(ordered):
             raise TeeError(f"tpm2_quote returned {len(values)} bytes of PCR values")
         pcr_map = {"sha256": {i: values[32 * n : 32 * (n + 1)] for n, i in enumerate(ordered)}}
+        # Azure: the HCL report's certificates (the VCEK) come from the operator's cache.
         return _bundle_evidence(
             attest=attest,
             signature=signature,
@@ -158,10 +165,37 @@ class TpmBackend:
         return self._device.nv_read(AZURE_HCL_REPORT_NV)
 
 
-def _bundle_evidence(**fields: Any) -> Evidence:
+def _bundle_evidence(
+    *,
+    attest: bytes,
+    signature: bytes,
+    report_data: bytes,
+    pcrs: dict[str, dict[int, bytes]],
+    ak_chain: tuple[bytes, ...],
+    hcl_report: bytes | None,
+) -> Evidence:
+    """The quote (and for Azure the HCL report) as ``tpm-quote`` / ``azure-snp-vtpm``
+    evidence, parsed back as any verifier will (so a malformed answer fails here)."""
+    if hcl_report is None:
+        raw = TpmBundle(
+            attest=attest,
+            signature=signature,
+            report_data=report_data,
+            pcrs=pcrs,
+            ak_chain=ak_chain,
+        ).to_raw()
+        fmt = FORMAT_TPM_QUOTE
+    else:
+        raw = AzureBundle(
+            hcl_report=hcl_report,
+            attest=attest,
+            signature=signature,
+            report_data=report_data,
+            pcrs=pcrs,
+            certificates=ak_chain,
+        ).to_raw()
+        fmt = FORMAT_AZURE_SNP_VTPM
     try:
-        from sealserve.attest import _hw_evidence  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - until the TPM evidence formats land
-        raise TeeError("this sealserve cannot carry TPM evidence yet") from None
-    evidence: Evidence = _hw_evidence.tpm_evidence(**fields)
-    return evidence
+        return parse_hw_evidence(fmt, raw, None)
+    except Rejected as exc:
+        raise TeeError(f"the TPM answered with evidence that does not parse: {exc}") from exc

@@ -34,7 +34,7 @@ def _report_data_of(quote: bytes) -> bytes:
 def test_the_outblob_is_bound_to_the_inblob_just_written(tsm: FakeTsm) -> None:
     with TsmReports(report_dir=tsm.report_dir) as reports:
         assert reports.provider == "tdx_guest"
-        (entry,) = tsm.entries()
+        (entry,) = [p.name for p in tsm.report_dir.iterdir()]
         assert is_fifo(tsm.report_dir / entry / "outblob")
         first, aux = reports.report(RD)
         assert aux is None
