@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sealserve.bench import crypto, imports, ipc, keyservice, packer, runtime, suite
+from sealserve.bench import crypto, imports, ipc, keyservice, packer, runtime, serve, suite
 
 __all__ = ["app"]
 
@@ -22,6 +22,7 @@ crypto.register(app)
 ipc.register(app)
 keyservice.register(app)
 runtime.register(app)
+serve.register(app)
 packer.register(app)
 imports.register(app)
 suite.register(app)

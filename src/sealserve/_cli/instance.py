@@ -114,6 +114,14 @@ def serve(
         typer.Option(help="Write the JSON ready line here too (atomically) once serving."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    broker_fd: Annotated[
+        int | None,
+        typer.Option(
+            min=3,
+            help="A SOCK_SEQPACKET socket from the platform that started this host: the ready "
+            "line and each runtime's data link go there.",
+        ),
+    ] = None,
 ) -> None:
     """Serve one instance: the OpenWhisk action contract (/init, /run) and /v1/infer.
 
@@ -154,7 +162,17 @@ def serve(
     )
 
     def run() -> int:
+        import socket
+
+        from sealserve.instance import HostBroker
+
         configure_logging(level)
+        broker = None
+        if broker_fd is not None:
+            try:
+                broker = HostBroker(socket.socket(fileno=broker_fd))
+            except (OSError, ValueError) as exc:
+                fail(f"--broker-fd {broker_fd}: {exc}", 2)
         with open_launcher(folder, tee_socket) as launcher:
             pin = _pin(launcher, folder, keyservice_measurement, platform_key)
             return serve_instance(
@@ -163,6 +181,7 @@ def serve(
                 launch_config=pin,
                 ready_stream=sys.stdout,
                 ready_file=ready_file,
+                broker=broker,
             )
 
     raise typer.Exit(guarded(run))

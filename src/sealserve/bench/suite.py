@@ -25,7 +25,7 @@ from sealserve.bench._common import print_table
 __all__ = ["BENCHMARKS", "commands", "register"]
 
 #: In the order of the layers.
-BENCHMARKS: Final = ("crypto", "ipc", "keyservice", "runtime", "packer", "imports")
+BENCHMARKS: Final = ("crypto", "ipc", "keyservice", "runtime", "serve", "packer", "imports")
 
 
 def commands(out: Path, *, quick: bool, only: Sequence[str] = BENCHMARKS) -> list[list[str]]:
@@ -40,6 +40,7 @@ def commands(out: Path, *, quick: bool, only: Sequence[str] = BENCHMARKS) -> lis
         "ipc": ["ipc", "--json", str(out / "ipc.json"), "--plot", str(out / "ipc.png"), *q],
         "keyservice": ["keyservice", "--json", str(out / "keyservice.json")],
         "runtime": ["runtime", "--json", str(out / "runtime.json"), "--costs-out", str(costs), *q],
+        "serve": ["serve", "--json", str(out / "serve.json"), *q],
         "imports": ["imports", "--json", str(out / "imports.json"), *q],
         "packer": [
             "packer", "--synthetic", "1", "--json", str(out / "packer.json"),
@@ -65,6 +66,11 @@ def _summary(out: Path) -> list[tuple[str, str, Any]]:
     if runtime.exists():
         for model, figures in json.loads(runtime.read_text()).get("models", {}).items():
             rows.append(("runtime", f"{model} sealed/plain", figures.get("sealed_over_plain")))
+    serve = out / "serve.json"
+    if serve.exists():
+        from sealserve.bench.serve import summary_rows
+
+        rows += summary_rows(json.loads(serve.read_text()))
     packer = out / "packer.json"
     if packer.exists():
         for name, figures in json.loads(packer.read_text()).get("policies", {}).items():

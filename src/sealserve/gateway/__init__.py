@@ -3,7 +3,7 @@
 * :class:`Gateway` — the HTTP application (``POST /v1/models/{owner_id}/{name}:infer`` with
   sealed envelopes as binary bodies, ``GET /v1/models``, ``/v1/platform``, ``/healthz``,
   ``/metrics``) over the platform; it sees ciphertext only;
-* :class:`GatewayServer` — the gateway on uvicorn;
+* :class:`GatewayServer` — the gateway on its own HTTP server (a lean inference path);
 * ``sealserve up`` wires it to a platform and a KeyService: :mod:`sealserve.deploy`;
 * the header names and the routing decision's wire form are :mod:`sealserve.protocol`'s.
 

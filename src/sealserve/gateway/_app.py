@@ -22,7 +22,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -36,6 +36,7 @@ from sealserve._log import get_logger
 from sealserve.config import GatewaySettings
 from sealserve.errors import DeadlineExceeded, ModelNotStored
 from sealserve.gateway._errors import error_for, too_many_requests, unknown_model
+from sealserve.gateway._http import BodyReader, LeanResponse, LeanRoute, RequestHead
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.instance import ModelManifest
@@ -43,11 +44,36 @@ from sealserve.platform import PlatformResult, PlatformStats
 from sealserve.protocol import HostError, check_request_id, error_body, split_model_id
 from sealserve.protocol import headers as hd
 
-__all__ = ["Gateway", "GatewayOptions", "InferenceBackend", "ModelDirectory"]
+__all__ = [
+    "BodySource",
+    "Gateway",
+    "GatewayOptions",
+    "InferAnswer",
+    "InferenceBackend",
+    "ModelDirectory",
+]
 
 _log = get_logger(__name__)
 _PRINCIPAL = re.compile(r"[0-9a-f]{64}")
 _OCTETS: Final = "application/octet-stream"
+#: The inference route, as the lean server matches it (Starlette's route says the same).
+_INFER_PATH: Final = re.compile(r"/v1/models/(?P<owner_id>[^/]+)/(?P<name>[^/]+):infer")
+
+
+class BodySource(Protocol):
+    """Reads a request's whole body once its head is accepted: exactly the Content-Length,
+    which is ``limit``; ``ValueError`` if the body cannot be that."""
+
+    def __call__(self, *, limit: int) -> Awaitable[bytes | bytearray]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InferAnswer:
+    """An inference answer (a success or an error), whichever server sends it."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes | bytearray | memoryview
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,7 +123,7 @@ class InferenceBackend(Protocol):
         model_id: str,
         user_id: str,
         request_id: str,
-        sealed_input: bytes,
+        sealed_input: bytes | bytearray,
         deadline_s: float,
     ) -> PlatformResult: ...
 
@@ -138,6 +164,8 @@ class Gateway:
         self.metrics = GatewayMetrics(self.registry)
         self._clock = clock
         self._inside = 0
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
         self.app = Starlette(
             routes=[
                 Route(
@@ -151,8 +179,18 @@ class Gateway:
                 Route("/metrics", self._metrics, methods=["GET"]),
                 Route("/openapi.json", self._openapi, methods=["GET"]),
             ],
-            lifespan=_lifespan(on_startup, on_shutdown),
+            lifespan=_lifespan(self),
         )
+
+    async def startup(self) -> None:
+        """Run the startup hook (the server calls it before it accepts connections)."""
+        if self._on_startup is not None:
+            await self._on_startup()
+
+    async def shutdown(self) -> None:
+        """Run the shutdown hook (the server calls it once it stopped serving)."""
+        if self._on_shutdown is not None:
+            await self._on_shutdown()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -178,36 +216,87 @@ class Gateway:
 
     # -- inference -----------------------------------------------------------------------------
 
+    def lean_routes(self) -> list[LeanRoute]:
+        """The routes :class:`~sealserve.gateway.GatewayServer` serves without ASGI: inference
+        (the same answers as the Starlette route, with the body read straight into one
+        buffer)."""
+        return [LeanRoute("POST", _INFER_PATH, self._lean_infer)]
+
+    async def _lean_infer(
+        self, head: RequestHead, params: Mapping[str, str], body: BodyReader
+    ) -> LeanResponse:
+        answer = await self.handle_infer(
+            params["owner_id"], params["name"], head.headers, body.read, path=head.path
+        )
+        return LeanResponse(answer.status, answer.headers, answer.body)
+
     async def _infer(self, request: Request) -> Response:
+        async def read(*, limit: int) -> bytes:
+            return await _read_body(request, limit)
+
+        answer = await self.handle_infer(
+            request.path_params["owner_id"],
+            request.path_params["name"],
+            request.headers,
+            read,
+            path=request.url.path,
+        )
+        return Response(answer.body, status_code=answer.status, headers=answer.headers)
+
+    async def handle_infer(
+        self,
+        owner_id: str,
+        name: str,
+        headers: Mapping[str, str],
+        read_body: BodySource,
+        *,
+        path: str = "",
+    ) -> InferAnswer:
+        """One inference request, whichever server parsed it: checks the head, reads the body
+        (``read_body(limit=...)``, only once the head is accepted), routes it, and answers
+        (an error is an answer too, never an exception)."""
         started = time.perf_counter()
         if self._inside >= self.options.max_queued:
             self.metrics.requests.labels(code="too_many_requests").inc()
-            raise too_many_requests(self.options.max_queued)
+            return self._error_answer(too_many_requests(self.options.max_queued), path)
         self._inside += 1
         self.metrics.in_flight.set(self._inside)
         code = "internal"
         try:
-            response = await self._serve(request, started)
+            answer = await self._serve(owner_id, name, headers, read_body, started)
             code = "ok"
-            return response
+            return answer
         except Exception as exc:
             code = error_for(exc).code
-            raise
+            return self._error_answer(exc, path)
         finally:
             self._inside -= 1
             self.metrics.in_flight.set(self._inside)
             self.metrics.requests.labels(code=code).inc()
             self.metrics.seconds.labels(code=code).observe(time.perf_counter() - started)
 
-    async def _serve(self, request: Request, started: float) -> Response:
-        owner_id = request.path_params["owner_id"]
-        name = request.path_params["name"]
+    def _error_answer(self, exc: Exception, path: str) -> InferAnswer:
+        error = error_for(exc)
+        if not isinstance(exc, HostError) or error.status >= 500:
+            level = logging.ERROR if error.status == 500 else logging.INFO
+            _log.event("gateway.error", level=level, path=path, code=error.code,
+                       error=type(exc).__name__)  # fmt: skip
+        headers = {"content-type": "application/json", **error.headers()}
+        return InferAnswer(error.status, headers, error_body(error))
+
+    async def _serve(
+        self,
+        owner_id: str,
+        name: str,
+        headers: Mapping[str, str],
+        read_body: BodySource,
+        started: float,
+    ) -> InferAnswer:
         model_id = f"{owner_id}/{name}"
         try:
             split_model_id(model_id)
         except ValueError as exc:
             raise HostError(400, "bad_request", str(exc)) from None
-        headers = request.headers
         user_id = headers.get(hd.USER_HEADER)
         if user_id is None or not _PRINCIPAL.fullmatch(user_id):
             raise HostError(
@@ -228,7 +317,12 @@ class Gateway:
             self.models.get(model_id)
         except ModelNotStored:
             raise unknown_model(model_id) from None
-        sealed = await _read_body(request, length)
+        try:
+            sealed = await read_body(limit=length)
+        except ValueError as exc:
+            raise HostError(400, "bad_request", str(exc)) from None
+        if len(sealed) != length:
+            raise HostError(400, "bad_request", "the body is shorter than its Content-Length")
         body_ms = (time.perf_counter() - started) * 1000
         self.metrics.body_bytes.observe(length)
         result = await self.platform.infer(
@@ -238,6 +332,7 @@ class Gateway:
             sealed_input=sealed,
             deadline_s=deadline_s,
         )
+        del sealed
         stages = dict(result.timings)
         stages["gateway_body"] = body_ms
         stages["gateway"] = (time.perf_counter() - started) * 1000
@@ -262,7 +357,7 @@ class Gateway:
             out[hd.DECISION_HEADER] = info.to_header()
             out[hd.REASON_HEADER] = hd.ascii_header(decision.reason)
         out[hd.POLICY_HEADER] = self.platform.policy
-        return Response(result.sealed_output, status_code=200, headers=out)
+        return InferAnswer(200, out, result.sealed_output)
 
     def _deadline(self, deadline_ms: str | None, timeout_ms: str | None) -> float:
         """The request's deadline (Unix seconds), within ``max_timeout_s`` from now."""
@@ -330,18 +425,15 @@ class Gateway:
 
 
 def _lifespan(
-    on_startup: Callable[[], Awaitable[None]] | None,
-    on_shutdown: Callable[[], Awaitable[None]] | None,
+    gateway: Gateway,
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if on_startup is not None:
-            await on_startup()
+        await gateway.startup()
         try:
             yield
         finally:
-            if on_shutdown is not None:
-                await on_shutdown()
+            await gateway.shutdown()
 
     return lifespan
 
@@ -366,7 +458,8 @@ def _number(name: str, value: str) -> float:
 
 
 async def _read_body(request: Request, length: int) -> bytes:
-    """The body, exactly ``length`` bytes (the Content-Length), read into private memory."""
+    """The body, exactly ``length`` bytes (the Content-Length), read into private memory
+    (the Starlette route's body path; :class:`~._http.BodyReader` is the lean server's)."""
     body = bytearray(length)
     pos = 0
     async for chunk in request.stream():

@@ -1,30 +1,51 @@
-"""The gateway on uvicorn: bound first (so port 0 works), served in this thread or another.
+"""The gateway's server: bound first (so port 0 works), served in this thread or another.
 
-``serve()`` blocks in the calling thread and stops cleanly on SIGINT or SIGTERM (in the main
-thread): uvicorn stops accepting, lets in-flight requests finish, then the app's shutdown hook
-closes the platform (which stops its instances).  ``start()`` serves from a background thread
-(tests, embedding) and ``stop()`` ends it the same way.
+It runs :class:`~._http.HttpServer` on uvloop (when installed): inference on the lean path
+(the body read straight into one buffer, no framework), everything else through the Starlette
+application.  ``serve()`` blocks in the calling thread and stops cleanly on SIGINT or SIGTERM
+(in the main thread): it stops accepting, lets requests in progress finish (up to
+``graceful_s``), then runs the gateway's shutdown hook (which closes the platform and stops its
+instances).  ``start()`` serves from a background thread (tests, embedding) and ``stop()``
+ends it the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import signal
 import threading
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from sealserve._log import get_logger
-from sealserve._serving import ReadyServer, bind_listener, server_config, url_host
+from sealserve._serving import bind_listener, url_host
 from sealserve.errors import GatewayError
 from sealserve.gateway._app import Gateway
+from sealserve.gateway._http import HttpServer
 
 __all__ = ["GatewayServer"]
 
 _log = get_logger(__name__)
 _START_TIMEOUT_S: Final = 60.0
+_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 class GatewayServer:
-    """One gateway listening on ``host:port`` (see the module docstring)."""
+    """One gateway listening on ``host:port`` (see the module docstring).
+
+    ``log_level`` is the level of the HTTP server's own log lines (a failed handler).
+    """
 
     def __init__(
         self,
@@ -37,6 +58,10 @@ class GatewayServer:
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
+        if log_level.upper() not in _LEVELS:
+            raise ValueError(f"log_level has value {log_level!r}; use one of {_LEVELS}")
+        if not graceful_s >= 0:
+            raise ValueError(f"graceful_s must be >= 0, got {graceful_s!r}")
         self.gateway = gateway
         try:
             self._sock = bind_listener(host, port, inheritable=False)
@@ -46,28 +71,52 @@ class GatewayServer:
         self.host = str(bound_host)
         self.port = int(bound_port)
         self.url = f"http://{url_host(self.host)}:{self.port}"
-        self._server = ReadyServer(
-            server_config(
-                gateway.app,
-                log_level=log_level,
-                lifespan="on",
-                graceful_s=int(graceful_s),
-                limit_concurrency=gateway.options.max_queued + 64,
-            )
-        )
+        self._graceful_s = graceful_s
+        logging.getLogger("sealserve.gateway._http").setLevel(log_level.upper())
+        self._http = HttpServer(app=gateway.app, routes=gateway.lean_routes())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stop_asked = False
+        self.started = False
         self._thread: threading.Thread | None = None
         self._failure: list[BaseException] = []
 
     def serve(self, *, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until SIGINT/SIGTERM (or :meth:`stop`); ``on_ready`` runs once it listens."""
-        self._server.on_ready = on_ready
         try:
-            self._server.run(sockets=[self._sock])
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(self._main(on_ready))
         finally:
             self._sock.close()
-        if not self._server.started:
+        if not self.started:
             raise GatewayError(f"the gateway did not start on {self.url}; see the log")
         _log.event("gateway.stopped", url=self.url)
+
+    async def _main(self, on_ready: Callable[[], None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        if self._stop_asked:
+            return
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self._stop.set)
+        try:
+            await self.gateway.startup()
+            try:
+                await self._http.start(self._sock)
+                self.started = True
+                if on_ready is not None:
+                    on_ready()
+                await self._stop.wait()
+                await self._http.stop(graceful_s=self._graceful_s)
+            finally:
+                await self.gateway.shutdown()
+        finally:
+            if in_main:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
 
     def start(self) -> GatewayServer:
         """Serve from a background thread; return once it listens."""
@@ -86,7 +135,7 @@ class GatewayServer:
         self._thread = threading.Thread(target=run, name="gateway", daemon=True)
         self._thread.start()
         ready.wait(_START_TIMEOUT_S)
-        if self._failure or not self._server.started:
+        if self._failure or not self.started:
             self.stop()
             raise GatewayError(f"the gateway did not start on {self.url}") from (
                 self._failure[0] if self._failure else None
@@ -95,14 +144,18 @@ class GatewayServer:
 
     def stop(self, *, timeout: float = 90.0) -> None:
         """Stop serving (gracefully) and wait for the server thread."""
-        self._server.should_exit = True
+        self._stop_asked = True
+        loop, event = self._loop, self._stop
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(event.set)
         if self._thread is not None:
             self._thread.join(timeout)
-        else:
+        elif self._loop is None:
             self._sock.close()
 
     def __enter__(self) -> GatewayServer:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.stop()

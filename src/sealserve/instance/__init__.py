@@ -13,6 +13,7 @@ key or a plaintext, and imports none of the code that unseals.  See docs/runtime
 
 from sealserve.instance._app import ACTIVATION_MARKER, HostOptions, InstanceHost
 from sealserve.instance._blobs import SealedModelReader, SealedModelWriter, WriterState
+from sealserve.instance._broker import BrokerMessage, HostBroker, receive_broker_message
 from sealserve.instance._client import ClientState, InferResult, InstanceClient
 from sealserve.instance._metrics import InstanceMetrics
 from sealserve.instance._server import (
@@ -32,7 +33,9 @@ from sealserve.instance._supervisor import (
 
 __all__ = [
     "ACTIVATION_MARKER",
+    "BrokerMessage",
     "ClientState",
+    "HostBroker",
     "HostOptions",
     "InferResult",
     "InstanceClient",
@@ -52,5 +55,6 @@ __all__ = [
     "SupervisorState",
     "WriterState",
     "process_age_s",
+    "receive_broker_message",
     "serve_instance",
 ]

@@ -117,7 +117,7 @@ class InstanceClient:
         self,
         method: str,
         path: str,
-        body: bytes | None = None,
+        body: bytes | bytearray | None = None,
         headers: Mapping[str, str] | None = None,
         *,
         timeout_s: float | None = None,
@@ -159,7 +159,7 @@ class InstanceClient:
         model_id: str,
         user_id: str,
         request_id: str,
-        sealed_input: bytes,
+        sealed_input: bytes | bytearray,
         timeout_s: float | None = None,
         deadline_ms: int | None = None,
     ) -> InferResult:

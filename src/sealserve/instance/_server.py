@@ -11,7 +11,9 @@ the background while uvicorn starts, and once both are up writes one JSON line t
 It stops cleanly on SIGINT or SIGTERM (in-flight requests finish, the runtime is closed).
 A platform that starts instances can pass ``SEALSERVE_SPAWNED_AT`` (Unix seconds, when it
 spawned the process) for a precise ``sandbox_start``; otherwise the process start time is
-read from ``/proc``.
+read from ``/proc``.  With a ``broker`` socket (:mod:`._broker`) the ready line also goes
+there, and so does each runtime generation's data link: the platform then sends requests
+straight to the runtime over shared memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -35,8 +38,13 @@ from sealserve._serving import ReadyServer, bind_listener, server_config, url_ho
 from sealserve.attest import Launcher
 from sealserve.errors import InstanceError, SealserveError
 from sealserve.instance._app import HostOptions, InstanceHost
+from sealserve.instance._broker import HostBroker
 from sealserve.instance._store import ModelStore
-from sealserve.instance._supervisor import RuntimeSupervisor, SupervisorOptions
+from sealserve.instance._supervisor import (
+    RuntimeGeneration,
+    RuntimeSupervisor,
+    SupervisorOptions,
+)
 
 __all__ = ["SPAWNED_AT_ENV", "InstanceConfig", "process_age_s", "serve_instance"]
 
@@ -91,6 +99,7 @@ def serve_instance(
     ready_stream: TextIO | None = None,
     ready_file: Path | None = None,
     registry: CollectorRegistry | None = None,
+    broker: HostBroker | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM; the exit status (0, or 1 if the runtime never started)."""
     sandbox_start_s = process_age_s()
@@ -100,6 +109,20 @@ def serve_instance(
     registry = registry or CollectorRegistry()
     store = ModelStore(config.store_dir)
     holder: list[InstanceHost] = []
+
+    def data_link(generation: RuntimeGeneration, sock: socket.socket) -> None:
+        assert broker is not None
+        with sock:
+            broker.send(
+                {
+                    "event": "runtime.link",
+                    "generation": generation.number,
+                    "runtime_pid": generation.process.pid,
+                    "runtime_start_ms": round(generation.start_s * 1000, 3),
+                },
+                fd=sock.fileno(),
+            )
+
     supervisor = RuntimeSupervisor(
         launcher=launcher,
         launch_config=launch_config,
@@ -109,6 +132,7 @@ def serve_instance(
         registry=registry,
         stderr=sys.stderr.fileno(),
         on_start=lambda generation: holder[0].runtime_started(generation),
+        on_data_link=None if broker is None else data_link,
     )
     host = InstanceHost(
         supervisor, options=config.http, registry=registry, sandbox_start_s=sandbox_start_s
@@ -171,6 +195,8 @@ def serve_instance(
         if ready_stream is not None:
             ready_stream.write(text + "\n")
             ready_stream.flush()
+        if broker is not None:
+            broker.send(line)
 
     server.on_ready = announce
     try:
@@ -178,6 +204,8 @@ def serve_instance(
     finally:
         sock.close()
         supervisor.close()
+        if broker is not None:
+            broker.close()
         if ready_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 ready_file.unlink()

@@ -236,6 +236,16 @@ class ModelStore:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def manifest_stamp(self, model_id: str) -> tuple[int, int, int] | None:
+        """What identifies the current manifest of ``model_id`` (inode, size, mtime), or
+        ``None`` if there is none: a manifest is replaced, never changed in place, so an
+        unchanged stamp means an unchanged manifest (a cache need not read it again)."""
+        try:
+            st = os.stat(self._manifest_path(model_id))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
     def _read_manifest(self, model_id: str) -> ModelManifest | None:
         path = self._manifest_path(model_id)
         try:

@@ -4,7 +4,7 @@ The host never runs the runtime itself: it asks a :class:`~sealserve.attest.Laun
 embedded simulated platform or the platform daemon) to launch the ``runtime`` entry with the
 measured launch config (the KeyService pin) and one end of a socket pair, on which it then
 offers the ipc connection (two shared-memory channels).  One generation of runtime is one
-process, one connection and one :class:`~sealserve.runtime.Endpoint`.
+process, one connection and one :class:`~sealserve.ecall.Endpoint`.
 
 When the runtime dies (crash, kill, OOM), the endpoint fails every call in flight with
 :class:`~sealserve.errors.RuntimeUnavailable` (retryable) and the supervisor launches the next
@@ -15,6 +15,11 @@ doubles between attempts.
 
 It also answers the runtime's ocalls: fetching a sealed model from the store straight into a
 loan of the channel, and relaying KeyService exchanges over HTTP.
+
+With ``on_data_link``, each generation is also given a second socket, the *data link*, whose
+other end goes to ``on_data_link(generation, sock)`` once the generation answers: a platform
+that holds it offers its own ipc connection to the runtime on it and sends requests straight
+there (the runtime serves ecalls on both; ocalls still come here).
 """
 
 from __future__ import annotations
@@ -180,6 +185,7 @@ class RuntimeSupervisor:
         stderr: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
         on_start: Callable[[RuntimeGeneration], None] | None = None,
+        on_data_link: Callable[[RuntimeGeneration, socket.socket], None] | None = None,
         http_transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not keyservice_url.startswith(("http://", "https://")):
@@ -193,6 +199,7 @@ class RuntimeSupervisor:
         self._stderr = stderr
         self._clock = clock
         self._on_start = on_start
+        self._on_data_link = on_data_link
         self._http = httpx.Client(
             base_url=self._keyservice_url,
             timeout=self.options.keyservice_timeout_s,
@@ -315,20 +322,27 @@ class RuntimeSupervisor:
             self._number += 1
             number = self._number
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        link: tuple[socket.socket, socket.socket] | None = None
+        if self._on_data_link is not None:
+            link = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started = time.perf_counter()
         try:
             process = self._launcher.launch(
                 "runtime",
                 args=opts.runtime_args(),
                 config=self._config,
-                fds=[theirs.fileno()],
+                fds=[theirs.fileno()] + ([] if link is None else [link[1].fileno()]),
                 stderr=self._stderr,
             )
         except BaseException:
             ours.close()
+            if link is not None:
+                link[0].close()
             raise
         finally:
             theirs.close()
+            if link is not None:
+                link[1].close()
         try:
             connection = Connection.create(
                 ours,
@@ -343,6 +357,8 @@ class RuntimeSupervisor:
             )
         except BaseException as exc:
             ours.close()
+            if link is not None:
+                link[0].close()
             process.close()
             raise RuntimeUnavailable(f"the runtime did not connect: {exc}") from exc
         holder: list[Endpoint] = []
@@ -359,6 +375,8 @@ class RuntimeSupervisor:
             endpoint.call(wire.Op.STATS, {}, timeout=opts.start_timeout_s).release()
         except BaseException as exc:
             endpoint.close()
+            if link is not None:
+                link[0].close()
             process.close()
             raise RuntimeUnavailable(f"the runtime did not answer: {exc}") from exc
         generation = RuntimeGeneration(number, process, endpoint, time.perf_counter() - started)
@@ -367,6 +385,8 @@ class RuntimeSupervisor:
         )
         with self._cond:
             if self._closing:
+                if link is not None:
+                    link[0].close()
                 self._stop(generation)
                 raise RuntimeUnavailable("the instance is closing")
             self._generation = generation
@@ -382,6 +402,8 @@ class RuntimeSupervisor:
         )
         if self._on_start is not None:
             self._on_start(generation)
+        if link is not None and self._on_data_link is not None:
+            self._on_data_link(generation, link[0])  # it owns the socket now
         return generation
 
     def _watch(self, generation: RuntimeGeneration) -> None:

@@ -62,6 +62,8 @@ class InstanceInfo:
     timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: What the instance used when it was last measured (MB), when the backend measures it.
     resident_mb: float | None = None
+    #: The runtime generation the platform sends requests to directly (its data link), if any.
+    data_link: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class InstanceInfo:
             "measurement": self.measurement,
             "timings": dict(self.timings),
             "resident_mb": None if self.resident_mb is None else round(self.resident_mb, 1),
+            "data_link": self.data_link,
         }
 
 
@@ -112,7 +115,7 @@ class InstanceBackend(Protocol):
         model_id: str,
         user_id: str,
         request_id: str,
-        sealed_input: bytes,
+        sealed_input: bytes | bytearray,
         deadline_ms: int,
     ) -> InferOutcome:
         """Serve one sealed request on the instance."""

@@ -34,20 +34,30 @@ class ModelCatalog:
         self.memory_factor = memory_factor
         self._lock = threading.Lock()
         self._cache: dict[str, ModelManifest] = {}
+        self._stamps: dict[str, tuple[int, int, int]] = {}
 
     def get(self, model_id: str) -> ModelManifest:
-        """The manifest of ``model_id``, read now (the gateway does once per request);
-        :class:`~sealserve.errors.ModelNotStored` if none, ``ValueError`` for a string that
-        is not a model id."""
+        """The current manifest of ``model_id`` (the gateway asks once per request: the file
+        is read again only when it was replaced); :class:`~sealserve.errors.ModelNotStored` if
+        none, ``ValueError`` for a string that is not a model id."""
         split_model_id(model_id)
+        stamp = self.store.manifest_stamp(model_id)
+        if stamp is not None:
+            with self._lock:
+                cached = self._cache.get(model_id)
+                if cached is not None and self._stamps.get(model_id) == stamp:
+                    return cached
         try:
             manifest = self.store.get(model_id)
         except ModelNotStored:
             with self._lock:
                 self._cache.pop(model_id, None)
+                self._stamps.pop(model_id, None)
             raise ModelNotStored(f"no model {model_id} in the model store") from None
         with self._lock:
             self._cache[model_id] = manifest
+            if stamp is not None:
+                self._stamps[model_id] = stamp
         return manifest
 
     def __contains__(self, model_id: object) -> bool:

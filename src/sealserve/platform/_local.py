@@ -2,9 +2,13 @@
 
 An instance is ``sealserve instance serve`` started as a subprocess (the untrusted host),
 which launches its sealed runtime through the simulated TEE's platform daemon (``--tee-socket``)
-and serves the binary ``/v1/infer`` endpoint on a free port of 127.0.0.1.  The backend waits for
-the host's ready file, talks to it with :class:`~sealserve.instance.InstanceClient` on a pool
-of threads (the client is blocking, and keeps one connection per thread), checks
+and serves the binary ``/v1/infer`` endpoint on a free port of 127.0.0.1.  The backend hands
+the host a broker socket (:mod:`sealserve.instance._broker`), on which the host says it is
+ready and sends each runtime generation's data link: requests, loads and evictions then go
+straight to the runtime over shared memory (:class:`~._link.RuntimeLink`), on the event loop,
+with no HTTP and no thread.  Without a live link (a runtime restarting, ``data_link=False``)
+the backend talks to the host with :class:`~sealserve.instance.InstanceClient` on a pool of
+threads (the client is blocking, and keeps one connection per thread).  It checks
 ``/healthz``, and stops the host with SIGTERM (the host closes its runtime; the daemon ends a
 runtime whose host went away), then SIGKILL if it does not stop in time.
 
@@ -22,9 +26,11 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,8 +42,14 @@ from typing import Any, Final, TypeVar
 from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
 from sealserve.errors import PlatformError, SealserveError
-from sealserve.instance import SPAWNED_AT_ENV, InstanceClient
+from sealserve.instance import (
+    SPAWNED_AT_ENV,
+    BrokerMessage,
+    InstanceClient,
+    receive_broker_message,
+)
 from sealserve.platform._backend import InferOutcome, InstanceHealth, InstanceInfo
+from sealserve.platform._link import RuntimeLink
 from sealserve.platform._memory import pair_resident_mb, process_memory
 
 __all__ = ["LocalBackend", "LocalOptions"]
@@ -72,6 +84,8 @@ class LocalOptions:
     python: str = dataclasses.field(default_factory=lambda: sys.executable)
     stop_timeout_s: float = 20.0
     io_threads: int = 64
+    #: Send requests straight to each runtime over its data link (else HTTP to the host).
+    data_link: bool = True
 
     def __post_init__(self) -> None:
         if not self.keyservice_url.startswith(("http://", "https://")):
@@ -105,6 +119,12 @@ class _LocalInstance:
     runtime_pid: int | None = None
     #: What the host and the runtime used at the last health check (MB).
     resident_mb: float | None = None
+    #: Our end of the broker socket, and what the host announced on it.
+    broker: socket.socket | None = None
+    ready: asyncio.Future[dict[str, Any]] | None = None
+    #: The live data link to the current runtime generation, if any.
+    link: RuntimeLink | None = None
+    sandbox_start_ms: float | None = None
 
 
 class LocalBackend:
@@ -118,6 +138,7 @@ class LocalBackend:
             options.io_threads, thread_name_prefix="platform-io"
         )
         self._instances: dict[int, _LocalInstance] = {}
+        self._link_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- helpers -------------------------------------------------------------------------------
@@ -178,6 +199,8 @@ class LocalBackend:
         command = self.instance_command(
             budget_mb=budget_mb, concurrency=concurrency, ready_file=ready_file
         )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command += ["--broker-fd", str(theirs.fileno())]
 
         def spawn() -> subprocess.Popen[bytes]:
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -191,15 +214,23 @@ class LocalBackend:
                     stdout=log,
                     stderr=log,
                     env=env,
-                    pass_fds=(lifeline,),
+                    pass_fds=(lifeline, theirs.fileno()),
                     start_new_session=True,
                 )
 
         try:
             popen = await self._call(spawn)
         except OSError as exc:
+            ours.close()
             raise PlatformError(f"could not start instance {instance_id}: {exc}") from exc
+        finally:
+            theirs.close()
+        loop = asyncio.get_running_loop()
         inst = _LocalInstance(popen, log_path, ready_file, memory_mb, budget_mb)
+        inst.broker = ours
+        inst.ready = loop.create_future()
+        ours.setblocking(False)
+        loop.add_reader(ours.fileno(), self._on_broker, instance_id, inst)
         self._instances[instance_id] = inst
         _log.event(
             "platform.instance_spawned",
@@ -208,19 +239,24 @@ class LocalBackend:
             memory_mb=memory_mb,
             budget_mb=budget_mb,
         )
-        while not ready_file.exists():
+        assert inst.ready is not None
+        while True:  # the host says it is ready on the broker socket
+            done, _ = await asyncio.wait({inst.ready}, timeout=_POLL_S)
+            if done:
+                break
             code = popen.poll()
             if code is not None:
                 raise PlatformError(
                     f"instance {instance_id} exited with status {code} before it was ready "
                     f"(log: {log_path}): {_tail(log_path)}"
                 )
-            await asyncio.sleep(_POLL_S)
         try:
-            ready = json.loads(ready_file.read_text(encoding="utf-8"))
+            ready = inst.ready.result()
             url = str(ready["url"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise PlatformError(f"instance {instance_id} wrote an unreadable ready file") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PlatformError(
+                f"instance {instance_id} announced an unreadable ready line"
+            ) from exc
         timings = {
             name: float(ready[key])
             for name, key in (
@@ -238,6 +274,9 @@ class LocalBackend:
             timings=timings,
         )
         inst.client = InstanceClient(url).open()
+        inst.sandbox_start_ms = timings.get("sandbox_start")
+        if inst.link is not None and inst.link.generation == 1 and inst.sandbox_start_ms:
+            inst.link.add_cold_stage("sandbox_start", inst.sandbox_start_ms)
         inst.info = info
         inst.runtime_pid = info.runtime_pid
         _log.event(
@@ -245,15 +284,116 @@ class LocalBackend:
         )
         return info
 
+    # -- the broker socket and the data link --------------------------------------------------
+
+    def _on_broker(self, instance_id: int, inst: _LocalInstance) -> None:
+        """The host sent something (on the event loop; the socket is non-blocking)."""
+        sock = inst.broker
+        if sock is None:
+            return
+        while True:
+            try:
+                message = receive_broker_message(sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except (OSError, ValueError) as exc:
+                _log.event("platform.broker_refused", level=logging.WARNING,
+                           instance=instance_id, error=str(exc))  # fmt: skip
+                continue
+            if message is None:  # the host closed it (it is stopping)
+                self._drop_broker(inst)
+                return
+            self._on_broker_message(instance_id, inst, message)
+
+    def _on_broker_message(
+        self, instance_id: int, inst: _LocalInstance, message: BrokerMessage
+    ) -> None:
+        try:
+            if message.event == "instance.ready":
+                if inst.ready is not None and not inst.ready.done():
+                    inst.ready.set_result(message.doc)
+            elif message.event == "runtime.link" and self.options.data_link:
+                sock = message.take_socket()
+                generation = message.doc.get("generation")
+                if sock is None or not isinstance(generation, int) or isinstance(generation, bool):
+                    if sock is not None:
+                        sock.close()
+                    return
+                task = asyncio.get_running_loop().create_task(
+                    self._open_link(instance_id, inst, sock, generation, message.doc)
+                )
+                self._link_tasks.add(task)
+                task.add_done_callback(self._link_tasks.discard)
+        finally:
+            message.close()
+
+    async def _open_link(
+        self,
+        instance_id: int,
+        inst: _LocalInstance,
+        sock: socket.socket,
+        generation: int,
+        doc: Mapping[str, Any],
+    ) -> None:
+        cold: dict[str, float] = {}
+        runtime_ms = doc.get("runtime_start_ms")
+        if isinstance(runtime_ms, int | float) and not isinstance(runtime_ms, bool):
+            cold["runtime_start"] = float(runtime_ms)
+        if generation == 1 and inst.sandbox_start_ms is not None:
+            cold["sandbox_start"] = inst.sandbox_start_ms
+        try:
+            link = await self._call(
+                lambda: RuntimeLink.open(
+                    sock,
+                    generation=generation,
+                    runtime_pid=_int_or_none(doc.get("runtime_pid")),
+                    max_body_bytes=self.options.max_body_mb << 20,
+                    name=f"link-{instance_id}-{generation}",
+                    cold_start=cold,
+                )
+            )
+        except (SealserveError, OSError) as exc:
+            _log.event("platform.link_failed", level=logging.WARNING, instance=instance_id,
+                       generation=generation, error=type(exc).__name__)  # fmt: skip
+            return
+        if self._instances.get(instance_id) is not inst or inst.broker is None:
+            link.close()
+            return
+        old, inst.link = inst.link, link
+        if old is not None:
+            old.close()
+        _log.event("platform.link_open", instance=instance_id, generation=generation)
+
+    def _drop_broker(self, inst: _LocalInstance) -> None:
+        sock, inst.broker = inst.broker, None
+        if sock is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def _link(self, instance_id: int) -> RuntimeLink | None:
+        inst = self._instances.get(instance_id)
+        if inst is None or inst.info is None or inst.link is None:
+            return None
+        return inst.link if inst.link.usable else None
+
+    # -- calls -----------------------------------------------------------------------------------
+
     async def load(
         self, instance_id: int, *, model_id: str, user_id: str, timeout_s: float
     ) -> Mapping[str, float]:
+        link = self._link(instance_id)
+        if link is not None:
+            return await link.load(model_id=model_id, user_id=user_id, timeout_s=timeout_s)
         client = self._client(instance_id)
         return await self._call(
             lambda: client.load(model_id=model_id, user_id=user_id, timeout_s=timeout_s)
         )
 
     async def evict(self, instance_id: int, *, model_id: str) -> bool:
+        link = self._link(instance_id)
+        if link is not None:
+            return await link.evict(model_id=model_id)
         client = self._client(instance_id)
         return await self._call(lambda: client.evict(model_id))
 
@@ -264,9 +404,18 @@ class LocalBackend:
         model_id: str,
         user_id: str,
         request_id: str,
-        sealed_input: bytes,
+        sealed_input: bytes | bytearray,
         deadline_ms: int,
     ) -> InferOutcome:
+        link = self._link(instance_id)
+        if link is not None:
+            return await link.infer(
+                model_id=model_id,
+                user_id=user_id,
+                request_id=request_id,
+                sealed_input=sealed_input,
+                deadline_ms=deadline_ms,
+            )
         client = self._client(instance_id)
         result = await self._call(
             lambda: client.infer(
@@ -308,6 +457,10 @@ class LocalBackend:
         inst = self._instances.pop(instance_id, None)
         if inst is None:
             return
+        link, inst.link = inst.link, None
+        if link is not None:
+            link.close()
+        self._drop_broker(inst)
         await self._call(lambda: self._stop_sync(instance_id, inst))
 
     def _stop_sync(self, instance_id: int, inst: _LocalInstance) -> None:
@@ -330,8 +483,12 @@ class LocalBackend:
         inst = self._instances.get(instance_id)
         if inst is None or inst.info is None:
             return None
+        link = inst.link if inst.link is not None and inst.link.usable else None
         return dataclasses.replace(
-            inst.info, runtime_pid=inst.runtime_pid, resident_mb=inst.resident_mb
+            inst.info,
+            runtime_pid=inst.runtime_pid,
+            resident_mb=inst.resident_mb,
+            data_link=None if link is None else link.generation,
         )
 
     def log_path(self, instance_id: int) -> Path | None:

@@ -103,7 +103,7 @@ class _Call:
     model_id: str
     user_id: str
     request_id: str
-    sealed_input: bytes
+    sealed_input: bytes | bytearray
     deadline_ms: int
     arrived: float
     future: asyncio.Future[PlatformResult]
@@ -217,7 +217,7 @@ class Platform:
         model_id: str,
         user_id: str,
         request_id: str,
-        sealed_input: bytes,
+        sealed_input: bytes | bytearray,
         deadline_s: float,
     ) -> PlatformResult:
         """Serve one sealed request by ``deadline_s`` (Unix seconds); raises sealserve's

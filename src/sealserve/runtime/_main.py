@@ -10,6 +10,13 @@ until the host closes it (or SIGTERM).
 * arguments (unmeasured, the host decides): memory budget, threads, workers, baseline mode;
 * stderr: JSON log lines (ids, sizes, timings; never a key or a plaintext); stdout: unused.
 
+A second passed descriptor, when there is one, is the **data link**: a socket on which a
+platform that sends requests straight to the runtime (the local platform's gateway) offers
+an ipc connection of its own, once it has received the other end from the host.  It carries
+ecalls only (the ocalls go to the host), and the runtime treats it as it treats the host:
+untrusted.  The runtime waits for that offer in the background and serves the host
+meanwhile; a link that never comes costs nothing.
+
 Exit status: 0 after an orderly close, 78 for a bad launch (config, arguments, no socket),
 70 when the connection failed.
 """
@@ -24,6 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from sealserve._log import configure_logging, get_logger
 from sealserve.errors import SealserveError
@@ -33,6 +41,8 @@ __all__ = ["main", "parse_args"]
 _EX_SOFTWARE = 70
 _SWITCH_INTERVAL_S = 0.0005
 _EX_CONFIG = 78
+#: How long the runtime waits for its data link to be offered (it may never be).
+_DATA_LINK_WAIT_S = 86400.0
 _log = get_logger(__name__)
 
 
@@ -109,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.handle(message)
 
     endpoint = Endpoint(connection, name="runtime", handler=handle, broken_error=_gone)
+    data_links: list[Endpoint] = []
     relay = HostRelay(endpoint)
     keys = KeyBroker(
         relay=relay,
@@ -128,6 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     endpoint.open()
+    if len(fds) > 1:
+        threading.Thread(
+            target=_accept_data_link,
+            args=(socket.socket(fileno=fds[1]), server, data_links),
+            name="runtime-data-link",
+            daemon=True,
+        ).start()
     _log.event(
         "runtime.ready",
         startup_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -139,9 +157,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     while not endpoint.wait_closed(1.0):
         pass
     endpoint.close()
+    for link in list(data_links):
+        link.close()
     server.close()
     _log.event("runtime.stopped")
     return 0
+
+
+def _accept_data_link(sock: socket.socket, server: Any, links: list[Any]) -> None:
+    """Open the data link offered on ``sock`` (whenever the platform offers it) and serve its
+    ecalls with ``server``; returns at once if the other end is closed unused."""
+    from sealserve.ecall import Endpoint, Message
+    from sealserve.ipc import Connection, QoS
+
+    try:
+        connection = Connection.open(sock, timeout=_DATA_LINK_WAIT_S, qos=QoS.EFFICIENCY)
+    except (SealserveError, OSError) as exc:
+        sock.close()
+        _log.event("runtime.data_link_unused", error=type(exc).__name__)
+        return
+    holder: list[Endpoint] = []
+
+    def handle(message: Message) -> None:
+        server.handle(message, holder[0])
+
+    link = Endpoint(connection, name="runtime-data", handler=handle, broken_error=_gone)
+    holder.append(link)
+    links.append(link)
+    link.open()
+    _log.event("runtime.data_link_open")
 
 
 def _gone(message: str) -> Exception:

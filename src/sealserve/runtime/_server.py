@@ -121,7 +121,14 @@ class HostRelay:
 
 
 class RuntimeServer:
-    """Serves the ecalls of one connection with ``runtime`` on ``workers`` threads."""
+    """Serves the ecalls of its connections with ``runtime`` on ``workers`` threads.
+
+    The host's connection (:meth:`attach`) carries ecalls and the runtime's ocalls; a data
+    connection (a platform that sends requests straight to the runtime, bypassing the host's
+    HTTP hop) carries ecalls only: each call is answered on the endpoint it came in on.
+    Every connection is untrusted alike: what a call may do does not depend on where it
+    came from.
+    """
 
     def __init__(
         self, runtime: SealedRuntime, *, workers: int, clock: Clock = SYSTEM_CLOCK
@@ -137,6 +144,7 @@ class RuntimeServer:
         self._lock = threading.Lock()
 
     def attach(self, endpoint: Endpoint) -> None:
+        """The host's endpoint (the default for :meth:`handle`)."""
         self._endpoint = endpoint
 
     def close(self) -> None:
@@ -145,9 +153,12 @@ class RuntimeServer:
 
     # -- dispatch (on the receiver thread: never block here) -----------------------------------
 
-    def handle(self, message: Message) -> None:
+    def handle(self, message: Message, endpoint: Endpoint | None = None) -> None:
+        """Take one call of ``endpoint`` (default: the host's); never blocks."""
+        origin = endpoint if endpoint is not None else self._endpoint
+        assert origin is not None
         if message.op is wire.Op.STATS:
-            self._run(self._stats, message)
+            self._run(self._stats, message, origin)
         elif message.op in (wire.Op.LOAD, wire.Op.INFER, wire.Op.EVICT):
             received = time.perf_counter()
             with self._lock:
@@ -155,13 +166,13 @@ class RuntimeServer:
                 self._active += 1
             if busy and message.op is wire.Op.INFER:  # it will queue: let the channel go now
                 message.detach()
-            self._pool.submit(self._run, self._work, message, received)
+            self._pool.submit(self._run, self._work, message, origin, received)
         else:
-            self._reply_error(message, ValueError(f"{message.op.name.lower()} is not an ecall"))
+            origin.reply_error(message, ValueError(f"{message.op.name.lower()} is not an ecall"))
 
-    def _run(self, fn: Any, message: Message, *args: Any) -> None:
+    def _run(self, fn: Any, message: Message, origin: Endpoint, *args: Any) -> None:
         try:
-            fn(message, *args)
+            fn(message, origin, *args)
         except Exception as exc:
             message.release()
             level = (
@@ -169,31 +180,25 @@ class RuntimeServer:
             )
             _log.event("runtime.call_failed", level=level, op=message.op.name,
                        error=type(exc).__name__)  # fmt: skip
-            self._reply_error(message, exc)
+            origin.reply_error(message, exc)
 
-    def _reply_error(self, message: Message, exc: BaseException) -> None:
-        assert self._endpoint is not None
-        self._endpoint.reply_error(message, exc)
-
-    def _stats(self, message: Message) -> None:
-        assert self._endpoint is not None
+    def _stats(self, message: Message, origin: Endpoint) -> None:
         message.release()
-        self._endpoint.reply(message, self.runtime.stats())
+        origin.reply(message, self.runtime.stats())
 
-    def _work(self, message: Message, received: float) -> None:
+    def _work(self, message: Message, origin: Endpoint, received: float) -> None:
         try:
-            self._serve(message, received)
+            self._serve(message, origin, received)
         finally:
             with self._lock:
                 self._active -= 1
 
-    def _serve(self, message: Message, received: float) -> None:
-        assert self._endpoint is not None
+    def _serve(self, message: Message, origin: Endpoint, received: float) -> None:
         meta = message.meta
         if message.op is wire.Op.EVICT:
             evicted = self.runtime.evict(_text(meta, "model_id"))
             message.release()
-            self._endpoint.reply(message, {"evicted": evicted})
+            origin.reply(message, {"evicted": evicted})
             return
         timeout = timeout_from_meta(meta)
         deadline = None if timeout is None else self._clock.monotonic() + timeout
@@ -202,7 +207,7 @@ class RuntimeServer:
             timings = self.runtime.load(
                 model_id=_text(meta, "model_id"), user_id=_text(meta, "user_id"), deadline=deadline
             )
-            self._endpoint.reply(message, {"timings": timings})
+            origin.reply(message, {"timings": timings})
             return
         output = self.runtime.infer(
             model_id=_text(meta, "model_id"),
@@ -218,4 +223,4 @@ class RuntimeServer:
             output.timings.add(st.RUNTIME, time.perf_counter() - received)
             return {"timings": output.timings.to_dict()}
 
-        self._endpoint.reply(message, reply_meta, payload_len=output.size, writer=output.write)
+        origin.reply(message, reply_meta, payload_len=output.size, writer=output.write)

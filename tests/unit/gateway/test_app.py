@@ -21,10 +21,12 @@ from sealserve.errors import (
     RuntimeUnavailable,
 )
 from sealserve.gateway import Gateway, GatewayOptions
+from sealserve.gateway._http import HttpServer
 from sealserve.instance import ModelManifest
 from sealserve.platform import DecisionRecord, PlatformResult, PlatformStats
 from sealserve.protocol import RouteInfo
 from sealserve.protocol import headers as hd
+from tests.unit.gateway.lean import LeanClientTransport
 
 OWNER = "0" * 64
 USER = "1" * 64
@@ -98,17 +100,26 @@ Call = Callable[[httpx.AsyncClient, FakePlatform], Awaitable[None]]
 
 
 def run(body: Call, **options: Any) -> None:
+    """Run ``body`` twice: through the Starlette application (ASGI) and through the gateway's
+    own HTTP server (the lean inference path and its ASGI bridge), each on a fresh gateway."""
+    for server in ("asgi", "lean"):
+        asyncio.run(_through(server, body, options))
+
+
+async def _through(server: str, body: Call, options: dict[str, Any]) -> None:
     platform = FakePlatform()
     gateway = Gateway(
         platform, Models(), options=GatewayOptions(**options), clock=ManualClock(start=1000.0)
     )
-
-    async def main() -> None:
+    transport: httpx.AsyncBaseTransport
+    if server == "asgi":
         transport = httpx.ASGITransport(app=gateway.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            await body(client, platform)
-
-    asyncio.run(main())
+    else:
+        transport = LeanClientTransport(
+            HttpServer(app=gateway.app, routes=gateway.lean_routes()), piece=4096
+        )
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        await body(client, platform)
 
 
 def good_headers(**extra: str) -> dict[str, str]:

@@ -60,7 +60,7 @@ class RayPlatform:
         model_id: str,
         user_id: str,
         request_id: str,
-        sealed_input: bytes,
+        sealed_input: bytes | bytearray,
         deadline_s: float,
     ) -> PlatformResult:
         """Serve one sealed request by ``deadline_s`` (Unix seconds) on the replica FnPacker

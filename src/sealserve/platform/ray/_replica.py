@@ -95,7 +95,7 @@ class SealedInstance:
         model_id: str,
         user_id: str,
         request_id: str,
-        sealed_input: bytes,
+        sealed_input: bytes | bytearray,
         deadline_ms: int,
     ) -> dict[str, Any]:
         """Serve one sealed request: ``{"status": 200, "sealed_output", "timings",
