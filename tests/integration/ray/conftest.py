@@ -10,13 +10,11 @@ the app, stops Serve and Ray, closes the stack, and checks that no instance proc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +24,10 @@ from sealserve.bench._runtime_stack import LocalStack
 from sealserve.client import KeyServicePin, User
 from sealserve.crypto import Identity, RequestKey
 from sealserve.platform import PlatformConfig
-from sealserve.platform.ray import RayOptions, RayPlatform, connect, deploy, disconnect, undeploy
+from sealserve.platform.ray import RayOptions, RayPlatform, connect, deploy, stop
+
+#: The teardown's bound (the stop kills what is left after it).
+STOP_TIMEOUT_S = 60.0
 
 
 @dataclasses.dataclass
@@ -72,10 +73,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _instance_pids(platform: RayPlatform) -> set[int]:
-    pids: set[int] = set()
+def instance_pids(platform: RayPlatform) -> dict[int, str]:
+    """The instance hosts and runtimes the router knows of (pid -> what it is)."""
+    pids: dict[int, str] = {}
     for inst in platform.stats().instances:
-        pids.update(p for p in (inst.pid, inst.runtime_pid) if p is not None)
+        if inst.pid is not None:
+            pids[inst.pid] = f"instance host i{inst.instance_id}"
+        if inst.runtime_pid is not None:
+            pids[inst.runtime_pid] = f"runtime of i{inst.instance_id}"
     return pids
 
 
@@ -84,9 +89,11 @@ def ray_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayStack]:
     root = tmp_path_factory.mktemp("ray")
     ray_tmp = Path(tempfile.mkdtemp(prefix="ssray-"))  # short: Ray's socket paths live in it
     stack = LocalStack(root / "stack").open()
-    pids: set[int] = set()
+    pids: dict[int, str] = {}
+    options: RayOptions | None = None
+    started = False
     try:
-        connect(num_cpus=2, temp_dir=ray_tmp, object_store_mb=128)
+        started = connect(num_cpus=2, temp_dir=ray_tmp, object_store_mb=128)
         options = RayOptions(
             store_dir=stack.store.root,
             keyservice_url=stack.keyservice_url,
@@ -100,24 +107,23 @@ def ray_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayStack]:
             min_replicas=2,
             replica_num_cpus=0.0,
             instance_log_level="INFO",
+            graceful_shutdown_timeout_s=10.0,
         )
         s = RayStack(
             stack=stack, options=options, platform=RayPlatform(deploy(options), options=options)
         )
         yield s
-        pids = _instance_pids(s.platform)
+        pids = instance_pids(s.platform)
         for user in s.users:
             user.close()
-        with contextlib.suppress(Exception):
-            undeploy(options)
     finally:
-        disconnect(shutdown=True)
+        killed = stop(options, started=started, timeout_s=STOP_TIMEOUT_S, instance_pids=pids)
         stack.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # The replicas stop their hosts (and the hosts their runtimes) when the app is deleted: an
+    # instance process the stop had to kill, or one still alive, is a leak.
     left = [p for p in pids if _alive(p)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"instance processes left behind: {left}"
+    assert not set(killed) & set(pids), f"instance processes killed by the stop: {killed}"

@@ -3,6 +3,9 @@ mapping to Ray Serve's config.  No Ray runs here (tests/integration/ray runs it)
 
 from __future__ import annotations
 
+import json
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,8 @@ import pytest
 from sealserve.packer import make_policy
 from sealserve.platform import PlatformConfig
 from sealserve.platform.ray import PackerAutoscaler, RayOptions, ReplicaPacker, ReplicaView
+from sealserve.platform.ray._autoscale import DEMAND_TTL_S, demand_from
+from sealserve.platform.ray._demand import DemandBoard
 
 
 def packer(policy: str = "sesemi", **config: object) -> ReplicaPacker:
@@ -158,6 +163,153 @@ def test_the_autoscaler_adds_no_replica_for_a_queue_its_last_scale_up_served() -
     assert scaler.decide(**common, now=100.0, last_scale_up=80.0) == 2  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("current", "target", "queued", "demand", "idle", "want"),
+    [
+        (0, 0, 3.0, 0, [], 1),  # from zero: the router is asked nothing until one runs
+        (0, 1, 3.0, 0, [], 1),  # that one is on its way
+        (0, 1, 0.0, 0, [], 0),  # nothing queued any more: not started
+        (1, 1, 9.0, 0, [], 1),  # requests held by a WAIT: no replica the packer did not ask for
+        (0, 0, 9.0, 2, [], 1),  # from zero, one: the first START takes it
+        (1, 1, 9.0, 1, [], 2),  # a start waits for a replica: one more
+        (1, 2, 9.0, 1, [], 2),  # the one it waits for is on its way
+        (2, 2, 9.0, 3, [], 2),  # capped
+        (2, 2, 0.0, 0, [200.0, 5.0], 1),  # one idle past its keep-alive
+        (2, 3, 0.0, 0, [], 2),  # a start nobody waits for any more is called off
+    ],
+)
+def test_the_autoscaler_follows_the_routers_demand(
+    current: int, target: int, queued: float, demand: int, idle: list[float], want: int
+) -> None:
+    scaler = PackerAutoscaler(keep_alive_s=180.0, max_replicas=2)
+    now = 1000.0
+    last_used = {f"r{i}": now - s for i, s in enumerate(idle)}
+    got = scaler.decide(
+        current=current, target=target, queued=queued, last_used=last_used, now=now, demand=demand
+    )
+    assert got == want
+
+
+def test_several_starts_waiting_get_their_replicas_at_once() -> None:
+    scaler = PackerAutoscaler(keep_alive_s=180.0, max_replicas=8)
+    kw = {"queued": 9.0, "last_used": {}, "now": 1.0}
+    assert scaler.decide(current=1, target=1, demand=3, **kw) == 4  # type: ignore[arg-type]
+    assert scaler.decide(current=2, target=4, demand=2, **kw) == 4  # type: ignore[arg-type]
+
+
+def test_the_demand_records_are_summed_and_hostile_or_stale_ones_ignored() -> None:
+    now = 1000.0
+
+    def rec(waiting: object, at: float) -> bytes:
+        return json.dumps({"starts_waiting": waiting, "at": at}).encode()
+
+    assert demand_from({}, now) is None
+    assert demand_from({"a": rec(2, now - 1), "b": rec(1, now - 2)}, now) == 3
+    assert demand_from({"a": rec(2, now - DEMAND_TTL_S - 1)}, now) is None  # a gateway gone
+    hostile = {
+        "a": b"not json",
+        "b": None,
+        "c": rec(-1, now),
+        "d": rec(True, now),
+        "e": rec("3", now),
+        "f": b'{"starts_waiting": 1, "at": "NaN"}',
+        "g": b"[]",
+        "h": rec(0, now),
+    }
+    assert demand_from(hostile, now) == 0
+
+
+def ctx(**fields: object) -> types.SimpleNamespace:
+    base: dict[str, object] = {
+        "app_name": "app",
+        "deployment_name": "dep",
+        "aggregated_metrics": {},
+        "current_time": 1000.0,
+        "running_replicas": ["r1"],
+        "current_num_replicas": 1,
+        "target_num_replicas": 1,
+        "total_queued_requests": 5.0,
+        "last_scale_up_time": None,
+    }
+    base.update(fields)
+    return types.SimpleNamespace(**base)
+
+
+def test_the_autoscaler_reads_the_demand_of_its_deployment_at_most_twice_a_second() -> None:
+    reads: list[str] = []
+    record = json.dumps({"starts_waiting": 1, "at": 999.0}).encode()
+
+    def read(prefix: str) -> dict[str, bytes | None]:
+        reads.append(prefix)
+        return {prefix + "gw-1": record}
+
+    scaler = PackerAutoscaler(keep_alive_s=60.0, max_replicas=4, read_records=read)
+    assert scaler(ctx()) == (2, {})
+    assert scaler(ctx(current_time=1000.2)) == (2, {})  # the same reading
+    assert reads == ["demand/app/dep/"]
+    assert scaler(ctx(current_time=1000.6)) == (2, {})
+    assert len(reads) == 2
+
+
+def test_the_autoscaler_scales_on_the_queue_when_the_demand_cannot_be_read() -> None:
+    def broken(prefix: str) -> dict[str, bytes | None]:
+        raise ConnectionError("the GCS does not answer")
+
+    scaler = PackerAutoscaler(keep_alive_s=60.0, max_replicas=4, read_records=broken)
+    assert scaler(ctx()) == (2, {})  # the queue, as without a router
+    assert scaler(ctx(total_queued_requests=0.0, current_time=1001.0)) == (1, {})
+
+
+def test_the_demand_board_publishes_changes_and_removes_its_record() -> None:
+    written: list[tuple[str, bytes | None]] = []
+    changed = threading.Condition()
+
+    def write(key: str, value: bytes | None) -> None:
+        with changed:
+            written.append((key, value))
+            changed.notify_all()
+
+    board = DemandBoard("app", "dep", heartbeat_s=60.0, write=write, clock=lambda: 5.0)
+    assert board.key.startswith("demand/app/dep/")
+    board.note(2)
+    with changed:
+        assert changed.wait_for(lambda: len(written) >= 1, timeout=10)
+    key, value = written[0]
+    assert key == board.key
+    assert value is not None
+    assert json.loads(value) == {"starts_waiting": 2, "at": 5.0}
+    with changed:
+        assert changed.wait_for(lambda: board.published == 2, timeout=10)
+    board.note(2)  # no change: nothing written before the heartbeat
+    board.note(0)
+    with changed:
+        assert changed.wait_for(lambda: board.published == 0, timeout=10)
+    assert [json.loads(v or b"")["starts_waiting"] for _, v in written] == [2, 0]
+    board.close()
+    assert written[-1] == (board.key, None)
+    board.note(3)  # closed: nothing more
+    assert len([w for w in written if w[1] is not None]) == 2
+
+
+def test_a_replica_ray_removes_stops_being_billed_at_once_and_the_demand_follows() -> None:
+    p = packer(policy="dedicated", max_instances=3, instance_concurrency=1)
+    assert p.route("k1", model="m1", replicas=views("r-a"), now=0.0) == "r-a"
+    p.completed("k1", 1.0)
+    assert p.route("k2", model="m2", replicas=views("r-a"), now=1.0) is None
+    assert p.starts_waiting == 1  # the autoscaler may add one replica, no more
+    p.sync(views("r-a", "r-b"), 2.0)  # Ray added it: it is that instance at once
+    assert p.starts_waiting == 0
+    assert p.instance_for("r-b") is not None
+    billed = p.snapshot(10.0).gb_seconds
+    p.sync(views("r-b"), 10.0)  # Ray removed r-a (scale down): not billed from now on
+    assert p.instance_for("r-a") is None
+    later = p.snapshot(20.0)
+    assert len(later.instances) == 1
+    assert later.counters["scaled_to_zero"] == 1
+    per_second = later.instances[0].memory_mb / 1024
+    assert later.gb_seconds == pytest.approx(billed + 10 * per_second)
+
+
 def test_the_autoscaler_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="keep_alive_s"):
         PackerAutoscaler(keep_alive_s=0, max_replicas=1)
@@ -198,6 +350,8 @@ def test_the_mapping_to_ray_serve() -> None:
     router = d["request_router_config"]
     assert router["request_router_class"].endswith(":FnPackerRequestRouter")
     assert router["request_router_kwargs"]["platform"]["policy"] == "sesemi"
+    assert (router["initial_backoff_s"], router["max_backoff_s"]) == (0.005, 0.1)
+    assert router["backoff_multiplier"] == 2.0
     assert o.replica_config()["concurrency"] == 2
     assert o.replica_config()["tee_socket"] == "tee.sock"
 
@@ -210,6 +364,8 @@ def test_the_mapping_to_ray_serve() -> None:
         ({"replica_num_cpus": -1.0}, "replica_num_cpus"),
         ({"instance_log_level": "LOUD"}, "instance_log_level"),
         ({"keyservice_measurement": ""}, "keyservice_measurement"),
+        ({"router_backoff_s": (0.0, 0.1)}, "router_backoff_s"),
+        ({"router_backoff_s": (0.2, 0.1)}, "router_backoff_s"),
     ],
 )
 def test_options_are_checked(changes: dict[str, object], match: str) -> None:

@@ -11,7 +11,8 @@
 * :class:`PackerAutoscaler` — Ray Serve's autoscaling policy: a replica when the router
   holds requests, one fewer per replica idle past the keep-alive;
 * :class:`RayPlatform` — the gateway's platform over the deployment handle;
-* :func:`connect`, :func:`deploy`, :func:`undeploy`, :func:`disconnect`.
+* :func:`connect`, :func:`deploy`, :func:`undeploy`, :func:`disconnect`, and :func:`stop`
+  (the bounded stop: deletes the app and leaves Ray, killing what does not stop).
 
 ``ray`` is an optional dependency (the ``ray`` extra): importing :mod:`sealserve.platform`
 never imports it, and this package imports it only when it connects or deploys.  See
@@ -29,6 +30,7 @@ from sealserve.platform.ray._serve import (
     connect,
     deploy,
     disconnect,
+    stop,
     undeploy,
 )
 
@@ -46,5 +48,6 @@ __all__ = [
     "disconnect",
     "forget_packers",
     "packer_for",
+    "stop",
     "undeploy",
 ]

@@ -68,6 +68,9 @@ class RayOptions:
     downscale_delay_s: float = 5.0
     look_back_period_s: float = 15.0
     graceful_shutdown_timeout_s: float = 30.0
+    #: Ray Serve's back-off before it asks the router again about a held request: the first
+    #: wait, doubling up to the second (``request_router_config``'s back-off).
+    router_backoff_s: tuple[float, float] = (0.005, 0.1)
 
     def __post_init__(self) -> None:
         if not isinstance(self.platform, PlatformConfig):
@@ -110,6 +113,12 @@ class RayOptions:
             value = getattr(self, name)
             if not value > 0 or math.isinf(value):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        first, cap = self.router_backoff_s
+        if not 0 < first <= cap or math.isinf(cap):
+            raise ValueError(
+                f"router_backoff_s must be (first, cap) with 0 < first <= cap < inf, "
+                f"got {self.router_backoff_s!r}"
+            )
         for name in ("upscale_delay_s", "downscale_delay_s"):
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
@@ -165,6 +174,9 @@ class RayOptions:
             "request_router_kwargs": self.router_kwargs(),
             "request_routing_stats_period_s": self.routing_stats_period_s,
             "request_routing_stats_timeout_s": max(5.0, 4 * self.routing_stats_period_s),
+            "initial_backoff_s": self.router_backoff_s[0],
+            "backoff_multiplier": 2.0,
+            "max_backoff_s": self.router_backoff_s[1],
         }
 
     def deployment_options(self) -> dict[str, Any]:

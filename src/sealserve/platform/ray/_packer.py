@@ -239,6 +239,20 @@ class ReplicaPacker(RouterCore):
 
     # -- replicas ------------------------------------------------------------------------------
 
+    def sync(self, replicas: Sequence[ReplicaView], now: float) -> None:
+        """Ray Serve's replicas are now ``replicas``: one that is gone leaves the group at
+        once (its billing stops now, not at the next request), a new one takes a start that
+        waits for it."""
+        with self._lock:
+            self._sync(replicas, now)
+
+    @property
+    def starts_waiting(self) -> int:
+        """Instances the policy started that wait for a replica (none was spare): what the
+        autoscaler may add, and nothing more (:class:`~sealserve.platform.ray.PackerAutoscaler`)."""
+        with self._lock:
+            return len(self._pending_starts)
+
     def _sync(self, replicas: Sequence[ReplicaView], now: float) -> None:
         current = {r.replica_id: r for r in replicas}
         for replica, iid in list(self._instance_of.items()):

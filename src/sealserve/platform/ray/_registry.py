@@ -17,12 +17,31 @@ from typing import Any
 from sealserve.instance import ModelStore
 from sealserve.packer import make_policy
 from sealserve.platform import ModelCatalog, PlatformConfig
+from sealserve.platform.ray._demand import DemandBoard
 from sealserve.platform.ray._packer import ReplicaPacker
 
-__all__ = ["forget_packers", "packer_for"]
+__all__ = ["board_for", "forget_packers", "packer_for"]
 
 _lock = threading.Lock()
 _packers: dict[tuple[str, str], ReplicaPacker] = {}
+_boards: dict[tuple[str, str], DemandBoard] = {}
+
+
+def _key(router_kwargs: Mapping[str, Any]) -> tuple[str, str]:
+    try:
+        return (str(router_kwargs["app_name"]), str(router_kwargs["deployment_name"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"router_kwargs are not RayOptions.router_kwargs(): {exc}") from exc
+
+
+def board_for(router_kwargs: Mapping[str, Any]) -> DemandBoard:
+    """The demand board of the deployment ``router_kwargs`` describe (made on first use)."""
+    key = _key(router_kwargs)
+    with _lock:
+        board = _boards.get(key)
+        if board is None:
+            board = _boards[key] = DemandBoard(*key)
+        return board
 
 
 def packer_for(router_kwargs: Mapping[str, Any]) -> ReplicaPacker:
@@ -50,7 +69,11 @@ def packer_for(router_kwargs: Mapping[str, Any]) -> ReplicaPacker:
 
 
 def forget_packers(app_name: str | None = None) -> None:
-    """Drop the packers of ``app_name`` (every app when ``None``): the app was deleted."""
+    """Drop the packers of ``app_name`` (every app when ``None``): the app was deleted; its
+    demand boards stop publishing."""
     with _lock:
         for key in [k for k in _packers if app_name is None or k[0] == app_name]:
             del _packers[key]
+        boards = [_boards.pop(k) for k in list(_boards) if app_name is None or k[0] == app_name]
+    for board in boards:
+        board.close()

@@ -6,27 +6,43 @@
     handle = deploy(options)                    # the SealedInstance deployment, FnPacker routing
     platform = RayPlatform(handle, options=options)
     ...
-    undeploy(options); disconnect()
+    stop(options, started=...)                  # bounded: see below
 
 Ray Serve runs without its HTTP proxy here: the gateway (``sealserve platform ray serve``)
 sends requests through the deployment handle, so FnPacker's router runs in the gateway's
 process and the gateway reports its decisions.
+
+:func:`stop` is the stop path of the gateway and the tests: it deletes the application, stops
+Ray Serve and leaves Ray, each step with a bound (:func:`sealserve._stopping.bounded`): a Serve
+controller that is stopped or busy, a replica that does not end, a GCS that is gone cannot
+make it hang.  For a local Ray that :func:`connect` started, whatever is still alive after the
+steps (Ray's processes, the workers and replicas under them, their instance hosts) is killed
+and named in the log.  Of a remote cluster it only leaves: its processes are not ours.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from sealserve._log import get_logger
+from sealserve._stopping import bounded, children, descendants, describe, kill_named, wait_gone
 from sealserve.errors import PlatformError
 from sealserve.platform.ray._options import RayOptions
 from sealserve.platform.ray._registry import forget_packers
 
-__all__ = ["build_application", "connect", "deploy", "disconnect", "undeploy"]
+__all__ = ["build_application", "connect", "deploy", "disconnect", "stop", "undeploy"]
 
 _log = get_logger(__name__)
+#: The processes a local Ray started by :func:`connect` runs as (its direct children of this
+#: process: GCS, raylet, ...); everything under them is Ray's too.
+_local_ray: set[int] = set()
+#: What :func:`stop` leaves for killing: processes get this long to end after Ray stopped.
+_GONE_S: Final = 3.0
 
 #: How often handles and replicas push the numbers the autoscaler reads (Ray's default is
 #: 10 s, which delays every scale-up from zero by as much).  Read when Ray Serve is imported:
@@ -62,12 +78,16 @@ def connect(
                 kwargs["object_store_memory"] = object_store_mb << 20
         else:
             kwargs = {"address": address, "logging_level": "warning"}
+        before = children(os.getpid())
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise PlatformError(
                 f"could not reach Ray at {address or 'a new local cluster'}: {exc}"
             ) from exc
+        if address is None:
+            _local_ray.clear()
+            _local_ray.update(children(os.getpid()) - before)
     serve.start(proxy_location="Disabled")
     _log.event("ray.connected", address=address or "local")
     return address is None
@@ -115,3 +135,64 @@ def disconnect(*, shutdown: bool) -> None:
     if shutdown:
         serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()
+
+
+def stop(
+    options: RayOptions | None,
+    *,
+    started: bool,
+    timeout_s: float = 60.0,
+    instance_pids: Mapping[int, str] | None = None,
+) -> list[int]:
+    """Delete the application, stop Ray Serve and leave Ray within ``timeout_s`` (and the
+    second or so a kill takes); the pids it had to kill (see the module docstring).
+
+    ``started``: the local Ray :func:`connect` started (stopped, and killed if it does not
+    stop).  ``instance_pids`` (pid -> name): instance hosts and runtimes known on this node,
+    killed if still alive once the replicas should have stopped them (a local Ray only).
+    """
+    import ray
+
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    began = time.monotonic()
+    deadline = began + timeout_s
+    # What the kill needs at the end: waiting for what Ray stops to end, then killing the rest.
+    reserve = min(_GONE_S + 5.0, timeout_s / 3)
+
+    def left(share: float = 1.0, *, most: float | None = None, keep: float = reserve) -> float:
+        budget = max(0.2, (deadline - keep - time.monotonic()) * share)
+        return budget if most is None else min(budget, most)
+
+    clean = True
+    if options is not None:
+        graceful = options.graceful_shutdown_timeout_s + 10.0
+        clean &= bounded(
+            "ray.undeploy", lambda: undeploy(options), timeout_s=left(0.6, most=graceful)
+        )
+        forget_packers(options.app_name)
+    if started:
+        from ray import serve
+
+        clean &= bounded("ray.serve_shutdown", serve.shutdown, timeout_s=left(0.5, most=15.0))
+    ray_left = bounded("ray.shutdown", ray.shutdown, timeout_s=left())
+    clean &= ray_left
+    killed: list[int] = []
+    if started:
+        tree = set(_local_ray) | descendants(_local_ray)
+        tree |= set(instance_pids or {})
+        alive = wait_gone(tree, timeout_s=left(most=_GONE_S, keep=reserve - _GONE_S))
+        names = {pid: (instance_pids or {}).get(pid) or describe(pid) or "?" for pid in alive}
+        killed = kill_named(names, reason="still alive after the Ray stop")
+        wait_gone(killed, timeout_s=left(keep=0.0))
+        _local_ray.clear()
+        if not ray_left:  # Ray's own shutdown was stuck on what is now killed: finish it
+            bounded("ray.shutdown_after_kill", ray.shutdown, timeout_s=left(keep=0.0))
+    _log.event(
+        "ray.stopped",
+        level=logging.INFO if clean and not killed else logging.WARNING,
+        clean=clean,
+        killed=len(killed),
+        seconds=round(time.monotonic() - began, 3),
+    )
+    return killed
