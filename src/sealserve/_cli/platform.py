@@ -3,7 +3,6 @@ sealserve on Ray Serve (``ray serve``) and OpenWhisk packaging (``openwhisk pack
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,13 +158,20 @@ def ray_serve(
     ] = "sealserve",
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    stop_timeout: Annotated[
+        float,
+        typer.Option(
+            "--stop-timeout", min=1.0, help="Seconds to stop in; then what is left is killed."
+        ),
+    ] = 60.0,
 ) -> None:
     """Deploy sealed instances on Ray Serve and serve the gateway through its handle.
 
     Connects to --address (or starts a local Ray), deploys the SealedInstance deployment
     (each replica one instance, launched through --tee-socket on its node) with FnPacker's
     request router and autoscaler, then serves the usual gateway API until Ctrl-C; on exit the
-    application is deleted (and a local Ray stopped).  See docs/platforms.md.
+    application is deleted (and a local Ray stopped) within --stop-timeout, killing what does
+    not stop.  See docs/platforms.md.
     """
     from sealserve._log import configure_logging
     from sealserve.attest import measure
@@ -241,9 +247,9 @@ def ray_serve(
 
         guarded(lambda: server.serve(on_ready=ready))
     finally:
-        with contextlib.suppress(Exception):
-            on_ray.undeploy(options)
-        on_ray.disconnect(shutdown=started)
+        # Bounded: a Serve controller or replica that does not stop cannot hold Ctrl-C
+        # forever; what does not stop is killed and named in the log.
+        on_ray.stop(options, started=started, timeout_s=stop_timeout)
 
 
 @openwhisk_app.command("package")
@@ -253,28 +259,45 @@ def openwhisk_package(
         str, typer.Option("--keyservice", help="KeyService URL the action's runtime uses.")
     ],
     keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    data_dir: DataDirOpt = None,
     image: Annotated[str | None, typer.Option(help="Docker image reference.")] = None,
     action: Annotated[str, typer.Option(help="OpenWhisk action name.")] = "sealed-instance",
     package: Annotated[str, typer.Option(help="OpenWhisk package name.")] = "sealserve",
     wheel: Annotated[
-        Path | None, typer.Option(help="A sealserve wheel to install in the image.")
+        Path | None,
+        typer.Option(help="sealserve's wheel to install (default: built from this checkout)."),
     ] = None,
+    tee_socket: Annotated[
+        str,
+        typer.Option(
+            help="Where the node's TEE platform daemon socket is mounted in the container."
+        ),
+    ] = "/run/sealserve/tee.sock",
     store: Annotated[
         Path | None, typer.Option("--store", help="Sealed models to bake into the image.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
 ) -> None:
-    """Write a Dockerfile, entrypoint, wskdeploy manifest, wsk commands and README.
+    """Write a Dockerfile, entrypoint, action spec, wskdeploy manifest, wsk commands and README.
 
-    Memory, timeout and concurrency come from the settings (platform.instance_memory_mb,
-    gateway.request_timeout_s, platform.instance_concurrency).  Nothing is built or deployed.
+    The image installs sealserve from its own wheel (--wheel, or built from this checkout with
+    pip); its runtime is launched by the node's TEE platform daemon (--tee-socket, mounted from
+    the node); --platform-key is the public key that pins the KeyService (default: the data
+    directory's).  Memory, timeout and concurrency come from the settings
+    (platform.instance_memory_mb, gateway.request_timeout_s, platform.instance_concurrency).
+    Nothing is built into an image or deployed.
     """
     from sealserve.attest import measure
     from sealserve.config import load_settings
-    from sealserve.platform.openwhisk import OpenWhiskOptions, write_package
+    from sealserve.platform.openwhisk import OpenWhiskOptions, build_wheel, write_package
 
     loaded = guarded(lambda: load_settings(config))
-    extra: dict[str, Any] = {"action": action, "package": package}
+    folder = resolve_data_dir(data_dir if data_dir is not None else loaded.data_dir)
+    key_file = platform_key or folder / "tee" / "platform.pub"
+    if not key_file.is_file():
+        fail(f"no platform key at '{key_file}'; pass --platform-key FILE", 2)
+    extra: dict[str, Any] = {"action": action, "package": package, "tee_socket": tee_socket}
     if image is not None:
         extra["image"] = image
     options = guarded(
@@ -285,6 +308,59 @@ def openwhisk_package(
             **extra,
         )
     )
-    files = guarded(lambda: write_package(out, options, wheel_file=wheel, store_dir=store))
+    wheel_file = wheel if wheel is not None else guarded(lambda: build_wheel(out))
+    files = guarded(
+        lambda: write_package(
+            out, options, wheel_file=wheel_file, platform_key_file=key_file, store_dir=store
+        )
+    )
     for path in files:
         typer.echo(str(path))
+
+
+@openwhisk_app.command("run")
+def openwhisk_run(
+    spec: Annotated[Path, typer.Option(help="The action's spec (action.json of the package).")],
+    platform_key: Annotated[
+        Path, typer.Option(help="The public key that pins the KeyService (platform.pub).")
+    ],
+    data_dir: Annotated[Path, typer.Option(help="The host's data directory.")],
+    store: Annotated[Path, typer.Option("--store", help="The model store.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The action's port.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
+    cgroup: Annotated[
+        Path, typer.Option(help="The container's cgroup directory.", hidden=True)
+    ] = Path("/sys/fs/cgroup"),
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Where the host writes its address.", hidden=True)
+    ] = None,
+) -> None:
+    """The image's entrypoint: this container's limits, then the instance host.
+
+    The model budget comes from the action's memory limit (the container's memory cgroup),
+    the concurrency from whether the invoker allows it (__OW_ALLOW_CONCURRENT); the runtime
+    is launched by the node's TEE platform daemon at the spec's socket.  Prints the limits
+    (one JSON line on stderr), then becomes `sealserve instance serve`.
+    """
+    import os
+    import sys
+
+    from sealserve.platform.openwhisk import action_limits, host_command, read_spec
+
+    options = guarded(lambda: read_spec(spec))
+    limits = guarded(lambda: action_limits(options, env=os.environ, cgroup_root=cgroup))
+    socket_path = Path(options.tee_socket)
+    if not socket_path.is_socket():
+        fail(
+            f"no TEE platform daemon socket at {options.tee_socket}: mount the node's daemon "
+            "socket into the container (see the package's README)",
+            2,
+        )
+    typer.echo(json.dumps({"event": "action.limits", **limits.to_json()}), err=True)
+    command = host_command(
+        options, limits, python=sys.executable, data_dir=data_dir, store_dir=store,
+        platform_key=platform_key, port=port, host=host, ready_file=ready_file,
+    )  # fmt: skip
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)  # noqa: S606 - our own command line, no shell
