@@ -28,7 +28,7 @@ import pytest
 from sealserve._lifeline import tie_to_this_process
 from sealserve.bench._runtime_stack import LocalStack
 from sealserve.platform.openwhisk import OpenWhiskOptions, write_package
-from sealserve.runtime import seal_input, unseal_output
+from sealserve.protocol import seal_input, unseal_output
 from tests.unit.runtime.graphs import dense_model, plain_run
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from sealserve._stopping import descendants, describe, wait_gone
 from sealserve.bench._runtime_stack import LocalStack
 from sealserve.platform import PlatformConfig
 from sealserve.platform.ray import RayOptions, RayPlatform, connect, deploy, stop
-from sealserve.runtime import new_request_id, seal_input
+from sealserve.protocol import new_request_id, seal_input
 from tests.integration.ray.conftest import instance_pids
 from tests.unit.runtime.graphs import dense_model
 

@@ -383,7 +383,7 @@ wsk action invoke {name} --result --param-file run.json
 
 where `run.json` is `{{"model_id": "<owner>/<name>", "user_id": "<64 hex>", "request_id":
 "<id>", "input": "<sealed input, base64>"}}` (the client seals it with the user's request key:
-`sealserve.runtime.seal_input`). The answer's `output` is the sealed output, base64.
+`sealserve.protocol.seal_input`). The answer's `output` is the sealed output, base64.
 
 ## Models
 
