@@ -13,7 +13,8 @@ cost counts like a copy's.  What differs is how the bytes travel:
                         ``loan`` (write in place, read in place), ``stream`` (loan published
                         chunk by chunk, read chunk by chunk), ``offload`` (send_async through
                         the helper-thread engine), ``pipelined`` (send, chunked copy the reader
-                        overlaps with), ``auto`` (send, the scheduler decides);
+                        overlaps with), ``auto`` (send_async, the scheduler decides and
+                        learns: one scheduler per hint for the life of the worker process);
 ``multiprocessing``, ``zmq``, ``iceoryx2``  the peers (:mod:`sealserve.bench._ipc_peers`).
 
 Shared memory is mapped and faulted in up front on both sides, for the baseline's ring as for
@@ -77,6 +78,10 @@ class Producer:
 
     def flush(self) -> None:
         """Wait until everything sent has left the producer's buffers."""
+
+    def report(self) -> Any:
+        """What the transport wants to say about the case (JSON-able), or ``None``."""
+        return None
 
     def close(self) -> None:
         raise NotImplementedError
@@ -251,10 +256,11 @@ class SealserveProducer(Producer):
             "offload": CopyPath.OFFLOAD,
             "pipelined": CopyPath.PIPELINED,
         }.get(mode)
-        self.pub = self.channel.publisher(qos=self.qos, scheduler=Scheduler(force=force))
+        scheduler = _learning_scheduler(self.qos) if mode == "auto" else Scheduler(force=force)
+        self.pub = self.channel.publisher(qos=self.qos, scheduler=scheduler)
         with Listener.bind(where / "sealserve.sock") as listener:
             listener.accept_subscriber(self.channel, timeout=30)
-        n_buffers = depth + 1 if mode == "offload" else 1
+        n_buffers = depth + 1 if mode in ("offload", "auto") else 1
         self.buffers = [memoryview(bytearray(size)) for _ in range(n_buffers)]
         self.completions: list[Any] = [None] * n_buffers
         self.turn = 0
@@ -262,6 +268,7 @@ class SealserveProducer(Producer):
             "loan": self._send_loan,
             "stream": self._send_stream,
             "offload": self._send_offload,
+            "auto": self._send_offload,  # send_async: every path is open to the scheduler
         }.get(mode, self._send_copy)
 
     def send(self, seq: int) -> None:
@@ -299,8 +306,33 @@ class SealserveProducer(Producer):
     def flush(self) -> None:
         self.pub.flush()
 
+    def report(self) -> Any:
+        """For ``auto``: what the scheduler learned for this size (path, why, costs)."""
+        if self.mode != "auto":
+            return None
+        snap = self.pub.stats().scheduler or {}
+        size_class = self.size.bit_length()
+        return {
+            "decisions": snap.get("decisions", {}),
+            "learned": [
+                c for c in snap.get("learned", []) if c["bytes"][1].bit_length() == size_class
+            ],
+        }
+
     def close(self) -> None:
         self.channel.close()
+
+
+#: One learning scheduler per hint for the life of a worker process, as a long-lived
+#: connection has: what ``auto`` measured in one case serves the next one of the same size.
+_LEARNING: dict[QoS, Scheduler] = {}
+
+
+def _learning_scheduler(qos: QoS) -> Scheduler:
+    scheduler = _LEARNING.get(qos)
+    if scheduler is None:
+        scheduler = _LEARNING[qos] = Scheduler(cache_bytes=_sys.consumer_cache_bytes())
+    return scheduler
 
 
 class SealserveConsumer(Consumer):

@@ -108,7 +108,7 @@ def _produce(case: dict[str, Any], ack: Any, queue: Any) -> dict[str, Any]:
         cpu = time.process_time() - cpu0
         producer.send(END)
         _wait_ack(ack, END)
-        return {"tp_start_ns": t0, "tp_count": count, "tp_cpu_s": cpu}
+        return {"tp_start_ns": t0, "tp_count": count, "tp_cpu_s": cpu, "report": producer.report()}
     finally:
         producer.close()
 

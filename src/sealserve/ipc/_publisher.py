@@ -399,6 +399,7 @@ class Publisher:
         if n < sched.small_bytes:
             decision = sched.decide(nbytes=n, qos=q)
         else:
+            now_ns = time.perf_counter_ns()  # the learner times sends from start to start
             with self._lock:
                 self._reclaim(everything=False)
             decision = sched.decide(
@@ -407,6 +408,7 @@ class Publisher:
                 occupancy=self._ring.in_flight / self._ring.capacity,
                 asynchronous=asynchronous,
                 backlog={name: e.backlog_bytes() for name, e in self._engines.items()},
+                now_ns=now_ns,
             )
         rec = self._allocate(n, q, timeout)
         dst = self._arena[rec.offset : rec.offset + n]

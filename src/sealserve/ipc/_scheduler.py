@@ -28,6 +28,16 @@ A ring more than ``high_occupancy`` full means the reader is behind: there is no
 overlap with, so the message is copied inline (or offloaded when asynchronous).  The
 thresholds move with the measurements; the paper's were fixed.
 
+Learning.  The model is a prior, not the last word: its guesses were wrong on a two-core
+machine, where a helper thread shares the producer's core and a ring of messages in flight
+already overlaps the reader with the writer.  So where more than one path can carry a
+message (pipelining needs at least two chunks; offloading, an asynchronous send and an
+engine) and the publisher passes the send's start time (``decide(now_ns=...)``), a
+:class:`~sealserve.ipc._learner.PathLearner` measures the candidates on this machine, per
+size class, hint, synchronous or not, and streaming or one at a time, and exploits the
+cheapest (decisions say ``measured`` or ``measuring``).  The ``efficiency`` hint keeps its
+one inline copy: it asks for the fewest cycles, not the fastest path.
+
 ``force=`` pins one path (where it applies) for characterization runs such as
 ``sealserve bench ipc``; the decisions then say so.
 
@@ -56,6 +66,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from sealserve.ipc._learner import Context, PathLearner
 from sealserve.ipc._notify import QoS
 
 __all__ = ["Decision", "EngineModel", "Notify", "NotifyReason", "Path", "Reason", "Scheduler"]
@@ -85,6 +96,8 @@ class Reason(enum.Enum):
     ENGINE_BEHIND = "the offload engine is behind; copying inline"
     NO_GAIN = "no path beats an inline copy at this size"
     FORCED = "path pinned by the scheduler's force= option"
+    MEASURED = "measured fastest on this machine for this size, hint and regime"
+    MEASURING = "measuring the candidate paths (a probe block)"
 
 
 class Notify(enum.Enum):
@@ -143,6 +156,7 @@ class Scheduler:
         inline_fixed_s: float = 1e-6,
         chunk_s: float = 4e-6,
         force: Path | None = None,
+        learner: PathLearner | None = None,
     ) -> None:
         if cache_bytes < 4 * _KIB:
             raise ValueError(f"cache_bytes must be >= 4096, got {cache_bytes!r}")
@@ -159,6 +173,9 @@ class Scheduler:
         if force is not None and not isinstance(force, Path):
             raise TypeError(f"force must be a Path or None, got {force!r}")
         self.force = force
+        #: What each path was measured to cost, per context (``decide(now_ns=...)``).
+        self.learner = learner if learner is not None else PathLearner()
+        self._learned: dict[tuple[Path, str, int, Reason, Notify], Decision] = {}
         self.cache_bytes = cache_bytes
         self.min_chunk_bytes = min_chunk_bytes
         self.max_chunk_bytes = max(min_chunk_bytes, cache_bytes // 4 // (4 * _KIB) * 4 * _KIB)
@@ -266,8 +283,15 @@ class Scheduler:
         in_arena: bool = False,
         asynchronous: bool = False,
         backlog: Mapping[str, int] | None = None,
+        now_ns: int | None = None,
     ) -> Decision:
-        """The path and the notification policy for one message of ``nbytes`` under ``qos``."""
+        """The path and the notification policy for one message of ``nbytes`` under ``qos``.
+
+        ``now_ns`` (a monotonic clock in nanoseconds, read as the send starts) turns on
+        learning: where more than one path could carry the message, the learner measures
+        them (the time from one send to the next, per byte) and picks the cheapest on this
+        machine; the cost model's choice is where it starts.  Without it, the model decides.
+        """
         high = occupancy >= self.high_occupancy
         if in_arena:
             decision = _LOAN[qos, high]
@@ -277,6 +301,10 @@ class Scheduler:
             decision = _SMALL[qos, high]
         else:
             decision = self._decide_large(nbytes, qos, occupancy, asynchronous, backlog or {})
+            if now_ns is not None and qos is not QoS.EFFICIENCY:
+                decision = self._learn(
+                    decision, nbytes, qos, occupancy, asynchronous, backlog or {}, now_ns
+                )
         self.counts[decision.path] += 1
         self.notify_counts[decision.notify] += 1
         if nbytes >= self._small_bytes:
@@ -304,6 +332,60 @@ class Scheduler:
         """Add notification choices a publisher tallied itself (its default-hint loans)."""
         self.notify_counts[Notify.WAKE] += wake
         self.notify_counts[Notify.BATCH] += batch
+
+    def _learn(
+        self,
+        prior: Decision,
+        nbytes: int,
+        qos: QoS,
+        occupancy: float,
+        asynchronous: bool,
+        backlog: Mapping[str, int],
+        now_ns: int,
+    ) -> Decision:
+        """The learner's path among the candidates for this message's context."""
+        offload = self._offload_engine() if asynchronous else None
+        candidates = ["inline"]
+        chunk = self.chunk_bytes_for(nbytes)
+        if nbytes >= 2 * chunk:
+            candidates.append("pipelined")
+        if offload is not None and nbytes >= self._offload_floor(offload):
+            candidates.append("offload")
+        if len(candidates) == 1:
+            return prior
+        context = Context(nbytes.bit_length(), qos, asynchronous, occupancy > 0)
+        pending_s = 0.0
+        for name, queued in backlog.items():
+            model = self.engines.get(name)
+            if queued and model is not None:
+                pending_s += model.fixed_s + queued / model.bytes_per_s
+        path_name, measuring = self.learner.choose(
+            context, tuple(candidates), prior.path.value, nbytes, now_ns, int(pending_s * 1e9)
+        )
+        path = Path(path_name)
+        reason = Reason.MEASURING if measuring else Reason.MEASURED
+        if path is Path.INLINE:
+            engine, chunk = "inline", 0
+        elif path is Path.PIPELINED:
+            engine = offload.name if offload is not None else "inline"
+        else:
+            assert offload is not None
+            engine, chunk = offload.name, 0
+        key = (path, engine, chunk, reason, prior.notify)
+        decision = self._learned.get(key)
+        if decision is None:
+            decision = self._learned[key] = Decision(
+                path, engine, chunk, reason, prior.notify, prior.notify_reason
+            )
+        return decision
+
+    def _offload_engine(self) -> EngineModel | None:
+        """The asynchronous engine offloads go to (a device engine before a thread)."""
+        offload: EngineModel | None = None
+        for model in self.engines.values():
+            if model.asynchronous and (offload is None or model.kind == "device"):
+                offload = model
+        return offload
 
     def _forced(self, nbytes: int, asynchronous: bool, qos: QoS, high: bool) -> Decision:
         """The pinned path where it applies (characterization runs), else inline."""
@@ -345,11 +427,7 @@ class Scheduler:
         """The path for a message above the small-message threshold (notify: the default)."""
         if qos is QoS.EFFICIENCY:
             return Decision(Path.INLINE, "inline", 0, Reason.EFFICIENCY)
-        offload: EngineModel | None = None
-        if asynchronous:
-            for model in self.engines.values():
-                if model.asynchronous and (offload is None or model.kind == "device"):
-                    offload = model
+        offload = self._offload_engine() if asynchronous else None
         wants_offload = offload is not None and (
             qos is QoS.THROUGHPUT or occupancy >= self.high_occupancy
         )
@@ -412,6 +490,7 @@ class Scheduler:
                 "high_occupancy": self.high_occupancy,
             },
             "decisions": {path.value: n for path, n in self.counts.items() if n},
+            "learned": self.learner.snapshot(),
             "notify": {
                 "policy": {
                     f"{q.value}{' (ring nearly full)' if high else ''}": f"{n.value}: {why.value}"
@@ -433,10 +512,18 @@ class Scheduler:
         }
 
     def _refresh(self) -> None:
-        candidates = [self.pipeline_min_bytes]
-        candidates += [self.offload_min_bytes(name) for name in self.engines]
-        known = [c for c in candidates if c is not None]
-        self._small_bytes = min(known) if known else 1 << 62
+        # Below the smallest size where a second path could carry a message at all, there
+        # is nothing to decide: two chunks for pipelining, a copy at least as long as an
+        # engine's hand-off for offloading.  Above it the model proposes and, given the
+        # time, the learner measures.
+        floors = [2 * self.min_chunk_bytes]
+        floors += [self._offload_floor(m) for m in self.engines.values() if m.asynchronous]
+        self._small_bytes = min(floors)
+
+    def _offload_floor(self, engine: EngineModel) -> int:
+        """The smallest message whose inline copy takes as long as ``engine``'s hand-off."""
+        gap_s = engine.fixed_s - self.inline.fixed_s
+        return max(int(gap_s * self.inline.bytes_per_s), 1)
 
 
 def _notify_policy(qos: QoS, high: bool) -> tuple[Notify, NotifyReason]:

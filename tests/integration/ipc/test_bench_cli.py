@@ -27,7 +27,7 @@ def test_a_tiny_run_writes_results_goals_and_a_plot(tmp_path: Path) -> None:
         "--quick",
         "--repeats", "1",
         "--sizes", "64,256K",
-        "--transports", "sealserve-loan-latency,sealserve-copy-efficiency",
+        "--transports", "sealserve-loan-latency,sealserve-copy-efficiency,sealserve-auto-latency",
         "--json", str(out),
         "--plot", str(png),
     )  # fmt: skip
@@ -39,7 +39,12 @@ def test_a_tiny_run_writes_results_goals_and_a_plot(tmp_path: Path) -> None:
     rows = {(r["transport"], r["size_bytes"]): r for r in doc["results"]}
     assert set(rows) == {
         (t, s)
-        for t in ("baseline", "sealserve-copy-efficiency", "sealserve-loan-latency")
+        for t in (
+            "baseline",
+            "sealserve-copy-efficiency",
+            "sealserve-loan-latency",
+            "sealserve-auto-latency",
+        )
         for s in (64, 256 << 10)
     }
     for row in rows.values():
@@ -48,7 +53,23 @@ def test_a_tiny_run_writes_results_goals_and_a_plot(tmp_path: Path) -> None:
             assert row[key] > 0
     assert rows[("baseline", 64)]["ratio_gb_per_s"] == 1.0
     goals = {g["goal"] for g in doc["goals"]}
-    assert {"p50 vs baseline, latency hint", "throughput vs baseline"} <= goals
+    assert {
+        "p50 vs baseline, latency hint",
+        "throughput vs baseline",
+        "loans: throughput vs baseline",
+        "loans: CPU s/GB vs baseline",
+    } <= goals
+    # auto says, per size, which path its scheduler chose and why (at 256 KiB two can carry
+    # a send_async of the latency hint: inline and the offload engine, plus pipelining).
+    auto = {a["size_bytes"]: a for a in doc["auto"] if a["transport"] == "sealserve-auto-latency"}
+    assert set(auto) == {64, 256 << 10}
+    assert auto[64]["learned"] == []
+    assert auto[256 << 10]["learned"]
+    assert {c["regime"] for c in auto[256 << 10]["learned"]} <= {"streaming", "one at a time"}
+    assert all(
+        c["chosen"] in ("inline", "pipelined", "offload") for c in auto[256 << 10]["learned"]
+    )
+    assert "auto: the path the scheduler chose" in done.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "goals" in done.stdout
 

@@ -34,6 +34,7 @@ from sealserve.ipc import (
     ThreadEngine,
 )
 from sealserve.ipc._layout import W
+from sealserve.ipc._learner import PathLearner
 
 SMALL = ChannelOptions(capacity=8, arena_bytes=64 << 10)
 
@@ -550,6 +551,47 @@ class ConformanceSuite:
             decisions = pub.stats().scheduler
             assert decisions is not None
             assert decisions["decisions"][force.value] == 3
+
+    def test_the_scheduler_measures_the_paths_it_may_choose_and_says_what_it_chose(
+        self, backend: Backend
+    ) -> None:
+        # Short blocks (two messages each), so that a few dozen sends finish a round.
+        scheduler = Scheduler(learner=PathLearner(block_bytes=1 << 20))
+        pub, sub = backend.pair(
+            ChannelOptions(capacity=8, arena_bytes=8 << 20), scheduler=scheduler
+        )
+        payload = bytes(range(256)) * 2048  # 512 KiB: inline or pipelined, synchronous
+        got: list[int] = []
+
+        def reader() -> None:
+            for _ in range(48):
+                sample = sub.receive(timeout=10.0)
+                assert sample is not None
+                assert sample.wait(timeout=10.0)
+                got.append(bytes(sample.view) == payload)
+                sample.release()
+
+        t = threading.Thread(target=reader)
+        t.start()
+        paths = [pub.send(payload, qos="latency").path for _ in range(48)]
+        t.join(timeout=30)
+        assert got == [True] * 48
+        assert set(paths) == {Path.INLINE, Path.PIPELINED}  # both were tried
+        snap = pub.stats().scheduler
+        assert snap is not None
+        learned = snap["learned"]  # a context per regime: streaming, or one at a time
+        assert learned
+        assert {c["regime"] for c in learned} <= {"streaming", "one at a time"}
+        for ctx in learned:
+            assert ctx["bytes"] == [512 << 10, (1 << 20) - 1]
+            assert ctx["qos"] == "latency"
+            assert ctx["prior"] in ("inline", "pipelined")  # the cost model's choice
+            assert ctx["chosen"] in ("inline", "pipelined")
+        assert sum(c["costs"]["inline"]["messages"] for c in learned) >= 2, learned
+        assert sum(c["costs"]["pipelined"]["messages"] for c in learned) >= 2, learned
+        assert any(
+            c["why"].startswith("measured cheapest at the last probe round: ") for c in learned
+        )
 
     def test_the_scheduler_picks_pipelining_for_large_latency_messages(
         self, backend: Backend
