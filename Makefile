@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
-# Reinstall only when pyproject.toml changed since the last install.
-$(STAMP): pyproject.toml
+# Reinstall only when pyproject.toml (or the ipc ring's C core and its build hook) changed
+# since the last install: the install compiles sealserve.ipc._ringcore (hatch_build.py).
+$(STAMP): pyproject.toml hatch_build.py src/sealserve/ipc/_ringcore.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,24 @@ def frozen_package(
     )
     monkeypatch.setattr(_measure, "installed_package_dir", lambda: copy)
     return copy
+
+
+@pytest.fixture(params=["c", "python"])
+def ipc_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test on each core of the ipc hot path: the compiled one and pure Python.
+
+    Child processes the test starts inherit the choice (``SEALSERVE_IPC_CORE``).  Whether the
+    compiled core is built at all is ``tests/unit/ipc/test_core.py``'s business.
+    """
+    from sealserve.ipc import _core
+
+    core = request.param
+    if core not in _core.available():
+        pytest.skip("the compiled ipc core is not built here")
+    before = _core.active()
+    _core.use(core)
+    monkeypatch.setenv("SEALSERVE_IPC_CORE", core)
+    try:
+        yield core
+    finally:
+        _core.use(before)

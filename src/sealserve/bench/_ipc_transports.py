@@ -9,6 +9,10 @@ cost counts like a copy's.  What differs is how the bytes travel:
 ``baseline``            a shared-memory ring of fixed slots: write into a private buffer,
                         ``memcpy`` in, block on a futex, ``memcpy`` out into a private
                         buffer, check (the paper's baseline);
+``reference``           the simplest in-place ring in pure Python (the issue's comparison):
+                        fixed slots, write and read in place, spin then block, several
+                        messages in flight; no channel feature (one reader, in-order release,
+                        no validation of a hostile writer): what Python alone costs per message;
 ``sealserve-<mode>``    this project's channel, ``mode`` one of ``copy`` (send, inline copy),
                         ``loan`` (write in place, read in place), ``stream`` (loan published
                         chunk by chunk, read chunk by chunk), ``offload`` (send_async through
@@ -235,6 +239,87 @@ class BaselineConsumer(Consumer):
         self.ring.close()
 
 
+# -- reference: the simplest in-place ring in pure Python ---------------------------------------
+
+#: How long the reference ring spins before it blocks.
+_REFERENCE_SPIN_NS = 50_000
+
+
+def _spin_then_wait(ring: _BaselineRing, ready: Callable[[], bool], flag: int, epoch: int) -> None:
+    limit = time.perf_counter_ns() + _REFERENCE_SPIN_NS
+    while time.perf_counter_ns() < limit:
+        if ready():
+            return
+    ring.wait(ready, flag, epoch)
+
+
+class ReferenceProducer(Producer):
+    """Writes each message in place into the next fixed slot; spins, then blocks, for room."""
+
+    def __init__(self, size: int, depth: int, where: Path) -> None:
+        super().__init__(size, depth, where)
+        fd = _sys.memfd_create("bench-reference")
+        os.ftruncate(fd, _ring_bytes(size, depth))
+        self.ring = _BaselineRing(mmap.mmap(fd, _ring_bytes(size, depth)), size, depth, write=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(where / "reference.sock"))
+        self.listener.listen(1)
+        conn, _ = self.listener.accept()
+        socket.send_fds(conn, [b"x"], [fd])
+        conn.recv(1)
+        conn.close()
+        os.close(fd)
+        self.head = 0
+
+    def send(self, seq: int) -> None:
+        t0 = time.perf_counter_ns()
+        ring = self.ring
+        w = ring.w
+        head = self.head
+        depth = ring.depth
+        if head - w[_B_TAIL // 8] >= depth:
+            _spin_then_wait(ring, lambda: head - w[_B_TAIL // 8] < depth, _B_PWAIT, _B_SPACE)
+        self.work.fill(ring.slots[head % depth], seq, t0)  # in place: no private buffer
+        self.head = head + 1
+        w[_B_HEAD // 8] = head + 1
+        ring.wake(_B_CWAIT, _B_DATA)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.ring.close()
+
+
+class ReferenceConsumer(Consumer):
+    """Checks each message in place in its slot; spins, then blocks, for the next one."""
+
+    def __init__(self, size: int, depth: int, where: Path) -> None:
+        super().__init__(size, depth, where)
+        sock = connect_retry(where / "reference.sock")
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        sock.sendall(b"y")
+        sock.close()
+        self.ring = _BaselineRing(
+            mmap.mmap(fds[0], _ring_bytes(size, depth)), size, depth, write=False
+        )
+        os.close(fds[0])
+        self.tail = 0
+
+    def receive(self) -> tuple[int, int]:
+        ring = self.ring
+        w = ring.w
+        tail = self.tail
+        if w[_B_HEAD // 8] == tail:
+            _spin_then_wait(ring, lambda: w[_B_HEAD // 8] != tail, _B_CWAIT, _B_DATA)
+        out = self.work.check(ring.slots[tail % ring.depth])  # in place: no copy out
+        self.tail = tail + 1
+        w[_B_TAIL // 8] = tail + 1
+        ring.wake(_B_PWAIT, _B_SPACE)
+        return out
+
+    def close(self) -> None:
+        self.ring.close()
+
+
 # -- sealserve ----------------------------------------------------------------------------------
 
 
@@ -381,7 +466,7 @@ def connect_retry(path: Path, timeout: float = 30.0) -> socket.socket:
 
 def available_transports() -> list[str]:
     """Every transport this machine can run, baseline first."""
-    names = ["baseline"]
+    names = ["baseline", "reference"]
     names += [f"sealserve-{mode}-{qos.value}" for mode in MODES for qos in QoS]
     names.append("multiprocessing")
     for module, name in (("zmq", "zmq"), ("iceoryx2", "iceoryx2")):
@@ -398,6 +483,8 @@ def make_producer(transport: str, size: int, depth: int, where: Path, *, queue: 
 
     if transport == "baseline":
         return BaselineProducer(size, depth, where)
+    if transport == "reference":
+        return ReferenceProducer(size, depth, where)
     if transport.startswith("sealserve-"):
         _, mode, qos = transport.split("-", 2)
         return SealserveProducer(size, depth, where, mode=mode, qos=qos)
@@ -409,6 +496,8 @@ def make_consumer(transport: str, size: int, depth: int, where: Path, *, queue: 
 
     if transport == "baseline":
         return BaselineConsumer(size, depth, where)
+    if transport == "reference":
+        return ReferenceConsumer(size, depth, where)
     if transport.startswith("sealserve-"):
         _, mode, qos = transport.split("-", 2)
         return SealserveConsumer(size, depth, where, mode=mode, qos=qos)

@@ -214,6 +214,7 @@ def wait_on_epoch(
     counters: WaitCounters,
     cpu_word: int | None = None,
     peer_cpu_words: Sequence[int] = (),
+    spinner: Callable[[int, bool], bool] | None = None,
 ) -> bool:
     """Wait until ``ready()``; ``True`` when it is, ``False`` once ``deadline`` has passed.
 
@@ -223,6 +224,10 @@ def wait_on_epoch(
     ``cpu_word`` is where this end writes the CPU it waits on (plus one), and
     ``peer_cpu_words`` where the ends it waits for write theirs: a spin that finds the peer
     on its own CPU yields at every turn, since the peer cannot answer while we hold the core.
+
+    ``spinner(spin_ns, yield_each_turn)``, where given, spins natively (the compiled core,
+    without the GIL) instead of calling ``ready()`` in a Python loop; it returns whether the
+    wait is over.
 
     ``check()`` runs between blocking slices and raises when the peer is gone.  ``deadline``
     is on ``clock.monotonic()``; ``None`` waits for ever.
@@ -241,19 +246,26 @@ def wait_on_epoch(
                     every = 1
                     counters.shared_cpu += 1
                     break
-        n = 0
-        while True:
-            if ready():
-                counters.spin_hits += 1
-                if budget is not None:
-                    budget.observe_spin(hit=True)
-                return True
-            n += 1
-            if n % every == 0:
-                if time.perf_counter_ns() >= limit:
+        if spinner is not None:
+            hit = spinner(spin_ns, every == 1)
+        else:
+            hit = False
+            n = 0
+            while True:
+                if ready():
+                    hit = True
                     break
-                if every == 1:
-                    os.sched_yield()  # let the peer that shares this core run
+                n += 1
+                if n % every == 0:
+                    if time.perf_counter_ns() >= limit:
+                        break
+                    if every == 1:
+                        os.sched_yield()  # let the peer that shares this core run
+        if hit:
+            counters.spin_hits += 1
+            if budget is not None:
+                budget.observe_spin(hit=True)
+            return True
         counters.spin_misses += 1
         if budget is not None:
             budget.observe_spin(hit=False)

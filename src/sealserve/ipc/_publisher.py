@@ -26,7 +26,7 @@ from sealserve.errors import (
     MessageTooLarge,
     PeerDied,
 )
-from sealserve.ipc import _sys
+from sealserve.ipc import _core, _sys
 from sealserve.ipc._engines import CopyEngine, CopyJob, InlineEngine, copy_bytes
 from sealserve.ipc._layout import FLAG_PIPELINED, PRODUCER_CLOSED, PRODUCER_NONE, PRODUCER_OPEN, W
 from sealserve.ipc._link import Link, PeerState
@@ -240,7 +240,9 @@ class Publisher:
         self._arena_np = np.frombuffer(seg.arena, np.uint8)
         self._arena_u64 = np.frombuffer(seg.arena, np.uint64)
         self._asize = seg.geometry.arena_size
-        self._ring = ProducerRing(seg, trim_above=channel.trim_above)
+        self._ring: ProducerRing = _core.ring_class()(
+            seg, trim_above=channel.trim_above, window_bytes=_window_bytes()
+        )
         # Loans under the default hint decide their notification from this table (no call
         # and no enum hashing per loan); the tallies reach the scheduler with stats().
         self._loan_batch, self._loan_high = scheduler.loan_table(qos, self._ring.capacity)
@@ -682,6 +684,8 @@ class Publisher:
         # Let go of our views of the arena so that the segment can unmap when it closes.
         self._arena_np = self._arena_u64 = _NO_ARRAY
         self._arena = _NO_VIEW
+        with self._lock:
+            self._ring.close()
         if self._on_close is not None:
             self._on_close(self)
 
@@ -694,6 +698,20 @@ class Publisher:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Publisher(channel={self.name!r}, state={state!r}, subscribers={self.subscribers})"
+
+
+_WINDOW: list[int] = []
+
+
+def _window_bytes() -> int:
+    """How far allocations walk before wrapping: four times the consumer's private cache.
+
+    Far enough that the lines the producer writes next have left the consumer's cache (it
+    read them a window ago), so a write never pulls lines back from the other core.
+    """
+    if not _WINDOW:
+        _WINDOW.append(4 * _sys.consumer_cache_bytes())
+    return _WINDOW[0]
 
 
 def _byte_view(data: Any) -> memoryview:

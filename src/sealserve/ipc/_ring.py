@@ -11,10 +11,14 @@ the invariants easy to state and to test under random interleavings:
   back, whatever the order: a message that is held never holds up the ones after it;
 * a descriptor's release mark changes each time it is taken (a 7-bit generation), so a mark
   left from an earlier message never counts for a later one;
-* live allocations never overlap; an allocation goes to the start of the arena when that
-  room is free (a channel that keeps up reuses the same few hot lines), else right after
-  the previous allocation (a stream walks forward like a ring), else into the first gap
-  that fits: free space is used wherever it is.
+* live allocations never overlap; an allocation goes right after the previous one while it
+  stays within the first ``window_bytes`` of the arena (the stream walks forward like a
+  ring), else back to the start of the arena when that room is free, else right after the
+  previous one anyway, else into the first gap that fits: free space is used wherever it
+  is.  The window (by default four times the consumer's private cache) is what keeps the
+  producer off the lines the consumer is still reading: reusing the same few lines made
+  every write of the producer pull them back from the other core (at 64 KiB that cost more
+  than the whole message's useful work).
 
 Reclamation is cheap on the common path (in order, from the oldest message, right after a
 publication once a few messages are in flight) and complete when it matters: when an
@@ -114,7 +118,9 @@ class Rec:
 class ProducerRing:
     """Allocation, publication and reclamation of one channel's messages."""
 
-    def __init__(self, segment: Segment, *, trim_above: int | None) -> None:
+    def __init__(
+        self, segment: Segment, *, trim_above: int | None, window_bytes: int | None = None
+    ) -> None:
         g = segment.geometry
         w = segment.words
         self._seg = segment
@@ -127,6 +133,10 @@ class ProducerRing:
         self._queue_word = g.queue_offset >> 3
         self._mark_word = (g.desc_offset >> 3) + W.D_MARKS
         self.arena_size = g.arena_size
+        #: Allocations walk forward within this many bytes from the arena's start, then wrap.
+        self.window_bytes = g.arena_size if window_bytes is None else window_bytes
+        if self.window_bytes < 1:
+            raise ValueError(f"window_bytes must be >= 1, got {window_bytes!r}")
         self._trim_above = trim_above
         self._data_epoch_address = segment.address + W.DATA_EPOCH * 8
         self._space_epoch_address = segment.address + W.SPACE_EPOCH * 8
@@ -284,19 +294,19 @@ class ProducerRing:
             return 0
         starts = self._starts
         ends = self._ends
-        if not starts or starts[0] >= need:
-            at = 0  # the start: hot lines, compact footprint
-            starts.insert(0, 0)
-            ends.insert(0, need)
-        else:
-            at = self._cursor  # right after the latest allocation, as a ring would
-            if at == ends[-1] and self.arena_size - at >= need:
-                starts.append(at)
-                ends.append(at + need)
+        at = self._cursor
+        i = bisect.bisect_left(starts, at)
+        if not (
+            at + need <= self.window_bytes
+            and at + need <= self.arena_size
+            and (i == 0 or ends[i - 1] <= at)
+            and (i == len(starts) or starts[i] >= at + need)
+        ):  # not the next stretch of the window: the start, or wherever there is room
+            if not starts or starts[0] >= need:
+                at = i = 0
             else:
-                i = bisect.bisect_left(starts, at)
                 limit = starts[i] if i < len(starts) else self.arena_size
-                if limit - at < need:
+                if not ((i == 0 or ends[i - 1] <= at) and limit - at >= need):
                     at = -1
                     for i in range(1, len(starts)):  # first fit
                         if starts[i] - ends[i - 1] >= need:
@@ -308,8 +318,8 @@ class ProducerRing:
                             i = len(starts)
                     if at < 0:
                         return -1
-                starts.insert(i, at)
-                ends.insert(i, at + need)
+        starts.insert(i, at)
+        ends.insert(i, at + need)
         self._cursor = at + need
         self._in_use += need
         return at
@@ -573,6 +583,9 @@ class ProducerRing:
             self.tail = inflight[0].seq if inflight else self.head
             w[W.TAIL] = self.tail
         return inflight[0] if inflight else None
+
+    def close(self) -> None:
+        """Stop using the segment (the compiled ring gives its mapping back here)."""
 
     def _retire(self, rec: Rec) -> None:
         trim = self._trim_above

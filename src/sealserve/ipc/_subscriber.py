@@ -21,7 +21,7 @@ import numpy as np
 
 from sealserve._log import get_logger
 from sealserve.errors import ChannelClosed, IPCError, PeerDied, SegmentError
-from sealserve.ipc import _sys
+from sealserve.ipc import _core, _sys
 from sealserve.ipc._engines import copy_bytes
 from sealserve.ipc._layout import (
     CONSUMER_LEFT,
@@ -48,6 +48,8 @@ _FENCE_ACQUIRE, _FENCE_RELEASE = _sys.FENCE_PAIR
 _HEAD = W.HEAD
 _SPACE_WANT = W.SPACE_WANT
 _PRODUCER_CPU = (W.PCPU,)
+# What the compiled reader's next() found, when it is not a message (its first field).
+_NEXT_ABORTED, _NEXT_BAD_QUEUE, _NEXT_BAD_TAG = 1, 2, 3
 #: Consumer-side copies move at most this much at a time (well inside a private cache).
 _PLACE_CHUNK = 256 << 10
 _NO_ARRAY: np.ndarray[Any, Any] = np.zeros(0, np.uint8)
@@ -197,6 +199,11 @@ class Sample:
         if sub._closed:
             return
         sub._held -= 1
+        reader = sub._reader
+        if reader is not None:  # the compiled core: mark, fence, wake a waiting producer
+            if reader.release(self._desc, self._mark, self.seq):
+                sub._counters.wakeups_sent += 1
+            return
         sub._b[sub._mark_base + self._desc * 64] = self._mark
         _FENCE_ACQUIRE()  # a full fence without a Python-level call
         _FENCE_RELEASE()
@@ -267,6 +274,8 @@ class Subscriber:
             raise IPCError(f"subscriber slot {slot} of channel {self.name!r} is not reserved")
         w[self._cw + W.C_PID] = os.getpid()
         self._cursor = w[self._cw + W.C_START]
+        #: The compiled core's reads of this slot (``None`` on the pure-Python core).
+        self._reader = _core.reader(seg, slot, self._cursor)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -281,6 +290,9 @@ class Subscriber:
         """
         if self._closed:
             raise ChannelClosed(f"subscriber of channel {self.name!r} is closed")
+        reader = self._reader
+        if reader is not None:
+            return self._receive_compiled(reader, timeout, qos)
         w = self._w
         deadline: float | None = None
         while True:
@@ -322,6 +334,47 @@ class Subscriber:
             c[1] += length
             return Sample(self, seq, desc, mark, offset, length, progress == length)
 
+    def _receive_compiled(
+        self, reader: Any, timeout: float | None, qos: QoS | str | None
+    ) -> Sample | None:
+        """``receive`` on the compiled core: the same checks, made in C."""
+        deadline: float | None = None
+        while True:
+            got = reader.next()
+            if got is None:
+                if deadline is None and timeout is not None:
+                    deadline = self._clock.monotonic() + timeout
+                if not self._wait_data(reader.cursor, deadline, qos):
+                    return None
+                continue
+            kind, seq, desc, mark, offset, length, progress = got
+            if kind:
+                self._refuse(kind, seq, desc, mark)
+                continue
+            self._held += 1
+            c = self._c_received
+            c[0] += 1
+            c[1] += length
+            return Sample(self, seq, desc, mark, offset, length, progress == length)
+
+    def _refuse(self, kind: int, seq: int, value: int, mark: int) -> None:
+        """What the compiled reader found instead of a message (``next()``'s first field)."""
+        if kind == _NEXT_ABORTED:
+            self._mark(seq, value, mark)  # its copy failed: nothing to deliver
+            return
+        if kind == _NEXT_BAD_QUEUE:
+            raise SegmentError(
+                f"queue entry of message {seq} of channel {self.name!r} is corrupt "
+                f"(descriptor {value})"
+            )
+        if kind == _NEXT_BAD_TAG:
+            raise SegmentError(
+                f"descriptor of message {seq} of channel {self.name!r} is corrupt (tag {value})"
+            )
+        raise SegmentError(
+            f"descriptor of message {seq} of channel {self.name!r} points outside the arena"
+        )
+
     def receive_into(
         self, out: Any, *, timeout: float | None = None, qos: QoS | str | None = None
     ) -> int | None:
@@ -357,6 +410,7 @@ class Subscriber:
             return bool(w[W.HEAD] > seq)
 
         self._check_publisher(seq)
+        reader = self._reader
         return wait_on_epoch(
             ready,
             words=w,
@@ -373,6 +427,7 @@ class Subscriber:
             counters=self._counters.waits,
             cpu_word=self._cw + W.C_CPU,
             peer_cpu_words=_PRODUCER_CPU,
+            spinner=None if reader is None else lambda ns, share: reader.spin(seq, ns, share),
         )
 
     def _check_publisher(self, seq: int) -> None:
@@ -396,6 +451,22 @@ class Subscriber:
     # -- pipelined messages --------------------------------------------------------------------
 
     def _progress(self, desc: int, seq: int, nbytes: int) -> int:
+        if self._closed:
+            raise ChannelClosed(f"subscriber of channel {self.name!r} is closed")
+        reader = self._reader
+        if reader is not None:
+            ready, aborted = reader.progress(desc, seq, nbytes)
+            if ready == -1:
+                raise SegmentError(
+                    f"descriptor of message {seq} of channel {self.name!r} was overwritten"
+                )
+            if ready < 0:
+                raise SegmentError(f"descriptor {seq} of channel {self.name!r} is corrupt")
+            if aborted:
+                raise IPCError(
+                    f"message {seq} of channel {self.name!r} was aborted by its producer"
+                )
+            return int(ready)
         d = (self._desc_off >> 3) + desc * 8
         w = self._w
         if w[d + W.D_TAG] != seq + 1:
@@ -483,7 +554,8 @@ class Subscriber:
 
     def stats(self) -> ChannelStats:
         """Counters and waits of this subscriber; ``in_flight`` is what it has yet to read."""
-        pending = 0 if self._closed else int(self._w[W.HEAD] - self._cursor)
+        cursor = self._cursor if self._reader is None else self._reader.cursor
+        pending = 0 if self._closed else int(self._w[W.HEAD] - cursor)
         return snapshot(
             self._counters,
             channel=self.name,
@@ -515,6 +587,8 @@ class Subscriber:
         self._arena_np = self._arena_u64 = _NO_ARRAY
         with contextlib.suppress(BufferError):
             self._ro.release()
+        if self._reader is not None:
+            self._reader.close()
         if self._on_close is not None:
             self._on_close(self)
 

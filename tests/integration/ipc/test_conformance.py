@@ -28,6 +28,8 @@ from sealserve.ipc import (
 )
 from tests.unit.ipc._conformance import SMALL, ConformanceSuite
 
+pytestmark = pytest.mark.usefixtures("ipc_core")
+
 
 class ShmBackend:
     """Ends over memfd segments handed over socketpairs (the opener runs on a thread)."""

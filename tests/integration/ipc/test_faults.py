@@ -41,6 +41,8 @@ from sealserve.ipc._handshake import SUBSCRIBE, Entry, receive_answer, send_offe
 
 SMALL = ChannelOptions(capacity=8, arena_bytes=256 << 10, memory="memfd")
 
+pytestmark = pytest.mark.usefixtures("ipc_core")
+
 
 def _open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}

@@ -19,7 +19,7 @@ import pytest
 
 from sealserve.ipc import Connection
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ipc_core")]
 
 _ECHO = """
 import os, socket, sys

@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 )
 
 from sealserve.errors import BackpressureTimeout
-from sealserve.ipc import Channel, ChannelOptions, Loan, Sample, Subscriber
+from sealserve.ipc import Channel, ChannelOptions, Loan, Sample, Subscriber, _core
 from sealserve.ipc._ring import footprint
 
 OPTS = ChannelOptions(capacity=8, arena_bytes=16 << 10, max_subscribers=3, memory="anonymous")
@@ -240,4 +240,29 @@ RingMachine.TestCase.settings = settings(
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 )
-TestRingMachine = RingMachine.TestCase
+
+
+class _OnCore(RingMachine.TestCase):  # type: ignore[name-defined,misc]
+    """The machine on one core of the hot path (the compiled one, or pure Python)."""
+
+    __test__ = False
+    core = "python"
+
+    def setUp(self) -> None:
+        if self.core not in _core.available():
+            self.skipTest("the compiled ipc core is not built here")
+        self._before = _core.active()
+        _core.use(self.core)
+
+    def tearDown(self) -> None:
+        _core.use(self._before)
+
+
+class TestRingMachinePython(_OnCore):
+    __test__ = True
+    core = "python"
+
+
+class TestRingMachineCompiled(_OnCore):
+    __test__ = True
+    core = "c"

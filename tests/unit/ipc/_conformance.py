@@ -21,6 +21,7 @@ from sealserve.errors import (
     IPCError,
     MessageTooLarge,
     PeerDied,
+    SegmentError,
 )
 from sealserve.ipc import (
     ChannelOptions,
@@ -551,6 +552,41 @@ class ConformanceSuite:
             decisions = pub.stats().scheduler
             assert decisions is not None
             assert decisions["decisions"][force.value] == 3
+
+    @pytest.mark.parametrize(
+        ("field", "message"),
+        [
+            ("queue", "queue entry of message 0 .* is corrupt"),
+            ("tag", "descriptor of message 0 .* is corrupt"),
+            ("offset", "points outside the arena"),
+            ("wrap", "points outside the arena"),  # offset + length wraps around 2**64
+            ("length", "points outside the arena"),
+            ("progress", "points outside the arena"),
+        ],
+    )
+    def test_a_hostile_descriptor_is_refused_not_followed(
+        self, backend: Backend, field: str, message: str
+    ) -> None:
+        pub, sub = backend.pair(SMALL)
+        pub.send(b"x" * 100)
+        seg = pub.channel.segment
+        w, g = seg.words, seg.geometry
+        queue = g.queue_word(0)
+        d = g.desc_word(w[queue])
+        if field == "queue":
+            w[queue] = g.capacity + 5
+        elif field == "tag":
+            w[d + W.D_TAG] = 77
+        elif field == "offset":
+            w[d + W.D_OFFSET] = g.arena_size - 50
+        elif field == "wrap":
+            w[d + W.D_OFFSET] = (1 << 64) - 64
+        elif field == "length":
+            w[d + W.D_LENGTH] = (1 << 64) - 1
+        else:
+            w[d + W.D_PROGRESS] = 101
+        with pytest.raises(SegmentError, match=message):
+            sub.receive(timeout=1.0)
 
     def test_the_scheduler_measures_the_paths_it_may_choose_and_says_what_it_chose(
         self, backend: Backend

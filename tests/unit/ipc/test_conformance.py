@@ -20,6 +20,8 @@ from sealserve.ipc import (
 )
 from tests.unit.ipc._conformance import SMALL, ConformanceSuite
 
+pytestmark = pytest.mark.usefixtures("ipc_core")
+
 
 class InProcessBackend:
     """Ends in this process over anonymous memory; ``kill`` drops a link without a word."""

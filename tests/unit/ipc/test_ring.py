@@ -7,9 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from sealserve.ipc import Segment
+from sealserve.ipc import Segment, _core
 from sealserve.ipc._layout import CONSUMER_LEFT, Geometry, W
 from sealserve.ipc._ring import ProducerRing, Rec
+
+pytestmark = pytest.mark.usefixtures("ipc_core")
 
 
 @pytest.fixture
@@ -31,8 +33,12 @@ def _publish(ring: ProducerRing, n: int) -> Rec:
     return rec
 
 
-def test_a_ring_that_keeps_up_reuses_the_start_of_the_arena(segment: Segment) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+def test_a_ring_that_keeps_up_walks_its_window_then_wraps(segment: Segment) -> None:
+    # Not the same few lines over and over: the consumer still holds what it just read, and
+    # writing it again would pull it back from the other core.  A window (by default four
+    # times the consumer's cache) later, the lines have left that cache.
+    ring = _core.ring_class()(segment, trim_above=None, window_bytes=16 << 10)
+    assert ring.window_bytes == 16 << 10
     slot = ring.attach()
     assert slot == 0
     offsets = []
@@ -41,11 +47,32 @@ def test_a_ring_that_keeps_up_reuses_the_start_of_the_arena(segment: Segment) ->
         offsets.append(rec.offset)
         _release(segment, rec, 0)
         ring.reclaim()
-    assert set(offsets) <= {0, 3008, 6016, 9024, 12032}  # a handful of hot lines, not a walk
+    assert offsets[:6] == [0, 3008, 6016, 9024, 12032, 0]  # 15040 + 3008 > 16 KiB: wrap
+    assert set(offsets) == {0, 3008, 6016, 9024, 12032}
+    # Without a window the walk covers the whole arena before it wraps.
+    whole = _core.ring_class()(segment, trim_above=None)
+    assert whole.window_bytes == segment.geometry.arena_size
+
+
+def test_a_window_larger_than_the_arena_is_the_arena_and_a_bad_one_is_named(
+    segment: Segment,
+) -> None:
+    ring = _core.ring_class()(segment, trim_above=None, window_bytes=1 << 40)
+    ring.attach()
+    offsets = []
+    for _ in range(30):
+        rec = _publish(ring, 3000)
+        offsets.append(rec.offset)
+        _release(segment, rec, 0)
+        ring.reclaim()
+    assert max(offsets) + 3008 <= segment.geometry.arena_size
+    assert offsets[21] == 0  # 21 messages fill 64 KiB; the 22nd wraps
+    with pytest.raises(ValueError, match="window_bytes must be >= 1"):
+        _core.ring_class()(segment, trim_above=None, window_bytes=0)
 
 
 def test_a_stream_walks_forward_and_wraps_like_a_ring(segment: Segment) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     live: list[Rec] = []
     offsets = []
@@ -62,7 +89,7 @@ def test_a_stream_walks_forward_and_wraps_like_a_ring(segment: Segment) -> None:
 
 
 def test_allocations_never_overlap_while_live(segment: Segment) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     live: list[Rec] = []
     for i in range(400):
@@ -86,7 +113,7 @@ def test_allocations_never_overlap_while_live(segment: Segment) -> None:
 def test_released_messages_behind_a_held_one_are_reclaimed_when_room_is_needed(
     segment: Segment,
 ) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     recs = [_publish(ring, 64) for _ in range(8)]  # every descriptor taken
     for rec in recs[1:]:
@@ -106,7 +133,7 @@ def test_released_messages_behind_a_held_one_are_reclaimed_when_room_is_needed(
 
 
 def test_reclamation_waits_for_every_slot(segment: Segment) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     ring.attach()
     a, b = _publish(ring, 100), _publish(ring, 100)
@@ -123,7 +150,7 @@ def test_reclamation_waits_for_every_slot(segment: Segment) -> None:
 
 
 def test_marks_of_an_earlier_use_of_a_descriptor_do_not_count(segment: Segment) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     first = _publish(ring, 64)
     desc, mark = first.desc, first.mark
@@ -141,7 +168,7 @@ def test_marks_of_an_earlier_use_of_a_descriptor_do_not_count(segment: Segment) 
 
 
 def test_a_departed_subscriber_is_named_and_its_marks_written(segment: Segment) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     ring.attach()
     rec = _publish(ring, 64)
@@ -155,7 +182,7 @@ def test_a_departed_subscriber_is_named_and_its_marks_written(segment: Segment) 
 
 
 def test_descriptors_run_out_before_the_arena(segment: Segment) -> None:
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     recs = [ring.allocate(0) for _ in range(8)]
     assert all(r is not None for r in recs)
@@ -169,7 +196,7 @@ def test_descriptors_run_out_before_the_arena(segment: Segment) -> None:
 def test_a_slot_taken_over_keeps_the_marks_its_old_occupant_owed(segment: Segment) -> None:
     # Found by the property tests: attaching into a freshly dropped slot used to clear the
     # marks that drop() had written for messages still in flight, which then never left.
-    ring = ProducerRing(segment, trim_above=None)
+    ring = _core.ring_class()(segment, trim_above=None)
     ring.attach()
     ring.attach()
     held = _publish(ring, 64)
