@@ -59,9 +59,30 @@ class KeyServiceSettings:
     max_body_bytes: int = 1 << 20
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
+    #: Accept SEV-SNP reports and Azure CVMs (chained to AMD's ARKs, pinned in the code).
+    accept_snp: bool = True
+    #: ``PRODUCT=SHA256`` pins of other ARKs, comma-separated, instead of AMD's (tests only).
+    snp_ark_pins: str = ""
+    #: The operator's AMD certificate cache (``sealserve attest snp-cache fill``): read at start.
+    snp_cache: Path | None = None
+    #: A PEM bundle of the roots a TPM attestation key's certificate must chain to; none:
+    #: TPM quotes are refused.  Its content is measured (clients pin it with the measurement).
+    tpm_roots: Path | None = None
 
     def __post_init__(self) -> None:
         _check_port("keyservice.port", self.port)
+        for pin in filter(None, self.snp_ark_pins.split(",")):
+            product, sep, digest = pin.partition("=")
+            if (
+                not sep
+                or product not in ("Milan", "Genoa", "Turin")
+                or len(digest) != 64
+                or any(c not in "0123456789abcdef" for c in digest)
+            ):
+                raise ConfigError(
+                    f"Config 'keyservice.snp_ark_pins' has value {self.snp_ark_pins!r}. "
+                    "Not PRODUCT=<64 lowercase hex>, comma-separated (Milan, Genoa, Turin)."
+                )
         for name in ("challenge_ttl_s", "release_ttl_s", "replay_window_s", "rate_limit_per_s"):
             _check_positive(f"keyservice.{name}", getattr(self, name))
         for name in ("max_body_bytes", "rate_limit_burst"):

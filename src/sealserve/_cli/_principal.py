@@ -132,12 +132,17 @@ def runtime_policy_or_default(
     policy_file: Path | None,
     allow_debug: bool,
     tcb_statuses: list[str] | None,
+    reference_values: list[Path] | None = None,
 ) -> Any:
     """The runtime policy of a grant: the one given, else the installed code's runtime."""
-    if not measurements and policy_file is None:
+    if not measurements and not reference_values and policy_file is None:
         from sealserve._cli.up import default_runtime_measurement
 
         measurements = [default_runtime_measurement(data_dir)]
     return build_policy(
-        measurements, policy_file, allow_debug=allow_debug, tcb_statuses=tcb_statuses
+        measurements,
+        policy_file,
+        allow_debug=allow_debug,
+        tcb_statuses=tcb_statuses,
+        reference_values=reference_values,
     )

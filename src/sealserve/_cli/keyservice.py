@@ -29,6 +29,7 @@ __all__ = [
     "KeyServiceMeasurementOpt",
     "KeyServiceUrlOpt",
     "MeasurementOpt",
+    "ReferenceValuesOpt",
     "PlatformKeyOpt",
     "PolicyFileOpt",
     "app",
@@ -67,11 +68,30 @@ IdentityOpt = Annotated[
     Path | None, typer.Option("--identity", help="Identity file (default: in the data dir).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+SnpCacheOpt = Annotated[
+    Path | None,
+    typer.Option(help="AMD certificate cache ('sealserve attest snp-cache fill') for SEV-SNP."),
+]
+TpmRootsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM bundle of the roots TPM attestation keys must chain to (measured); "
+        "without it TPM quotes are refused."
+    ),
+]
 MeasurementOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--measurement",
         help="An allowed runtime measurement (hex); repeat for several.",
+    ),
+]
+ReferenceValuesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--reference-values",
+        help="Reference values of a confidential VM image (JSON, see docs/threat-model.md); "
+        "repeat for several images, any one of which admits a runtime.",
     ),
 ]
 PolicyFileOpt = Annotated[
@@ -148,6 +168,7 @@ def check_policy_flags(
     *,
     allow_debug: bool,
     tcb_statuses: Sequence[str] | None,
+    reference_values: Sequence[Path] | None = None,
 ) -> None:
     """A ``--policy`` file is the whole policy: the flags that would build one beside it
     (and so be ignored) are refused in one line, exit 2."""
@@ -159,6 +180,7 @@ def check_policy_flags(
             ("--measurement", bool(measurements)),
             ("--allow-debug", allow_debug),
             ("--tcb-status", bool(tcb_statuses)),
+            ("--reference-values", bool(reference_values)),
         )
         if used
     ]
@@ -166,7 +188,8 @@ def check_policy_flags(
         fail(
             f"{', '.join(given)} cannot be combined with --policy FILE: put "
             f"{'them' if len(given) > 1 else 'it'} in the policy file "
-            '("measurements", "allow_debug", "tcb_statuses") or drop --policy',
+            '("measurements", "allow_debug", "tcb_statuses", "reference_values") or drop '
+            "--policy",
             2,
         )
 
@@ -177,12 +200,18 @@ def build_policy(
     *,
     allow_debug: bool,
     tcb_statuses: Sequence[str] | None,
+    reference_values: Sequence[Path] | None = None,
 ) -> Any:
-    """A runtime policy from ``--measurement``s or a ``--policy`` file."""
-    from sealserve.attest import Policy
+    """A runtime policy from ``--measurement``s (and ``--reference-values`` files of VM
+    images), or a ``--policy`` file."""
+    from sealserve.attest import Policy, ReferenceValues
 
     check_policy_flags(
-        measurements, policy_file, allow_debug=allow_debug, tcb_statuses=tcb_statuses
+        measurements,
+        policy_file,
+        allow_debug=allow_debug,
+        tcb_statuses=tcb_statuses,
+        reference_values=reference_values,
     )
     if policy_file is not None:
         try:
@@ -190,12 +219,17 @@ def build_policy(
         except json.JSONDecodeError as exc:
             raise ValueError(f"policy file '{policy_file}' is not JSON: {exc}") from exc
         return Policy.from_dict(doc)
-    if not measurements:
+    references = tuple(ReferenceValues.from_file(p) for p in reference_values or ())
+    if not measurements and not references:
         raise ValueError(
-            "a runtime policy is needed: --measurement HEX (see 'sealserve attest measure') "
-            "or --policy FILE"
+            "a runtime policy is needed: --measurement HEX (see 'sealserve attest measure'), "
+            "--reference-values FILE, or --policy FILE"
         )
-    kwargs: dict[str, Any] = {"measurements": frozenset(measurements), "allow_debug": allow_debug}
+    kwargs: dict[str, Any] = {
+        "measurements": frozenset(measurements or ()),
+        "allow_debug": allow_debug,
+        "reference_values": references,
+    }
     if tcb_statuses:
         kwargs["tcb_statuses"] = frozenset(tcb_statuses)
     return Policy(**kwargs)
@@ -263,6 +297,8 @@ def serve(
     ] = 1,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
+    snp_cache: SnpCacheOpt = None,
+    tpm_roots: TpmRootsOpt = None,
 ) -> None:
     """Start the KeyService, launched through the (simulated) TEE platform so it can attest.
 
@@ -283,6 +319,8 @@ def serve(
         ("port", port),
         ("rate_limit_per_s", rate_limit_per_s),
         ("rate_limit_burst", rate_limit_burst),
+        ("snp_cache", snp_cache),
+        ("tpm_roots", tpm_roots),
     ):
         if value is not None:
             changes[name] = value
@@ -374,9 +412,21 @@ def _launch_and_wait(
 @app.command()
 def measure(
     json_out: JsonOpt = False,
+    config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
+    tpm_roots: TpmRootsOpt = None,
 ) -> None:
-    """Print the measurement a KeyService of the installed code has (what clients pin)."""
-    from sealserve.attest import measure as measure_entry
+    """Print the measurement a KeyService of the installed code has (what clients pin).
 
-    value = guarded(lambda: measure_entry("keyservice"))
+    It covers the measured settings (the challenge, release and replay windows, and which
+    hardware evidence is trusted: SEV-SNP, the TPM roots) of --config and --tpm-roots, as
+    'keyservice serve' launches it with the same ones.
+    """
+    from sealserve.attest import measure as measure_entry
+    from sealserve.keyservice import measured_config
+
+    loaded = guarded(lambda: load_settings(config))
+    ks = loaded.keyservice
+    if tpm_roots is not None:
+        ks = guarded(lambda: dataclasses.replace(ks, tpm_roots=tpm_roots))
+    value = guarded(lambda: measure_entry("keyservice", config=measured_config(ks)))
     emit(json_out, {"entry": "keyservice", "measurement": value}, value)

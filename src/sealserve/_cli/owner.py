@@ -26,6 +26,7 @@ from sealserve._cli.keyservice import (
     MeasurementOpt,
     PlatformKeyOpt,
     PolicyFileOpt,
+    ReferenceValuesOpt,
     build_policy,
     check_policy_flags,
     emit,
@@ -141,6 +142,7 @@ def grant(
     name: Annotated[str, typer.Argument(help="The model's name.")],
     user_id: Annotated[str, typer.Argument(help="The user's principal id.")],
     measurement: MeasurementOpt = None,
+    reference_values: ReferenceValuesOpt = None,
     policy: PolicyFileOpt = None,
     allow_debug: AllowDebugOpt = False,
     tcb_status: TcbOpt = None,
@@ -153,7 +155,13 @@ def grant(
 ) -> None:
     """Let USER_ID use model NAME in runtimes that satisfy the policy."""
     runtime_policy = guarded(
-        lambda: build_policy(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
+        lambda: build_policy(
+            measurement,
+            policy,
+            allow_debug=allow_debug,
+            tcb_statuses=tcb_status,
+            reference_values=reference_values,
+        )
     )
     owner = _owner(
         data_dir=data_dir,
@@ -261,6 +269,7 @@ def upload(
         typer.Option("--grant", help="Also grant this user id access to the model; repeat."),
     ] = None,
     measurement: MeasurementOpt = None,
+    reference_values: ReferenceValuesOpt = None,
     policy: PolicyFileOpt = None,
     allow_debug: AllowDebugOpt = False,
     tcb_status: TcbOpt = None,
@@ -284,7 +293,13 @@ def upload(
     from sealserve.crypto import SymmetricKey
     from sealserve.instance import ModelStore
 
-    check_policy_flags(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
+    check_policy_flags(
+        measurement,
+        policy,
+        allow_debug=allow_debug,
+        tcb_statuses=tcb_status,
+        reference_values=reference_values,
+    )
     if not model.is_file():
         fail(f"no model file at '{model}'", 2)
     try:
@@ -295,7 +310,9 @@ def upload(
     store_dir = store if store is not None else folder / "store"
     runtime_policy = (
         guarded(
-            lambda: runtime_policy_or_default(folder, measurement, policy, allow_debug, tcb_status)
+            lambda: runtime_policy_or_default(
+                folder, measurement, policy, allow_debug, tcb_status, reference_values
+            )
         )
         if grant_to
         else None

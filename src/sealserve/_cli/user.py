@@ -27,6 +27,7 @@ from sealserve._cli.keyservice import (
     MeasurementOpt,
     PlatformKeyOpt,
     PolicyFileOpt,
+    ReferenceValuesOpt,
     build_policy,
     check_policy_flags,
     emit,
@@ -85,6 +86,7 @@ def register(
 def request_key(
     model_id: Annotated[str, typer.Argument(help="The model id: <owner_id>/<name>.")],
     measurement: MeasurementOpt = None,
+    reference_values: ReferenceValuesOpt = None,
     policy: PolicyFileOpt = None,
     allow_debug: AllowDebugOpt = False,
     tcb_status: TcbOpt = None,
@@ -106,7 +108,13 @@ def request_key(
 
     owner_id, name = guarded(lambda: split_model_id(model_id))
     runtime_policy = guarded(
-        lambda: build_policy(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
+        lambda: build_policy(
+            measurement,
+            policy,
+            allow_debug=allow_debug,
+            tcb_statuses=tcb_status,
+            reference_values=reference_values,
+        )
     )
     folder = resolve_data_dir(data_dir)
     path = (
@@ -170,6 +178,7 @@ def infer(
         ),
     ] = None,
     measurement: MeasurementOpt = None,
+    reference_values: ReferenceValuesOpt = None,
     policy: PolicyFileOpt = None,
     allow_debug: AllowDebugOpt = False,
     tcb_status: TcbOpt = None,
@@ -201,7 +210,13 @@ def infer(
     from sealserve.models import load_inputs, save_outputs, summarize_outputs, zoo_spec_for
     from sealserve.protocol import split_model_id
 
-    check_policy_flags(measurement, policy, allow_debug=allow_debug, tcb_statuses=tcb_status)
+    check_policy_flags(
+        measurement,
+        policy,
+        allow_debug=allow_debug,
+        tcb_statuses=tcb_status,
+        reference_values=reference_values,
+    )
     owner_id, name = guarded(lambda: split_model_id(model_id))
     if not input_file.is_file():
         fail(f"no input file at '{input_file}'", 2)
@@ -217,7 +232,9 @@ def infer(
         key = guarded(lambda: RequestKey.from_bytes(read_secret_file(path)))
     else:
         runtime_policy = guarded(
-            lambda: runtime_policy_or_default(folder, measurement, policy, allow_debug, tcb_status)
+            lambda: runtime_policy_or_default(
+                folder, measurement, policy, allow_debug, tcb_status, reference_values
+            )
         )
         key = RequestKey.generate()
         user = _user(

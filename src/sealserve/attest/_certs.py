@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -33,9 +34,11 @@ __all__ = [
     "load_certificates",
     "load_crl",
     "public_key",
+    "remember_verified",
     "serial_number",
     "spki_sha256",
     "verify_chain",
+    "verified_before",
     "verify_pss_sha384",
 ]
 
@@ -226,6 +229,9 @@ def verify_pss_sha384(issuer: x509.Certificate, cert: x509.Certificate, what: st
         raise Rejected(f"{what} is not issued by {issuer.subject.rfc4514_string()}")
     if cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.RSASSA_PSS:
         raise Rejected(f"{what} is not signed with RSA-PSS")
+    memo = _memo_key("pss-sha384", issuer, cert)
+    if verified_before(memo):
+        return
     key = public_key(issuer)
     if not isinstance(key, rsa.RSAPublicKey):
         raise Rejected(f"the issuer of {what} has no RSA key")
@@ -234,6 +240,7 @@ def verify_pss_sha384(issuer: x509.Certificate, cert: x509.Certificate, what: st
         key.verify(cert.signature, cert.tbs_certificate_bytes, pss, hashes.SHA384())
     except InvalidSignature:
         raise Rejected(f"the signature of {what} does not verify") from None
+    remember_verified(memo)
 
 
 def verify_chain(
@@ -328,7 +335,49 @@ def _check_issued(child: x509.Certificate, parent: x509.Certificate, what: str) 
         raise Rejected(f"an issuer in {what}'s chain has malformed extensions") from exc
     if not constraints.ca:
         raise Rejected(f"an issuer in {what}'s chain is not a CA")
+    memo = _memo_key("as-named", parent, child)
+    if verified_before(memo):
+        return
     try:
         child.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         raise Rejected(f"a signature in {what}'s chain does not verify") from None
+    remember_verified(memo)
+
+
+# Signatures that verified, by (how, the issuer's certificate, the certificate): a signature
+# check is a pure function of those bytes, and the same chains arrive with every report of a
+# machine, so each is checked once (bounded; only successes are kept).  Names, windows and
+# CRLs are checked on every call all the same.
+_MEMO: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+#: A memo key: (how it was checked, who signed, what was signed with its signature).
+MemoKey = tuple[str, bytes, bytes]
+_MEMO_LOCK = threading.Lock()
+_MEMO_SIZE: Final = 1024
+
+
+def _memo_key(
+    how: str, issuer: x509.Certificate, cert: x509.Certificate
+) -> tuple[str, bytes, bytes]:
+    return (
+        how,
+        issuer.public_bytes(serialization.Encoding.DER),
+        cert.public_bytes(serialization.Encoding.DER),
+    )
+
+
+def verified_before(key: MemoKey) -> bool:
+    """Whether the signature check named by ``key`` succeeded before (see ``_MEMO``)."""
+    with _MEMO_LOCK:
+        if key in _MEMO:
+            _MEMO.move_to_end(key)
+            return True
+    return False
+
+
+def remember_verified(key: MemoKey) -> None:
+    """Remember that the signature check named by ``key`` succeeded."""
+    with _MEMO_LOCK:
+        _MEMO[key] = None
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)

@@ -218,7 +218,7 @@ def verify_evidence(
     if len(report_data) != REPORT_DATA_BYTES:
         raise ValueError(f"report_data must be {REPORT_DATA_BYTES} bytes, got {len(report_data)}")
     try:
-        claims = verified_claims(evidence, trust=trust, now=now, max_age_s=max_age_s)
+        claims = backend_claims(evidence, trust, now=now, max_age_s=max_age_s)
         _check_policy(claims, policy, bytes(report_data))
     except Rejected as exc:
         _log.event(
@@ -239,10 +239,25 @@ def verified_claims(
     now: float,
     max_age_s: float = DEFAULT_MAX_EVIDENCE_AGE_S,
 ) -> VerifiedClaims:
-    """What ``evidence`` proves under ``trust`` at ``now``, before any policy (``Rejected``
-    with the reason if nothing).  A verifier that checks many policies against one evidence
-    (the KeyService) calls this once, then :func:`evaluate_policy` per policy."""
-    return backend_claims(evidence, trust, now=now, max_age_s=max_age_s)
+    """What ``evidence`` proves under ``trust`` at ``now``, before any policy and before the
+    report_data binding; the fixed :class:`~sealserve.errors.AttestationError` if it proves
+    nothing (the reason at DEBUG).
+
+    A verifier that checks many policies against one evidence (the KeyService) calls this
+    once, compares ``claims.report_data`` with what it expects (constant time), then calls
+    :func:`evaluate_policy` per policy.
+    """
+    if not isinstance(evidence, Evidence):
+        raise TypeError(f"evidence must be an Evidence, got {type(evidence).__name__}")
+    if not isinstance(trust, TrustAnchors):
+        raise TypeError(f"trust must be TrustAnchors, got {type(trust).__name__}")
+    try:
+        return backend_claims(evidence, trust, now=now, max_age_s=max_age_s)
+    except Rejected as exc:
+        _log.event(
+            "attestation.denied", level=logging.DEBUG, reason=str(exc), format=evidence.format
+        )
+        raise AttestationError() from None
 
 
 def evaluate_policy(claims: VerifiedClaims, policy: Policy, *, report_data: bytes) -> None:

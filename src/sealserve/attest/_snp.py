@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from sealserve._log import get_logger
 from sealserve.attest._amd import (
@@ -41,6 +42,8 @@ from sealserve.attest._certs import (
     check_crls,
     check_window,
     public_key,
+    remember_verified,
+    verified_before,
     verify_pss_sha384,
 )
 from sealserve.errors import AttestationError
@@ -258,6 +261,11 @@ def _find_leaf(report: SnpReport, pool: list[AmdCert]) -> AmdCert:
     if not candidates:
         raise Rejected(f"no {report.signing_key.upper()} for the report's chip and TCB is at hand")
     for amd in candidates:
+        # The same report comes again where it is made once (an Azure CVM's, at boot): its
+        # signature is checked once per key (a pure function of these bytes).
+        memo = ("snp-report", amd.cert.public_bytes(Encoding.DER), report.raw)
+        if verified_before(memo):
+            return amd
         key = public_key(amd.cert)
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
             continue
@@ -265,6 +273,7 @@ def _find_leaf(report: SnpReport, pool: list[AmdCert]) -> AmdCert:
             key.verify(signature, report.raw[:_SIGNED_BYTES], ec.ECDSA(hashes.SHA384()))
         except InvalidSignature:
             continue
+        remember_verified(memo)
         return amd
     raise Rejected(f"the report's signature does not verify with any {report.signing_key.upper()}")
 

@@ -15,11 +15,13 @@ has another measurement, and owners' grants (which pin runtime measurements) do 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from typing import Final
 
-from sealserve.attest import Policy, TrustAnchors
+from sealserve.attest import Policy, SnpAnchors, TpmAnchors, TrustAnchors
 from sealserve.errors import ConfigError
 
 __all__ = [
@@ -34,6 +36,14 @@ KEYSERVICE_POLICY_KEY: Final = "keyservice_policy"
 #: Launch config key: comma-separated hex Ed25519 keys of simulated platforms to trust.
 PLATFORM_KEYS_KEY: Final = "platform_keys"
 _DCAP_KEY: Final = "accept_dcap"
+#: "0" when the runtime refuses a KeyService attested by SEV-SNP or an Azure CVM (absent:
+#: accepted, under AMD's ARKs, if the policy's reference values admit it).
+_SNP_KEY: Final = "accept_snp"
+#: Comma-separated base64url DER roots a TPM-attested KeyService's AK must chain to.
+_TPM_ROOTS_KEY: Final = "tpm_roots"
+_KEYS: Final = frozenset(
+    {KEYSERVICE_POLICY_KEY, PLATFORM_KEYS_KEY, _DCAP_KEY, _SNP_KEY, _TPM_ROOTS_KEY}
+)
 
 
 def runtime_launch_config(*, keyservice_policy: Policy, trust: TrustAnchors) -> dict[str, str]:
@@ -46,19 +56,27 @@ def runtime_launch_config(*, keyservice_policy: Policy, trust: TrustAnchors) -> 
         raise TypeError(f"trust must be TrustAnchors, got {type(trust).__name__}")
     if trust.dcap_root_ca_der is not None:
         raise ValueError("a runtime pin cannot carry a custom DCAP root; use Intel's")
-    return {
+    if trust.snp is not None and trust.snp != SnpAnchors():
+        raise ValueError("a runtime pin cannot carry other ARK pins or certificates; use AMD's")
+    config = {
         KEYSERVICE_POLICY_KEY: json.dumps(
             keyservice_policy.to_dict(), sort_keys=True, separators=(",", ":")
         ),
         PLATFORM_KEYS_KEY: ",".join(sorted(k.hex() for k in trust.simulated_platform_keys)),
         _DCAP_KEY: "1" if trust.accept_dcap else "0",
     }
+    # Present only when they differ from the defaults, so that existing pins measure the same.
+    if trust.snp is None:
+        config[_SNP_KEY] = "0"
+    if trust.tpm is not None and trust.tpm.roots:
+        config[_TPM_ROOTS_KEY] = ",".join(sorted(_b64(r) for r in trust.tpm.roots))
+    return config
 
 
 def pin_from_launch_config(config: Mapping[str, str]) -> tuple[Policy, TrustAnchors]:
     """The (policy, trust anchors) a runtime launched with ``config`` requires of the
     KeyService; :class:`~sealserve.errors.ConfigError` if the config is not one."""
-    unknown = sorted(set(config) - {KEYSERVICE_POLICY_KEY, PLATFORM_KEYS_KEY, _DCAP_KEY})
+    unknown = sorted(set(config) - _KEYS)
     if unknown:
         raise ConfigError(f"the runtime's launch config has unknown keys {unknown}")
     try:
@@ -66,8 +84,12 @@ def pin_from_launch_config(config: Mapping[str, str]) -> tuple[Policy, TrustAnch
         keys = frozenset(
             bytes.fromhex(part) for part in config.get(PLATFORM_KEYS_KEY, "").split(",") if part
         )
+        roots = tuple(_unb64(r) for r in config.get(_TPM_ROOTS_KEY, "").split(",") if r)
         trust = TrustAnchors(
-            simulated_platform_keys=keys, accept_dcap=config.get(_DCAP_KEY, "0") == "1"
+            simulated_platform_keys=keys,
+            accept_dcap=config.get(_DCAP_KEY, "0") == "1",
+            snp=None if config.get(_SNP_KEY, "1") == "0" else SnpAnchors(),
+            tpm=TpmAnchors(roots=roots) if roots else None,
         )
     except KeyError:
         raise ConfigError(
@@ -77,3 +99,14 @@ def pin_from_launch_config(config: Mapping[str, str]) -> tuple[Policy, TrustAnch
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"the runtime's launch config is invalid: {exc}") from exc
     return policy, trust
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"a TPM root is not base64url: {exc}") from None

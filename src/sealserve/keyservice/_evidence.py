@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -9,14 +10,13 @@ from typing import Any
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.attest import (
-    TCB_STATUSES,
     Evidence,
     Policy,
     TrustAnchors,
     VerifiedClaims,
     evaluate_policy,
     report_data_for,
-    verify_evidence,
+    verified_claims,
 )
 from sealserve.errors import AttestationError
 from sealserve.keyservice._judge import VerifiedEvidence
@@ -24,15 +24,14 @@ from sealserve.keyservice._judge import VerifiedEvidence
 __all__ = ["EvidenceVerifier"]
 
 _log = get_logger(__name__)
-_OWN_CLAIMS_CACHE = 64
 
 
 class EvidenceVerifier:
     """The attest layer's verification, with the trust anchors and clock of the service.
 
-    :meth:`verify` establishes what the evidence proves (the platform's signature or the DCAP
-    chain, its age, and the report_data binding) with ``verify_evidence`` under a policy that
-    admits exactly the evidence's own claims, so no real policy is consulted yet; each real
+    :meth:`verify` establishes what the evidence proves (the platform's signature, the DCAP,
+    SEV-SNP or TPM chain, the Azure CVM's, its age) with ``verified_claims`` and checks that its
+    report_data binds the runtime's key and the nonce; no policy is consulted yet.  Each real
     policy is then checked with the pure ``evaluate_policy``.
     """
 
@@ -41,33 +40,17 @@ class EvidenceVerifier:
             raise TypeError(f"trust must be TrustAnchors, got {type(trust).__name__}")
         self._trust = trust
         self._clock = clock
-        # The policy admitting exactly one measurement's claims, by measurement (a handful of
-        # runtime builds in practice; bounded all the same).
-        self._own_claims: dict[bytes, Policy] = {}
 
     def verify(self, evidence: bytes, *, bound_key: bytes, nonce: bytes) -> VerifiedEvidence | None:
         try:
             parsed = Evidence.from_bytes(evidence)
-            report_data = report_data_for(bound_key, nonce)
-            own_claims = self._own_claims.get(parsed.measurement)
-            if own_claims is None:
-                own_claims = Policy(
-                    measurements=frozenset({parsed.measurement.hex()}),
-                    allow_debug=True,
-                    tcb_statuses=TCB_STATUSES,
-                )
-                if len(self._own_claims) >= _OWN_CLAIMS_CACHE:
-                    self._own_claims.clear()
-                self._own_claims[parsed.measurement] = own_claims
-            claims = verify_evidence(
-                parsed,
-                own_claims,
-                report_data=report_data,
-                trust=self._trust,
-                now=self._clock.time(),
-            )
+            expected = report_data_for(bound_key, nonce)
+            claims = verified_claims(parsed, trust=self._trust, now=self._clock.time())
         except (AttestationError, ValueError) as exc:
             _log.event("evidence.rejected", level=logging.DEBUG, error=type(exc).__name__)
+            return None
+        if not hmac.compare_digest(claims.report_data, expected):
+            _log.event("evidence.rejected", level=logging.DEBUG, error="report_data")
             return None
         return VerifiedEvidence(measurement=claims.measurement, claims=claims)
 

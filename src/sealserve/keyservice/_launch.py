@@ -96,6 +96,8 @@ def launch_args(
         args += ["--db", settings.db_url]
     if platform_key is not None:
         args += ["--platform-key", str(Path(platform_key).resolve())]
+    if settings.snp_cache is not None:
+        args += ["--snp-cache", str(Path(settings.snp_cache).resolve())]
     if inherit_socket:
         args.append("--inherit-socket")
     return args

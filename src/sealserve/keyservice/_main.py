@@ -4,7 +4,11 @@ Run as ``__main__`` from the platform's code snapshot, never directly: its evide
 ``local_evidence``, which works only inside a measured launch.  Arguments (unmeasured: what the
 host decides) say where to listen and where the data is; the settings that weaken security
 when changed (challenge, release and replay windows) arrive in the *measured* launch config,
-so a client's pinned measurement covers them (an empty config means the defaults).
+so a client's pinned measurement covers them (an empty config means the defaults).  So does
+which hardware evidence it accepts beyond its own platform's: whether SEV-SNP and Azure CVMs
+(and under which ARK pins: AMD's unless a test says otherwise), and the roots a TPM
+attestation key must chain to; a host cannot slip in a root of its own.  The AMD certificates
+and CRLs the operator cached (``--snp-cache``) are unmeasured: each must chain to a pinned ARK.
 
 With ``--inherit-socket`` it serves on the listening socket the launcher handed over (the
 first passed descriptor) instead of binding one: that is how several KeyService processes,
@@ -20,9 +24,10 @@ stderr, and stops cleanly on SIGINT or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sealserve._log import configure_logging, get_logger
@@ -36,7 +41,7 @@ from sealserve.attest import (
 )
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import SealserveError
-from sealserve.keyservice._measured import settings_from
+from sealserve.keyservice._measured import hardware_anchors, settings_from
 from sealserve.keyservice._vault import MASTER_KEY_PURPOSE
 
 __all__ = ["main"]
@@ -63,17 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit-per-s", type=float, default=defaults.rate_limit_per_s)
     p.add_argument("--rate-limit-burst", type=int, default=defaults.rate_limit_burst)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--snp-cache", type=Path, default=None, help="AMD certificate cache")
     return p
 
 
-def _trust(args: argparse.Namespace) -> TrustAnchors:
+def _trust(args: argparse.Namespace, config: Mapping[str, str]) -> TrustAnchors:
     """The platforms whose evidence this KeyService accepts: of the keys its host names, only
-    the one of the platform that launched it (the host is not trusted to choose)."""
+    the one of the platform that launched it (the host is not trusted to choose); and the
+    hardware its measured config names."""
+    snp, tpm = hardware_anchors(config, args.snp_cache)
     if args.platform_key:
         raw = bytes.fromhex(Path(args.platform_key).read_text().strip())
-        given = TrustAnchors(simulated_platform_keys=frozenset({raw}))
+        given = TrustAnchors(simulated_platform_keys=frozenset({raw}), snp=snp, tpm=tpm)
     else:
-        given = TrustAnchors.from_data_dir(args.data_dir)
+        given = dataclasses.replace(TrustAnchors.from_data_dir(args.data_dir), snp=snp, tpm=tpm)
     return given.of_own_platform(local_evidence(bytes(REPORT_DATA_BYTES)))
 
 
@@ -97,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sealserve.keyservice._server import run_keyservice
 
     try:
-        settings = settings_from(args, launch_config())
-        trust = _trust(args)
+        config = launch_config()
+        settings = settings_from(args, config)
+        trust = _trust(args, config)
         sock = _inherited_socket() if args.inherit_socket else None
         run_keyservice(
             settings=settings,

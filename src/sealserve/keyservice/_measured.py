@@ -1,47 +1,116 @@
 """The KeyService's measured launch config: the settings that weaken security when changed.
 
 The challenge, release and replay windows travel in the *measured* launch config (so a
-client's pinned measurement covers them; an empty config means the defaults); everything else
-is an unmeasured argument of the ``keyservice`` entry (:mod:`._main`).
+client's pinned measurement covers them; an empty config means the defaults), and so does
+which hardware evidence it accepts beyond its own platform's: whether SEV-SNP and Azure CVMs
+(under AMD's ARK pins unless a test says otherwise), and the roots a TPM attestation key must
+chain to, so a host cannot slip in a root of its own.  Everything else is an unmeasured
+argument of the ``keyservice`` entry (:mod:`._main`), the operator's AMD certificate cache
+included: what it holds must chain to a pinned ARK to count.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+from sealserve.attest import ARK_SPKI_SHA256, SnpAnchors, TpmAnchors
 from sealserve.config import KeyServiceSettings
-from sealserve.errors import SealserveError
+from sealserve.errors import ConfigError, SealserveError
+from sealserve.keyservice._wire import b64decode, b64encode
 
-__all__ = ["MEASURED_SETTINGS", "measured_config", "settings_from"]
+__all__ = [
+    "HARDWARE_TRUST_KEYS",
+    "MEASURED_SETTINGS",
+    "hardware_anchors",
+    "measured_config",
+    "settings_from",
+]
 
 #: Settings carried in the measured launch config when they differ from the defaults.
 MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s")
+#: Launch config keys of the hardware evidence trusted (present only when not the default).
+HARDWARE_TRUST_KEYS = ("accept_snp", "snp_ark_pins", "tpm_roots")
 
 
 def measured_config(settings: KeyServiceSettings) -> dict[str, str]:
     """The launch config for ``settings``: the security-relevant values that differ from the
     defaults (so default settings measure as the empty config that clients pin by default)."""
     defaults = KeyServiceSettings()
-    return {
+    config = {
         name: repr(float(getattr(settings, name)))
         for name in MEASURED_SETTINGS
         if getattr(settings, name) != getattr(defaults, name)
     }
+    if not settings.accept_snp:
+        config["accept_snp"] = "0"
+    if settings.snp_ark_pins:
+        config["snp_ark_pins"] = ",".join(sorted(filter(None, settings.snp_ark_pins.split(","))))
+    if settings.tpm_roots is not None:
+        config["tpm_roots"] = _encode_roots(settings.tpm_roots)
+    return config
+
+
+def _encode_roots(path: Path) -> str:
+    """The certificates of a PEM (or DER) file, as comma-separated base64url DER."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from sealserve.attest._certs import Rejected, load_certificates
+
+    try:
+        certs = load_certificates(Path(path).read_bytes())
+    except OSError as exc:
+        raise ConfigError(
+            f"Config 'keyservice.tpm_roots' names '{path}', which cannot be read: {exc.strerror}."
+        ) from None
+    except Rejected as exc:
+        raise ConfigError(
+            f"Config 'keyservice.tpm_roots' names '{path}', which holds no certificate ({exc})."
+        ) from None
+    return ",".join(sorted(b64encode(c.public_bytes(Encoding.DER)) for c in certs))
+
+
+def hardware_anchors(
+    config: Mapping[str, str], snp_cache: Path | None
+) -> tuple[SnpAnchors | None, TpmAnchors | None]:
+    """The SEV-SNP and TPM anchors a measured launch config names (with the operator's cache
+    of AMD certificates, which must chain to the pinned ARKs to count)."""
+    snp: SnpAnchors | None = None
+    if config.get("accept_snp", "1") != "0":
+        pins: Mapping[str, str] = ARK_SPKI_SHA256
+        if config.get("snp_ark_pins"):
+            pins = dict(p.split("=", 1) for p in config["snp_ark_pins"].split(","))
+        snp = (
+            SnpAnchors.from_cache(snp_cache, ark_pins=pins)
+            if snp_cache is not None
+            else SnpAnchors(ark_pins=pins)
+        )
+    tpm = None
+    if config.get("tpm_roots"):
+        tpm = TpmAnchors(roots=tuple(b64decode(r) for r in config["tpm_roots"].split(",")))
+    return snp, tpm
 
 
 def settings_from(args: argparse.Namespace, config: Mapping[str, str]) -> KeyServiceSettings:
     """The service settings: unmeasured ones from the arguments, measured ones from config."""
-    unknown = sorted(set(config) - set(MEASURED_SETTINGS))
+    unknown = sorted(set(config) - set(MEASURED_SETTINGS) - set(HARDWARE_TRUST_KEYS))
     if unknown:
         raise SealserveError(f"launch config has unknown keys {unknown}")
-    measured = {name: float(value) for name, value in config.items()}
-    return KeyServiceSettings(
+    measured: dict[str, Any] = {
+        name: float(config[name]) for name in MEASURED_SETTINGS if name in config
+    }
+    settings = KeyServiceSettings(
         host=args.host,
         port=args.port,
         db_url=args.db,
         max_body_bytes=args.max_body_bytes,
         rate_limit_per_s=args.rate_limit_per_s,
         rate_limit_burst=args.rate_limit_burst,
-        **measured,
+        accept_snp=config.get("accept_snp", "1") != "0",
+        snp_ark_pins=config.get("snp_ark_pins", ""),
+        snp_cache=args.snp_cache,
     )
+    return dataclasses.replace(settings, **measured)

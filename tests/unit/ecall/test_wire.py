@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Callable
@@ -138,6 +139,31 @@ def test_the_launch_config_carries_the_keyservice_pin() -> None:
         pin_from_launch_config({**config, "debug": "1"})
     with pytest.raises(ConfigError, match="invalid"):
         pin_from_launch_config({**config, "platform_keys": "zz"})
+
+
+def test_the_pin_carries_which_hardware_the_keyservice_may_attest_with() -> None:
+    from sealserve.attest import ReferenceValues, TpmAnchors, TpmReference
+    from sealserve.attest._synthetic import SyntheticAmd, SyntheticTpm
+
+    policy = Policy(reference_values=(ReferenceValues(tpm=TpmReference(pcrs={0: {"00" * 32}})),))
+    default = TrustAnchors(simulated_platform_keys=frozenset({b"\x01" * 32}))
+    plain = runtime_launch_config(keyservice_policy=policy, trust=default)
+    # AMD's pins are the default: nothing new in the config, so existing pins measure the same.
+    assert set(plain) == {"keyservice_policy", "platform_keys", "accept_dcap"}
+    assert pin_from_launch_config(plain) == (policy, default)
+    roots = TpmAnchors(roots=SyntheticTpm().anchors().roots)
+    for trust in (
+        dataclasses.replace(default, snp=None),
+        dataclasses.replace(default, tpm=roots),
+    ):
+        config = runtime_launch_config(keyservice_policy=policy, trust=trust)
+        assert config != plain
+        assert pin_from_launch_config(config) == (policy, trust)
+    with pytest.raises(ValueError, match="ARK pins"):
+        runtime_launch_config(
+            keyservice_policy=policy,
+            trust=dataclasses.replace(default, snp=SyntheticAmd().anchors()),
+        )
 
 
 def test_stage_timer_knows_only_the_stage_names() -> None:

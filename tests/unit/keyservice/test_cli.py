@@ -43,6 +43,7 @@ def _commands(tmp_path: Path) -> dict[str, list[str]]:
         (["--tcb-status", "SWHardeningNeeded"], "--tcb-status"),
         (["--allow-debug", "--tcb-status", "OutOfDate"], "--allow-debug, --tcb-status"),
         (["--measurement", MEASUREMENT], "--measurement"),
+        (["--reference-values", "image.json"], "--reference-values"),
     ],
 )
 def test_policy_flags_beside_a_policy_file_are_refused(
@@ -106,3 +107,23 @@ def test_a_missing_identity_names_the_init_command(tmp_path: Path, role: str) ->
     result = runner.invoke(app, [role, "register", "--identity", str(custom)])
     assert result.exit_code == 1
     assert result.stderr.strip().endswith(f"sealserve {role} init --identity '{custom}'")
+
+
+def test_a_policy_of_measurements_and_reference_values(tmp_path: Path) -> None:
+    from sealserve._cli.keyservice import build_policy
+    from sealserve.attest import ReferenceValues, TpmReference
+
+    image = ReferenceValues(name="img", tpm=TpmReference(pcrs={7: {"11" * 32}}))
+    path = tmp_path / "image.json"
+    path.write_text(json.dumps(image.to_dict()))
+    both = build_policy([MEASUREMENT], None, allow_debug=False, tcb_statuses=None,
+                        reference_values=[path])  # fmt: skip
+    assert both == Policy(measurements=frozenset({MEASUREMENT}), reference_values=(image,))
+    alone = build_policy(None, None, allow_debug=False, tcb_statuses=None, reference_values=[path])
+    assert alone.reference_values == (image,)
+    assert not alone.measurements
+    path.write_text('{"version": 1, "tpm": {"pcrs": {"7": ["zz"]}}}')
+    with pytest.raises(ValueError, match=r"tpm\.pcrs\.7"):
+        build_policy(None, None, allow_debug=False, tcb_statuses=None, reference_values=[path])
+    with pytest.raises(ValueError, match="--reference-values FILE"):
+        build_policy(None, None, allow_debug=False, tcb_statuses=None)
