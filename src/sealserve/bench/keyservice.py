@@ -9,7 +9,14 @@ platform (SQLite in a temporary directory, ``--workers`` processes on one port):
   ``attest-probe`` entry's measurement, issued in this process as a runtime's platform
   would), ``POST /v1/releases``, then open the release (check the KeyService's signature,
   the nonce and the key id, unwrap the keys);
-* **trivial**: the same clients, same connection pools, ``GET /healthz`` on the same server.
+* **trivial**: the same clients, same connection pools, ``GET /healthz`` on the same server;
+* **release of each evidence kind** (``kinds``): the same round trip with SEV-SNP, TPM-quote
+  and Azure-CVM evidence instead of the simulated platform's, each for its own granted pair
+  whose policy pins that kind's reference values.  The hardware is synthetic (this machine has
+  none; :mod:`sealserve.bench._keyservice_kinds`) and the KeyService is launched trusting its
+  roots; the server verifies each exactly as it would real evidence.  Beside releases/s and
+  the server's CPU per release, ``verify_us`` is the KeyService's verifier alone on each kind,
+  timed in this process.
 
 Phases alternate for ``rounds`` rounds (interleaved, so a noisy neighbour hurts both); the
 figures are over all rounds.  The CPU the server processes and this process (the clients) spend
@@ -67,12 +74,16 @@ class KeyServiceBenchConfig:
     unloaded: int = 200
     #: Releases of the in-process step timing (0: skip it).
     step_count: int = 300
+    #: Also release with SEV-SNP, TPM and Azure-CVM evidence, interleaved with the rest.
+    kinds: bool = True
+    #: Verifications of each kind in the in-process verification timing, per round.
+    verify_count: int = 200
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "requests_per_round", "rounds", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup", "step_count", "unloaded"):
+        for name in ("warmup", "step_count", "unloaded", "verify_count"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -90,6 +101,7 @@ class _Bench:
 
     def __init__(self, root: Path, config: KeyServiceBenchConfig) -> None:
         from sealserve.attest import Policy, SimulatedPlatform
+        from sealserve.bench._keyservice_kinds import KINDS, HardwareKinds
         from sealserve.client import KeyServicePin, Owner, User
         from sealserve.config import KeyServiceSettings
         from sealserve.crypto import Identity, RequestKey, SymmetricKey
@@ -99,11 +111,14 @@ class _Bench:
         self.platform = SimulatedPlatform(data_dir=root / "platform").open()
         pub = root / "platform.pub"
         pub.write_text(self.platform.public_key_bytes.hex() + "\n")
+        self.hardware = HardwareKinds(root / "hardware", self.platform)
+        self.kinds = KINDS if config.kinds else KINDS[:1]
         settings = KeyServiceSettings(
             port=0,
             db_url=f"sqlite+pysqlite:///{root / 'keyservice.db'}",
             rate_limit_per_s=1e6,
             rate_limit_burst=1_000_000,
+            **(self.hardware.settings_changes() if config.kinds else {}),
         )
         self.service = launch_keyservice(
             self.platform,
@@ -119,16 +134,21 @@ class _Bench:
             trust=self.platform.trust_anchors(),
         )
         self.pin = pin
-        runtime_policy = Policy(measurements=frozenset({self.platform.measurement("attest-probe")}))
         owner = Owner(Identity.generate(), keyservice_url=self.url, pin=pin)
         user = User(Identity.generate(), keyservice_url=self.url, pin=pin)
+        #: The granted model of each evidence kind (the simulated one is "bench-model").
+        self.models: dict[str, str] = {}
         with owner, user:
             owner.register()
             user.register()
-            self.model_id = owner.model_id("bench-model")
-            owner.put_model_key("bench-model", SymmetricKey.generate())
-            owner.grant("bench-model", user.principal_id, runtime_policy)
-            user.put_request_key(self.model_id, RequestKey.generate(), runtime_policy)
+            for kind in self.kinds:
+                name = "bench-model" if kind == "simulated" else f"bench-model-{kind}"
+                runtime_policy = self.hardware.policy(kind)
+                self.models[kind] = owner.model_id(name)
+                owner.put_model_key(name, SymmetricKey.generate())
+                owner.grant(name, user.principal_id, runtime_policy)
+                user.put_request_key(self.models[kind], RequestKey.generate(), runtime_policy)
+        self.model_id = self.models["simulated"]
         self.user_id = user.principal_id
 
     def close(self) -> None:
@@ -143,10 +163,15 @@ class _Bench:
 
     # -- the client side --------------------------------------------------------------------
 
-    def run_phase(self, kind: str, count: int, *, concurrency: int | None = None) -> _Phase:
-        return asyncio.run(self._phase(kind, count, concurrency or self.config.concurrency))
+    def run_phase(
+        self, kind: str, count: int, *, concurrency: int | None = None, evidence: str = "simulated"
+    ) -> _Phase:
+        """``kind`` "release" (with ``evidence`` of that kind) or "trivial"."""
+        return asyncio.run(
+            self._phase(kind, count, concurrency or self.config.concurrency, evidence)
+        )
 
-    async def _phase(self, kind: str, count: int, concurrency: int) -> _Phase:
+    async def _phase(self, kind: str, count: int, concurrency: int, evidence_kind: str) -> _Phase:
         import aiohttp
 
         from sealserve.protocol import (
@@ -170,8 +195,10 @@ class _Bench:
                 now=time.time(),
             )
             sessions = [ReleaseSession(keyservice=attested) for _ in range(concurrency)]
-            pairs = [(self.user_id, self.model_id)]
-            key = (self.user_id, self.model_id)
+            model_id = self.models[evidence_kind]
+            pairs = [(self.user_id, model_id)]
+            key = (self.user_id, model_id)
+            make_evidence = self.hardware.maker(evidence_kind)
             latencies: list[float] = []
             remaining = count
             json_headers = {"content-type": "application/json"}
@@ -180,9 +207,7 @@ class _Bench:
                 t0 = time.perf_counter()
                 async with http.post("/v1/challenges") as r:
                     challenge = parse_challenge(await r.read())
-                evidence = self.platform.issue_unlaunched_evidence(
-                    "attest-probe", session.report_data(challenge)
-                )
+                evidence = make_evidence(session.report_data(challenge))
                 body = session.request_body(nonce=challenge, evidence=evidence, pairs=pairs)
                 async with http.post("/v1/releases", data=body, headers=json_headers) as r:
                     status, content = r.status, await r.read()
@@ -229,22 +254,25 @@ def _process_cpu_s(pid: int) -> float:
 
 def run_keyservice_bench(config: KeyServiceBenchConfig, *, progress: Any = None) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the module docstring)."""
+    from sealserve.bench._keyservice_kinds import measure_verification
     from sealserve.bench._keyservice_steps import measure_steps
 
     with tempfile.TemporaryDirectory(prefix="sealserve-bench-ks-") as tmp:
         bench = _Bench(Path(tmp), config)
+        hardware = [k for k in bench.kinds if k != "simulated"]
         try:
             if config.warmup:
                 bench.run_phase("release", config.warmup)
                 bench.run_phase("trivial", config.warmup)
-            results = interleaved(
-                {
-                    "release": lambda: bench.run_phase("release", config.requests_per_round),
-                    "trivial": lambda: bench.run_phase("trivial", config.requests_per_round),
-                },
-                repeats=config.rounds,
-                progress=progress,
-            )
+                for kind in hardware:
+                    bench.run_phase("release", config.warmup // 4 or 1, evidence=kind)
+            cases = {
+                "release": lambda: bench.run_phase("release", config.requests_per_round),
+                "trivial": lambda: bench.run_phase("trivial", config.requests_per_round),
+            }
+            for kind in hardware:
+                cases[f"release:{kind}"] = _release_of(bench, kind, config.requests_per_round)
+            results = interleaved(cases, repeats=config.rounds, progress=progress)
             unloaded: dict[str, list[_Phase]] = {"release": [], "trivial": []}
             if config.unloaded:
                 if progress is not None:
@@ -256,6 +284,13 @@ def run_keyservice_bench(config: KeyServiceBenchConfig, *, progress: Any = None)
                     },
                     repeats=max(1, config.unloaded // 50),
                 )
+            if progress is not None and config.kinds:
+                progress("timing the evidence verifier on each kind")
+            verification = (
+                measure_verification(bench.hardware, count=config.verify_count)
+                if config.kinds and config.verify_count
+                else {}
+            )
         finally:
             bench.close()
         if progress is not None and config.step_count:
@@ -276,6 +311,7 @@ def run_keyservice_bench(config: KeyServiceBenchConfig, *, progress: Any = None)
         # What the server spent per release over HTTP beyond its steps.
         rest_us = 1e3 * cpu["release"]["server_ms"] - sum(steps["server"].values())
         steps["server_rest"] = {"http_loop_threads": rest_us}
+    kinds = _kinds(results, verification, releases_per_s, cpu["release"])
     return {
         "benchmark": "keyservice",
         "releases_per_s": releases_per_s,
@@ -289,6 +325,7 @@ def run_keyservice_bench(config: KeyServiceBenchConfig, *, progress: Any = None)
         "unloaded": _unloaded(unloaded),
         "cpu_ms_per_request": cpu,
         "steps_us": steps,
+        "kinds": kinds,
         "goals": {
             "releases_per_s": RELEASES_GOAL,
             "p50_ratio": P50_RATIO_GOAL,
@@ -301,10 +338,52 @@ def run_keyservice_bench(config: KeyServiceBenchConfig, *, progress: Any = None)
             "challenge + fresh platform evidence + release + open (signature, unwrap) per round "
             "trip, concurrent clients on loopback, against GET /healthz on the same server; "
             "phases interleaved; CPU per request from the kernel for the server processes and "
-            "this process"
+            "this process; kinds: the same round trip with synthetic SEV-SNP, TPM-quote and "
+            "Azure-CVM evidence (real layouts and algorithms, test roots the KeyService is "
+            "launched trusting), interleaved with the simulated one, and the KeyService's "
+            "evidence verifier alone per kind in this process (CPU time)"
         ),
         "environment": environment(),
     }
+
+
+def _release_of(bench: _Bench, kind: str, count: int) -> Any:
+    return lambda: bench.run_phase("release", count, evidence=kind)
+
+
+def _kinds(
+    results: dict[str, list[_Phase]],
+    verification: dict[str, dict[str, float]],
+    simulated_per_s: float,
+    simulated_cpu: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    """Per evidence kind: releases/s, p50, CPU per release, verification cost, and the ratios
+    to the simulated kind measured in the same run."""
+    out: dict[str, dict[str, float]] = {}
+    base_verify = verification.get("simulated", {}).get("verify_us", math.nan)
+    for case, phases in results.items():
+        if case == "trivial":
+            continue
+        kind = "simulated" if case == "release" else case.split(":", 1)[1]
+        latencies = [x for p in phases for x in p.latencies_s]
+        wall = sum(p.wall_s for p in phases)
+        per_s = len(latencies) / wall if wall else math.nan
+        cpu = _cpu_ms(phases)
+        figures = {
+            "releases_per_s": per_s,
+            "p50_ms": percentile(latencies, 50) * 1e3,
+            "p99_ms": percentile(latencies, 99) * 1e3,
+            "server_cpu_ms": cpu["server_ms"],
+            "client_cpu_ms": cpu["client_ms"],
+            "releases_per_s_ratio": ratio(per_s, simulated_per_s),
+            "server_cpu_ratio": ratio(cpu["server_ms"], simulated_cpu["server_ms"]),
+        }
+        if kind in verification:
+            figures["verify_us"] = verification[kind]["verify_us"]
+            figures["evidence_us"] = verification[kind]["evidence_us"]
+            figures["verify_ratio"] = ratio(verification[kind]["verify_us"], base_verify)
+        out[kind] = figures
+    return out
 
 
 def _unloaded(phases: dict[str, list[_Phase]]) -> dict[str, float]:
@@ -332,12 +411,21 @@ def _keyservice(
     requests: Annotated[int, typer.Option(help="Round trips per phase and round.")] = 400,
     rounds: Annotated[int, typer.Option(help="Interleaved rounds.")] = 3,
     workers: Annotated[int, typer.Option(help="KeyService processes sharing the port.")] = 1,
+    kinds: Annotated[
+        bool,
+        typer.Option(help="Also release with SEV-SNP, TPM and Azure-CVM evidence (synthetic)."),
+    ] = True,
 ) -> None:
-    """Key release round trips (challenge + release) vs a trivial endpoint, same server."""
+    """Key release round trips (challenge + release) vs a trivial endpoint, same server; and
+    the same release with each kind of hardware evidence."""
     console = Console(stderr=True)
     try:
         config = KeyServiceBenchConfig(
-            concurrency=concurrency, requests_per_round=requests, rounds=rounds, workers=workers
+            concurrency=concurrency,
+            requests_per_round=requests,
+            rounds=rounds,
+            workers=workers,
+            kinds=kinds,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -364,6 +452,18 @@ def _keyservice(
         rows += [["server: HTTP, event loop, threads", steps["server_rest"]["http_loop_threads"]]]
         rows += [[f"client: {k}", v] for k, v in steps["client"].items()]
         print_table("CPU per release, by step (us)", ["step", "us"], rows)
+    by_kind = result["kinds"]
+    if len(by_kind) > 1:
+        print_table(
+            "release by evidence kind (hardware kinds synthetic; ratios to simulated, same run)",
+            ["kind", "per s", "ratio", "p50 ms", "server CPU ms", "verify us", "verify ratio"],
+            [
+                [kind, f["releases_per_s"], f["releases_per_s_ratio"], f["p50_ms"],
+                 f["server_cpu_ms"], f.get("verify_us", math.nan),
+                 f.get("verify_ratio", math.nan)]
+                for kind, f in by_kind.items()
+            ],
+        )  # fmt: skip
     unloaded = result["unloaded"]
     if unloaded["p50_ms"] == unloaded["p50_ms"]:  # not NaN: it was measured
         typer.echo(

@@ -62,6 +62,15 @@ def _summary(out: Path) -> list[tuple[str, str, Any]]:
         if path.exists():
             doc = json.loads(path.read_text())
             rows += [(file.removesuffix(".json"), key, doc.get(key)) for key in keys]
+            for kind, figures in (doc.get("kinds") or {}).items():
+                if kind != "simulated":
+                    rows.append(
+                        (
+                            "keyservice",
+                            f"{kind} releases/s ratio",
+                            figures.get("releases_per_s_ratio"),
+                        )
+                    )
     runtime = out / "runtime.json"
     if runtime.exists():
         for model, figures in json.loads(runtime.read_text()).get("models", {}).items():
