@@ -20,7 +20,7 @@ from typing import Any
 from sealserve.attest import ARK_SPKI_SHA256, SnpAnchors, TpmAnchors
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import ConfigError, SealserveError
-from sealserve.keyservice._wire import b64decode, b64encode
+from sealserve.protocol._wire import b64decode, b64encode
 
 __all__ = [
     "HARDWARE_TRUST_KEYS",

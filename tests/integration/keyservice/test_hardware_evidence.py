@@ -29,8 +29,8 @@ from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey
 from sealserve.errors import AccessDenied
+from sealserve.keyservice import measured_config
 from sealserve.keyservice._launch import LaunchedKeyService, launch_keyservice
-from sealserve.keyservice._main import measured_config
 from tests.integration.keyservice.simruntime import SimulatedRuntime
 
 TCB = {"bootloader": 7, "tee": 1, "snp": 22, "microcode": 211}

@@ -26,7 +26,8 @@ from sealserve.attest import (
 from sealserve.attest._synthetic import SyntheticAmd, SyntheticTpm, azure_evidence
 from sealserve.crypto import HpkeKeyPair, Identity
 from sealserve.errors import AttestationError
-from sealserve.keyservice import EvidenceVerifier, attestation_nonce, verify_keyservice, wire
+from sealserve.keyservice import EvidenceVerifier
+from sealserve.protocol import attestation_nonce, verify_keyservice, wire
 
 NOW = 1_750_000_000
 TCB = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
