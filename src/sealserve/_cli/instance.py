@@ -45,12 +45,37 @@ StoreOpt = Annotated[
 ]
 
 
+LaunchConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--launch-config",
+        help="The runtime's measured launch config as a JSON object (what "
+        "runtime_launch_config returns): for hardware backends, whose KeyService pin carries "
+        "reference values and hardware roots. Replaces --keyservice-measurement and "
+        "--platform-key.",
+    ),
+]
+
+
 def _pin(
-    launcher: Any, data_dir: Path, keyservice_measurement: str | None, platform_key: Path | None
+    launcher: Any,
+    data_dir: Path,
+    keyservice_measurement: str | None,
+    platform_key: Path | None,
+    launch_config: Path | None = None,
 ) -> dict[str, str]:
     """The runtime's measured launch config: the KeyService it trusts."""
     from sealserve.attest import Policy, TrustAnchors
-    from sealserve.ecall import runtime_launch_config
+    from sealserve.ecall import pin_from_launch_config, runtime_launch_config
+
+    if launch_config is not None:
+        doc = json.loads(launch_config.read_text())
+        if not isinstance(doc, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in doc.items()
+        ):
+            raise ValueError(f"--launch-config '{launch_config}' is not a JSON object of strings")
+        pin_from_launch_config(doc)  # refuses what a runtime would refuse
+        return doc
 
     if keyservice_measurement is None:
         if launcher is not None:
@@ -86,6 +111,7 @@ def serve(
     data_dir: DataDirOpt = None,
     platform_key: PlatformKeyOpt = None,
     keyservice_measurement: KeyServiceMeasurementOpt = None,
+    launch_config: LaunchConfigOpt = None,
     memory_budget_mb: Annotated[
         int, typer.Option(min=1, help="Memory for unsealed models (the EPC budget), MiB.")
     ] = 1024,
@@ -174,7 +200,7 @@ def serve(
             except (OSError, ValueError) as exc:
                 fail(f"--broker-fd {broker_fd}: {exc}", 2)
         with open_launcher(folder, tee_socket) as launcher:
-            pin = _pin(launcher, folder, keyservice_measurement, platform_key)
+            pin = _pin(launcher, folder, keyservice_measurement, platform_key, launch_config)
             return serve_instance(
                 config,
                 launcher=launcher,
@@ -192,6 +218,7 @@ def measurement(
     data_dir: DataDirOpt = None,
     platform_key: PlatformKeyOpt = None,
     keyservice_measurement: KeyServiceMeasurementOpt = None,
+    launch_config: LaunchConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Print the measurement of the runtime an instance launches (what owners grant).
@@ -202,7 +229,9 @@ def measurement(
     from sealserve.attest import measure
 
     folder = resolve_data_dir(data_dir)
-    config = guarded(lambda: _pin(None, folder, keyservice_measurement, platform_key))
+    config = guarded(
+        lambda: _pin(None, folder, keyservice_measurement, platform_key, launch_config)
+    )
     value = guarded(lambda: measure("runtime", config=config))
     emit(json_out, {"entry": "runtime", "measurement": value, "config": config}, value)
 

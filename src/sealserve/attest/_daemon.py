@@ -3,7 +3,8 @@
 ``sealserve attest platform serve --socket PATH --data-dir DIR`` runs one.  The socket is
 created mode 0600.  Each connection makes one request (one JSON datagram, see ``_wire``):
 
-* ``{"op": "info"}`` -> the platform public key, TCB status and entries;
+* ``{"op": "info"}`` -> the platform public key (empty on a hardware backend), the backend,
+  TCB status and entries;
 * ``{"op": "measure", "entry", "config"}`` -> the measurement a launch would carry;
 * ``{"op": "launch", "entry", "args", "env", "config", "debug", "stdio": [i|null]*3}`` with
   descriptors attached (SCM_RIGHTS) -> ``{"ok", "pid", "measurement"}``.  The connection then
@@ -191,9 +192,12 @@ class PlatformServer:
                     os.close(fd)
 
     def _info(self) -> dict[str, Any]:
+        simulated = self._platform.backend_name == "simulated"
         return {
             "ok": True,
-            "public_key": self._platform.public_key_bytes.hex(),
+            # A hardware platform has no key: its processes' evidence is the hardware's.
+            "public_key": self._platform.public_key_bytes.hex() if simulated else "",
+            "backend": self._platform.backend_name,
             "tcb_status": self._platform.tcb_status,
             "entries": sorted(ENTRIES),
         }

@@ -12,6 +12,11 @@ daemon launches::
 
 Every pin is computed from the platform's own code snapshot, so files edited while the stack
 runs cannot make a pin and the launched code disagree.
+
+With a hardware ``backend`` (a TPM, configfs-tsm) the platform is a measured launcher instead
+of a simulated signer: ``trust`` holds the hardware roots every verifier trusts (travelling in
+the KeyService's and the runtimes' measured launch configs) and ``reference_values`` the
+platform part every policy pins, beside the sealserve measurements.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from sealserve.attest import (
     MeasuredProcess,
     PlatformServer,
     Policy,
+    ReferenceValues,
     SimulatedPlatform,
     TrustAnchors,
 )
+from sealserve.attest._backends import LaunchBackend
 from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, seal_model
@@ -52,6 +59,16 @@ from sealserve.keyservice._launch import read_ready_line
 from sealserve.protocol import new_request_id, seal_input, unseal_output
 
 __all__ = ["InstanceProcess", "LocalStack", "StackModel", "infer_tensors"]
+
+
+def _pem(certificate: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    if certificate.lstrip().startswith(b"-----BEGIN"):
+        return certificate if certificate.endswith(b"\n") else certificate + b"\n"
+    return x509.load_der_x509_certificate(certificate).public_bytes(Encoding.PEM)
+
 
 _READY_TIMEOUT_S: Final = 90.0
 
@@ -141,8 +158,26 @@ class LocalStack:
         *,
         keyservice_settings: KeyServiceSettings | None = None,
         log_level: str = "WARNING",
+        backend: LaunchBackend | None = None,
+        trust: TrustAnchors | None = None,
+        reference_values: tuple[ReferenceValues, ...] = (),
+        package_dir: Path | None = None,
     ) -> None:
+        if backend is not None and (trust is None or not reference_values):
+            raise ValueError("a hardware backend needs its trust anchors and reference values")
         self.root = Path(root)
+        self.backend = backend
+        self.hardware_trust = trust
+        self.reference_values = tuple(reference_values)
+        self.package_dir = package_dir
+        if trust is not None and trust.tpm is not None and keyservice_settings is not None:
+            raise ValueError("give the TPM roots in trust, not in keyservice_settings")
+        if trust is not None and trust.tpm is not None:
+            # The KeyService trusts the TPM roots through its measured launch config.
+            self.root.mkdir(parents=True, exist_ok=True)
+            roots = self.root / "tpm-roots.pem"
+            roots.write_bytes(b"".join(_pem(r) for r in trust.tpm.roots))
+            keyservice_settings = KeyServiceSettings(tpm_roots=roots)
         self.log_level = log_level
         self.keyservice_settings = keyservice_settings or KeyServiceSettings()
         self._socket_dir = Path(tempfile.mkdtemp(prefix="ss-"))
@@ -162,11 +197,14 @@ class LocalStack:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "store").mkdir(exist_ok=True)
         try:
-            self.platform = SimulatedPlatform(data_dir=self.root / "platform").open()
-            self.platform_key_file.write_text(self.platform.public_key_bytes.hex() + "\n")
+            self.platform = SimulatedPlatform(
+                data_dir=self.root / "platform", backend=self.backend, package_dir=self.package_dir
+            ).open()
+            if self.backend is None:
+                self.platform_key_file.write_text(self.platform.public_key_bytes.hex() + "\n")
             self._server = PlatformServer(self.platform, socket_path=self.socket_path).open()
             self._start_keyservice()
-            pin = KeyServicePin(policy=self.keyservice_policy, trust=self.platform.trust_anchors())
+            pin = KeyServicePin(policy=self.keyservice_policy, trust=self.trust)
             self.owner = Owner(Identity.generate(), keyservice_url=self.keyservice_url, pin=pin)
             self.owner.open()
             self.owner.register()
@@ -217,6 +255,14 @@ class LocalStack:
         return self.platform
 
     @property
+    def trust(self) -> TrustAnchors:
+        """What the stack's verifiers trust: the simulated platform's key, or the hardware's
+        roots."""
+        if self.hardware_trust is not None:
+            return self.hardware_trust
+        return TrustAnchors(simulated_platform_keys=frozenset({self._platform().public_key_bytes}))
+
+    @property
     def keyservice_config(self) -> dict[str, str]:
         from sealserve.keyservice import measured_config
 
@@ -228,13 +274,15 @@ class LocalStack:
 
     @property
     def keyservice_policy(self) -> Policy:
-        return Policy(measurements=frozenset({self.keyservice_measurement}))
+        return Policy(
+            measurements=frozenset({self.keyservice_measurement}),
+            reference_values=self.reference_values,
+        )
 
     @property
     def runtime_config(self) -> dict[str, str]:
         """The measured launch config of the stack's runtimes (the KeyService pin)."""
-        trust = TrustAnchors(simulated_platform_keys=frozenset({self._platform().public_key_bytes}))
-        return runtime_launch_config(keyservice_policy=self.keyservice_policy, trust=trust)
+        return runtime_launch_config(keyservice_policy=self.keyservice_policy, trust=self.trust)
 
     @property
     def runtime_measurement(self) -> str:
@@ -242,7 +290,11 @@ class LocalStack:
 
     @property
     def runtime_policy(self) -> Policy:
-        return Policy(measurements=frozenset({self.runtime_measurement}))
+        return self.policy_for(self.runtime_measurement)
+
+    def policy_for(self, measurement: str) -> Policy:
+        """A runtime policy pinning ``measurement`` (and the platform's reference values)."""
+        return Policy(measurements=frozenset({measurement}), reference_values=self.reference_values)
 
     # -- the KeyService ------------------------------------------------------------------------
 
@@ -254,7 +306,7 @@ class LocalStack:
             "--data-dir", str(data),
             "--host", "127.0.0.1",
             "--port", "0",
-            "--platform-key", str(self.platform_key_file),
+            *(["--platform-key", str(self.platform_key_file)] if self.backend is None else []),
             "--rate-limit-per-s", repr(float(s.rate_limit_per_s)),
             "--rate-limit-burst", str(s.rate_limit_burst),
             "--log-level", self.log_level,
@@ -287,10 +339,16 @@ class LocalStack:
     # -- models --------------------------------------------------------------------------------
 
     def add_model(
-        self, name: str, onnx: Path | bytes, *, request_key: RequestKey | None = None
+        self,
+        name: str,
+        onnx: Path | bytes,
+        *,
+        request_key: RequestKey | None = None,
+        runtime_policy: Policy | None = None,
     ) -> StackModel:
         """Seal ``onnx`` under a new model key, store it, give the key to the KeyService,
-        grant the user (runtime policy: this stack's runtime) and register a request key."""
+        grant the user (runtime policy: this stack's runtime, unless ``runtime_policy``) and
+        register a request key."""
         if self.owner is None or self.user is None:
             raise SealserveError("the stack is not open")
         model_id = self.owner.model_id(name)
@@ -306,9 +364,10 @@ class LocalStack:
             version = self.owner.model(name).key_version + 1
         self.store.put(model_id, sealed.getbuffer(), key_version=version)
         self.owner.put_model_key(name, key, version=version)
-        self.owner.grant(name, self.user.principal_id, self.runtime_policy)
+        policy = runtime_policy or self.runtime_policy
+        self.owner.grant(name, self.user.principal_id, policy)
         rkey = request_key or RequestKey.generate()
-        self.user.put_request_key(model_id, rkey, self.runtime_policy)
+        self.user.put_request_key(model_id, rkey, policy)
         return StackModel(
             name=name,
             model_id=model_id,
@@ -320,6 +379,15 @@ class LocalStack:
     # -- instances -----------------------------------------------------------------------------
 
     def instance_command(self, *, port: int = 0, extra: Sequence[str] = ()) -> list[str]:
+        if self.backend is None:
+            pin = [
+                "--platform-key", str(self.platform_key_file),
+                "--keyservice-measurement", self.keyservice_measurement,
+            ]  # fmt: skip
+        else:
+            config_file = self.root / "runtime-launch-config.json"
+            config_file.write_text(json.dumps(self.runtime_config))
+            pin = ["--launch-config", str(config_file)]
         return [
             sys.executable, "-m", "sealserve", "instance", "serve",
             "--store", str(self.root / "store"),
@@ -327,8 +395,7 @@ class LocalStack:
             "--port", str(port),
             "--tee-socket", str(self.socket_path),
             "--data-dir", str(self.root / "platform"),
-            "--platform-key", str(self.platform_key_file),
-            "--keyservice-measurement", self.keyservice_measurement,
+            *pin,
             "--log-level", self.log_level,
             *extra,
         ]  # fmt: skip

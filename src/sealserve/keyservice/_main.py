@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sealserve._log import configure_logging, get_logger
 from sealserve.attest import (
+    FORMAT_SIMULATED,
     REPORT_DATA_BYTES,
     TrustAnchors,
     launch_config,
@@ -77,12 +78,16 @@ def _trust(args: argparse.Namespace, config: Mapping[str, str]) -> TrustAnchors:
     the one of the platform that launched it (the host is not trusted to choose); and the
     hardware its measured config names."""
     snp, tpm = hardware_anchors(config, args.snp_cache)
+    own = local_evidence(bytes(REPORT_DATA_BYTES))
+    if own.format != FORMAT_SIMULATED:
+        # Launched by a hardware launcher: no simulated platform to trust at all.
+        return TrustAnchors(snp=snp, tpm=tpm).of_own_platform(own)
     if args.platform_key:
         raw = bytes.fromhex(Path(args.platform_key).read_text().strip())
         given = TrustAnchors(simulated_platform_keys=frozenset({raw}), snp=snp, tpm=tpm)
     else:
         given = dataclasses.replace(TrustAnchors.from_data_dir(args.data_dir), snp=snp, tpm=tpm)
-    return given.of_own_platform(local_evidence(bytes(REPORT_DATA_BYTES)))
+    return given.of_own_platform(own)
 
 
 def _inherited_socket() -> socket.socket:
