@@ -57,8 +57,20 @@ class KeyServiceSettings:
     release_ttl_s: float = 300.0
     replay_window_s: float = 300.0
     max_body_bytes: int = 1 << 20
+    #: Signed requests per principal (and GET /v1/attestation per client address).
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 400
+    #: A principal's share of the replay memory: signed requests per replay window.
+    signed_requests_per_window: int = 6000
+    #: Revocations and withdrawn request keys per principal (a budget of their own).
+    revocations_per_s: float = 20.0
+    revocation_burst: int = 200
+    #: Registrations per client address.
+    registrations_per_s: float = 5.0
+    registration_burst: int = 50
+    #: Releases per attested runtime key (charged once its evidence verified).
+    runtime_releases_per_s: float = 50.0
+    runtime_release_burst: int = 200
     #: Accept SEV-SNP reports and Azure CVMs (chained to AMD's ARKs, pinned in the code).
     accept_snp: bool = True
     #: ``PRODUCT=SHA256`` pins of other ARKs, comma-separated, instead of AMD's (tests only).
@@ -83,9 +95,24 @@ class KeyServiceSettings:
                     f"Config 'keyservice.snp_ark_pins' has value {self.snp_ark_pins!r}. "
                     "Not PRODUCT=<64 lowercase hex>, comma-separated (Milan, Genoa, Turin)."
                 )
-        for name in ("challenge_ttl_s", "release_ttl_s", "replay_window_s", "rate_limit_per_s"):
+        for name in (
+            "challenge_ttl_s",
+            "release_ttl_s",
+            "replay_window_s",
+            "rate_limit_per_s",
+            "revocations_per_s",
+            "registrations_per_s",
+            "runtime_releases_per_s",
+        ):
             _check_positive(f"keyservice.{name}", getattr(self, name))
-        for name in ("max_body_bytes", "rate_limit_burst"):
+        for name in (
+            "max_body_bytes",
+            "rate_limit_burst",
+            "signed_requests_per_window",
+            "revocation_burst",
+            "registration_burst",
+            "runtime_release_burst",
+        ):
             _check_positive(f"keyservice.{name}", getattr(self, name))
 
 

@@ -16,6 +16,7 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     ├── CryptoError
     │   ├── InvalidEnvelope          every failed unseal, one fixed message
     │   ├── InvalidSignature         a signed request that does not verify or is replayed
+    │   ├── ReplayQuotaExceeded      a principal has too many live signed-request nonces
     │   └── IdentityError            an identity file that is missing, malformed or too open
     ├── AttestationError             every failed verification, one fixed message
     ├── TeeError                     the TEE platform could not launch, reach or signal a process
@@ -81,6 +82,7 @@ __all__ = [
     "PeerDied",
     "PlatformError",
     "RateLimited",
+    "ReplayQuotaExceeded",
     "RuntimeError_",
     "RuntimeUnavailable",
     "SchemaVersionError",
@@ -134,6 +136,13 @@ class InvalidSignature(CryptoError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
+
+
+class ReplayQuotaExceeded(CryptoError):
+    """A principal already has as many signed requests in the replay window as a verifier
+    remembers for one principal; retry when some expire.  Only that principal is refused."""
+
+    retryable = True
 
 
 class IdentityError(CryptoError):

@@ -38,6 +38,7 @@ from sealserve.crypto._signing import (
     SIGNATURE_HEADERS,
     TIMESTAMP_HEADER,
     RequestVerifier,
+    SignedRequest,
     sign_request,
     signed_principal,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "RequestVerifier",
     "SIGNATURE_HEADER",
     "SIGNATURE_HEADERS",
+    "SignedRequest",
     "SymmetricKey",
     "TIMESTAMP_HEADER",
     "canonical_decode",

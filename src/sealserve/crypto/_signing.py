@@ -8,14 +8,23 @@ The signed message is the canonical encoding of::
 
 and travels in four headers (:data:`SIGNATURE_HEADERS`).  A :class:`RequestVerifier` accepts a
 request whose timestamp is within ``replay_window_s`` of its clock and whose (principal, nonce)
-it has not seen within that window; it remembers at most ``max_remembered`` nonces and refuses
-new requests (rather than forget a nonce early) when that many are still live.
+it has not seen within that window.
+
+Checking and remembering are two steps (:meth:`RequestVerifier.check`, then
+:meth:`RequestVerifier.remember`; :meth:`RequestVerifier.verify` does both), so a service can
+rate-limit a verified principal *before* its nonce takes any memory: a request refused by a
+limit is not remembered.  The memory is bounded per principal, never globally: a principal
+with ``max_per_principal`` live nonces has its own new requests refused (with
+:class:`~sealserve.errors.ReplayQuotaExceeded`) until some expire, and no principal's traffic
+can make another's requests fail.  A service that records nonces elsewhere (the KeyService's
+database) uses :meth:`RequestVerifier.check` alone.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import heapq
 import logging
@@ -29,7 +38,7 @@ from sealserve._log import get_logger
 from sealserve.crypto._buffers import Buffer
 from sealserve.crypto._canonical import canonical_encode
 from sealserve.crypto._identity import Identity, principal_id, verify_signature
-from sealserve.errors import InvalidSignature
+from sealserve.errors import InvalidSignature, ReplayQuotaExceeded
 
 __all__ = [
     "NONCE_HEADER",
@@ -38,6 +47,7 @@ __all__ = [
     "SIGNATURE_HEADERS",
     "TIMESTAMP_HEADER",
     "RequestVerifier",
+    "SignedRequest",
     "sign_request",
     "signed_principal",
 ]
@@ -93,6 +103,17 @@ def signed_principal(headers: Mapping[str, str]) -> str:
     return value
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A request whose signature and timestamp verified (:meth:`RequestVerifier.check`)."""
+
+    principal_id: str
+    nonce: str
+    timestamp: int
+    #: Until when its nonce must be remembered (timestamp + replay window).
+    expires_at: float
+
+
 class RequestVerifier:
     """Verifies signed requests and refuses replays within the window; thread-safe."""
 
@@ -101,26 +122,31 @@ class RequestVerifier:
         *,
         replay_window_s: float = 300.0,
         clock: Clock = SYSTEM_CLOCK,
-        max_remembered: int = 100_000,
+        max_per_principal: int = 10_000,
     ) -> None:
         if not replay_window_s > 0:
             raise ValueError(f"replay_window_s must be > 0, got {replay_window_s!r}")
-        if isinstance(max_remembered, bool) or not isinstance(max_remembered, int):
-            raise TypeError(f"max_remembered must be an int, got {max_remembered!r}")
-        if max_remembered < 1:
-            raise ValueError(f"max_remembered must be >= 1, got {max_remembered!r}")
+        if isinstance(max_per_principal, bool) or not isinstance(max_per_principal, int):
+            raise TypeError(f"max_per_principal must be an int, got {max_per_principal!r}")
+        if max_per_principal < 1:
+            raise ValueError(f"max_per_principal must be >= 1, got {max_per_principal!r}")
         self._window = float(replay_window_s)
         self._clock = clock
-        self._max = max_remembered
+        self._max = max_per_principal
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], float] = {}
-        self._expiry: list[tuple[float, tuple[str, str]]] = []
+        # Per principal: its live nonces and their expiry heap.
+        self._seen: dict[str, tuple[dict[str, float], list[tuple[float, str]]]] = {}
+        self._expiry: list[tuple[float, str]] = []  # (earliest expiry, principal)
+
+    @property
+    def replay_window_s(self) -> float:
+        return self._window
 
     @property
     def remembered(self) -> int:
-        """How many nonces are remembered now (expired ones are dropped on each verify)."""
+        """How many nonces are remembered now (expired ones are dropped on each remember)."""
         with self._lock:
-            return len(self._seen)
+            return sum(len(nonces) for nonces, _ in self._seen.values())
 
     def verify(
         self,
@@ -130,8 +156,25 @@ class RequestVerifier:
         path: str,
         body: Buffer,
         headers: Mapping[str, str],
-    ) -> None:
-        """Accept the request or raise :class:`~sealserve.errors.InvalidSignature`.
+    ) -> SignedRequest:
+        """:meth:`check` then :meth:`remember`: accept the request once, or raise
+        :class:`~sealserve.errors.InvalidSignature` (or
+        :class:`~sealserve.errors.ReplayQuotaExceeded`)."""
+        signed = self.check(public_key, method=method, path=path, body=body, headers=headers)
+        self.remember(signed)
+        return signed
+
+    def check(
+        self,
+        public_key: Buffer,
+        *,
+        method: str,
+        path: str,
+        body: Buffer,
+        headers: Mapping[str, str],
+    ) -> SignedRequest:
+        """Verify the signature and the timestamp, remembering nothing; or raise
+        :class:`~sealserve.errors.InvalidSignature`.
 
         ``public_key`` is the raw Ed25519 key of the principal the request claims (see
         :func:`signed_principal`); ``headers`` may use any letter case.
@@ -155,23 +198,53 @@ class RequestVerifier:
             _reject("timestamp", skew_s=int(now - timestamp))
         message = _message(pid, verb, path, bytes(body), timestamp, nonce)
         verify_signature(public_key, message, signature)  # raises InvalidSignature
-        self._remember((pid, nonce), expires=timestamp + self._window, now=now)
+        return SignedRequest(pid, nonce, timestamp, timestamp + self._window)
 
-    def _remember(self, item: tuple[str, str], *, expires: float, now: float) -> None:
+    def remember(self, signed: SignedRequest) -> None:
+        """Remember a checked request's nonce until it expires: :class:`InvalidSignature` if
+        it was seen already (a replay), :class:`ReplayQuotaExceeded` if its principal already
+        has ``max_per_principal`` live nonces (nothing is remembered then)."""
+        now = self._clock.time()
+        pid = signed.principal_id
         with self._lock:
-            while self._expiry and self._expiry[0][0] < now:
-                _, old = heapq.heappop(self._expiry)
-                self._seen.pop(old, None)
-            if item in self._seen:
+            self._expire(now)
+            nonces, heap = self._seen.setdefault(pid, ({}, []))
+            if signed.nonce in nonces:
                 _reject("replay")
-            if len(self._seen) >= self._max:
-                _log.event("signature.replay_cache_full", level=logging.WARNING, size=self._max)
-                _reject("replay_cache_full")
-            self._seen[item] = expires
-            heapq.heappush(self._expiry, (expires, item))
+            if len(nonces) >= self._max:
+                _log.event(
+                    "signature.replay_quota_full",
+                    level=logging.DEBUG,
+                    principal=pid,
+                    size=self._max,
+                )
+                raise ReplayQuotaExceeded(
+                    f"principal {pid} has {self._max} requests in the replay window; "
+                    "retry when older ones expire"
+                )
+            nonces[signed.nonce] = signed.expires_at
+            if not heap or signed.expires_at < heap[0][0]:
+                heapq.heappush(self._expiry, (signed.expires_at, pid))
+            heapq.heappush(heap, (signed.expires_at, signed.nonce))
+
+    def _expire(self, now: float) -> None:
+        """Drop the principals whose earliest nonce expired (and their expired nonces)."""
+        while self._expiry and self._expiry[0][0] < now:
+            _, pid = heapq.heappop(self._expiry)
+            entry = self._seen.get(pid)
+            if entry is None:
+                continue
+            nonces, heap = entry
+            while heap and heap[0][0] < now:
+                _, old = heapq.heappop(heap)
+                nonces.pop(old, None)
+            if heap:
+                heapq.heappush(self._expiry, (heap[0][0], pid))
+            else:
+                del self._seen[pid]
 
     def __repr__(self) -> str:
-        return f"RequestVerifier(replay_window_s={self._window!r}, max_remembered={self._max!r})"
+        return f"RequestVerifier(replay_window_s={self._window!r}, max_per_principal={self._max!r})"
 
 
 def _message(pid: str, method: str, path: str, body: bytes, timestamp: int, nonce: str) -> bytes:

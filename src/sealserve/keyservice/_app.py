@@ -34,6 +34,7 @@ from sealserve.keyservice._hot import (
     error_response,
     first_error,
 )
+from sealserve.keyservice._limits import Budget
 from sealserve.keyservice._service import KeyService
 from sealserve.keyservice._store import PrincipalRow
 from sealserve.protocol import (
@@ -231,6 +232,8 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         request: Request,
         route: str,
         handler: Callable[[PrincipalRow, bytes], Awaitable[Message]],
+        *,
+        budget: Budget = Budget.SIGNED,
     ) -> Response:
         started = time.perf_counter()
         body = await request.body()
@@ -238,9 +241,8 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         headers = request.headers
         try:
             signer = await service.authenticate(
-                method=request.method, path=path, body=body, headers=headers
+                method=request.method, path=path, body=body, headers=headers, budget=budget
             )
-            service.check_rate(signer.principal_id)
             extra: dict[str, str] = {}
             status, out = 200, await handler(signer, body)
         except Exception as exc:  # mapped to a status, or re-raised
@@ -281,7 +283,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     ) -> Response:
         started = time.perf_counter()
         try:
-            service.check_rate(_address(request))
+            service.limit(Budget.ATTESTATION, _address(request))
             out = await service.attestation(wire.b64decode(nonce, name="nonce"))
             status = 200
         except Exception as exc:
@@ -296,10 +298,10 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         tags=["release"],
         status_code=201,
         description="A single-use nonce, valid for ttl_s; it binds the next release's evidence.",
-        responses={201: _answer(ChallengeOut), 403: _ERRORS[403], 429: _ERRORS[429]},
+        responses={201: _answer(ChallengeOut), 403: _ERRORS[403]},
     )
-    async def challenge(request: Request) -> Response:
-        return answer(hot.challenge(_address(request)))
+    async def challenge() -> Response:
+        return answer(hot.challenge())
 
     @app.post(
         wire.API_PREFIX + "/releases",
@@ -308,7 +310,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         openapi_extra=_body_schema(ReleaseIn),
     )
     async def release(request: Request) -> Response:
-        return answer(await hot.release(await request.body(), _address(request)))
+        return answer(await hot.release(await request.body()))
 
     # -- principals ---------------------------------------------------------------------------
 
@@ -326,7 +328,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         extra: dict[str, str] = {}
         out: Any
         try:
-            service.check_rate(_address(request))
+            service.limit(Budget.REGISTRATION, _address(request))
             doc = PrincipalIn.from_json(body)
             out = await service.register(
                 public_key=wire.b64decode(doc.public_key, name="public_key"),
@@ -423,7 +425,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         async def handle(signer: PrincipalRow, _body: bytes) -> Message:
             return await service.revoke(signer, owner_id=owner_id, name=name, user_id=user_id)
 
-        return await signed(request, "revoke", handle)
+        return await signed(request, "revoke", handle, budget=Budget.REVOCATION)
 
     # -- user ---------------------------------------------------------------------------------
 
@@ -464,7 +466,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
                 signer, owner_id=owner_id, name=name, user_id=user_id
             )
 
-        return await signed(request, "delete_request_key", handle)
+        return await signed(request, "delete_request_key", handle, budget=Budget.REVOCATION)
 
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -58,15 +58,10 @@ class HotEndpoints:
     def healthz(self) -> HotResponse:
         return 200, _HEALTHY, {}
 
-    def challenge(self, client: str) -> HotResponse:
+    def challenge(self) -> HotResponse:
+        """A challenge: it has no budget (see :mod:`._limits`)."""
         started = time.perf_counter()
         service = self._service
-        try:
-            service.check_rate(client)
-        except RateLimited as exc:
-            status, out, extra = error_response(service, exc, "challenge")
-            service.metrics.observe("challenge", status, time.perf_counter() - started)
-            return status, wire.canonical_json(out), extra
         issued = service.challenge()
         content = ChallengeOut(
             nonce=wire.b64encode(issued.nonce), expires_at=issued.expires_at, ttl_s=self._ttl_s
@@ -74,14 +69,13 @@ class HotEndpoints:
         service.metrics.observe("challenge", 201, time.perf_counter() - started)
         return 201, content, {}
 
-    async def release(self, body: bytes | None, client: str) -> HotResponse:
+    async def release(self, body: bytes | None) -> HotResponse:
         """``body`` is ``None`` when it was larger than the limit (the fixed denial too)."""
         started = time.perf_counter()
         service = self._service
         try:
             if body is None:
                 raise Denied("malformed", size="over_limit")
-            service.check_rate(client)
             out = await service.release(body)
         except Exception as exc:
             status, doc, extra = error_response(service, exc, "release")
@@ -115,13 +109,13 @@ class HotPath:
             try:
                 if path == _RELEASES and method == "POST":
                     body = await _read_body(scope, receive, self._limit)
-                    await _send(send, await self.endpoints.release(body, _client(scope)))
+                    await _send(send, await self.endpoints.release(body))
                     return
                 if path == _CHALLENGES and method == "POST":
                     if await _read_body(scope, receive, self._limit) is None:
                         await _send(send, (403, DENIAL, {}))
                     else:
-                        await _send(send, self.endpoints.challenge(_client(scope)))
+                        await _send(send, self.endpoints.challenge())
                     return
             except _Disconnected:
                 return
@@ -166,11 +160,6 @@ async def _send(send: Send, answer: HotResponse) -> None:
         headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
 
 
 def error_response(

@@ -30,7 +30,7 @@ from sealserve._serving import bind_listener
 from sealserve.attest import Launcher, MeasuredProcess
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import KeyServiceError
-from sealserve.keyservice._measured import measured_config
+from sealserve.keyservice._measured import limit_args, measured_config
 
 __all__ = ["LaunchedKeyService", "launch_args", "launch_keyservice", "read_ready_line"]
 
@@ -91,6 +91,7 @@ def launch_args(
         "--rate-limit-per-s", repr(float(settings.rate_limit_per_s)),
         "--rate-limit-burst", str(settings.rate_limit_burst),
         "--log-level", log_level,
+        *limit_args(settings),
     ]  # fmt: skip
     if settings.db_url:
         args += ["--db", settings.db_url]

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate-limit-per-s", type=float, default=defaults.rate_limit_per_s)
     p.add_argument("--rate-limit-burst", type=int, default=defaults.rate_limit_burst)
+    p.add_argument(
+        "--limit", action="append", metavar="NAME=VALUE", help="a request budget (_limits)"
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--snp-cache", type=Path, default=None, help="AMD certificate cache")
     return p

@@ -24,8 +24,10 @@ from sealserve.protocol._wire import b64decode, b64encode
 
 __all__ = [
     "HARDWARE_TRUST_KEYS",
+    "LIMIT_SETTINGS",
     "MEASURED_SETTINGS",
     "hardware_anchors",
+    "limit_args",
     "measured_config",
     "settings_from",
 ]
@@ -34,6 +36,17 @@ __all__ = [
 MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s")
 #: Launch config keys of the hardware evidence trusted (present only when not the default).
 HARDWARE_TRUST_KEYS = ("accept_snp", "snp_ark_pins", "tpm_roots")
+#: The request budgets (:mod:`._limits`) beyond the rate limit: unmeasured, passed to the
+#: entry as ``--limit NAME=VALUE`` when they differ from the defaults.
+LIMIT_SETTINGS = (
+    "signed_requests_per_window",
+    "revocations_per_s",
+    "revocation_burst",
+    "registrations_per_s",
+    "registration_burst",
+    "runtime_releases_per_s",
+    "runtime_release_burst",
+)
 
 
 def measured_config(settings: KeyServiceSettings) -> dict[str, str]:
@@ -94,6 +107,32 @@ def hardware_anchors(
     return snp, tpm
 
 
+def limit_args(settings: KeyServiceSettings) -> list[str]:
+    """``--limit NAME=VALUE`` arguments of the entry for the budgets that are not defaults."""
+    defaults = KeyServiceSettings()
+    out: list[str] = []
+    for name in LIMIT_SETTINGS:
+        value = getattr(settings, name)
+        if value != getattr(defaults, name):
+            out += ["--limit", f"{name}={value!r}"]
+    return out
+
+
+def _limits(pairs: list[str] | None) -> dict[str, Any]:
+    defaults = KeyServiceSettings()
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        name, _, text = pair.partition("=")
+        if name not in LIMIT_SETTINGS:
+            raise SealserveError(f"--limit {pair!r}: {name!r} is not one of {LIMIT_SETTINGS}")
+        kind = type(getattr(defaults, name))
+        try:
+            out[name] = kind(text)
+        except ValueError:
+            raise SealserveError(f"--limit {pair!r}: not a valid {kind.__name__}") from None
+    return out
+
+
 def settings_from(args: argparse.Namespace, config: Mapping[str, str]) -> KeyServiceSettings:
     """The service settings: unmeasured ones from the arguments, measured ones from config."""
     unknown = sorted(set(config) - set(MEASURED_SETTINGS) - set(HARDWARE_TRUST_KEYS))
@@ -112,5 +151,6 @@ def settings_from(args: argparse.Namespace, config: Mapping[str, str]) -> KeySer
         accept_snp=config.get("accept_snp", "1") != "0",
         snp_ark_pins=config.get("snp_ark_pins", ""),
         snp_cache=args.snp_cache,
+        **_limits(getattr(args, "limit", None)),
     )
     return dataclasses.replace(settings, **measured)

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["DENIAL_REASONS", "Metrics"]
+__all__ = ["DENIAL_REASONS", "PUBLIC_DENIAL_REASONS", "Metrics", "public_reason"]
 
 #: Every reason a release or a signed request can be refused for (labels of the denials).
 DENIAL_REASONS = (
@@ -24,6 +24,38 @@ DENIAL_REASONS = (
     "wrong_role",  # e.g. a user putting a model key
     "store",  # a record that does not unseal under the master key
 )
+
+#: What ``/metrics`` (which answers anyone) counts a denial under.  It must not tell a prober
+#: more than the fixed 403 did: whether the principal it named is registered
+#: (``unknown_principal`` vs ``signature``), or which records of a pair exist (``not_granted``
+#: vs ``no_request_key`` vs a policy), or that a record exists but does not unseal
+#: (``store``).  The exact reason goes to the log at DEBUG (``request.denied``).
+_PUBLIC: dict[str, str] = {
+    "malformed": "malformed",
+    "nonce": "nonce",
+    "evidence": "evidence",
+    "not_granted": "access",
+    "no_request_key": "access",
+    "no_model_key": "access",
+    "owner_policy": "access",
+    "user_policy": "access",
+    "store": "access",
+    "signature": "signature",
+    "unknown_principal": "signature",
+    "wrong_principal": "wrong_principal",
+    "wrong_role": "wrong_role",
+}
+#: The labels of ``sealserve_keyservice_denials_total``.
+PUBLIC_DENIAL_REASONS = tuple(dict.fromkeys(_PUBLIC.values()))
+
+
+def public_reason(reason: str) -> str:
+    """The label ``/metrics`` counts a denial for ``reason`` under."""
+    try:
+        return _PUBLIC[reason]
+    except KeyError:
+        raise ValueError(f"reason must be one of {DENIAL_REASONS}, got {reason!r}") from None
+
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -46,12 +78,12 @@ class Metrics:
         )
         self.denials = Counter(
             "sealserve_keyservice_denials",
-            "Refused releases and signed requests, by reason.",
+            "Refused releases and signed requests, by coarse reason (the log has the exact one).",
             ["reason"],
             registry=self.registry,
         )
-        for reason in DENIAL_REASONS:
-            self.denials.labels(reason=reason)
+        for label in PUBLIC_DENIAL_REASONS:
+            self.denials.labels(reason=label)
         self.challenges = Counter(
             "sealserve_keyservice_challenges",
             "Challenges issued.",
@@ -59,7 +91,7 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "sealserve_keyservice_rate_limited",
-            "Requests answered 429.",
+            "Requests answered 429, by budget.",
             ["limit"],
             registry=self.registry,
         )
@@ -73,9 +105,7 @@ class Metrics:
         self._latency_children: dict[tuple[str, int], Any] = {}
 
     def deny(self, reason: str) -> None:
-        if reason not in DENIAL_REASONS:
-            raise ValueError(f"reason must be one of {DENIAL_REASONS}, got {reason!r}")
-        self.denials.labels(reason=reason).inc()
+        self.denials.labels(reason=public_reason(reason)).inc()
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Record one answered request's latency (the labelled series is looked up once)."""

@@ -33,13 +33,12 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import (
-    NONCE_HEADER,
     SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     HpkeKeyPair,
     HpkeSuite,
     Identity,
     RequestVerifier,
+    SignedRequest,
     principal_id,
     signed_principal,
     unwrap,
@@ -55,7 +54,7 @@ from sealserve.errors import (
 from sealserve.keyservice._challenges import Challenge, ChallengeIssuer
 from sealserve.keyservice._claims import ClaimWriter
 from sealserve.keyservice._judge import EvidenceJudge
-from sealserve.keyservice._limits import RateLimiter
+from sealserve.keyservice._limits import Budget, RequestLimits
 from sealserve.keyservice._metrics import Metrics
 from sealserve.keyservice._records import AuditEntry, Claim
 from sealserve.keyservice._releaser import Denied, Releaser
@@ -141,16 +140,16 @@ class KeyService:
             self._hpke.public_key_bytes(), self._identity.public_key_bytes
         )
         self.keyservice_id = wire.fingerprint(self._binding)
+        # Checks signatures only: the used nonces are the database's (``_claim_request``),
+        # recorded after the request passed its principal's limits.
         self._requests = RequestVerifier(replay_window_s=self.settings.replay_window_s, clock=clock)
         self.challenges = ChallengeIssuer(
             key=vault.derive("challenge"), ttl_s=self.settings.challenge_ttl_s, clock=clock
         )
-        self._limiter = RateLimiter(
-            rate_per_s=self.settings.rate_limit_per_s,
-            burst=self.settings.rate_limit_burst,
-            clock=clock,
-        )
+        self.limits = RequestLimits(self.settings, clock=clock)
         self._db_limiter = anyio.CapacityLimiter(db_threads)
+        # Revocations wait for no other principal's database work (a lane of their own).
+        self._revocation_lane = anyio.CapacityLimiter(1)
         self._inline_reads = store.dialect == "sqlite"
         self._claims = ClaimWriter(
             lambda claims, purge: self._db(self.store.commit_claims, claims, purge_before=purge),
@@ -203,16 +202,29 @@ class KeyService:
 
     # -- limits and authentication ----------------------------------------------------------
 
-    def check_rate(self, principal: str) -> None:
-        wait = self._limiter.acquire(principal)
+    def limit(self, budget: Budget, who: str) -> None:
+        """Charge one request of ``who`` to ``budget``; :class:`Throttled` when it is spent."""
+        wait = self.limits.take(budget, who)
         if wait > 0:
-            self.metrics.rate_limited.labels(limit="requests").inc()
+            self.metrics.rate_limited.labels(limit=budget.value).inc()
             raise Throttled(f"too many requests; retry after {math.ceil(wait)} s", wait)
 
     async def authenticate(
-        self, *, method: str, path: str, body: bytes, headers: Mapping[str, str]
+        self,
+        *,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        budget: Budget = Budget.SIGNED,
     ) -> PrincipalRow:
-        """The registered principal that signed this request, or :class:`Denied`."""
+        """The registered principal that signed this request, or :class:`Denied`.
+
+        In this order: the signature (nothing remembered yet), the principal's ``budget``
+        (:class:`Throttled`: a refused request leaves no trace), then its nonce recorded as
+        used.  So a principal's traffic spends only its own budgets and its own share of the
+        used nonces, and never refuses another principal's request.
+        """
         try:
             claimed = signed_principal(headers)
         except InvalidSignature:
@@ -224,24 +236,22 @@ class KeyService:
                 verify_signature(self._decoy_key, self._decoy_message, headers_signature(headers))
             raise Denied("unknown_principal")
         try:
-            self._requests.verify(
+            signed = self._requests.check(
                 row.public_key, method=method, path=path, body=body, headers=headers
             )
         except InvalidSignature:
             raise Denied("signature") from None
-        await self._claim_request(claimed, headers)
+        self.limit(budget, claimed)
+        await self._claim_request(signed)
         return row
 
-    async def _claim_request(self, pid: str, headers: Mapping[str, str]) -> None:
+    async def _claim_request(self, signed: SignedRequest) -> None:
         """Record a verified request's nonce as used in the database, so that no process of
-        this KeyService accepts the request again (each one also remembers it in memory)."""
-        nonce = _header(headers, NONCE_HEADER)
-        try:
-            timestamp = float(_header(headers, TIMESTAMP_HEADER))
-        except ValueError:  # the verifier accepted it, so this does not happen
-            raise Denied("signature") from None
-        key = hashlib.sha256(f"sealserve/request-nonce\0{pid}\0{nonce}".encode()).digest()
-        expires_at = max(timestamp, self.clock.time()) + self.settings.replay_window_s
+        this KeyService accepts the request again."""
+        key = hashlib.sha256(
+            f"sealserve/request-nonce\0{signed.principal_id}\0{signed.nonce}".encode()
+        ).digest()
+        expires_at = max(signed.expires_at, self.clock.time() + self.settings.replay_window_s)
         if not await self._claims.commit(Claim(nonce=key, expires_at=expires_at)):
             raise Denied("signature")
 
@@ -257,6 +267,10 @@ class KeyService:
     async def _db(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         call = functools.partial(fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, limiter=self._db_limiter)
+
+    async def _db_revocation(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        call = functools.partial(fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self._revocation_lane)
 
     # -- principals -------------------------------------------------------------------------
 
@@ -280,13 +294,12 @@ class KeyService:
         try:
             if signed_principal(headers) != pid:
                 raise Denied("signature")
+            signed = self._requests.check(
+                public_key, method=method, path=path, body=body, headers=headers
+            )
         except InvalidSignature:
             raise Denied("signature") from None
-        try:
-            self._requests.verify(public_key, method=method, path=path, body=body, headers=headers)
-        except InvalidSignature:
-            raise Denied("signature") from None
-        await self._claim_request(pid, headers)
+        await self._claim_request(signed)
         existing = await self._principal(pid)
         if existing is not None:
             if existing.role != role:
@@ -375,7 +388,7 @@ class KeyService:
         self, signer: PrincipalRow, *, owner_id: str, name: str, user_id: str
     ) -> AccessChange:
         mid = self._own(signer, owner_id, name)
-        epoch = await self._db(
+        epoch = await self._db_revocation(
             self.store.delete_grant, mid, user_id, owner_id=owner_id, at=self.clock.time()
         )
         _log.event("grant.revoked", model_id=mid, user=user_id, epoch=epoch)
@@ -426,7 +439,9 @@ class KeyService:
         self, signer: PrincipalRow, *, owner_id: str, name: str, user_id: str
     ) -> AccessChange:
         mid = self._self_user(signer, owner_id, name, user_id)
-        epoch = await self._db(self.store.delete_request_key, mid, user_id, at=self.clock.time())
+        epoch = await self._db_revocation(
+            self.store.delete_request_key, mid, user_id, at=self.clock.time()
+        )
         _log.event("request_key.deleted", model_id=mid, user=user_id, epoch=epoch)
         return AccessChange(model_id=mid, user_id=user_id, revocation_epoch=epoch)
 
@@ -446,7 +461,8 @@ class KeyService:
 
     def challenge(self) -> Challenge:
         """A fresh challenge.  It costs one HMAC and stores nothing, so there is nothing to
-        hoard: the per-requester request rate limit is what bounds issuing."""
+        hoard, and no budget: a release is charged to its runtime once its evidence verified
+        (:mod:`._limits`)."""
         issued = self.challenges.issue()
         self.metrics.challenges.inc()
         return issued
@@ -457,6 +473,10 @@ class KeyService:
         A nonce that passes its tag and expiry check is used up by this request whatever the
         outcome: a denied release records it as used too, so the same nonce never gets a
         second decision (say, after a denial for the measurement, with other evidence).
+
+        The release is charged to the runtime's own budget once its evidence verified (so no
+        other requester can spend it), before any database read: :class:`Throttled` then, and
+        the nonce stays unused.
         """
         request = self.releaser.parse(body)
         expires_at = self.challenges.check(request.nonce)
@@ -468,6 +488,7 @@ class KeyService:
         epoch = 0
         try:
             verified = self.releaser.verify_evidence(request)
+            self.limit(Budget.RELEASE, request.runtime_key_id)
             if self._inline_reads:
                 # SQLite in WAL mode: a few page reads that never wait for the writer; a thread
                 # hop would cost more than the read (it waits for the GIL behind the event loop).

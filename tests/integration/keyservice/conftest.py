@@ -27,6 +27,7 @@ from sealserve.client import KeyServicePin
 from sealserve.config import KeyServiceSettings
 from sealserve.keyservice import measured_config
 from sealserve.keyservice._launch import read_ready_line
+from sealserve.keyservice._measured import limit_args
 
 POSTGRES_ENV = "SEALSERVE_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "SEALSERVE_REQUIRE_POSTGRES"
@@ -111,6 +112,7 @@ class KeyServiceProcess:
             "--rate-limit-per-s", repr(float(s.rate_limit_per_s)),
             "--rate-limit-burst", str(s.rate_limit_burst),
             "--log-level", "DEBUG",
+            *limit_args(s),
         ]  # fmt: skip
 
     def start(self) -> KeyServiceProcess:

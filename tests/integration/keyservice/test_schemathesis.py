@@ -21,12 +21,20 @@ EXAMPLES_PER_OPERATION = 20
 
 @pytest.fixture
 def roomy_ks(platform: SimulatedPlatform, tmp_path: Path) -> Iterator[KeyServiceProcess]:
-    """A KeyService on SQLite whose rate limit does not turn the fuzzing into 429s."""
+    """A KeyService on SQLite whose budgets do not turn the fuzzing into 429s."""
     service = KeyServiceProcess(
         platform,
         data_dir=tmp_path,
         db_url=f"sqlite+pysqlite:///{tmp_path / 'ks.db'}",
-        settings=KeyServiceSettings(rate_limit_per_s=10_000.0, rate_limit_burst=10_000),
+        settings=KeyServiceSettings(
+            rate_limit_per_s=10_000.0,
+            rate_limit_burst=10_000,
+            signed_requests_per_window=100_000,
+            registrations_per_s=10_000.0,
+            registration_burst=10_000,
+            revocations_per_s=10_000.0,
+            revocation_burst=10_000,
+        ),
     ).start()
     try:
         yield service

@@ -18,7 +18,7 @@ from sealserve.crypto import (
     sign_request,
     signed_principal,
 )
-from sealserve.errors import InvalidSignature
+from sealserve.errors import InvalidSignature, ReplayQuotaExceeded
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "crypto_v1.json").read_text())
 START = 1_800_000_000.0
@@ -32,7 +32,7 @@ def _signed(
 
 def test_signed_request_verifies_once() -> None:
     me, clock = Identity.generate(), ManualClock(start=START)
-    verifier = RequestVerifier(replay_window_s=300, clock=clock, max_remembered=10)
+    verifier = RequestVerifier(replay_window_s=300, clock=clock, max_per_principal=10)
     headers = _signed(me, clock)
     assert signed_principal(headers) == me.principal_id
     verifier.verify(me.public_key_bytes, method="post", path="/v1/x", body=b"{}", headers=headers)
@@ -140,18 +140,56 @@ def test_timestamps_outside_the_window_fail_both_ways() -> None:
 
 def test_nonces_are_forgotten_once_their_window_has_passed() -> None:
     me, clock = Identity.generate(), ManualClock(start=START)
-    verifier = RequestVerifier(replay_window_s=10, clock=clock, max_remembered=2)
+    verifier = RequestVerifier(replay_window_s=10, clock=clock, max_per_principal=2)
     for _ in range(2):
         h = _signed(me, clock)
         verifier.verify(me.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=h)
     assert verifier.remembered == 2
     third = _signed(me, clock)
-    with pytest.raises(InvalidSignature):  # full: refuse rather than forget a live nonce
+    with pytest.raises(ReplayQuotaExceeded):  # full: refuse rather than forget a live nonce
         verifier.verify(me.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=third)
     clock.advance(11)
     fresh = _signed(me, clock)
     verifier.verify(me.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=fresh)
     assert verifier.remembered == 1
+
+
+def test_one_principal_filling_its_share_never_refuses_another() -> None:
+    """The attack of issue 10 (item 2): one principal fills the replay memory with valid
+    requests timestamped near the window's edge; another principal's requests still pass."""
+    attacker, owner = Identity.generate(), Identity.generate()
+    clock = ManualClock(start=START)
+    verifier = RequestVerifier(replay_window_s=300, clock=clock, max_per_principal=50)
+    edge = ManualClock(start=START + 299)  # nonces that live as long as possible
+    for _ in range(50):
+        h = _signed(attacker, edge)
+        verifier.verify(
+            attacker.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=h
+        )
+    h = _signed(attacker, edge)
+    with pytest.raises(ReplayQuotaExceeded):
+        verifier.verify(
+            attacker.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=h
+        )
+    for _ in range(50):  # the owner has a whole share of its own
+        h = _signed(owner, clock)
+        verifier.verify(owner.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=h)
+    assert verifier.remembered == 100
+
+
+def test_check_remembers_nothing_until_remember() -> None:
+    me, clock = Identity.generate(), ManualClock(start=START)
+    verifier = RequestVerifier(clock=clock)
+    h = _signed(me, clock)
+    first = verifier.check(me.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=h)
+    again = verifier.check(me.public_key_bytes, method="POST", path="/v1/x", body=b"{}", headers=h)
+    assert first == again
+    assert first.principal_id == me.principal_id
+    assert first.expires_at == first.timestamp + 300
+    assert verifier.remembered == 0
+    verifier.remember(first)
+    with pytest.raises(InvalidSignature):
+        verifier.remember(again)
 
 
 def test_concurrent_replays_are_accepted_exactly_once() -> None:
@@ -182,8 +220,8 @@ def test_concurrent_replays_are_accepted_exactly_once() -> None:
 def test_constructor_and_argument_validation() -> None:
     with pytest.raises(ValueError, match="replay_window_s"):
         RequestVerifier(replay_window_s=0)
-    with pytest.raises(ValueError, match="max_remembered"):
-        RequestVerifier(max_remembered=0)
+    with pytest.raises(ValueError, match="max_per_principal"):
+        RequestVerifier(max_per_principal=0)
     me = Identity.generate()
     with pytest.raises(ValueError, match="method"):
         sign_request(me, method="FETCH", path="/x", body=b"")

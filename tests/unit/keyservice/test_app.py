@@ -25,7 +25,7 @@ from sealserve.crypto import (
     wrap,
 )
 from sealserve.keyservice import KeyService, Store, Vault, create_app
-from sealserve.keyservice._metrics import DENIAL_REASONS
+from sealserve.keyservice._metrics import PUBLIC_DENIAL_REASONS
 from sealserve.protocol import join_model_id, wire
 from tests.unit.keyservice.fakes import GOOD, OTHER, FakeJudge, fake_evidence, fake_report_data
 
@@ -250,7 +250,7 @@ def test_every_denial_is_the_same_bytes() -> None:
             assert response.content == DENIAL, name
         r = await h.client.get("/metrics")
         text = r.text
-        for reason in ("owner_policy", "not_granted", "evidence", "nonce", "malformed"):
+        for reason in ("access", "evidence", "nonce", "malformed"):
             line = f'sealserve_keyservice_denials_total{{reason="{reason}"}}'
             assert any(
                 ln.startswith(line) and not ln.endswith(" 0.0") for ln in text.splitlines()
@@ -405,9 +405,10 @@ def test_versions_and_bad_bodies_after_authentication() -> None:
 def test_rate_limit_answers_429_with_retry_after() -> None:
     async def body(h: Harness) -> None:
         # the harness's attestation request took one of the three tokens
-        statuses = [(await h.client.post("/v1/challenges")).status_code for _ in range(2)]
-        assert statuses == [201, 201]
-        r = await h.client.post("/v1/challenges")
+        path = f"/v1/attestation?nonce={wire.b64encode(b'm' * 32)}"
+        statuses = [(await h.client.get(path)).status_code for _ in range(2)]
+        assert statuses == [200, 200]
+        r = await h.client.get(path)
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) >= 1
 
@@ -522,8 +523,9 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 @pytest.mark.parametrize("hot_path", [True, False])
 def test_metrics_count_one_release_and_one_denial(hot_path: bool) -> None:
     """After one release and one denial (a measurement outside the owner's policy), /metrics
-    shows one release, one denial under its reason and none under any other, and the latency
-    histogram of the release route has one 2xx and one 4xx observation."""
+    shows one release, one denial under its public reason ("access") and none under any
+    other, and the latency histogram of the release route has one 2xx and one 4xx
+    observation.  (Issue 10 made the reasons coarse: see the next test.)"""
 
     async def body(h: Harness) -> None:
         mid, _, _ = await h.setup_grant()
@@ -543,8 +545,8 @@ def test_metrics_count_one_release_and_one_denial(hot_path: bool) -> None:
             for (name, labels), value in after.items()
             if name == "sealserve_keyservice_denials_total"
         }
-        assert set(denials) == set(DENIAL_REASONS)
-        assert denials == {r: (1.0 if r == "owner_policy" else 0.0) for r in DENIAL_REASONS}
+        assert set(denials) == set(PUBLIC_DENIAL_REASONS)
+        assert denials == {r: (1.0 if r == "access" else 0.0) for r in PUBLIC_DENIAL_REASONS}
         hist = "sealserve_keyservice_request_seconds"
         for status in ("2xx", "4xx"):
             labels = (("route", "release"), ("status", status))
