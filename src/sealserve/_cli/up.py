@@ -9,6 +9,7 @@ Ctrl-C or SIGTERM, leaving no process and no shared memory behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -90,6 +91,22 @@ def up(
         Path | None, typer.Option(help="Also write where everything listens here (JSON).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    tee: Annotated[
+        str | None,
+        typer.Option(
+            help="Evidence backend (default: attest.backend): simulated, tsm, tpm, azure-cvm, "
+            "auto. Hardware backends read the rest of [attest] (tpm_tcti, tpm_ak...) and "
+            "keyservice.tpm_roots from the settings."
+        ),
+    ] = None,
+    reference_values: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--reference-values",
+            help="Reference values of the VM image every policy pins (hardware backends; "
+            "repeatable). With a TPM and none given, its boot PCRs are recorded.",
+        ),
+    ] = None,
 ) -> None:
     """Start the TEE platform daemon, the KeyService, the gateway and the local platform.
 
@@ -106,6 +123,19 @@ def up(
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
     check_policy(policy)
     settings = guarded(lambda: load_settings(config))
+    if tee is not None:
+        from sealserve.config import AttestSettings
+
+        attest = guarded(lambda: dataclasses.replace(settings.attest, backend=tee))
+        assert isinstance(attest, AttestSettings)
+        settings = settings.replace(attest=attest)
+    from sealserve.attest import ReferenceValues
+
+    references: tuple[ReferenceValues, ...] = ()
+    if reference_values:
+        references = guarded(
+            lambda: tuple(ReferenceValues.from_file(path) for path in reference_values or [])
+        )
     folder = (data_dir if data_dir is not None else settings.data_dir).expanduser().resolve()
     overrides: dict[str, Any] = {}
     if policy is not None:
@@ -128,6 +158,7 @@ def up(
             gateway_port=gateway_port,
             log_level=level,
             priors=priors,
+            reference_values=references,
         )
     )
     from rich.console import Console
@@ -181,7 +212,7 @@ def _print_ready(console: Any, info: dict[str, Any]) -> None:
     rows = [
         ("gateway", info["gateway_url"]),
         ("KeyService", info["keyservice_url"]),
-        ("TEE platform", f"{info['tee_socket']} (simulated)"),
+        ("TEE platform", f"{info['tee_socket']} ({info.get('backend', 'simulated')})"),
         ("KeyService measurement", info["keyservice_measurement"]),
         ("runtime measurement", info["runtime_measurement"]),
         ("routing policy", info["policy"]),

@@ -38,7 +38,15 @@ from prometheus_client import CollectorRegistry
 
 from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
-from sealserve.attest import PlatformClient, Policy, TrustAnchors, read_platform_public_key
+from sealserve.attest import (
+    PlatformClient,
+    Policy,
+    ReferenceValues,
+    TpmAnchors,
+    TpmReference,
+    TrustAnchors,
+    read_platform_public_key,
+)
 from sealserve.config import Settings
 from sealserve.ecall import runtime_launch_config
 from sealserve.errors import GatewayError, SealserveError, TeeError
@@ -79,6 +87,9 @@ class DeploymentOptions:
     log_level: str = "INFO"
     instance_log_level: str = "WARNING"
     priors: CostPriors | None = None
+    #: The platform part every policy pins on a hardware backend (``attest.backend``); with a
+    #: TPM and none given, PCRs 0-7 as the TPM reports them at start are recorded.
+    reference_values: tuple[ReferenceValues, ...] = ()
 
     def __post_init__(self) -> None:
         for level in (self.log_level, self.instance_log_level):
@@ -103,6 +114,11 @@ class DeploymentInfo:
     keyservice_url: str
     tee_socket: str
     platform_key_file: str
+    #: ``simulated``, or the hardware backend the platform daemon runs on.
+    backend: str
+    #: Hardware backends: the reference values file every policy pins, and the TPM roots file.
+    reference_values_file: str
+    tpm_roots_file: str
     keyservice_measurement: str
     runtime_measurement: str
     keyservice_id: str
@@ -138,6 +154,7 @@ class LocalDeployment:
         self.gateway: Gateway | None = None
         self.server: GatewayServer | None = None
         self._info: DeploymentInfo | None = None
+        self._references_file: Path | None = None
         self._started_thread = False
 
     @property
@@ -181,6 +198,7 @@ class LocalDeployment:
             "--socket", str(socket_path),
             "--data-dir", str(self.data_dir),
             "--log-level", o.log_level,
+            "--config", str(self._attest_config()),
         ]  # fmt: skip
         env = dict(os.environ)
         lifeline = tie_to_this_process(env)
@@ -195,7 +213,7 @@ class LocalDeployment:
                 start_new_session=True,
             )
         deadline = time.monotonic() + _DAEMON_TIMEOUT_S
-        while True:
+        while True:  # bounded by the deadline
             if self._daemon.poll() is not None:
                 raise TeeError(
                     f"the TEE platform daemon exited with status {self._daemon.returncode}; "
@@ -225,7 +243,7 @@ class LocalDeployment:
                 self._client,
                 settings,
                 data_dir=self.data_dir,
-                platform_key=self.platform_key_file,
+                platform_key=self.platform_key_file if self.backend == "simulated" else None,
                 log_level=self.options.log_level,
                 stderr=fd,
             )
@@ -236,18 +254,78 @@ class LocalDeployment:
     def platform_key_file(self) -> Path:
         return self.data_dir / "tee" / "platform.pub"
 
+    @property
+    def backend(self) -> str:
+        """``simulated`` or the hardware backend the daemon reports."""
+        assert self._client is not None
+        return str(self._client.info().get("backend", "simulated"))
+
+    def trust_anchors(self) -> TrustAnchors:
+        """What the runtimes trust to vouch for the KeyService: the simulated platform's key,
+        or the hardware's roots (the TPM roots the KeyService is configured with)."""
+        if self.backend == "simulated":
+            public_key = read_platform_public_key(self.data_dir)
+            return TrustAnchors(simulated_platform_keys=frozenset({public_key}))
+        roots = self.options.settings.keyservice.tpm_roots
+        tpm = None
+        if roots is not None:
+            tpm = TpmAnchors(roots=(Path(roots).read_bytes(),))
+        return TrustAnchors(tpm=tpm)
+
+    def _attest_config(self) -> Path:
+        """The daemon's settings file: the ``[attest]`` table of this deployment's settings."""
+        attest = self.options.settings.attest
+        lines = ["[attest]"]
+        for field in dataclasses.fields(attest):
+            value = getattr(attest, field.name)
+            lines.append(f"{field.name} = {_toml(value)}")
+        path = self.run_dir / "attest.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _reference_values(self) -> tuple[ReferenceValues, ...]:
+        """The platform part every policy pins (none on the simulated platform)."""
+        if self.backend == "simulated":
+            return ()
+        references = self.options.reference_values
+        if not references and self.backend in ("tpm", "azure-cvm"):
+            # What an owner does with an image it audited: record the boot PCRs.
+            from sealserve.attest._tpm_device import TpmDevice
+
+            attest = self.options.settings.attest
+            device = TpmDevice(tcti=attest.tpm_tcti)
+            boot = device.read_pcrs(attest.tpm_boot_pcrs)
+            pinned = {index: frozenset({value.hex()}) for index, value in boot.items()}
+            references = (ReferenceValues(tpm=TpmReference(pcrs=pinned)),)
+        if not references:
+            raise TeeError(
+                f"the {self.backend} backend needs the reference values of this VM image "
+                "(sealserve up --reference-values FILE; docs/deploy-*.md)"
+            )
+        self._references_file = self.run_dir / "reference-values.json"
+        self._references_file.write_text(
+            json.dumps([r.to_dict() for r in references], indent=1) + "\n"
+        )
+        return references
+
     def _build_gateway(self) -> None:
         assert self._client is not None
         assert self._keyservice is not None
         o = self.options
         client = self._client
         keyservice_measurement = str(self._keyservice.measurement)
-        public_key = read_platform_public_key(self.data_dir)
+        references = self._reference_values()
         pin = runtime_launch_config(
-            keyservice_policy=Policy(measurements=frozenset({keyservice_measurement})),
-            trust=TrustAnchors(simulated_platform_keys=frozenset({public_key})),
+            keyservice_policy=Policy(
+                measurements=frozenset({keyservice_measurement}), reference_values=references
+            ),
+            trust=self.trust_anchors(),
         )
         self._runtime_measurement = client.measurement("runtime", config=pin)
+        launch_config_file = None
+        if self.backend != "simulated":
+            launch_config_file = self.run_dir / "runtime-launch-config.json"
+            launch_config_file.write_text(json.dumps(pin, indent=1) + "\n")
         config = o.platform_config
         backend = LocalBackend(
             LocalOptions(
@@ -256,6 +334,7 @@ class LocalDeployment:
                 tee_socket=client.socket_path,
                 platform_key_file=self.platform_key_file,
                 keyservice_measurement=keyservice_measurement,
+                launch_config_file=launch_config_file,
                 run_dir=self.run_dir / "instances",
                 memory_factor=config.memory_factor,
                 threads=config.threads,
@@ -295,7 +374,10 @@ class LocalDeployment:
             gateway_url=self.server.url,
             keyservice_url=str(self._keyservice.url),
             tee_socket=str(self._client.socket_path),
-            platform_key_file=str(self.platform_key_file),
+            platform_key_file=str(self.platform_key_file) if self.backend == "simulated" else "",
+            backend=self.backend,
+            reference_values_file=str(self._references_file) if self._references_file else "",
+            tpm_roots_file=str(self.options.settings.keyservice.tpm_roots or ""),
             keyservice_measurement=str(self._keyservice.measurement),
             runtime_measurement=self._runtime_measurement,
             keyservice_id=str(self._keyservice.keyservice_id),
@@ -382,3 +464,13 @@ def _opener(platform: Platform) -> Callable[[], Any]:
         await platform.open()
 
     return open_platform
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))

@@ -64,10 +64,11 @@ _HEALTH_TIMEOUT_S: Final = 3.0
 class LocalOptions:
     """How the local backend starts instances.
 
-    ``tee_socket`` is the simulated TEE's platform daemon that launches runtimes;
+    ``tee_socket`` is the TEE's platform daemon that launches runtimes;
     ``platform_key_file`` and ``keyservice_measurement`` are the runtime's pin of the KeyService
-    (its measured launch config: what owners grant).  Ready files and each instance's log go to
-    ``run_dir``.
+    (its measured launch config: what owners grant), or ``launch_config_file`` the whole pin
+    (a JSON object: hardware backends, whose pin carries reference values and roots).  Ready
+    files and each instance's log go to ``run_dir``.
     """
 
     store_dir: Path
@@ -76,6 +77,7 @@ class LocalOptions:
     platform_key_file: Path
     keyservice_measurement: str
     run_dir: Path
+    launch_config_file: Path | None = None
     memory_factor: float = 4.0
     threads: int = 2
     max_body_mb: int = 64
@@ -173,8 +175,14 @@ class LocalBackend:
             "--port", "0",
             "--tee-socket", str(o.tee_socket),
             "--data-dir", str(o.run_dir),
-            "--platform-key", str(o.platform_key_file),
-            "--keyservice-measurement", o.keyservice_measurement,
+            *(
+                ["--launch-config", str(o.launch_config_file)]
+                if o.launch_config_file is not None
+                else [
+                    "--platform-key", str(o.platform_key_file),
+                    "--keyservice-measurement", o.keyservice_measurement,
+                ]
+            ),
             "--memory-budget-mb", str(max(1, math.ceil(budget_mb))),
             "--memory-factor", repr(float(o.memory_factor)),
             "--threads", str(o.threads),
