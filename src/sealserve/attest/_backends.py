@@ -94,8 +94,11 @@ class TsmBackend:
         sev_guest_device: str | Path,
         collateral: bytes | None = None,
         allowed: tuple[LaunchEvent, ...] | None = None,
+        derived_key: Callable[[], bytes] | None = None,
     ) -> None:
         self._reports = TsmReports(report_dir=report_dir)
+        # SNP_GET_DERIVED_KEY on the device; a test's fake firmware may stand in for it.
+        self._derived_key = derived_key
         self._rtmr = Rtmr(rtmr3)
         self._device = Path(sev_guest_device)
         self._state = Path(state_dir)
@@ -160,6 +163,8 @@ class TsmBackend:
 
     def sealing_root(self) -> bytes:
         if self.provider == "sev_guest":
+            if self._derived_key is not None:
+                return self._derived_key()
             return snp_derived_key(self._device)
         raise TeeError(
             "TDX has no sealing key: a TD's secrets that must survive a restart come from a "

@@ -46,6 +46,7 @@ from sealserve.attest import (
     Policy,
     ReferenceValues,
     SimulatedPlatform,
+    SnpAnchors,
     TrustAnchors,
 )
 from sealserve.attest._backends import LaunchBackend
@@ -170,14 +171,20 @@ class LocalStack:
         self.hardware_trust = trust
         self.reference_values = tuple(reference_values)
         self.package_dir = package_dir
-        if trust is not None and trust.tpm is not None and keyservice_settings is not None:
-            raise ValueError("give the TPM roots in trust, not in keyservice_settings")
-        if trust is not None and trust.tpm is not None:
-            # The KeyService trusts the TPM roots through its measured launch config.
-            self.root.mkdir(parents=True, exist_ok=True)
-            roots = self.root / "tpm-roots.pem"
-            roots.write_bytes(b"".join(_pem(r) for r in trust.tpm.roots))
-            keyservice_settings = KeyServiceSettings(tpm_roots=roots)
+        if trust is not None and keyservice_settings is not None:
+            raise ValueError("give the hardware roots in trust, not in keyservice_settings")
+        if trust is not None:
+            # The KeyService trusts the hardware roots through its measured launch config.
+            changes: dict[str, Any] = {}
+            if trust.tpm is not None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                roots = self.root / "tpm-roots.pem"
+                roots.write_bytes(b"".join(_pem(r) for r in trust.tpm.roots))
+                changes["tpm_roots"] = roots
+            if trust.snp is not None and trust.snp != SnpAnchors():
+                pins = sorted(trust.snp.ark_pins.items())
+                changes["snp_ark_pins"] = ",".join(f"{k}={v}" for k, v in pins)
+            keyservice_settings = KeyServiceSettings(**changes)
         self.log_level = log_level
         self.keyservice_settings = keyservice_settings or KeyServiceSettings()
         self._socket_dir = Path(tempfile.mkdtemp(prefix="ss-"))

@@ -41,8 +41,11 @@ _DCAP_KEY: Final = "accept_dcap"
 _SNP_KEY: Final = "accept_snp"
 #: Comma-separated base64url DER roots a TPM-attested KeyService's AK must chain to.
 _TPM_ROOTS_KEY: Final = "tpm_roots"
+#: ``PRODUCT=SHA256`` pins of other ARKs than AMD's, comma-separated (tests, like the
+#: KeyService's ``snp_ark_pins``); measured, so such a runtime has another measurement.
+_SNP_PINS_KEY: Final = "snp_ark_pins"
 _KEYS: Final = frozenset(
-    {KEYSERVICE_POLICY_KEY, PLATFORM_KEYS_KEY, _DCAP_KEY, _SNP_KEY, _TPM_ROOTS_KEY}
+    {KEYSERVICE_POLICY_KEY, PLATFORM_KEYS_KEY, _DCAP_KEY, _SNP_KEY, _TPM_ROOTS_KEY, _SNP_PINS_KEY}
 )
 
 
@@ -56,8 +59,8 @@ def runtime_launch_config(*, keyservice_policy: Policy, trust: TrustAnchors) -> 
         raise TypeError(f"trust must be TrustAnchors, got {type(trust).__name__}")
     if trust.dcap_root_ca_der is not None:
         raise ValueError("a runtime pin cannot carry a custom DCAP root; use Intel's")
-    if trust.snp is not None and trust.snp != SnpAnchors():
-        raise ValueError("a runtime pin cannot carry other ARK pins or certificates; use AMD's")
+    if trust.snp is not None and trust.snp != SnpAnchors(ark_pins=trust.snp.ark_pins):
+        raise ValueError("a runtime pin cannot carry certificates or CRLs: evidence brings them")
     config = {
         KEYSERVICE_POLICY_KEY: json.dumps(
             keyservice_policy.to_dict(), sort_keys=True, separators=(",", ":")
@@ -70,6 +73,8 @@ def runtime_launch_config(*, keyservice_policy: Policy, trust: TrustAnchors) -> 
         config[_SNP_KEY] = "0"
     if trust.tpm is not None and trust.tpm.roots:
         config[_TPM_ROOTS_KEY] = ",".join(sorted(_b64(r) for r in trust.tpm.roots))
+    if trust.snp is not None and trust.snp != SnpAnchors():
+        config[_SNP_PINS_KEY] = ",".join(f"{k}={v}" for k, v in sorted(trust.snp.ark_pins.items()))
     return config
 
 
@@ -88,7 +93,7 @@ def pin_from_launch_config(config: Mapping[str, str]) -> tuple[Policy, TrustAnch
         trust = TrustAnchors(
             simulated_platform_keys=keys,
             accept_dcap=config.get(_DCAP_KEY, "0") == "1",
-            snp=None if config.get(_SNP_KEY, "1") == "0" else SnpAnchors(),
+            snp=None if config.get(_SNP_KEY, "1") == "0" else _snp_anchors(config),
             tpm=TpmAnchors(roots=roots) if roots else None,
         )
     except KeyError:
@@ -99,6 +104,13 @@ def pin_from_launch_config(config: Mapping[str, str]) -> tuple[Policy, TrustAnch
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"the runtime's launch config is invalid: {exc}") from exc
     return policy, trust
+
+
+def _snp_anchors(config: Mapping[str, str]) -> SnpAnchors:
+    pins = config.get(_SNP_PINS_KEY)
+    if not pins:
+        return SnpAnchors()
+    return SnpAnchors(ark_pins=dict(pin.split("=", 1) for pin in pins.split(",")))
 
 
 def _b64(data: bytes) -> str:
