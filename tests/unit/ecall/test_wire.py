@@ -159,11 +159,17 @@ def test_the_pin_carries_which_hardware_the_keyservice_may_attest_with() -> None
         config = runtime_launch_config(keyservice_policy=policy, trust=trust)
         assert config != plain
         assert pin_from_launch_config(config) == (policy, trust)
-    with pytest.raises(ValueError, match="ARK pins"):
+    # Certificates and CRLs stay out of a pin (evidence brings its own chain)...
+    with pytest.raises(ValueError, match="certificates or CRLs"):
         runtime_launch_config(
             keyservice_policy=policy,
             trust=dataclasses.replace(default, snp=SyntheticAmd().anchors()),
         )
+    # ...while other ARK pins (a test chain) are measured into it, as the KeyService's are.
+    test_ark = dataclasses.replace(default, snp=SyntheticAmd().anchors(with_chain=False))
+    pinned = runtime_launch_config(keyservice_policy=policy, trust=test_ark)
+    assert pinned["snp_ark_pins"].startswith("Milan=")
+    assert pin_from_launch_config(pinned) == (policy, test_ark)
 
 
 def test_stage_timer_knows_only_the_stage_names() -> None:
