@@ -2,8 +2,10 @@
 
 Every error sealserve raises on purpose derives from :class:`SealserveError`, with one subtree
 per layer.  Mistakes by the caller (a wrong type, a bad argument value) are plain
-``TypeError`` / ``ValueError`` and are not part of this tree.  Foreign errors are translated
-at each boundary (``raise OurError(...) from exc``).
+``TypeError`` / ``ValueError`` and are not part of this tree; nor is using a resource out of
+its lifecycle (opening it twice, using it unopened or closed), a
+:class:`sealserve.ResourceStateError` (a ``RuntimeError``, as httpx and trio raise).
+Foreign errors are translated at each boundary (``raise OurError(...) from exc``).
 
 At the security boundary the messages say nothing more than the fixed text: every failed
 unseal is the same :class:`InvalidEnvelope`, every refused key release the same

@@ -42,7 +42,7 @@ from sealserve.attest._local import (
     passed_fds,
 )
 from sealserve.attest._measure import measure
-from sealserve.attest._platform import LaunchedProcess, PlatformState, SimulatedPlatform
+from sealserve.attest._platform import LaunchedProcess, SimulatedPlatform
 from sealserve.attest._platform_key import read_platform_public_key
 from sealserve.attest._policy import (
     DEFAULT_MAX_EVIDENCE_AGE_S,
@@ -89,7 +89,6 @@ __all__ = [
     "MeasuredProcess",
     "PlatformClient",
     "PlatformServer",
-    "PlatformState",
     "Policy",
     "REPORT_DATA_BYTES",
     "ReferenceValues",

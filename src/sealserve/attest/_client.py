@@ -9,7 +9,6 @@ did not get from the launched process itself.
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import select
 import signal
@@ -19,52 +18,36 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sealserve._resource import Resource
 from sealserve.attest._wire import MAX_FDS, recv_message, send_message
 from sealserve.errors import TeeError
 
 __all__ = ["PlatformClient", "RemoteProcess"]
 
 
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class PlatformClient:
+class PlatformClient(Resource):
     """Talks to a platform daemon over its Unix socket; a context manager.
 
     :meth:`open` checks that the daemon answers.  Every request uses its own connection;
     each launched process keeps one for its handle.
     """
 
+    resource_name = "the platform client"
+
     def __init__(self, socket_path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        super().__init__()
         self._path = Path(socket_path)
         self._timeout = timeout
-        self._state = _State.UNOPENED
         self._info: dict[str, Any] = {}
 
     @property
     def socket_path(self) -> Path:
         return self._path
 
-    def open(self) -> PlatformClient:
-        if self._state is not _State.UNOPENED:
-            raise TeeError(f"the platform client is {self._state.value}; open it only once")
+    def _open(self) -> None:
         self._info = self._request({"op": "info"})
-        self._state = _State.OPENED
-        return self
-
-    def close(self) -> None:
-        self._state = _State.CLOSED
-
-    def __enter__(self) -> PlatformClient:
-        return self.open() if self._state is _State.UNOPENED else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def info(self) -> dict[str, Any]:
         """What the daemon says about itself: public key (hex), TCB status, entries.
@@ -154,11 +137,10 @@ class PlatformClient:
         return conn
 
     def _check_open(self) -> None:
-        if self._state is not _State.OPENED:
-            raise TeeError(f"the platform client is {self._state.value}; open() it first")
+        self._check_opened()
 
     def __repr__(self) -> str:
-        return f"PlatformClient(socket_path={str(self._path)!r}, state={self._state.value})"
+        return f"PlatformClient(socket_path={str(self._path)!r}, state={self.state.value})"
 
 
 class RemoteProcess:

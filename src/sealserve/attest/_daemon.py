@@ -19,7 +19,6 @@ can obtain it, on its own channel.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sealserve._log import get_logger
+from sealserve._resource import Resource, ResourceState, ResourceStateError
 from sealserve.attest._entries import ENTRIES
 from sealserve.attest._platform import LaunchedProcess, SimulatedPlatform
 from sealserve.attest._wire import MAX_FDS, recv_message, send_message
@@ -42,27 +42,23 @@ _ALLOWED_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGI
 _BACKLOG: Final = 64
 
 
-class _ServerState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class PlatformServer:
+class PlatformServer(Resource):
     """Serves an open :class:`SimulatedPlatform` on a Unix socket; a context manager.
 
     :meth:`open` binds and starts accepting in a background thread; :meth:`close` stops
     accepting, kills the processes launched through it and removes the socket file.
     """
 
+    resource_name = "the platform server"
+
     def __init__(self, platform: SimulatedPlatform, *, socket_path: str | os.PathLike[str]) -> None:
         if not isinstance(platform, SimulatedPlatform):
             raise TypeError(f"platform must be a SimulatedPlatform, got {type(platform).__name__}")
+        super().__init__()
         self._platform = platform
         self._path = Path(socket_path)
         if len(os.fsencode(self._path)) >= 108:
             raise ValueError(f"socket_path is too long for a Unix socket: {str(self._path)!r}")
-        self._state = _ServerState.UNOPENED
         self._listener: socket.socket | None = None
         self._accepter: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -73,9 +69,7 @@ class PlatformServer:
     def socket_path(self) -> Path:
         return self._path
 
-    def open(self) -> PlatformServer:
-        if self._state is not _ServerState.UNOPENED:
-            raise TeeError(f"the platform server is {self._state.value}; open it only once")
+    def _open(self) -> None:
         _clear_stale_socket(self._path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         old_umask = os.umask(0o177)
@@ -88,20 +82,15 @@ class PlatformServer:
             os.umask(old_umask)
         listener.listen(_BACKLOG)
         self._listener = listener
-        self._state = _ServerState.OPENED
         self._accepter = threading.Thread(target=self._accept_loop, name="tee-accept", daemon=True)
         self._accepter.start()
         _log.event("platform.serving", socket=str(self._path))
-        return self
 
-    def close(self) -> None:
+    def _close(self) -> None:
         with self._lock:
-            if self._state is not _ServerState.OPENED:
-                self._state = _ServerState.CLOSED
-                return
-            self._state = _ServerState.CLOSED
             connections = list(self._connections)
-        assert self._listener is not None
+        if self._listener is None:
+            return  # never listened
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
@@ -115,12 +104,6 @@ class PlatformServer:
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
         _log.event("platform.stopped", socket=str(self._path))
-
-    def __enter__(self) -> PlatformServer:
-        return self.open() if self._state is _ServerState.UNOPENED else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the server stops accepting (after :meth:`close`)."""
@@ -139,7 +122,7 @@ class PlatformServer:
             except OSError:
                 return  # closed
             with self._lock:
-                if self._state is not _ServerState.OPENED:
+                if self.state is not ResourceState.OPENED:
                     conn.close()
                     return
                 self._connections.add(conn)
@@ -184,7 +167,7 @@ class PlatformServer:
                 self._launch(conn, request, fds)
             else:
                 send_message(conn, {"ok": False, "error": f"unknown op {op!r}"})
-        except (ValueError, TypeError, TeeError) as exc:
+        except (ValueError, TypeError, TeeError, ResourceStateError) as exc:
             send_message(conn, {"ok": False, "error": str(exc)})
         finally:
             for fd in fds:

@@ -19,7 +19,6 @@ docs/threat-model.md for what this does and does not protect.
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Final
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve._resource import Resource, ResourceState
 from sealserve.attest import _measure
 from sealserve.attest._backends import LaunchBackend
 from sealserve.attest._entries import entry_module
@@ -59,7 +59,7 @@ from sealserve.attest._wire import MAX_FDS, b64, recv_message, send_message, unb
 from sealserve.crypto import Identity
 from sealserve.errors import TeeError
 
-__all__ = ["LaunchedProcess", "PlatformState", "SimulatedPlatform"]
+__all__ = ["LaunchedProcess", "SimulatedPlatform"]
 
 _log = get_logger(__name__)
 _RESERVED_ENV_PREFIX: Final = "SEALSERVE_TEE_"
@@ -73,19 +73,15 @@ _CLOSE_GRACE_S: Final = 5.0
 ALLOWED_ENV: Final = frozenset({"LANG", "LC_ALL", "LC_CTYPE"})
 
 
-class PlatformState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class SimulatedPlatform:
+class SimulatedPlatform(Resource):
     """The simulated TEE (see the module docstring); a context manager.
 
     ``data_dir`` holds ``tee/platform.key`` (created on first open, 0600) and the snapshot;
     ``tcb_status`` is what every evidence reports (set another to test policies);
     ``package_dir`` is the sealserve package to snapshot (default: the installed one).
     """
+
+    resource_name = "the platform"
 
     def __init__(
         self,
@@ -106,13 +102,13 @@ class SimulatedPlatform:
             )
         if max_processes < 1:
             raise ValueError(f"max_processes must be >= 1, got {max_processes!r}")
+        super().__init__()
         self._data_dir = Path(data_dir)
         self._tcb_status = tcb_status
         self._package_dir = Path(package_dir) if package_dir else None
         self._python = python or sys.executable
         self._clock = clock
         self._max_processes = max_processes
-        self._state = PlatformState.UNOPENED
         self._lock = threading.Lock()
         self._processes: set[LaunchedProcess] = set()
         self._key_public = b""
@@ -127,16 +123,10 @@ class SimulatedPlatform:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    @property
-    def state(self) -> PlatformState:
-        return self._state
-
-    def open(self) -> SimulatedPlatform:
+    def _open(self) -> None:
         """Snapshot the code; load (or create) the platform key and sealing root, or open the
         hardware backend (its launch log so far)."""
         with self._lock:
-            if self._state is not PlatformState.UNOPENED:
-                raise TeeError(f"the platform is {self._state.value}; open it only once")
             if self._backend is None:
                 key = load_or_create_platform_key(self._data_dir)
                 self._sealing_root = load_or_create_sealing_root(self._data_dir)
@@ -151,22 +141,18 @@ class SimulatedPlatform:
                 if self._backend is not None:
                     self._backend.close()
                 raise
-            self._state = PlatformState.OPENED
         _log.event(
             "platform.opened",
             files=self._snapshot.file_count,
             tcb_status=self._tcb_status,
             backend=self.backend_name,
         )
-        return self
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Kill and reap every process still running, and delete the snapshot."""
         with self._lock:
-            if self._state is not PlatformState.OPENED:
-                self._state = PlatformState.CLOSED
-                return
-            self._state = PlatformState.CLOSED
+            if self._key is None and self._snapshot is None:
+                return  # never opened
             processes = list(self._processes)
         for process in processes:
             process.close()
@@ -177,12 +163,6 @@ class SimulatedPlatform:
         self._key = None
         self._sealing_root = None
         _log.event("platform.closed")
-
-    def __enter__(self) -> SimulatedPlatform:
-        return self.open() if self._state is PlatformState.UNOPENED else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- what verifiers and launchers ask --------------------------------------------------
 
@@ -350,7 +330,7 @@ class SimulatedPlatform:
 
     def _sealing_key(self, measurement: str, purpose: str, *, debug: bool) -> bytes:
         root = self._sealing_root
-        if root is None and self._backend is not None and self._state is PlatformState.OPENED:
+        if root is None and self._backend is not None and self.state is ResourceState.OPENED:
             root = self._sealing_root = self._backend.sealing_root()
         if root is None:
             raise TeeError("the platform is closed")
@@ -383,7 +363,7 @@ class SimulatedPlatform:
 
         Under the launch lock, so the log it carries is the one the register holds."""
         assert self._backend is not None
-        if self._state is not PlatformState.OPENED:
+        if self.state is not ResourceState.OPENED:
             raise TeeError("the platform is closed")
         event = LaunchEvent(entry=entry, measurement=bytes.fromhex(measurement))
         bound = bind_report_data(report_data, entry=entry, measurement=event.measurement)
@@ -419,13 +399,10 @@ class SimulatedPlatform:
         return self._snapshot
 
     def _check_open(self) -> None:
-        if self._state is not PlatformState.OPENED:
-            raise TeeError(
-                f"the platform is {self._state.value}; use it between open() and close()"
-            )
+        self._check_opened()
 
     def __repr__(self) -> str:
-        return f"SimulatedPlatform(data_dir={str(self._data_dir)!r}, state={self._state.value})"
+        return f"SimulatedPlatform(data_dir={str(self._data_dir)!r}, state={self.state.value})"
 
 
 class LaunchedProcess:

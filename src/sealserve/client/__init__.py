@@ -10,16 +10,14 @@ upload is HPKE-wrapped to the KeyService's attested public key.
 gateway, unseal the output).
 """
 
-from sealserve.client._gateway import GatewayAnswer, GatewayClient, GatewayClientState, Inference
-from sealserve.client._keyservice import ClientState, KeyServiceClient, KeyServicePin
+from sealserve.client._gateway import GatewayAnswer, GatewayClient, Inference
+from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.client._principals import Owner, User
 from sealserve.client._upload import UploadReceipt, check_onnx_model, upload_model
 
 __all__ = [
-    "ClientState",
     "GatewayAnswer",
     "GatewayClient",
-    "GatewayClientState",
     "Inference",
     "KeyServiceClient",
     "KeyServicePin",

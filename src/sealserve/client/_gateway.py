@@ -17,7 +17,6 @@ retries the retryable ones ``retries`` times, waiting what ``Retry-After`` says.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._resource import Resource
 from sealserve.crypto import RequestKey
 from sealserve.errors import GatewayError, SealserveError
 from sealserve.protocol import (
@@ -40,20 +40,9 @@ from sealserve.protocol import (
 )
 from sealserve.protocol import headers as hd
 
-__all__ = [
-    "GatewayAnswer",
-    "GatewayClient",
-    "GatewayClientState",
-    "Inference",
-]
+__all__ = ["GatewayAnswer", "GatewayClient", "Inference"]
 
 _MAX_RETRY_WAIT_S: Final = 5.0
-
-
-class GatewayClientState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,8 +71,10 @@ class Inference:
     attempts: int = 1
 
 
-class GatewayClient:
+class GatewayClient(Resource):
     """HTTP client of the gateway's public API; use it inside ``with``.  Thread-safe."""
+
+    resource_name = "the gateway client"
 
     def __init__(
         self,
@@ -98,39 +89,28 @@ class GatewayClient:
             raise ValueError(f"url must be an http(s) URL, got {url!r}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        super().__init__()
         self.url = url.rstrip("/")
         self._timeout_s = timeout_s
         self._transport = transport
         self._clock = clock
         self._http: httpx.Client | None = None
-        self.state = GatewayClientState.UNOPENED
 
-    def open(self) -> GatewayClient:
-        if self.state is not GatewayClientState.UNOPENED:
-            raise GatewayError(f"the gateway client is {self.state.value}; open it once")
+    def _open(self) -> None:
         self._http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(self._timeout_s + 5.0, connect=10.0),
             transport=self._transport,
         )
-        self.state = GatewayClientState.OPENED
-        return self
 
-    def close(self) -> None:
-        self.state = GatewayClientState.CLOSED
+    def _close(self) -> None:
         if self._http is not None:
             self._http.close()
             self._http = None
 
-    def __enter__(self) -> GatewayClient:
-        return self.open() if self.state is GatewayClientState.UNOPENED else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _client(self) -> httpx.Client:
-        if self._http is None:
-            raise GatewayError(f"the gateway client is {self.state.value}; open() it first")
+        self._check_opened()
+        assert self._http is not None
         return self._http
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

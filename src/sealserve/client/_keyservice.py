@@ -17,7 +17,6 @@ nor fake an answer.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import httpx
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve._resource import Resource
 from sealserve.attest import Policy, TrustAnchors
 from sealserve.crypto import Identity, sign_request, verify_signature
 from sealserve.errors import (
@@ -50,16 +50,10 @@ from sealserve.protocol import (
     wire,
 )
 
-__all__ = ["ClientState", "KeyServiceClient", "KeyServicePin", "known_keyservices_file"]
+__all__ = ["KeyServiceClient", "KeyServicePin", "known_keyservices_file"]
 
 _log = get_logger(__name__)
 _A = TypeVar("_A", bound=Message)
-
-
-class ClientState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
 
 
 _KEYSERVICE_ID: Final = re.compile(r"[0-9a-f]{64}")
@@ -160,8 +154,15 @@ def _write_known(path: Path, known: dict[str, dict[str, str]]) -> None:
     tmp.replace(path)
 
 
-class KeyServiceClient:
-    """``with KeyServiceClient(url, identity=..., pin=...) as ks: ks.request(...)``."""
+class KeyServiceClient(Resource):
+    """An attested, signed connection to the KeyService (what :class:`Owner` and
+    :class:`User` use): ``with KeyServiceClient(url, identity=..., pin=...) as ks: ...``.
+
+    Opening it attests the KeyService (see the module docstring); every request is signed with
+    ``identity`` and every answer must be signed by the attested KeyService.
+    """
+
+    resource_name = "the KeyService client"
 
     def __init__(
         self,
@@ -187,15 +188,11 @@ class KeyServiceClient:
         self._clock = clock
         self._timeout = timeout_s
         self._transport = transport
+        super().__init__()
         self._http: httpx.Client | None = None
         self._attested: AttestedKeyService | None = None
-        self._state = ClientState.UNOPENED
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def state(self) -> ClientState:
-        return self._state
 
     @property
     def keyservice(self) -> AttestedKeyService:
@@ -204,43 +201,26 @@ class KeyServiceClient:
         assert self._attested is not None
         return self._attested
 
-    def open(self) -> KeyServiceClient:
-        if self._state is not ClientState.UNOPENED:
-            raise KeyServiceError(f"the KeyService client is {self._state.value}; open it once")
+    def _open(self) -> None:
         self._http = httpx.Client(
             base_url=self.url, timeout=self._timeout, transport=self._transport
         )
-        try:
-            self._attested = self._attest()
-        except BaseException:
-            self.close()
-            raise
-        self._state = ClientState.OPENED
+        self._attested = self._attest()
         _log.event(
             "keyservice_client.attested",
             url=self.url,
             keyservice_id=self._attested.keyservice_id,
             measurement=self._attested.measurement,
         )
-        return self
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self._http is not None:
             self._http.close()
             self._http = None
-        self._state = ClientState.CLOSED
-
-    def __enter__(self) -> KeyServiceClient:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _require_open(self) -> httpx.Client:
-        if self._state is not ClientState.OPENED or self._http is None:
-            raise KeyServiceError(
-                f"the KeyService client is {self._state.value}; use it inside 'with'"
-            )
+        self._check_opened()
+        assert self._http is not None
         return self._http
 
     def _attest(self) -> AttestedKeyService:
@@ -321,7 +301,7 @@ class KeyServiceClient:
             ) from None
 
     def __repr__(self) -> str:
-        return f"KeyServiceClient({self.url!r}, state={self._state.value})"
+        return f"KeyServiceClient({self.url!r}, state={self.state.value})"
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -15,11 +15,10 @@ is and for whom::
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._resource import Resource
 from sealserve.attest import Policy
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, wrap
@@ -41,7 +40,7 @@ from sealserve.protocol import (
 __all__ = ["Owner", "User"]
 
 
-class _Principal:
+class _Principal(Resource):
     role = ""
 
     def __init__(
@@ -54,6 +53,7 @@ class _Principal:
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        super().__init__()
         self.identity = identity
         self._client = KeyServiceClient(
             keyservice_url,
@@ -72,15 +72,11 @@ class _Principal:
     def keyservice(self) -> KeyServiceClient:
         return self._client
 
-    def open(self) -> Any:
+    def _open(self) -> None:
         self._client.open()
-        return self
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._client.close()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def register(self) -> bool:
         """Register this identity with its role; ``False`` if it already was."""
@@ -114,10 +110,7 @@ class Owner(_Principal):
     """A model owner: model keys, grants and revocations.  Use inside ``with``."""
 
     role = "owner"
-
-    def __enter__(self) -> Owner:
-        self.open()
-        return self
+    resource_name = "the owner"
 
     def model_id(self, name: str) -> str:
         """``<owner_id>/<name>``: how the model is named everywhere."""
@@ -168,10 +161,7 @@ class User(_Principal):
     """A user (data owner): request keys for (model, runtime policy).  Use inside ``with``."""
 
     role = "user"
-
-    def __enter__(self) -> User:
-        self.open()
-        return self
+    resource_name = "the user"
 
     def _path(self, model_id: str) -> str:
         split_model_id(model_id)

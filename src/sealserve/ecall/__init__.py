@@ -23,11 +23,10 @@ from sealserve.ecall._pin import (
     pin_from_launch_config,
     runtime_launch_config,
 )
-from sealserve.ecall._rpc import Endpoint, EndpointState, Message, OutgoingCall, PayloadWriter
+from sealserve.ecall._rpc import Endpoint, Message, OutgoingCall, PayloadWriter
 
 __all__ = [
     "Endpoint",
-    "EndpointState",
     "KEYSERVICE_POLICY_KEY",
     "Message",
     "OutgoingCall",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import enum
 import itertools
 import logging
 import threading
@@ -28,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sealserve._log import get_logger
+from sealserve._resource import Resource, ResourceState
 from sealserve.ecall._wire import (
     Frame,
     Kind,
@@ -49,7 +49,7 @@ from sealserve.errors import (
 )
 from sealserve.ipc import Connection, Loan, Sample
 
-__all__ = ["Endpoint", "EndpointState", "Message", "OutgoingCall", "PayloadWriter"]
+__all__ = ["Endpoint", "Message", "OutgoingCall", "PayloadWriter"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -59,13 +59,6 @@ _POLL_S = 0.25
 _DEFERRED_META_BYTES = 4096
 #: Fills the payload of a frame in place (e.g. ``seal_into``, a file's ``readinto``).
 PayloadWriter = Callable[[memoryview], None]
-
-
-class EndpointState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    BROKEN = "broken"  # the peer died or left
-    CLOSED = "closed"
 
 
 class Message:
@@ -177,13 +170,19 @@ class OutgoingCall:
         self.discard()
 
 
-class Endpoint:
+class Endpoint(Resource):
     """One side of the call surface over ``connection`` (see the module docstring).
 
     ``handler(message)`` receives the peer's calls on the receiver thread and owns them (it
     must release them and reply with :meth:`reply`/:meth:`reply_error`).  ``broken_error``
-    makes the error pending and later calls fail with once the peer is gone.
+    makes the error pending and later calls fail with once the peer is gone
+    (:attr:`broken`) or the endpoint is closed: its close races calls by design (a runtime
+    restart closes the old generation's endpoint while requests may still reach it), so a
+    call on a closed endpoint is that retryable error, not a programming error.  Opening it
+    twice is one (:class:`~sealserve.errors.ResourceStateError`).
     """
+
+    resource_name = "the endpoint"
 
     def __init__(
         self,
@@ -197,6 +196,7 @@ class Endpoint:
     ) -> None:
         if send_timeout_s <= 0:
             raise ValueError(f"send_timeout_s must be > 0, got {send_timeout_s!r}")
+        super().__init__()
         self._conn = connection
         self.name = name
         self._handler = handler
@@ -206,34 +206,27 @@ class Endpoint:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, concurrent.futures.Future[Message]] = {}
-        self._state = EndpointState.UNOPENED
         self._reason = ""
+        self._is_broken = False
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
-    def state(self) -> EndpointState:
-        return self._state
+    def broken(self) -> bool:
+        """Whether the peer died or left (calls fail with ``broken_error`` from then on)."""
+        return self._is_broken
 
-    def open(self) -> Endpoint:
+    def _open(self) -> None:
         """Start the receiver thread."""
-        with self._lock:
-            if self._state is not EndpointState.UNOPENED:
-                raise IPCError(f"endpoint {self.name!r} is {self._state.value}; open it once")
-            self._state = EndpointState.OPENED
         self._thread = threading.Thread(target=self._receive_loop, name=f"rpc-{self.name}")
         self._thread.daemon = True
         self._thread.start()
-        return self
 
-    def close(self) -> None:
-        """Stop receiving, fail what is pending, close the connection (idempotent)."""
+    def _close(self) -> None:
+        """Stop receiving, fail what is pending, close the connection."""
         with self._lock:
-            if self._state is EndpointState.CLOSED:
-                return
-            was_open = self._state is EndpointState.OPENED
-            self._state = EndpointState.CLOSED
+            was_open = self._thread is not None and not self._is_broken
             self._reason = self._reason or "closed"
         self._fail_pending(self._broken_error(f"the {self.name} endpoint was closed"))
         thread = self._thread
@@ -250,12 +243,6 @@ class Endpoint:
             return True
         thread.join(timeout)
         return not thread.is_alive()
-
-    def __enter__(self) -> Endpoint:
-        return self.open() if self._state is EndpointState.UNOPENED else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -314,7 +301,7 @@ class Endpoint:
     def _send_opened(self, call: OutgoingCall) -> concurrent.futures.Future[Message]:
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
         with self._lock:
-            if self._state is not EndpointState.OPENED:
+            if not self._usable():
                 call._loan.discard()
                 self._check_usable()
             self._pending[call.call_id] = future
@@ -403,10 +390,14 @@ class Endpoint:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _usable(self) -> bool:
+        return self.state is ResourceState.OPENED and not self._is_broken
+
     def _check_usable(self) -> None:
-        if self._state is not EndpointState.OPENED:
+        if not self._usable():
+            state = "broken" if self._is_broken else self.state.value
             raise self._broken_error(
-                f"the {self.name} endpoint is {self._state.value}"
+                f"the {self.name} endpoint is {state}"
                 + (f" ({self._reason})" if self._reason else "")
             )
 
@@ -488,7 +479,7 @@ class Endpoint:
 
     def _receive_loop(self) -> None:
         subscriber = self._conn.subscriber
-        while self._state is EndpointState.OPENED:
+        while self._usable():
             try:
                 sample = subscriber.receive(timeout=_POLL_S)
             except (PeerDied, ChannelClosed, IPCError) as exc:
@@ -541,9 +532,9 @@ class Endpoint:
 
     def _broken(self, exc: BaseException) -> None:
         with self._lock:
-            if self._state is not EndpointState.OPENED:
+            if not self._usable():
                 return
-            self._state = EndpointState.BROKEN
+            self._is_broken = True
             self._reason = str(exc) or type(exc).__name__
         _log.event("rpc.broken", endpoint=self.name, error=type(exc).__name__)
         self._fail_pending(self._broken_error(f"the {self.name} peer is gone: {exc}"))
@@ -558,7 +549,8 @@ class Endpoint:
                 future.set_exception(error)
 
     def __repr__(self) -> str:
-        return f"Endpoint(name={self.name!r}, state={self._state.value!r})"
+        state = "broken" if self._is_broken else self.state.value
+        return f"Endpoint(name={self.name!r}, state={state!r})"
 
 
 def _release_result(future: concurrent.futures.Future[Message]) -> None:

@@ -14,7 +14,7 @@ key or a plaintext, and imports none of the code that unseals.  See docs/runtime
 from sealserve.instance._app import ACTIVATION_MARKER, HostOptions, InstanceHost
 from sealserve.instance._blobs import SealedModelReader, SealedModelWriter, WriterState
 from sealserve.instance._broker import BrokerMessage, HostBroker, receive_broker_message
-from sealserve.instance._client import ClientState, InferResult, InstanceClient
+from sealserve.instance._client import InferResult, InstanceClient
 from sealserve.instance._metrics import InstanceMetrics
 from sealserve.instance._server import (
     SPAWNED_AT_ENV,
@@ -26,15 +26,14 @@ from sealserve.instance._store import MANIFEST_SCHEMA, ModelManifest, ModelStore
 from sealserve.instance._supervisor import (
     RuntimeGeneration,
     RuntimeHandle,
+    RuntimeStatus,
     RuntimeSupervisor,
     SupervisorOptions,
-    SupervisorState,
 )
 
 __all__ = [
     "ACTIVATION_MARKER",
     "BrokerMessage",
-    "ClientState",
     "HostBroker",
     "HostOptions",
     "InferResult",
@@ -47,12 +46,12 @@ __all__ = [
     "ModelStore",
     "RuntimeGeneration",
     "RuntimeHandle",
+    "RuntimeStatus",
     "RuntimeSupervisor",
     "SPAWNED_AT_ENV",
     "SealedModelReader",
     "SealedModelWriter",
     "SupervisorOptions",
-    "SupervisorState",
     "WriterState",
     "process_age_s",
     "receive_broker_message",

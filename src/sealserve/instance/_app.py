@@ -48,7 +48,7 @@ from sealserve._log import get_logger
 from sealserve.ecall import Message, timings, wire
 from sealserve.errors import BackpressureTimeout, DeadlineExceeded, SealserveError
 from sealserve.instance._metrics import InstanceMetrics
-from sealserve.instance._supervisor import RuntimeGeneration, RuntimeHandle, SupervisorState
+from sealserve.instance._supervisor import RuntimeGeneration, RuntimeHandle, RuntimeStatus
 from sealserve.protocol import (
     HostError,
     bad_request,
@@ -124,7 +124,7 @@ class InstanceHost:
             self.registry,
             runtime_stats=self._stats_for_metrics,
             restarts=lambda: supervisor.restarts,
-            runtime_up=lambda: supervisor.state is SupervisorState.READY,
+            runtime_up=lambda: supervisor.status is RuntimeStatus.READY,
         )
         self.app = Starlette(
             routes=[
@@ -221,7 +221,7 @@ class InstanceHost:
 
     async def _generation(self, timeout: float) -> RuntimeGeneration:
         sup = self.supervisor
-        if sup.state is SupervisorState.READY:
+        if sup.status is RuntimeStatus.READY:
             try:
                 return sup.current(timeout=0)
             except SealserveError:
@@ -384,7 +384,7 @@ class InstanceHost:
 
     async def _stats(self, request: Request) -> Response:
         runtime: dict[str, Any] | None = None
-        if self.supervisor.state is SupervisorState.READY:
+        if self.supervisor.status is RuntimeStatus.READY:
             try:
                 reply = await self._call(wire.Op.STATS, {}, None, 5.0)
                 runtime = dict(reply.meta)
@@ -410,7 +410,7 @@ class InstanceHost:
 
     def _stats_for_metrics(self) -> dict[str, Any] | None:
         """The runtime's stats for a scrape (blocking: the scrape runs in a thread)."""
-        if self.supervisor.state is not SupervisorState.READY:
+        if self.supervisor.status is not RuntimeStatus.READY:
             return None
         try:
             reply = self.supervisor.call(wire.Op.STATS, {}, timeout=2.0)
@@ -489,12 +489,12 @@ class InstanceHost:
     # -- health and metrics --------------------------------------------------------------------
 
     async def _healthz(self, request: Request) -> Response:
-        state = self.supervisor.state
-        doc = {"status": "ok" if state is SupervisorState.READY else state.value}
-        doc.update({"runtime": state.value})
-        if state is SupervisorState.READY:
+        status, health = self.supervisor.status, self.supervisor.health
+        doc = {"status": "ok" if status is RuntimeStatus.READY else health}
+        doc.update({"runtime": health})
+        if status is RuntimeStatus.READY:
             return _json_response(doc)
-        headers = {} if state is SupervisorState.FAILED else {"retry-after": "1"}
+        headers = {} if status is RuntimeStatus.FAILED else {"retry-after": "1"}
         return _json_response(doc, status=503, headers=headers)
 
     async def _metrics(self, request: Request) -> Response:

@@ -19,7 +19,6 @@ a general-purpose client does per request, measured in ``sealserve bench runtime
 from __future__ import annotations
 
 import dataclasses
-import enum
 import http.client
 import json
 import threading
@@ -27,20 +26,15 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from sealserve._resource import Resource
 from sealserve.errors import InstanceError
 from sealserve.protocol import headers as hd
 from sealserve.protocol import raise_for_error
 
-__all__ = ["ClientState", "InferResult", "InstanceClient"]
+__all__ = ["InferResult", "InstanceClient"]
 
 #: Errors of a kept-alive connection that the server had already closed: retried once.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-
-
-class ClientState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,11 +46,13 @@ class InferResult:
     timings: dict[str, float]
 
 
-class InstanceClient:
+class InstanceClient(Resource):
     """HTTP client of one instance; use it inside ``with`` (or ``open``/``close``).
 
     Thread-safe: each thread that calls it gets its own connection.
     """
+
+    resource_name = "the instance client"
 
     def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -64,38 +60,24 @@ class InstanceClient:
             raise ValueError(f"url must be an http(s) URL, got {url!r}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        super().__init__()
         self.url = url.rstrip("/")
         self._parsed = parsed
         self._timeout_s = timeout_s
         self._local = threading.local()
         self._connections: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self.state = ClientState.UNOPENED
 
-    def open(self) -> InstanceClient:
-        if self.state is not ClientState.UNOPENED:
-            raise InstanceError(f"the instance client is {self.state.value}; open it once")
-        self.state = ClientState.OPENED
-        return self
-
-    def close(self) -> None:
-        self.state = ClientState.CLOSED
+    def _close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
 
-    def __enter__(self) -> InstanceClient:
-        return self.open() if self.state is ClientState.UNOPENED else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- transport -----------------------------------------------------------------------------
 
     def _connection(self, *, fresh: bool = False) -> http.client.HTTPConnection:
-        if self.state is not ClientState.OPENED:
-            raise InstanceError(f"the instance client is {self.state.value}; open() it first")
+        self._check_opened()
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
         if connection is None or fresh:
             if connection is not None:

@@ -39,11 +39,11 @@ from prometheus_client import CollectorRegistry
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve._resource import Resource, ResourceState
 from sealserve.attest import Launcher, MeasuredProcess
 from sealserve.ecall import Endpoint, Message, wire
 from sealserve.errors import (
     DeadlineExceeded,
-    InstanceError,
     KeyServiceError,
     MessageTooLarge,
     ModelNotAvailable,
@@ -61,7 +61,7 @@ __all__ = [
     "RuntimeHandle",
     "RuntimeSupervisor",
     "SupervisorOptions",
-    "SupervisorState",
+    "RuntimeStatus",
 ]
 
 _log = get_logger(__name__)
@@ -75,13 +75,18 @@ _RELAY_PATHS = (
 )
 
 
-class SupervisorState(enum.Enum):
-    UNOPENED = "unopened"
+class RuntimeStatus(enum.Enum):
+    """Where the supervised runtime is (the supervisor's lifecycle is its ``state``)."""
+
+    #: No runtime: the supervisor is not opened yet, or closed.
+    STOPPED = "stopped"
+    #: The first runtime is being launched.
     STARTING = "starting"
     READY = "ready"
+    #: The runtime crashed; a new one is being launched.
     RESTARTING = "restarting"
+    #: Launching failed, or the runtime crashed too often: the instance must be replaced.
     FAILED = "failed"
-    CLOSED = "closed"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,7 +150,12 @@ class RuntimeHandle(Protocol):
     """What the HTTP host needs of a supervisor (:class:`RuntimeSupervisor` is the real one)."""
 
     @property
-    def state(self) -> SupervisorState: ...
+    def status(self) -> RuntimeStatus: ...
+
+    @property
+    def health(self) -> str:
+        """One word for ``/healthz``: the runtime's status (``ready``, ``restarting``...)."""
+        ...
 
     @property
     def restarts(self) -> int: ...
@@ -170,8 +180,16 @@ class RuntimeHandle(Protocol):
         ...
 
 
-class RuntimeSupervisor:
-    """Keeps one runtime alive and serves its ocalls (see the module docstring)."""
+class RuntimeSupervisor(Resource):
+    """Keeps one runtime alive and serves its ocalls (see the module docstring).
+
+    Opening it (:meth:`start`, or ``with``) launches the first runtime and waits until it
+    answers; closing it stops the runtime.  While it is open, :attr:`status` says where the
+    runtime is; a call that races a restart or the close is a retryable
+    :class:`~sealserve.errors.RuntimeUnavailable`.
+    """
+
+    resource_name = "the runtime supervisor"
 
     def __init__(
         self,
@@ -190,6 +208,7 @@ class RuntimeSupervisor:
     ) -> None:
         if not keyservice_url.startswith(("http://", "https://")):
             raise ValueError(f"keyservice_url must be an http(s) URL, got {keyservice_url!r}")
+        super().__init__()
         self._launcher = launcher
         self._config = dict(launch_config)
         self._store = store
@@ -209,7 +228,8 @@ class RuntimeSupervisor:
             max_workers=4, thread_name_prefix="host-ocall"
         )
         self._cond = threading.Condition()
-        self._state = SupervisorState.UNOPENED
+        self._status = RuntimeStatus.STARTING
+        self._first: RuntimeGeneration | None = None
         self._generation: RuntimeGeneration | None = None
         self._number = 0
         self._crashes: list[float] = []
@@ -221,8 +241,19 @@ class RuntimeSupervisor:
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
-    def state(self) -> SupervisorState:
-        return self._state
+    def status(self) -> RuntimeStatus:
+        """Where the runtime is: ``STOPPED`` unless the supervisor is open (or it failed)."""
+        status = self._status
+        if status is not RuntimeStatus.FAILED and self.state is not ResourceState.OPENED:
+            return RuntimeStatus.STOPPED
+        return status
+
+    @property
+    def health(self) -> str:
+        """One word for ``/healthz``: the runtime's status, or the supervisor's state
+        (``unopened``, ``closed``) while there is no runtime."""
+        status = self.status
+        return self.state.value if status is RuntimeStatus.STOPPED else status.value
 
     @property
     def restarts(self) -> int:
@@ -238,28 +269,25 @@ class RuntimeSupervisor:
         return self._launcher.measurement("runtime", config=self._config)
 
     def start(self) -> RuntimeGeneration:
-        """Launch the first runtime and wait until it answers."""
-        with self._cond:
-            if self._state is not SupervisorState.UNOPENED:
-                raise InstanceError(f"the supervisor is {self._state.value}; start it once")
-            self._state = SupervisorState.STARTING
+        """Open: launch the first runtime and wait until it answers; that generation."""
+        self.open()
+        assert self._first is not None
+        return self._first
+
+    def _open(self) -> None:
         try:
-            generation = self._launch()
+            self._first = self._launch()
         except BaseException as exc:
             with self._cond:
-                self._state = SupervisorState.FAILED
+                self._status = RuntimeStatus.FAILED
                 self._last_error = str(exc)
                 self._cond.notify_all()
             raise
-        return generation
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Stop the runtime (orderly: close the connection, then the process)."""
         with self._cond:
-            if self._state is SupervisorState.CLOSED:
-                return
             self._closing = True
-            self._state = SupervisorState.CLOSED
             generation, self._generation = self._generation, None
             self._cond.notify_all()
         if generation is not None:
@@ -270,14 +298,6 @@ class RuntimeSupervisor:
         self._http.close()
         _log.event("supervisor.closed")
 
-    def __enter__(self) -> RuntimeSupervisor:
-        if self._state is SupervisorState.UNOPENED:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- use -----------------------------------------------------------------------------------
 
     def current(self, *, timeout: float | None) -> RuntimeGeneration:
@@ -285,17 +305,17 @@ class RuntimeSupervisor:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                state = self._state
-                if state is SupervisorState.READY and self._generation is not None:
+                status = self.status
+                if status is RuntimeStatus.READY and self._generation is not None:
                     return self._generation
-                if state in (SupervisorState.FAILED, SupervisorState.CLOSED):
+                if status in (RuntimeStatus.FAILED, RuntimeStatus.STOPPED):
                     raise RuntimeUnavailable(
-                        f"the runtime is {state.value}"
+                        f"the runtime is {self.health}"
                         + (f": {self._last_error}" if self._last_error else "")
                     )
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise RuntimeUnavailable(f"the runtime is still {state.value}; retry shortly")
+                    raise RuntimeUnavailable(f"the runtime is still {status.value}; retry shortly")
                 self._cond.wait(remaining)
 
     def call(
@@ -390,7 +410,7 @@ class RuntimeSupervisor:
                 self._stop(generation)
                 raise RuntimeUnavailable("the instance is closing")
             self._generation = generation
-            self._state = SupervisorState.READY
+            self._status = RuntimeStatus.READY
             self._cond.notify_all()
         watcher.start()
         _log.event(
@@ -416,14 +436,14 @@ class RuntimeSupervisor:
             if self._closing or generation is None or generation.number != number:
                 return
             self._generation = None
-            self._state = SupervisorState.RESTARTING
+            self._status = RuntimeStatus.RESTARTING
             self._last_error = reason
             now = self._clock.monotonic()
             self._crashes = [t for t in self._crashes if now - t < self.options.restart_window_s]
             self._crashes.append(now)
             give_up = len(self._crashes) > self.options.max_restarts
             if give_up:
-                self._state = SupervisorState.FAILED
+                self._status = RuntimeStatus.FAILED
             self._cond.notify_all()
         _log.event(
             "supervisor.runtime_lost",
@@ -451,7 +471,7 @@ class RuntimeSupervisor:
                 with self._cond:
                     self._last_error = str(exc)
                     if attempts >= self.options.max_restarts:
-                        self._state = SupervisorState.FAILED
+                        self._status = RuntimeStatus.FAILED
                         self._cond.notify_all()
                         _log.event("supervisor.gave_up", level=logging.ERROR, error=str(exc))
                         return
@@ -564,7 +584,7 @@ class RuntimeSupervisor:
     def describe(self) -> dict[str, Any]:
         generation = self._generation
         return {
-            "state": self._state.value,
+            "state": self.health,
             "generation": None if generation is None else generation.number,
             "runtime_pid": None if generation is None else generation.process.pid,
             "measurement": None if generation is None else generation.process.measurement,

@@ -26,7 +26,7 @@ from sealserve.keyservice._server import (
     run_keyservice,
 )
 from sealserve.keyservice._service import EvidenceSource, KeyService, Throttled
-from sealserve.keyservice._store import AuditEntry, Store, StoreState, sqlite_url
+from sealserve.keyservice._store import AuditEntry, Store, sqlite_url
 from sealserve.keyservice._vault import MASTER_KEY_PURPOSE, Vault, open_master_key
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "LaunchedKeyService",
     "MASTER_KEY_PURPOSE",
     "Store",
-    "StoreState",
     "Throttled",
     "Vault",
     "VerifiedEvidence",

@@ -16,7 +16,6 @@ transaction as the audit rows of its release.
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from sealserve._log import get_logger
+from sealserve._resource import Resource
 from sealserve.errors import Conflict, KeyServiceError, NotFound
 from sealserve.keyservice import _engine
 from sealserve.keyservice import _schema as t
@@ -47,7 +47,6 @@ __all__ = [
     "PairRecords",
     "PrincipalRow",
     "Store",
-    "StoreState",
     "sqlite_url",
 ]
 
@@ -55,24 +54,20 @@ _log = get_logger(__name__)
 _EPOCH = _engine.EPOCH
 
 
-class StoreState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
 def sqlite_url(path: str) -> str:
     """The SQLAlchemy URL of a SQLite file."""
     return f"sqlite+pysqlite:///{path}"
 
 
-class Store:
+class Store(Resource):
     """The KeyService's tables.  ``with Store(url) as store: ...``; thread-safe.
 
     Opening creates the tables of an empty database, migrates an older schema forward and
     refuses a newer one with :class:`~sealserve.errors.SchemaVersionError`.  Several processes
     (on one machine for SQLite, anywhere for PostgreSQL) may serve one database at once.
     """
+
+    resource_name = "the store"
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         if not isinstance(url, str) or not url:
@@ -83,9 +78,9 @@ class Store:
             self._url = sa.engine.make_url(url)
         except SQLAlchemyError as exc:
             raise ValueError(f"url {url!r} is not a valid SQLAlchemy URL: {exc}") from exc
+        super().__init__()
         self._pool_size = pool_size
         self._engine: Engine | None = None
-        self._state = StoreState.UNOPENED
         self._sqlite = self.dialect == "sqlite"
         # One database connection in all (SQLite in memory): every use takes the lock.
         self._shared = self._sqlite and self._url.database in (None, "", ":memory:")
@@ -102,10 +97,6 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
-    def state(self) -> StoreState:
-        return self._state
-
-    @property
     def dialect(self) -> str:
         return self._url.get_backend_name()
 
@@ -114,33 +105,20 @@ class Store:
         """The URL with any password hidden, for logs and messages."""
         return self._url.render_as_string(hide_password=True)
 
-    def open(self) -> Store:
-        if self._state is not StoreState.UNOPENED:
-            raise KeyServiceError(f"store is {self._state.value}; open it only once")
+    def _open(self) -> None:
         # SQLite: one more connection than asked, for the release path's reader.
         size = self._pool_size + 1 if self._sqlite else self._pool_size
         engine = _engine.create_engine(self._url, pool_size=size)
         self._engine = engine
-        try:
-            self._ensure_schema()
-            self._hot = HotStatements(engine.dialect)
-            self._dbapi_error = engine.dialect.loaded_dbapi.Error
-            self._integrity_error = engine.dialect.loaded_dbapi.IntegrityError
-            if self._sqlite:
-                self._reader = engine.raw_connection()
-        except BaseException:
-            self._close_engine()
-            self._state = StoreState.CLOSED
-            raise
-        self._state = StoreState.OPENED
+        self._ensure_schema()
+        self._hot = HotStatements(engine.dialect)
+        self._dbapi_error = engine.dialect.loaded_dbapi.Error
+        self._integrity_error = engine.dialect.loaded_dbapi.IntegrityError
+        if self._sqlite:
+            self._reader = engine.raw_connection()
         _log.event("store.opened", url=self.safe_url, schema_version=t.SCHEMA_VERSION)
-        return self
 
-    def close(self) -> None:
-        self._close_engine()
-        self._state = StoreState.CLOSED
-
-    def _close_engine(self) -> None:
+    def _close(self) -> None:
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -149,19 +127,13 @@ class Store:
             self._engine.dispose()
             self._engine = None
 
-    def __enter__(self) -> Store:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _ensure_schema(self) -> None:
         with self._write_lock:
             _engine.ensure_schema(self._require_engine(), safe_url=self.safe_url)
 
     def _require_engine(self) -> Engine:
-        if self._engine is None:
-            raise KeyServiceError(f"store is {self._state.value}; open it first")
+        self._check_opened()
+        assert self._engine is not None
         return self._engine
 
     @contextmanager
@@ -534,7 +506,8 @@ class Store:
             lock = self._write_lock if self._shared else self._reader_lock
             with lock:
                 if self._reader is None:
-                    raise KeyServiceError(f"store is {self._state.value}; open it first")
+                    self._check_opened()  # raises: the reader lives while the store is open
+                    raise AssertionError("an open SQLite store has a reader")
                 yield self._reader.driver_connection
             return
         raw = self._require_engine().raw_connection()
@@ -548,8 +521,9 @@ class Store:
             raw.close()
 
     def _require_hot(self) -> HotStatements:
+        self._check_opened()
         if self._hot is None or self._engine is None:
-            raise KeyServiceError(f"store is {self._state.value}; open it first")
+            raise AssertionError("an open store has its statements")
         return self._hot
 
     def _failed(self, exc: BaseException) -> KeyServiceError:

@@ -33,7 +33,7 @@ from sealserve.platform._controller import ControllerCounters, PlatformControlle
 from sealserve.platform._local import LocalBackend, LocalOptions
 from sealserve.platform._meter import CostMeter, MeteredInstance
 from sealserve.platform._metrics import PlatformMetrics
-from sealserve.platform._platform import Platform, PlatformResult, PlatformState
+from sealserve.platform._platform import Platform, PlatformResult
 from sealserve.platform._priors import NamedPriors
 from sealserve.platform._stats import InstanceStats, PlatformStats
 
@@ -60,7 +60,6 @@ __all__ = [
     "PlatformController",
     "PlatformMetrics",
     "PlatformResult",
-    "PlatformState",
     "PlatformStats",
     "Reject",
     "RequestPhase",

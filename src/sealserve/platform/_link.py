@@ -29,7 +29,8 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry
 
 from sealserve._log import get_logger
-from sealserve.ecall import Endpoint, EndpointState, Message, timings, wire
+from sealserve._resource import ResourceState
+from sealserve.ecall import Endpoint, Message, timings, wire
 from sealserve.errors import BackpressureTimeout, DeadlineExceeded, RuntimeUnavailable
 from sealserve.ipc import ChannelOptions, Connection, QoS
 from sealserve.platform._backend import InferOutcome
@@ -103,7 +104,7 @@ class RuntimeLink:
 
     @property
     def usable(self) -> bool:
-        return self._endpoint.state is EndpointState.OPENED
+        return self._endpoint.state is ResourceState.OPENED and not self._endpoint.broken
 
     def close(self) -> None:
         self._endpoint.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import itertools
 import logging
 import math
@@ -30,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve._resource import AsyncResource, ResourceState
 from sealserve.ecall import timings
 from sealserve.errors import (
     DeadlineExceeded,
@@ -55,7 +55,7 @@ from sealserve.platform._metrics import PlatformMetrics
 from sealserve.platform._priors import NamedPriors
 from sealserve.platform._stats import PlatformStats
 
-__all__ = ["Platform", "PlatformResult", "PlatformState"]
+__all__ = ["Platform", "PlatformResult"]
 
 _log = get_logger(__name__)
 #: Added to a request's deadline before the driver stops waiting for an answer on its own
@@ -72,13 +72,6 @@ _LOAD_STAGES = frozenset(
         timings.RUNTIME_START,
     }
 )
-
-
-class PlatformState(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,14 +103,19 @@ class _Call:
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-class Platform:
+class Platform(AsyncResource):
     """Instances on a backend, routed by an FnPacker policy (see the module docstring).
 
     ``model_memory_mb`` gives the memory a model takes in a runtime's budget.  ``policy`` is
     made from ``config.policy`` (with ``priors``, the measured cost model, looked up by model
     name, when given) unless one is passed.  With ``autotick`` off no timer runs: call
     :meth:`tick` and :meth:`check_health` (tests move a manual clock instead of sleeping).
+
+    ``async with platform:`` (or ``await open()`` / ``await close()``); a request that
+    arrives while it closes is a retryable :class:`~sealserve.errors.PlatformError`.
     """
+
+    resource_name = "the platform"
 
     def __init__(
         self,
@@ -136,6 +134,7 @@ class Platform:
             raise TypeError(f"backend must be an InstanceBackend, got {type(backend).__name__}")
         if not drain_s >= 0:
             raise ValueError(f"drain_s must be >= 0, got {drain_s!r}")
+        super().__init__()
         self.backend = backend
         self.config = config
         self.controller = PlatformController(
@@ -162,29 +161,22 @@ class Platform:
         self._wake: asyncio.Event | None = None
         self._planned: float = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.state = PlatformState.UNOPENED
+        self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def open(self) -> Platform:
-        if self.state is not PlatformState.UNOPENED:
-            raise PlatformError(f"the platform is {self.state.value}; open it once")
+    async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self.state = PlatformState.OPENED
         if self._autotick:
             self._timer = asyncio.create_task(self._timer_loop(), name="platform-timer")
         _log.event("platform.opened", policy=self.controller.policy_name)
-        return self
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         """Refuse what was not sent, let what runs finish (up to ``drain_s``), stop all."""
-        if self.state in (PlatformState.CLOSING, PlatformState.CLOSED):
-            return
-        if self.state is PlatformState.UNOPENED:
-            self.state = PlatformState.CLOSED
-            return
-        self.state = PlatformState.CLOSING
+        if self._loop is None:
+            return  # never opened
+        self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -200,14 +192,8 @@ class Platform:
         await self.backend.close()
         for task in list(self._tasks):
             task.cancel()
-        self.state = PlatformState.CLOSED
+        self._closing = False
         _log.event("platform.closed")
-
-    async def __aenter__(self) -> Platform:
-        return await self.open()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -222,10 +208,11 @@ class Platform:
     ) -> PlatformResult:
         """Serve one sealed request by ``deadline_s`` (Unix seconds); raises sealserve's
         errors (``retryable`` where sending it again may succeed)."""
-        if self.state is not PlatformState.OPENED:
-            error = PlatformError(f"the platform is {self.state.value}")
-            error.retryable = self.state is PlatformState.CLOSING
+        if self._closing:  # requests that race the close may go to another replica
+            error = PlatformError("the platform is closing")
+            error.retryable = True
             raise error
+        self._check_opened()
         loop = asyncio.get_running_loop()
         now = self._now()
         remaining = deadline_s - self._clock.time()
@@ -480,7 +467,7 @@ class Platform:
     async def _timer_loop(self) -> None:
         assert self._wake is not None
         next_health = self._now() + self.config.health_interval_s
-        while self.state is PlatformState.OPENED:
+        while self.state is ResourceState.OPENED:
             now = self._now()
             self._apply(self.controller.tick(now))
             if now >= next_health:

@@ -15,7 +15,7 @@ import pytest
 from sealserve.bench._runtime_stack import LocalStack
 from sealserve.ecall import timings, wire
 from sealserve.errors import ModelNotAvailable, RuntimeUnavailable
-from sealserve.instance import RuntimeSupervisor, SupervisorOptions, SupervisorState
+from sealserve.instance import RuntimeStatus, RuntimeSupervisor, SupervisorOptions
 from sealserve.protocol import new_request_id, seal_input, unseal_output
 from tests.unit.runtime.graphs import dense_model, plain_run
 
@@ -59,7 +59,7 @@ def test_ecalls_and_ocalls_over_shared_memory(stack: LocalStack) -> None:
     model = stack.add_model("dense", onnx)
     assert stack.user is not None
     with supervisor(stack) as sup:
-        assert sup.state is SupervisorState.READY
+        assert sup.status is RuntimeStatus.READY
         with sup.call(Op.LOAD, {"model_id": model.model_id, "user_id": stack.user.principal_id,
                                 "timeout_s": 30}, timeout=30) as reply:  # fmt: skip
             loaded = reply.meta["timings"]
@@ -106,11 +106,11 @@ def test_restarts_are_bounded(stack: LocalStack) -> None:
             pid = sup.current(timeout=30).process.pid
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 30
-            while sup.state is SupervisorState.READY and sup.describe()["runtime_pid"] == pid:
+            while sup.status is RuntimeStatus.READY and sup.describe()["runtime_pid"] == pid:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
         deadline = time.monotonic() + 30
-        while sup.state is not SupervisorState.FAILED:
+        while sup.status is not RuntimeStatus.FAILED:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         with pytest.raises(RuntimeUnavailable, match="failed"):
@@ -121,7 +121,7 @@ def test_a_runtime_without_its_keyservice_pin_refuses_to_start(stack: LocalStack
     sup = supervisor(stack, launch_config={})
     with pytest.raises(RuntimeUnavailable, match="did not connect"):
         sup.start()
-    assert sup.state is SupervisorState.FAILED
+    assert sup.status is RuntimeStatus.FAILED
     sup.close()
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sealserve import ResourceState, ResourceStateError
 from sealserve._clock import ManualClock
 from sealserve.attest import (
     FORMAT_SIMULATED,
     Evidence,
-    PlatformState,
     Policy,
     SimulatedPlatform,
     TrustAnchors,
@@ -81,21 +81,21 @@ def test_report_data_known_answer_and_binding() -> None:
 def test_key_files_and_states(tmp_path: Path, frozen_package: Path) -> None:
     data = tmp_path / "data"
     platform = SimulatedPlatform(data_dir=data, package_dir=frozen_package)
-    assert platform.state is PlatformState.UNOPENED
-    with pytest.raises(TeeError, match="unopened"):
+    assert platform.state is ResourceState.UNOPENED
+    with pytest.raises(ResourceStateError, match="unopened"):
         platform.measurement("runtime")
     with platform:
-        assert platform.state is PlatformState.OPENED
+        assert platform.state is ResourceState.OPENED
         key_file = data / "tee" / "platform.key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert stat.S_IMODE((data / "tee").stat().st_mode) == 0o700
         assert read_platform_public_key(data) == platform.public_key_bytes
         assert TrustAnchors.from_data_dir(data) == platform.trust_anchors()
         first_key = platform.public_key_bytes
-        with pytest.raises(TeeError, match="only once"):
+        with pytest.raises(ResourceStateError, match="only once"):
             platform.open()
-    assert platform.state is PlatformState.CLOSED
-    with pytest.raises(TeeError, match="closed"):
+    assert platform.state is ResourceState.CLOSED
+    with pytest.raises(ResourceStateError, match="closed"):
         platform.issue_unlaunched_evidence("runtime", RD)
     assert not list((data / "tee").glob("snapshot-*")), "the snapshot is removed on close"
     with SimulatedPlatform(data_dir=data, package_dir=frozen_package) as again:

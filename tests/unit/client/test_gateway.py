@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from sealserve import ResourceStateError
 from sealserve.client import GatewayClient
 from sealserve.crypto import RequestKey, seal, unseal
 from sealserve.errors import (
@@ -167,7 +168,7 @@ def test_an_unreachable_gateway_is_retryable_and_a_closed_client_says_so() -> No
         client.models()
     assert info.value.retryable
     client.close()
-    with pytest.raises(GatewayError, match="closed"):
+    with pytest.raises(ResourceStateError, match="closed"):
         client.models()
     with pytest.raises(ValueError, match="url must be an http"):
         GatewayClient("gw:8480")

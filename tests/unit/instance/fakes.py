@@ -13,7 +13,7 @@ from typing import Any
 
 from sealserve.ecall import Endpoint, Message, wire
 from sealserve.errors import RuntimeUnavailable
-from sealserve.instance import RuntimeGeneration, SupervisorState
+from sealserve.instance import RuntimeGeneration, RuntimeStatus
 from sealserve.ipc import ChannelOptions, Connection
 from sealserve.runtime import RuntimeOptions, RuntimeServer, SealedRuntime
 from tests.unit.runtime.keyservice import InProcessKeyService
@@ -73,19 +73,23 @@ class InProcessRuntime:
         self.runtime_endpoint.open()
         endpoint = Endpoint(host_conn, name="host").open()
         self.generation = RuntimeGeneration(1, FakeProcess(), endpoint, 0.25)
-        self._state = SupervisorState.READY
+        self._status = RuntimeStatus.READY
 
     @property
-    def state(self) -> SupervisorState:
-        return self._state
+    def status(self) -> RuntimeStatus:
+        return self._status
+
+    @property
+    def health(self) -> str:
+        return self._status.value
 
     @property
     def restarts(self) -> int:
         return 0
 
     def current(self, *, timeout: float | None) -> RuntimeGeneration:
-        if self._state is not SupervisorState.READY:
-            raise RuntimeUnavailable(f"the runtime is {self._state.value}")
+        if self._status is not RuntimeStatus.READY:
+            raise RuntimeUnavailable(f"the runtime is {self._status.value}")
         return self.generation
 
     def call(
@@ -99,11 +103,11 @@ class InProcessRuntime:
         return self.current(timeout=timeout).endpoint.call(op, meta, payload, timeout=timeout)
 
     def describe(self) -> dict[str, Any]:
-        return {"state": self._state.value, "generation": 1, "restarts": 0}
+        return {"state": self._status.value, "generation": 1, "restarts": 0}
 
     def fail(self) -> None:
         """As if the runtime died and the supervisor gave up."""
-        self._state = SupervisorState.FAILED
+        self._status = RuntimeStatus.FAILED
 
     def close(self) -> None:
         self.generation.endpoint.close()

@@ -8,14 +8,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sealserve.errors import Conflict, KeyServiceError, NotFound, SchemaVersionError
+from sealserve import ResourceState, ResourceStateError
+from sealserve.errors import (
+    Conflict,
+    NotFound,
+    SchemaVersionError,
+)
 from sealserve.keyservice._schema import (
     SCHEMA_VERSION,
     keyservice_state,
     schema_version,
     used_nonces,
 )
-from sealserve.keyservice._store import AuditEntry, Claim, Store, StoreState
+from sealserve.keyservice._store import AuditEntry, Claim, Store
 
 OWNER = "a" * 64
 USER = "b" * 64
@@ -32,17 +37,17 @@ def store() -> Iterator[Store]:
 
 def test_states_and_use_after_close() -> None:
     s = Store("sqlite+pysqlite:///:memory:")
-    assert s.state is StoreState.UNOPENED
-    with pytest.raises(KeyServiceError, match="open it first"):
+    assert s.state is ResourceState.UNOPENED
+    with pytest.raises(ResourceStateError, match="open it first"):
         s.epoch()
     s.open()
-    assert s.state is StoreState.OPENED
+    assert s.state is ResourceState.OPENED
     assert s.epoch() == 0
     s.close()
-    assert s.state is StoreState.CLOSED
-    with pytest.raises(KeyServiceError, match="closed"):
+    assert s.state is ResourceState.CLOSED
+    with pytest.raises(ResourceStateError, match="closed"):
         s.epoch()
-    with pytest.raises(KeyServiceError, match="only once"):
+    with pytest.raises(ResourceStateError, match="only once"):
         s.open()
 
 
@@ -129,7 +134,6 @@ def test_newer_schema_is_refused(tmp_path: object) -> None:
     try:
         with s._require_engine().begin() as conn:
             conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION + 1))
-        s._state = StoreState.UNOPENED
         with pytest.raises(SchemaVersionError, match="newer sealserve"):
             s._ensure_schema()
     finally:

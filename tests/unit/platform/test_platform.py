@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from sealserve import ResourceState, ResourceStateError
 from sealserve._clock import ManualClock
 from sealserve.errors import (
     DeadlineExceeded,
@@ -25,7 +26,6 @@ from sealserve.platform import (
     InstanceInfo,
     Platform,
     PlatformConfig,
-    PlatformState,
 )
 
 USER = "c" * 64
@@ -330,10 +330,10 @@ def test_closing_stops_every_instance_and_refuses_new_requests() -> None:
         await platform.open()
         await infer(platform, clock)
         await platform.close()
-        assert platform.state is PlatformState.CLOSED
+        assert platform.state is ResourceState.CLOSED
         assert backend.stopped == [0]
         assert backend.closed
-        with pytest.raises(PlatformError, match="closed"):
+        with pytest.raises(ResourceStateError, match="closed"):
             await infer(platform, clock, rid="r2")
 
     asyncio.run(main())
