@@ -300,7 +300,11 @@ def test_every_link_of_the_azure_chain_is_checked(vectors: Vectors) -> None:
     refused(certificates=[])  # no VCEK
     changed = {"sha256": {**pcrs["sha256"], 7: bytes(32)}}
     refused(pcrs=changed)  # a PCR value the quote did not vouch for
-    for offset in (0x4C0, 0x4D4 + 10, 0x4D4 + 500, len(hcl) - 300):  # runtime data and claims
+    # Every byte of the SNP report's signed region, and of the runtime data and claims (the
+    # HCL header after its magic is signed by nothing and used for nothing; the bytes after
+    # the claims are padding, outside every structure).
+    claims_end = 0x4D4 + int.from_bytes(hcl[0x4D0:0x4D4], "little")
+    for offset in [*range(0x20, 0x20 + 0x2A0), *range(0x4C0, claims_end)]:
         tampered = bytearray(hcl)
         tampered[offset] ^= 0x01
         refused(bytes(tampered))
