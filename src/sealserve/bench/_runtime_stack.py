@@ -361,14 +361,14 @@ class LocalStack:
         model_id = self.owner.model_id(name)
         key = SymmetricKey.generate()
         sealed = io.BytesIO()
-        if isinstance(onnx, bytes):
-            seal_model(key, io.BytesIO(onnx), sealed, model_id=model_id)
-        else:
-            with Path(onnx).open("rb") as source:
-                seal_model(key, source, sealed, model_id=model_id)
         version = 1
         with contextlib.suppress(SealserveError):
             version = self.owner.model(name).key_version + 1
+        if isinstance(onnx, bytes):
+            seal_model(key, io.BytesIO(onnx), sealed, model_id=model_id, version=version)
+        else:
+            with Path(onnx).open("rb") as source:
+                seal_model(key, source, sealed, model_id=model_id, version=version)
         self.store.put(model_id, sealed.getbuffer(), key_version=version)
         self.owner.put_model_key(name, key, version=version)
         policy = runtime_policy or self.runtime_policy

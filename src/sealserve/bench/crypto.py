@@ -120,7 +120,7 @@ def run_crypto_bench(
     model_nonce = os.urandom(12)
     model_raw_ct = raw.encrypt(model_nonce, model, None)
     sealed_buffer = io.BytesIO()
-    seal_model(key, io.BytesIO(model), sealed_buffer, model_id="bench-model")
+    seal_model(key, io.BytesIO(model), sealed_buffer, model_id="bench-model", version=1)
     sealed = sealed_buffer.getvalue()
     del sealed_buffer
     sealed_path = workdir / "model.sealed"
@@ -128,15 +128,15 @@ def run_crypto_bench(
 
     def stream_unseal() -> object:
         with sealed_path.open("rb", buffering=0) as src:
-            return unseal_model_stream(key, src, model_id="bench-model")
+            return unseal_model_stream(key, src, model_id="bench-model", version=1)
 
     def seal_model_op() -> object:
-        return seal_model(key, io.BytesIO(model), io.BytesIO(), model_id="bench-model")
+        return seal_model(key, io.BytesIO(model), io.BytesIO(), model_id="bench-model", version=1)
 
     model_ops: dict[str, Callable[[], object]] = {
         "raw_decrypt_model": lambda: raw.decrypt(model_nonce, model_raw_ct, None),
         "unseal_model_stream": stream_unseal,
-        "unseal_model_memory": lambda: unseal_model(key, sealed, model_id="bench-model"),
+        "unseal_model_memory": lambda: unseal_model(key, sealed, model_id="bench-model", version=1),
         "seal_model": seal_model_op,
     }
     for name, fn in model_ops.items():

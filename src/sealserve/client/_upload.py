@@ -11,7 +11,10 @@
 The model is sealed chunk by chunk (bounded memory whatever its size) under a fresh model key
 (or the one given) straight into the store, which commits it atomically; only then is the key
 put in the KeyService, HPKE-wrapped to its attested key.  Uploading a model that has a key
-already rotates it: the next key version, and the new sealed model replaces the old one.
+already rotates it: the next key version, and the new sealed model replaces the old one.  The
+sealed file is bound to that version (inside its authenticated stream), so even when the key
+is reused (``key=``) the store cannot serve the previous file as the new version: the runtime
+unseals only the version the KeyService says is current.
 
 The file is checked to be an ONNX model (:func:`check_onnx_model`) before anything is sealed
 or sent: a wrong file is refused with a ``ValueError`` that names it.
@@ -170,7 +173,9 @@ def _seal_into(
 
     with store.create(model_id, key_version=version) as out:
         # The writer is a raw binary stream (write, writable), as seal_model needs.
-        seal_model(key, src, cast(BinaryIO, out), model_id=model_id, progress=on_chunk)
+        seal_model(
+            key, src, cast(BinaryIO, out), model_id=model_id, version=version, progress=on_chunk
+        )
     manifest = out.manifest
     assert manifest is not None  # committed on leaving the block
     return sealed_so_far[0], manifest

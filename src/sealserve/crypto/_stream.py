@@ -3,19 +3,26 @@
 A sealed model is a header followed by chunks (the STREAM construction of Hoang, Reyhanitabar,
 Rogaway and Vizár, as in Tink's streaming AEAD)::
 
-    header := "SSM" version:u8=1 chunk_size:u32 salt:32
+    header := "SSM" format:u8=2 chunk_size:u32 salt:32 model_version:u32
     chunk  := ciphertext (chunk_size bytes; the last chunk 0..chunk_size) tag:16
 
 Each file gets its own key, ``HKDF(model key, salt, label="sealserve/model", model_id,
-chunk_size)``; chunk ``i`` is encrypted under the nonce ``u64(i) || 0x000000 || last`` with the
-header as associated data.  So a chunk moved to another position, a chunk from another file or
-model, a missing final chunk, or a chunk after the last all fail authentication: truncation,
-reordering, duplication and extension are detected.  The plaintext length follows from the
-sealed length, so unsealing allocates its output once and decrypts each chunk straight into it.
+model_version, chunk_size)``; chunk ``i`` is encrypted under the nonce ``u64(i) || 0x000000 ||
+last`` with the header as associated data.  So a chunk moved to another position, a chunk from
+another file or model, a missing final chunk, or a chunk after the last all fail
+authentication: truncation, reordering, duplication and extension are detected.
+
+The file binds the model's id *and its version* (the KeyService's key version it is uploaded
+under), inside the authenticated stream: unsealing takes the version expected and fails for any
+other, so a store cannot pass an older sealed file off as the current one, even when the owner
+sealed both under the same key.  Format 1 (no version) is refused.  The plaintext length
+follows from the sealed length, so unsealing allocates its output once and decrypts each chunk
+straight into it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import struct
@@ -34,7 +41,10 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
     "MAX_MODEL_BYTES",
+    "MAX_MODEL_VERSION",
     "MIN_CHUNK_SIZE",
+    "SEALED_MODEL_HEADER_SIZE",
+    "SealedModelHeader",
     "seal_model",
     "sealed_model_size",
     "unseal_model",
@@ -42,8 +52,8 @@ __all__ = [
 ]
 
 _MAGIC: Final = b"SSM"
-_VERSION: Final = 1
-_HEADER = struct.Struct(">3sBI32s")
+_FORMAT: Final = 2
+_HEADER = struct.Struct(">3sBI32sI")
 _NONCE = struct.Struct(">Q3xB")
 _TAG: Final = 16
 
@@ -52,8 +62,41 @@ MAX_CHUNK_SIZE: Final = 1 << 20
 MIN_CHUNK_SIZE: Final = 64
 #: Largest model :func:`seal_model` accepts (64 GiB).
 MAX_MODEL_BYTES: Final = 1 << 36
+#: Largest model version (the KeyService's key versions fit).
+MAX_MODEL_VERSION: Final = (1 << 31) - 1
+#: Bytes of a sealed model's header (what :meth:`SealedModelHeader.parse` reads).
+SEALED_MODEL_HEADER_SIZE: Final = _HEADER.size
 
 _log = get_logger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SealedModelHeader:
+    """What a sealed model's header says in the clear (authenticated only by unsealing)."""
+
+    chunk_size: int
+    #: The model version the file is sealed for.
+    model_version: int
+
+    @classmethod
+    def parse(cls, header: Buffer) -> SealedModelHeader:
+        """The header of a sealed model (its first :data:`SEALED_MODEL_HEADER_SIZE` bytes);
+        ``ValueError`` saying why when it is not one (an older format names itself)."""
+        view = as_bytes_view(header, "header")
+        if len(view) < _HEADER.size:
+            raise ValueError(f"a sealed model starts with a {_HEADER.size}-byte header")
+        magic, fmt, chunk_size, _, version = _HEADER.unpack_from(view, 0)
+        if magic != _MAGIC:
+            raise ValueError("not a sealed model")
+        if fmt != _FORMAT:
+            raise ValueError(
+                f"sealed in format {fmt}; this sealserve reads format {_FORMAT} only "
+                "(seal and upload the model again)"
+            )
+        in_range = 1 <= version <= MAX_MODEL_VERSION
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or not in_range:
+            raise ValueError("the sealed model's header is malformed")
+        return cls(chunk_size=int(chunk_size), model_version=int(version))
 
 
 def sealed_model_size(plaintext_len: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
@@ -73,20 +116,24 @@ def seal_model(
     dst: BinaryIO,
     *,
     model_id: str,
+    version: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Read a model from ``src`` to its end, write it sealed to ``dst``; return bytes written.
 
-    Memory stays bounded by three chunks whatever the model's size.  ``progress``, if given, is
-    called after each chunk with the number of plaintext bytes sealed so far.
+    ``version`` is the model's version (the KeyService's key version it is uploaded under):
+    the file opens only for that version.  Memory stays bounded by three chunks whatever the
+    model's size.  ``progress``, if given, is called after each chunk with the number of
+    plaintext bytes sealed so far.
     """
     _check_key(key)
     _check_model_id(model_id)
+    _check_version(version)
     _check_chunk_size(chunk_size)
     salt = os.urandom(32)
-    header = _HEADER.pack(_MAGIC, _VERSION, chunk_size, salt)
-    aead = _file_cipher(key, salt, model_id, chunk_size)
+    header = _HEADER.pack(_MAGIC, _FORMAT, chunk_size, salt, version)
+    aead = _file_cipher(key, salt, model_id, version, chunk_size)
     current, ahead = bytearray(chunk_size), bytearray(chunk_size)
     sealed = bytearray(chunk_size + _TAG)
     sealed_view = memoryview(sealed)
@@ -116,25 +163,28 @@ def unseal_model(
     sealed: Buffer,
     *,
     model_id: str,
+    version: int,
     out: Buffer | None = None,
 ) -> bytearray | memoryview:
     """The plaintext of a sealed model held in memory (bytes, an mmap, shared memory...).
 
-    The output is allocated once (or is ``out``, a writable buffer at least as large as the
-    plaintext, whose first bytes are then returned as a memoryview) and every chunk is
-    decrypted straight into it; no other copy is made.  Every failure raises the same
-    :class:`~sealserve.errors.InvalidEnvelope`, after zeroing what was written.
+    ``version`` is the model version expected: a file sealed for any other fails, as does one
+    sealed for another model.  The output is allocated once (or is ``out``, a writable buffer
+    at least as large as the plaintext, whose first bytes are then returned as a memoryview)
+    and every chunk is decrypted straight into it; no other copy is made.  Every failure raises
+    the same :class:`~sealserve.errors.InvalidEnvelope`, after zeroing what was written.
     """
     _check_key(key)
     _check_model_id(model_id)
+    _check_version(version)
     view = as_bytes_view(sealed, "sealed")
     if len(view) < _HEADER.size:
         _reject("length", length=len(view))
     header = bytes(view[: _HEADER.size])
-    chunk_size, salt = _parse_header(header)
+    chunk_size, salt = _parse_header(header, version)
     plain_len, chunks = _layout(len(view), chunk_size)
     result, target = _output(plain_len, out)
-    aead = _file_cipher(key, salt, model_id, chunk_size)
+    aead = _file_cipher(key, salt, model_id, version, chunk_size)
     pos = _HEADER.size
     for index in range(chunks):
         last = index == chunks - 1
@@ -154,6 +204,7 @@ def unseal_model_stream(
     src: BinaryIO,
     *,
     model_id: str,
+    version: int,
     size: int | None = None,
     out: Buffer | None = None,
     progress: Callable[[int], None] | None = None,
@@ -166,16 +217,17 @@ def unseal_model_stream(
     """
     _check_key(key)
     _check_model_id(model_id)
+    _check_version(version)
     total = _remaining(src) if size is None else size
     if total < 0:
         raise ValueError(f"size must be >= 0, got {total!r}")
     header = bytearray(_HEADER.size)
     if total < _HEADER.size or _read_full(src, header) != _HEADER.size:
         _reject("length", length=total)
-    chunk_size, salt = _parse_header(bytes(header))
+    chunk_size, salt = _parse_header(bytes(header), version)
     plain_len, chunks = _layout(total, chunk_size)
     result, target = _output(plain_len, out)
-    aead = _file_cipher(key, salt, model_id, chunk_size)
+    aead = _file_cipher(key, salt, model_id, version, chunk_size)
     scratch = memoryview(bytearray(chunk_size + _TAG))
     for index in range(chunks):
         last = index == chunks - 1
@@ -198,19 +250,28 @@ def unseal_model_stream(
 # -- internals --------------------------------------------------------------------------------
 
 
-def _file_cipher(key: SymmetricKey, salt: bytes, model_id: str, chunk_size: int) -> AESGCM:
+def _file_cipher(
+    key: SymmetricKey, salt: bytes, model_id: str, version: int, chunk_size: int
+) -> AESGCM:
     raw = derive_key(
-        key.to_bytes(), salt=salt, label="sealserve/model", model_id=model_id, chunk_size=chunk_size
+        key.to_bytes(),
+        salt=salt,
+        label="sealserve/model",
+        model_id=model_id,
+        model_version=version,
+        chunk_size=chunk_size,
     )
     return AESGCM(raw)
 
 
-def _parse_header(header: bytes) -> tuple[int, bytes]:
-    magic, version, chunk_size, salt = _HEADER.unpack(header)
-    if magic != _MAGIC or version != _VERSION:
-        _reject("version", version=version)
+def _parse_header(header: bytes, expected_version: int) -> tuple[int, bytes]:
+    magic, fmt, chunk_size, salt, version = _HEADER.unpack(header)
+    if magic != _MAGIC or fmt != _FORMAT:
+        _reject("format", format=fmt)
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         _reject("chunk_size", chunk_size=chunk_size)
+    if version != expected_version:  # also bound by the key and the tags: this is early
+        _reject("model_version", model_version=version, expected=expected_version)
     return chunk_size, salt
 
 
@@ -296,6 +357,13 @@ def _check_model_id(model_id: object) -> None:
         raise ValueError(
             f"model_id must be a non-empty string of at most 1024 characters, got {model_id!r}"
         )
+
+
+def _check_version(version: object) -> None:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TypeError(f"version must be an int, got {type(version).__name__}")
+    if not 1 <= version <= MAX_MODEL_VERSION:
+        raise ValueError(f"version must be within [1, {MAX_MODEL_VERSION}], got {version!r}")
 
 
 def _check_chunk_size(chunk_size: int) -> None:

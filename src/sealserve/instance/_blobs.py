@@ -6,7 +6,7 @@ leaving the ``with`` block commits (the blob is renamed into place and the manif
 an exception discards everything::
 
     with store.create(model_id, key_version=1) as out:
-        seal_model(key, plaintext_file, out, model_id=model_id)
+        seal_model(key, plaintext_file, out, model_id=model_id, version=1)
     manifest = out.manifest
 
 :class:`SealedModelReader` is what :meth:`ModelStore.open` returns: it reads the blob and

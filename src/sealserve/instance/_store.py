@@ -7,7 +7,8 @@ Layout under the store's root::
     models/<owner_id>/<name>.json      the manifest of model ``<owner_id>/<name>``
     tmp/                               staging for atomic writes
 
-:meth:`ModelStore.create` gives a writer to seal into (``seal_model(key, src, writer, ...)``),
+:meth:`ModelStore.create` gives a writer to seal into (``seal_model(key, src, writer, ...)``,
+with the model version the manifest names: the store refuses a file bound to another one),
 :meth:`ModelStore.open` a reader.  A manifest::
 
     {"schema": "sealserve.store.manifest/1", "model_id": "<owner_id>/<name>",
@@ -32,7 +33,6 @@ import json
 import os
 import re
 import secrets
-import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +42,7 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.errors import ModelNotStored, StoreIntegrityError
 from sealserve.instance._blobs import SealedModelReader, SealedModelWriter
-from sealserve.protocol import split_model_id
+from sealserve.protocol import SEALED_MODEL_HEADER_SIZE, SealedModelHeader, split_model_id
 
 __all__ = ["MANIFEST_SCHEMA", "ModelManifest", "ModelStore"]
 
@@ -51,8 +51,6 @@ _log = get_logger(__name__)
 MANIFEST_SCHEMA: Final = "sealserve.store.manifest/1"
 _IO_CHUNK: Final = 1 << 20
 _HEX = re.compile(r"[0-9a-f]{64}")
-# The sealed-model header of sealserve.crypto's streaming format.
-_SSM_HEADER = struct.Struct(">3sBI32s")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,7 +146,11 @@ class ModelStore:
             return self._commit(model_id, key_version, tmp, digest, size, header)
 
         return SealedModelWriter(
-            fd, Path(tmp_name), finish=finish, header_bytes=_SSM_HEADER.size, progress=progress
+            fd,
+            Path(tmp_name),
+            finish=finish,
+            header_bytes=SEALED_MODEL_HEADER_SIZE,
+            progress=progress,
         )
 
     def put(
@@ -178,7 +180,7 @@ class ModelStore:
     def _commit(
         self, model_id: str, key_version: int, tmp: Path, digest: str, size: int, header: bytes
     ) -> ModelManifest:
-        chunk_size = _check_sealed_header(header, size)
+        chunk_size = _check_sealed_header(header, size, key_version)
         blob = self._blob_path(digest)
         blob.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
@@ -391,10 +393,17 @@ def _read_some(source: Any, view: memoryview) -> int:
     return len(data)
 
 
-def _check_sealed_header(header: bytes, size: int) -> int:
-    if len(header) < _SSM_HEADER.size:
+def _check_sealed_header(header: bytes, size: int, key_version: int) -> int:
+    """The chunk size of a sealed model whose header says it is sealed for ``key_version``."""
+    if len(header) < SEALED_MODEL_HEADER_SIZE:
         raise ValueError(f"{size} bytes is not a sealed model (too short for its header)")
-    magic, version, chunk_size, _ = _SSM_HEADER.unpack(header)
-    if magic != b"SSM" or version != 1 or not 64 <= chunk_size <= 1 << 20:
-        raise ValueError("not a sealed model (use sealserve.crypto.seal_model to seal it)")
-    return int(chunk_size)
+    try:
+        parsed = SealedModelHeader.parse(header)
+    except ValueError as exc:
+        raise ValueError(f"not a sealed model of this sealserve: {exc}") from None
+    if parsed.model_version != key_version:
+        raise ValueError(
+            f"the sealed model is bound to version {parsed.model_version}, not {key_version}: "
+            "seal it for the version it is stored as"
+        )
+    return parsed.chunk_size

@@ -4,6 +4,8 @@
   :func:`check_principal_id`, :func:`new_request_id` / :func:`check_request_id`;
 * the envelopes of an inference: :func:`seal_input` / :func:`unseal_output` and the contexts
   both sides bind (:func:`input_context`, :func:`output_context`);
+* sealed model files: :class:`SealedModelHeader` (format, chunk size and the model version the
+  file is bound to), which the store checks and the runtime reads before unsealing;
 * the tensor format inside them: :func:`encode_tensors` / :func:`decode_tensors` (no pickle);
 * HTTP: the header names and Server-Timing of :mod:`headers`, :class:`RouteInfo`, and the
   error body with its mapping to exceptions both ways (:class:`HostError`,
@@ -16,6 +18,7 @@
 It imports ``crypto`` and ``attest`` only (no web server, database or onnxruntime).
 """
 
+from sealserve.crypto import SEALED_MODEL_HEADER_SIZE, SealedModelHeader
 from sealserve.protocol import _headers as headers
 from sealserve.protocol import _wire as wire
 from sealserve.protocol._attested import (
@@ -109,6 +112,8 @@ __all__ = [
     "RequestKeyIn",
     "RequestKeyReceipt",
     "RouteInfo",
+    "SEALED_MODEL_HEADER_SIZE",
+    "SealedModelHeader",
     "TensorLimits",
     "WrappedPairKeys",
     "attestation_nonce",

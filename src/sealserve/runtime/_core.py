@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -43,7 +42,9 @@ from sealserve.errors import (
     TensorFormatError,
 )
 from sealserve.protocol import (
+    SEALED_MODEL_HEADER_SIZE,
     ReleasedKeys,
+    SealedModelHeader,
     check_request_id,
     decode_tensors,
     encode_tensors_into,
@@ -61,9 +62,6 @@ __all__ = ["ModelSource", "RuntimeOptions", "SealedModel", "SealedOutput", "Seal
 
 _log = get_logger(__name__)
 _MIB = 1 << 20
-# The sealed-model header (docs of sealserve.crypto's streaming format): "SSM" version:u8
-# chunk_size:u32 salt:32, then chunks of ciphertext with a 16-byte tag each.
-_SSM_HEADER = struct.Struct(">3sBI32s")
 _TAG = 16
 
 
@@ -123,16 +121,21 @@ class SealedOutput:
     timings: st.StageTimer
 
 
+def sealed_model_header(sealed: memoryview) -> SealedModelHeader:
+    """The header of a sealed model (unchecked: the unseal authenticates everything)."""
+    if len(sealed) < SEALED_MODEL_HEADER_SIZE + _TAG:
+        raise ModelNotAvailable("the stored model is not a sealed model")
+    try:
+        return SealedModelHeader.parse(sealed[:SEALED_MODEL_HEADER_SIZE])
+    except ValueError as exc:
+        raise ModelNotAvailable(f"the stored model does not open here: {exc}") from None
+
+
 def sealed_model_plaintext_size(sealed: memoryview) -> int:
     """The plaintext length of a sealed model, from its header and length (unchecked: the
     unseal authenticates everything)."""
-    if len(sealed) < _SSM_HEADER.size + _TAG:
-        raise ModelNotAvailable("the stored model is not a sealed model")
-    magic, _, chunk_size, _ = _SSM_HEADER.unpack_from(sealed, 0)
-    chunk_size = int(chunk_size)
-    if magic != b"SSM" or chunk_size < 1:
-        raise ModelNotAvailable("the stored model is not a sealed model")
-    body = len(sealed) - _SSM_HEADER.size
+    chunk_size = sealed_model_header(sealed).chunk_size
+    body = len(sealed) - SEALED_MODEL_HEADER_SIZE
     chunks = -(-body // (chunk_size + _TAG))
     return max(0, body - chunks * _TAG)
 
@@ -341,18 +344,32 @@ class SealedRuntime:
                 )
             started = time.perf_counter()
             view = sealed.view
+            bound = sealed_model_header(view).model_version
+            if bound != keys.model_key_version:  # the unseal below checks it authenticated
+                raise ModelNotAvailable(
+                    f"model {model_id!r} in the store is version {bound}; the KeyService "
+                    f"says version {keys.model_key_version} is current (the store serves an "
+                    "old or a newer file)"
+                )
             size = sealed_model_plaintext_size(view)
             charged = int(size * self.options.memory_factor)
             reserve(charged)
             unsealing = time.perf_counter()
             buffer = PlaintextBuffer(max(size, 2))
             try:
-                unseal_model(keys.model_key, view, model_id=model_id, out=buffer.view)
+                unseal_model(
+                    keys.model_key,
+                    view,
+                    model_id=model_id,
+                    version=keys.model_key_version,
+                    out=buffer.view,
+                )
             except (InvalidEnvelope, ValueError):
                 buffer.wipe()
                 raise ModelNotAvailable(
-                    f"model {model_id!r} does not unseal with the key the KeyService released "
-                    "(it was tampered with, or sealed under another key)"
+                    f"model {model_id!r} does not unseal with the key and version the "
+                    "KeyService released (it was tampered with, or sealed under another key "
+                    "or for another version)"
                 ) from None
             del view
         finally:

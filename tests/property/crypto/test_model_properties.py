@@ -14,7 +14,7 @@ from sealserve.errors import InvalidEnvelope
 
 KEY = SymmetricKey.generate()
 CHUNK = 64
-HEADER = 40
+HEADER = 44
 SEGMENT = CHUNK + 16
 SETTINGS = settings(deadline=None, max_examples=150)
 models = st.binary(max_size=CHUNK * 5 + 7)
@@ -22,7 +22,7 @@ models = st.binary(max_size=CHUNK * 5 + 7)
 
 def _seal(data: bytes, model_id: str = "m") -> bytes:
     dst = io.BytesIO()
-    seal_model(KEY, io.BytesIO(data), dst, model_id=model_id, chunk_size=CHUNK)
+    seal_model(KEY, io.BytesIO(data), dst, model_id=model_id, version=1, chunk_size=CHUNK)
     return dst.getvalue()
 
 
@@ -33,17 +33,17 @@ def _split(sealed: bytes) -> tuple[bytes, list[bytes]]:
 
 def _rejected(sealed: bytes, model_id: str = "m", key: SymmetricKey = KEY) -> None:
     with pytest.raises(InvalidEnvelope, match=r"^invalid envelope$"):
-        unseal_model(key, sealed, model_id=model_id)
+        unseal_model(key, sealed, model_id=model_id, version=1)
     with pytest.raises(InvalidEnvelope, match=r"^invalid envelope$"):
-        unseal_model_stream(key, io.BytesIO(sealed), model_id=model_id)
+        unseal_model_stream(key, io.BytesIO(sealed), model_id=model_id, version=1)
 
 
 @SETTINGS
 @given(data=models)
 def test_round_trip(data: bytes) -> None:
     sealed = _seal(data)
-    assert unseal_model(KEY, sealed, model_id="m") == data
-    assert unseal_model_stream(KEY, io.BytesIO(sealed), model_id="m") == data
+    assert unseal_model(KEY, sealed, model_id="m", version=1) == data
+    assert unseal_model_stream(KEY, io.BytesIO(sealed), model_id="m", version=1) == data
 
 
 @SETTINGS

@@ -10,6 +10,7 @@ import pytest
 from sealserve.crypto import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
+    SealedModelHeader,
     SymmetricKey,
     seal_model,
     sealed_model_size,
@@ -19,13 +20,22 @@ from sealserve.crypto import (
 from sealserve.errors import InvalidEnvelope
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "crypto_v1.json").read_text())
-HEADER = 40
+HEADER = 44
 TAG = 16
 
 
-def _seal(key: SymmetricKey, data: bytes, *, chunk_size: int = 64, model_id: str = "m") -> bytes:
+def _seal(
+    key: SymmetricKey,
+    data: bytes,
+    *,
+    chunk_size: int = 64,
+    model_id: str = "m",
+    version: int = 1,
+) -> bytes:
     dst = io.BytesIO()
-    n = seal_model(key, io.BytesIO(data), dst, model_id=model_id, chunk_size=chunk_size)
+    n = seal_model(
+        key, io.BytesIO(data), dst, model_id=model_id, version=version, chunk_size=chunk_size
+    )
     assert n == len(dst.getvalue())
     return dst.getvalue()
 
@@ -36,15 +46,50 @@ def test_round_trip_at_chunk_boundaries(size: int) -> None:
     data = os.urandom(size)
     sealed = _seal(key, data)
     assert len(sealed) == sealed_model_size(size, chunk_size=64)
-    assert unseal_model(key, sealed, model_id="m") == data
-    assert unseal_model_stream(key, io.BytesIO(sealed), model_id="m") == data
+    assert unseal_model(key, sealed, version=1, model_id="m") == data
+    assert unseal_model_stream(key, io.BytesIO(sealed), version=1, model_id="m") == data
 
 
 def test_known_answer_model_still_unseals() -> None:
+    kat = VECTORS["model_v2"]
+    key = SymmetricKey.from_bytes(bytes.fromhex(kat["key"]))
+    sealed = bytes.fromhex(kat["sealed"])
+    plain = bytes.fromhex(kat["plaintext"])
+    assert unseal_model(key, sealed, model_id=kat["model_id"], version=3) == plain
+    assert SealedModelHeader.parse(sealed[:HEADER]) == SealedModelHeader(
+        chunk_size=kat["chunk_size"], model_version=kat["model_version"]
+    )
+
+
+def test_format_1_without_a_version_is_refused() -> None:
+    """Format 1 bound no version, so it cannot prove which version it is: refused."""
     kat = VECTORS["model"]
     key = SymmetricKey.from_bytes(bytes.fromhex(kat["key"]))
     sealed = bytes.fromhex(kat["sealed"])
-    assert unseal_model(key, sealed, model_id=kat["model_id"]) == bytes.fromhex(kat["plaintext"])
+    for version in (1, 2):
+        with pytest.raises(InvalidEnvelope):
+            unseal_model(key, sealed, model_id=kat["model_id"], version=version)
+    with pytest.raises(ValueError, match="format 1"):
+        SealedModelHeader.parse(sealed[:HEADER])
+
+
+def test_a_file_opens_only_for_the_version_it_was_sealed_for() -> None:
+    """Issue 10, item 4: an owner who seals version 2 under the key of version 1 (reusing its
+    key) cannot have version 1 served in its place: each file binds its version."""
+    key = SymmetricKey.generate()
+    old, new = os.urandom(200), os.urandom(200)
+    sealed_old = _seal(key, old, version=1)
+    sealed_new = _seal(key, new, version=2)
+    assert unseal_model(key, sealed_new, model_id="m", version=2) == new
+    with pytest.raises(InvalidEnvelope):
+        unseal_model(key, sealed_old, model_id="m", version=2)
+    with pytest.raises(InvalidEnvelope):
+        unseal_model_stream(key, io.BytesIO(sealed_old), model_id="m", version=2)
+    # The version in the clear header is bound too: rewriting it does not help.
+    forged = sealed_old[: HEADER - 4] + (2).to_bytes(4, "big") + sealed_old[HEADER:]
+    assert SealedModelHeader.parse(forged[:HEADER]).model_version == 2
+    with pytest.raises(InvalidEnvelope):
+        unseal_model(key, forged, model_id="m", version=2)
 
 
 def test_default_chunk_size_is_one_mebibyte() -> None:
@@ -52,7 +97,7 @@ def test_default_chunk_size_is_one_mebibyte() -> None:
     data = os.urandom(MAX_CHUNK_SIZE + 10)
     sealed = _seal(key, data, chunk_size=MAX_CHUNK_SIZE)
     assert len(sealed) == HEADER + len(data) + 2 * TAG
-    assert unseal_model(key, memoryview(sealed), model_id="m") == data
+    assert unseal_model(key, memoryview(sealed), version=1, model_id="m") == data
 
 
 def test_unseal_into_a_caller_buffer() -> None:
@@ -60,12 +105,12 @@ def test_unseal_into_a_caller_buffer() -> None:
     data = os.urandom(300)
     sealed = _seal(key, data)
     out = bytearray(400)
-    view = unseal_model(key, sealed, model_id="m", out=out)
+    view = unseal_model(key, sealed, version=1, model_id="m", out=out)
     assert isinstance(view, memoryview)
     assert bytes(view) == data
     assert out[:300] == data
     with pytest.raises(ValueError, match="needs 300"):
-        unseal_model(key, sealed, model_id="m", out=bytearray(299))
+        unseal_model(key, sealed, version=1, model_id="m", out=bytearray(299))
 
 
 def test_stream_reads_from_the_current_position_or_an_explicit_size() -> None:
@@ -74,9 +119,9 @@ def test_stream_reads_from_the_current_position_or_an_explicit_size() -> None:
     sealed = _seal(key, data)
     src = io.BytesIO(b"prefix" + sealed)
     src.seek(6)
-    assert unseal_model_stream(key, src, model_id="m") == data
+    assert unseal_model_stream(key, src, version=1, model_id="m") == data
     src = io.BytesIO(sealed + b"trailing")
-    assert unseal_model_stream(key, src, model_id="m", size=len(sealed)) == data
+    assert unseal_model_stream(key, src, version=1, model_id="m", size=len(sealed)) == data
 
 
 def test_progress_is_reported_in_plaintext_bytes() -> None:
@@ -84,10 +129,14 @@ def test_progress_is_reported_in_plaintext_bytes() -> None:
     data = os.urandom(150)
     seen: list[int] = []
     dst = io.BytesIO()
-    seal_model(key, io.BytesIO(data), dst, model_id="m", chunk_size=64, progress=seen.append)
+    seal_model(
+        key, io.BytesIO(data), dst, version=1, model_id="m", chunk_size=64, progress=seen.append
+    )
     assert seen == [64, 128, 150]
     seen.clear()
-    unseal_model_stream(key, io.BytesIO(dst.getvalue()), model_id="m", progress=seen.append)
+    unseal_model_stream(
+        key, io.BytesIO(dst.getvalue()), model_id="m", version=1, progress=seen.append
+    )
     assert seen == [64, 128, 150]
 
 
@@ -110,11 +159,11 @@ def test_short_reads_are_completed() -> None:
     key = SymmetricKey.generate()
     data = os.urandom(500)
     dst = io.BytesIO()
-    seal_model(key, _Trickle(data), dst, model_id="m", chunk_size=64)  # type: ignore[arg-type]
+    seal_model(key, _Trickle(data), dst, version=1, model_id="m", chunk_size=64)  # type: ignore[arg-type]
     sealed = dst.getvalue()
-    assert unseal_model(key, sealed, model_id="m") == data
+    assert unseal_model(key, sealed, version=1, model_id="m") == data
     trickle = _Trickle(sealed)
-    got = unseal_model_stream(key, trickle, model_id="m", size=len(sealed))  # type: ignore[arg-type]
+    got = unseal_model_stream(key, trickle, version=1, model_id="m", size=len(sealed))  # type: ignore[arg-type]
     assert got == data
 
 
@@ -122,9 +171,9 @@ def test_wrong_key_or_model_id_fails() -> None:
     key = SymmetricKey.generate()
     sealed = _seal(key, b"weights" * 30, model_id="resnet")
     with pytest.raises(InvalidEnvelope):
-        unseal_model(SymmetricKey.generate(), sealed, model_id="resnet")
+        unseal_model(SymmetricKey.generate(), sealed, version=1, model_id="resnet")
     with pytest.raises(InvalidEnvelope):
-        unseal_model(key, sealed, model_id="bert")
+        unseal_model(key, sealed, version=1, model_id="bert")
 
 
 def _chunks(sealed: bytes, chunk_size: int = 64) -> tuple[bytes, list[bytes]]:
@@ -145,9 +194,11 @@ def _chunks(sealed: bytes, chunk_size: int = 64) -> tuple[bytes, list[bytes]]:
         pytest.param(lambda h, c: h, id="header-only"),
         pytest.param(lambda h, c: h[:10], id="short-header"),
         pytest.param(lambda h, c: b"XSM" + h[3:] + b"".join(c), id="magic"),
-        pytest.param(lambda h, c: h[:3] + b"\x02" + h[4:] + b"".join(c), id="version"),
+        pytest.param(lambda h, c: h[:3] + b"\x03" + h[4:] + b"".join(c), id="format"),
+        pytest.param(lambda h, c: h[:3] + b"\x01" + h[4:-4] + b"".join(c), id="format-1"),
         pytest.param(lambda h, c: h[:4] + (32).to_bytes(4) + h[8:] + b"".join(c), id="chunk-size"),
-        pytest.param(lambda h, c: h[:-1] + bytes([h[-1] ^ 1]) + b"".join(c), id="salt"),
+        pytest.param(lambda h, c: h[:10] + bytes([h[10] ^ 1]) + h[11:] + b"".join(c), id="salt"),
+        pytest.param(lambda h, c: h[:-1] + bytes([h[-1] ^ 3]) + b"".join(c), id="model-version"),
     ],
 )
 def test_structural_attacks_fail_alike(edit: object) -> None:
@@ -155,9 +206,9 @@ def test_structural_attacks_fail_alike(edit: object) -> None:
     header, chunks = _chunks(_seal(key, os.urandom(64 * 3 + 10)))
     tampered = edit(header, chunks)  # type: ignore[operator]
     with pytest.raises(InvalidEnvelope, match=r"^invalid envelope$"):
-        unseal_model(key, tampered, model_id="m")
+        unseal_model(key, tampered, version=1, model_id="m")
     with pytest.raises(InvalidEnvelope, match=r"^invalid envelope$"):
-        unseal_model_stream(key, io.BytesIO(tampered), model_id="m")
+        unseal_model_stream(key, io.BytesIO(tampered), version=1, model_id="m")
 
 
 def test_chunks_from_another_file_of_the_same_model_are_refused() -> None:
@@ -166,7 +217,7 @@ def test_chunks_from_another_file_of_the_same_model_are_refused() -> None:
     header_a, chunks_a = _chunks(_seal(key, data))
     _, chunks_b = _chunks(_seal(key, data))
     with pytest.raises(InvalidEnvelope):
-        unseal_model(key, header_a + chunks_a[0] + b"".join(chunks_b[1:]), model_id="m")
+        unseal_model(key, header_a + chunks_a[0] + b"".join(chunks_b[1:]), version=1, model_id="m")
 
 
 def test_output_is_zeroed_when_a_later_chunk_fails() -> None:
@@ -175,7 +226,7 @@ def test_output_is_zeroed_when_a_later_chunk_fails() -> None:
     sealed[-1] ^= 1
     out = bytearray(200)
     with pytest.raises(InvalidEnvelope):
-        unseal_model(key, sealed, model_id="m", out=out)
+        unseal_model(key, sealed, version=1, model_id="m", out=out)
     assert out == bytes(200)
 
 
@@ -199,7 +250,7 @@ def test_unseekable_stream_needs_a_size() -> None:
             return False
 
     with pytest.raises(ValueError, match="size="):
-        unseal_model_stream(SymmetricKey.generate(), Pipe(), model_id="m")  # type: ignore[arg-type]
+        unseal_model_stream(SymmetricKey.generate(), Pipe(), version=1, model_id="m")  # type: ignore[arg-type]
 
 
 def test_streams_without_readinto_are_read_with_read() -> None:
@@ -213,7 +264,7 @@ def test_streams_without_readinto_are_read_with_read() -> None:
     key = SymmetricKey.generate()
     data = os.urandom(333)
     dst = io.BytesIO()
-    seal_model(key, ReadOnly(data), dst, model_id="m", chunk_size=64)  # type: ignore[arg-type]
+    seal_model(key, ReadOnly(data), dst, version=1, model_id="m", chunk_size=64)  # type: ignore[arg-type]
     sealed = dst.getvalue()
-    got = unseal_model_stream(key, ReadOnly(sealed), model_id="m", size=len(sealed))  # type: ignore[arg-type]
+    got = unseal_model_stream(key, ReadOnly(sealed), version=1, model_id="m", size=len(sealed))  # type: ignore[arg-type]
     assert got == data

@@ -142,7 +142,9 @@ def test_store_list_and_verify(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     model_id = ("ab" * 32) + "/m"
     sealed = io.BytesIO()
-    seal_model(SymmetricKey.generate(), io.BytesIO(b"x" * 5000), sealed, model_id=model_id)
+    seal_model(
+        SymmetricKey.generate(), io.BytesIO(b"x" * 5000), sealed, model_id=model_id, version=2
+    )
     result = runner.invoke(app, ["instance", "store", "list", "--store", str(store.root)])
     assert result.output.strip() == "no models"
     store.put(model_id, sealed.getvalue(), key_version=2)

@@ -18,10 +18,17 @@ OWNER = "ab" * 32
 MODEL = f"{OWNER}/resnet"
 
 
-def sealed(data: bytes, model_id: str = MODEL, key: SymmetricKey | None = None) -> bytes:
+def sealed(
+    data: bytes, model_id: str = MODEL, key: SymmetricKey | None = None, version: int = 1
+) -> bytes:
     out = io.BytesIO()
     seal_model(
-        key or SymmetricKey.generate(), io.BytesIO(data), out, model_id=model_id, chunk_size=4096
+        key or SymmetricKey.generate(),
+        io.BytesIO(data),
+        out,
+        model_id=model_id,
+        version=version,
+        chunk_size=4096,
     )
     return out.getvalue()
 
@@ -33,7 +40,7 @@ def store(tmp_path: Path) -> ModelStore:
 
 def test_put_then_read_into_a_buffer_gives_the_same_bytes(store: ModelStore) -> None:
     key = SymmetricKey.generate()
-    blob = sealed(os.urandom(50_000), key=key)
+    blob = sealed(os.urandom(50_000), key=key, version=3)
     manifest = store.put(MODEL, io.BytesIO(blob), key_version=3)
     assert manifest.size == len(blob)
     assert manifest.key_version == 3
@@ -43,7 +50,7 @@ def test_put_then_read_into_a_buffer_gives_the_same_bytes(store: ModelStore) -> 
     out = bytearray(len(blob) + 100)
     assert store.read_into(MODEL, memoryview(out)) == manifest
     assert bytes(out[: len(blob)]) == blob
-    assert unseal_model(key, out[: len(blob)], model_id=MODEL)
+    assert unseal_model(key, out[: len(blob)], model_id=MODEL, version=3)
     assert store.read(MODEL) == (manifest, blob)
     assert MODEL in store
     assert store.list() == [manifest]
@@ -98,11 +105,11 @@ def test_only_sealed_models_are_stored(store: ModelStore) -> None:
 
 def test_a_new_version_replaces_the_old_and_its_blob_goes(store: ModelStore) -> None:
     first = store.put(MODEL, sealed(b"one" * 1000), key_version=1)
-    second = store.put(MODEL, sealed(b"two" * 1000), key_version=2)
+    second = store.put(MODEL, sealed(b"two" * 1000, version=2), key_version=2)
     assert store.get(MODEL) == second
     assert not (store.root / "blobs" / "sha256" / first.digest).exists()
     other = f"{OWNER}/copy"
-    same = sealed(b"three" * 100)
+    same = sealed(b"three" * 100, version=3)
     a = store.put(MODEL, same, key_version=3)
     b = store.put(other, same, key_version=3)
     assert a.digest == b.digest  # content addressed: one blob
@@ -151,13 +158,13 @@ def test_seal_straight_into_the_store_and_read_back_through_a_checked_stream(
     key = SymmetricKey.generate()
     plaintext = os.urandom(100_000)
     with store.create(MODEL, key_version=2) as out:
-        seal_model(key, io.BytesIO(plaintext), out, model_id=MODEL, chunk_size=4096)
+        seal_model(key, io.BytesIO(plaintext), out, model_id=MODEL, version=2, chunk_size=4096)
     assert out.state is WriterState.COMMITTED
     assert out.manifest == store.get(MODEL)
     with store.open(MODEL) as reader:
         assert reader.manifest.key_version == 2
         sealed_bytes = reader.read()
-    assert bytes(unseal_model(key, sealed_bytes, model_id=MODEL)) == plaintext
+    assert bytes(unseal_model(key, sealed_bytes, model_id=MODEL, version=2)) == plaintext
 
 
 def test_a_failed_write_leaves_nothing_and_the_old_model_stays(store: ModelStore) -> None:
@@ -188,3 +195,11 @@ def test_a_reader_checks_the_digest_when_it_reaches_the_end(store: ModelStore) -
         assert len(reader.read(1000)) == 1000  # nothing to compare against yet
         with pytest.raises(StoreIntegrityError, match="digest"):
             reader.read()
+
+
+def test_a_sealed_model_bound_to_another_version_is_refused(store: ModelStore) -> None:
+    """Issue 10, item 4: the store checks the (clear) version a sealed file is bound to
+    against the version it is stored as; the runtime checks the authenticated one."""
+    with pytest.raises(ValueError, match="bound to version 1, not 2"):
+        store.put(MODEL, sealed(b"old" * 100, version=1), key_version=2)
+    assert MODEL not in store

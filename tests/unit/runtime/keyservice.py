@@ -144,6 +144,7 @@ class InProcessKeyService:
         self.user = self._principal(User)
         self.calls: collections.Counter[str] = collections.Counter()
         self.source = MemorySource()
+        self.model_keys: dict[str, SymmetricKey] = {}
 
     def _principal(self, cls: Any) -> Any:
         principal = cls(
@@ -199,8 +200,9 @@ class InProcessKeyService:
         model_id = self.owner.model_id(name)
         key = SymmetricKey.generate()
         sealed = io.BytesIO()
-        seal_model(key, io.BytesIO(onnx), sealed, model_id=model_id)
+        seal_model(key, io.BytesIO(onnx), sealed, model_id=model_id, version=1)
         self.source.models[model_id] = (sealed.getvalue(), 1)
+        self.model_keys[model_id] = key
         self.owner.put_model_key(name, key)
         if grant:
             self.owner.grant(name, self.user.principal_id, self.runtime_policy)
@@ -213,6 +215,21 @@ class InProcessKeyService:
         model_id = self.owner.model_id(name)
         key = SymmetricKey.generate()
         sealed = io.BytesIO()
-        seal_model(key, io.BytesIO(onnx), sealed, model_id=model_id)
+        version = self.owner.model(name).key_version + 1
+        seal_model(key, io.BytesIO(onnx), sealed, model_id=model_id, version=version)
         receipt = self.owner.rotate_model_key(name, key)
         self.source.models[model_id] = (sealed.getvalue(), receipt.version)
+        self.model_keys[model_id] = key
+
+    def update_reusing_key(self, name: str, onnx: bytes) -> bytes:
+        """A new version of the model sealed under the key it already has (``owner upload
+        --key-file``, ``upload_model(key=...)``): the next key version, the same key bytes.
+        Returns the sealed bytes of the new version."""
+        model_id = self.owner.model_id(name)
+        key = self.model_keys[model_id]
+        version = self.owner.model(name).key_version + 1
+        sealed = io.BytesIO()
+        seal_model(key, io.BytesIO(onnx), sealed, model_id=model_id, version=version)
+        receipt = self.owner.rotate_model_key(name, key)
+        self.source.models[model_id] = (sealed.getvalue(), receipt.version)
+        return sealed.getvalue()

@@ -296,6 +296,32 @@ def test_a_stored_model_of_another_key_version_is_not_loaded(ks: InProcessKeySer
         infer(runtime, ks, model_id, key, x_of(64))
 
 
+def test_a_reused_key_does_not_let_the_store_roll_the_model_back(
+    ks: InProcessKeyService,
+) -> None:
+    """Issue 10, item 4(a).  The owner updates its model reusing the key (``owner upload
+    --key-file``); the store serves the old sealed file under the new version's manifest.  It
+    unseals under that key, but it is bound to version 1 and the KeyService released version
+    2: refused, and the model the owner uploaded last is what runs."""
+    old, new = dense_model(15), dense_model(16)
+    model_id, key = ks.add_model("dense", old)
+    stale_bytes, _ = ks.source.models[model_id]
+    ks.update_reusing_key("dense", new)
+    good = ks.source.models[model_id]
+    ks.source.models[model_id] = (stale_bytes, 2)  # the manifest lies: "version 2"
+    runtime = make_runtime(ks)
+    with pytest.raises(ModelNotAvailable, match="version 1; the KeyService says version 2"):
+        infer(runtime, ks, model_id, key, x_of(64), request_id="a")
+    # Even with the header rewritten to say 2, the authenticated stream refuses it.
+    forged = stale_bytes[:40] + (2).to_bytes(4, "big") + stale_bytes[44:]
+    ks.source.models[model_id] = (forged, 2)
+    with pytest.raises(ModelNotAvailable, match="does not unseal"):
+        infer(runtime, ks, model_id, key, x_of(64), request_id="b")
+    ks.source.models[model_id] = good
+    outputs, _ = infer(runtime, ks, model_id, key, x_of(64), request_id="c")
+    assert np.allclose(outputs["Y"], plain_run(new, x_of(64))["Y"], rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_sealed_under_another_key_is_not_available(ks: InProcessKeyService) -> None:
     model_id, key = ks.add_model("dense", dense_model(13))
     other_id, _ = ks.add_model("other", dense_model(14))
