@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -432,8 +433,16 @@ class LocalDeployment:
             server.stop()  # also unbinds a server that never ran
         if self._keyservice is not None:
             keyservice, self._keyservice = self._keyservice, None
+            pid = keyservice.process.pid
             with contextlib.suppress(SealserveError, OSError):
-                keyservice.stop(timeout=_STOP_TIMEOUT_S)
+                if keyservice.stop(timeout=_STOP_TIMEOUT_S) is None:  # the daemon kills it
+                    _log.event(
+                        "stop.killed",
+                        level=logging.WARNING,
+                        pid=pid,
+                        process="keyservice",
+                        reason=f"not stopped {_STOP_TIMEOUT_S:.0f} s after SIGTERM",
+                    )
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -445,7 +454,15 @@ class LocalDeployment:
                     daemon.wait(_STOP_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
                     daemon.kill()
-                    daemon.wait(10)
+                    _log.event(
+                        "stop.killed",
+                        level=logging.WARNING,
+                        pid=daemon.pid,
+                        process="TEE platform daemon",
+                        reason=f"not stopped {_STOP_TIMEOUT_S:.0f} s after SIGTERM",
+                    )
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        daemon.wait(10)
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None

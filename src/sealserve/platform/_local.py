@@ -58,6 +58,8 @@ _log = get_logger(__name__)
 _T = TypeVar("_T")
 _POLL_S: Final = 0.02
 _HEALTH_TIMEOUT_S: Final = 3.0
+#: What a stop may take beyond ``stop_timeout_s``: SIGKILL and the wait for it.
+_KILL_S: Final = 12.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -483,6 +485,13 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(popen.pid, signal.SIGKILL)
+                _log.event(
+                    "stop.killed",
+                    level=logging.WARNING,
+                    pid=popen.pid,
+                    process=f"instance host i{instance_id}",
+                    reason=f"not stopped {self.options.stop_timeout_s:g} s after SIGTERM",
+                )
                 popen.wait(10)
         inst.ready_file.unlink(missing_ok=True)
         _log.event("platform.instance_stopped", instance=instance_id, status=popen.returncode)
@@ -504,11 +513,35 @@ class LocalBackend:
         return None if inst is None else inst.log_path
 
     async def close(self) -> None:
+        """Stop every instance, within a bound: a host that has not ended after
+        ``stop_timeout_s`` and the kill's own wait (it may be stopped, or its I/O threads
+        stuck on it) is killed here with its process group, and named in the log."""
         self._closed = True
-        await asyncio.gather(
-            *(self.stop(iid) for iid in list(self._instances)), return_exceptions=True
-        )
-        self._executor.shutdown(wait=True)
+        hosts = {iid: inst.popen for iid, inst in self._instances.items()}
+        stops = [asyncio.ensure_future(self.stop(iid)) for iid in list(self._instances)]
+        if stops:
+            _, late = await asyncio.wait(stops, timeout=self.options.stop_timeout_s + _KILL_S)
+            if late:
+                _log.event(
+                    "stop.timed_out",
+                    level=logging.WARNING,
+                    step="platform.instance_stops",
+                    bound_s=self.options.stop_timeout_s + _KILL_S,
+                )
+        for iid, popen in hosts.items():
+            if popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                _log.event(
+                    "stop.killed",
+                    level=logging.WARNING,
+                    pid=popen.pid,
+                    process=f"instance host i{iid}",
+                    reason="still alive after its stop",
+                )
+        # Threads still blocked on a host that is gone end with their sockets; none is waited
+        # for here, and queued work is dropped.
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __repr__(self) -> str:
         return f"LocalBackend(instances={sorted(self._instances)})"

@@ -23,7 +23,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
@@ -58,6 +58,9 @@ from sealserve.platform._stats import PlatformStats
 __all__ = ["Platform", "PlatformResult"]
 
 _log = get_logger(__name__)
+#: How long :meth:`Platform.close` waits for the instances' stops before the backend's close
+#: kills what is left (a backend bounds each stop itself; this bounds all of them together).
+_STOPS_BOUND_S: Final = 45.0
 #: Added to a request's deadline before the driver stops waiting for an answer on its own
 #: (the instance enforces the deadline; this only bounds a call that never comes back).
 _ANSWER_GRACE_S = 10.0
@@ -187,9 +190,17 @@ class Platform(AsyncResource):
             await asyncio.wait(runs, timeout=self._drain_s)
         self._apply(self.controller.shutdown(self._now()))
         stops = [t for t in self._tasks if not t.done() and t.get_name().startswith("stop-")]
-        if stops:
-            await asyncio.wait(stops)
-        await self.backend.close()
+        if stops:  # each stop is bounded by the backend; this bounds waiting for them all
+            _, late = await asyncio.wait(stops, timeout=_STOPS_BOUND_S)
+            if late:
+                _log.event(
+                    "stop.timed_out",
+                    level=logging.WARNING,
+                    step="platform.stops",
+                    bound_s=_STOPS_BOUND_S,
+                    left=len(late),
+                )
+        await self.backend.close()  # kills what is still alive, and names it
         for task in list(self._tasks):
             task.cancel()
         self._closing = False

@@ -208,3 +208,55 @@ def test_nothing_outlives_up_when_it_is_killed(tmp_path: Path) -> None:
             up.wait()
         assert up.stderr is not None
         up.stderr.close()
+
+
+def test_up_stops_within_its_bound_and_names_the_host_it_had_to_kill(tmp_path: Path) -> None:
+    """Ctrl-C with an instance host that cannot stop (SIGSTOP: not even its lifeline runs):
+    ``up`` still exits, within the local backend's bound (SIGTERM, ``stop_timeout_s`` 20 s,
+    then SIGKILL), kills the host and names it in the gateway's log."""
+    ready = tmp_path / "up.json"
+    command = [
+        sys.executable, "-m", "sealserve", "up",
+        "--data-dir", str(tmp_path / "data"),
+        "--keyservice-port", "0",
+        "--gateway-port", "0",
+        "--keep-alive-s", "600",
+        "--ready-file", str(ready),
+    ]  # fmt: skip
+    up = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    host = 0
+    try:
+        _wait_until("the ready file", lambda: ready.exists() or up.poll() is not None, 120)
+        assert up.poll() is None, up.communicate()[1].decode()[-2000:]
+        info = json.loads(ready.read_text())
+        model_id, user_id, key = _publish_model(info, tmp_path, dense_model(4))
+        with GatewayClient(info["gateway_url"]) as gateway:
+            gateway.infer(model_id, {"X": np.ones((1, 64), np.float32)}, user_id=user_id, key=key)
+            (instance,) = gateway.platform()["instances"]
+            host, runtime = instance["pid"], instance["runtime_pid"]
+        os.kill(host, signal.SIGSTOP)
+        began = time.monotonic()
+        up.send_signal(signal.SIGINT)
+        up.wait(120)
+        took = time.monotonic() - began
+    finally:
+        if host and _alive(host):
+            os.kill(host, signal.SIGKILL)
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        assert up.stderr is not None
+        err = up.stderr.read().decode()
+        up.stderr.close()
+    assert up.returncode == 0, err[-2000:]
+    # 20 s for the host's SIGTERM, then the kill; the slack is for a loaded machine.
+    assert took < 60, f"up took {took:.1f} s to stop"
+    _wait_until("the host and its runtime to end", lambda: not _alive(host) and not _alive(runtime))
+    events = [
+        json.loads(line)
+        for line in (Path(info["logs_dir"]) / "gateway.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    killed = [e for e in events if e.get("event") == "stop.killed"]
+    assert killed, events[-10:]
+    assert any(k.get("pid") == host for k in killed), killed
