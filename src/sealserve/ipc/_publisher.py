@@ -91,15 +91,19 @@ class Loan:
     As a context manager it commits on success and discards on error.
     """
 
-    __slots__ = ("_batch", "_pub", "_rec", "_state", "_view", "nbytes")
-
-    def __init__(self, pub: Publisher, rec: Rec, batch: bool = False) -> None:
-        self._pub = pub
-        self._rec = rec
-        self._batch = batch
-        self.nbytes = rec.nbytes
-        self._view: memoryview | None = None
-        self._state = _OPEN
+    # Everything is implemented here; the storage is the subclasses': _PyLoan on the
+    # pure-Python core, _CompiledLoan on the compiled one (whose C base overrides ``view``,
+    # ``commit`` and the with block, and falls back on these for the rare paths).
+    if TYPE_CHECKING:  # what the subclasses store
+        __slots__ = ("_batch", "_pub", "_rec", "_state", "_view", "nbytes")
+    else:
+        __slots__ = ()
+    _pub: Publisher
+    _rec: Rec
+    _batch: bool
+    nbytes: int
+    _state: int
+    _view: memoryview | None
 
     @property
     def view(self) -> memoryview:
@@ -206,6 +210,36 @@ class Loan:
         return f"Loan(nbytes={self.nbytes}, state={_STATES[self._state]!r})"
 
 
+class _PyLoan(Loan):
+    """A loan of the pure-Python core."""
+
+    __slots__ = ("_batch", "_pub", "_rec", "_state", "_view", "nbytes")
+
+    def __init__(self, pub: Publisher, rec: Rec, batch: bool = False) -> None:
+        self._pub = pub
+        self._rec = rec
+        self._batch = batch
+        self.nbytes = rec.nbytes
+        self._view = None
+        self._state = _OPEN
+
+
+def _compiled_loan_type() -> type[Loan] | None:
+    compiled = _core.compiled()
+    if compiled is None:  # pragma: no cover - built without a compiler
+        return None
+
+    class _CompiledLoan(compiled.LoanBase, Loan):  # type: ignore[misc,name-defined]
+        """A loan of the compiled core: C storage and hot methods, ``Loan``'s for the rest."""
+
+        __slots__ = ()
+
+    return _CompiledLoan
+
+
+_CompiledLoan = _compiled_loan_type()
+
+
 class Publisher:
     """The one producer of a channel.  Make it with ``Channel.publisher()``."""
 
@@ -251,6 +285,16 @@ class Publisher:
         self._counters = Counters()
         self._c_inline = self._counters.path("inline")
         self._c_loan = self._counters.path("loan")
+        # The compiled ring lends loans itself (C objects, no Python frame per loan).
+        self._lend: Callable[[Publisher, int, bool], Loan | None] | None = None
+        self._adopt: Callable[[Publisher, Rec, bool], Loan] | None = None
+        compiled = _core.compiled()
+        if _CompiledLoan is not None and compiled is not None:
+            ring: Any = self._ring
+            if isinstance(ring, compiled.ProducerRing):
+                ring.bind(self._lock, self._c_loan, self._arena, _CompiledLoan)
+                self._lend = ring.lend
+                self._adopt = ring.adopt
         self._spin = SpinBudget()
         self._closed = False
         self._error: BaseException | None = None
@@ -319,6 +363,7 @@ class Publisher:
             reclaimed=released,
         )
         if self._require_subscriber and not self._ring.live_mask and self._error is None:
+            self._unbind()  # loans stop committing in C: the Python half raises the error
             self._error = (
                 PeerDied(f"the subscriber of channel {self.name!r} died; its slots were reclaimed")
                 if reason == "died"
@@ -497,13 +542,22 @@ class Publisher:
         else:
             q = QoS.parse(qos)
             batch = self._scheduler.notify_for(q, ring.in_flight / ring.capacity) is Notify.BATCH
+        lend = self._lend
         with self._lock:
             if self._closed or self._error is not None:
                 self._ensure_open()
-            rec = ring.allocate(nbytes)
+            if lend is not None:
+                loan = lend(self, nbytes, batch)
+                if loan is not None:
+                    return loan
+                rec = None
+            else:
+                rec = ring.allocate(nbytes)
         if rec is None:
             rec = self._allocate(nbytes, q, timeout)
-        return Loan(self, rec, batch)
+        if self._adopt is not None:
+            return self._adopt(self, rec, batch)
+        return _PyLoan(self, rec, batch)
 
     def _check_loan_size(self, nbytes: object) -> int:
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
@@ -601,6 +655,12 @@ class Publisher:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    def _unbind(self) -> None:
+        """The compiled ring stops lending and committing by itself (lock held)."""
+        if self._lend is not None:
+            ring: Any = self._ring
+            ring.unbind()
+
     def _ensure_open(self) -> None:
         if self._closed:
             raise ChannelClosed(f"publisher of channel {self.name!r} is closed")
@@ -673,6 +733,7 @@ class Publisher:
             _log.event("ipc.publisher.closed_with_copies_in_flight", channel=self.name)
         with self._lock:
             self._closed = True
+            self._unbind()
             self._w[W.PSTATE] = PRODUCER_CLOSED
             _sys.full_fence()
             self._ring.wake_all()

@@ -113,6 +113,66 @@ static int geometry_int(PyObject *geometry, const char *name, int64_t *out) {
     return 0;
 }
 
+
+/* -- calling the Python half of a class ------------------------------------------------------ */
+
+/* The attribute `name` of the first class after `base` in type(self)'s MRO (borrowed), bound
+ * to self if it is a descriptor (a new reference).  The compiled Loan and Sample implement the
+ * hot methods; the pure-Python base classes after them in the MRO implement everything, so
+ * the rare paths (errors, early publication, pipelined waits) run the reference code. */
+static PyObject *python_half(PyObject *self, PyTypeObject *base, const char *name) {
+    PyObject *mro = Py_TYPE(self)->tp_mro;
+    Py_ssize_t n = PyTuple_GET_SIZE(mro), i = 0;
+    while (i < n && PyTuple_GET_ITEM(mro, i) != (PyObject *)base) i++;
+    for (i++; i < n; i++) {
+        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        PyObject *attr = dict ? PyDict_GetItemString(dict, name) : NULL;
+        if (attr == NULL) continue;
+        descrgetfunc get = Py_TYPE(attr)->tp_descr_get;
+        if (get != NULL) return get(attr, self, (PyObject *)Py_TYPE(self));
+        Py_INCREF(attr);
+        return attr;
+    }
+    PyErr_Format(PyExc_AttributeError, "no Python implementation of %s", name);
+    return NULL;
+}
+
+static PyObject *call_python_half(PyObject *self, PyTypeObject *base, const char *name,
+                                  PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *bound = python_half(self, base, name);
+    if (bound == NULL) return NULL;
+    PyObject *res = PyObject_Vectorcall(bound, args, nargs, kwnames);
+    Py_DECREF(bound);
+    return res;
+}
+
+static int bump(PyObject *list, Py_ssize_t i, long long by) {
+    PyObject *old = PyList_GET_ITEM(list, i);
+    long long v = PyLong_AsLongLong(old);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    PyObject *nv = PyLong_FromLongLong(v + by);
+    if (nv == NULL) return -1;
+    PyList_SET_ITEM(list, i, nv);
+    Py_DECREF(old);
+    return 0;
+}
+
+static PyObject *s_release;
+
+static int release_view(PyObject **slot) {
+    PyObject *view = *slot;
+    if (view == NULL || view == Py_None) return 0;
+    *slot = NULL;
+    PyObject *res = PyObject_CallMethodNoArgs(view, s_release);
+    Py_DECREF(view);
+    if (res == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_BufferError)) return -1;
+        PyErr_Clear(); /* an export is alive; it keeps the mapping */
+    }
+    Py_XDECREF(res);
+    return 0;
+}
+
 /* ========================================================================================== */
 /* Rec: one descriptor's current message (as sealserve.ipc._ring.Rec).                        */
 
@@ -210,6 +270,12 @@ typedef struct {
     int64_t waiting_words[MAX_SUBSCRIBERS];
     uint64_t rel_cache[256][4];
     uint8_t rel_valid[256];
+    /* bound by the publisher (bind()) for loans made in C: no reference to the publisher */
+    PyObject *lock_acquire; /* the publisher's lock's bound acquire and release */
+    PyObject *lock_release;
+    PyObject *counters;   /* [messages, bytes] of the loan path */
+    PyObject *arena;      /* writable memoryview of the arena */
+    PyTypeObject *loan_type;
 } RingObject;
 
 #define INFL(r, i) ((r)->infl[((r)->infl_head + (i)) & (r)->cmask])
@@ -236,7 +302,16 @@ static void ring_add_live(RingObject *r, int slot) {
     ring_live_changed(r);
 }
 
+static void ring_unbind(RingObject *r) {
+    Py_CLEAR(r->lock_acquire);
+    Py_CLEAR(r->lock_release);
+    Py_CLEAR(r->counters);
+    Py_CLEAR(r->arena);
+    Py_CLEAR(r->loan_type);
+}
+
 static void ring_dealloc(RingObject *r) {
+    ring_unbind(r);
     if (r->has_view) PyBuffer_Release(&r->view);
     if (r->recs != NULL) {
         for (int64_t i = 0; i < r->capacity; i++) Py_XDECREF(r->recs[i]);
@@ -694,6 +769,42 @@ static void ring_advance_c(RingObject *r, int batch) {
     }
 }
 
+/* Give rec its sequence number and publish what can be (as ProducerRing.submit); -1 on a
+ * Python error (a trim callback failed). */
+static int64_t ring_submit_c(RingObject *r, RecObject *rec, long long length, long long flags,
+                             long long progress, int ready, int batch) {
+    int64_t seq = rec->seq = r->next_seq;
+    r->next_seq = seq + 1;
+    rec->length = length;
+    rec->flags = flags;
+    rec->progress = progress;
+    if (progress != length || !ready || r->pend_len) {
+        rec->ready = (char)ready;
+        rec->done = progress == length;
+        if (!ready || r->pend_len) {
+            PEND(r, r->pend_len) = (int32_t)rec->desc;
+            r->pend_len++;
+            ring_advance_c(r, batch);
+            return seq;
+        }
+        ring_publish_c(r, rec);
+        st(&r->w[W_HEAD], (uint64_t)r->head);
+        ring_notify_c(r, batch);
+        return seq;
+    }
+    rec->ready = rec->done = 1;
+    ring_publish_c(r, rec);
+    st(&r->w[W_HEAD], (uint64_t)r->head);
+    ring_notify_c(r, batch);
+    /* Bookkeeping after publication, off the message's critical path. */
+    if (r->infl_len >= RECLAIM_BATCH) {
+        int err;
+        ring_reclaim_c(r, 0, &err);
+        if (err) return -1;
+    }
+    return seq;
+}
+
 static PyObject *ring_submit(RingObject *r, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 5 || nargs > 6) {
         PyErr_SetString(PyExc_TypeError, "submit(rec, length, flags, progress, ready, batch=False)");
@@ -708,35 +819,8 @@ static PyObject *ring_submit(RingObject *r, PyObject *const *args, Py_ssize_t na
     int ready = PyObject_IsTrue(args[4]);
     int batch = nargs > 5 ? PyObject_IsTrue(args[5]) : 0;
     if (ready < 0 || batch < 0) return NULL;
-    int64_t seq = rec->seq = r->next_seq;
-    r->next_seq = seq + 1;
-    rec->length = length;
-    rec->flags = flags;
-    rec->progress = progress;
-    if (progress != length || !ready || r->pend_len) {
-        rec->ready = (char)ready;
-        rec->done = progress == length;
-        if (!ready || r->pend_len) {
-            PEND(r, r->pend_len) = (int32_t)rec->desc;
-            r->pend_len++;
-            ring_advance_c(r, batch);
-            return PyLong_FromLongLong(seq);
-        }
-        ring_publish_c(r, rec);
-        st(&r->w[W_HEAD], (uint64_t)r->head);
-        ring_notify_c(r, batch);
-        return PyLong_FromLongLong(seq);
-    }
-    rec->ready = rec->done = 1;
-    ring_publish_c(r, rec);
-    st(&r->w[W_HEAD], (uint64_t)r->head);
-    ring_notify_c(r, batch);
-    /* Bookkeeping after publication, off the message's critical path. */
-    if (r->infl_len >= RECLAIM_BATCH) {
-        int err;
-        ring_reclaim_c(r, 0, &err);
-        if (err) return NULL;
-    }
+    int64_t seq = ring_submit_c(r, rec, length, flags, progress, ready, batch);
+    if (seq < 0) return NULL;
     return PyLong_FromLongLong(seq);
 }
 
@@ -826,6 +910,7 @@ static PyObject *ring_allocations(RingObject *r, PyObject *unused) {
 }
 
 static PyObject *ring_close(RingObject *r, PyObject *unused) {
+    ring_unbind(r);
     if (r->has_view) {
         PyBuffer_Release(&r->view);
         r->has_view = 0;
@@ -891,6 +976,15 @@ static PyMemberDef ring_members[] = {
     {"live_mask", T_LONGLONG, offsetof(RingObject, live_mask), READONLY, NULL},
     {NULL}};
 
+static PyObject *ring_bind(RingObject *r, PyObject *const *args, Py_ssize_t nargs);
+
+static PyObject *ring_unbind_method(RingObject *r, PyObject *unused) {
+    ring_unbind(r);
+    Py_RETURN_NONE;
+}
+static PyObject *ring_lend(RingObject *r, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *ring_adopt(RingObject *r, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef ring_methods[] = {
     {"attach", (PyCFunction)(void (*)(void))ring_attach, METH_VARARGS | METH_KEYWORDS, NULL},
     {"drop", (PyCFunction)ring_drop, METH_O, NULL},
@@ -908,6 +1002,11 @@ static PyMethodDef ring_methods[] = {
     {"reclaim", (PyCFunction)(void (*)(void))ring_reclaim, METH_VARARGS | METH_KEYWORDS, NULL},
     {"allocations", (PyCFunction)ring_allocations, METH_NOARGS, NULL},
     {"close", (PyCFunction)ring_close, METH_NOARGS, "Give the segment's mapping back."},
+    {"bind", (PyCFunction)(void (*)(void))ring_bind, METH_FASTCALL, NULL},
+    {"unbind", (PyCFunction)ring_unbind_method, METH_NOARGS,
+     "Stop lending and committing in C (the publisher closed or failed)."},
+    {"lend", (PyCFunction)(void (*)(void))ring_lend, METH_FASTCALL, NULL},
+    {"adopt", (PyCFunction)(void (*)(void))ring_adopt, METH_FASTCALL, NULL},
     {NULL}};
 
 static PyTypeObject RingType = {
@@ -922,6 +1021,244 @@ static PyTypeObject RingType = {
     .tp_members = ring_members,
     .tp_getset = ring_getset,
 };
+
+
+/* ========================================================================================== */
+/* LoanBase: the storage and hot methods of a loan (view, commit, the with block).           */
+
+#define LOAN_OPEN 0
+#define LOAN_PUBLISHED 1
+#define LOAN_COMMITTED 2
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *pub;
+    PyObject *rec;
+    RingObject *ring;
+    char batch;
+    long long nbytes;
+    int state;
+    PyObject *view;
+} LoanObject;
+
+static PyTypeObject LoanType;
+
+static void loan_dealloc(LoanObject *l) {
+    Py_XDECREF(l->pub);
+    Py_XDECREF(l->rec);
+    Py_XDECREF(l->ring);
+    Py_XDECREF(l->view);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static PyObject *loan_get_view(LoanObject *l, void *closure) {
+    if (l->state > LOAN_PUBLISHED || l->ring == NULL || l->ring->arena == NULL) {
+        PyObject *prop = python_half((PyObject *)l, &LoanType, "view");
+        return prop; /* the Python property raised, or returned the view */
+    }
+    if (l->view != NULL && l->view != Py_None) {
+        Py_INCREF(l->view);
+        return l->view;
+    }
+    long long off = ((RecObject *)l->rec)->offset;
+    PyObject *view = PySequence_GetSlice(l->ring->arena, off, off + l->nbytes);
+    if (view == NULL) return NULL;
+    Py_XSETREF(l->view, view);
+    Py_INCREF(view);
+    return view;
+}
+
+static int loan_set_view(LoanObject *l, PyObject *value, void *closure) {
+    Py_XINCREF(value);
+    Py_XSETREF(l->view, value);
+    return 0;
+}
+
+static PyObject *loan_commit(LoanObject *l, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    RingObject *r = l->ring;
+    int fast = l->state == LOAN_OPEN && r != NULL && r->lock_acquire != NULL && r->base != NULL &&
+               kwnames == NULL && (nargs == 0 || (nargs == 1 && args[0] == Py_None));
+    if (!fast) return call_python_half((PyObject *)l, &LoanType, "commit", args, nargs, kwnames);
+    /* Our own references: unbind() (the publisher closing or failing, under this lock) may
+     * drop the ring's while we wait for the lock. */
+    PyObject *acquire = r->lock_acquire, *release = r->lock_release;
+    Py_INCREF(acquire);
+    Py_INCREF(release);
+    PyObject *got = PyObject_CallNoArgs(acquire);
+    Py_DECREF(acquire);
+    if (got == NULL) {
+        Py_DECREF(release);
+        return NULL;
+    }
+    Py_DECREF(got);
+    /* Still bound once we hold the lock: the publisher is open and has not failed. */
+    int usable = r->lock_acquire != NULL && r->base != NULL;
+    int64_t seq = -1;
+    if (usable) seq = ring_submit_c(r, (RecObject *)l->rec, l->nbytes, 0, l->nbytes, 1, l->batch);
+    PyObject *etype, *evalue, *etb;
+    PyErr_Fetch(&etype, &evalue, &etb);
+    PyObject *rel = PyObject_CallNoArgs(release);
+    Py_DECREF(release);
+    if (etype != NULL) {
+        Py_XDECREF(rel);
+        PyErr_Restore(etype, evalue, etb);
+        return NULL;
+    }
+    if (rel == NULL) return NULL;
+    Py_DECREF(rel);
+    if (!usable) /* closed or broken: the Python half raises the right error */
+        return call_python_half((PyObject *)l, &LoanType, "commit", args, nargs, kwnames);
+    if (seq < 0) return NULL;
+    if (bump(r->counters, 0, 1) < 0 || bump(r->counters, 1, l->nbytes) < 0) return NULL;
+    l->state = LOAN_COMMITTED;
+    if (release_view(&l->view) < 0) return NULL; /* writes through it would land in a message */
+    return PyLong_FromLongLong(seq);
+}
+
+static PyObject *loan_enter(PyObject *self, PyObject *unused) {
+    Py_INCREF(self);
+    return self;
+}
+
+static PyObject *loan_exit(LoanObject *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (l->state == LOAN_OPEN && nargs >= 1 && args[0] == Py_None) {
+        PyObject *seq = loan_commit(l, NULL, 0, NULL);
+        if (seq == NULL) return NULL;
+        Py_DECREF(seq);
+        Py_RETURN_NONE;
+    }
+    return call_python_half((PyObject *)l, &LoanType, "__exit__", args, nargs, NULL);
+}
+
+static PyMemberDef loan_members[] = {
+    {"_pub", T_OBJECT, offsetof(LoanObject, pub), READONLY, NULL},
+    {"_rec", T_OBJECT, offsetof(LoanObject, rec), READONLY, NULL},
+    {"_batch", T_BOOL, offsetof(LoanObject, batch), READONLY, NULL},
+    {"nbytes", T_LONGLONG, offsetof(LoanObject, nbytes), READONLY, NULL},
+    {"_state", T_INT, offsetof(LoanObject, state), 0, NULL},
+    {NULL}};
+
+static PyObject *loan_get_private_view(LoanObject *l, void *closure) {
+    PyObject *v = l->view ? l->view : Py_None;
+    Py_INCREF(v);
+    return v;
+}
+
+static PyGetSetDef loan_getset[] = {
+    {"view", (getter)loan_get_view, NULL, "The writable shared memory of this loan.", NULL},
+    {"_view", (getter)loan_get_private_view, (setter)loan_set_view, NULL, NULL},
+    {NULL}};
+
+static PyMethodDef loan_methods[] = {
+    {"commit", (PyCFunction)(void (*)(void))loan_commit, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"__enter__", (PyCFunction)loan_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))loan_exit, METH_FASTCALL, NULL},
+    {NULL}};
+
+static PyTypeObject LoanType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sealserve.ipc._ringcore.LoanBase",
+    .tp_basicsize = sizeof(LoanObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The storage and hot methods of a loan; sealserve.ipc.Loan has the rest.",
+    .tp_dealloc = (destructor)loan_dealloc,
+    .tp_methods = loan_methods,
+    .tp_members = loan_members,
+    .tp_getset = loan_getset,
+};
+
+/* bind(lock, counters, arena, loan_type): what loans made in C need from the publisher. */
+static PyObject *ring_bind(RingObject *r, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "bind(lock, counters, arena, loan_type)");
+        return NULL;
+    }
+    if (!PyList_Check(args[1]) || PyList_GET_SIZE(args[1]) < 2) {
+        PyErr_SetString(PyExc_TypeError, "counters must be a list [messages, bytes]");
+        return NULL;
+    }
+    if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &LoanType)) {
+        PyErr_SetString(PyExc_TypeError, "loan_type must be a subclass of LoanBase");
+        return NULL;
+    }
+    PyObject *acquire = PyObject_GetAttrString(args[0], "acquire");
+    PyObject *release = acquire ? PyObject_GetAttrString(args[0], "release") : NULL;
+    if (release == NULL) {
+        Py_XDECREF(acquire);
+        return NULL;
+    }
+    ring_unbind(r);
+    r->lock_acquire = acquire;
+    r->lock_release = release;
+    Py_INCREF(args[1]);
+    r->counters = args[1];
+    Py_INCREF(args[2]);
+    r->arena = args[2];
+    Py_INCREF(args[3]);
+    r->loan_type = (PyTypeObject *)args[3];
+    Py_RETURN_NONE;
+}
+
+static PyObject *make_loan(RingObject *r, PyObject *pub, RecObject *rec, int batch) {
+    LoanObject *l = (LoanObject *)r->loan_type->tp_alloc(r->loan_type, 0);
+    if (l == NULL) return NULL;
+    Py_INCREF(pub);
+    l->pub = pub;
+    Py_INCREF(rec);
+    l->rec = (PyObject *)rec;
+    Py_INCREF(r);
+    l->ring = r;
+    l->batch = (char)batch;
+    l->nbytes = rec->nbytes;
+    l->state = LOAN_OPEN;
+    l->view = NULL;
+    return (PyObject *)l;
+}
+
+/* adopt(pub, rec, batch) -> a loan of the bound type for a record allocated already. */
+static PyObject *ring_adopt(RingObject *r, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "adopt(pub, rec, batch)");
+        return NULL;
+    }
+    RecObject *rec = as_rec(r, args[1]);
+    if (rec == NULL || ring_check(r) < 0) return NULL;
+    int batch = PyObject_IsTrue(args[2]);
+    if (batch < 0) return NULL;
+    if (r->loan_type == NULL || r->lock_acquire == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() the ring before lending");
+        return NULL;
+    }
+    return make_loan(r, args[0], rec, batch);
+}
+
+/* lend(pub, nbytes, batch) -> a loan of the bound type, or None when there is no room.  The
+ * caller holds the publisher's lock (as for allocate). */
+static PyObject *ring_lend(RingObject *r, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "lend(pub, nbytes, batch)");
+        return NULL;
+    }
+    if (ring_check(r) < 0) return NULL;
+    if (r->loan_type == NULL || r->lock_acquire == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() the ring before lending");
+        return NULL;
+    }
+    long long nbytes = PyLong_AsLongLong(args[1]);
+    if (nbytes == -1 && PyErr_Occurred()) return NULL;
+    int batch = PyObject_IsTrue(args[2]);
+    if (batch < 0) return NULL;
+    if (nbytes < 0) {
+        PyErr_Format(PyExc_ValueError, "nbytes must be >= 0, got %lld", nbytes);
+        return NULL;
+    }
+    int err;
+    RecObject *rec = ring_allocate_c(r, nbytes, &err);
+    if (err) return NULL;
+    if (rec == NULL) Py_RETURN_NONE;
+    PyObject *l = make_loan(r, args[0], rec, batch);
+    if (l == NULL) ring_give_back(r, rec);
+    return l;
+}
 
 /* ========================================================================================== */
 /* Reader: the consumer's reads of one segment (as sealserve.ipc._subscriber.Subscriber).    */
@@ -941,7 +1278,29 @@ typedef struct {
     long long cursor;
     int spinning;          /* spins under way without the GIL: the mapping must stay */
     volatile int closing;  /* close() was called during a spin; the last spin lets go */
+    /* bound by the subscriber (bind()) for samples made in C: no reference to it */
+    PyObject *ro;          /* read-only memoryview of the arena */
+    PyObject *received;    /* [messages, bytes] of the subscriber's counters */
+    PyTypeObject *sample_type;
+    long long held;        /* samples made here and not yet released */
+    long long wakeups;     /* wake-ups of a producer waiting for room */
 } ReaderObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *sub;
+    ReaderObject *reader;
+    long long seq;
+    long long desc;
+    long long mark;
+    long long offset;
+    long long nbytes;
+    char complete;
+    char released;
+} SampleObject;
+
+static PyTypeObject SampleType;
+
 
 /* What next() found (the first element of its tuple). */
 #define NEXT_MESSAGE 0
@@ -958,7 +1317,14 @@ static int reader_check(ReaderObject *r) {
     return 0;
 }
 
+static void reader_unbind(ReaderObject *r) {
+    Py_CLEAR(r->ro);
+    Py_CLEAR(r->received);
+    Py_CLEAR(r->sample_type);
+}
+
 static void reader_dealloc(ReaderObject *r) {
+    reader_unbind(r);
     if (r->has_view) PyBuffer_Release(&r->view);
     Py_XDECREF(r->segment);
     Py_TYPE(r)->tp_free((PyObject *)r);
@@ -1009,8 +1375,36 @@ static int reader_init(ReaderObject *r, PyObject *args, PyObject *kwds) {
  * error kind: a corrupt queue entry or tag (the cursor stays), or a descriptor pointing
  * outside the arena (the cursor moved on), as the pure-Python subscriber does.  Messages
  * published before this subscriber attached are skipped here. */
-static PyObject *reader_next(ReaderObject *r, PyObject *unused) {
+static PyObject *make_sample(ReaderObject *r, PyObject *sub, int64_t seq, uint64_t desc, int mark,
+                             uint64_t offset, uint64_t length, uint64_t progress) {
+    SampleObject *smp = (SampleObject *)r->sample_type->tp_alloc(r->sample_type, 0);
+    if (smp == NULL) return NULL;
+    Py_INCREF(sub);
+    smp->sub = sub;
+    Py_INCREF(r);
+    smp->reader = r;
+    smp->seq = seq;
+    smp->desc = (long long)desc;
+    smp->mark = mark;
+    smp->offset = (long long)offset;
+    smp->nbytes = (long long)length;
+    smp->complete = progress == length;
+    smp->released = 0;
+    r->held++;
+    if (bump(r->received, 0, 1) < 0 || bump(r->received, 1, (long long)length) < 0) {
+        Py_DECREF(smp);
+        return NULL;
+    }
+    return (PyObject *)smp;
+}
+
+static PyObject *reader_next(ReaderObject *r, PyObject *const *args, Py_ssize_t nargs) {
     if (reader_check(r) < 0) return NULL;
+    PyObject *sub = nargs > 0 ? args[0] : NULL;
+    if (sub != NULL && r->sample_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() the reader before taking samples");
+        return NULL;
+    }
     for (;;) {
         int64_t seq = r->cursor;
         if ((int64_t)ld(&r->w[W_HEAD]) <= seq) Py_RETURN_NONE;
@@ -1034,6 +1428,7 @@ static PyObject *reader_next(ReaderObject *r, PyObject *unused) {
         if (offset > (uint64_t)r->asize || length > (uint64_t)r->asize - offset || progress > length) {
             return Py_BuildValue("(iLKiLLL)", NEXT_OUTSIDE, (long long)seq, (unsigned long long)desc, 0, 0LL, 0LL, 0LL);
         }
+        if (sub != NULL) return make_sample(r, sub, seq, desc, mark, offset, length, progress);
         return Py_BuildValue("(iLKiLLL)", NEXT_MESSAGE, (long long)seq, (unsigned long long)desc, mark,
                              (long long)offset, (long long)length, (long long)progress);
     }
@@ -1067,7 +1462,10 @@ static PyObject *reader_release(ReaderObject *r, PyObject *const *args, Py_ssize
     __atomic_store_n(&b[r->mark_base + desc * 64], (uint8_t)mark, __ATOMIC_RELEASE);
     fence();
     uint64_t want = ld(&r->w[W_SPACE_WANT]);
-    if (want && (uint64_t)seq + 1 >= want) return PyBool_FromLong(reader_wake_producer(r));
+    if (want && (uint64_t)seq + 1 >= want) {
+        r->wakeups += reader_wake_producer(r);
+        Py_RETURN_TRUE;
+    }
     Py_RETURN_FALSE;
 }
 
@@ -1134,6 +1532,7 @@ static PyObject *reader_spin(ReaderObject *r, PyObject *const *args, Py_ssize_t 
 }
 
 static PyObject *reader_close(ReaderObject *r, PyObject *unused) {
+    reader_unbind(r);
     r->base = NULL;
     r->w = NULL;
     if (r->spinning) {
@@ -1145,13 +1544,42 @@ static PyObject *reader_close(ReaderObject *r, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* bind(ro, received, sample_type): what samples made in C need from the subscriber. */
+static PyObject *reader_bind(ReaderObject *r, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "bind(ro, received, sample_type)");
+        return NULL;
+    }
+    if (!PyList_Check(args[1]) || PyList_GET_SIZE(args[1]) < 2) {
+        PyErr_SetString(PyExc_TypeError, "received must be a list [messages, bytes]");
+        return NULL;
+    }
+    if (!PyType_Check(args[2]) || !PyType_IsSubtype((PyTypeObject *)args[2], &SampleType)) {
+        PyErr_SetString(PyExc_TypeError, "sample_type must be a subclass of SampleBase");
+        return NULL;
+    }
+    reader_unbind(r);
+    Py_INCREF(args[0]);
+    r->ro = args[0];
+    Py_INCREF(args[1]);
+    r->received = args[1];
+    Py_INCREF(args[2]);
+    r->sample_type = (PyTypeObject *)args[2];
+    Py_RETURN_NONE;
+}
+
 static PyMemberDef reader_members[] = {
     {"cursor", T_LONGLONG, offsetof(ReaderObject, cursor), 0, "The next sequence number to read."},
     {"slot", T_INT, offsetof(ReaderObject, slot), READONLY, NULL},
+    {"held", T_LONGLONG, offsetof(ReaderObject, held), READONLY, "Samples not yet released."},
+    {"wakeups", T_LONGLONG, offsetof(ReaderObject, wakeups), READONLY, "Producer wake-ups sent."},
     {NULL}};
 
+static PyObject *reader_bind(ReaderObject *r, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef reader_methods[] = {
-    {"next", (PyCFunction)reader_next, METH_NOARGS, NULL},
+    {"next", (PyCFunction)(void (*)(void))reader_next, METH_FASTCALL, NULL},
+    {"bind", (PyCFunction)(void (*)(void))reader_bind, METH_FASTCALL, NULL},
     {"release", (PyCFunction)(void (*)(void))reader_release, METH_FASTCALL, NULL},
     {"progress", (PyCFunction)(void (*)(void))reader_progress, METH_FASTCALL, NULL},
     {"spin", (PyCFunction)(void (*)(void))reader_spin, METH_FASTCALL, NULL},
@@ -1168,6 +1596,84 @@ static PyTypeObject ReaderType = {
     .tp_dealloc = (destructor)reader_dealloc,
     .tp_methods = reader_methods,
     .tp_members = reader_members,
+};
+
+
+/* ========================================================================================== */
+/* SampleBase: the storage and hot methods of a sample (view, release, the with block).      */
+
+
+static void sample_dealloc(SampleObject *smp) {
+    Py_XDECREF(smp->sub);
+    Py_XDECREF(smp->reader);
+    Py_TYPE(smp)->tp_free((PyObject *)smp);
+}
+
+static PyObject *sample_get_view(SampleObject *smp, void *closure) {
+    ReaderObject *r = smp->reader;
+    if (smp->released || !smp->complete || r == NULL || r->base == NULL || r->ro == NULL)
+        return python_half((PyObject *)smp, &SampleType, "view");
+    return PySequence_GetSlice(r->ro, smp->offset, smp->offset + smp->nbytes);
+}
+
+static int reader_wake_producer(ReaderObject *r);
+
+static PyObject *sample_release(SampleObject *smp, PyObject *unused) {
+    if (smp->released) Py_RETURN_NONE;
+    smp->released = 1;
+    ReaderObject *r = smp->reader;
+    if (r == NULL || r->base == NULL) Py_RETURN_NONE; /* the subscriber closed */
+    r->held--;
+    volatile uint8_t *b = (volatile uint8_t *)r->base;
+    __atomic_store_n(&b[r->mark_base + smp->desc * 64], (uint8_t)smp->mark, __ATOMIC_RELEASE);
+    fence();
+    uint64_t want = ld(&r->w[W_SPACE_WANT]);
+    if (want && (uint64_t)smp->seq + 1 >= want) r->wakeups += reader_wake_producer(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sample_enter(PyObject *self, PyObject *unused) {
+    Py_INCREF(self);
+    return self;
+}
+
+static PyObject *sample_exit(SampleObject *smp, PyObject *const *args, Py_ssize_t nargs) {
+    return sample_release(smp, NULL);
+}
+
+static PyObject *sample_get_released(SampleObject *smp, void *closure) { return PyBool_FromLong(smp->released); }
+
+static PyMemberDef sample_members[] = {
+    {"_sub", T_OBJECT, offsetof(SampleObject, sub), READONLY, NULL},
+    {"seq", T_LONGLONG, offsetof(SampleObject, seq), READONLY, NULL},
+    {"_desc", T_LONGLONG, offsetof(SampleObject, desc), READONLY, NULL},
+    {"_mark", T_LONGLONG, offsetof(SampleObject, mark), READONLY, NULL},
+    {"_offset", T_LONGLONG, offsetof(SampleObject, offset), READONLY, NULL},
+    {"nbytes", T_LONGLONG, offsetof(SampleObject, nbytes), READONLY, NULL},
+    {"_complete", T_BOOL, offsetof(SampleObject, complete), 0, NULL},
+    {"_released", T_BOOL, offsetof(SampleObject, released), 0, NULL},
+    {NULL}};
+
+static PyGetSetDef sample_getset[] = {
+    {"view", (getter)sample_get_view, NULL, "The payload as a read-only memoryview.", NULL},
+    {"released", (getter)sample_get_released, NULL, NULL, NULL},
+    {NULL}};
+
+static PyMethodDef sample_methods[] = {
+    {"release", (PyCFunction)sample_release, METH_NOARGS, "Hand the slot back to the producer."},
+    {"__enter__", (PyCFunction)sample_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))sample_exit, METH_FASTCALL, NULL},
+    {NULL}};
+
+static PyTypeObject SampleType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sealserve.ipc._ringcore.SampleBase",
+    .tp_basicsize = sizeof(SampleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The storage and hot methods of a sample; sealserve.ipc.Sample has the rest.",
+    .tp_dealloc = (destructor)sample_dealloc,
+    .tp_methods = sample_methods,
+    .tp_members = sample_members,
+    .tp_getset = sample_getset,
 };
 
 /* ========================================================================================== */
@@ -1237,8 +1743,11 @@ static struct PyModuleDef ringcore_module = {
     "The compiled hot path of sealserve.ipc channels (see _ringcore.c).", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__ringcore(void) {
-    if (PyType_Ready(&RecType) < 0 || PyType_Ready(&RingType) < 0 || PyType_Ready(&ReaderType) < 0)
+    if (PyType_Ready(&RecType) < 0 || PyType_Ready(&RingType) < 0 || PyType_Ready(&ReaderType) < 0 ||
+        PyType_Ready(&LoanType) < 0 || PyType_Ready(&SampleType) < 0)
         return NULL;
+    s_release = PyUnicode_InternFromString("release");
+    if (s_release == NULL) return NULL;
     PyObject *m = PyModule_Create(&ringcore_module);
     if (m == NULL) return NULL;
     Py_INCREF(&RecType);
@@ -1246,7 +1755,9 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     Py_INCREF(&ReaderType);
     if (PyModule_AddObject(m, "Rec", (PyObject *)&RecType) < 0 ||
         PyModule_AddObject(m, "ProducerRing", (PyObject *)&RingType) < 0 ||
-        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "LoanBase", (PyObject *)&LoanType) < 0 ||
+        PyModule_AddObjectRef(m, "SampleBase", (PyObject *)&SampleType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

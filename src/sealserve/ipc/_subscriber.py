@@ -64,26 +64,21 @@ class Sample:
     for all of it, ``chunks()`` yields it piece by piece as it lands.
     """
 
-    __slots__ = ("_complete", "_desc", "_mark", "_offset", "_released", "_sub", "nbytes", "seq")
-
-    def __init__(
-        self,
-        sub: Subscriber,
-        seq: int,
-        desc: int,
-        mark: int,
-        offset: int,
-        nbytes: int,
-        complete: bool,
-    ) -> None:
-        self._sub = sub
-        self.seq = seq
-        self._desc = desc
-        self._mark = mark
-        self._offset = offset
-        self.nbytes = nbytes
-        self._complete = complete
-        self._released = False
+    # Everything is implemented here; the storage is the subclasses': _PySample on the
+    # pure-Python core, _CompiledSample on the compiled one (whose C base overrides ``view``,
+    # ``release`` and the with block, and falls back on these for the rare paths).
+    if TYPE_CHECKING:  # what the subclasses store
+        __slots__ = ("_complete", "_desc", "_mark", "_offset", "_released", "_sub", "nbytes", "seq")
+    else:
+        __slots__ = ()
+    _sub: Subscriber
+    seq: int
+    _desc: int
+    _mark: int
+    _offset: int
+    nbytes: int
+    _complete: bool
+    _released: bool
 
     def _check(self) -> None:
         if self._released or self._sub._closed:
@@ -199,11 +194,6 @@ class Sample:
         if sub._closed:
             return
         sub._held -= 1
-        reader = sub._reader
-        if reader is not None:  # the compiled core: mark, fence, wake a waiting producer
-            if reader.release(self._desc, self._mark, self.seq):
-                sub._counters.wakeups_sent += 1
-            return
         sub._b[sub._mark_base + self._desc * 64] = self._mark
         _FENCE_ACQUIRE()  # a full fence without a Python-level call
         _FENCE_RELEASE()
@@ -224,6 +214,47 @@ class Sample:
     def __repr__(self) -> str:
         state = "released" if self._released else "held"
         return f"Sample(seq={self.seq}, nbytes={self.nbytes}, {state})"
+
+
+class _PySample(Sample):
+    """A sample of the pure-Python core."""
+
+    __slots__ = ("_complete", "_desc", "_mark", "_offset", "_released", "_sub", "nbytes", "seq")
+
+    def __init__(
+        self,
+        sub: Subscriber,
+        seq: int,
+        desc: int,
+        mark: int,
+        offset: int,
+        nbytes: int,
+        complete: bool,
+    ) -> None:
+        self._sub = sub
+        self.seq = seq
+        self._desc = desc
+        self._mark = mark
+        self._offset = offset
+        self.nbytes = nbytes
+        self._complete = complete
+        self._released = False
+
+
+def _compiled_sample_type() -> type[Sample] | None:
+    compiled = _core.compiled()
+    if compiled is None:  # pragma: no cover - built without a compiler
+        return None
+
+    class _CompiledSample(compiled.SampleBase, Sample):  # type: ignore[misc,name-defined]
+        """A sample of the compiled core: C storage and hot methods, ``Sample``'s for the rest."""
+
+        __slots__ = ()
+
+    return _CompiledSample
+
+
+_CompiledSample = _compiled_sample_type()
 
 
 class Subscriber:
@@ -276,6 +307,9 @@ class Subscriber:
         self._cursor = w[self._cw + W.C_START]
         #: The compiled core's reads of this slot (``None`` on the pure-Python core).
         self._reader = _core.reader(seg, slot, self._cursor)
+        self._reader_wakeups = 0  # the reader's wake-ups already added to the counters
+        if self._reader is not None and _CompiledSample is not None:
+            self._reader.bind(self._ro, self._c_received, _CompiledSample)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -292,7 +326,10 @@ class Subscriber:
             raise ChannelClosed(f"subscriber of channel {self.name!r} is closed")
         reader = self._reader
         if reader is not None:
-            return self._receive_compiled(reader, timeout, qos)
+            got = reader.next(self)  # the compiled core makes the sample itself
+            if got is not None and type(got) is not tuple:
+                return got  # type: ignore[no-any-return]
+            return self._receive_compiled(reader, got, timeout, qos)
         w = self._w
         deadline: float | None = None
         while True:
@@ -332,30 +369,25 @@ class Subscriber:
             c = self._c_received
             c[0] += 1
             c[1] += length
-            return Sample(self, seq, desc, mark, offset, length, progress == length)
+            return _PySample(self, seq, desc, mark, offset, length, progress == length)
 
     def _receive_compiled(
-        self, reader: Any, timeout: float | None, qos: QoS | str | None
+        self, reader: Any, got: Any, timeout: float | None, qos: QoS | str | None
     ) -> Sample | None:
-        """``receive`` on the compiled core: the same checks, made in C."""
+        """``receive`` on the compiled core once the first look found no message (``got``)."""
         deadline: float | None = None
         while True:
-            got = reader.next()
             if got is None:
                 if deadline is None and timeout is not None:
                     deadline = self._clock.monotonic() + timeout
                 if not self._wait_data(reader.cursor, deadline, qos):
                     return None
-                continue
-            kind, seq, desc, mark, offset, length, progress = got
-            if kind:
+            elif type(got) is tuple:
+                kind, seq, desc, mark, _, _, _ = got
                 self._refuse(kind, seq, desc, mark)
-                continue
-            self._held += 1
-            c = self._c_received
-            c[0] += 1
-            c[1] += length
-            return Sample(self, seq, desc, mark, offset, length, progress == length)
+            else:
+                return got  # type: ignore[no-any-return]
+            got = reader.next(self)
 
     def _refuse(self, kind: int, seq: int, value: int, mark: int) -> None:
         """What the compiled reader found instead of a message (``next()``'s first field)."""
@@ -542,7 +574,8 @@ class Subscriber:
     @property
     def held(self) -> int:
         """Samples received and not yet released."""
-        return self._held
+        reader = self._reader
+        return self._held + (reader.held if reader is not None else 0)
 
     @property
     def closed(self) -> bool:
@@ -550,6 +583,11 @@ class Subscriber:
 
     @property
     def counters(self) -> Counters:
+        reader = self._reader
+        if reader is not None:  # wake-ups the compiled release sent
+            sent = reader.wakeups
+            self._counters.wakeups_sent += sent - self._reader_wakeups
+            self._reader_wakeups = sent
         return self._counters
 
     def stats(self) -> ChannelStats:
@@ -557,7 +595,7 @@ class Subscriber:
         cursor = self._cursor if self._reader is None else self._reader.cursor
         pending = 0 if self._closed else int(self._w[W.HEAD] - cursor)
         return snapshot(
-            self._counters,
+            self.counters,
             channel=self.name,
             role="subscriber",
             closed=self._closed,
@@ -580,7 +618,7 @@ class Subscriber:
         _sys.full_fence()
         if w[W.SPACE_WANT]:
             self._wake_producer()
-        with_held = self._held
+        with_held = self.held
         if with_held:
             _log.event("ipc.subscriber.closed_holding", channel=self.name, held=with_held)
         # Let go of our views of the arena so that the segment can unmap when it closes.

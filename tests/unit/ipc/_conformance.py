@@ -27,9 +27,11 @@ from sealserve.ipc import (
     ChannelOptions,
     Connection,
     CopyEngine,
+    Loan,
     Path,
     Publisher,
     QoS,
+    Sample,
     Scheduler,
     Subscriber,
     ThreadEngine,
@@ -130,6 +132,47 @@ class ConformanceSuite:
         stats = pub.stats()
         assert stats.by_path["loan"] == {"messages": 1, "bytes": 4096}
         assert "inline" not in stats.by_path
+
+    def test_a_loan_and_a_sample_keep_their_contract_on_every_core(self, backend: Backend) -> None:
+        pub, sub = backend.pair(SMALL)
+        loan = pub.loan(64)
+        assert isinstance(loan, Loan)
+        view = loan.view
+        assert loan.view is view  # one view per loan
+        view[:] = bytes(range(64))
+        assert loan.state == "open"
+        loan.commit()
+        assert loan.state == "committed"
+        with pytest.raises(ValueError, match="released"):
+            view[0] = 1  # the view went with the commit: no write lands in a published message
+        with pytest.raises(IPCError, match="committed"):
+            _ = loan.view
+        with pytest.raises(IPCError, match="committed"):
+            loan.commit()
+        with pytest.raises(RuntimeError, match="boom"), pub.loan(64) as failed:
+            raise RuntimeError("boom")
+        assert failed.state == "discarded"  # an error in the with block discards
+        with pub.loan(8) as ok:
+            ok.view[:] = b"in place"
+        assert ok.state == "committed"
+        sample = sub.receive(timeout=1.0)
+        assert isinstance(sample, Sample)
+        assert (sample.seq, sample.nbytes, bytes(sample.view)) == (0, 64, bytes(range(64)))
+        assert sub.held == 1
+        with sample:
+            pass
+        assert sample.released
+        assert sub.held == 0
+        sample.release()  # idempotent
+        second = sub.receive(timeout=1.0)
+        assert second is not None
+        assert bytes(second.view) == b"in place"
+        assert repr(second) == "Sample(seq=1, nbytes=8, held)"
+        pending = pub.loan(16)
+        pub.close()
+        with pytest.raises(ChannelClosed):
+            pending.commit()  # a loan outliving its publisher is refused, not published
+        second.release()
 
     def test_loan_commits_a_shorter_message_and_send_of_a_loan_elides_the_copy(
         self, backend: Backend
