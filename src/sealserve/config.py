@@ -56,6 +56,9 @@ class KeyServiceSettings:
     challenge_ttl_s: float = 60.0
     release_ttl_s: float = 300.0
     replay_window_s: float = 300.0
+    #: How long a runtime may use released keys without a revocation poll confirming that no
+    #: revocation touched them: the revocation latency (seconds).
+    revocation_check_s: float = 5.0
     max_body_bytes: int = 1 << 20
     #: Signed requests per principal (and GET /v1/attestation per client address).
     rate_limit_per_s: float = 200.0
@@ -71,6 +74,9 @@ class KeyServiceSettings:
     #: Releases per attested runtime key (charged once its evidence verified).
     runtime_releases_per_s: float = 50.0
     runtime_release_burst: int = 200
+    #: Revocation polls per attested runtime key.
+    runtime_polls_per_s: float = 10.0
+    runtime_poll_burst: int = 20
     #: Accept SEV-SNP reports and Azure CVMs (chained to AMD's ARKs, pinned in the code).
     accept_snp: bool = True
     #: ``PRODUCT=SHA256`` pins of other ARKs, comma-separated, instead of AMD's (tests only).
@@ -99,10 +105,12 @@ class KeyServiceSettings:
             "challenge_ttl_s",
             "release_ttl_s",
             "replay_window_s",
+            "revocation_check_s",
             "rate_limit_per_s",
             "revocations_per_s",
             "registrations_per_s",
             "runtime_releases_per_s",
+            "runtime_polls_per_s",
         ):
             _check_positive(f"keyservice.{name}", getattr(self, name))
         for name in (
@@ -112,6 +120,7 @@ class KeyServiceSettings:
             "revocation_burst",
             "registration_burst",
             "runtime_release_burst",
+            "runtime_poll_burst",
         ):
             _check_positive(f"keyservice.{name}", getattr(self, name))
 

@@ -38,7 +38,8 @@ _BATCH = 8
 
 
 def measure_steps(root: Path, *, count: int = 300) -> dict[str, dict[str, float]]:
-    """``{"server": {step: us}, "client": {step: us}}`` per release, measured in ``root``."""
+    """``{"server": {step: us}, "client": {step: us}}`` per release, measured in ``root``, and
+    ``{"poll": {"answer_poll": us}}``: the server's CPU per revocation poll, in process."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count!r}")
     root.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,7 @@ async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
     from sealserve.protocol import (
         AttestedKeyService,
         ReleaseSession,
+        RevocationPoll,
         join_model_id,
         parse_challenge,
         wire,
@@ -70,7 +72,8 @@ async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
                 "keyservice", rd
             ).to_bytes(),
             verifier=EvidenceVerifier(trust=platform.trust_anchors()),
-            settings=KeyServiceSettings(),
+            # Polls of one runtime key, as fast as they come: no budget in the way.
+            settings=KeyServiceSettings(runtime_polls_per_s=1e9, runtime_poll_burst=10**9),
         )
         owner, user = Identity.generate(), Identity.generate()
         o = PrincipalRow(owner.principal_id, owner.public_key_bytes, "owner")
@@ -121,7 +124,13 @@ async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
 
         challenges = _timed(server, "issue_challenge", count, service.challenge)
         answers = [
-            wire.canonical_json({"nonce": wire.b64encode(c.nonce), "expires_at": c.expires_at})
+            wire.canonical_json(
+                {
+                    "nonce": wire.b64encode(c.nonce),
+                    "expires_at": c.expires_at,
+                    "ttl_s": service.settings.challenge_ttl_s,
+                }
+            )
             for c in challenges
         ]
         nonces = _timed_each(client, "parse_challenge", answers, parse_challenge)
@@ -151,9 +160,7 @@ async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
             list(zip(requests, verified, records, strict=True)),
             lambda rvr: releaser.decide(rvr[0], rvr[1], rvr[2][0], rvr[2][1]),
         )
-        encoded = _timed_each(
-            server, "encode_response", decided, lambda d: wire.canonical_json(d[0])
-        )
+        encoded = _timed_each(server, "encode_response", decided, lambda d: d[0].to_json())
         claims = [
             Claim(nonce=r.nonce, expires_at=float(e or 0.0), entries=tuple(d[1]))
             for r, e, d in zip(requests, expiries, decided, strict=True)
@@ -169,9 +176,21 @@ async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
             list(zip(encoded, nonces, strict=True)),
             lambda bn: session.open(bn[0], nonce=bn[1]),
         )
+        # A revocation poll (issue 10, item 9): not a release step, its own cost, to compare.
+        key_id = wire.fingerprint(session.public_key)
+        session_key = SymmetricKey.from_bytes(service.session_key(key_id))
+        polls = [
+            RevocationPoll(session_key=session_key, runtime_key_id=key_id, since=0).body()
+            for _ in range(count)
+        ]
+        started = time.thread_time()
+        for body in polls:
+            await service.revocations(body)
+        poll = {"answer_poll": (time.thread_time() - started) / count * 1e6}
     return {
         "server": {name: server[name] for name in SERVER_STEPS},
         "client": {name: client[name] for name in CLIENT_STEPS},
+        "poll": poll,
     }
 
 

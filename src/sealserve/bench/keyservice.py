@@ -451,6 +451,9 @@ def _keyservice(
         rows = [[f"server: {k}", v] for k, v in steps["server"].items()]
         rows += [["server: HTTP, event loop, threads", steps["server_rest"]["http_loop_threads"]]]
         rows += [[f"client: {k}", v] for k, v in steps["client"].items()]
+        rows += [
+            ["server: a revocation poll (not a release step)", v] for v in steps["poll"].values()
+        ]
         print_table("CPU per release, by step (us)", ["step", "us"], rows)
     by_kind = result["kinds"]
     if len(by_kind) > 1:

@@ -72,6 +72,7 @@ _RELAY_PATHS = (
     ("GET", f"{keyservice_wire.API_PREFIX}/attestation?nonce="),
     ("POST", f"{keyservice_wire.API_PREFIX}/challenges"),
     ("POST", f"{keyservice_wire.API_PREFIX}/releases"),
+    ("POST", f"{keyservice_wire.API_PREFIX}/revocations"),
 )
 
 

@@ -55,6 +55,8 @@ from sealserve.protocol import (
     ReleaseOut,
     RequestKeyIn,
     RequestKeyReceipt,
+    RevocationPollIn,
+    RevocationPollOut,
     wire,
 )
 
@@ -62,7 +64,11 @@ __all__ = ["create_app"]
 
 RESPONSE_SIGNATURE_HEADER = wire.RESPONSE_SIGNATURE_HEADER
 _DENIAL = wire.canonical_json(wire.DENIAL_BODY)
-_UNSIGNED_FIXED_PATHS = (wire.API_PREFIX + "/releases", wire.API_PREFIX + "/challenges")
+_UNSIGNED_FIXED_PATHS = (
+    wire.API_PREFIX + "/releases",
+    wire.API_PREFIX + "/challenges",
+    wire.API_PREFIX + "/revocations",
+)
 
 _P_OWNER = Path(pattern=PRINCIPAL_ID_PATTERN, description="The owner's principal id.")
 _P_NAME = Path(pattern=MODEL_NAME_PATTERN, description="The model's name.")
@@ -84,6 +90,8 @@ _BODIES: tuple[type[Message], ...] = (
     ReleaseOut,
     RequestKeyIn,
     RequestKeyReceipt,
+    RevocationPollIn,
+    RevocationPollOut,
 )
 
 
@@ -311,6 +319,17 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     )
     async def release(request: Request) -> Response:
         return answer(await hot.release(await request.body()))
+
+    @app.post(
+        wire.API_PREFIX + "/revocations",
+        tags=["release"],
+        description="A runtime's revocation poll: what access changed since an epoch, sealed "
+        "under its session key (from its releases).",
+        responses={200: _answer(RevocationPollOut), 403: _ERRORS[403], 429: _ERRORS[429]},
+        openapi_extra=_body_schema(RevocationPollIn),
+    )
+    async def revocations(request: Request) -> Response:
+        return answer(await hot.revocations(await request.body()))
 
     # -- principals ---------------------------------------------------------------------------
 

@@ -140,6 +140,9 @@ def _migrate(conn: Connection, found: int, safe_url: str) -> None:
     if version == 2:  # 2 -> 3: the master key is sealed in the database (see _vault)
         t.keyservice_state.create(conn)
         version = 3
+    if version == 3:  # 3 -> 4: what each epoch changed (epochs before it are not recorded)
+        t.access_changes.create(conn)
+        version = 4
     conn.execute(
         sa.update(t.schema_version)
         .where(t.schema_version.c.component == COMPONENT)

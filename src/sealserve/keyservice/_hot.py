@@ -1,12 +1,12 @@
-"""The runtime-facing endpoints as plain ASGI: health, challenges and releases.
+"""The runtime-facing endpoints as plain ASGI: health, challenges, releases, revocation polls.
 
-These carry the key-release round trip (a challenge, then a release) and the health probe,
-hundreds of times a second.  :class:`HotPath` answers them straight from the ASGI scope: no
-middleware stack, routing table, dependency solving or request object, which cost more than
-half of a challenge's server time.  Every other request goes to the FastAPI application
-(:mod:`._app`), whose routes for these three paths call the same :class:`HotEndpoints`, so
-the OpenAPI document describes exactly what is served (and a test checks that both paths give
-the same bytes).
+These carry the key-release round trip (a challenge, then a release), the runtimes' revocation
+polls and the health probe, hundreds of times a second.  :class:`HotPath` answers them straight
+from the ASGI scope: no middleware stack, routing table, dependency solving or request object,
+which cost more than half of a challenge's server time.  Every other request goes to the
+FastAPI application (:mod:`._app`), whose routes for these paths call the same
+:class:`HotEndpoints`, so the OpenAPI document describes exactly what is served (and a test
+checks that both paths give the same bytes).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ _log = get_logger(__name__)
 HEALTHZ_PATH: Final = "/healthz"
 _CHALLENGES: Final = wire.API_PREFIX + "/challenges"
 _RELEASES: Final = wire.API_PREFIX + "/releases"
+_REVOCATIONS: Final = wire.API_PREFIX + "/revocations"
 DENIAL: Final = wire.canonical_json(wire.DENIAL_BODY)
 _HEALTHY: Final = wire.canonical_json({"status": "ok"})
 _JSON: Final = (b"content-type", b"application/json")
@@ -49,7 +50,7 @@ HotResponse = tuple[int, bytes, dict[str, str]]
 
 
 class HotEndpoints:
-    """What the three endpoints answer, transport-free: bytes in, status and bytes out."""
+    """What the endpoints answer, transport-free: bytes in, status and bytes out."""
 
     def __init__(self, service: KeyService) -> None:
         self._service = service
@@ -88,9 +89,28 @@ class HotEndpoints:
         service.metrics.observe("release", 200, time.perf_counter() - started)
         return 200, content, {}
 
+    async def revocations(self, body: bytes | None) -> HotResponse:
+        """A revocation poll; ``None`` (a body over the limit) and every failure but a spent
+        budget or the database are the fixed denial."""
+        started = time.perf_counter()
+        service = self._service
+        try:
+            if body is None:
+                raise Denied("malformed", size="over_limit")
+            out = await service.revocations(body)
+        except Exception as exc:
+            status, doc, extra = error_response(service, exc, "revocations")
+            if status not in (403, 429, 503):
+                status, doc, extra = 403, wire.DENIAL_BODY, {}
+            content = DENIAL if status == 403 else wire.canonical_json(doc)
+            service.metrics.observe("revocations", status, time.perf_counter() - started)
+            return status, content, extra
+        service.metrics.observe("revocations", 200, time.perf_counter() - started)
+        return 200, out.to_json(), {}
+
 
 class HotPath:
-    """ASGI: the three endpoints directly, everything else to ``fallback``.
+    """ASGI: these endpoints directly, everything else to ``fallback``.
 
     Bodies over ``max_body_bytes`` are refused by their Content-Length before they are read,
     or as soon as the bytes read pass the limit: on these paths with the fixed denial.
@@ -110,6 +130,10 @@ class HotPath:
                 if path == _RELEASES and method == "POST":
                     body = await _read_body(scope, receive, self._limit)
                     await _send(send, await self.endpoints.release(body))
+                    return
+                if path == _REVOCATIONS and method == "POST":
+                    body = await _read_body(scope, receive, self._limit)
+                    await _send(send, await self.endpoints.revocations(body))
                     return
                 if path == _CHALLENGES and method == "POST":
                     if await _read_body(scope, receive, self._limit) is None:

@@ -57,6 +57,11 @@ _AUDIT_SQL = sa.text(
     ":user_id, :key_version, :request_key_version, :measurement, :epoch, :detail)"
 )
 _PURGE_SQL = sa.text("DELETE FROM used_nonces WHERE expires_at < :before")
+_EPOCH_SQL = sa.text("SELECT value FROM counters WHERE name = 'revocation_epoch'")
+_CHANGES_SQL = sa.text(
+    "SELECT epoch, model_id, user_id FROM access_changes "
+    "WHERE epoch > :since AND epoch <= :epoch ORDER BY epoch LIMIT :limit"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,6 +108,8 @@ class HotStatements:
         self._claim = _Prepared.compile(_CLAIM_SQL, dialect)
         self._audit = _Prepared.compile(_AUDIT_SQL, dialect)
         self._purge = _Prepared.compile(_PURGE_SQL, dialect)
+        self._epoch = _Prepared.compile(_EPOCH_SQL, dialect)
+        self._changes = _Prepared.compile(_CHANGES_SQL, dialect)
         if dialect.paramstyle == "qmark":
             mark = "?"
         elif dialect.paramstyle in ("format", "pyformat"):
@@ -125,6 +132,21 @@ class HotStatements:
             request_key_version=None if rk_version is None else int(rk_version),
             request_key=_opt_bytes(rk_sealed),
         )
+
+    def read_changes(
+        self, cursor: Any, since: int, limit: int
+    ) -> tuple[int, list[tuple[int, str, str | None]]]:
+        """The revocation epoch, then the access changes after ``since`` up to it (at most
+        ``limit``), oldest first: a revocation poll's two reads (the epoch first, so every
+        change up to it is committed when the changes are read)."""
+        cursor.execute(self._epoch.sql, self._epoch.params({}))
+        (epoch,) = cursor.fetchone()
+        epoch = int(epoch)
+        if since >= epoch:
+            return epoch, []
+        params = {"since": since, "epoch": epoch, "limit": limit}
+        cursor.execute(self._changes.sql, self._changes.params(params))
+        return epoch, [(int(e), str(m), None if u is None else str(u)) for e, m, u in cursor]
 
     def claim_all(
         self, cursor: Any, claims: Sequence[Claim], *, purge_before: float | None

@@ -16,6 +16,9 @@ budget             charged per                                 when
 ``release``        attested runtime key                        a release, after its evidence
                                                                verified (so only the runtime
                                                                that holds the key spends it)
+``runtime``        attested runtime key                        a revocation poll, after it
+                                                               opened under that key's session
+                                                               key
 =================  ==========================================  =================================
 
 Challenges have no budget: one costs an HMAC and stores nothing (as cheap as ``/healthz``);
@@ -93,6 +96,7 @@ class Budget(enum.Enum):
     REGISTRATION = "registration"
     ATTESTATION = "attestation"
     RELEASE = "release"
+    RUNTIME = "runtime"
 
 
 class RequestLimits:
@@ -117,6 +121,7 @@ class RequestLimits:
             Budget.REGISTRATION: (bucket(s.registrations_per_s, s.registration_burst),),
             Budget.ATTESTATION: (bucket(s.rate_limit_per_s, s.rate_limit_burst),),
             Budget.RELEASE: (bucket(s.runtime_releases_per_s, s.runtime_release_burst),),
+            Budget.RUNTIME: (bucket(s.runtime_polls_per_s, s.runtime_poll_burst),),
         }
 
     def take(self, budget: Budget, who: str) -> float:

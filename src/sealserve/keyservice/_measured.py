@@ -1,6 +1,7 @@
 """The KeyService's measured launch config: the settings that weaken security when changed.
 
-The challenge, release and replay windows travel in the *measured* launch config (so a
+The challenge, release and replay windows and the revocation check bound travel in the
+*measured* launch config (so a
 client's pinned measurement covers them; an empty config means the defaults), and so does
 which hardware evidence it accepts beyond its own platform's: whether SEV-SNP and Azure CVMs
 (under AMD's ARK pins unless a test says otherwise), and the roots a TPM attestation key must
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 #: Settings carried in the measured launch config when they differ from the defaults.
-MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s")
+MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s", "revocation_check_s")
 #: Launch config keys of the hardware evidence trusted (present only when not the default).
 HARDWARE_TRUST_KEYS = ("accept_snp", "snp_ark_pins", "tpm_roots")
 #: The request budgets (:mod:`._limits`) beyond the rate limit: unmeasured, passed to the
@@ -46,6 +47,8 @@ LIMIT_SETTINGS = (
     "registration_burst",
     "runtime_releases_per_s",
     "runtime_release_burst",
+    "runtime_polls_per_s",
+    "runtime_poll_burst",
 )
 
 

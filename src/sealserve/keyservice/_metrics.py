@@ -84,6 +84,11 @@ class Metrics:
         )
         for label in PUBLIC_DENIAL_REASONS:
             self.denials.labels(reason=label)
+        self.revocation_polls = Counter(
+            "sealserve_keyservice_revocation_polls",
+            "Revocation polls answered.",
+            registry=self.registry,
+        )
         self.challenges = Counter(
             "sealserve_keyservice_challenges",
             "Challenges issued.",

@@ -5,7 +5,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["AuditEntry", "Claim", "ModelRow", "PairRecords", "PrincipalRow", "audit_values"]
+__all__ = [
+    "AccessChange",
+    "AccessChanges",
+    "AuditEntry",
+    "Claim",
+    "ModelRow",
+    "PairRecords",
+    "PrincipalRow",
+    "audit_values",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,3 +85,22 @@ class Claim:
     nonce: bytes
     expires_at: float
     entries: tuple[AuditEntry, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccessChange:
+    """What changed at one revocation epoch: a (user, model) pair's access, or with
+    ``user_id`` ``None`` every user's (the model key was rotated)."""
+
+    epoch: int
+    model_id: str
+    user_id: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccessChanges:
+    """The epoch now and the changes since the one asked about (see ``Store.changes_since``)."""
+
+    epoch: int
+    changes: tuple[AccessChange, ...]
+    complete: bool

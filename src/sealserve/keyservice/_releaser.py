@@ -77,6 +77,8 @@ class Releaser:
         metrics: Metrics,
         keyservice_id: str,
         release_ttl_s: float,
+        revocation_check_s: float,
+        session_keys: Callable[[str], bytes],
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._vault = vault
@@ -85,6 +87,8 @@ class Releaser:
         self._metrics = metrics
         self._keyservice_id = keyservice_id
         self._ttl = float(release_ttl_s)
+        self._check_s = float(revocation_check_s)
+        self._session_keys = session_keys
         self._clock = clock
         decoy_policy = verifier.policy_dict(verifier.decoy_policy())
         self._decoy_grant = vault.seal("decoy", _DECOY, wire.canonical_json(decoy_policy))
@@ -142,8 +146,9 @@ class Releaser:
         reason: str | None = None
         keys: list[WrappedPairKeys] = []
         audit: list[AuditEntry] = []
+        session = self._session_keys(request.runtime_key_id)
         for rec in records:
-            pair_reason, entry = self._pair(request, verified, rec)
+            pair_reason, entry = self._pair(request, verified, rec, session)
             reason = reason or pair_reason
             keys.append(entry)
             audit.append(
@@ -170,6 +175,7 @@ class Releaser:
             issued_at=now,
             ttl_s=self._ttl,
             expires_at=now + self._ttl,
+            revocation_check_s=self._check_s,
             keys=tuple(keys),
             signature="",
         )
@@ -180,7 +186,7 @@ class Releaser:
     # -- one pair ---------------------------------------------------------------------------
 
     def _pair(
-        self, request: ReleaseRequest, verified: VerifiedEvidence, rec: PairRecords
+        self, request: ReleaseRequest, verified: VerifiedEvidence, rec: PairRecords, session: bytes
     ) -> tuple[str | None, WrappedPairKeys]:
         reason: str | None = None
         mid, uid = rec.model_id, rec.user_id
@@ -220,7 +226,7 @@ class Releaser:
             model_key_version=mk_version,
             request_key_version=rk_version,
             wrapped_keys=self._wrap(
-                model_key + request_key, mid, uid, mk_version, rk_version, request
+                model_key + request_key + session, mid, uid, mk_version, rk_version, request
             ),
         )
         return reason, entry

@@ -32,6 +32,7 @@ from sqlalchemy import (
 
 __all__ = [
     "APPEND_ONLY_DDL",
+    "access_changes",
     "SCHEMA_VERSION",
     "audit_log",
     "counters",
@@ -49,8 +50,9 @@ __all__ = [
 #: Version of the tables below.  A database with a larger version was written by a newer
 #: sealserve and is refused; a smaller one is migrated forward when the store opens
 #: (version 1 had no ``used_nonces``: challenges lived in one process's memory; version 2 had
-#: no ``keyservice_state``: the master key was a file the host could read).
-SCHEMA_VERSION = 3
+#: no ``keyservice_state``: the master key was a file the host could read; version 3 had no
+#: ``access_changes``: runtimes learnt of a revocation only from their next release).
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -141,6 +143,18 @@ used_nonces = Table(
     # When the nonce stops being accepted; the row may be purged some time after.
     Column("expires_at", Float, nullable=False),
     Index("used_nonces_expires_at", "expires_at"),
+)
+
+access_changes = Table(
+    "access_changes",
+    metadata,
+    # Each increment of the revocation epoch, in the same transaction: what it changed.  A
+    # runtime polls for the changes after the epoch it holds keys of (docs/keyservice.md).
+    Column("epoch", BigInteger, primary_key=True, autoincrement=False),
+    Column("model_id", String(200), nullable=False),
+    # NULL: every user of the model (its key was rotated).
+    Column("user_id", String(64), nullable=True),
+    Column("at", Float, nullable=False),
 )
 
 keyservice_state = Table(

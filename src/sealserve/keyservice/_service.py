@@ -20,6 +20,8 @@ import binascii
 import contextlib
 import functools
 import hashlib
+import hmac
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -39,8 +41,11 @@ from sealserve.crypto import (
     Identity,
     RequestVerifier,
     SignedRequest,
+    SymmetricKey,
     principal_id,
+    seal,
     signed_principal,
+    unseal,
     unwrap,
     verify_signature,
 )
@@ -68,6 +73,8 @@ from sealserve.protocol import (
     PrincipalOut,
     ReleaseOut,
     RequestKeyReceipt,
+    RevocationPollIn,
+    RevocationPollOut,
     join_model_id,
     wire,
 )
@@ -159,6 +166,7 @@ class KeyService:
         # The key that unknown principals' signatures are checked against (equal work).
         self._decoy_key = Identity.generate().public_key_bytes
         self._decoy_message = b"sealserve/keyservice/decoy" * 8
+        self._session_root = vault.derive("runtime-session")
         self.releaser = Releaser(
             vault=vault,
             verifier=verifier,
@@ -166,6 +174,8 @@ class KeyService:
             metrics=self.metrics,
             keyservice_id=self.keyservice_id,
             release_ttl_s=self.settings.release_ttl_s,
+            revocation_check_s=self.settings.revocation_check_s,
+            session_keys=self.session_key,
             clock=clock,
         )
 
@@ -519,3 +529,52 @@ class KeyService:
 
     async def epoch(self) -> int:
         return await self._db(self.store.epoch)
+
+    # -- runtime: revocation polls ----------------------------------------------------------
+
+    def session_key(self, runtime_key_id: str) -> bytes:
+        """The session key of a runtime key, which every release to it carries (wrapped to
+        it): derived, so any process of this KeyService knows it and stores nothing."""
+        return hmac.new(self._session_root, runtime_key_id.encode("ascii"), "sha256").digest()
+
+    async def revocations(self, body: bytes) -> RevocationPollOut:
+        """Answer a revocation poll (the raw JSON body) or raise :class:`Denied`.
+
+        The poll must be sealed under the session key of the runtime key it names, which only
+        a runtime that obtained a release holds; then it is charged to that runtime's budget
+        and answered, sealed under the same key, with the epoch and what changed since the
+        epoch it asked about (:meth:`Store.changes_since`).
+        """
+        try:
+            doc = RevocationPollIn.from_json(body)
+            key_id = doc.runtime_key_id
+            poll = wire.b64decode(doc.poll, name="poll")
+        except (ValueError, TypeError, RecursionError):
+            raise Denied("malformed") from None
+        key = SymmetricKey.from_bytes(self.session_key(key_id))
+        try:
+            inner = json.loads(
+                unseal(key, poll, context=wire.poll_context("poll", runtime_key_id=key_id))
+            )
+            since, nonce = inner["since"], inner["nonce"]
+            if type(since) is not int or since < 0 or not isinstance(nonce, str):
+                raise ValueError("poll")
+        except (InvalidEnvelope, ValueError, KeyError, TypeError):
+            raise Denied("malformed") from None
+        self.limit(Budget.RUNTIME, key_id)
+        if self._inline_reads:
+            changes = self.store.changes_since(since)
+        else:
+            changes = await self._db(self.store.changes_since, since)
+        answer = wire.canonical_json(
+            {
+                "nonce": nonce,
+                "epoch": changes.epoch,
+                "changes": [[c.epoch, c.model_id, c.user_id] for c in changes.changes],
+                "complete": changes.complete,
+            }
+        )
+        context = wire.poll_context("answer", runtime_key_id=key_id)
+        sealed = seal(key, answer, context=context, clock=self.clock)
+        self.metrics.revocation_polls.inc()
+        return RevocationPollOut(answer=wire.b64encode(sealed))

@@ -32,6 +32,8 @@ from sealserve.keyservice import _engine
 from sealserve.keyservice import _schema as t
 from sealserve.keyservice._hotsql import HotStatements
 from sealserve.keyservice._records import (
+    AccessChange,
+    AccessChanges,
     AuditEntry,
     Claim,
     ModelRow,
@@ -262,7 +264,11 @@ class Store(Resource):
                     model_id=model_id, version=version, sealed=sealed, created_at=at
                 )
             )
-            epoch = _bump_epoch(conn) if version > 1 else _read_epoch(conn)
+            epoch = (
+                _bump_epoch(conn, model_id=model_id, user_id=None, at=at)
+                if version > 1
+                else _read_epoch(conn)
+            )
             _audit_one(
                 conn,
                 at=at,
@@ -298,7 +304,7 @@ class Store(Resource):
                 .values(sealed=sealed, created_at=at)
             ).rowcount
             if updated:
-                epoch = _bump_epoch(conn)
+                epoch = _bump_epoch(conn, model_id=model_id, user_id=user_id, at=at)
             else:
                 conn.execute(
                     sa.insert(t.grants).values(
@@ -331,7 +337,7 @@ class Store(Resource):
             ).rowcount
             if not deleted:
                 raise NotFound(f"no grant of model {model_id} to user {user_id}")
-            epoch = _bump_epoch(conn)
+            epoch = _bump_epoch(conn, model_id=model_id, user_id=user_id, at=at)
             _audit_one(
                 conn,
                 at=at,
@@ -380,7 +386,7 @@ class Store(Resource):
                     )
                     .values(version=version, sealed=sealed, created_at=at)
                 )
-                epoch = _bump_epoch(conn)
+                epoch = _bump_epoch(conn, model_id=model_id, user_id=user_id, at=at)
             _audit_one(
                 conn,
                 at=at,
@@ -403,7 +409,7 @@ class Store(Resource):
             ).rowcount
             if not deleted:
                 raise NotFound(f"no request key of user {user_id} for model {model_id}")
-            epoch = _bump_epoch(conn)
+            epoch = _bump_epoch(conn, model_id=model_id, user_id=user_id, at=at)
             _audit_one(
                 conn,
                 at=at,
@@ -420,6 +426,27 @@ class Store(Resource):
     def epoch(self) -> int:
         with self._read() as conn:
             return _read_epoch(conn)
+
+    def changes_since(self, since: int, *, limit: int = 256) -> AccessChanges:
+        """The revocation epoch and the access changes of the epochs after ``since`` (at most
+        ``limit``), oldest first: ``complete`` when they are every change in between (false
+        when there were more, or some predate this record: then a runtime drops every key
+        older than the epoch)."""
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError(f"since must be an int >= 0, got {since!r}")
+        hot = self._require_hot()
+        try:
+            with self._hot_reader() as conn:
+                cur = conn.cursor()
+                try:
+                    epoch, rows = hot.read_changes(cur, since, limit + 1)
+                finally:
+                    cur.close()
+        except self._dbapi_error as exc:
+            raise self._failed(exc) from exc
+        complete = len(rows) <= limit and len(rows) == max(0, epoch - since)
+        changes = tuple(AccessChange(e, m, u) for e, m, u in rows) if complete else ()
+        return AccessChanges(epoch=epoch, changes=changes, complete=complete)
 
     def release_records(self, pairs: Sequence[tuple[str, str]]) -> tuple[int, list[PairRecords]]:
         """The revocation epoch, and the grant, request key and current model key of each
@@ -575,13 +602,19 @@ def _read_epoch(conn: Connection) -> int:
     )
 
 
-def _bump_epoch(conn: Connection) -> int:
+def _bump_epoch(conn: Connection, *, model_id: str, user_id: str | None, at: float) -> int:
+    """Increment the revocation epoch and record which access changed at the new epoch
+    (``user_id`` ``None``: every user of the model), in the caller's transaction."""
     conn.execute(
         sa.update(t.counters)
         .where(t.counters.c.name == _EPOCH)
         .values(value=t.counters.c.value + 1)
     )
-    return _read_epoch(conn)
+    epoch = _read_epoch(conn)
+    conn.execute(
+        sa.insert(t.access_changes).values(epoch=epoch, model_id=model_id, user_id=user_id, at=at)
+    )
+    return epoch
 
 
 def _audit_one(conn: Connection, **fields: Any) -> None:

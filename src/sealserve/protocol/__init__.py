@@ -70,9 +70,18 @@ from sealserve.protocol._messages import (
     ReleasePair,
     RequestKeyIn,
     RequestKeyReceipt,
+    RevocationPollIn,
+    RevocationPollOut,
     WrappedPairKeys,
 )
-from sealserve.protocol._release import Release, ReleasedKeys, ReleaseSession, parse_challenge
+from sealserve.protocol._release import (
+    Release,
+    ReleasedKeys,
+    ReleaseSession,
+    RevocationAnswer,
+    RevocationPoll,
+    parse_challenge,
+)
 from sealserve.protocol._schema import Message
 from sealserve.protocol._tensors import (
     DEFAULT_LIMITS,
@@ -111,6 +120,10 @@ __all__ = [
     "ReleasedKeys",
     "RequestKeyIn",
     "RequestKeyReceipt",
+    "RevocationAnswer",
+    "RevocationPoll",
+    "RevocationPollIn",
+    "RevocationPollOut",
     "RouteInfo",
     "SEALED_MODEL_HEADER_SIZE",
     "SealedModelHeader",

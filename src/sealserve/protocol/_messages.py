@@ -32,11 +32,15 @@ __all__ = [
     "ReleasePair",
     "RequestKeyIn",
     "RequestKeyReceipt",
+    "RevocationPollIn",
+    "RevocationPollOut",
     "WrappedPairKeys",
 ]
 
 _B64 = Annotated[str, Rule(pattern=r"^[A-Za-z0-9_-]*$", max_length=65536)]
 _PrincipalId = Annotated[str, Rule(pattern=PRINCIPAL_ID_PATTERN)]
+#: A key's fingerprint (hex SHA-256), the same form as a principal id.
+_KeyId = Annotated[str, Rule(pattern=PRINCIPAL_ID_PATTERN)]
 _ModelId = Annotated[
     str, Rule(pattern=PRINCIPAL_ID_PATTERN[:-1] + "/" + MODEL_NAME_PATTERN[1:], max_length=193)
 ]
@@ -203,8 +207,8 @@ class WrappedPairKeys(Message):
     wrapped_keys: Annotated[
         str,
         Rule(
-            description="HPKE(runtime key, model key || request key), info as in "
-            "docs/keyservice.md."
+            description="HPKE(runtime key, model key || request key || runtime session key), "
+            "info as in docs/keyservice.md."
         ),
     ]
 
@@ -221,9 +225,40 @@ class ReleaseOut(Message):
     issued_at: float
     ttl_s: float
     expires_at: float
+    revocation_check_s: Annotated[
+        float,
+        Rule(
+            description="How long the runtime may use these keys without a revocation poll "
+            "confirming that no revocation touched them."
+        ),
+    ]
     keys: tuple[WrappedPairKeys, ...]
     signature: Annotated[
         str, Rule(description="Ed25519 signature by the KeyService's attested key.")
+    ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationPollIn(_Request):
+    """``POST /v1/revocations``: a runtime asks what access changed since an epoch.  The poll
+    is sealed under the runtime's session key (delivered in its releases)."""
+
+    runtime_key_id: _KeyId
+    poll: Annotated[
+        _B64, Rule(description="seal(session key, {since, nonce}), context in keyservice.md.")
+    ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationPollOut(Message):
+    """The changes since the epoch asked about, sealed under the runtime's session key."""
+
+    answer: Annotated[
+        str,
+        Rule(
+            description="seal(session key, {nonce, epoch, changes, complete}), context in "
+            "keyservice.md."
+        ),
     ]
 
 

@@ -13,27 +13,55 @@ helpers take and return bytes and leave the sending to the caller::
 ``attested`` comes from :func:`verify_keyservice`, which checks the KeyService's own evidence
 against a pinned policy; the release response must be signed by that attested KeyService, so
 the untrusted host cannot hand the runtime keys of its own making.  A runtime must honour
-:attr:`Release.expires_at` and drop every key it holds from an older
-:attr:`Release.revocation_epoch` when it sees a newer one.
+:attr:`Release.expires_at`, and use keys only while a revocation poll confirmed them within
+:attr:`Release.revocation_check_s`::
+
+    poll = RevocationPoll(session_key=release.session_key, runtime_key_id=..., since=epoch)
+    answer = poll.open(*relay.post("/v1/revocations", poll.body()))
+    # drop the keys of every pair in answer.changes (released before its epoch); all keys
+    # older than answer.epoch if not answer.complete
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve.attest import Evidence, report_data_for
-from sealserve.crypto import HpkeKeyPair, RequestKey, SymmetricKey, unwrap, verify_signature
+from sealserve.crypto import (
+    HpkeKeyPair,
+    RequestKey,
+    SymmetricKey,
+    seal,
+    unseal,
+    unwrap,
+    verify_signature,
+)
 from sealserve.errors import AccessDenied, InvalidEnvelope, InvalidSignature, KeyServiceError
 from sealserve.protocol import _wire as wire
 from sealserve.protocol._attested import AttestedKeyService
 from sealserve.protocol._ids import check_principal_id, split_model_id
-from sealserve.protocol._messages import ChallengeOut, ReleaseIn, ReleaseOut, ReleasePair
+from sealserve.protocol._messages import (
+    ChallengeOut,
+    ReleaseIn,
+    ReleaseOut,
+    ReleasePair,
+    RevocationPollIn,
+    RevocationPollOut,
+)
 
-__all__ = ["Release", "ReleaseSession", "ReleasedKeys", "parse_challenge"]
+__all__ = [
+    "Release",
+    "ReleaseSession",
+    "ReleasedKeys",
+    "RevocationAnswer",
+    "RevocationPoll",
+    "parse_challenge",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +92,10 @@ class Release:
     issued_at: float
     expires_at: float
     measurement: str
+    #: How long the keys may be used without a revocation poll confirming them.
+    revocation_check_s: float
+    #: The runtime's session key with the KeyService (revocation polls); ``repr`` hides it.
+    session_key: SymmetricKey = dataclasses.field(repr=False)
 
     def expired(self, *, now: float) -> bool:
         return now >= self.expires_at
@@ -162,6 +194,7 @@ class ReleaseSession:
             if wire.b64decode(doc.nonce, name="nonce") != nonce:
                 raise ValueError("nonce")
             keys: dict[tuple[str, str], ReleasedKeys] = {}
+            session: bytes | None = None
             for item in doc.keys:
                 uid, mid = item.user_id, item.model_id
                 both = unwrap(
@@ -175,9 +208,12 @@ class ReleaseSession:
                         runtime_key=self.public_key,
                     ),
                 )
-                if len(both) != 64:
+                if len(both) != wire.RELEASED_SECRET_BYTES:
                     raise ValueError("wrapped_keys")
-                model_key, request_key = both[:32], both[32:]
+                model_key, request_key = both[:32], both[32:64]
+                if session is not None and both[64:] != session:
+                    raise ValueError("session key")
+                session = both[64:]
                 keys[(uid, mid)] = ReleasedKeys(
                     user_id=uid,
                     model_id=mid,
@@ -186,14 +222,95 @@ class ReleaseSession:
                     request_key=RequestKey.from_bytes(request_key),
                     request_key_version=item.request_key_version,
                 )
+            if session is None or not doc.revocation_check_s > 0:
+                raise ValueError("keys")
             return Release(
                 keys=keys,
                 revocation_epoch=doc.revocation_epoch,
                 issued_at=doc.issued_at,
                 expires_at=doc.expires_at,
                 measurement=doc.measurement,
+                revocation_check_s=doc.revocation_check_s,
+                session_key=SymmetricKey.from_bytes(session),
             )
         except (ValueError, KeyError, TypeError, InvalidEnvelope) as exc:
             raise KeyServiceError(
                 "the release response does not match this runtime's key and nonce"
             ) from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RevocationAnswer:
+    """What changed since the epoch a poll asked about, as the KeyService said it.
+
+    ``changes`` are ``(epoch, model_id, user_id)`` (``user_id`` ``None``: every user of the
+    model); a key of a pair obtained under an older epoch than a change of it must go.  When
+    ``complete`` is false the list is not whole: drop every key older than ``epoch``.
+    """
+
+    epoch: int
+    changes: tuple[tuple[int, str, str | None], ...]
+    complete: bool
+
+
+class RevocationPoll:
+    """One revocation poll (``POST /v1/revocations``), sealed under the runtime's session key
+    with a fresh nonce, so the untrusted host can neither read the answer nor replay an old
+    one."""
+
+    def __init__(
+        self,
+        *,
+        session_key: SymmetricKey,
+        runtime_key_id: str,
+        since: int,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not isinstance(session_key, SymmetricKey):
+            raise TypeError(f"session_key must be a SymmetricKey, got {type(session_key)!r}")
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError(f"since must be an int >= 0, got {since!r}")
+        self._key = session_key
+        self._key_id = check_principal_id(runtime_key_id, name="runtime_key_id")
+        self.since = since
+        self._nonce = wire.b64encode(os.urandom(16))
+        self._clock = clock
+
+    def body(self) -> bytes:
+        """The JSON body to send."""
+        inner = wire.canonical_json({"since": self.since, "nonce": self._nonce})
+        context = wire.poll_context("poll", runtime_key_id=self._key_id)
+        sealed = seal(self._key, inner, context=context, clock=self._clock)
+        return RevocationPollIn(runtime_key_id=self._key_id, poll=wire.b64encode(sealed)).to_json()
+
+    def open(self, status: int, body: bytes) -> RevocationAnswer:
+        """The answer to this poll; :class:`~sealserve.errors.AccessDenied` for the fixed 403,
+        :class:`~sealserve.errors.KeyServiceError` for anything else that is not this poll's
+        answer sealed under the session key (``retryable`` for 429 and 5xx)."""
+        if status == 403:
+            raise AccessDenied()
+        if status != 200:
+            error = KeyServiceError(f"the KeyService answered the revocation poll with {status}")
+            error.retryable = status in (429, 502, 503, 504)
+            raise error
+        try:
+            sealed = wire.b64decode(RevocationPollOut.from_json(body).answer, name="answer")
+            context = wire.poll_context("answer", runtime_key_id=self._key_id)
+            doc = json.loads(unseal(self._key, sealed, context=context))
+            if not isinstance(doc, dict) or doc.get("nonce") != self._nonce:
+                raise ValueError("nonce")
+            epoch, complete = doc["epoch"], doc["complete"]
+            if type(epoch) is not int or epoch < self.since or type(complete) is not bool:
+                raise ValueError("epoch")
+            changes = []
+            for item in doc["changes"]:
+                at, model_id, user_id = item
+                if type(at) is not int or not self.since < at <= epoch:
+                    raise ValueError("change")
+                split_model_id(model_id)
+                if user_id is not None:
+                    check_principal_id(user_id, name="user_id")
+                changes.append((at, model_id, user_id))
+        except (ValueError, KeyError, TypeError, InvalidEnvelope) as exc:
+            raise KeyServiceError("the revocation answer is not this poll's") from exc
+        return RevocationAnswer(epoch=epoch, changes=tuple(changes), complete=complete)

@@ -23,6 +23,7 @@ __all__ = [
     "API_PREFIX",
     "DENIAL_BODY",
     "MAX_PAIRS",
+    "RELEASED_SECRET_BYTES",
     "RESPONSE_SIGNATURE_HEADER",
     "ROLES",
     "b64decode",
@@ -30,6 +31,7 @@ __all__ = [
     "canonical_json",
     "fingerprint",
     "keyservice_binding",
+    "poll_context",
     "release_info",
     "release_signing_payload",
     "request_tag",
@@ -45,6 +47,9 @@ DENIAL_BODY: dict[str, str] = {"error": "access denied"}
 ROLES = ("owner", "user")
 #: Most (user, model) pairs one release may ask for.
 MAX_PAIRS = 32
+#: What one pair's ``wrapped_keys`` holds: model key || request key || the runtime's session
+#: key (32 bytes each; the session key is the same in every pair of a runtime's releases).
+RELEASED_SECRET_BYTES = 96
 
 _B64_RE = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -151,3 +156,11 @@ def request_tag(headers: Mapping[str, str]) -> str:
     layer), which name the request uniquely: they hold its nonce and its signature."""
     items = sorted((k.lower(), v) for k, v in headers.items() if k.lower() in SIGNATURE_HEADERS)
     return hashlib.sha256(canonical_json(items)).hexdigest()
+
+
+def poll_context(direction: str, *, runtime_key_id: str) -> dict[str, str]:
+    """The envelope context of a revocation poll (``"poll"``) or of its answer
+    (``"answer"``), sealed under the runtime's session key."""
+    if direction not in ("poll", "answer"):
+        raise ValueError(f"direction must be 'poll' or 'answer', got {direction!r}")
+    return {"purpose": f"sealserve/revocations/{direction}", "runtime_key_id": runtime_key_id}

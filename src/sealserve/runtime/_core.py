@@ -279,9 +279,10 @@ class SealedRuntime:
         }
 
     def close(self) -> None:
-        """Drop every model and key."""
+        """Drop every model and key, and stop the key broker's poller."""
         self._models.clear()
         self._keys.cache.clear()
+        self._keys.close()
 
     # -- steps ---------------------------------------------------------------------------------
 

@@ -10,44 +10,65 @@ prescribes, through the host's relay (which sees only ciphertext and public data
 3. open the release: it must be signed by the attested KeyService for this key pair and
    nonce, or it is refused.
 
-:class:`KeyCache` keeps released keys until the KeyService's ``expires_at`` (its TTL) and
-drops every key of an older revocation epoch as soon as a release with a newer one arrives;
-a release older than keys already held is never used.  Releases of one pair are
-single-flighted.  With ``cache=False`` (the per-request baseline) nothing is kept and every
-request makes a fresh key pair, attests and releases.
+:class:`KeyCache` keeps released keys until the KeyService's ``expires_at`` (its TTL), and
+uses them only while a **revocation poll** confirmed them within the KeyService's
+``revocation_check_s`` (5 s by default, measured into the KeyService): ``POST
+/v1/revocations``, sealed under the session key every release carries, answers what access
+changed since the epoch the runtime holds keys of, and the runtime drops exactly the keys those
+changes touch (a revoked grant, a withdrawn or replaced request key, a rotated model key).  A
+hit older than half the bound starts a poll in the background; a hit older than the bound
+waits for one (and, if the poll fails, releases again): so a revocation takes effect within the
+bound, not the TTL, even when the host withholds polls.  A release older than the epoch already
+confirmed is never used.  Releases of one pair are single-flighted, and a pair the KeyService
+refused is refused again for a few seconds without asking (so garbage requests through the
+gateway cannot make a full attested release each).  With ``cache=False`` (the per-request
+baseline) nothing is kept and every request makes a fresh key pair, attests and releases.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.attest import Evidence, Policy, TrustAnchors
-from sealserve.crypto import HpkeKeyPair
+from sealserve.crypto import HpkeKeyPair, SymmetricKey
 from sealserve.errors import AccessDenied, DeadlineExceeded, KeyServiceError
 from sealserve.protocol import (
     AttestedKeyService,
     Release,
     ReleasedKeys,
     ReleaseSession,
+    RevocationAnswer,
+    RevocationPoll,
     attestation_nonce,
     parse_challenge,
     verify_keyservice,
     wire,
 )
 
-__all__ = ["KeyBroker", "KeyCache", "KeyCacheStats", "KeyResult", "Relay"]
+__all__ = [
+    "DENIED_PAIR_TTL_S",
+    "KeyBroker",
+    "KeyCache",
+    "KeyCacheStats",
+    "KeyResult",
+    "Relay",
+]
 
 _log = get_logger(__name__)
 #: How many times a release is retried when it comes back stale or the KeyService restarted.
 _MAX_ATTEMPTS = 3
+#: The revocation check bound before any release said the KeyService's (its default).
+_DEFAULT_CHECK_S = 5.0
 
 
 class Relay(Protocol):
@@ -61,11 +82,19 @@ class Relay(Protocol):
 EvidenceFn = Callable[[bytes], Evidence]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+#: How long a pair the KeyService refused is refused again without asking (seconds): a grant
+#: made meanwhile is usable after at most this long.  Bounded in code (not a host argument).
+DENIED_PAIR_TTL_S = 5.0
+_MAX_DENIED = 4096
+
+
+@dataclasses.dataclass(slots=True)
 class _Held:
     keys: ReleasedKeys
     epoch: int
     expires_at: float
+    #: When (monotonic) a release or a poll last said these keys are still good.
+    confirmed_at: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,29 +106,53 @@ class KeyCacheStats:
     releases: int
     expired: int
     dropped_by_epoch: int
+    polls: int
+    denied_hits: int
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PollTicket:
+    """What a revocation poll needs: the session key, this runtime's key id and the epoch to
+    ask from."""
+
+    session_key: SymmetricKey
+    since: int
+
+
 class KeyCache:
-    """Released keys by (user_id, model_id), honouring TTL and revocation epoch."""
+    """Released keys by (user_id, model_id), honouring TTL, revocation polls and denials."""
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], _Held] = {}
+        self._denied: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # Every held key is good as of this epoch (-1: no poll answered yet).
         self._epoch = -1
+        self._check_s = _DEFAULT_CHECK_S
+        self._session: SymmetricKey | None = None
         self._hits = self._misses = self._releases = self._expired = self._dropped = 0
+        self._polls = self._denied_hits = 0
 
     @property
     def epoch(self) -> int:
-        """The newest revocation epoch seen (-1 before any release)."""
+        """The newest revocation epoch confirmed (-1 before any)."""
         with self._lock:
             return self._epoch
 
-    def get(self, user_id: str, model_id: str) -> ReleasedKeys | None:
-        """The keys of the pair if held, unexpired and of the newest epoch; else ``None``."""
+    @property
+    def check_s(self) -> float:
+        """How long keys are used without a poll confirming them (the KeyService's bound)."""
+        with self._lock:
+            return self._check_s
+
+    def lookup(self, user_id: str, model_id: str) -> tuple[ReleasedKeys, float] | None:
+        """The pair's keys and their age since last confirmed (seconds), if held and within
+        the TTL; ``None`` otherwise (counted as a miss).  The caller decides what the age
+        allows (:attr:`check_s`)."""
         pair = (user_id, model_id)
         with self._lock:
             held = self._held.get(pair)
@@ -111,33 +164,99 @@ class KeyCache:
                 self._misses += 1
                 return None
             self._hits += 1
-            return held.keys
+            return held.keys, self._clock.monotonic() - held.confirmed_at
+
+    def get(self, user_id: str, model_id: str) -> ReleasedKeys | None:
+        """The pair's keys if held, within the TTL and confirmed within :attr:`check_s`."""
+        found = self.lookup(user_id, model_id)
+        if found is None or found[1] >= self.check_s:
+            return None
+        return found[0]
 
     def holds(self, user_id: str, model_id: str) -> bool:
         """Whether :meth:`get` would find the pair's keys now (not counted as a lookup)."""
         with self._lock:
             held = self._held.get((user_id, model_id))
-            return held is not None and self._clock.time() < held.expires_at
+            return (
+                held is not None
+                and self._clock.time() < held.expires_at
+                and self._clock.monotonic() - held.confirmed_at < self._check_s
+            )
 
     def put(self, release: Release) -> bool:
-        """Keep the keys of ``release``; ``False`` (nothing kept) when the runtime already
-        holds keys of a newer revocation epoch, so the release must be made again."""
+        """Keep the keys of ``release``; ``False`` (nothing kept) when it is older than the
+        epoch already confirmed (a replayed release), so it must be made again."""
+        now = self._clock.monotonic()
         with self._lock:
             epoch = release.revocation_epoch
             if epoch < self._epoch:
                 return False
-            if epoch > self._epoch:
-                stale = [pair for pair, held in self._held.items() if held.epoch < epoch]
-                for pair in stale:
-                    del self._held[pair]
-                self._dropped += len(stale)
-                if stale:
-                    _log.event("keys.dropped_by_epoch", count=len(stale), epoch=epoch)
-                self._epoch = epoch
             for pair, keys in release.keys.items():
-                self._held[pair] = _Held(keys, epoch, release.expires_at)
+                self._held[pair] = _Held(keys, epoch, release.expires_at, now)
+                self._denied.pop(pair, None)
+            self._session = release.session_key
+            self._check_s = release.revocation_check_s
             self._releases += 1
             return True
+
+    def poll_ticket(self) -> PollTicket | None:
+        """What the next revocation poll needs, or ``None`` when no release came yet."""
+        with self._lock:
+            if self._session is None:
+                return None
+            since = self._epoch
+            if since < 0:
+                since = min((h.epoch for h in self._held.values()), default=0)
+            return PollTicket(self._session, max(since, 0))
+
+    def apply(self, answer: RevocationAnswer, *, sent_at: float) -> int:
+        """Apply a poll's answer (the poll was sent at monotonic ``sent_at``): drop the keys
+        each change touched (obtained under an older epoch than the change), or every key
+        older than the answer's epoch when the answer is not complete; the rest is confirmed
+        as of ``sent_at``.  Returns how many keys were dropped."""
+        with self._lock:
+            self._polls += 1
+            dropped = []
+            for pair, held in self._held.items():
+                if held.epoch > answer.epoch:
+                    continue  # released after the poll was answered: confirmed by its release
+                user_id, model_id = pair
+                touched = (not answer.complete and held.epoch < answer.epoch) or any(
+                    model == model_id and user in (None, user_id) and held.epoch < at
+                    for at, model, user in answer.changes
+                )
+                if touched:
+                    dropped.append(pair)
+                else:
+                    held.confirmed_at = max(held.confirmed_at, sent_at)
+            for pair in dropped:
+                del self._held[pair]
+            self._dropped += len(dropped)
+            self._epoch = max(self._epoch, answer.epoch)
+        if dropped:
+            _log.event("keys.revoked", count=len(dropped), epoch=answer.epoch)
+        return len(dropped)
+
+    def denied(self, user_id: str, model_id: str) -> bool:
+        """Whether the KeyService refused this pair less than :data:`DENIED_PAIR_TTL_S` ago."""
+        pair = (user_id, model_id)
+        with self._lock:
+            until = self._denied.get(pair)
+            if until is None:
+                return False
+            if self._clock.monotonic() >= until:
+                del self._denied[pair]
+                return False
+            self._denied_hits += 1
+            return True
+
+    def deny(self, user_id: str, model_id: str) -> None:
+        """Remember that the KeyService refused this pair (bounded: oldest forgotten first)."""
+        with self._lock:
+            self._denied.pop((user_id, model_id), None)
+            self._denied[(user_id, model_id)] = self._clock.monotonic() + DENIED_PAIR_TTL_S
+            while len(self._denied) > _MAX_DENIED:
+                self._denied.popitem(last=False)
 
     def drop(self, user_id: str, model_id: str) -> None:
         with self._lock:
@@ -146,6 +265,7 @@ class KeyCache:
     def clear(self) -> None:
         with self._lock:
             self._held.clear()
+            self._denied.clear()
 
     def stats(self) -> KeyCacheStats:
         with self._lock:
@@ -157,6 +277,8 @@ class KeyCache:
                 releases=self._releases,
                 expired=self._expired,
                 dropped_by_epoch=self._dropped,
+                polls=self._polls,
+                denied_hits=self._denied_hits,
             )
 
 
@@ -201,6 +323,12 @@ class KeyBroker:
         self._lock = threading.Lock()
         self._flights: dict[tuple[str, str], concurrent.futures.Future[ReleasedKeys]] = {}
         self._session: ReleaseSession | None = None
+        self._key_id = wire.fingerprint(self._key_pair.public_key_bytes())
+        # One revocation poll at a time; a background one runs on this executor.
+        self._poll: concurrent.futures.Future[None] | None = None
+        self._poller = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="keys-poll"
+        )
 
     @property
     def public_key(self) -> bytes:
@@ -221,9 +349,21 @@ class KeyBroker:
         if not self._caching:
             keys = self._release_fresh(user_id, model_id, deadline)
             return KeyResult(keys, time.perf_counter() - started, True)
-        held = self._cache.get(user_id, model_id)
-        if held is not None:
-            return KeyResult(held, 0.0, False)
+        found = self._cache.lookup(user_id, model_id)
+        if found is not None:
+            keys, age = found
+            check_s = self._cache.check_s
+            if age < check_s:
+                if age >= check_s / 2:
+                    self._poll_soon()
+                return KeyResult(keys, 0.0, False)
+            # Not confirmed within the bound: a poll first (a revocation may have touched them).
+            self._poll_now(deadline)
+            held = self._cache.get(user_id, model_id)
+            if held is not None:
+                return KeyResult(held, time.perf_counter() - started, False)
+        if self._cache.denied(user_id, model_id):
+            raise AccessDenied()
         pair = (user_id, model_id)
         with self._lock:
             flight = self._flights.get(pair)
@@ -245,6 +385,8 @@ class KeyBroker:
         try:
             keys = self._release_cached(user_id, model_id, deadline)
         except BaseException as exc:
+            if isinstance(exc, AccessDenied):
+                self._cache.deny(user_id, model_id)
             flight.set_exception(exc)
             raise
         finally:
@@ -252,6 +394,69 @@ class KeyBroker:
                 self._flights.pop(pair, None)
         flight.set_result(keys)
         return KeyResult(keys, time.perf_counter() - started, True)
+
+    def close(self) -> None:
+        """Stop the background poller (waits for a poll under way)."""
+        self._poller.shutdown(wait=True, cancel_futures=True)
+
+    # -- revocation polls -------------------------------------------------------------------
+
+    def _poll_soon(self) -> None:
+        """Start a poll in the background unless one is under way."""
+        with self._lock:
+            if self._poll is not None and not self._poll.done():
+                return
+            try:
+                self._poll = self._poller.submit(self._poll_once, None)
+            except RuntimeError:  # shut down: the runtime is closing
+                self._poll = None
+
+    def _poll_now(self, deadline: float | None) -> None:
+        """Poll and wait for it (joining one under way); a failed poll leaves the keys
+        unconfirmed (the caller then releases again)."""
+        with self._lock:
+            flight = self._poll
+            if flight is None or flight.done():
+                flight = concurrent.futures.Future()
+                self._poll = flight
+                leader = True
+            else:
+                leader = False
+        if leader:
+            try:
+                self._poll_once(deadline)
+            except BaseException as exc:
+                flight.set_exception(exc)
+                raise
+            flight.set_result(None)
+            return
+        with contextlib.suppress(Exception):  # a timeout or a failed poll: keys stay stale
+            flight.result(self._remaining(deadline))
+
+    def _poll_once(self, deadline: float | None) -> None:
+        ticket = self._cache.poll_ticket()
+        if ticket is None:
+            return
+        poll = RevocationPoll(
+            session_key=ticket.session_key,
+            runtime_key_id=self._key_id,
+            since=ticket.since,
+            clock=self._clock,
+        )
+        sent_at = self._clock.monotonic()
+        try:
+            status, body = self._relay(
+                "POST",
+                f"{wire.API_PREFIX}/revocations",
+                poll.body(),
+                timeout=self._remaining(deadline),
+            )
+            answer = poll.open(status, body)
+        except (KeyServiceError, OSError, DeadlineExceeded) as exc:
+            # Fail closed: keys that are not confirmed within the bound are not used.
+            _log.event("keys.poll_failed", level=logging.INFO, error=type(exc).__name__)
+            return
+        self._cache.apply(answer, sent_at=sent_at)
 
     # -- releases ------------------------------------------------------------------------------
 

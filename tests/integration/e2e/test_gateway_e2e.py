@@ -99,6 +99,28 @@ def test_a_user_without_a_grant_is_denied_and_an_unknown_model_is_named(
         assert any(m["model_id"] == model for m in client.models())
 
 
+def test_a_revoked_grant_stops_being_served_within_the_check_bound(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 10, item 9, with real processes: the runtime polls the KeyService through its
+    host's relay, so a revoke takes effect within ``revocation_check_s`` (5 s), not the key
+    cache's TTL (300 s)."""
+    from sealserve.config import KeyServiceSettings
+
+    user = stack.new_user()
+    model = stack.add_model("dense-revoke", dense_model(19), tmp_path, grant=[user])
+    key = stack.key(user, model)
+    with GatewayClient(stack.gateway_url) as client:
+        client.infer(model, x(64, 1), user_id=user.principal_id, key=key)
+        stack.owner.revoke("dense-revoke", user.principal_id)
+        revoked_at = time.monotonic()
+        # The bound passes (a wait is what this test is about: revocation latency in real time).
+        time.sleep(KeyServiceSettings().revocation_check_s + 0.2)
+        with pytest.raises(AccessDenied):
+            client.infer(model, x(64, 2), user_id=user.principal_id, key=key)
+        assert time.monotonic() - revoked_at < KeyServiceSettings().release_ttl_s / 10
+
+
 def test_a_runtime_killed_under_load_recovers_and_no_request_is_lost_silently(
     stack: Stack, tmp_path: Path
 ) -> None:

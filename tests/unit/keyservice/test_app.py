@@ -210,8 +210,11 @@ def test_full_flow_releases_the_keys_wrapped_to_the_runtime() -> None:
                 runtime_key=rk,
             ),
         )
-        got_model, got_request = both[:32], both[32:]
+        got_model, got_request, session = both[:32], both[32:64], both[64:]
         assert (got_model, got_request) == (model_key, request_key)
+        assert session == h.service.session_key(wire.fingerprint(rk))
+        assert len(session) == 32
+        assert doc["revocation_check_s"] == h.service.settings.revocation_check_s
         audit = h.service.store.audit()
         assert audit[-1].event == "release"
         assert audit[-1].measurement == GOOD
@@ -466,7 +469,7 @@ def release_body(runtime: HpkeKeyPair, nonce: bytes, pairs: list[tuple[str, str]
 
 
 def test_hot_path_and_fastapi_routes_answer_alike() -> None:
-    """The three hot endpoints answer the same through HotPath and through FastAPI."""
+    """The hot endpoints answer the same through HotPath and through FastAPI."""
     answers: dict[bool, list[tuple[int, Any]]] = {}
 
     def collect(hot: bool) -> Callable[[Harness], Awaitable[None]]:
@@ -488,6 +491,9 @@ def test_hot_path_and_fastapi_routes_answer_alike() -> None:
                 out.append((r.status_code, r.content))
             r = await h.client.post("/v1/challenges", content=b"x" * 2_000_000)
             out.append((r.status_code, r.content))
+            for content in (b"{", b"x" * (h.service.settings.max_body_bytes + 1)):
+                r = await h.client.post("/v1/revocations", content=content)
+                out.append((r.status_code, r.content))
             r = await h.client.get("/v1/releases")
             out.append((r.status_code, r.headers["content-type"]))
             answers[hot] = out
@@ -497,7 +503,7 @@ def test_hot_path_and_fastapi_routes_answer_alike() -> None:
     run(collect(True))
     run(collect(False), hot_path=False)
     assert answers[True] == answers[False]
-    assert [status for status, _ in answers[True]] == [200, 201, 200, 403, 403, 403, 405]
+    assert [status for status, _ in answers[True]] == [200, 201, 200, 403, 403, 403, 403, 403, 405]
 
 
 def test_openapi_document_describes_the_bodies() -> None:

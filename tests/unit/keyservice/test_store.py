@@ -16,6 +16,7 @@ from sealserve.errors import (
 )
 from sealserve.keyservice._schema import (
     SCHEMA_VERSION,
+    access_changes,
     keyservice_state,
     schema_version,
     used_nonces,
@@ -107,6 +108,21 @@ def test_grant_revoke_and_epoch(store: Store) -> None:
     assert store.delete_request_key(MODEL, USER, at=9.0) == 4
     with pytest.raises(NotFound):
         store.delete_request_key(MODEL, USER, at=9.0)
+    # every epoch records what it changed, in the same transaction
+    changes = store.changes_since(0)
+    assert changes.complete
+    assert changes.epoch == 4
+    assert [(c.epoch, c.model_id, c.user_id) for c in changes.changes] == [
+        (e, MODEL, USER) for e in (1, 2, 3, 4)
+    ]
+    assert [c.epoch for c in store.changes_since(2).changes] == [3, 4]
+    assert store.changes_since(4) == store.changes_since(9)  # nothing after the epoch
+    assert store.changes_since(4).changes == ()
+    store.put_model_key(MODEL, OWNER, 2, b"k2", at=10.0)  # a rotation: every user
+    (rotated,) = store.changes_since(4).changes
+    assert (rotated.epoch, rotated.model_id, rotated.user_id) == (5, MODEL, None)
+    many = store.changes_since(0, limit=3)
+    assert (many.epoch, many.changes, many.complete) == (5, (), False)
 
 
 def test_release_records_for_unknown_pairs_are_empty(store: Store) -> None:
@@ -182,12 +198,14 @@ def test_schema_version_1_is_migrated(tmp_path: Path) -> None:
     with Store(url) as s, s._require_engine().begin() as conn:
         used_nonces.drop(conn)
         keyservice_state.drop(conn)
+        access_changes.drop(conn)
         conn.execute(sa.update(schema_version).values(version=1))
     with Store(url) as s:
         assert s.claim_nonce(b"n", expires_at=1.0) is True
         assert s.get_state("master-key") is None
+        assert s.changes_since(0).complete
         with s._require_engine().connect() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == 3
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == 4
 
 
 def test_sealed_state_is_stored_once(tmp_path: Path) -> None:

@@ -145,6 +145,8 @@ class InProcessKeyService:
         self.calls: collections.Counter[str] = collections.Counter()
         self.source = MemorySource()
         self.model_keys: dict[str, SymmetricKey] = {}
+        #: Play a host that withholds revocation polls.
+        self.block_polls = False
 
     def _principal(self, cls: Any) -> Any:
         principal = cls(
@@ -172,6 +174,8 @@ class InProcessKeyService:
         self, method: str, path: str, body: bytes, *, timeout: float | None
     ) -> tuple[int, bytes]:
         self.calls[path.split("?")[0]] += 1
+        if self.block_polls and path.startswith("/v1/revocations"):
+            raise OSError("the host does not relay polls")
         response = self.http.request(method, path, content=body or None)
         return response.status_code, response.content
 

@@ -248,41 +248,69 @@ def test_a_user_without_a_grant_is_denied(ks: InProcessKeyService) -> None:
     assert ks.source.fetches[model_id] == 0
 
 
-def test_revocation_is_honoured_after_the_ttl(ks: InProcessKeyService) -> None:
+def test_a_revoked_grant_stops_being_served_within_the_check_bound(
+    ks: InProcessKeyService,
+) -> None:
+    """Issue 10, item 9.  Revocation took up to the key cache's TTL (300 s).  Now a hit older
+    than ``revocation_check_s`` (5 s) first asks the KeyService what changed: the revoked
+    pair is refused 5 s after the revoke, long before the TTL, without a release."""
     model_id, key = ks.add_model("dense", dense_model(8))
     runtime = make_runtime(ks)
     infer(runtime, ks, model_id, key, x_of(64), request_id="a")
     ks.owner.revoke("dense", ks.user.principal_id)
-    # Within the TTL the released keys stay usable (what the KeyService promises runtimes).
-    infer(runtime, ks, model_id, key, x_of(64), request_id="b")
-    ks.clock.advance(ks.settings.release_ttl_s + 1)
+    infer(runtime, ks, model_id, key, x_of(64), request_id="b")  # still within the bound
+    check_s = ks.settings.revocation_check_s
+    ks.clock.advance(check_s)
+    assert check_s < ks.settings.release_ttl_s / 10
     with pytest.raises(AccessDenied):
         infer(runtime, ks, model_id, key, x_of(64), request_id="c")
+    assert ks.calls["/v1/revocations"] >= 1
+    assert runtime.stats()["keys"]["dropped_by_epoch"] == 1
 
 
-def test_a_newer_revocation_epoch_drops_older_keys_at_once(ks: InProcessKeyService) -> None:
+def test_a_revocation_drops_only_the_keys_it_touched(ks: InProcessKeyService) -> None:
     a_id, a_key = ks.add_model("a", dense_model(9))
     b_id, b_key = ks.add_model("b", dense_model(10))
     runtime = make_runtime(ks)
     infer(runtime, ks, a_id, a_key, x_of(64), request_id="a1")
+    infer(runtime, ks, b_id, b_key, x_of(64), request_id="b1")
+    releases = ks.releases
     ks.owner.revoke("a", ks.user.principal_id)
-    infer(runtime, ks, b_id, b_key, x_of(64), request_id="b1")  # a release of a newer epoch
+    ks.clock.advance(ks.settings.revocation_check_s)
+    infer(runtime, ks, b_id, b_key, x_of(64), request_id="b2")  # confirmed by a poll
+    assert ks.releases == releases  # b's keys were kept: no new release
     assert runtime.stats()["keys"]["dropped_by_epoch"] == 1
     with pytest.raises(AccessDenied):
         infer(runtime, ks, a_id, a_key, x_of(64), request_id="a2")
 
 
+def test_keys_a_poll_cannot_confirm_are_not_used(ks: InProcessKeyService) -> None:
+    """The host withholds the polls: the keys go unconfirmed and are not used past the bound;
+    the runtime releases again (and a revoked grant is refused)."""
+    model_id, key = ks.add_model("dense", dense_model(17))
+    ks.block_polls = True
+    runtime = make_runtime(ks)
+    infer(runtime, ks, model_id, key, x_of(64), request_id="a")
+    ks.owner.revoke("dense", ks.user.principal_id)
+    ks.clock.advance(ks.settings.revocation_check_s)
+    with pytest.raises(AccessDenied):
+        infer(runtime, ks, model_id, key, x_of(64), request_id="b")
+    assert ks.calls["/v1/revocations"] >= 1
+
+
 def test_a_rotated_model_key_reloads_the_model(ks: InProcessKeyService) -> None:
-    onnx = dense_model(11)
+    """Issue 10, item 4(b): after a rotation the old version is no longer served for the rest
+    of the key cache's TTL, but from the next poll on (within the check bound)."""
+    onnx, new = dense_model(11), dense_model(18)
     model_id, key = ks.add_model("dense", onnx)
     runtime = make_runtime(ks)
     infer(runtime, ks, model_id, key, x_of(64), request_id="a")
-    ks.rotate("dense", onnx)
-    ks.clock.advance(ks.settings.release_ttl_s + 1)
+    ks.rotate("dense", new)
+    ks.clock.advance(ks.settings.revocation_check_s)
     outputs, stages = infer(runtime, ks, model_id, key, x_of(64), request_id="b")
     assert timings.MODEL_UNSEAL_SESSION in stages
     assert ks.source.fetches[model_id] == 2
-    assert np.allclose(outputs["Y"], plain_run(onnx, x_of(64))["Y"], rtol=1e-5, atol=1e-5)
+    assert np.allclose(outputs["Y"], plain_run(new, x_of(64))["Y"], rtol=1e-5, atol=1e-5)
 
 
 def test_a_stored_model_of_another_key_version_is_not_loaded(ks: InProcessKeyService) -> None:
