@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import typer
 
-from sealserve.bench import crypto, imports, ipc, keyservice, packer, runtime, serve, suite
+from sealserve.bench import (
+    crypto,
+    imports,
+    ipc,
+    keyservice,
+    packer,
+    runtime,
+    serve,
+    suite,
+    tensors,
+)
 
 __all__ = ["app"]
 
@@ -19,6 +29,7 @@ app = typer.Typer(
 
 # One line per benchmark module, in the order of the layers.
 crypto.register(app)
+tensors.register(app)
 ipc.register(app)
 keyservice.register(app)
 runtime.register(app)

@@ -100,18 +100,25 @@ def seal(
     >>> unseal(key, seal(key, b"hello", context=ctx), context=ctx)
     b'hello'
     """
+    return _seal(key, plaintext, context, _timestamp(clock), os.urandom(_NONCE_BYTES))
+
+
+def _seal(
+    key: SymmetricKey, plaintext: Buffer, context: Mapping[str, str], sealed_at: int, nonce: bytes
+) -> bytes:
+    """:func:`seal` with its timestamp and nonce given: the one place an envelope is built
+    whole (``_fixed_nonce`` calls it for the test vectors; nothing else may pass a nonce)."""
     _check_key(key)
     data = as_bytes_view(plaintext, "plaintext")
     size = sealed_size(len(data))
     aad_tail = _encode_context(context)
-    header = _HEADER.pack(_VERSION, _SUITE_AES256GCM, _timestamp(clock))
+    header = _HEADER.pack(_VERSION, _SUITE_AES256GCM, sealed_at)
     if size <= _SMALL_ENVELOPE:  # joining small pieces costs less than building in place
-        nonce = os.urandom(_NONCE_BYTES)
         sealed = key._aead.encrypt(nonce, data, _AAD_LABEL + header + aad_tail)
         return b"".join((header, nonce, sealed))
 
     def fill(out: memoryview) -> None:
-        _seal_into(key, data, out, header, aad_tail)
+        _seal_into(key, data, out, header, aad_tail, nonce)
 
     return fill_new_bytes(size, fill)
 
@@ -136,7 +143,7 @@ def seal_into(
         raise ValueError(f"out has {len(target)} bytes; the envelope needs {size}")
     aad_tail = _encode_context(context)
     header = _HEADER.pack(_VERSION, _SUITE_AES256GCM, _timestamp(clock))
-    _seal_into(key, data, target[:size], header, aad_tail)
+    _seal_into(key, data, target[:size], header, aad_tail, os.urandom(_NONCE_BYTES))
     return size
 
 
@@ -227,9 +234,13 @@ def unseal_into(
 
 
 def _seal_into(
-    key: SymmetricKey, data: memoryview, out: memoryview, header: bytes, aad_tail: bytes
+    key: SymmetricKey,
+    data: memoryview,
+    out: memoryview,
+    header: bytes,
+    aad_tail: bytes,
+    nonce: bytes,
 ) -> None:
-    nonce = os.urandom(_NONCE_BYTES)
     out[: _HEADER.size] = header
     out[_HEADER.size : _PREFIX] = nonce
     key._aead.encrypt_into(nonce, data, _AAD_LABEL + header + aad_tail, out[_PREFIX:])

@@ -78,12 +78,20 @@ def sign_request(
 
     ``path`` is the request target as sent, with its query string.
     """
+    return _signed_headers(
+        identity, method, path, body, int(clock.time()), os.urandom(_NONCE_BYTES).hex()
+    )
+
+
+def _signed_headers(
+    identity: Identity, method: str, path: str, body: Buffer, timestamp: int, nonce: str
+) -> dict[str, str]:
+    """:func:`sign_request` with its timestamp and nonce given (``_fixed_nonce`` calls it for
+    the test vectors; nothing else may pass a nonce)."""
     if not isinstance(identity, Identity):
         raise TypeError(f"identity must be an Identity, got {type(identity).__name__}")
     verb = _check_method(method)
     _check_path(path)
-    timestamp = int(clock.time())
-    nonce = os.urandom(_NONCE_BYTES).hex()
     message = _message(identity.principal_id, verb, path, bytes(body), timestamp, nonce)
     signature = base64.urlsafe_b64encode(identity.sign(message)).decode("ascii")
     return {

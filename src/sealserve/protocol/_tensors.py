@@ -34,6 +34,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from sealserve.crypto._buffers import fill_new_bytes
 from sealserve.errors import TensorFormatError
 
 __all__ = [
@@ -209,9 +210,11 @@ def encode_tensors(
 ) -> bytes:
     """Encode named arrays, in the mapping's order, into one canonical buffer."""
     entries, offsets, total = _plan(tensors, limits)
-    out = bytearray(total)
-    _write(entries, offsets, memoryview(out))
-    return bytes(out)
+
+    def fill(out: memoryview) -> None:  # _write writes every byte, padding included
+        _write(entries, offsets, out)
+
+    return fill_new_bytes(total, fill)  # no zero-filled scratch buffer, no copy
 
 
 def encode_tensors_into(
