@@ -132,6 +132,8 @@ class GatewaySettings:
     max_body_bytes: int = 64 << 20
     request_timeout_s: float = 60.0
     max_queued: int = 256
+    #: Serve the browser client's page and module under /web/ (docs/web.md); off by default.
+    web: bool = False
 
     def __post_init__(self) -> None:
         _check_port("gateway.port", self.port)

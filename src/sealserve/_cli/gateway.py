@@ -7,6 +7,7 @@ serves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -100,6 +101,9 @@ def serve(
     sizes_mb: SizesOpt = None,
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    web: Annotated[
+        bool, typer.Option("--web", help="Serve the browser client at /web/ (gateway.web).")
+    ] = False,
 ) -> None:
     """Serve the gateway and the local platform until Ctrl-C or SIGTERM.
 
@@ -168,7 +172,9 @@ def serve(
     gateway = Gateway(
         platform,
         catalog,
-        options=GatewayOptions.from_settings(loaded.gateway),
+        options=GatewayOptions.from_settings(
+            dataclasses.replace(loaded.gateway, web=True) if web else loaded.gateway
+        ),
         registry=registry,
         on_startup=open_platform,
         on_shutdown=platform.close,

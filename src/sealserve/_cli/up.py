@@ -99,6 +99,15 @@ def up(
             "keyservice.tpm_roots from the settings."
         ),
     ] = None,
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web",
+            help="Serve the browser client's page at <gateway>/web/ (gateway.web; off by "
+            "default). The gateway serves it, so a user trusts the gateway for that code: "
+            "docs/web.md.",
+        ),
+    ] = False,
     reference_values: Annotated[
         list[Path] | None,
         typer.Option(
@@ -129,6 +138,9 @@ def up(
         attest = guarded(lambda: dataclasses.replace(settings.attest, backend=tee))
         assert isinstance(attest, AttestSettings)
         settings = settings.replace(attest=attest)
+    if web:
+        gateway_settings = dataclasses.replace(settings.gateway, web=True)
+        settings = settings.replace(gateway=gateway_settings)
     from sealserve.attest import ReferenceValues
 
     references: tuple[ReferenceValues, ...] = ()
@@ -221,6 +233,8 @@ def _print_ready(console: Any, info: dict[str, Any]) -> None:
         ("model store", info["store_dir"]),
         ("logs", info["logs_dir"]),
     ]
+    if info.get("web_url"):
+        rows.insert(1, ("web page", info["web_url"]))
     width = max(len(name) for name, _ in rows)
     console.print("[bold]sealserve is up[/bold]")
     for name, value in rows:

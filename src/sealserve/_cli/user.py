@@ -293,3 +293,54 @@ def infer(
     if output is not None:
         lines.append(f"outputs saved to {output}")
     typer.echo("\n".join(lines))
+
+
+@app.command("web-credentials")
+def web_credentials_command(
+    model_id: Annotated[str, typer.Argument(help="The model id: <owner_id>/<name>.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write them (0600; default: <data-dir>/user/web/OWNER/NAME.json)."
+        ),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The request key file (default: <data-dir>/user/request-keys/OWNER/NAME.key)."
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the browser client's credentials for MODEL_ID: the user id and the request key
+    (a secret: the page at <gateway>/web/ reads the file; docs/web.md). The key must be
+    registered already (sealserve user request-key) and the model granted to this user."""
+    from sealserve.client import web_credentials
+    from sealserve.crypto import RequestKey
+    from sealserve.protocol import split_model_id
+
+    owner_id, name = guarded(lambda: split_model_id(model_id))
+    folder = resolve_data_dir(data_dir)
+    user = guarded(lambda: load_identity(folder, identity, ROLE))
+    source = key_file or folder / ROLE / "request-keys" / owner_id / f"{name}.key"
+    if not source.exists():
+        fail(
+            f"no request key at '{source}'. Register one first: "
+            f"sealserve user request-key {model_id}"
+        )
+    key = guarded(lambda: RequestKey.from_bytes(read_secret_file(source)))
+    target = out or folder / ROLE / "web" / owner_id / f"{name}.json"
+    document = guarded(
+        lambda: web_credentials(user_id=user.principal_id, model_id=model_id, request_key=key)
+    )
+    if target.exists():
+        fail(f"'{target}' exists; remove it or pass --out")
+    guarded(lambda: write_secret_file(target, document))
+    emit(
+        json_out,
+        {"path": str(target), "user_id": user.principal_id, "model_id": model_id},
+        f"web credentials for {model_id} written to {target} (mode 0600: it holds your "
+        "request key)",
+    )

@@ -7,13 +7,15 @@ upload is HPKE-wrapped to the KeyService's attested public key.
 :func:`upload_model` seals a model straight into the model store and hands its key over
 (after :func:`check_onnx_model`);
 :class:`GatewayClient` is the user's side of an inference (seal the input, send it to the
-gateway, unseal the output).
+gateway, unseal the output); :func:`web_credentials` packs a user's request key for the
+browser client (docs/web.md).
 """
 
 from sealserve.client._gateway import GatewayAnswer, GatewayClient, Inference
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.client._principals import Owner, User
 from sealserve.client._upload import UploadReceipt, check_onnx_model, upload_model
+from sealserve.client._web import WEB_CREDENTIALS_KIND, web_credentials
 
 __all__ = [
     "GatewayAnswer",
@@ -24,6 +26,8 @@ __all__ = [
     "Owner",
     "UploadReceipt",
     "User",
+    "WEB_CREDENTIALS_KIND",
     "check_onnx_model",
     "upload_model",
+    "web_credentials",
 ]

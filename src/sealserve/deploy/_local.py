@@ -130,6 +130,8 @@ class DeploymentInfo:
     #: (for models), smallest first.
     shapes: list[dict[str, float]]
     pids: dict[str, int]
+    #: The browser client's page (``gateway.web``), else empty.
+    web_url: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -389,6 +391,7 @@ class LocalDeployment:
                     for sh in self.options.platform_config.shapes],
             pids={"tee": self._daemon.pid, "keyservice": int(self._keyservice.process.pid),
                   "gateway": os.getpid()},
+            web_url=f"{self.server.url}/web/" if self.options.settings.gateway.web else "",
         )  # fmt: skip
         tmp = self.info_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._info.to_json(), indent=2) + "\n", encoding="utf-8")

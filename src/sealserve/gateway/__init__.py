@@ -4,6 +4,8 @@
   sealed envelopes as binary bodies, ``GET /v1/models``, ``/v1/platform``, ``/healthz``,
   ``/metrics``) over the platform; it sees ciphertext only;
 * :class:`GatewayServer` — the gateway on its own HTTP server (a lean inference path);
+* with ``GatewayOptions(web=True)``, the browser client's page and module under ``/web/``
+  (:func:`web_integrity` gives their Subresource Integrity hashes; docs/web.md);
 * ``sealserve up`` wires it to a platform and a KeyService: :mod:`sealserve.deploy`;
 * the header names and the routing decision's wire form are :mod:`sealserve.protocol`'s.
 
@@ -15,6 +17,7 @@ from sealserve.gateway._errors import error_for
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.gateway._server import GatewayServer
+from sealserve.gateway._web import WEB_PREFIX, web_integrity
 
 __all__ = [
     "Gateway",
@@ -23,6 +26,8 @@ __all__ = [
     "GatewayServer",
     "InferenceBackend",
     "ModelDirectory",
+    "WEB_PREFIX",
     "error_for",
     "openapi_document",
+    "web_integrity",
 ]

@@ -6,7 +6,8 @@
   stage timings in ``Server-Timing``, the routing decision in ``x-sealserve-decision*``;
 * ``GET /v1/models`` — the stored models (ids, sizes, key versions; nothing secret);
 * ``GET /v1/platform`` — instances, meters, counters and recent routing decisions;
-* ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json``.
+* ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json``;
+* with ``web`` on, the browser client under ``/web/`` (:mod:`._web`, docs/web.md).
 
 The gateway never holds a key: it checks ids, sizes and deadlines, refuses what it cannot
 serve (unknown model, too large, too many requests), hands the envelope to the platform and
@@ -39,6 +40,7 @@ from sealserve.gateway._errors import error_for, too_many_requests, unknown_mode
 from sealserve.gateway._http import BodyReader, LeanResponse, LeanRoute, RequestHead
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
+from sealserve.gateway._web import WebAssets
 from sealserve.instance import ModelManifest
 from sealserve.platform import PlatformResult, PlatformStats
 from sealserve.protocol import HostError, check_request_id, error_body, split_model_id
@@ -88,6 +90,8 @@ class GatewayOptions:
     max_timeout_s: float = 600.0
     #: Requests the gateway holds at once (reading, waiting, running); more get 429.
     max_queued: int = 256
+    #: Serve the browser client under ``/web/`` (:mod:`._web`).
+    web: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_queued"):
@@ -111,6 +115,7 @@ class GatewayOptions:
             default_timeout_s=settings.request_timeout_s,
             max_timeout_s=max(600.0, settings.request_timeout_s),
             max_queued=settings.max_queued,
+            web=settings.web,
         )
 
 
@@ -178,6 +183,7 @@ class Gateway:
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
                 Route("/openapi.json", self._openapi, methods=["GET"]),
+                *(WebAssets.load().routes() if self.options.web else []),
             ],
             lifespan=_lifespan(self),
         )

@@ -16,6 +16,7 @@ import pytest
 
 from sealserve.attest import Policy, TrustAnchors
 from sealserve.client import KeyServicePin, Owner, User, upload_model
+from sealserve.config import Settings
 from sealserve.crypto import Identity, RequestKey
 from sealserve.deploy import DeploymentOptions, LocalDeployment
 from sealserve.platform import PlatformConfig
@@ -60,10 +61,11 @@ class Stack:
         return self.keys[(user.principal_id, model_id)]
 
 
-def open_stack(root: Path, config: PlatformConfig) -> Stack:
+def open_stack(root: Path, config: PlatformConfig, *, settings: Settings | None = None) -> Stack:
     deployment = LocalDeployment(
         DeploymentOptions(
             data_dir=root / "data",
+            settings=settings or Settings(),
             platform=config,
             keyservice_port=0,
             gateway_port=0,
