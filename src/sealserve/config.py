@@ -86,6 +86,9 @@ class KeyServiceSettings:
     #: A PEM bundle of the roots a TPM attestation key's certificate must chain to; none:
     #: TPM quotes are refused.  Its content is measured (clients pin it with the measurement).
     tpm_roots: Path | None = None
+    #: A certificate (PEM or DER) DCAP quotes must chain to instead of Intel's SGX Root CA
+    #: (tests only: a test hierarchy's root).  Measured, as ``tpm_roots``.
+    dcap_root: Path | None = None
 
     def __post_init__(self) -> None:
         _check_port("keyservice.port", self.port)

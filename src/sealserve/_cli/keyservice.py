@@ -79,6 +79,13 @@ TpmRootsOpt = Annotated[
         "without it TPM quotes are refused."
     ),
 ]
+DcapRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="A certificate (PEM or DER) DCAP quotes must chain to instead of Intel's SGX "
+        "Root CA (measured; tests with a test hierarchy only)."
+    ),
+]
 MeasurementOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -299,6 +306,7 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
     snp_cache: SnpCacheOpt = None,
     tpm_roots: TpmRootsOpt = None,
+    dcap_root: DcapRootOpt = None,
 ) -> None:
     """Start the KeyService, launched through the (simulated) TEE platform so it can attest.
 
@@ -321,6 +329,7 @@ def serve(
         ("rate_limit_burst", rate_limit_burst),
         ("snp_cache", snp_cache),
         ("tpm_roots", tpm_roots),
+        ("dcap_root", dcap_root),
     ):
         if value is not None:
             changes[name] = value
@@ -414,12 +423,13 @@ def measure(
     json_out: JsonOpt = False,
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
     tpm_roots: TpmRootsOpt = None,
+    dcap_root: DcapRootOpt = None,
 ) -> None:
     """Print the measurement a KeyService of the installed code has (what clients pin).
 
     It covers the measured settings (the challenge, release and replay windows, and which
-    hardware evidence is trusted: SEV-SNP, the TPM roots) of --config and --tpm-roots, as
-    'keyservice serve' launches it with the same ones.
+    hardware evidence is trusted: SEV-SNP, the TPM roots, the DCAP root) of --config,
+    --tpm-roots and --dcap-root, as 'keyservice serve' launches it with the same ones.
     """
     from sealserve.attest import measure as measure_entry
     from sealserve.keyservice import measured_config
@@ -428,5 +438,7 @@ def measure(
     ks = loaded.keyservice
     if tpm_roots is not None:
         ks = guarded(lambda: dataclasses.replace(ks, tpm_roots=tpm_roots))
+    if dcap_root is not None:
+        ks = guarded(lambda: dataclasses.replace(ks, dcap_root=dcap_root))
     value = guarded(lambda: measure_entry("keyservice", config=measured_config(ks)))
     emit(json_out, {"entry": "keyservice", "measurement": value}, value)

@@ -181,6 +181,11 @@ class LocalStack:
                 roots = self.root / "tpm-roots.pem"
                 roots.write_bytes(b"".join(_pem(r) for r in trust.tpm.roots))
                 changes["tpm_roots"] = roots
+            if trust.dcap_root_ca_der is not None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                dcap_root = self.root / "dcap-root.pem"
+                dcap_root.write_bytes(_pem(trust.dcap_root_ca_der))
+                changes["dcap_root"] = dcap_root
             if trust.snp is not None and trust.snp != SnpAnchors():
                 pins = sorted(trust.snp.ark_pins.items())
                 changes["snp_ark_pins"] = ",".join(f"{k}={v}" for k, v in pins)
@@ -385,7 +390,11 @@ class LocalStack:
 
     # -- instances -----------------------------------------------------------------------------
 
-    def instance_command(self, *, port: int = 0, extra: Sequence[str] = ()) -> list[str]:
+    def instance_command(
+        self, *, port: int = 0, extra: Sequence[str] = (), tee_socket: Path | None = None
+    ) -> list[str]:
+        """``sealserve instance serve`` against this stack (its runtimes launched by the
+        stack's platform, or by the platform daemon at ``tee_socket``: another node)."""
         if self.backend is None:
             pin = [
                 "--platform-key", str(self.platform_key_file),
@@ -400,7 +409,7 @@ class LocalStack:
             "--store", str(self.root / "store"),
             "--keyservice", self.keyservice_url,
             "--port", str(port),
-            "--tee-socket", str(self.socket_path),
+            "--tee-socket", str(tee_socket or self.socket_path),
             "--data-dir", str(self.root / "platform"),
             *pin,
             "--log-level", self.log_level,
@@ -416,8 +425,10 @@ class LocalStack:
         baseline: bool = False,
         extra: Sequence[str] = (),
         name: str | None = None,
+        tee_socket: Path | None = None,
     ) -> InstanceProcess:
-        """Start ``sealserve instance serve`` and wait for its ready file."""
+        """Start ``sealserve instance serve`` and wait for its ready file (``tee_socket``:
+        launch its runtime through another platform daemon than the stack's)."""
         label = name or f"instance-{len(self._instances) + 1}"
         ready_file = self.root / f"{label}.ready"
         log_path = self.root / f"{label}.log"
@@ -433,7 +444,7 @@ class LocalStack:
         lifeline = tie_to_this_process(env)
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
-                self.instance_command(extra=args),
+                self.instance_command(extra=args, tee_socket=tee_socket),
                 stdout=log,
                 stderr=log,
                 env=env,

@@ -44,8 +44,19 @@ _TPM_ROOTS_KEY: Final = "tpm_roots"
 #: ``PRODUCT=SHA256`` pins of other ARKs than AMD's, comma-separated (tests, like the
 #: KeyService's ``snp_ark_pins``); measured, so such a runtime has another measurement.
 _SNP_PINS_KEY: Final = "snp_ark_pins"
+#: Base64url DER of the root DCAP quotes must chain to instead of Intel's (tests, like the
+#: KeyService's ``dcap_root``); measured, so such a runtime has another measurement.
+_DCAP_ROOT_KEY: Final = "dcap_root"
 _KEYS: Final = frozenset(
-    {KEYSERVICE_POLICY_KEY, PLATFORM_KEYS_KEY, _DCAP_KEY, _SNP_KEY, _TPM_ROOTS_KEY, _SNP_PINS_KEY}
+    {
+        KEYSERVICE_POLICY_KEY,
+        PLATFORM_KEYS_KEY,
+        _DCAP_KEY,
+        _SNP_KEY,
+        _TPM_ROOTS_KEY,
+        _SNP_PINS_KEY,
+        _DCAP_ROOT_KEY,
+    }
 )
 
 
@@ -57,8 +68,6 @@ def runtime_launch_config(*, keyservice_policy: Policy, trust: TrustAnchors) -> 
         )
     if not isinstance(trust, TrustAnchors):
         raise TypeError(f"trust must be TrustAnchors, got {type(trust).__name__}")
-    if trust.dcap_root_ca_der is not None:
-        raise ValueError("a runtime pin cannot carry a custom DCAP root; use Intel's")
     if trust.snp is not None and trust.snp != SnpAnchors(ark_pins=trust.snp.ark_pins):
         raise ValueError("a runtime pin cannot carry certificates or CRLs: evidence brings them")
     config = {
@@ -75,6 +84,8 @@ def runtime_launch_config(*, keyservice_policy: Policy, trust: TrustAnchors) -> 
         config[_TPM_ROOTS_KEY] = ",".join(sorted(_b64(r) for r in trust.tpm.roots))
     if trust.snp is not None and trust.snp != SnpAnchors():
         config[_SNP_PINS_KEY] = ",".join(f"{k}={v}" for k, v in sorted(trust.snp.ark_pins.items()))
+    if trust.dcap_root_ca_der is not None:
+        config[_DCAP_ROOT_KEY] = _b64(trust.dcap_root_ca_der)
     return config
 
 
@@ -90,9 +101,11 @@ def pin_from_launch_config(config: Mapping[str, str]) -> tuple[Policy, TrustAnch
             bytes.fromhex(part) for part in config.get(PLATFORM_KEYS_KEY, "").split(",") if part
         )
         roots = tuple(_unb64(r) for r in config.get(_TPM_ROOTS_KEY, "").split(",") if r)
+        dcap_root = config.get(_DCAP_ROOT_KEY)
         trust = TrustAnchors(
             simulated_platform_keys=keys,
             accept_dcap=config.get(_DCAP_KEY, "0") == "1",
+            dcap_root_ca_der=_unb64(dcap_root) if dcap_root else None,
             snp=None if config.get(_SNP_KEY, "1") == "0" else _snp_anchors(config),
             tpm=TpmAnchors(roots=roots) if roots else None,
         )
@@ -121,4 +134,4 @@ def _unb64(text: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"a TPM root is not base64url: {exc}") from None
+        raise ValueError(f"a root certificate is not base64url: {exc}") from None

@@ -42,7 +42,7 @@ from sealserve.attest import (
 )
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import SealserveError
-from sealserve.keyservice._measured import hardware_anchors, settings_from
+from sealserve.keyservice._measured import dcap_root, hardware_anchors, settings_from
 from sealserve.keyservice._vault import MASTER_KEY_PURPOSE
 
 __all__ = ["main"]
@@ -81,15 +81,16 @@ def _trust(args: argparse.Namespace, config: Mapping[str, str]) -> TrustAnchors:
     the one of the platform that launched it (the host is not trusted to choose); and the
     hardware its measured config names."""
     snp, tpm = hardware_anchors(config, args.snp_cache)
+    hardware = TrustAnchors(snp=snp, tpm=tpm, dcap_root_ca_der=dcap_root(config))
     own = local_evidence(bytes(REPORT_DATA_BYTES))
     if own.format != FORMAT_SIMULATED:
         # Launched by a hardware launcher: no simulated platform to trust at all.
-        return TrustAnchors(snp=snp, tpm=tpm).of_own_platform(own)
+        return hardware.of_own_platform(own)
     if args.platform_key:
-        raw = bytes.fromhex(Path(args.platform_key).read_text().strip())
-        given = TrustAnchors(simulated_platform_keys=frozenset({raw}), snp=snp, tpm=tpm)
+        keys = frozenset({bytes.fromhex(Path(args.platform_key).read_text().strip())})
     else:
-        given = dataclasses.replace(TrustAnchors.from_data_dir(args.data_dir), snp=snp, tpm=tpm)
+        keys = TrustAnchors.from_data_dir(args.data_dir).simulated_platform_keys
+    given = dataclasses.replace(hardware, simulated_platform_keys=keys)
     return given.of_own_platform(own)
 
 

@@ -4,8 +4,9 @@ The challenge, release and replay windows and the revocation check bound travel 
 *measured* launch config (so a
 client's pinned measurement covers them; an empty config means the defaults), and so does
 which hardware evidence it accepts beyond its own platform's: whether SEV-SNP and Azure CVMs
-(under AMD's ARK pins unless a test says otherwise), and the roots a TPM attestation key must
-chain to, so a host cannot slip in a root of its own.  Everything else is an unmeasured
+(under AMD's ARK pins unless a test says otherwise), the roots a TPM attestation key must
+chain to, and the root DCAP quotes chain to (Intel's unless a test says otherwise), so a host
+cannot slip in a root of its own.  Everything else is an unmeasured
 argument of the ``keyservice`` entry (:mod:`._main`), the operator's AMD certificate cache
 included: what it holds must chain to a pinned ARK to count.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "HARDWARE_TRUST_KEYS",
     "LIMIT_SETTINGS",
     "MEASURED_SETTINGS",
+    "dcap_root",
     "hardware_anchors",
     "limit_args",
     "measured_config",
@@ -36,7 +38,7 @@ __all__ = [
 #: Settings carried in the measured launch config when they differ from the defaults.
 MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s", "revocation_check_s")
 #: Launch config keys of the hardware evidence trusted (present only when not the default).
-HARDWARE_TRUST_KEYS = ("accept_snp", "snp_ark_pins", "tpm_roots")
+HARDWARE_TRUST_KEYS = ("accept_snp", "snp_ark_pins", "tpm_roots", "dcap_root")
 #: The request budgets (:mod:`._limits`) beyond the rate limit: unmeasured, passed to the
 #: entry as ``--limit NAME=VALUE`` when they differ from the defaults.
 LIMIT_SETTINGS = (
@@ -66,11 +68,19 @@ def measured_config(settings: KeyServiceSettings) -> dict[str, str]:
     if settings.snp_ark_pins:
         config["snp_ark_pins"] = ",".join(sorted(filter(None, settings.snp_ark_pins.split(","))))
     if settings.tpm_roots is not None:
-        config["tpm_roots"] = _encode_roots(settings.tpm_roots)
+        config["tpm_roots"] = _encode_roots(settings.tpm_roots, "tpm_roots")
+    if settings.dcap_root is not None:
+        root = _encode_roots(settings.dcap_root, "dcap_root")
+        if "," in root:
+            raise ConfigError(
+                f"Config 'keyservice.dcap_root' names '{settings.dcap_root}', which holds more "
+                "than one certificate. DCAP quotes chain to one root."
+            )
+        config["dcap_root"] = root
     return config
 
 
-def _encode_roots(path: Path) -> str:
+def _encode_roots(path: Path, name: str) -> str:
     """The certificates of a PEM (or DER) file, as comma-separated base64url DER."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -80,20 +90,27 @@ def _encode_roots(path: Path) -> str:
         certs = load_certificates(Path(path).read_bytes())
     except OSError as exc:
         raise ConfigError(
-            f"Config 'keyservice.tpm_roots' names '{path}', which cannot be read: {exc.strerror}."
+            f"Config 'keyservice.{name}' names '{path}', which cannot be read: {exc.strerror}."
         ) from None
     except Rejected as exc:
         raise ConfigError(
-            f"Config 'keyservice.tpm_roots' names '{path}', which holds no certificate ({exc})."
+            f"Config 'keyservice.{name}' names '{path}', which holds no certificate ({exc})."
         ) from None
     return ",".join(sorted(b64encode(c.public_bytes(Encoding.DER)) for c in certs))
+
+
+def dcap_root(config: Mapping[str, str]) -> bytes | None:
+    """The DCAP root a measured launch config names (DER), or None for Intel's."""
+    text = config.get("dcap_root")
+    return b64decode(text) if text else None
 
 
 def hardware_anchors(
     config: Mapping[str, str], snp_cache: Path | None
 ) -> tuple[SnpAnchors | None, TpmAnchors | None]:
     """The SEV-SNP and TPM anchors a measured launch config names (with the operator's cache
-    of AMD certificates, which must chain to the pinned ARKs to count)."""
+    of AMD certificates, which must chain to the pinned ARKs to count); :func:`dcap_root`
+    names the DCAP root."""
     snp: SnpAnchors | None = None
     if config.get("accept_snp", "1") != "0":
         pins: Mapping[str, str] = ARK_SPKI_SHA256

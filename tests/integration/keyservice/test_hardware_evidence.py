@@ -1,9 +1,10 @@
-"""A real KeyService releases keys on SEV-SNP, TPM-quote and Azure-CVM evidence.
+"""A real KeyService releases keys on SEV-SNP, TPM-quote, Azure-CVM, SGX and TDX evidence.
 
-The hardware is synthetic (a test AMD hierarchy and a test TPM CA, generated here), so the
-KeyService is launched with measured trust in exactly those roots: its measurement says so,
-and a KeyService launched without them refuses the same evidence.  Each kind is granted
-through reference values, the way an owner pins a VM image.
+The hardware is synthetic (a test AMD hierarchy, a test TPM CA and a test Intel DCAP hierarchy,
+generated here), so the KeyService is launched with measured trust in exactly those roots: its
+measurement says so, and a KeyService launched without them refuses the same evidence.  The
+confidential VM kinds are granted through reference values, the way an owner pins a VM image;
+SGX and TDX quotes through MRENCLAVE and MRTD.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from sealserve.crypto import Identity, RequestKey, SymmetricKey
 from sealserve.errors import AccessDenied
 from sealserve.keyservice import measured_config
 from sealserve.keyservice._launch import LaunchedKeyService, launch_keyservice
+from tests.hwfakes.dcap import DcapHierarchy
 from tests.integration.keyservice.simruntime import SimulatedRuntime
 
 TCB = {"bootloader": 7, "tee": 1, "snp": 22, "microcode": 211}
 PCRS = {"sha256": {i: hashlib.sha256(b"boot %d" % i).digest() for i in range(8)}}
 CHIP = bytes(range(64))
+MRENCLAVE = hashlib.sha256(b"an enclave").digest()
+MRTD = hashlib.sha384(b"a TD").digest()
 
 
 class Hardware:
@@ -52,6 +56,11 @@ class Hardware:
         fill_cache(downloads, self.cache, ark_pins={"Genoa": self.amd.ark_pin})
         self.roots = root / "tpm-roots.pem"
         self.roots.write_bytes(self.tpm.ca.public_bytes(Encoding.PEM))
+        self.dcap = DcapHierarchy()
+        self.sgx_platform = self.dcap.platform()
+        self.tdx_platform = self.dcap.platform(fmspc=bytes.fromhex("b0c06f000000"), sgx_type=1)
+        self.dcap_root = root / "dcap-root.pem"
+        self.dcap_root.write_bytes(self.dcap.root.public_bytes(Encoding.PEM))
 
     def settings(self, db: str, *, trusted: bool = True) -> KeyServiceSettings:
         base = KeyServiceSettings(port=0, db_url=db, rate_limit_per_s=1e4, rate_limit_burst=10_000)
@@ -65,6 +74,7 @@ class Hardware:
             snp_ark_pins=f"Genoa={self.amd.ark_pin}",
             snp_cache=self.cache,
             tpm_roots=self.roots,
+            dcap_root=self.dcap_root,
         )
 
     def snp(self, report_data: bytes, *, policy: int = 0x30000) -> Evidence:
@@ -82,6 +92,16 @@ class Hardware:
         )
         return evidence
 
+    def sgx(self, report_data: bytes, *, debug: bool = False, outdated: bool = False) -> Evidence:
+        p = self.sgx_platform
+        quote = p.sgx_quote(report_data, mrenclave=MRENCLAVE, debug=debug)
+        return Evidence.from_quote(quote, collateral=p.collateral_json("SGX", outdated=outdated))
+
+    def tdx(self, report_data: bytes, *, debug: bool = False, outdated: bool = False) -> Evidence:
+        p = self.tdx_platform
+        quote = p.tdx_quote(report_data, mrtd=MRTD, debug=debug)
+        return Evidence.from_quote(quote, collateral=p.collateral_json("TDX", outdated=outdated))
+
 
 SNP_REFS = ReferenceValues(name="genoa-image", snp=SnpReference(min_tcb={"Genoa": TCB}))
 TPM_REFS = ReferenceValues(
@@ -93,6 +113,8 @@ POLICIES = {
     "snp": Policy(measurements=frozenset({"00" * 48}), reference_values=(SNP_REFS,)),
     "tpm": Policy(reference_values=(TPM_REFS,)),
     "azure": Policy(reference_values=(AZURE_REFS,)),
+    "sgx": Policy(measurements=frozenset({MRENCLAVE.hex()})),
+    "tdx": Policy(measurements=frozenset({MRTD.hex()})),
 }
 
 
@@ -159,7 +181,13 @@ def test_releases_on_each_kind_of_hardware_evidence(
             trust=platform.trust_anchors(),
         )
         user_id, models = _publish(service, pin)
-        makers = {"snp": hardware.snp, "tpm": hardware.tpm_quote, "azure": hardware.azure}
+        makers = {
+            "snp": hardware.snp,
+            "tpm": hardware.tpm_quote,
+            "azure": hardware.azure,
+            "sgx": hardware.sgx,
+            "tdx": hardware.tdx,
+        }
         for kind, make in makers.items():
             runtime = HardwareRuntime(make, platform=platform, url=service.url, pin=pin)
             try:
@@ -171,18 +199,22 @@ def test_releases_on_each_kind_of_hardware_evidence(
                     runtime.release([(user_id, other)])
             finally:
                 runtime.close()
-        # A debug guest is refused (the policy does not allow debug).
-        debug = HardwareRuntime(
-            lambda rd: hardware.snp(rd, policy=0x30000 | 1 << 19),
-            platform=platform,
-            url=service.url,
-            pin=pin,
-        )
-        try:
-            with pytest.raises(AccessDenied):
-                debug.release([(user_id, models["snp"])])
-        finally:
-            debug.close()
+        # A debug guest, enclave or TD is refused (the policy does not allow debug), and so is
+        # a platform whose TCB Intel's collateral calls out of date.
+        refused: list[tuple[Callable[[bytes], Evidence], str]] = [
+            (lambda rd: hardware.snp(rd, policy=0x30000 | 1 << 19), "snp"),
+            (lambda rd: hardware.sgx(rd, debug=True), "sgx"),
+            (lambda rd: hardware.tdx(rd, debug=True), "tdx"),
+            (lambda rd: hardware.sgx(rd, outdated=True), "sgx"),
+            (lambda rd: hardware.tdx(rd, outdated=True), "tdx"),
+        ]
+        for make, kind in refused:
+            bad = HardwareRuntime(make, platform=platform, url=service.url, pin=pin)
+            try:
+                with pytest.raises(AccessDenied):
+                    bad.release([(user_id, models[kind])])
+            finally:
+                bad.close()
     finally:
         service.stop()
 
@@ -198,7 +230,13 @@ def test_a_keyservice_without_those_roots_refuses_the_same_evidence(
             trust=platform.trust_anchors(),
         )
         user_id, models = _publish(service, pin)
-        makers = {"snp": hardware.snp, "tpm": hardware.tpm_quote, "azure": hardware.azure}
+        makers = {
+            "snp": hardware.snp,
+            "tpm": hardware.tpm_quote,
+            "azure": hardware.azure,
+            "sgx": hardware.sgx,
+            "tdx": hardware.tdx,
+        }
         for kind, make in makers.items():
             runtime = HardwareRuntime(make, platform=platform, url=service.url, pin=pin)
             try:

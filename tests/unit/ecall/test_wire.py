@@ -155,6 +155,8 @@ def test_the_pin_carries_which_hardware_the_keyservice_may_attest_with() -> None
     for trust in (
         dataclasses.replace(default, snp=None),
         dataclasses.replace(default, tpm=roots),
+        # a test DCAP root (instead of Intel's) is measured into the pin too
+        dataclasses.replace(default, dcap_root_ca_der=SyntheticTpm().anchors().roots[0]),
     ):
         config = runtime_launch_config(keyservice_policy=policy, trust=trust)
         assert config != plain
