@@ -41,7 +41,12 @@ store_app = typer.Typer(
 app.add_typer(store_app, name="store")
 
 StoreOpt = Annotated[
-    Path, typer.Option("--store", help="Model store directory (sealed models only).")
+    str,
+    typer.Option(
+        "--store",
+        help="The model store (sealed models only): a directory, or an fsspec URL "
+        "(s3://bucket/prefix, file:///srv/models, ...).",
+    ),
 ]
 
 
@@ -160,8 +165,8 @@ def serve(
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
-    if not store.is_dir():
-        fail(f"--store {str(store)!r} is not a directory", 2)
+    if "://" not in store and not Path(store).is_dir():
+        fail(f"--store {store!r} is not a directory", 2)
     folder = resolve_data_dir(data_dir)
     url = keyservice_url(keyservice)
     config = guarded(
@@ -239,9 +244,9 @@ def measurement(
 @store_app.command("list")
 def store_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
     """List the sealed models of a store."""
-    from sealserve.instance import ModelStore
+    from sealserve.instance import open_store
 
-    manifests = guarded(lambda: ModelStore(store).list())
+    manifests = guarded(lambda: open_store(store).list())
     if json_out:
         typer.echo(json.dumps([m.to_json() for m in manifests], indent=2))
         return
@@ -260,7 +265,7 @@ def store_verify(
     model_id: Annotated[str, typer.Argument(help="The model id, <owner_id>/<name>.")],
 ) -> None:
     """Read a stored model fully and check its digest (exit 1 if it does not match)."""
-    from sealserve.instance import ModelStore
+    from sealserve.instance import open_store
 
-    manifest = guarded(lambda: ModelStore(store).verify(model_id))
+    manifest = guarded(lambda: open_store(store).verify(model_id))
     typer.echo(f"{manifest.model_id}: ok ({manifest.size} bytes, sha256:{manifest.digest})")

@@ -6,6 +6,8 @@ calls of :mod:`sealserve.ecall`.  The host sees ids, sizes, timings and cipherte
 key or a plaintext, and imports none of the code that unseals.  See docs/runtime.md.
 
 * :class:`ModelStore` — sealed models in a content-addressed directory, digest-checked;
+  :class:`ObjectModelStore` the same in object storage (fsspec); :func:`open_store` opens
+  either from a path or a URL (:class:`SealedModelStore` is what both offer);
 * :class:`InstanceClient` — the binary endpoint, for the gateway, tests and benchmarks;
 * :class:`InstanceHost`, :class:`RuntimeSupervisor`, :func:`serve_instance` — the host itself
   (``sealserve instance serve``).
@@ -16,13 +18,22 @@ from sealserve.instance._blobs import SealedModelReader, SealedModelWriter, Writ
 from sealserve.instance._broker import BrokerMessage, HostBroker, receive_broker_message
 from sealserve.instance._client import InferResult, InstanceClient
 from sealserve.instance._metrics import InstanceMetrics
+from sealserve.instance._objstore import ObjectModelStore
 from sealserve.instance._server import (
     SPAWNED_AT_ENV,
     InstanceConfig,
     process_age_s,
     serve_instance,
 )
-from sealserve.instance._store import MANIFEST_SCHEMA, ModelManifest, ModelStore
+from sealserve.instance._store import (
+    MANIFEST_SCHEMA,
+    SEALED_HEADER_BYTES,
+    ModelManifest,
+    ModelStore,
+    SealedModelStore,
+    check_sealed_header,
+    open_store,
+)
 from sealserve.instance._supervisor import (
     RuntimeGeneration,
     RuntimeHandle,
@@ -44,15 +55,20 @@ __all__ = [
     "MANIFEST_SCHEMA",
     "ModelManifest",
     "ModelStore",
+    "ObjectModelStore",
     "RuntimeGeneration",
     "RuntimeHandle",
     "RuntimeStatus",
     "RuntimeSupervisor",
+    "SEALED_HEADER_BYTES",
     "SPAWNED_AT_ENV",
     "SealedModelReader",
+    "SealedModelStore",
     "SealedModelWriter",
     "SupervisorOptions",
     "WriterState",
+    "check_sealed_header",
+    "open_store",
     "process_age_s",
     "receive_broker_message",
     "serve_instance",

@@ -22,14 +22,14 @@ import io
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sealserve.errors import InstanceError
 
 if TYPE_CHECKING:
     from sealserve.instance._store import ModelManifest
 
-__all__ = ["SealedModelReader", "SealedModelWriter", "WriterState"]
+__all__ = ["BlobFile", "SealedModelReader", "SealedModelWriter", "WriterState"]
 
 
 class WriterState(enum.Enum):
@@ -114,12 +114,24 @@ class SealedModelWriter:
             self.abort()
 
 
+class BlobFile(Protocol):
+    """What a reader reads a blob from: a file of the store (a local file, an fsspec file)."""
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+
 class SealedModelReader(io.RawIOBase):
     """Reads a stored blob; the digest is checked when the end is reached."""
 
     def __init__(
         self,
-        file: io.FileIO,
+        file: BlobFile,
         *,
         manifest: ModelManifest,
         check: Callable[[str, int], None],

@@ -39,7 +39,7 @@ from sealserve.attest import Launcher
 from sealserve.errors import InstanceError, SealserveError
 from sealserve.instance._app import HostOptions, InstanceHost
 from sealserve.instance._broker import HostBroker
-from sealserve.instance._store import ModelStore
+from sealserve.instance._store import open_store
 from sealserve.instance._supervisor import (
     RuntimeGeneration,
     RuntimeSupervisor,
@@ -59,7 +59,8 @@ _SWITCH_INTERVAL_S: Final = 0.0005
 class InstanceConfig:
     """Everything one instance needs besides its TEE launcher and the runtime's pin."""
 
-    store_dir: Path
+    #: The model store: a directory, or an fsspec URL (:func:`~sealserve.instance.open_store`).
+    store_dir: Path | str
     keyservice_url: str
     host: str = "127.0.0.1"
     port: int = 8080
@@ -107,7 +108,7 @@ def serve_instance(
     # hands over the GIL in a fraction of a millisecond instead of up to 5 ms.
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
     registry = registry or CollectorRegistry()
-    store = ModelStore(config.store_dir)
+    store = open_store(config.store_dir)
     holder: list[InstanceHost] = []
 
     def data_link(generation: RuntimeGeneration, sock: socket.socket) -> None:

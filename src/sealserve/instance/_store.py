@@ -33,24 +33,36 @@ import json
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, Protocol, runtime_checkable
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.errors import ModelNotStored, StoreIntegrityError
-from sealserve.instance._blobs import SealedModelReader, SealedModelWriter
+from sealserve.instance._blobs import BlobFile, SealedModelReader, SealedModelWriter
 from sealserve.protocol import SEALED_MODEL_HEADER_SIZE, SealedModelHeader, split_model_id
 
-__all__ = ["MANIFEST_SCHEMA", "ModelManifest", "ModelStore"]
+__all__ = [
+    "MANIFEST_SCHEMA",
+    "SEALED_HEADER_BYTES",
+    "ModelManifest",
+    "ModelStore",
+    "SealedModelStore",
+    "StoreReads",
+    "check_sealed_header",
+    "open_store",
+]
 
 _log = get_logger(__name__)
 
 MANIFEST_SCHEMA: Final = "sealserve.store.manifest/1"
 _IO_CHUNK: Final = 1 << 20
 _HEX = re.compile(r"[0-9a-f]{64}")
+#: Bytes of a sealed model's header (sealserve.crypto's streaming format).
+SEALED_HEADER_BYTES: Final = SEALED_MODEL_HEADER_SIZE
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +113,158 @@ class ModelManifest:
         return cls(model_id=str(model_id), digest=hexdigest, stored_at=float(stored_at), **values)
 
 
-class ModelStore:
+class StoreReads:
+    """The digest-checked reads every store shares; a store supplies :meth:`get` and
+    :meth:`_open_blob` (a file of the blob, its size checked against the manifest)."""
+
+    def get(self, model_id: str) -> ModelManifest:
+        raise NotImplementedError
+
+    def _open_blob(self, manifest: ModelManifest) -> BlobFile:
+        raise NotImplementedError
+
+    def read_into(self, model_id: str, out: memoryview) -> ModelManifest:
+        """Read the sealed model into the first ``size`` bytes of ``out`` (e.g. an ipc loan),
+        checking its digest on the way; raises :class:`~sealserve.errors.StoreIntegrityError`
+        if it does not match (then ``out`` holds nothing usable: do not publish it)."""
+        manifest = self.get(model_id)
+        if len(out) < manifest.size:
+            raise ValueError(f"out has {len(out)} bytes; model {model_id!r} is {manifest.size}")
+        self._read_verified(manifest, out[: manifest.size])
+        return manifest
+
+    def open(self, model_id: str) -> SealedModelReader:
+        """A stream of the sealed model; its digest is checked when the end is read
+        (:class:`~sealserve.errors.StoreIntegrityError` there).  ``.manifest`` says what it
+        is.  Use it as a context manager."""
+        manifest = self.get(model_id)
+
+        def check(digest: str, missing: int) -> None:
+            self._check_digest(manifest, digest, missing)
+
+        return SealedModelReader(self._open_blob(manifest), manifest=manifest, check=check)
+
+    def read(self, model_id: str) -> tuple[ModelManifest, bytes]:
+        """The manifest and the (verified) sealed bytes of ``model_id``."""
+        manifest = self.get(model_id)
+        buffer = bytearray(manifest.size)
+        self._read_verified(manifest, memoryview(buffer))
+        return manifest, bytes(buffer)
+
+    def verify(self, model_id: str) -> ModelManifest:
+        """Read ``model_id`` fully and check its digest (without keeping it)."""
+        manifest = self.get(model_id)
+        scratch = memoryview(bytearray(min(manifest.size, _IO_CHUNK)))
+        hasher = hashlib.sha256()
+        with self._open_blob(manifest) as fh:
+            remaining = manifest.size
+            while remaining:
+                n = fh.readinto(scratch[: min(remaining, len(scratch))])
+                if not n:
+                    break
+                hasher.update(scratch[:n])
+                remaining -= n
+        self._check_digest(manifest, hasher.hexdigest(), remaining)
+        return manifest
+
+    def _read_verified(self, manifest: ModelManifest, out: memoryview) -> None:
+        hasher = hashlib.sha256()
+        with self._open_blob(manifest) as fh:
+            pos = 0
+            while pos < manifest.size:
+                n = fh.readinto(out[pos : min(pos + _IO_CHUNK, manifest.size)])
+                if not n:
+                    break
+                hasher.update(out[pos : pos + n])
+                pos += n
+        self._check_digest(manifest, hasher.hexdigest(), manifest.size - pos)
+
+    def _check_digest(self, manifest: ModelManifest, digest: str, missing: int) -> None:
+        if missing:
+            self._integrity_failure(manifest, f"{missing} bytes short")
+        if digest != manifest.digest:
+            self._integrity_failure(manifest, "digest mismatch")
+
+    def _integrity_failure(self, manifest: ModelManifest, reason: str) -> None:
+        _log.event("store.integrity_failure", model_id=manifest.model_id, reason=reason)
+        raise StoreIntegrityError(
+            f"the stored blob of model {manifest.model_id!r} does not match its digest "
+            f"({reason}); it is not served: upload the model again"
+        )
+
+
+@runtime_checkable
+class SealedModelStore(Protocol):
+    """What the platform, the instance host and the upload service need of a model store:
+    :class:`ModelStore` (a directory, the default) and
+    :class:`~sealserve.instance.ObjectModelStore` (object storage through fsspec) are two.
+    :func:`open_store` opens the one a location names."""
+
+    @property
+    def location(self) -> str:
+        """Where it is: a directory, or an fsspec URL (nothing secret)."""
+        ...
+
+    def get(self, model_id: str) -> ModelManifest: ...
+
+    def list(self) -> list[ModelManifest]: ...
+
+    def manifest_stamp(self, model_id: str) -> tuple[Any, ...] | None: ...
+
+    def read_into(self, model_id: str, out: memoryview) -> ModelManifest: ...
+
+    def open(self, model_id: str) -> SealedModelReader: ...
+
+    def read(self, model_id: str) -> tuple[ModelManifest, bytes]: ...
+
+    def verify(self, model_id: str) -> ModelManifest: ...
+
+    def create(
+        self,
+        model_id: str,
+        *,
+        key_version: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> SealedModelWriter: ...
+
+    def put(
+        self,
+        model_id: str,
+        sealed: BinaryIO | bytes | bytearray | memoryview,
+        *,
+        key_version: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> ModelManifest: ...
+
+    def adopt(
+        self, model_id: str, path: Path, *, digest: str, size: int, key_version: int
+    ) -> ModelManifest: ...
+
+    def remove(self, model_id: str) -> bool: ...
+
+    def staging_dir(self) -> Path | None:
+        """A local directory from which :meth:`adopt` renames instead of copying, if any."""
+        ...
+
+
+def open_store(
+    location: str | os.PathLike[str], *, clock: Clock = SYSTEM_CLOCK
+) -> SealedModelStore:
+    """The model store at ``location``: a directory path (:class:`ModelStore`), or an fsspec
+    URL such as ``s3://bucket/prefix``, ``memory://name`` or ``file:///srv/models``
+    (:class:`~sealserve.instance.ObjectModelStore`: objects, no renames).  ``ValueError`` for
+    an empty location."""
+    text = os.fspath(location)
+    if not text:
+        raise ValueError("the model store location is empty; give a directory or a URL")
+    if "://" in text:
+        from sealserve.instance._objstore import ObjectModelStore
+
+        return ObjectModelStore(text, clock=clock)
+    return ModelStore(text, clock=clock)
+
+
+class ModelStore(StoreReads):
     """A content-addressed directory of sealed models (see the module docstring).
 
     Several processes may read and write one store: every change is an atomic rename.
@@ -110,6 +273,14 @@ class ModelStore:
     def __init__(self, root: str | os.PathLike[str], *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.root = Path(root)
         self._clock = clock
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def staging_dir(self) -> Path:
+        """``<root>/tmp``: a file staged under it is adopted by a rename (same file system)."""
+        return self._tmp_dir()
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -138,8 +309,7 @@ class ModelStore:
         ``dst``); leaving its ``with`` block stores the model atomically, an error discards
         it.  ``key_version`` is the version of the model key it is sealed under."""
         split_model_id(model_id)
-        if isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1:
-            raise ValueError(f"key_version must be an int >= 1, got {key_version!r}")
+        _check_version(key_version)
         fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=self._tmp_dir())
 
         def finish(tmp: Path, digest: str, size: int, header: bytes) -> ModelManifest:
@@ -177,10 +347,38 @@ class ModelStore:
         assert out.manifest is not None
         return out.manifest
 
+    def adopt(
+        self, model_id: str, path: Path, *, digest: str, size: int, key_version: int
+    ) -> ModelManifest:
+        """Store the sealed model staged in the file ``path`` (whose SHA-256 ``digest`` and
+        ``size`` the caller computed while receiving it) under ``model_id``, taking the file:
+        renamed into place when it is on the store's file system (under :meth:`staging_dir`,
+        say), else copied and removed.
+        ``ValueError`` if it is not a sealed model or not ``size`` bytes (the file is then
+        left where it is)."""
+        split_model_id(model_id)
+        _check_version(key_version)
+        if not _HEX.fullmatch(digest):
+            raise ValueError(f"digest must be 64 lowercase hex digits, got {digest!r}")
+        path = Path(path)
+        header = read_staged_header(path, size, key_version)
+        tmp = path
+        if path.stat().st_dev != self._tmp_dir().stat().st_dev:
+            fd, name = tempfile.mkstemp(prefix="adopt-", dir=self._tmp_dir())
+            os.close(fd)
+            tmp = Path(name)
+            try:
+                shutil.copyfile(path, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            path.unlink()
+        return self._commit(model_id, key_version, tmp, digest, size, header)
+
     def _commit(
         self, model_id: str, key_version: int, tmp: Path, digest: str, size: int, header: bytes
     ) -> ModelManifest:
-        chunk_size = _check_sealed_header(header, size, key_version)
+        chunk_size = check_sealed_header(header, size, key_version)
         blob = self._blob_path(digest)
         blob.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
@@ -293,62 +491,6 @@ class ModelStore:
                 out.append(manifest)
         return out
 
-    def read_into(self, model_id: str, out: memoryview) -> ModelManifest:
-        """Read the sealed model into the first ``size`` bytes of ``out`` (e.g. an ipc loan),
-        checking its digest on the way; raises :class:`~sealserve.errors.StoreIntegrityError`
-        if it does not match (then ``out`` holds nothing usable: do not publish it)."""
-        manifest = self.get(model_id)
-        if len(out) < manifest.size:
-            raise ValueError(f"out has {len(out)} bytes; model {model_id!r} is {manifest.size}")
-        self._read_verified(manifest, out[: manifest.size])
-        return manifest
-
-    def open(self, model_id: str) -> SealedModelReader:
-        """A stream of the sealed model; its digest is checked when the end is read
-        (:class:`~sealserve.errors.StoreIntegrityError` there).  ``.manifest`` says what it
-        is.  Use it as a context manager."""
-        manifest = self.get(model_id)
-
-        def check(digest: str, missing: int) -> None:
-            self._check_digest(manifest, digest, missing)
-
-        return SealedModelReader(self._open_blob(manifest), manifest=manifest, check=check)
-
-    def read(self, model_id: str) -> tuple[ModelManifest, bytes]:
-        """The manifest and the (verified) sealed bytes of ``model_id``."""
-        manifest = self.get(model_id)
-        buffer = bytearray(manifest.size)
-        self._read_verified(manifest, memoryview(buffer))
-        return manifest, bytes(buffer)
-
-    def verify(self, model_id: str) -> ModelManifest:
-        """Read ``model_id`` fully and check its digest (without keeping it)."""
-        manifest = self.get(model_id)
-        scratch = memoryview(bytearray(min(manifest.size, _IO_CHUNK)))
-        hasher = hashlib.sha256()
-        with self._open_blob(manifest) as fh:
-            remaining = manifest.size
-            while remaining:
-                n = fh.readinto(scratch[: min(remaining, len(scratch))])
-                if not n:
-                    break
-                hasher.update(scratch[:n])
-                remaining -= n
-        self._check_digest(manifest, hasher.hexdigest(), remaining)
-        return manifest
-
-    def _read_verified(self, manifest: ModelManifest, out: memoryview) -> None:
-        hasher = hashlib.sha256()
-        with self._open_blob(manifest) as fh:
-            pos = 0
-            while pos < manifest.size:
-                n = fh.readinto(out[pos : min(pos + _IO_CHUNK, manifest.size)])
-                if not n:
-                    break
-                hasher.update(out[pos : pos + n])
-                pos += n
-        self._check_digest(manifest, hasher.hexdigest(), manifest.size - pos)
-
     def _open_blob(self, manifest: ModelManifest) -> io.FileIO:
         path = self._blob_path(manifest.digest)
         try:
@@ -365,19 +507,6 @@ class ModelStore:
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return fh
 
-    def _check_digest(self, manifest: ModelManifest, digest: str, missing: int) -> None:
-        if missing:
-            self._integrity_failure(manifest, f"{missing} bytes short")
-        if digest != manifest.digest:
-            self._integrity_failure(manifest, "digest mismatch")
-
-    def _integrity_failure(self, manifest: ModelManifest, reason: str) -> None:
-        _log.event("store.integrity_failure", model_id=manifest.model_id, reason=reason)
-        raise StoreIntegrityError(
-            f"the stored blob of model {manifest.model_id!r} does not match its digest "
-            f"({reason}); it is not served: upload the model again"
-        )
-
     def __repr__(self) -> str:
         return f"ModelStore(root={str(self.root)!r})"
 
@@ -393,15 +522,36 @@ def _read_some(source: Any, view: memoryview) -> int:
     return len(data)
 
 
-def _check_sealed_header(header: bytes, size: int, key_version: int) -> int:
-    """The chunk size of a sealed model whose header says it is sealed for ``key_version``."""
+def _check_version(key_version: int) -> None:
+    if isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1:
+        raise ValueError(f"key_version must be an int >= 1, got {key_version!r}")
+
+
+def read_staged_header(path: Path, size: int, key_version: int) -> bytes:
+    """The first bytes of the staged file ``path``, once it is synced and checked to hold
+    ``size`` bytes and the header of a sealed model of ``key_version`` (``ValueError``
+    otherwise)."""
+    with path.open("rb") as fh:
+        header = fh.read(SEALED_MODEL_HEADER_SIZE)
+        actual = os.fstat(fh.fileno()).st_size
+        if actual != size:
+            raise ValueError(f"the staged file holds {actual} bytes, not {size}")
+        os.fsync(fh.fileno())
+    check_sealed_header(header, size, key_version)
+    return header
+
+
+def check_sealed_header(header: bytes, size: int, key_version: int | None = None) -> int:
+    """The chunk size a sealed model's first bytes declare; ``ValueError`` if they are not
+    the header of sealserve's sealed-model format (``size``: the whole model's bytes) or,
+    given ``key_version``, if the model is bound to another version."""
     if len(header) < SEALED_MODEL_HEADER_SIZE:
         raise ValueError(f"{size} bytes is not a sealed model (too short for its header)")
     try:
         parsed = SealedModelHeader.parse(header)
     except ValueError as exc:
         raise ValueError(f"not a sealed model of this sealserve: {exc}") from None
-    if parsed.model_version != key_version:
+    if key_version is not None and parsed.model_version != key_version:
         raise ValueError(
             f"the sealed model is bound to version {parsed.model_version}, not {key_version}: "
             "seal it for the version it is stored as"

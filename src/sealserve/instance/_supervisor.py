@@ -52,7 +52,7 @@ from sealserve.errors import (
     SealserveError,
     StoreIntegrityError,
 )
-from sealserve.instance._store import ModelStore
+from sealserve.instance._store import SealedModelStore
 from sealserve.ipc import ChannelOptions, Connection, QoS
 from sealserve.protocol import wire as keyservice_wire
 
@@ -197,7 +197,7 @@ class RuntimeSupervisor(Resource):
         *,
         launcher: Launcher,
         launch_config: Mapping[str, str],
-        store: ModelStore,
+        store: SealedModelStore,
         keyservice_url: str,
         options: SupervisorOptions | None = None,
         registry: CollectorRegistry | None = None,

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 from sealserve.errors import ModelNotStored
-from sealserve.instance import ModelManifest, ModelStore
+from sealserve.instance import ModelManifest, SealedModelStore
 from sealserve.protocol import split_model_id
 
 __all__ = ["ModelCatalog"]
@@ -25,16 +26,16 @@ _MIB = float(1 << 20)
 class ModelCatalog:
     """The sealed models of ``store``, as the router and the gateway need them."""
 
-    def __init__(self, store: ModelStore, *, memory_factor: float = 4.0) -> None:
-        if not isinstance(store, ModelStore):
-            raise TypeError(f"store must be a ModelStore, got {type(store).__name__}")
+    def __init__(self, store: SealedModelStore, *, memory_factor: float = 4.0) -> None:
+        if not isinstance(store, SealedModelStore):
+            raise TypeError(f"store must be a model store, got {type(store).__name__}")
         if not memory_factor >= 1.0 or math.isinf(memory_factor):
             raise ValueError(f"memory_factor must be a finite number >= 1, got {memory_factor!r}")
         self.store = store
         self.memory_factor = memory_factor
         self._lock = threading.Lock()
         self._cache: dict[str, ModelManifest] = {}
-        self._stamps: dict[str, tuple[int, int, int]] = {}
+        self._stamps: dict[str, tuple[Any, ...]] = {}
 
     def get(self, model_id: str) -> ModelManifest:
         """The current manifest of ``model_id`` (the gateway asks once per request: the file
@@ -83,4 +84,4 @@ class ModelCatalog:
         return self.store.list()
 
     def __repr__(self) -> str:
-        return f"ModelCatalog({str(self.store.root)!r}, memory_factor={self.memory_factor})"
+        return f"ModelCatalog({self.store.location!r}, memory_factor={self.memory_factor})"

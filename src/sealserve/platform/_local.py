@@ -73,7 +73,8 @@ class LocalOptions:
     files and each instance's log go to ``run_dir``.
     """
 
-    store_dir: Path
+    #: The model store the instances fetch from: a directory or an fsspec URL.
+    store_dir: Path | str
     keyservice_url: str
     tee_socket: Path
     platform_key_file: Path

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from sealserve.instance import ModelStore
+from sealserve.instance import open_store
 from sealserve.packer import make_policy
 from sealserve.platform import ModelCatalog, PlatformConfig
 from sealserve.platform.ray._demand import DemandBoard
@@ -52,7 +51,7 @@ def packer_for(router_kwargs: Mapping[str, Any]) -> ReplicaPacker:
     """
     try:
         key = (str(router_kwargs["app_name"]), str(router_kwargs["deployment_name"]))
-        store_dir = Path(str(router_kwargs["store_dir"]))
+        store_dir = str(router_kwargs["store_dir"])
         platform = dict(router_kwargs["platform"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"router_kwargs are not RayOptions.router_kwargs(): {exc}") from exc
@@ -60,7 +59,7 @@ def packer_for(router_kwargs: Mapping[str, Any]) -> ReplicaPacker:
         packer = _packers.get(key)
         if packer is None:
             config = PlatformConfig(**platform)
-            catalog = ModelCatalog(ModelStore(store_dir), memory_factor=config.memory_factor)
+            catalog = ModelCatalog(open_store(store_dir), memory_factor=config.memory_factor)
             packer = ReplicaPacker(
                 config, policy=make_policy(config.policy), model_memory_mb=catalog.memory_mb
             )

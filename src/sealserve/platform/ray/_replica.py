@@ -49,7 +49,7 @@ class SealedInstance:
         concurrency = int(config["concurrency"])
         self._backend = LocalBackend(
             LocalOptions(
-                store_dir=Path(config["store_dir"]),
+                store_dir=str(config["store_dir"]),
                 keyservice_url=str(config["keyservice_url"]),
                 tee_socket=Path(config["tee_socket"]),
                 platform_key_file=Path(config["platform_key_file"]),
