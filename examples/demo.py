@@ -2,7 +2,8 @@
 
 1. ``sealserve up``: the simulated TEE's platform daemon, the KeyService (attested), the
    gateway and the local platform, on 127.0.0.1, in a fresh data directory;
-2. as a model owner: seal MobileNetV2, open_nsfw and MiniLM straight into the model store,
+2. as a model owner: seal MobileNetV2, open_nsfw and MiniLM, upload them to the gateway's model
+   store (signed, chunked, digest-checked: the gateway only ever holds the sealed bytes),
    hand their keys to the KeyService, and grant a user access in the attested runtime only;
 3. as that user: classify a photograph (matplotlib's grace_hopper.jpg), score it with
    open_nsfw, embed two sentences with MiniLM, all sealed on this side and unsealed on this
@@ -35,10 +36,17 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.table import Table
 
 from sealserve.attest import Policy, TrustAnchors
-from sealserve.client import GatewayClient, Inference, KeyServicePin, Owner, User, upload_model
+from sealserve.client import (
+    GatewayClient,
+    Inference,
+    KeyServicePin,
+    Owner,
+    StoreClient,
+    User,
+    upload_model,
+)
 from sealserve.crypto import Identity, RequestKey
 from sealserve.errors import AccessDenied
-from sealserve.instance import ModelStore
 from sealserve.models import build, get_spec, sample_image_path
 
 SENTENCES = [
@@ -145,7 +153,8 @@ def run_demo(work: Path, info: dict[str, Any]) -> bool:
         user.register()
         stranger.register()
         console.print(f"owner {owner.principal_id[:16]}…, user {user.principal_id[:16]}…")
-        keys = share_models(owner, user, ModelStore(info["store_dir"]), files, runtime)
+        with StoreClient(info["gateway_url"], identity=owner.identity) as store:
+            keys = share_models(owner, user, store, files, runtime)
         console.rule("as the user: sealed on this side, unsealed on this side")
         with GatewayClient(info["gateway_url"]) as gateway:
             results = infer_all(gateway, owner, user, keys, files)
@@ -158,33 +167,44 @@ def run_demo(work: Path, info: dict[str, Any]) -> bool:
 def share_models(
     owner: Owner,
     user: User,
-    store: ModelStore,
+    store: StoreClient,
     files: dict[str, Path],
     runtime: Policy,
 ) -> dict[str, RequestKey]:
-    """Seal each model into the store, give its key to the KeyService, grant the user; the
-    user registers a request key per model."""
+    """Seal each model, upload it to the gateway's store, give its key to the KeyService,
+    grant the user; the user registers a request key per model."""
     keys: dict[str, RequestKey] = {}
-    with Progress(TextColumn("sealing {task.description:<12}"), BarColumn(), DownloadColumn(),
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), DownloadColumn(),
                   console=console) as bar:  # fmt: skip
         for name, path in files.items():
-            task = bar.add_task(name, total=path.stat().st_size)
+            sealing = bar.add_task(f"sealing {name}", total=path.stat().st_size)
+            sending = bar.add_task(f"uploading {name}", total=None)
             receipt = upload_model(
-                owner, store, name, path, progress=functools.partial(_advance, bar, task)
+                owner,
+                store,
+                name,
+                path,
+                progress=functools.partial(_advance, bar, sealing),
+                upload_progress=functools.partial(_sent, bar, sending),
             )
             owner.grant(name, user.principal_id, runtime)
             keys[name] = RequestKey.generate()
             user.put_request_key(receipt.model_id, keys[name], runtime)
     console.print(
-        "3 models sealed into the model store (it holds ciphertext only), their keys given to "
-        "the KeyService, the user granted access in runtimes that measure "
-        f"{next(iter(runtime.measurements))[:16]}… only"
+        "3 models sealed here and uploaded to the gateway's model store (signed by the owner, "
+        "digest-checked; it holds ciphertext only), their keys given to the KeyService, the "
+        f"user granted access in runtimes that measure {next(iter(runtime.measurements))[:16]}… "
+        "only"
     )
     return keys
 
 
 def _advance(bar: Progress, task: TaskID, done: int) -> None:
     bar.update(task, completed=done)
+
+
+def _sent(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    bar.update(task, completed=done, total=total)
 
 
 def infer_all(

@@ -33,6 +33,8 @@ __all__ = [
     "RUNTIME_RESERVE_MB",
     "RuntimeSettings",
     "Settings",
+    "StoreSettings",
+    "TlsSettings",
     "load_settings",
 ]
 
@@ -137,12 +139,66 @@ class GatewaySettings:
     max_queued: int = 256
     #: Serve the browser client's page and module under /web/ (docs/web.md); off by default.
     web: bool = False
+    #: Serve the model upload API (owners' signed uploads into the store).
+    uploads: bool = True
+    #: Largest sealed model an upload may declare.
+    max_model_bytes: int = 4 << 30
+    #: Largest chunk of an upload accepted (what clients are told to send).
+    upload_chunk_bytes: int = 8 << 20
+    #: Uploads in progress at once, in all and per owner.
+    max_uploads: int = 16
+    max_uploads_per_owner: int = 4
+    #: An upload with no activity for this long is discarded.
+    upload_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         _check_port("gateway.port", self.port)
-        _check_positive("gateway.max_body_bytes", self.max_body_bytes)
-        _check_positive("gateway.request_timeout_s", self.request_timeout_s)
-        _check_positive("gateway.max_queued", self.max_queued)
+        for name in (
+            "max_body_bytes",
+            "request_timeout_s",
+            "max_queued",
+            "max_model_bytes",
+            "upload_chunk_bytes",
+            "max_uploads",
+            "max_uploads_per_owner",
+            "upload_ttl_s",
+        ):
+            _check_positive(f"gateway.{name}", getattr(self, name))
+        if self.upload_chunk_bytes < 1024:
+            raise ConfigError(
+                f"Config 'gateway.upload_chunk_bytes' has value {self.upload_chunk_bytes!r}. "
+                "Must be at least 1024."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS for this machine's services and clients (docs/deployment.md).
+
+    ``cert`` and ``key`` (PEM) make the KeyService, the gateway and the instance hosts listen
+    on HTTPS; ``ca_bundle`` is what clients (and services calling each other) verify servers
+    against, instead of the system's roots.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca_bundle: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError(
+                "Config 'tls.cert' and 'tls.key' go together: set both (a server certificate "
+                "chain and its private key) or neither."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StoreSettings:
+    """Where sealed models are kept: ``url`` empty is ``<data-dir>/store`` (a directory);
+    else a directory path or an fsspec URL (``s3://bucket/prefix``, ``file:///srv/models``)
+    that the gateway writes and every instance reads."""
+
+    url: str = ""
 
 
 #: What an instance keeps beside its models for the instance host and the runtime themselves:
@@ -287,6 +343,8 @@ class Settings:
     log_level: str = "INFO"
     keyservice: KeyServiceSettings = dataclasses.field(default_factory=KeyServiceSettings)
     gateway: GatewaySettings = dataclasses.field(default_factory=GatewaySettings)
+    store: StoreSettings = dataclasses.field(default_factory=StoreSettings)
+    tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
     platform: PlatformSettings = dataclasses.field(default_factory=PlatformSettings)
     runtime: RuntimeSettings = dataclasses.field(default_factory=RuntimeSettings)
     attest: AttestSettings = dataclasses.field(default_factory=AttestSettings)

@@ -51,6 +51,7 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     ├── PlatformError                where instances run
     │   └── CapacityExhausted        no instance can take the request now; retryable
     └── GatewayError                 the public inference API
+        └── UploadRefused            the store refused a model upload or delete (``code``)
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ __all__ = [
     "StoreIntegrityError",
     "TeeError",
     "TensorFormatError",
+    "UploadRefused",
 ]
 
 
@@ -319,3 +321,14 @@ class CapacityExhausted(PlatformError):
 
 class GatewayError(SealserveError):
     """The public inference API refused or failed a request."""
+
+
+class UploadRefused(GatewayError):
+    """The gateway's store refused a model upload or delete; ``code`` is its error code
+    (``digest_mismatch``, ``upload_offset_mismatch``, ``stale_key_version``...,
+    docs/http-api.md), the message says what to do."""
+
+    def __init__(self, message: str, *, code: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable

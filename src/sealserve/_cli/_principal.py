@@ -16,6 +16,7 @@ from sealserve._cli.keyservice import (
     guarded,
     keyservice_url,
     read_secret_file,
+    resolve_ca_bundle,
     resolve_data_dir,
     write_secret_file,
 )
@@ -92,14 +93,21 @@ def connect(
     measurement: str | None,
     platform_key: Path | None,
     role: str,
+    ca_bundle: Path | None = None,
 ) -> Any:
-    """An opened Owner or User (attested connection); the caller closes it."""
+    """An opened Owner or User (attested connection); the caller closes it.  An
+    ``https://`` KeyService is verified against :func:`resolve_ca_bundle`'s bundle."""
     folder = resolve_data_dir(data_dir)
 
     def open_principal() -> Any:
         ident = load_identity(folder, identity, role)
         pin = build_pin(folder, measurement, platform_key)
-        return cls(ident, keyservice_url=keyservice_url(keyservice), pin=pin).open()
+        return cls(
+            ident,
+            keyservice_url=keyservice_url(keyservice),
+            pin=pin,
+            ca_bundle=resolve_ca_bundle(ca_bundle, folder),
+        ).open()
 
     return guarded(open_principal)
 

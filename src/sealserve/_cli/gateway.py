@@ -76,16 +76,32 @@ def check_policy(policy: str | None) -> None:
     fail(f"--policy has value {policy!r}; use one of {', '.join(LIVE_POLICIES)}", 2)
 
 
-def gateway_url(url: str | None) -> str:
+def gateway_url(url: str | None, data_dir: Path | None = None) -> str:
+    """The gateway to talk to: ``url``, else the one a ``sealserve up`` on ``data_dir``
+    announced (``<data-dir>/run/up.json``), else the settings' (HTTPS when ``tls.cert`` is
+    set)."""
     if url:
         return url
-    gw = settings().gateway
-    return f"http://{gw.host}:{gw.port}"
+    if data_dir is not None:
+        try:
+            announced = json.loads((data_dir / "run" / "up.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            announced = None
+        if isinstance(announced, dict) and isinstance(announced.get("gateway_url"), str):
+            return str(announced["gateway_url"])
+    current = settings()
+    scheme = "https" if current.tls.cert is not None else "http"
+    return f"{scheme}://{current.gateway.host}:{current.gateway.port}"
 
 
 @app.command()
 def serve(
-    store: Annotated[Path, typer.Option("--store", help="Model store directory.")],
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store", help="The model store: a directory, or an fsspec URL (s3://bucket/prefix)."
+        ),
+    ],
     tee_socket: Annotated[
         Path, typer.Option(help="The TEE platform daemon that launches the runtimes.")
     ],
@@ -116,8 +132,14 @@ def serve(
     from sealserve._log import configure_logging
     from sealserve.attest import measure
     from sealserve.config import load_settings
-    from sealserve.gateway import Gateway, GatewayOptions, GatewayServer
-    from sealserve.instance import ModelStore
+    from sealserve.gateway import (
+        Gateway,
+        GatewayOptions,
+        GatewayServer,
+        UploadOptions,
+        UploadService,
+    )
+    from sealserve.instance import open_store
     from sealserve.platform import (
         LocalBackend,
         LocalOptions,
@@ -130,8 +152,8 @@ def serve(
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
     check_policy(policy)
-    if not store.is_dir():
-        fail(f"--store {str(store)!r} is not a directory", 2)
+    if "://" not in store and not Path(store).is_dir():
+        fail(f"--store {store!r} is not a directory", 2)
     loaded = guarded(lambda: load_settings(config))
     folder = data_dir if data_dir is not None else loaded.data_dir
     overrides: dict[str, Any] = {} if policy is None else {"policy": policy}
@@ -158,7 +180,19 @@ def serve(
     )
     configure_logging(level)
     registry = CollectorRegistry()
-    catalog = ModelCatalog(ModelStore(store), memory_factor=platform_config.memory_factor)
+    model_store = guarded(lambda: open_store(store))
+    catalog = ModelCatalog(model_store, memory_factor=platform_config.memory_factor)
+    uploads = None
+    if loaded.gateway.uploads:
+        staging = (model_store.staging_dir() or resolve_data_dir(folder)) / "uploads"
+        uploads = guarded(
+            lambda: UploadService(
+                model_store,
+                staging_dir=staging,
+                options=UploadOptions.from_settings(loaded.gateway),
+                registry=registry,
+            )
+        )
     platform = Platform(
         LocalBackend(options),
         config=platform_config,
@@ -178,6 +212,7 @@ def serve(
         registry=registry,
         on_startup=open_platform,
         on_shutdown=platform.close,
+        uploads=uploads,
     )
     server = guarded(
         lambda: GatewayServer(

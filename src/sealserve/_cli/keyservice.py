@@ -26,6 +26,7 @@ __all__ = [
     "DataDirOpt",
     "IdentityOpt",
     "JsonOpt",
+    "CaBundleOpt",
     "KeyServiceMeasurementOpt",
     "KeyServiceUrlOpt",
     "MeasurementOpt",
@@ -42,6 +43,7 @@ __all__ = [
     "keyservice_url",
     "open_launcher",
     "read_secret_file",
+    "resolve_ca_bundle",
     "resolve_data_dir",
     "settings",
     "write_secret_file",
@@ -111,6 +113,14 @@ PlatformKeyOpt = Annotated[
         help="Pin this simulated platform public key file (default: <data-dir>/tee/platform.pub).",
     ),
 ]
+CaBundleOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-bundle",
+        help="PEM file the servers' TLS certificates must chain to (default: tls.ca_bundle, "
+        "else <data-dir>/tls/ca.pem when 'sealserve up --tls' made one, else the system's).",
+    ),
+]
 KeyServiceMeasurementOpt = Annotated[
     str | None,
     typer.Option(
@@ -126,6 +136,19 @@ def settings() -> Settings:
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
     return data_dir if data_dir is not None else settings().data_dir
+
+
+def resolve_ca_bundle(ca_bundle: Path | None, data_dir: Path) -> Path | None:
+    """The CA bundle clients verify servers against: the one given, else ``tls.ca_bundle``,
+    else the local CA that ``sealserve up --tls`` made in the data directory, else none (the
+    system's roots)."""
+    if ca_bundle is not None:
+        return ca_bundle
+    configured = settings().tls.ca_bundle
+    if configured is not None:
+        return configured
+    local = data_dir / "tls" / "ca.pem"
+    return local if local.is_file() else None
 
 
 def keyservice_url(url: str | None) -> str:

@@ -18,6 +18,7 @@ from sealserve._cli._principal import (
     runtime_policy_or_default,
 )
 from sealserve._cli.keyservice import (
+    CaBundleOpt,
     DataDirOpt,
     IdentityOpt,
     JsonOpt,
@@ -33,6 +34,7 @@ from sealserve._cli.keyservice import (
     fail,
     guarded,
     read_secret_file,
+    resolve_ca_bundle,
     resolve_data_dir,
     write_secret_file,
 )
@@ -245,6 +247,16 @@ def show(
         )
 
 
+GatewayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gateway",
+        help="Gateway URL (default: the one 'sealserve up' on the data dir announced, else "
+        "the settings').",
+    ),
+]
+
+
 @app.command()
 def upload(
     model: Annotated[
@@ -253,9 +265,13 @@ def upload(
     name: Annotated[
         str, typer.Option("--name", help="The model's name; its id is <owner_id>/<name>.")
     ],
+    gateway: GatewayOpt = None,
     store: Annotated[
-        Path | None,
-        typer.Option(help="The model store directory (default: <data-dir>/store)."),
+        str | None,
+        typer.Option(
+            help="Write straight into this model store (a directory or an fsspec URL you "
+            "have write access to) instead of uploading through the gateway."
+        ),
     ] = None,
     key_file: Annotated[
         Path | None,
@@ -273,6 +289,7 @@ def upload(
     policy: PolicyFileOpt = None,
     allow_debug: AllowDebugOpt = False,
     tcb_status: TcbOpt = None,
+    ca_bundle: CaBundleOpt = None,
     data_dir: DataDirOpt = None,
     identity: IdentityOpt = None,
     keyservice: KeyServiceUrlOpt = None,
@@ -280,18 +297,19 @@ def upload(
     platform_key: PlatformKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Seal MODEL under a new model key straight into the model store, and put the key in
-    the KeyService (a model that has a key already gets the next version).
+    """Seal MODEL under a new model key, upload it to the gateway's model store (signed,
+    in chunks, resumed after a broken connection, digest-checked), and put the key in the
+    KeyService (a model that has a key already gets the next version).
 
     With --grant, also let those users use it in runtimes that satisfy the policy: the
     --measurement or --policy given, else the runtime of the installed code (what
     'sealserve instance measurement' prints).
     """
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from sealserve.client import check_onnx_model, upload_model
+    from sealserve._cli.gateway import gateway_url
+    from sealserve.client import StoreClient, check_onnx_model, upload_model
     from sealserve.crypto import SymmetricKey
-    from sealserve.instance import ModelStore
 
     check_policy_flags(
         measurement,
@@ -307,7 +325,7 @@ def upload(
     except (ValueError, OSError) as exc:
         fail(str(exc), 2)
     folder = resolve_data_dir(data_dir)
-    store_dir = store if store is not None else folder / "store"
+    bundle = resolve_ca_bundle(ca_bundle, folder)
     runtime_policy = (
         guarded(
             lambda: runtime_policy_or_default(
@@ -328,26 +346,43 @@ def upload(
         keyservice=keyservice,
         measurement=keyservice_measurement,
         platform_key=platform_key,
+        ca_bundle=ca_bundle,
     )
     size = model.stat().st_size
-    with contextlib.closing(owner):
-        guarded(lambda: store_dir.mkdir(mode=0o700, parents=True, exist_ok=True))
+    with contextlib.ExitStack() as stack:
+        stack.callback(owner.close)
+        if store is not None:
+            target: Any = guarded(lambda: _direct_store(store))
+            where = store
+        else:
+            where = gateway_url(gateway, folder)
+            target = guarded(
+                lambda: StoreClient(where, identity=owner.identity, ca_bundle=bundle).open()
+            )
+            stack.callback(target.close)
         with Progress(
-            TextColumn("sealing {task.description}"),
+            TextColumn("{task.description:<9}"),
             BarColumn(),
             DownloadColumn(),
+            TransferSpeedColumn(),
             transient=True,
             disable=json_out,
         ) as bar:
-            task = bar.add_task(name, total=size)
+            sealing = bar.add_task("sealing", total=size)
+            sending = bar.add_task("uploading", total=None, visible=store is None)
+
+            def sent(done: int, total: int) -> None:
+                bar.update(sending, completed=done, total=total)
+
             receipt = guarded(
                 lambda: upload_model(
                     owner,
-                    ModelStore(store_dir),
+                    target,
                     name,
                     model,
                     key=key,
-                    progress=lambda done: bar.update(task, completed=done),
+                    progress=lambda done: bar.update(sealing, completed=done),
+                    upload_progress=sent,
                 )
             )
         saved = key_file
@@ -370,13 +405,13 @@ def upload(
         "digest": f"sha256:{receipt.digest}",
         "key_fingerprint": receipt.key_fingerprint,
         "key_file": str(saved),
-        "store": str(store_dir),
+        "store": where,
         "granted": granted,
         "policy": runtime_policy.to_dict() if runtime_policy is not None else None,
     }
     lines = [
         f"model {receipt.model_id} key version {receipt.key_version}",
-        f"sealed {receipt.plain_bytes / 2**20:.1f} MiB into {store_dir} "
+        f"sealed {receipt.plain_bytes / 2**20:.1f} MiB and stored it through {where} "
         f"(sha256:{receipt.digest[:16]}...)",
         f"key fingerprint {receipt.key_fingerprint}, saved to {saved}",
     ]
@@ -384,3 +419,51 @@ def upload(
         lines += [f"granted {u}" for u in granted]
         lines.append(f"  in runtimes measuring {', '.join(sorted(runtime_policy.measurements))}")
     emit(json_out, doc, "\n".join(lines))
+
+
+def _direct_store(location: str) -> Any:
+    from sealserve.instance import ModelStore, open_store
+
+    store = open_store(location)
+    if isinstance(store, ModelStore):
+        store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return store
+
+
+@app.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="The model's name.")],
+    gateway: GatewayOpt = None,
+    digest: Annotated[
+        str | None,
+        typer.Option(help="Delete only this version (sha256:...); default: the one stored now."),
+    ] = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete model NAME from the gateway's model store (signed: only its owner may).
+
+    Its key stays in the KeyService (revoke the grants, or upload again to rotate it).
+    """
+    from sealserve._cli._principal import load_identity
+    from sealserve._cli.gateway import gateway_url
+    from sealserve.client import StoreClient
+
+    folder = resolve_data_dir(data_dir)
+    ident = guarded(lambda: load_identity(folder, identity, ROLE))
+    model_id = f"{ident.principal_id}/{name}"
+    where = gateway_url(gateway, folder)
+    bundle = resolve_ca_bundle(ca_bundle, folder)
+
+    def remove() -> Any:
+        with StoreClient(where, identity=ident, ca_bundle=bundle) as client:
+            return client.delete(model_id, digest=digest)
+
+    deleted = guarded(remove)
+    emit(
+        json_out,
+        {"model_id": deleted.model_id, "digest": deleted.digest, "deleted": deleted.deleted},
+        f"deleted {deleted.model_id} ({deleted.digest[:23]}...) from the store at {where}",
+    )

@@ -19,6 +19,7 @@ from sealserve._cli._principal import (
     runtime_policy_or_default,
 )
 from sealserve._cli.keyservice import (
+    CaBundleOpt,
     DataDirOpt,
     IdentityOpt,
     JsonOpt,
@@ -34,6 +35,7 @@ from sealserve._cli.keyservice import (
     fail,
     guarded,
     read_secret_file,
+    resolve_ca_bundle,
     resolve_data_dir,
     write_secret_file,
 )
@@ -168,7 +170,12 @@ def infer(
         ),
     ] = None,
     gateway: Annotated[
-        str | None, typer.Option("--gateway", help="Gateway URL (default: from the settings).")
+        str | None,
+        typer.Option(
+            "--gateway",
+            help="Gateway URL (default: the one 'sealserve up' on the data dir announced, "
+            "else the settings').",
+        ),
     ] = None,
     key_file: Annotated[
         Path | None,
@@ -189,6 +196,7 @@ def infer(
     output: Annotated[
         Path | None, typer.Option(help="Also save the output tensors here (.npz).")
     ] = None,
+    ca_bundle: CaBundleOpt = None,
     data_dir: DataDirOpt = None,
     identity: IdentityOpt = None,
     keyservice: KeyServiceUrlOpt = None,
@@ -243,6 +251,7 @@ def infer(
             keyservice=keyservice,
             measurement=keyservice_measurement,
             platform_key=platform_key,
+            ca_bundle=ca_bundle,
         )
         with contextlib.closing(user):
             guarded(lambda: user.put_request_key(model_id, key, runtime_policy))
@@ -250,7 +259,11 @@ def infer(
         registered = True
 
     def run() -> Any:
-        with GatewayClient(gateway_url(gateway), timeout_s=timeout_s) as client:
+        with GatewayClient(
+            gateway_url(gateway, folder),
+            timeout_s=timeout_s,
+            ca_bundle=resolve_ca_bundle(ca_bundle, folder),
+        ) as client:
             return client.infer(
                 model_id,
                 inputs,

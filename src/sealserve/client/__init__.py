@@ -4,7 +4,8 @@
 KeyService (:class:`KeyServiceClient`, pinned by a :class:`KeyServicePin`); every key they
 upload is HPKE-wrapped to the KeyService's attested public key.
 
-:func:`upload_model` seals a model straight into the model store and hands its key over
+:func:`upload_model` seals a model and stores it, through the gateway's upload API
+(:class:`StoreClient`) or straight into a model store directory, and hands its key over
 (after :func:`check_onnx_model`);
 :class:`GatewayClient` is the user's side of an inference (seal the input, send it to the
 gateway, unseal the output); :func:`web_credentials` packs a user's request key for the
@@ -14,6 +15,7 @@ browser client (docs/web.md).
 from sealserve.client._gateway import GatewayAnswer, GatewayClient, Inference
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.client._principals import Owner, User
+from sealserve.client._store import StoreClient
 from sealserve.client._upload import UploadReceipt, check_onnx_model, upload_model
 from sealserve.client._web import WEB_CREDENTIALS_KIND, web_credentials
 
@@ -24,6 +26,7 @@ __all__ = [
     "KeyServiceClient",
     "KeyServicePin",
     "Owner",
+    "StoreClient",
     "UploadReceipt",
     "User",
     "WEB_CREDENTIALS_KIND",

@@ -17,6 +17,8 @@ retries the retryable ones ``retries`` times, waiting what ``Retry-After`` says.
 from __future__ import annotations
 
 import dataclasses
+import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -28,6 +30,7 @@ import numpy.typing as npt
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._resource import Resource
+from sealserve._tls import client_context
 from sealserve.crypto import RequestKey
 from sealserve.errors import GatewayError, SealserveError
 from sealserve.protocol import (
@@ -72,7 +75,10 @@ class Inference:
 
 
 class GatewayClient(Resource):
-    """HTTP client of the gateway's public API; use it inside ``with``.  Thread-safe."""
+    """HTTP client of the gateway's public API; use it inside ``with``.  Thread-safe.
+
+    An ``https://`` gateway's certificate must chain to ``ca_bundle`` (a PEM file; default:
+    the system's roots)."""
 
     resource_name = "the gateway client"
 
@@ -83,6 +89,7 @@ class GatewayClient(Resource):
         timeout_s: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -94,6 +101,9 @@ class GatewayClient(Resource):
         self._timeout_s = timeout_s
         self._transport = transport
         self._clock = clock
+        self._verify: ssl.SSLContext | bool = (
+            client_context(ca_bundle) if parsed.scheme == "https" else True
+        )
         self._http: httpx.Client | None = None
 
     def _open(self) -> None:
@@ -101,6 +111,7 @@ class GatewayClient(Resource):
             base_url=self.url,
             timeout=httpx.Timeout(self._timeout_s + 5.0, connect=10.0),
             transport=self._transport,
+            verify=self._verify,
         )
 
     def _close(self) -> None:

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import ssl
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -29,6 +30,7 @@ import httpx
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve._resource import Resource
+from sealserve._tls import client_context
 from sealserve.attest import Policy, TrustAnchors
 from sealserve.crypto import Identity, sign_request, verify_signature
 from sealserve.errors import (
@@ -159,7 +161,8 @@ class KeyServiceClient(Resource):
     :class:`User` use): ``with KeyServiceClient(url, identity=..., pin=...) as ks: ...``.
 
     Opening it attests the KeyService (see the module docstring); every request is signed with
-    ``identity`` and every answer must be signed by the attested KeyService.
+    ``identity`` and every answer must be signed by the attested KeyService.  An ``https://``
+    URL's certificate must chain to ``ca_bundle`` (default: the system's roots).
     """
 
     resource_name = "the KeyService client"
@@ -173,6 +176,7 @@ class KeyServiceClient(Resource):
         clock: Clock = SYSTEM_CLOCK,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
@@ -188,6 +192,9 @@ class KeyServiceClient(Resource):
         self._clock = clock
         self._timeout = timeout_s
         self._transport = transport
+        self._verify: ssl.SSLContext | bool = (
+            client_context(ca_bundle) if url.startswith("https://") else True
+        )
         super().__init__()
         self._http: httpx.Client | None = None
         self._attested: AttestedKeyService | None = None
@@ -203,7 +210,7 @@ class KeyServiceClient(Resource):
 
     def _open(self) -> None:
         self._http = httpx.Client(
-            base_url=self.url, timeout=self._timeout, transport=self._transport
+            base_url=self.url, timeout=self._timeout, transport=self._transport, verify=self._verify
         )
         self._attested = self._attest()
         _log.event(

@@ -15,6 +15,8 @@ is and for whom::
 
 from __future__ import annotations
 
+import os
+
 import httpx
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
@@ -52,6 +54,7 @@ class _Principal(Resource):
         clock: Clock = SYSTEM_CLOCK,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         self.identity = identity
@@ -62,6 +65,7 @@ class _Principal(Resource):
             clock=clock,
             timeout_s=timeout_s,
             transport=transport,
+            ca_bundle=ca_bundle,
         )
 
     @property

@@ -1,19 +1,23 @@
-"""The owner's upload: seal a model straight into the model store, then hand its key over.
+"""The owner's upload: seal a model, store it, then hand its key over.
 
 ::
 
-    with Owner(identity, keyservice_url=url, pin=pin) as owner:
-        receipt = upload_model(owner, ModelStore(store_dir), "mobilenet", "mobilenet.onnx")
+    with Owner(identity, keyservice_url=url, pin=pin) as owner, StoreClient(
+        gateway_url, identity=identity
+    ) as store:
+        receipt = upload_model(owner, store, "mobilenet", "mobilenet.onnx")
 
-``store`` is any :class:`ModelSink`: the platform's model store
-(:class:`sealserve.instance.ModelStore`) is one.
+``store`` is the gateway's upload API (:class:`StoreClient`: the model is sealed into a
+private spool file, then sent in signed chunks, resumably, and committed once its digest
+checks), or any :class:`ModelSink` the owner can write into directly (the platform's
+:class:`sealserve.instance.ModelStore`: sealed straight into it).
 
 The model is sealed chunk by chunk (bounded memory whatever its size) under a fresh model key
-(or the one given) straight into the store, which commits it atomically; only then is the key
-put in the KeyService, HPKE-wrapped to its attested key.  Uploading a model that has a key
-already rotates it: the next key version, and the new sealed model replaces the old one.  The
-sealed file is bound to that version (inside its authenticated stream), so even when the key
-is reused (``key=``) the store cannot serve the previous file as the new version: the runtime
+(or the one given); the store commits it atomically; only then is the key put in the
+KeyService, HPKE-wrapped to its attested key.  Uploading a model that has a key already
+rotates it: the next key version, and the new sealed model replaces the old one.  The sealed
+file is bound to that version (inside its authenticated stream), so even when the key is
+reused (``key=``) the store cannot serve the previous file as the new version: the runtime
 unseals only the version the KeyService says is current.
 
 The file is checked to be an ONNX model (:func:`check_onnx_model`) before anything is sealed
@@ -23,13 +27,16 @@ or sent: a wrong file is refused with a ``ValueError`` that names it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol, Self, cast, runtime_checkable
 
 from sealserve.client._principals import Owner
+from sealserve.client._store import StoreClient
 from sealserve.crypto import SymmetricKey, seal_model
 from sealserve.errors import NotFound
 
@@ -113,25 +120,33 @@ def check_onnx_model(source: str | os.PathLike[str] | BinaryIO) -> None:
 
 def upload_model(
     owner: Owner,
-    store: ModelSink,
+    store: StoreClient | ModelSink,
     name: str,
     source: str | os.PathLike[str] | BinaryIO,
     *,
     key: SymmetricKey | None = None,
     progress: Callable[[int], None] | None = None,
+    upload_progress: Callable[[int, int], None] | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
 ) -> UploadReceipt:
     """Seal ``source`` (an ``.onnx`` path or a seekable binary file) as model ``name`` of
     ``owner`` into ``store`` and put its key in the KeyService (see the module docstring).
 
     Raises ``ValueError`` naming ``source`` if it is not an ONNX model (nothing is sealed).
 
-    ``progress`` is called with the plaintext bytes sealed so far.  The key version is 1 for a
-    new model, else the current one plus 1.
+    ``progress`` is called with the plaintext bytes sealed so far, ``upload_progress`` (a
+    :class:`StoreClient` only) with the sealed bytes the gateway holds and the sealed size;
+    ``spool_dir`` is where
+    the sealed model waits for its upload (default: the system's temporary directory; it
+    holds ciphertext only and is removed).  The key version is 1 for a new model, else the
+    current one plus 1.
     """
     if not isinstance(owner, Owner):
         raise TypeError(f"owner must be an Owner, got {type(owner).__name__}")
-    if not isinstance(store, ModelSink):
-        raise TypeError(f"store must be a ModelSink (a ModelStore), got {type(store).__name__}")
+    if not isinstance(store, StoreClient | ModelSink):
+        raise TypeError(
+            f"store must be a StoreClient or a ModelSink (a ModelStore), got {type(store).__name__}"
+        )
     check_onnx_model(source)
     model_id = owner.model_id(name)
     try:
@@ -139,11 +154,19 @@ def upload_model(
     except NotFound:
         version = 1
     model_key = key if key is not None else SymmetricKey.generate()
+
+    def seal(src: BinaryIO) -> tuple[int, StoredModel]:
+        if isinstance(store, StoreClient):
+            return _seal_and_send(
+                store, model_id, version, model_key, src, progress, upload_progress, spool_dir
+            )
+        return _seal_into(store, model_id, version, model_key, src, progress)
+
     if isinstance(source, str | os.PathLike):
         with Path(source).open("rb") as src:
-            plain, manifest = _seal_into(store, model_id, version, model_key, src, progress)
+            plain, manifest = seal(src)
     else:
-        plain, manifest = _seal_into(store, model_id, version, model_key, source, progress)
+        plain, manifest = seal(source)
     receipt = owner.put_model_key(name, model_key, version=version)
     return UploadReceipt(
         model_id=model_id,
@@ -151,7 +174,7 @@ def upload_model(
         revocation_epoch=receipt.revocation_epoch,
         plain_bytes=plain,
         sealed_bytes=manifest.size,
-        digest=manifest.digest,
+        digest=manifest.digest.removeprefix("sha256:"),
         key_fingerprint=model_key.fingerprint,
     )
 
@@ -164,6 +187,7 @@ def _seal_into(
     src: BinaryIO,
     progress: Callable[[int], None] | None,
 ) -> tuple[int, StoredModel]:
+    """Seal straight into a store the owner writes to (a directory it shares)."""
     sealed_so_far = [0]
 
     def on_chunk(done: int) -> None:
@@ -179,3 +203,70 @@ def _seal_into(
     manifest = out.manifest
     assert manifest is not None  # committed on leaving the block
     return sealed_so_far[0], manifest
+
+
+class _Hashing:
+    """A raw binary sink that hashes and counts what goes through it into ``out``."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        self.hasher.update(view)
+        self._out.write(view)
+        self.size += len(view)
+        return len(view)
+
+
+def _seal_and_send(
+    store: StoreClient,
+    model_id: str,
+    version: int,
+    key: SymmetricKey,
+    src: BinaryIO,
+    progress: Callable[[int], None] | None,
+    upload_progress: Callable[[int, int], None] | None,
+    spool_dir: str | os.PathLike[str] | None,
+) -> tuple[int, StoredModel]:
+    """Seal into a private spool file (its digest computed on the way), upload it, commit."""
+    sealed_so_far = [0]
+
+    def on_chunk(done: int) -> None:
+        sealed_so_far[0] = done
+        if progress is not None:
+            progress(done)
+
+    with tempfile.TemporaryDirectory(prefix="sealserve-upload-", dir=spool_dir) as folder:
+        spool = Path(folder) / "sealed"
+        with spool.open("w+b") as fh:
+            sink = _Hashing(fh)
+            seal_model(
+                key,
+                src,
+                cast(BinaryIO, sink),
+                model_id=model_id,
+                version=version,
+                progress=on_chunk,
+            )
+            fh.flush()
+            size = sink.size
+
+            def sent(done: int) -> None:
+                if upload_progress is not None:
+                    upload_progress(done, size)
+
+            stored = store.upload(
+                model_id,
+                fh,
+                size=size,
+                digest=sink.hasher.hexdigest(),
+                key_version=version,
+                progress=sent,
+            )
+    return sealed_so_far[0], stored

@@ -51,8 +51,14 @@ from sealserve.attest import (
 from sealserve.config import Settings
 from sealserve.ecall import runtime_launch_config
 from sealserve.errors import GatewayError, SealserveError, TeeError
-from sealserve.gateway import Gateway, GatewayOptions, GatewayServer
-from sealserve.instance import ModelStore
+from sealserve.gateway import (
+    Gateway,
+    GatewayOptions,
+    GatewayServer,
+    UploadOptions,
+    UploadService,
+)
+from sealserve.instance import ModelStore, open_store
 from sealserve.keyservice import LaunchedKeyService, launch_keyservice
 from sealserve.packer import CostPriors
 from sealserve.platform import (
@@ -147,7 +153,7 @@ class LocalDeployment:
         self.data_dir = Path(options.data_dir).resolve()
         self.logs_dir = self.data_dir / "logs"
         self.run_dir = self.data_dir / "run"
-        self.store = ModelStore(self.data_dir / "store")
+        self.store = open_store(options.settings.store.url or self.data_dir / "store")
         self.catalog = ModelCatalog(self.store, memory_factor=options.platform_config.memory_factor)
         self._socket_dir: Path | None = None
         self._daemon: subprocess.Popen[bytes] | None = None
@@ -156,6 +162,7 @@ class LocalDeployment:
         self.platform: Platform | None = None
         self.gateway: Gateway | None = None
         self.server: GatewayServer | None = None
+        self.uploads: UploadService | None = None
         self._info: DeploymentInfo | None = None
         self._references_file: Path | None = None
         self._started_thread = False
@@ -178,8 +185,10 @@ class LocalDeployment:
         gateway listens once :meth:`serve` or :meth:`start` runs)."""
         say = progress or (lambda _step: None)
         try:
-            for folder in (self.data_dir, self.logs_dir, self.run_dir, self.store.root):
+            for folder in (self.data_dir, self.logs_dir, self.run_dir):
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if isinstance(self.store, ModelStore):
+                self.store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             say("TEE platform daemon")
             self._start_daemon()
             say("KeyService")
@@ -332,7 +341,7 @@ class LocalDeployment:
         config = o.platform_config
         backend = LocalBackend(
             LocalOptions(
-                store_dir=self.store.root,
+                store_dir=self.store.location,
                 keyservice_url=str(self._keyservice.url),
                 tee_socket=client.socket_path,
                 platform_key_file=self.platform_key_file,
@@ -355,6 +364,16 @@ class LocalDeployment:
             registry=registry,
         )
         self.platform = platform
+        uploads = None
+        if o.settings.gateway.uploads:
+            local = self.store.staging_dir()
+            uploads = UploadService(
+                self.store,
+                staging_dir=(local or self.data_dir) / "uploads",
+                options=UploadOptions.from_settings(o.settings.gateway),
+                registry=registry,
+            )
+        self.uploads = uploads
         self.gateway = Gateway(
             platform,
             self.catalog,
@@ -362,6 +381,7 @@ class LocalDeployment:
             registry=registry,
             on_startup=_opener(platform),
             on_shutdown=platform.close,
+            uploads=uploads,
         )
         port = o.settings.gateway.port if o.gateway_port is None else o.gateway_port
         self.server = GatewayServer(self.gateway, host=o.host, port=port, log_level=o.log_level)
@@ -384,7 +404,7 @@ class LocalDeployment:
             keyservice_measurement=str(self._keyservice.measurement),
             runtime_measurement=self._runtime_measurement,
             keyservice_id=str(self._keyservice.keyservice_id),
-            store_dir=str(self.store.root),
+            store_dir=self.store.location,
             logs_dir=str(self.logs_dir),
             policy=self.platform.policy,
             shapes=[{"memory_mb": sh.memory_mb, "budget_mb": sh.budget_mb}

@@ -6,6 +6,8 @@
 * :class:`GatewayServer` — the gateway on its own HTTP server (a lean inference path);
 * with ``GatewayOptions(web=True)``, the browser client's page and module under ``/web/``
   (:func:`web_integrity` gives their Subresource Integrity hashes; docs/web.md);
+* :class:`UploadService` — the model upload API (owners' signed, resumable, digest-checked
+  uploads of sealed models into the store), mounted by the :class:`Gateway`;
 * ``sealserve up`` wires it to a platform and a KeyService: :mod:`sealserve.deploy`;
 * the header names and the routing decision's wire form are :mod:`sealserve.protocol`'s.
 
@@ -18,6 +20,7 @@ from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.gateway._server import GatewayServer
 from sealserve.gateway._web import WEB_PREFIX, web_integrity
+from sealserve.gateway._uploads import UploadOptions, UploadService
 
 __all__ = [
     "Gateway",
@@ -26,6 +29,8 @@ __all__ = [
     "GatewayServer",
     "InferenceBackend",
     "ModelDirectory",
+    "UploadOptions",
+    "UploadService",
     "WEB_PREFIX",
     "error_for",
     "openapi_document",

@@ -5,6 +5,10 @@
   id (both bound in the envelopes) and optionally a deadline.  Answer: the sealed output, the
   stage timings in ``Server-Timing``, the routing decision in ``x-sealserve-decision*``;
 * ``GET /v1/models`` — the stored models (ids, sizes, key versions; nothing secret);
+  ``GET /v1/models/{owner_id}/{name}`` — one of them;
+* the model upload API (``/v1/uploads``, ``DELETE /v1/models/{owner_id}/{name}``) when an
+  :class:`~sealserve.gateway.UploadService` is given: owners stream sealed models in signed
+  chunks (:mod:`._uploads`);
 * ``GET /v1/platform`` — instances, meters, counters and recent routing decisions;
 * ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json``;
 * with ``web`` on, the browser client under ``/web/`` (:mod:`._web`, docs/web.md).
@@ -37,13 +41,27 @@ from sealserve._log import get_logger
 from sealserve.config import GatewaySettings
 from sealserve.errors import DeadlineExceeded, ModelNotStored
 from sealserve.gateway._errors import error_for, too_many_requests, unknown_model
-from sealserve.gateway._http import BodyReader, LeanResponse, LeanRoute, RequestHead
+from sealserve.gateway._http import (
+    BodyReader,
+    LeanHandler,
+    LeanResponse,
+    LeanRoute,
+    RequestHead,
+)
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.gateway._web import WebAssets
+from sealserve.gateway._uploads import ROUTES as UPLOAD_ROUTES
+from sealserve.gateway._uploads import UploadRequest, UploadService
 from sealserve.instance import ModelManifest
 from sealserve.platform import PlatformResult, PlatformStats
-from sealserve.protocol import HostError, check_request_id, error_body, split_model_id
+from sealserve.protocol import (
+    HostError,
+    StoredModel,
+    check_request_id,
+    error_body,
+    split_model_id,
+)
 from sealserve.protocol import headers as hd
 
 __all__ = [
@@ -161,8 +179,10 @@ class Gateway:
         clock: Clock = SYSTEM_CLOCK,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        uploads: UploadService | None = None,
     ) -> None:
         self.platform = platform
+        self.uploads = uploads
         self.models = models
         self.options = options or GatewayOptions()
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -179,6 +199,12 @@ class Gateway:
                     methods=["POST"],
                 ),
                 Route("/v1/models", self._endpoint(self._list_models), methods=["GET"]),
+                Route(
+                    "/v1/models/{owner_id}/{name}",
+                    self._endpoint(self._get_model),
+                    methods=["GET"],
+                ),
+                *self._upload_routes(),
                 Route("/v1/platform", self._endpoint(self._platform), methods=["GET"]),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
@@ -226,7 +252,64 @@ class Gateway:
         """The routes :class:`~sealserve.gateway.GatewayServer` serves without ASGI: inference
         (the same answers as the Starlette route, with the body read straight into one
         buffer)."""
-        return [LeanRoute("POST", _INFER_PATH, self._lean_infer)]
+        routes = [LeanRoute("POST", _INFER_PATH, self._lean_infer)]
+        if self.uploads is not None:
+            for method, pattern, name in UPLOAD_ROUTES:
+                routes.append(LeanRoute(method, pattern, self._lean_upload(name)))
+        return routes
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    def _lean_upload(self, name: str) -> LeanHandler:
+        async def handler(
+            head: RequestHead, params: Mapping[str, str], body: BodyReader
+        ) -> LeanResponse:
+            assert self.uploads is not None
+            target = f"{head.path}?{head.query}" if head.query else head.path
+            request = UploadRequest(
+                head.method, target, head.query, head.headers, params, body.read
+            )
+            answer = await self.uploads.handle(name, request)
+            return LeanResponse(answer.status, answer.headers, answer.body)
+
+        return handler
+
+    def _upload_routes(self) -> list[Route]:
+        """The upload API for ASGI servers (the lean server serves it without ASGI)."""
+        if self.uploads is None:
+            return []
+        paths = {
+            "create": "/v1/uploads",
+            "status": "/v1/uploads/{upload_id}",
+            "chunk": "/v1/uploads/{upload_id}",
+            "abort": "/v1/uploads/{upload_id}",
+            "commit": "/v1/uploads/{upload_id}:commit",
+            "delete_model": "/v1/models/{owner_id}/{name}",
+        }
+        routes = []
+        for method, pattern, name in UPLOAD_ROUTES:
+
+            async def endpoint(
+                request: Request, name: str = name, pattern: re.Pattern[str] = pattern
+            ) -> Response:
+                assert self.uploads is not None
+                match = pattern.fullmatch(request.url.path)
+                if match is None:
+                    return _error_response(HostError(404, "not_found", "no such route"))
+
+                async def read(*, limit: int) -> bytes:
+                    return await _read_body(request, limit)
+
+                query = request.url.query
+                target = f"{request.url.path}?{query}" if query else request.url.path
+                upload = UploadRequest(
+                    request.method, target, query, request.headers, match.groupdict(), read
+                )
+                answer = await self.uploads.handle(name, upload)
+                return Response(answer.body, status_code=answer.status, headers=answer.headers)
+
+            routes.append(Route(paths[name], endpoint, methods=[method]))
+        return routes
 
     async def _lean_infer(
         self, head: RequestHead, params: Mapping[str, str], body: BodyReader
@@ -411,6 +494,27 @@ class Gateway:
             for m in self.models.list()
         ]
         return JSONResponse({"models": models})
+
+    async def _get_model(self, request: Request) -> Response:
+        model_id = f"{request.path_params['owner_id']}/{request.path_params['name']}"
+        try:
+            owner_id, name = split_model_id(model_id)
+        except ValueError as exc:
+            raise HostError(400, "bad_request", str(exc)) from None
+        try:
+            m = self.models.get(model_id)
+        except ModelNotStored:
+            raise unknown_model(model_id) from None
+        doc = StoredModel(
+            model_id=m.model_id,
+            owner_id=owner_id,
+            name=name,
+            size=m.size,
+            key_version=m.key_version,
+            digest=f"sha256:{m.digest}",
+            stored_at=m.stored_at,
+        )
+        return Response(doc.to_json(), media_type="application/json")
 
     async def _platform(self, request: Request) -> Response:
         raw = request.query_params.get("recent", "32")

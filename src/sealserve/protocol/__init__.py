@@ -10,6 +10,8 @@
 * HTTP: the header names and Server-Timing of :mod:`headers`, :class:`RouteInfo`, and the
   error body with its mapping to exceptions both ways (:class:`HostError`,
   :func:`error_for_exception`, :func:`raise_for_error`, :func:`exception_for_answer`);
+* uploads: the model upload API's bodies and paths, the owner's signed headers
+  (:func:`owner_headers`) and the server's check of them (:class:`OwnerRequests`);
 * the KeyService: its typed request and answer bodies (:class:`ReleaseIn`,
   :class:`ModelKeyReceipt`, ...), the encodings and ``info`` strings of :mod:`wire`, checking
   its attestation (:func:`verify_keyservice`) and the runtime's side of a key release
@@ -91,6 +93,21 @@ from sealserve.protocol._tensors import (
     encode_tensors_into,
     encoded_size,
 )
+from sealserve.protocol._uploads import (
+    DIGEST_PATTERN,
+    PUBLIC_KEY_HEADER,
+    UPLOADS_PATH,
+    ModelDeleted,
+    OwnerRequests,
+    StoredModel,
+    UploadIn,
+    UploadOut,
+    chunk_path,
+    commit_path,
+    model_path,
+    owner_headers,
+    upload_path,
+)
 
 __all__ = [
     "AccessChange",
@@ -98,17 +115,21 @@ __all__ = [
     "AttestedKeyService",
     "ChallengeOut",
     "DEFAULT_LIMITS",
+    "DIGEST_PATTERN",
     "ErrorOut",
     "GrantIn",
     "HostError",
     "INPUT_PURPOSE",
     "MODEL_NAME_PATTERN",
     "Message",
+    "ModelDeleted",
     "ModelInfo",
     "ModelKeyIn",
     "ModelKeyReceipt",
     "OUTPUT_PURPOSE",
+    "OwnerRequests",
     "PRINCIPAL_ID_PATTERN",
+    "PUBLIC_KEY_HEADER",
     "PrincipalIn",
     "PrincipalOut",
     "RETRY_AFTER_S",
@@ -127,12 +148,18 @@ __all__ = [
     "RouteInfo",
     "SEALED_MODEL_HEADER_SIZE",
     "SealedModelHeader",
+    "StoredModel",
     "TensorLimits",
+    "UPLOADS_PATH",
+    "UploadIn",
+    "UploadOut",
     "WrappedPairKeys",
     "attestation_nonce",
     "bad_request",
     "check_principal_id",
     "check_request_id",
+    "chunk_path",
+    "commit_path",
     "decode_tensors",
     "default_keyservice_pin",
     "encode_tensors",
@@ -144,13 +171,16 @@ __all__ = [
     "headers",
     "input_context",
     "join_model_id",
+    "model_path",
     "new_request_id",
     "output_context",
+    "owner_headers",
     "parse_challenge",
     "raise_for_error",
     "seal_input",
     "split_model_id",
     "unseal_output",
+    "upload_path",
     "verify_keyservice",
     "wire",
 ]

@@ -171,3 +171,44 @@ def test_gateway_serve_runs_a_gateway_against_a_running_keyservice_and_daemon(
             server.kill()
             server.communicate()
     assert server.returncode == 0, err[-2000:]
+
+
+def test_an_owner_uploads_through_the_gateway_and_deletes_from_the_command_line(
+    cli_stack: Stack, tmp_path: Path
+) -> None:
+    from sealserve.instance import open_store
+    from tests.unit.runtime.graphs import dense_model
+
+    info = cli_stack.deployment.info
+    data = tmp_path / "owner"
+    pins = [
+        "--data-dir", data,
+        "--keyservice", info.keyservice_url,
+        "--keyservice-measurement", info.keyservice_measurement,
+        "--platform-key", info.platform_key_file,
+    ]  # fmt: skip
+    owner_id = as_json(sealserve("owner", "init", "--data-dir", data, "--json"))["principal_id"]
+    sealserve("owner", "register", *pins)
+    onnx = tmp_path / "dense.onnx"
+    onnx.write_bytes(dense_model(7))
+    upload = ["owner", "upload", onnx, "--name", "dense", "--gateway", info.gateway_url, *pins]
+    uploaded = as_json(sealserve(*upload, "--json"))
+    model_id = f"{owner_id}/dense"
+    assert uploaded["store"] == info.gateway_url
+    stored = open_store(info.store_dir).get(model_id)
+    assert (stored.size, stored.key_version) == (uploaded["sealed_bytes"], 1)
+    assert f"sha256:{stored.digest}" == uploaded["digest"]
+    again = as_json(sealserve(*upload, "--json"))
+    assert again["key_version"] == 2  # a new key, a new sealed blob replacing the old
+    assert open_store(info.store_dir).get(model_id).key_version == 2
+    stranger = tmp_path / "stranger"
+    sealserve("owner", "init", "--data-dir", stranger)
+    # another owner's delete names its own model id: nothing of this owner's is touched
+    refused = sealserve("owner", "delete", "dense", "--gateway", info.gateway_url,
+                        "--data-dir", stranger, check=False)  # fmt: skip
+    assert refused.returncode == 1
+    assert "no model" in refused.stderr
+    delete = ["owner", "delete", "dense", "--gateway", info.gateway_url, "--data-dir", data]
+    deleted = as_json(sealserve(*delete, "--json"))
+    assert deleted == {"model_id": model_id, "digest": again["digest"], "deleted": True}
+    assert model_id not in open_store(info.store_dir)
