@@ -19,8 +19,8 @@ from sealserve.gateway._errors import error_for
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.gateway._server import GatewayServer
-from sealserve.gateway._web import WEB_PREFIX, web_integrity
 from sealserve.gateway._uploads import UploadOptions, UploadService
+from sealserve.gateway._web import WEB_PREFIX, web_integrity
 
 __all__ = [
     "Gateway",

@@ -50,9 +50,9 @@ from sealserve.gateway._http import (
 )
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
-from sealserve.gateway._web import WebAssets
 from sealserve.gateway._uploads import ROUTES as UPLOAD_ROUTES
 from sealserve.gateway._uploads import UploadRequest, UploadService
+from sealserve.gateway._web import WebAssets
 from sealserve.instance import ModelManifest
 from sealserve.platform import PlatformResult, PlatformStats
 from sealserve.protocol import (

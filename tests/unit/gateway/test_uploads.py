@@ -21,7 +21,7 @@ from sealserve._clock import ManualClock
 from sealserve.crypto import Identity, SymmetricKey, seal_model
 from sealserve.gateway import Gateway, UploadOptions, UploadService
 from sealserve.gateway._http import HttpServer
-from sealserve.instance import ModelStore
+from sealserve.instance import SEALED_HEADER_BYTES, ModelStore
 from sealserve.platform import ModelCatalog
 from sealserve.protocol import (
     UPLOADS_PATH,
@@ -423,7 +423,7 @@ def test_only_the_owner_deletes_and_only_the_version_it_names(tmp_path: Path) ->
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="chunk_bytes must be >= 40"):
-        UploadOptions(chunk_bytes=39)
+    with pytest.raises(ValueError, match=f"chunk_bytes must be >= {SEALED_HEADER_BYTES}"):
+        UploadOptions(chunk_bytes=SEALED_HEADER_BYTES - 1)
     with pytest.raises(ValueError, match="ttl_s must be a finite number > 0"):
         UploadOptions(ttl_s=0)
