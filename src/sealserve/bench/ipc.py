@@ -525,6 +525,7 @@ def _auto_rows(report: dict[str, Any]) -> list[list[Any]]:
 
 _PLOTTED: Final = (
     "baseline",
+    "reference",
     "multiprocessing",
     "zmq",
     "iceoryx2",

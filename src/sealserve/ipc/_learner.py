@@ -129,7 +129,7 @@ class PathLearner:
         max_exploit: int = 256,
         margin: float = 0.03,
         idle_ns: int = 50_000_000,
-        block_bytes: int = 8 << 20,
+        block_bytes: int = 4 << 20,
         max_block: int = 16,
     ) -> None:
         if window < 1:

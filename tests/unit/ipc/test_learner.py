@@ -37,7 +37,7 @@ def _run(
 def test_it_starts_on_the_prior_tries_every_path_and_settles_on_the_cheapest() -> None:
     learner = PathLearner()
     block = learner.block_messages(1 * MIB)
-    assert block == 8
+    assert block == 4
     paths, _ = _run(learner, {"inline": 0.1, "pipelined": 0.3, "offload": 0.5}, 2000)
     assert paths[:block] == ["pipelined"] * block  # the cost model's choice comes first
     first_round = paths[: 6 * block]
