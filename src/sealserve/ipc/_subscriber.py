@@ -441,7 +441,10 @@ class Subscriber:
         def ready() -> bool:
             return bool(w[W.HEAD] > seq)
 
-        self._check_publisher(seq)
+        # Before waiting only what costs no system call (closed, published, closed publisher);
+        # the link (a poll of the socket) is checked between blocking slices: a publisher that
+        # died is found within a slice, and a wait that ends while spinning pays nothing.
+        self._check_publisher(seq, link=False)
         reader = self._reader
         return wait_on_epoch(
             ready,
@@ -462,8 +465,8 @@ class Subscriber:
             spinner=None if reader is None else lambda ns, share: reader.spin(seq, ns, share),
         )
 
-    def _check_publisher(self, seq: int) -> None:
-        """Raise if nothing more can arrive: the publisher closed or died."""
+    def _check_publisher(self, seq: int, *, link: bool = True) -> None:
+        """Raise if nothing more can arrive: the publisher closed or (``link``) died."""
         w = self._w
         if self._closed:
             raise ChannelClosed(f"subscriber of channel {self.name!r} is closed")
@@ -471,7 +474,7 @@ class Subscriber:
             return
         if w[W.PSTATE] == PRODUCER_CLOSED:
             raise ChannelClosed(f"the publisher of channel {self.name!r} closed")
-        if self._link is not None:
+        if link and self._link is not None:
             state = self._link.poll()
             if w[W.HEAD] > seq:
                 return
