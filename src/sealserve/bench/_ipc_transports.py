@@ -18,7 +18,9 @@ cost counts like a copy's.  What differs is how the bytes travel:
                         chunk by chunk, read chunk by chunk), ``offload`` (send_async through
                         the helper-thread engine), ``pipelined`` (send, chunked copy the reader
                         overlaps with), ``auto`` (send_async, the scheduler decides and
-                        learns: one scheduler per hint for the life of the worker process);
+                        learns: one scheduler per hint for the life of the worker process;
+                        the same buffer again whenever its last copy has landed, so an inline
+                        decision works on a hot buffer as ``copy`` does);
 ``multiprocessing``, ``zmq``, ``iceoryx2``  the peers (:mod:`sealserve.bench._ipc_peers`).
 
 Shared memory is mapped and faulted in up front on both sides, for the baseline's ring as for
@@ -353,7 +355,7 @@ class SealserveProducer(Producer):
             "loan": self._send_loan,
             "stream": self._send_stream,
             "offload": self._send_offload,
-            "auto": self._send_offload,  # send_async: every path is open to the scheduler
+            "auto": self._send_auto,
         }.get(mode, self._send_copy)
 
     def send(self, seq: int) -> None:
@@ -378,6 +380,21 @@ class SealserveProducer(Producer):
         done = self.completions[i]
         if done is not None:
             done.wait()
+        buf = self.buffers[i]
+        self.work.fill(buf, seq, t0)
+        self.completions[i] = self.pub.send_async(buf)
+
+    def _send_auto(self, seq: int) -> None:
+        """``send_async``, so that every path is open to the scheduler; the same (hot) buffer
+        again while the last copy out of it has landed, the next one only while it has not."""
+        t0 = time.perf_counter_ns()
+        i = self.turn
+        done = self.completions[i]
+        if done is not None and not done.done():
+            i = self.turn = (i + 1) % len(self.buffers)
+            done = self.completions[i]
+            if done is not None:
+                done.wait()
         buf = self.buffers[i]
         self.work.fill(buf, seq, t0)
         self.completions[i] = self.pub.send_async(buf)

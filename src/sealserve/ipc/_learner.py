@@ -227,7 +227,7 @@ class PathLearner:
         # A round of probes just ended: decide, and set how long to exploit the choice.
         st.round_open = False
         best = self._best(st)
-        st.basis = {p: est for p, arm in st.arms.items() if (est := arm.estimate()) is not None}
+        st.basis = {p: est for p in st.candidates if (est := st.arms[p].estimate()) is not None}
         if st.probes == 0 or best != st.best:
             st.period = self.first_exploit
         else:

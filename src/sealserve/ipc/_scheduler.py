@@ -349,7 +349,9 @@ class Scheduler:
         chunk = self.chunk_bytes_for(nbytes)
         if nbytes >= 2 * chunk:
             candidates.append("pipelined")
-        if offload is not None and nbytes >= self._offload_floor(offload):
+        # From the same size as pipelining (not from the engine's measured break-even, which
+        # moves with every measurement): a context's candidates then stay the same.
+        if offload is not None and nbytes >= 2 * self.min_chunk_bytes:
             candidates.append("offload")
         if len(candidates) == 1:
             return prior
