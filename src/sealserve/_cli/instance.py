@@ -10,6 +10,7 @@ lists and checks the sealed models of a model store.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -145,6 +146,14 @@ def serve(
         typer.Option(help="Write the JSON ready line here too (atomically) once serving."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    attest_at_start: Annotated[
+        bool,
+        typer.Option(
+            "--attest-at-start/--no-attest-at-start",
+            help="The runtime attests the KeyService as part of its start (an instance whose "
+            "runtime cannot is never ready); off: at its first key release.",
+        ),
+    ] = True,
     broker_fd: Annotated[
         int | None,
         typer.Option(
@@ -187,6 +196,7 @@ def serve(
                 workers=concurrency,
                 baseline=baseline_mode,
                 log_level=level,
+                attest_at_start=attest_at_start,
             ),
             log_level=level,
         )
@@ -216,6 +226,68 @@ def serve(
             )
 
     raise typer.Exit(guarded(run))
+
+
+#: What a host imports, that its template imports once.
+_HOST_MODULES = (
+    "sealserve.attest",
+    "sealserve.ecall",
+    "sealserve.instance._app",
+    "sealserve.instance._server",
+    "sealserve.instance._supervisor",
+    "httpx",
+    "uvicorn",
+)
+
+
+@app.command(hidden=True)
+def zygote(
+    control_fd: Annotated[
+        int, typer.Option(min=3, help="The platform's SOCK_SEQPACKET control socket.")
+    ],
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Import everything an instance host needs once, then fork hosts on the platform's
+    request (each runs `sealserve instance serve` with the arguments it is given).
+
+    The local platform starts one so that starting an instance costs a fork instead of a
+    Python process's imports; it ends when the control socket closes.  The hosts it forks are
+    untrusted like any host: nothing here is measured or holds a secret.
+    """
+    import importlib
+    import os
+    import socket
+
+    from sealserve._forkserver import ForkRequest, serve_forks
+    from sealserve._lifeline import watch_inherited_lifeline
+    from sealserve._log import configure_logging, get_logger
+
+    for module in _HOST_MODULES:  # what `instance serve` imports, paid once here
+        importlib.import_module(module)
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)
+    configure_logging(level)
+    log = get_logger("sealserve.instance.zygote")
+    control = socket.socket(fileno=control_fd)
+
+    # typer builds its click command tree from the functions' signatures each time the app
+    # is called (a fifth of a second here): build it once, here, and run it in each child.
+    command = typer.main.get_command(app)
+
+    def run_child(request: ForkRequest) -> int:
+        args = list(request.args)
+        if args[:1] != ["instance"]:
+            raise SystemExit("sealserve instance zygote: it forks `instance ...` commands only")
+        sys.argv = ["sealserve", *args]
+        watch_inherited_lifeline()
+        command.main(args=args[1:], prog_name="sealserve instance")
+        return 0
+
+    log.event("instance.zygote_ready", level=logging.WARNING, pid=os.getpid())
+    code = serve_forks(control, run_child)
+    log.event("instance.zygote_stopped", level=logging.WARNING)
+    raise typer.Exit(code)
 
 
 @app.command()

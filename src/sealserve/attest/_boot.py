@@ -5,6 +5,13 @@ command puts the snapshot first on ``sys.path`` and calls :func:`main`, which ch
 sealserve really is imported from the snapshot and runs the entry module as ``__main__``.
 A watchdog thread ends the process when its platform goes away, so no measured process
 outlives the platform that vouches for it (not even after a SIGKILL of the launcher).
+
+Started as a *template* (``SEALSERVE_TEE_TEMPLATE=1``, which only the platform sets; see
+:mod:`sealserve.attest._templates`) it imports the entry module, runs its
+``prepare_template()`` hook if it has one, and then serves fork requests on its channel
+instead: each child gets its own attestation channel and passed descriptors, and runs the
+entry as ``__main__`` exactly as a fresh launch does.  The template ends when its channel
+closes (the platform went away or dropped it).
 """
 
 from __future__ import annotations
@@ -39,7 +46,36 @@ def main() -> None:
         sys.stderr.write(f"sealserve boot: {module!r} is not a registered entry\n")
         raise SystemExit(_EX_SOFTWARE)
     tee_fd = os.environ.get("SEALSERVE_TEE_FD", "")
+    if os.environ.pop("SEALSERVE_TEE_TEMPLATE", "") == "1" and tee_fd.isdigit():
+        raise SystemExit(_serve_template(module, int(tee_fd)))
     if tee_fd.isdigit():
         exit_when_closed(int(tee_fd), name="tee")
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def _serve_template(module: str, control_fd: int) -> int:
+    """Import ``module``, prepare it, and fork launches of it on request (single-threaded:
+    no watchdog thread here, the fork server's loop sees its channel close)."""
+    import importlib
+    import socket
+
+    from sealserve._forkserver import ForkRequest, serve_forks
+
+    loaded = importlib.import_module(module)
+    prepare = getattr(loaded, "prepare_template", None)
+    if callable(prepare):
+        prepare()
+    control = socket.socket(fileno=control_fd)
+
+    def run_child(request: ForkRequest) -> int:
+        channel, *passed = request.fds  # 3, then 4, 5, ...
+        os.environ["SEALSERVE_TEE_FD"] = str(channel)
+        os.environ["SEALSERVE_PASSED_FDS"] = ",".join(str(fd) for fd in passed)
+        exit_when_closed(channel, name="tee")
+        sys.argv = [module, *request.args]
+        sys.modules.pop(module, None)  # run as ``__main__`` afresh, as a fresh launch does
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return 0
+
+    return serve_forks(control, run_child)

@@ -62,6 +62,22 @@ class PlatformClient(Resource):
         reply = self._request({"op": "measure", "entry": entry, "config": dict(config or {})})
         return str(reply["measurement"])
 
+    def templates(self) -> list[dict[str, Any]]:
+        """The daemon's running templates now: entry, pid, measurement, launches forked."""
+        self._check_open()
+        templates = self._request({"op": "info"}).get("templates", [])
+        return [dict(t) for t in templates if isinstance(t, dict)]
+
+    def prepare(
+        self, entry: str, *, config: Mapping[str, str] | None = None, debug: bool = False
+    ) -> None:
+        """Ask the daemon to start a measured template of ``entry`` with ``config`` (in the
+        background), so that its launches fork from it instead of starting afresh."""
+        self._check_open()
+        self._request(
+            {"op": "prepare", "entry": entry, "config": dict(config or {}), "debug": debug}
+        )
+
     def launch(
         self,
         entry: str,

@@ -6,6 +6,8 @@ created mode 0600.  Each connection makes one request (one JSON datagram, see ``
 * ``{"op": "info"}`` -> the platform public key (empty on a hardware backend), the backend,
   TCB status and entries;
 * ``{"op": "measure", "entry", "config"}`` -> the measurement a launch would carry;
+* ``{"op": "prepare", "entry", "config", "debug"}`` -> ``{"ok"}``: start a measured template of
+  that entry (``sealserve.attest._templates``) so that its launches fork from it;
 * ``{"op": "launch", "entry", "args", "env", "config", "debug", "stdio": [i|null]*3}`` with
   descriptors attached (SCM_RIGHTS) -> ``{"ok", "pid", "measurement"}``.  The connection then
   *is* the handle: the launcher sends ``{"op": "signal", "signal": n}``; the daemon sends
@@ -165,6 +167,13 @@ class PlatformServer(Resource):
                 send_message(conn, {"ok": True, "measurement": measurement})
             elif op == "launch":
                 self._launch(conn, request, fds)
+            elif op == "prepare":
+                self._platform.prepare(
+                    str(request.get("entry")),
+                    config=_str_map(request.get("config"), "config"),
+                    debug=bool(request.get("debug", False)),
+                )
+                send_message(conn, {"ok": True})
             else:
                 send_message(conn, {"ok": False, "error": f"unknown op {op!r}"})
         except (ValueError, TypeError, TeeError, ResourceStateError) as exc:
@@ -183,6 +192,7 @@ class PlatformServer(Resource):
             "backend": self._platform.backend_name,
             "tcb_status": self._platform.tcb_status,
             "entries": sorted(ENTRIES),
+            "templates": self._platform.templates(),
         }
 
     def _launch(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["ENTRIES", "entry_module"]
+__all__ = ["ENTRIES", "TEMPLATE_ENTRIES", "entry_module"]
 
 #: Entry name -> module run as ``__main__`` from the snapshot.
 ENTRIES: Final = MappingProxyType(
@@ -22,6 +22,11 @@ ENTRIES: Final = MappingProxyType(
         "runtime": "sealserve.runtime._main",
     }
 )
+
+
+#: Entries the platform keeps a measured template of once launched (launches then fork from
+#: it: see ``sealserve.attest._templates``): those started again and again, on the hot path.
+TEMPLATE_ENTRIES: Final = frozenset({"runtime"})
 
 
 def entry_module(entry: str) -> str:

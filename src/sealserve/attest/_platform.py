@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Final
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._forkserver import ForkedProcess
 from sealserve._log import get_logger
 from sealserve._resource import Resource, ResourceState
 from sealserve.attest import _measure
 from sealserve.attest._backends import LaunchBackend
-from sealserve.attest._entries import entry_module
+from sealserve.attest._entries import TEMPLATE_ENTRIES, entry_module
 from sealserve.attest._evidence import FORMAT_LAUNCH, REPORT_DATA_BYTES, Evidence
 from sealserve.attest._launch_log import LaunchEvent, LaunchEvidence, bind_report_data
 from sealserve.attest._local import (
@@ -54,6 +55,7 @@ from sealserve.attest._platform_key import (
 from sealserve.attest._policy import TCB_STATUSES
 from sealserve.attest._sealing import check_purpose, derive_sealing_key
 from sealserve.attest._simulated_evidence import sign_simulated
+from sealserve.attest._templates import Template, TemplatePool, devnull, start_template
 from sealserve.attest._trust import TrustAnchors
 from sealserve.attest._wire import MAX_FDS, b64, recv_message, send_message, unb64
 from sealserve.crypto import Identity
@@ -93,6 +95,7 @@ class SimulatedPlatform(Resource):
         clock: Clock = SYSTEM_CLOCK,
         max_processes: int = 64,
         backend: LaunchBackend | None = None,
+        templates: bool = True,
     ) -> None:
         if backend is not None and not isinstance(backend, LaunchBackend):
             raise TypeError(f"backend must be a LaunchBackend, got {type(backend).__name__}")
@@ -120,6 +123,9 @@ class SimulatedPlatform(Resource):
         # step with the evidence taken over them.
         self._events: list[LaunchEvent] = []
         self._launch_lock = threading.Lock()
+        # Measured templates (see _templates): launches of an entry that has one fork from it.
+        self._templates_on = templates
+        self._templates = TemplatePool()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class SimulatedPlatform(Resource):
 
     def _close(self) -> None:
         """Kill and reap every process still running, and delete the snapshot."""
+        self._templates.close()
         with self._lock:
             if self._key is None and self._snapshot is None:
                 return  # never opened
@@ -232,20 +239,38 @@ class SimulatedPlatform(Resource):
                     "debug state is the VM's, not a process's"
                 )
             self._record_launch(LaunchEvent(entry=entry, measurement=bytes.fromhex(measurement)))
+        key = TemplatePool.key(entry, cfg, debug)
+        template = self._templates.get(key) if self._templates_on else None
+        child_env.update(
+            {
+                TEE_ENTRY_ENV: entry,
+                TEE_CONFIG_ENV: json.dumps(cfg, sort_keys=True),
+                TEE_DEBUG_ENV: "1" if debug else "0",
+                PASSED_FDS_ENV: ",".join(str(fd) for fd in passed),
+            }
+        )
+        if template is not None:  # fork from the template (outside the lock: a round trip)
+            self._check_open()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with theirs:
+                forked = self._fork(template, argv, child_env, theirs, passed, stdin, stdout,
+                                    stderr)  # fmt: skip
+            if forked is not None:
+                with self._lock:
+                    process = LaunchedProcess(
+                        self, forked, ours, entry=entry, measurement=measurement, debug=debug
+                    )
+                    self._processes.add(process)
+                _log.event("platform.launched", entry=entry, pid=forked.pid,
+                           measurement=measurement, debug=debug, template=template.pid)  # fmt: skip
+                return process
+            ours.close()
         with self._lock:
             self._check_open()
             if len(self._processes) >= self._max_processes:
                 raise TeeError(f"the platform already runs {self._max_processes} processes")
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            child_env.update(
-                {
-                    TEE_FD_ENV: str(theirs.fileno()),
-                    TEE_ENTRY_ENV: entry,
-                    TEE_CONFIG_ENV: json.dumps(cfg, sort_keys=True),
-                    TEE_DEBUG_ENV: "1" if debug else "0",
-                    PASSED_FDS_ENV: ",".join(str(fd) for fd in passed),
-                }
-            )
+            child_env[TEE_FD_ENV] = str(theirs.fileno())
             try:
                 popen = subprocess.Popen(
                     [
@@ -279,7 +304,90 @@ class SimulatedPlatform(Resource):
         _log.event(
             "platform.launched", entry=entry, pid=popen.pid, measurement=measurement, debug=debug
         )
+        if self._templates_on and entry in TEMPLATE_ENTRIES:
+            self._prepare_in_background(entry, cfg, debug)
         return process
+
+    # -- templates -------------------------------------------------------------------------
+
+    def prepare(
+        self, entry: str, *, config: Mapping[str, str] | None = None, debug: bool = False
+    ) -> None:
+        """Start a template of ``entry`` with ``config`` (in the background) so that its
+        launches fork from it (see :mod:`sealserve.attest._templates`); nothing if one runs
+        or starts already, or if templates are off."""
+        entry_module(entry)
+        if self._templates_on:
+            self._prepare_in_background(entry, _check_config(config), debug)
+
+    def templates(self) -> list[dict[str, object]]:
+        """The running templates: entry, pid, measurement, launches forked."""
+        return self._templates.describe()
+
+    def _prepare_in_background(self, entry: str, cfg: dict[str, str], debug: bool) -> None:
+        key = TemplatePool.key(entry, cfg, debug)
+        if not self._templates.begin(key):
+            return
+
+        def start() -> None:
+            try:
+                snapshot = self._snapshot_or_raise()
+                measurement = snapshot.measurement(entry, config=cfg)
+                if self._backend is not None:
+                    if debug:
+                        raise TeeError("debug launches exist only on the simulated platform")
+                    self._record_launch(
+                        LaunchEvent(entry=entry, measurement=bytes.fromhex(measurement))
+                    )
+                template = start_template(
+                    key,
+                    command=[self._python, "-I", "-B", "-c", BOOT_COMMAND, str(snapshot.root),
+                             entry_module(entry)],
+                    env=_child_env({}),
+                    cwd=str(snapshot.root),
+                    measurement=measurement,
+                )  # fmt: skip
+            except (TeeError, OSError, ValueError) as exc:
+                self._templates.abandon(key)
+                _log.event("platform.template_failed", level=logging.WARNING, entry=entry,
+                           error=type(exc).__name__)  # fmt: skip
+                return
+            self._templates.add(template)
+
+        threading.Thread(target=start, name=f"template-{entry}", daemon=True).start()
+
+    def _fork(
+        self,
+        template: Template,
+        argv: list[str],
+        env: dict[str, str],
+        channel: socket.socket,
+        passed: tuple[int, ...],
+        stdin: int | None,
+        stdout: int | None,
+        stderr: int | None,
+    ) -> ForkedProcess | None:
+        """A launch forked from ``template``, or ``None`` (the caller launches afresh)."""
+        null = devnull() if stdin is None else None
+        fd_in = stdin if stdin is not None else null
+        assert fd_in is not None
+        try:
+            return template.fork(
+                args=argv,
+                env=env,
+                channel=channel.fileno(),
+                fds=passed,
+                stdin=fd_in,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        except (OSError, ValueError) as exc:
+            _log.event("platform.template_fork_failed", level=logging.WARNING,
+                       entry=template.key[0], error=type(exc).__name__)  # fmt: skip
+            return None
+        finally:
+            if null is not None:
+                os.close(null)
 
     def issue_unlaunched_evidence(
         self,
@@ -412,7 +520,7 @@ class LaunchedProcess:
     def __init__(
         self,
         platform: SimulatedPlatform,
-        popen: subprocess.Popen[bytes],
+        popen: subprocess.Popen[bytes] | ForkedProcess,
         channel: socket.socket,
         *,
         entry: str,
@@ -477,6 +585,8 @@ class LaunchedProcess:
         if self._popen.poll() is None:
             self.kill()
         self._popen.wait(_CLOSE_GRACE_S)
+        if isinstance(self._popen, ForkedProcess):
+            self._popen.close()
         with contextlib.suppress(OSError):
             self._channel.shutdown(socket.SHUT_RDWR)
         self._server.join(_CLOSE_GRACE_S)

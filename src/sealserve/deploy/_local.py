@@ -334,6 +334,7 @@ class LocalDeployment:
             trust=self.trust_anchors(),
         )
         self._runtime_measurement = client.measurement("runtime", config=pin)
+        client.prepare("runtime", config=pin)  # runtimes then fork from a measured template
         launch_config_file = None
         if self.backend != "simulated":
             launch_config_file = self.run_dir / "runtime-launch-config.json"
@@ -355,6 +356,7 @@ class LocalDeployment:
                 host=o.host,
             )
         )
+        backend.prepare()  # the host template: cold starts fork a host
         registry = CollectorRegistry()
         platform = Platform(
             backend,

@@ -84,6 +84,8 @@ class Op(enum.IntEnum):
     LOAD = 2
     INFER = 3
     EVICT = 4
+    #: Attest the KeyService now (before any model), as part of the runtime's start.
+    PREPARE = 5
     # ocalls
     FETCH_MODEL = 16
     KEYSERVICE = 17

@@ -110,6 +110,10 @@ class SupervisorOptions:
     restart_backoff_s: float = 0.1
     keyservice_timeout_s: float = 10.0
     log_level: str = "INFO"
+    #: A runtime attests the KeyService as part of its start (``PREPARE``): one that cannot
+    #: (a KeyService that fails its attestation, or none reachable) is not started, so no
+    #: request ever reaches it.
+    attest_at_start: bool = True
 
     def __post_init__(self) -> None:
         for name in ("memory_budget_mb", "threads", "workers", "max_restarts"):
@@ -394,12 +398,19 @@ class RuntimeSupervisor(Resource):
         endpoint.open()
         try:
             endpoint.call(wire.Op.STATS, {}, timeout=opts.start_timeout_s).release()
+            if opts.attest_at_start:
+                meta = {"timeout_s": round(opts.keyservice_timeout_s, 6)}
+                endpoint.call(
+                    wire.Op.PREPARE, meta, timeout=opts.keyservice_timeout_s + 5.0
+                ).release()
         except BaseException as exc:
             endpoint.close()
             if link is not None:
                 link[0].close()
             process.close()
-            raise RuntimeUnavailable(f"the runtime did not answer: {exc}") from exc
+            _log.event("supervisor.start_failed", level=logging.WARNING, generation=number,
+                       error=type(exc).__name__, message=str(exc))  # fmt: skip
+            raise RuntimeUnavailable(f"the runtime did not start: {exc}") from exc
         generation = RuntimeGeneration(number, process, endpoint, time.perf_counter() - started)
         watcher = threading.Thread(
             target=self._watch, args=(generation,), name=f"runtime-watch-{number}", daemon=True

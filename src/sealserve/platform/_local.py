@@ -33,13 +33,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from sealserve._lifeline import tie_to_this_process
+from sealserve._forkserver import ForkClient, ForkedProcess
+from sealserve._lifeline import LIFELINE_ENV, tie_to_this_process
 from sealserve._log import get_logger
 from sealserve.errors import PlatformError, SealserveError
 from sealserve.instance import (
@@ -91,6 +93,8 @@ class LocalOptions:
     io_threads: int = 64
     #: Send requests straight to each runtime over its data link (else HTTP to the host).
     data_link: bool = True
+    #: Fork hosts from a template that has imported them once (else start a process each).
+    zygote: bool = True
 
     def __post_init__(self) -> None:
         if not self.keyservice_url.startswith(("http://", "https://")):
@@ -113,7 +117,7 @@ class LocalOptions:
 
 @dataclasses.dataclass
 class _LocalInstance:
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | ForkedProcess
     log_path: Path
     ready_file: Path
     memory_mb: int
@@ -145,6 +149,9 @@ class LocalBackend:
         self._instances: dict[int, _LocalInstance] = {}
         self._link_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._zygote: ForkClient | None = None
+        self._zygote_popen: subprocess.Popen[bytes] | None = None
+        self._zygote_lock = threading.Lock()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -211,16 +218,18 @@ class LocalBackend:
             budget_mb=budget_mb, concurrency=concurrency, ready_file=ready_file
         )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        command += ["--broker-fd", str(theirs.fileno())]
 
-        def spawn() -> subprocess.Popen[bytes]:
+        def spawn() -> subprocess.Popen[bytes] | ForkedProcess:
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             ready_file.unlink(missing_ok=True)
             env = dict(os.environ, **{SPAWNED_AT_ENV: repr(time.time())})
             lifeline = tie_to_this_process(env)
             with log_path.open("ab") as log:
+                forked = self._fork_host(command, env, lifeline, theirs, log.fileno())
+                if forked is not None:
+                    return forked
                 return subprocess.Popen(
-                    command,
+                    [*command, "--broker-fd", str(theirs.fileno())],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
@@ -294,6 +303,75 @@ class LocalBackend:
             "platform.instance_ready", instance=instance_id, url=url, runtime_pid=info.runtime_pid
         )
         return info
+
+    # -- the host template (zygote) ------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Start the host template now (else on the first start), so that the first cold
+        start already forks a host instead of starting a Python process."""
+        if self.options.zygote and not self._closed:
+            self._zygote_client()
+
+    def _zygote_client(self) -> ForkClient | None:
+        with self._zygote_lock:
+            client = self._zygote
+            if client is not None and not client.closed:
+                return client
+            if self._zygote_popen is not None:
+                _stop_popen(self._zygote_popen, 5.0)
+                self._zygote_popen = None
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            env = dict(os.environ)
+            env.pop(LIFELINE_ENV, None)  # it ends when the control socket closes
+            self.options.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                with (self.options.run_dir / "zygote.log").open("ab") as log:
+                    self._zygote_popen = subprocess.Popen(
+                        [self.options.python, "-m", "sealserve", "instance", "zygote",
+                         "--control-fd", str(theirs.fileno()),
+                         "--log-level", self.options.log_level],
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                        pass_fds=(theirs.fileno(),), start_new_session=True,
+                    )  # fmt: skip
+            except OSError as exc:
+                ours.close()
+                _log.event("platform.zygote_failed", level=logging.WARNING, error=str(exc))
+                return None
+            finally:
+                theirs.close()
+            self._zygote = ForkClient(ours, name="host-zygote")
+            _log.event("platform.zygote_started", pid=self._zygote_popen.pid)
+            return self._zygote
+
+    def _fork_host(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        lifeline: int,
+        broker: socket.socket,
+        log: int,
+    ) -> ForkedProcess | None:
+        """The host forked from the template (``None``: start it as a process instead).  In
+        the child the lifeline is descriptor 3 and the broker socket 4."""
+        if not self.options.zygote:
+            return None
+        client = self._zygote_client()
+        if client is None:
+            return None
+        args = [*command[command.index("instance") :], "--broker-fd", "4"]
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            return client.fork(
+                args,
+                env={**env, LIFELINE_ENV: "3"},
+                stdio=(null, log, log),
+                fds=(lifeline, broker.fileno()),
+            )
+        except (OSError, ValueError) as exc:
+            _log.event("platform.zygote_fork_failed", level=logging.WARNING, error=str(exc))
+            return None
+        finally:
+            os.close(null)
 
     # -- the broker socket and the data link --------------------------------------------------
 
@@ -494,6 +572,8 @@ class LocalBackend:
                     reason=f"not stopped {self.options.stop_timeout_s:g} s after SIGTERM",
                 )
                 popen.wait(10)
+        if isinstance(popen, ForkedProcess):
+            popen.close()
         inst.ready_file.unlink(missing_ok=True)
         _log.event("platform.instance_stopped", instance=instance_id, status=popen.returncode)
 
@@ -540,12 +620,31 @@ class LocalBackend:
                     process=f"instance host i{iid}",
                     reason="still alive after its stop",
                 )
+        with self._zygote_lock:
+            client, self._zygote = self._zygote, None
+            zygote, self._zygote_popen = self._zygote_popen, None
+        if client is not None:
+            client.close()  # the host template ends when its control socket closes
+        if zygote is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: _stop_popen(zygote, 10.0)
+            )
         # Threads still blocked on a host that is gone end with their sockets; none is waited
         # for here, and queued work is dropped.
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __repr__(self) -> str:
         return f"LocalBackend(instances={sorted(self._instances)})"
+
+
+def _stop_popen(popen: subprocess.Popen[bytes], timeout: float) -> None:
+    if popen.poll() is None:
+        popen.terminate()
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(10)
 
 
 def _check_health(url: str) -> InstanceHealth:

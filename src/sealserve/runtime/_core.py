@@ -25,6 +25,7 @@ Nothing that comes from a plaintext reaches an error message or a log line.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import time
@@ -258,6 +259,16 @@ class SealedRuntime:
 
         return SealedOutput(size=sealed_size(len(encoded)), write=write, timings=timer)
 
+    def prepare(self, *, deadline: float | None) -> dict[str, float]:
+        """Attest the KeyService before any model is asked for (an instance started ahead of
+        its requests is then ready to release keys); its timing, under
+        ``attestation_key_release``."""
+        seconds = self._keys.prepare(deadline=deadline)
+        timer = st.StageTimer()
+        if seconds > 0:
+            timer.add(st.ATTESTATION_KEY_RELEASE, seconds)
+        return timer.to_dict()
+
     def evict(self, model_id: str) -> bool:
         """Drop ``model_id`` (at once if idle, else after its last request); ``False`` if it
         was not resident."""
@@ -273,6 +284,8 @@ class SealedRuntime:
             "workers": self.options.workers,
             "requests": self._requests,
             "failures": self._failures,
+            # Public (it is what evidence binds): tells runtimes apart, e.g. forked ones.
+            "public_key_sha256": hashlib.sha256(self._keys.public_key).hexdigest(),
             "rss_bytes": _rss_bytes(),
             "models": self._models.stats().to_json(),
             "keys": self._keys.cache.stats().to_json(),

@@ -339,6 +339,20 @@ class KeyBroker:
     def cache(self) -> KeyCache:
         return self._cache
 
+    def prepare(self, *, deadline: float | None) -> float:
+        """Attest the KeyService now, so the first release needs only a challenge; the
+        seconds it took (0 when already done, or in baseline mode where every release attests
+        afresh).  Raises what an attestation raises (a KeyService that fails its attestation
+        is an :class:`~sealserve.errors.AttestationError`)."""
+        if not self._caching:
+            return 0.0
+        with self._lock:
+            if self._session is not None:
+                return 0.0
+        started = time.perf_counter()
+        self._session_or_attest(deadline)
+        return time.perf_counter() - started
+
     def keys_for(self, user_id: str, model_id: str, *, deadline: float | None) -> KeyResult:
         """The keys of (user, model): cached, joined, or released now.
 

@@ -36,7 +36,7 @@ from typing import Any
 from sealserve._log import configure_logging, get_logger
 from sealserve.errors import SealserveError
 
-__all__ = ["main", "parse_args"]
+__all__ = ["main", "parse_args", "prepare_template"]
 
 _EX_SOFTWARE = 70
 _SWITCH_INTERVAL_S = 0.0005
@@ -57,6 +57,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout-s", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
+
+
+def prepare_template() -> None:
+    """What a measured template of this entry imports once, so that each runtime forked from
+    it starts without paying for it (see :mod:`sealserve.attest._templates`).  Nothing here
+    makes a key, reads the launch config or starts a thread: that is each launch's own."""
+    import numpy  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    import sealserve.attest
+    import sealserve.crypto
+    import sealserve.ipc
+    import sealserve.runtime._core
+    import sealserve.runtime._keys
+    import sealserve.runtime._server  # noqa: F401
 
 
 def _preload() -> None:

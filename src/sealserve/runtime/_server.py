@@ -16,6 +16,8 @@ Ecall meta (JSON, no secrets)::
     infer   {"model_id", "user_id", "request_id", "timeout_s"}   -> {"timings"}; payload:
             payload: the sealed input                               the sealed output
     evict   {"model_id"}                                         -> {"evicted"}
+    prepare {"timeout_s"}                                        -> {"timings"}: the KeyService
+                                                                    attested
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ class RuntimeServer:
         assert origin is not None
         if message.op is wire.Op.STATS:
             self._run(self._stats, message, origin)
-        elif message.op in (wire.Op.LOAD, wire.Op.INFER, wire.Op.EVICT):
+        elif message.op in (wire.Op.LOAD, wire.Op.INFER, wire.Op.EVICT, wire.Op.PREPARE):
             received = time.perf_counter()
             with self._lock:
                 busy = self._active >= self._workers
@@ -202,6 +204,10 @@ class RuntimeServer:
             return
         timeout = timeout_from_meta(meta)
         deadline = None if timeout is None else self._clock.monotonic() + timeout
+        if message.op is wire.Op.PREPARE:
+            message.release()
+            origin.reply(message, {"timings": self.runtime.prepare(deadline=deadline)})
+            return
         if message.op is wire.Op.LOAD:
             message.release()
             timings = self.runtime.load(

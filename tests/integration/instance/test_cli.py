@@ -25,6 +25,7 @@ def test_serve_with_an_embedded_platform_announces_itself_and_stops_cleanly(
         sys.executable, "-m", "sealserve", "instance", "serve",
         "--store", str(store),
         "--keyservice", "http://127.0.0.1:9",  # never contacted: no request asks for keys
+        "--no-attest-at-start",  # and the runtime does not attest it at its start either
         "--port", "0",
         "--data-dir", str(tmp_path / "data"),
         "--ready-file", str(ready),

@@ -281,3 +281,32 @@ def test_a_hit_past_half_the_bound_polls_in_the_background(ks: InProcessKeyServi
         assert broker.cache.get(ks.user.principal_id, model_id) is not None
     finally:
         broker.close()
+
+
+def test_prepare_attests_the_keyservice_once_before_any_model(ks: InProcessKeyService) -> None:
+    model_id, _ = ks.add_model("m", dense_model(8))
+    broker = ks.broker()
+    assert broker.prepare(deadline=None) > 0
+    assert ks.calls["/v1/attestation"] == 1
+    assert ks.releases == 0  # no model was asked for: nothing released
+    assert broker.prepare(deadline=None) == 0  # already attested
+    first = broker.keys_for(ks.user.principal_id, model_id, deadline=None)
+    assert first.released
+    assert ks.calls["/v1/attestation"] == 1  # the release used the attestation made at start
+
+
+def test_prepare_refuses_a_keyservice_outside_the_pin_and_baseline_mode_skips_it(
+    ks: InProcessKeyService,
+) -> None:
+    untrusting = KeyBroker(
+        relay=ks.relay,
+        pin=(Policy(measurements=frozenset({"ee" * 32})), ks.pin.trust),
+        evidence=ks.evidence,
+        clock=ks.clock,
+    )
+    with pytest.raises(AttestationError):
+        untrusting.prepare(deadline=None)
+    baseline = ks.broker(cache=False)
+    calls = ks.calls["/v1/attestation"]
+    assert baseline.prepare(deadline=None) == 0
+    assert ks.calls["/v1/attestation"] == calls
