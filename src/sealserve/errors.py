@@ -29,7 +29,8 @@ unseal is the same :class:`InvalidEnvelope`, every refused key release the same
     │   ├── Conflict                 already registered, already exists
     │   ├── SchemaVersionError       a database written by a newer sealserve
     │   ├── SealedStateError         the data is sealed under another key; refusing to start
-    │   └── KeyServiceChanged        the attested KeyService's long-term keys are not pinned ones
+    │   ├── KeyServiceChanged        the attested KeyService's long-term keys are not pinned ones
+    │   └── AuditLogTampered         the audit log does not verify: rewritten or truncated
     ├── IPCError
     │   ├── SegmentError             bad magic, wrong version, corrupt header, wrong size
     │   ├── ChannelClosed            the channel (or its peer) was closed in an orderly way
@@ -59,6 +60,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDenied",
     "AttestationError",
+    "AuditLogTampered",
     "BackpressureTimeout",
     "CapacityExhausted",
     "ChannelClosed",
@@ -214,6 +216,12 @@ class SealedStateError(KeyServiceError):
 class KeyServiceChanged(KeyServiceError):
     """The KeyService attested, but its long-term keys are not the ones pinned for it (on
     first use or configured): treat it as an attack until the operator explains the change."""
+
+
+class AuditLogTampered(KeyServiceError):
+    """The KeyService's audit log does not verify: an entry was altered, removed or inserted,
+    the history was truncated, or a checkpoint is not the attested KeyService's.  The
+    message says which; the database (which is not trusted) was tampered with."""
 
 
 # -- ipc -------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -39,6 +39,9 @@ from sealserve._cli.keyservice import (
     write_secret_file,
 )
 from sealserve.errors import Conflict, SealserveError
+
+if TYPE_CHECKING:
+    from sealserve.protocol import AuditPoint
 
 __all__ = ["app"]
 
@@ -255,6 +258,110 @@ GatewayOpt = Annotated[
         "the settings').",
     ),
 ]
+
+
+@app.command()
+def audit(
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Verify from the checkpoint kept by the last --verify (exit 1, saying what, "
+            "when the log was rewritten or truncated) and keep the new one.",
+        ),
+    ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="Verify from the start (and through the checkpoint kept, if any)."
+        ),
+    ] = False,
+    data_dir: DataDirOpt = None,
+    identity: IdentityOpt = None,
+    keyservice: KeyServiceUrlOpt = None,
+    keyservice_measurement: KeyServiceMeasurementOpt = None,
+    platform_key: PlatformKeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The KeyService's audit log: this owner's entries, hash-chained to a checkpoint the
+    attested KeyService signed (every other entry is checked through its digest).
+
+    With --verify, the checkpoint verified last time is kept in
+    <data-dir>/owner/audit-checkpoints.json (per KeyService): a history rewritten or cut back
+    before it is then detected, even after the KeyService restarted.
+    """
+    from sealserve.errors import AuditLogTampered
+
+    folder = resolve_data_dir(data_dir)
+    owner = _owner(
+        data_dir=data_dir,
+        identity=identity,
+        keyservice=keyservice,
+        measurement=keyservice_measurement,
+        platform_key=platform_key,
+    )
+    path = folder / ROLE / "audit-checkpoints.json"
+    with contextlib.closing(owner):
+        ks_id = guarded(lambda: owner.keyservice.keyservice.keyservice_id)
+        kept = guarded(lambda: _read_checkpoints(path)).get(ks_id) if verify else None
+        since = None if full or kept is None else kept
+        try:
+            result = owner.audit(since=since, through=kept if full else None)
+        except AuditLogTampered as exc:
+            fail(f"the audit log does not verify: {exc}")
+        except (SealserveError, ValueError, OSError) as exc:
+            fail(str(exc) or type(exc).__name__)
+        if verify:
+            guarded(lambda: _write_checkpoint(path, ks_id, result.checkpoint))
+    checkpoint = result.checkpoint
+    lines = [
+        f"{e['seq']:>8}  {e['event']:<18} {e.get('model_id') or '':<40.40} "
+        f"{(e.get('user_id') or '')[:16]}"
+        for e in result.entries
+    ]
+    lines.append(
+        f"verified {result.verified} entries up to checkpoint {checkpoint.seq} "
+        f"(chain {checkpoint.chain.hex()[:16]}...)" + (f"; kept in {path}" if verify else "")
+    )
+    emit(
+        json_out,
+        {
+            "entries": list(result.entries),
+            "verified": result.verified,
+            "checkpoint": checkpoint.to_json(),
+            "since": None if since is None else since.to_json(),
+            "keyservice_id": ks_id,
+        },
+        "\n".join(lines),
+    )
+
+
+def _read_checkpoints(path: Path) -> dict[str, AuditPoint]:
+    import json
+
+    from sealserve.protocol import AuditPoint
+
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} is not a checkpoint file")
+    return {str(k): AuditPoint.from_json(v) for k, v in doc.items()}
+
+
+def _write_checkpoint(path: Path, keyservice_id: str, point: AuditPoint) -> None:
+    import json
+    import os
+
+    current = _read_checkpoints(path)
+    current[keyservice_id] = point
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({k: v.to_json() for k, v in current.items()}, sort_keys=True) + "\n",
+        encoding="utf-8",
+    )
+    os.replace(tmp, path)
 
 
 @app.command()

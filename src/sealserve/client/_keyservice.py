@@ -35,6 +35,7 @@ from sealserve.attest import Policy, TrustAnchors
 from sealserve.crypto import Identity, sign_request, verify_signature
 from sealserve.errors import (
     AccessDenied,
+    AuditLogTampered,
     Conflict,
     InvalidSignature,
     KeyServiceChanged,
@@ -311,6 +312,10 @@ class KeyServiceClient(Resource):
         return f"KeyServiceClient({self.url!r}, state={self.state.value})"
 
 
+#: How the KeyService's (signed) answer begins when its audit log does not verify.
+_TAMPERED = "the audit log was tampered with"
+
+
 def _raise_for_status(response: httpx.Response) -> None:
     status = response.status_code
     if 200 <= status < 300:
@@ -330,4 +335,6 @@ def _raise_for_status(response: httpx.Response) -> None:
         raise RateLimited(f"{message} (Retry-After: {retry} s)")
     if status == 400:
         raise ValueError(f"the KeyService refused the request: {message}")
+    if status == 500 and message.startswith(_TAMPERED):  # a signed answer: it says so itself
+        raise AuditLogTampered(message)
     raise KeyServiceError(f"the KeyService answered HTTP {status}: {message}")

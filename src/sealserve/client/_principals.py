@@ -24,8 +24,12 @@ from sealserve._resource import Resource
 from sealserve.attest import Policy
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, wrap
+from sealserve.errors import KeyServiceError
 from sealserve.protocol import (
     AccessChange,
+    AuditPage,
+    AuditPoint,
+    AuditVerification,
     GrantIn,
     ModelInfo,
     ModelKeyIn,
@@ -36,10 +40,14 @@ from sealserve.protocol import (
     RequestKeyReceipt,
     join_model_id,
     split_model_id,
+    verify_audit,
     wire,
 )
 
 __all__ = ["Owner", "User"]
+
+#: Most pages one :meth:`_Principal.audit` fetches (of up to 1,000 entries each).
+_MAX_AUDIT_PAGES = 10_000
 
 
 class _Principal(Resource):
@@ -92,6 +100,47 @@ class _Principal(Resource):
             "POST", f"{wire.API_PREFIX}/principals", body, answer=PrincipalOut
         )
         return doc.created
+
+    def audit(
+        self,
+        *,
+        since: AuditPoint | None = None,
+        through: AuditPoint | None = None,
+        page: int = 1000,
+    ) -> AuditVerification:
+        """Fetch the KeyService's audit log after ``since`` (a checkpoint verified before; the
+        start by default) and verify it: the entries chain to a checkpoint the attested
+        KeyService signed, and that checkpoint does not end before ``since``.
+
+        Returns this principal's entries and the new checkpoint (keep it, and pass it as
+        ``since`` next time: a history rewritten or cut back before it is then detected;
+        ``through`` checks, verifying from the start, that the chain still passes through it).
+        :class:`~sealserve.errors.AuditLogTampered` says what does not verify.
+        """
+        start = since if since is not None else AuditPoint.start()
+        pages: list[AuditPage] = []
+        after = start.seq
+        for _ in range(_MAX_AUDIT_PAGES):  # bounded: a page always moves ``after`` forward
+            got = self._client.request(
+                "GET", f"{wire.API_PREFIX}/audit?after={after}&limit={page}", answer=AuditPage
+            )
+            pages.append(got)
+            if not got.records or got.records[-1].seq >= got.checkpoint.seq:
+                break
+            after = got.records[-1].seq
+        else:
+            raise KeyServiceError(
+                f"the audit log has more than {_MAX_AUDIT_PAGES} pages after entry {start.seq}; "
+                "verify it in steps (pass a later checkpoint as since)"
+            )
+        attested = self._client.keyservice
+        return verify_audit(
+            pages,
+            start=start,
+            keyservice_id=attested.keyservice_id,
+            signing_public_key=attested.signing_public_key,
+            through=through,
+        )
 
     def _wrap(self, kind: str, model_id: str, version: int | None, secret: bytes) -> str:
         attested = self._client.keyservice

@@ -42,6 +42,7 @@ from sealserve.protocol import (
     PRINCIPAL_ID_PATTERN,
     AccessChange,
     AttestationOut,
+    AuditPage,
     ChallengeOut,
     ErrorOut,
     GrantIn,
@@ -77,6 +78,7 @@ _P_USER = Path(pattern=PRINCIPAL_ID_PATTERN, description="The user's principal i
 #: Every body the OpenAPI document describes (with the bodies they nest).
 _BODIES: tuple[type[Message], ...] = (
     AccessChange,
+    AuditPage,
     AttestationOut,
     ChallengeOut,
     ErrorOut,
@@ -109,6 +111,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: _answer(ErrorOut, "The fixed denial: nothing says why."),
     404: _answer(ErrorOut, "Not found (told only to its owner)."),
     409: _answer(ErrorOut, "Conflicting version or registration."),
+    500: _answer(ErrorOut, "The audit log does not verify: the database was tampered with."),
     413: _answer(ErrorOut, "Body larger than the limit."),
     429: _answer(ErrorOut, "Rate limited; see Retry-After."),
     503: _answer(ErrorOut, "The database is unavailable."),
@@ -445,6 +448,24 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
             return await service.revoke(signer, owner_id=owner_id, name=name, user_id=user_id)
 
         return await signed(request, "revoke", handle, budget=Budget.REVOCATION)
+
+    @app.get(
+        wire.API_PREFIX + "/audit",
+        tags=["audit"],
+        description="The audit log after an entry, hash-chained, with a checkpoint of its head "
+        "signed by the attested KeyService: the caller's entries whole, the others as "
+        "digests (sealserve.protocol.verify_audit checks a page). " + _SIGNED,
+        responses={200: _answer(AuditPage), **_ERRORS},
+    )
+    async def audit(
+        request: Request,
+        after: int = Query(0, ge=0, description="Entries after this one (0: from the start)."),
+        limit: int = Query(1000, ge=1, le=1000, description="At most this many entries."),
+    ) -> Response:
+        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
+            return await service.audit(signer, after=after, limit=limit)
+
+        return await signed(request, "audit", handle)
 
     # -- user ---------------------------------------------------------------------------------
 

@@ -143,6 +143,11 @@ def _migrate(conn: Connection, found: int, safe_url: str) -> None:
     if version == 3:  # 3 -> 4: what each epoch changed (epochs before it are not recorded)
         t.access_changes.create(conn)
         version = 4
+    if version == 4:  # 4 -> 5: the audit chain (rows before it stay unchained)
+        blob = "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+        for column in ("digest", "chain", "mac"):
+            conn.exec_driver_sql(f"ALTER TABLE audit_log ADD COLUMN {column} {blob}")
+        version = 5
     conn.execute(
         sa.update(t.schema_version)
         .where(t.schema_version.c.component == COMPONENT)

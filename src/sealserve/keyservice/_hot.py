@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sealserve._log import get_logger
-from sealserve.errors import Conflict, KeyServiceError, NotFound, RateLimited
+from sealserve.errors import AuditLogTampered, Conflict, KeyServiceError, NotFound, RateLimited
 from sealserve.keyservice._releaser import Denied
 from sealserve.keyservice._service import KeyService
 from sealserve.protocol import ChallengeOut, wire
@@ -205,6 +205,8 @@ def error_response(
         return 409, {"error": str(exc)}, {}
     if isinstance(exc, ValueError | json.JSONDecodeError):
         return 400, {"error": str(exc)}, {}
+    if isinstance(exc, AuditLogTampered):  # the log says what; the database is not trusted
+        return 500, {"error": str(exc)}, {}
     if isinstance(exc, SQLAlchemyError | KeyServiceError):
         _log.event(
             "request.storage_error", level=logging.ERROR, route=route, error=type(exc).__name__

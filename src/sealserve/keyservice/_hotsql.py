@@ -12,6 +12,8 @@ wait for the GIL (up to the switch interval) before it can go on.  So a batch is
 as few statements as possible: one multi-row insert of its nonces, one of its audit rows.  If
 the nonces' insert hits a used nonce (a replay: rare), the caller rolls back and writes the
 batch again claim by claim (:meth:`HotStatements.claim_each`), which tells which ones were new.
+The audit rows are linked into the chain (:mod:`._audit`) after reading the head, in the same
+transaction (on PostgreSQL under an advisory lock, one appender at a time).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from sealserve.keyservice._records import AuditEntry, Claim, PairRecords, audit_values
+from sealserve.errors import KeyServiceError
+from sealserve.keyservice._audit import AuditChain, ChainedEntry, Head
+from sealserve.keyservice._records import AuditEntry, Claim, PairRecords
 
 __all__ = ["HotStatements"]
 
@@ -51,11 +55,10 @@ _CLAIM_SQL = sa.text(
     "INSERT INTO used_nonces (nonce, expires_at) VALUES (:nonce, :expires_at) "
     "ON CONFLICT DO NOTHING"
 )
-_AUDIT_SQL = sa.text(
-    "INSERT INTO audit_log (at, event, actor, model_id, user_id, key_version, "
-    "request_key_version, measurement, epoch, detail) VALUES (:at, :event, :actor, :model_id, "
-    ":user_id, :key_version, :request_key_version, :measurement, :epoch, :detail)"
-)
+_HEAD_SQL = sa.text("SELECT seq, chain, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
+_ANY_CHAINED_SQL = sa.text("SELECT 1 FROM audit_log WHERE chain IS NOT NULL LIMIT 1")
+#: Key of the PostgreSQL advisory lock held while audit entries are appended (as the store's).
+AUDIT_LOCK = 0x5EA1A0D1
 _PURGE_SQL = sa.text("DELETE FROM used_nonces WHERE expires_at < :before")
 _EPOCH_SQL = sa.text("SELECT value FROM counters WHERE name = 'revocation_epoch'")
 _CHANGES_SQL = sa.text(
@@ -85,8 +88,9 @@ class _Prepared:
 
 #: Rows per multi-row insert (their parameters stay under SQLite's old limit of 999).
 _NONCE_ROWS = 400
-_AUDIT_ROWS = 90
+_AUDIT_ROWS = 70
 _AUDIT_COLUMNS = (
+    "seq",
     "at",
     "event",
     "actor",
@@ -97,6 +101,9 @@ _AUDIT_COLUMNS = (
     "measurement",
     "epoch",
     "detail",
+    "digest",
+    "chain",
+    "mac",
 )
 
 
@@ -106,7 +113,9 @@ class HotStatements:
     def __init__(self, dialect: Dialect) -> None:
         self._release = _Prepared.compile(_RELEASE_SQL, dialect)
         self._claim = _Prepared.compile(_CLAIM_SQL, dialect)
-        self._audit = _Prepared.compile(_AUDIT_SQL, dialect)
+        self._head = _Prepared.compile(_HEAD_SQL, dialect)
+        self._any_chained = _Prepared.compile(_ANY_CHAINED_SQL, dialect)
+        self._postgres = dialect.name == "postgresql"
         self._purge = _Prepared.compile(_PURGE_SQL, dialect)
         self._epoch = _Prepared.compile(_EPOCH_SQL, dialect)
         self._changes = _Prepared.compile(_CHANGES_SQL, dialect)
@@ -149,14 +158,20 @@ class HotStatements:
         return epoch, [(int(e), str(m), None if u is None else str(u)) for e, m, u in cursor]
 
     def claim_all(
-        self, cursor: Any, claims: Sequence[Claim], *, purge_before: float | None
-    ) -> list[bool]:
+        self,
+        cursor: Any,
+        claims: Sequence[Claim],
+        *,
+        purge_before: float | None,
+        chain: AuditChain | None,
+    ) -> tuple[list[bool], int]:
         """Insert every claim's nonce and the audit entries of the claims whose nonce is new,
-        in a few multi-row statements, inside the caller's transaction; per claim, whether its
-        nonce was new.  A later claim of a nonce already in the batch is refused here; a nonce
-        used before the batch makes the nonces' insert raise the driver's ``IntegrityError``
-        (then roll back, and use :meth:`claim_each`).  ``purge_before`` also deletes the used
-        nonces that expired before that time.
+        in a few multi-row statements, inside the caller's transaction: per claim, whether its
+        nonce was new, and the last audit entry appended (0: none).  A later claim of a nonce
+        already in the batch is refused here; a nonce used before the batch makes the nonces'
+        insert raise the driver's ``IntegrityError`` (then roll back, and use
+        :meth:`claim_each`).  ``purge_before`` also deletes the used nonces that expired before
+        that time.  The audit entries are linked into ``chain`` after the head (:mod:`._audit`).
         """
         seen: set[bytes] = set()
         fresh: list[bool] = []
@@ -170,12 +185,33 @@ class HotStatements:
                 nonces += (claim.nonce, claim.expires_at)
                 entries.extend(claim.entries)
         self._insert_rows(cursor, "used_nonces (nonce, expires_at)", self._nonce_row, 2, nonces)
-        values = [getattr(e, name) for e in entries for name in _AUDIT_COLUMNS]
-        columns = "audit_log (" + ", ".join(_AUDIT_COLUMNS) + ")"
-        self._insert_rows(cursor, columns, self._audit_row, len(_AUDIT_COLUMNS), values)
+        last = self._append_audit(cursor, entries, chain)
         if purge_before is not None:
             cursor.execute(self._purge.sql, self._purge.params({"before": purge_before}))
-        return fresh
+        return fresh, last
+
+    def _append_audit(
+        self, cursor: Any, entries: Sequence[AuditEntry], chain: AuditChain | None
+    ) -> int:
+        """Link ``entries`` after the head and insert them; the last seq (0: none)."""
+        if not entries:
+            return 0
+        if chain is None:
+            raise KeyServiceError("the store has no audit chain attached")
+        if self._postgres:  # one appender at a time, across processes
+            cursor.execute(f"SELECT pg_advisory_xact_lock({AUDIT_LOCK})")
+        cursor.execute(self._head.sql, self._head.params({}))
+        row = cursor.fetchone()
+        head = None if row is None else Head(int(row[0]), _opt_bytes(row[1]), _opt_bytes(row[2]))
+        any_chained = False
+        if head is not None and head.chain is None:
+            cursor.execute(self._any_chained.sql, self._any_chained.params({}))
+            any_chained = cursor.fetchone() is not None
+        rows = chain.link(chain.check_head(head, any_chained=any_chained), entries)
+        values = [value for r in rows for value in _audit_row(r)]
+        columns = "audit_log (" + ", ".join(_AUDIT_COLUMNS) + ")"
+        self._insert_rows(cursor, columns, self._audit_row, len(_AUDIT_COLUMNS), values)
+        return rows[-1].seq
 
     def _insert_rows(
         self, cursor: Any, target: str, row: str, width: int, values: list[Any]
@@ -189,13 +225,18 @@ class HotStatements:
             cursor.execute(sql, values[start * width : (start + count) * width])
 
     def claim_each(
-        self, cursor: Any, claims: Sequence[Claim], *, purge_before: float | None
-    ) -> list[bool]:
+        self,
+        cursor: Any,
+        claims: Sequence[Claim],
+        *,
+        purge_before: float | None,
+        chain: AuditChain | None,
+    ) -> tuple[list[bool], int]:
         """Insert each claim's nonce and, where it was not used before, its audit entries,
         one claim at a time (the way to tell which nonces were used), inside the caller's
-        transaction; per claim, whether its nonce was new."""
+        transaction: per claim, whether its nonce was new, and the last audit entry appended."""
         fresh: list[bool] = []
-        rows: list[Sequence[Any] | Mapping[str, Any]] = []
+        entries: list[AuditEntry] = []
         for claim in claims:
             cursor.execute(
                 self._claim.sql,
@@ -204,12 +245,16 @@ class HotStatements:
             new = cursor.rowcount == 1
             fresh.append(new)
             if new:
-                rows.extend(self._audit.params(audit_values(e)) for e in claim.entries)
-        if rows:
-            cursor.executemany(self._audit.sql, rows)
+                entries.extend(claim.entries)
+        last = self._append_audit(cursor, entries, chain)
         if purge_before is not None:
             cursor.execute(self._purge.sql, self._purge.params({"before": purge_before}))
-        return fresh
+        return fresh, last
+
+
+def _audit_row(row: ChainedEntry) -> list[Any]:
+    values = row.values()
+    return [values[name] for name in _AUDIT_COLUMNS]
 
 
 def _opt_bytes(value: Any) -> bytes | None:

@@ -6,7 +6,9 @@ of the database reveals no key and a row moved to another place does not unseal 
 roles, versions and times are stored in the clear; they are what the service looks rows up by.
 
 The audit log is append-only: the database itself refuses ``UPDATE`` and ``DELETE`` on it
-(a trigger on SQLite and PostgreSQL), not only this code.
+(a trigger on SQLite and PostgreSQL), not only this code.  Triggers do not stop whoever holds
+the disk, so each row also carries its place in a hash chain with a MAC under a key only the
+attested KeyService holds (:mod:`._audit`): a rewritten or truncated history is detected.
 
 ``used_nonces`` makes single use hold across every process that serves the database: a
 challenge nonce is inserted in the same transaction as the audit rows of the release that used
@@ -51,8 +53,9 @@ __all__ = [
 #: sealserve and is refused; a smaller one is migrated forward when the store opens
 #: (version 1 had no ``used_nonces``: challenges lived in one process's memory; version 2 had
 #: no ``keyservice_state``: the master key was a file the host could read; version 3 had no
-#: ``access_changes``: runtimes learnt of a revocation only from their next release).
-SCHEMA_VERSION = 4
+#: ``access_changes``: runtimes learnt of a revocation only from their next release; version 4
+#: had no chain in ``audit_log``: its history could be rewritten on a copy of the database).
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -133,6 +136,11 @@ audit_log = Table(
     Column("measurement", String(128), nullable=True),
     Column("epoch", BigInteger, nullable=True),
     Column("detail", Text, nullable=True),
+    # The hash chain (sealserve.protocol.audit) and a MAC of (seq, chain) under the
+    # KeyService's audit key; NULL for rows written before schema version 5.
+    Column("digest", LargeBinary, nullable=True),
+    Column("chain", LargeBinary, nullable=True),
+    Column("mac", LargeBinary, nullable=True),
 )
 
 used_nonces = Table(

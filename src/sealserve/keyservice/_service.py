@@ -56,18 +56,22 @@ from sealserve.errors import (
     NotFound,
     RateLimited,
 )
+from sealserve.keyservice._audit import AuditChain
 from sealserve.keyservice._challenges import Challenge, ChallengeIssuer
 from sealserve.keyservice._claims import ClaimWriter
 from sealserve.keyservice._judge import EvidenceJudge
 from sealserve.keyservice._limits import Budget, RequestLimits
 from sealserve.keyservice._metrics import Metrics
-from sealserve.keyservice._records import AuditEntry, Claim
+from sealserve.keyservice._records import AuditEntry, Claim, audit_values
 from sealserve.keyservice._releaser import Denied, Releaser
 from sealserve.keyservice._store import PrincipalRow, Store
 from sealserve.keyservice._vault import Vault
 from sealserve.protocol import (
     AccessChange,
     AttestationOut,
+    AuditCheckpoint,
+    AuditPage,
+    AuditRecord,
     ModelInfo,
     ModelKeyReceipt,
     PrincipalOut,
@@ -78,11 +82,14 @@ from sealserve.protocol import (
     join_model_id,
     wire,
 )
+from sealserve.protocol import audit as protocol_audit
 
 __all__ = ["EvidenceSource", "KeyService", "Throttled"]
 
 _log = get_logger(__name__)
 _T = TypeVar("_T")
+#: Most audit entries one page holds.
+_AUDIT_PAGE = 1000
 
 #: Produces the KeyService's own evidence (its byte form) for a report_data: ``local_evidence``
 #: when it runs launched by the platform.
@@ -167,6 +174,8 @@ class KeyService:
         self._decoy_key = Identity.generate().public_key_bytes
         self._decoy_message = b"sealserve/keyservice/decoy" * 8
         self._session_root = vault.derive("runtime-session")
+        self.audit_chain = AuditChain(vault.derive("audit"))
+        store.attach_audit_chain(self.audit_chain)
         self.releaser = Releaser(
             vault=vault,
             verifier=verifier,
@@ -403,6 +412,44 @@ class KeyService:
         )
         _log.event("grant.revoked", model_id=mid, user=user_id, epoch=epoch)
         return AccessChange(model_id=mid, user_id=user_id, revocation_epoch=epoch)
+
+    async def audit(self, signer: PrincipalRow, *, after: int, limit: int) -> AuditPage:
+        """The chained audit entries after ``after`` (at most ``limit``) and a checkpoint of the
+        head, signed by this KeyService once the head's MAC verified.  The entries that name
+        ``signer`` (as actor or user, or its models) come whole; the others as digests."""
+        if not after >= 0:
+            raise ValueError(f"after must be >= 0, got {after}")
+        if not 1 <= limit <= _AUDIT_PAGE:
+            raise ValueError(f"limit must be within [1, {_AUDIT_PAGE}], got {limit}")
+        seq, chain, rows = await self._db(self.store.audit_page, after=after, limit=limit)
+        pid = signer.principal_id
+        prefix = pid + "/"
+        records = []
+        for number, entry, digest in rows:
+            mine = (
+                entry.actor == pid
+                or entry.user_id == pid
+                or (entry.model_id or "").startswith(prefix)
+            )
+            records.append(
+                AuditRecord(
+                    seq=number,
+                    digest=digest.hex(),
+                    entry=audit_values(entry) if mine else {},
+                )
+            )
+        at = self.clock.time()
+        payload = protocol_audit.checkpoint_payload(
+            keyservice_id=self.keyservice_id, seq=seq, chain=chain, at=at
+        )
+        checkpoint = AuditCheckpoint(
+            keyservice_id=self.keyservice_id,
+            seq=seq,
+            chain=chain.hex(),
+            at=at,
+            signature=wire.b64encode(self._identity.sign(payload)),
+        )
+        return AuditPage(records=tuple(records), checkpoint=checkpoint)
 
     # -- user -------------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from sealserve._resource import Resource
 from sealserve.errors import Conflict, KeyServiceError, NotFound
 from sealserve.keyservice import _engine
 from sealserve.keyservice import _schema as t
-from sealserve.keyservice._hotsql import HotStatements
+from sealserve.keyservice._audit import AuditChain, Head
+from sealserve.keyservice._hotsql import AUDIT_LOCK, HotStatements
 from sealserve.keyservice._records import (
     AccessChange,
     AccessChanges,
@@ -39,7 +40,6 @@ from sealserve.keyservice._records import (
     ModelRow,
     PairRecords,
     PrincipalRow,
-    audit_values,
 )
 
 __all__ = [
@@ -54,6 +54,8 @@ __all__ = [
 
 _log = get_logger(__name__)
 _EPOCH = _engine.EPOCH
+#: ``Connection.info`` key: the last audit entry a write transaction appended.
+_APPENDED = "sealserve_audit_appended"
 
 
 def sqlite_url(path: str) -> str:
@@ -95,6 +97,8 @@ class Store(Resource):
         self._reader_lock = threading.Lock()
         self._dbapi_error: type[Exception] = Exception
         self._integrity_error: type[Exception] = Exception
+        # Links audit entries into the chain (the KeyService attaches it: it needs the key).
+        self._chain: AuditChain | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -145,6 +149,41 @@ class Store(Resource):
             conn.execution_options(**{_engine.WRITE: True})
             with conn.begin():
                 yield conn
+            appended = conn.info.pop(_APPENDED, 0)
+            if appended and self._chain is not None:  # committed: this process saw it
+                self._chain.observe(appended)
+
+    # -- the audit chain ----------------------------------------------------------------------
+
+    def attach_audit_chain(self, chain: AuditChain) -> None:
+        """Link every audit entry written from now on with ``chain`` (the KeyService's)."""
+        self._chain = chain
+
+    def _require_chain(self) -> AuditChain:
+        if self._chain is None:
+            raise KeyServiceError(
+                "the store has no audit chain attached: the KeyService attaches it (audit "
+                "entries are never written unchained)"
+            )
+        return self._chain
+
+    def _append_audit(self, conn: Connection, entries: Sequence[AuditEntry]) -> None:
+        """Append ``entries`` to the chain, in ``conn``'s write transaction."""
+        chain = self._require_chain()
+        if conn.dialect.name == "postgresql":  # one appender at a time, across processes
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({AUDIT_LOCK})")
+        row = conn.execute(
+            sa.select(t.audit_log.c.seq, t.audit_log.c.chain, t.audit_log.c.mac)
+            .order_by(t.audit_log.c.seq.desc())
+            .limit(1)
+        ).first()
+        head = (
+            None if row is None else Head(int(row.seq), _opt_bytes(row.chain), _opt_bytes(row.mac))
+        )
+        any_chained = head is not None and head.chain is None and _any_chained(conn)
+        rows = chain.link(chain.check_head(head, any_chained=any_chained), entries)
+        conn.execute(sa.insert(t.audit_log), [r.values() for r in rows])
+        conn.info[_APPENDED] = rows[-1].seq
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -200,7 +239,7 @@ class Store(Resource):
                         principal_id=principal_id, public_key=public_key, role=role, created_at=at
                     )
                 )
-                _audit_one(conn, at=at, event="register", actor=principal_id, detail=role)
+                self._audit_one(conn, at=at, event="register", actor=principal_id, detail=role)
         except IntegrityError as exc:
             raise Conflict(f"principal {principal_id} is already registered") from exc
 
@@ -269,7 +308,7 @@ class Store(Resource):
                 if version > 1
                 else _read_epoch(conn)
             )
-            _audit_one(
+            self._audit_one(
                 conn,
                 at=at,
                 event="put_model_key",
@@ -312,7 +351,7 @@ class Store(Resource):
                     )
                 )
                 epoch = _read_epoch(conn)
-            _audit_one(
+            self._audit_one(
                 conn,
                 at=at,
                 event="grant",
@@ -338,7 +377,7 @@ class Store(Resource):
             if not deleted:
                 raise NotFound(f"no grant of model {model_id} to user {user_id}")
             epoch = _bump_epoch(conn, model_id=model_id, user_id=user_id, at=at)
-            _audit_one(
+            self._audit_one(
                 conn,
                 at=at,
                 event="revoke",
@@ -387,7 +426,7 @@ class Store(Resource):
                     .values(version=version, sealed=sealed, created_at=at)
                 )
                 epoch = _bump_epoch(conn, model_id=model_id, user_id=user_id, at=at)
-            _audit_one(
+            self._audit_one(
                 conn,
                 at=at,
                 event="put_request_key",
@@ -410,7 +449,7 @@ class Store(Resource):
             if not deleted:
                 raise NotFound(f"no request key of user {user_id} for model {model_id}")
             epoch = _bump_epoch(conn, model_id=model_id, user_id=user_id, at=at)
-            _audit_one(
+            self._audit_one(
                 conn,
                 at=at,
                 event="delete_request_key",
@@ -496,7 +535,7 @@ class Store(Resource):
 
     def _transaction(
         self,
-        write: Callable[..., list[bool]],
+        write: Callable[..., tuple[list[bool], int]],
         claims: Sequence[Claim],
         purge_before: float | None,
     ) -> list[bool]:
@@ -511,7 +550,7 @@ class Store(Resource):
             try:
                 if self._sqlite:
                     cur.execute("BEGIN IMMEDIATE")
-                fresh = write(cur, claims, purge_before=purge_before)
+                fresh, appended = write(cur, claims, purge_before=purge_before, chain=self._chain)
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -520,6 +559,8 @@ class Store(Resource):
                 cur.close()
         finally:
             raw.close()
+        if appended and self._chain is not None:  # committed: this process saw it
+            self._chain.observe(appended)
         return fresh
 
     def claim_nonce(self, nonce: bytes, *, expires_at: float) -> bool:
@@ -564,7 +605,46 @@ class Store(Resource):
         if not items:
             return
         with self._write() as conn:
-            _insert_audit(conn, items)
+            self._append_audit(conn, items)
+
+    def _audit_one(self, conn: Connection, **fields: Any) -> None:
+        self._append_audit(conn, [AuditEntry(**fields)])
+
+    def audit_page(
+        self, *, after: int, limit: int
+    ) -> tuple[int, bytes, list[tuple[int, AuditEntry, bytes]]]:
+        """The verified head ``(seq, chain)`` and the chained entries after ``after`` up to it
+        (at most ``limit``), oldest first, each with its digest.  The head is checked as for
+        an append (:meth:`AuditChain.check_head`): :class:`AuditLogTampered` if it does not
+        verify.  Entries of schema 4 (unchained) are not listed."""
+        chain = self._require_chain()
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.audit_log.c.seq, t.audit_log.c.chain, t.audit_log.c.mac)
+                .order_by(t.audit_log.c.seq.desc())
+                .limit(1)
+            ).first()
+            head = (
+                None
+                if row is None
+                else Head(int(row.seq), _opt_bytes(row.chain), _opt_bytes(row.mac))
+            )
+            any_chained = head is not None and head.chain is None and _any_chained(conn)
+            seq, chain_value = chain.check_head(head, any_chained=any_chained)
+            if head is None or head.chain is None:
+                return 0, chain_value, []
+            rows = conn.execute(
+                sa.select(t.audit_log)
+                .where(
+                    t.audit_log.c.seq > after,
+                    t.audit_log.c.seq <= seq,
+                    t.audit_log.c.chain.is_not(None),
+                )
+                .order_by(t.audit_log.c.seq)
+                .limit(limit)
+            ).all()
+        chain.observe(seq)
+        return seq, chain_value, [(int(r.seq), _entry(r), bytes(r.digest)) for r in rows]
 
     def audit(self, *, after: int = 0, limit: int = 1000) -> list[AuditEntry]:
         """Audit entries with ``seq > after``, oldest first."""
@@ -575,22 +655,7 @@ class Store(Resource):
                 .order_by(t.audit_log.c.seq)
                 .limit(limit)
             ).all()
-        return [
-            AuditEntry(
-                seq=r.seq,
-                at=r.at,
-                event=r.event,
-                actor=r.actor,
-                model_id=r.model_id,
-                user_id=r.user_id,
-                key_version=r.key_version,
-                request_key_version=r.request_key_version,
-                measurement=r.measurement,
-                epoch=r.epoch,
-                detail=r.detail,
-            )
-            for r in rows
-        ]
+        return [_entry(r) for r in rows]
 
     def __repr__(self) -> str:
         return f"Store({self.safe_url!r}, state={self._state.value})"
@@ -617,9 +682,28 @@ def _bump_epoch(conn: Connection, *, model_id: str, user_id: str | None, at: flo
     return epoch
 
 
-def _audit_one(conn: Connection, **fields: Any) -> None:
-    _insert_audit(conn, [AuditEntry(**fields)])
+def _entry(r: Any) -> AuditEntry:
+    return AuditEntry(
+        seq=r.seq,
+        at=r.at,
+        event=r.event,
+        actor=r.actor,
+        model_id=r.model_id,
+        user_id=r.user_id,
+        key_version=r.key_version,
+        request_key_version=r.request_key_version,
+        measurement=r.measurement,
+        epoch=r.epoch,
+        detail=r.detail,
+    )
 
 
-def _insert_audit(conn: Connection, entries: Sequence[AuditEntry]) -> None:
-    conn.execute(sa.insert(t.audit_log), [audit_values(e) for e in entries])
+def _any_chained(conn: Connection) -> bool:
+    found = conn.execute(
+        sa.select(sa.literal(1)).where(t.audit_log.c.chain.is_not(None)).limit(1)
+    ).first()
+    return found is not None
+
+
+def _opt_bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)

@@ -12,6 +12,8 @@
   :func:`error_for_exception`, :func:`raise_for_error`, :func:`exception_for_answer`);
 * uploads: the model upload API's bodies and paths, the owner's signed headers
   (:func:`owner_headers`) and the server's check of them (:class:`OwnerRequests`);
+* the KeyService's audit log: its hash chain and signed checkpoints, and
+  :func:`verify_audit`, which an owner runs on what it fetched;
 * the KeyService: its typed request and answer bodies (:class:`ReleaseIn`,
   :class:`ModelKeyReceipt`, ...), the encodings and ``info`` strings of :mod:`wire`, checking
   its attestation (:func:`verify_keyservice`) and the runtime's side of a key release
@@ -21,6 +23,7 @@ It imports ``crypto`` and ``attest`` only (no web server, database or onnxruntim
 """
 
 from sealserve.crypto import SEALED_MODEL_HEADER_SIZE, SealedModelHeader
+from sealserve.protocol import _audit as audit
 from sealserve.protocol import _headers as headers
 from sealserve.protocol import _wire as wire
 from sealserve.protocol._attested import (
@@ -28,6 +31,14 @@ from sealserve.protocol._attested import (
     attestation_nonce,
     default_keyservice_pin,
     verify_keyservice,
+)
+from sealserve.protocol._audit import (
+    AuditCheckpoint,
+    AuditPage,
+    AuditPoint,
+    AuditRecord,
+    AuditVerification,
+    verify_audit,
 )
 from sealserve.protocol._envelopes import (
     INPUT_PURPOSE,
@@ -113,6 +124,11 @@ __all__ = [
     "AccessChange",
     "AttestationOut",
     "AttestedKeyService",
+    "AuditCheckpoint",
+    "AuditPage",
+    "AuditPoint",
+    "AuditRecord",
+    "AuditVerification",
     "ChallengeOut",
     "DEFAULT_LIMITS",
     "DIGEST_PATTERN",
@@ -155,6 +171,7 @@ __all__ = [
     "UploadOut",
     "WrappedPairKeys",
     "attestation_nonce",
+    "audit",
     "bad_request",
     "check_principal_id",
     "check_request_id",
@@ -181,6 +198,7 @@ __all__ = [
     "split_model_id",
     "unseal_output",
     "upload_path",
+    "verify_audit",
     "verify_keyservice",
     "wire",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from sealserve.keyservice._audit import AuditChain
 from sealserve.keyservice._store import AuditEntry, Store
 from tests.integration.keyservice.conftest import fresh_postgres_database
 
@@ -24,6 +25,7 @@ MODEL = f"{OWNER}/resnet"
 )
 def test_postgres_audit_log_is_append_only(statement: str) -> None:
     with fresh_postgres_database() as url, Store(url, pool_size=1) as store:
+        store.attach_audit_chain(AuditChain(b"k" * 32))
         store.add_principal(OWNER, b"o" * 32, "owner", at=1.0)
         store.append_audit([AuditEntry(at=9.0, event="release", actor="r" * 64, model_id=MODEL)])
         before = store.audit()

@@ -185,3 +185,44 @@ def test_put_key_rotate_through_the_cli(served: Served, tmp_path: Path) -> None:
     again = runner.invoke(app, ["owner", "put-key", "resnet", *pin_opts])
     assert again.exit_code == 1
     assert again.output.startswith(f"error: model {model_id} already has a key; use --rotate")
+
+
+def test_owner_audit_verify_through_the_cli(served: Served, tmp_path: Path) -> None:
+    """``sealserve owner audit --verify``: verifies, keeps the checkpoint, and exits 1 saying
+    what when the database's history was rewritten (issue 10, item 8)."""
+    import sqlalchemy as sa
+
+    runner = CliRunner()
+    pin_opts = ["--keyservice", served.url, "--data-dir", str(tmp_path),
+                "--keyservice-measurement", served.measurement]  # fmt: skip
+
+    def run(*args: str) -> dict[str, object]:
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        assert isinstance(doc, dict)
+        return doc
+
+    run("owner", "init", "--data-dir", str(tmp_path))
+    run("owner", "register", *pin_opts)
+    run("owner", "put-key", "resnet", *pin_opts)
+    first = run("owner", "audit", "--verify", *pin_opts)
+    assert [e["event"] for e in first["entries"]] == ["register", "put_model_key"]  # type: ignore[index]
+    kept = tmp_path / "owner" / "audit-checkpoints.json"
+    assert json.loads(kept.read_text())[first["keyservice_id"]] == first["checkpoint"]
+    again = run("owner", "audit", "--verify", *pin_opts)
+    assert again["since"] == first["checkpoint"]
+    assert again["verified"] == 0
+
+    engine = sa.create_engine(f"sqlite+pysqlite:///{tmp_path / 'keyservice' / 'keyservice.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER audit_log_no_update")
+            conn.exec_driver_sql("UPDATE audit_log SET detail = 'user' WHERE event = 'register'")
+    finally:
+        engine.dispose()
+    tampered = runner.invoke(app, ["owner", "audit", "--verify", "--full", *pin_opts])
+    assert tampered.exit_code == 1
+    assert tampered.output.startswith("error: the audit log does not verify:")
+    assert "altered" in tampered.output
+    assert "Traceback" not in tampered.output

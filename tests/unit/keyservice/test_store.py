@@ -14,6 +14,7 @@ from sealserve.errors import (
     NotFound,
     SchemaVersionError,
 )
+from sealserve.keyservice._audit import AuditChain
 from sealserve.keyservice._schema import (
     SCHEMA_VERSION,
     access_changes,
@@ -28,9 +29,19 @@ USER = "b" * 64
 MODEL = f"{OWNER}/resnet"
 
 
+CHAIN_KEY = b"k" * 32
+
+
+def chained(store: Store) -> Store:
+    """``store`` with an audit chain attached (the KeyService attaches its own)."""
+    store.attach_audit_chain(AuditChain(CHAIN_KEY))
+    return store
+
+
 @pytest.fixture
 def store() -> Iterator[Store]:
     with Store("sqlite+pysqlite:///:memory:") as s:
+        chained(s)
         s.add_principal(OWNER, b"o" * 32, "owner", at=1.0)
         s.add_principal(USER, b"u" * 32, "user", at=1.0)
         yield s
@@ -184,6 +195,7 @@ def test_expired_nonces_are_purged(store: Store) -> None:
 def test_two_stores_on_one_file_share_single_use(tmp_path: Path) -> None:
     url = f"sqlite+pysqlite:///{tmp_path / 'ks.db'}"
     with Store(url) as first, Store(url) as second:
+        chained(first)
         assert first.claim_nonce(b"n", expires_at=100.0) is True
         assert second.claim_nonce(b"n", expires_at=100.0) is False
         first.add_principal(OWNER, b"o" * 32, "owner", at=1.0)
@@ -199,18 +211,22 @@ def test_schema_version_1_is_migrated(tmp_path: Path) -> None:
         used_nonces.drop(conn)
         keyservice_state.drop(conn)
         access_changes.drop(conn)
+        for column in ("digest", "chain", "mac"):
+            conn.exec_driver_sql(f"ALTER TABLE audit_log DROP COLUMN {column}")
         conn.execute(sa.update(schema_version).values(version=1))
     with Store(url) as s:
         assert s.claim_nonce(b"n", expires_at=1.0) is True
         assert s.get_state("master-key") is None
         assert s.changes_since(0).complete
+        chained(s).add_principal(OWNER, b"o" * 32, "owner", at=1.0)
         with s._require_engine().connect() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == 4
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == 5
 
 
 def test_sealed_state_is_stored_once(tmp_path: Path) -> None:
     url = f"sqlite+pysqlite:///{tmp_path / 'ks.db'}"
     with Store(url) as first, Store(url) as second:
+        chained(first)
         assert first.holds_sealed_records() is False
         assert first.put_state_once("master-key", b"first", at=1.0) == b"first"
         # a second process that lost the race gets the blob the first one stored

@@ -9,6 +9,7 @@ import pytest
 
 from sealserve.errors import ConfigError, SealedStateError
 from sealserve.keyservice import Store, Vault, open_master_key
+from sealserve.keyservice._audit import AuditChain
 
 OWNER = "a" * 64
 MODEL = f"{OWNER}/resnet"
@@ -45,6 +46,7 @@ def test_another_sealing_key_refuses_to_start(tmp_path: Path) -> None:
 
 def test_sealed_records_without_a_master_key_refuse_to_start(tmp_path: Path) -> None:
     with Store(_url(tmp_path)) as store:
+        store.attach_audit_chain(AuditChain(b"k" * 32))
         store.add_principal(OWNER, b"o" * 32, "owner", at=1.0)
         store.put_model_key(MODEL, OWNER, 1, b"sealed under a lost key", at=1.0)
         with pytest.raises(SealedStateError, match="no sealed master key"):
