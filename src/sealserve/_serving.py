@@ -2,7 +2,8 @@
 
 Each binds its listening socket first (so port 0 works), builds a :func:`server_config`, and
 runs a :class:`ReadyServer`, which calls ``on_ready`` once the socket accepts connections and
-treats a stop on SIGINT or SIGTERM as a clean exit.
+treats a stop on SIGINT or SIGTERM as a clean exit.  Given TLS files (:class:`~._tls.TlsFiles`)
+the server speaks HTTPS, and :func:`base_url` says so.
 
 For several processes on one port (the KeyService's launcher) one socket is bound per
 process, all on that port with ``reuse_port``, and each process gets its own: the kernel then
@@ -21,7 +22,9 @@ from typing import Any, Literal
 
 import uvicorn
 
-__all__ = ["ReadyServer", "bind_listener", "server_config", "url_host"]
+from sealserve._tls import TlsFiles
+
+__all__ = ["ReadyServer", "base_url", "bind_listener", "server_config", "url_host"]
 
 
 def bind_listener(
@@ -57,6 +60,11 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def base_url(host: str, port: int, *, tls: TlsFiles | None = None) -> str:
+    """``http(s)://host:port`` of a server listening there (HTTPS with ``tls``)."""
+    return f"{'https' if tls is not None else 'http'}://{url_host(host)}:{port}"
+
+
 def server_config(
     app: Any,
     *,
@@ -64,9 +72,10 @@ def server_config(
     lifespan: Literal["on", "off"],
     graceful_s: int,
     limit_concurrency: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> uvicorn.Config:
     """uvicorn's settings for our servers: our logging only, no access log, no Server or
-    Date header, keep-alive 30 s, httptools and uvloop when installed."""
+    Date header, keep-alive 30 s, httptools and uvloop when installed; HTTPS with ``tls``."""
     return uvicorn.Config(
         app,
         log_config=None,
@@ -80,6 +89,8 @@ def server_config(
         server_header=False,
         date_header=False,
         limit_concurrency=limit_concurrency,
+        ssl_certfile=None if tls is None else str(tls.cert),
+        ssl_keyfile=None if tls is None else str(tls.key),
     )
 
 

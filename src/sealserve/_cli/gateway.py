@@ -15,15 +15,20 @@ from typing import Annotated, Any
 import typer
 
 from sealserve._cli.keyservice import (
+    CaBundleOpt,
     DataDirOpt,
     JsonOpt,
     KeyServiceMeasurementOpt,
     PlatformKeyOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
     fail,
     guarded,
     keyservice_url,
+    resolve_ca_bundle,
     resolve_data_dir,
     settings,
+    tls_files,
 )
 
 __all__ = ["GatewayUrlOpt", "SizesOpt", "app", "check_policy", "gateway_url", "parse_sizes"]
@@ -117,6 +122,9 @@ def serve(
     sizes_mb: SizesOpt = None,
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    ca_bundle: CaBundleOpt = None,
     web: Annotated[
         bool, typer.Option("--web", help="Serve the browser client at /web/ (gateway.web).")
     ] = False,
@@ -164,6 +172,8 @@ def serve(
     if not key_file.is_file():
         fail(f"no platform key at '{key_file}'; pass --platform-key FILE", 2)
     run_dir = resolve_data_dir(folder) / "run" / "gateway"
+    tls = guarded(lambda: tls_files(tls_cert, tls_key, loaded))
+    bundle = resolve_ca_bundle(ca_bundle, resolve_data_dir(folder))
     options = guarded(
         lambda: LocalOptions(
             store_dir=store,
@@ -176,6 +186,8 @@ def serve(
             threads=platform_config.threads,
             log_level="WARNING" if level in ("INFO", "DEBUG") else level,
             host=host,
+            tls=tls,
+            ca_bundle=bundle,
         )
     )
     configure_logging(level)
@@ -217,7 +229,7 @@ def serve(
     server = guarded(
         lambda: GatewayServer(
             gateway, host=host, port=loaded.gateway.port if port is None else port,
-            log_level=level,
+            log_level=level, tls=tls,
         )
     )  # fmt: skip
 
@@ -230,12 +242,21 @@ def serve(
 
 
 @app.command()
-def models(gateway: GatewayUrlOpt = None, json_out: JsonOpt = False) -> None:
+def models(
+    gateway: GatewayUrlOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """List the models a gateway serves (ids, sizes, key versions)."""
     from sealserve.client import GatewayClient
 
+    folder = resolve_data_dir(data_dir)
+
     def fetch() -> list[dict[str, Any]]:
-        with GatewayClient(gateway_url(gateway)) as client:
+        with GatewayClient(
+            gateway_url(gateway, folder), ca_bundle=resolve_ca_bundle(ca_bundle, folder)
+        ) as client:
             return client.models()
 
     found = guarded(fetch)

@@ -18,16 +18,21 @@ from typing import Annotated, Any
 import typer
 
 from sealserve._cli.keyservice import (
+    CaBundleOpt,
     DataDirOpt,
     JsonOpt,
     KeyServiceMeasurementOpt,
     PlatformKeyOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
     emit,
     fail,
     guarded,
     keyservice_url,
     open_launcher,
+    resolve_ca_bundle,
     resolve_data_dir,
+    tls_files,
 )
 
 __all__ = ["app"]
@@ -162,6 +167,9 @@ def serve(
             "line and each runtime's data link go there.",
         ),
     ] = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    ca_bundle: CaBundleOpt = None,
 ) -> None:
     """Serve one instance: the OpenWhisk action contract (/init, /run) and /v1/infer.
 
@@ -184,6 +192,8 @@ def serve(
             keyservice_url=url,
             host=host,
             port=port,
+            tls=tls_files(tls_cert, tls_key),
+            ca_bundle=resolve_ca_bundle(ca_bundle, folder),
             http=HostOptions(
                 concurrency=concurrency,
                 max_body_bytes=max_body_mb << 20,

@@ -27,6 +27,8 @@ __all__ = [
     "IdentityOpt",
     "JsonOpt",
     "CaBundleOpt",
+    "TlsCertOpt",
+    "TlsKeyOpt",
     "KeyServiceMeasurementOpt",
     "KeyServiceUrlOpt",
     "MeasurementOpt",
@@ -46,6 +48,7 @@ __all__ = [
     "resolve_ca_bundle",
     "resolve_data_dir",
     "settings",
+    "tls_files",
     "write_secret_file",
 ]
 
@@ -113,6 +116,16 @@ PlatformKeyOpt = Annotated[
         help="Pin this simulated platform public key file (default: <data-dir>/tee/platform.pub).",
     ),
 ]
+TlsCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-cert", help="Serve HTTPS with this certificate chain (PEM; default: tls.cert)."
+    ),
+]
+TlsKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-key", help="The TLS certificate's private key (PEM; default: tls.key)."),
+]
 CaBundleOpt = Annotated[
     Path | None,
     typer.Option(
@@ -138,6 +151,21 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
     return data_dir if data_dir is not None else settings().data_dir
 
 
+def tls_files(cert: Path | None, key: Path | None, loaded: Settings | None = None) -> Any:
+    """The server's TLS files (a ``TlsFiles``): the flags', else ``tls.cert``/``tls.key``,
+    else ``None`` (plain HTTP); ``ValueError`` when only one of the two is given."""
+    from sealserve._tls import TlsFiles
+
+    current = loaded or settings()
+    cert = cert if cert is not None else current.tls.cert
+    key = key if key is not None else current.tls.key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+    return TlsFiles(cert=cert, key=key)
+
+
 def resolve_ca_bundle(ca_bundle: Path | None, data_dir: Path) -> Path | None:
     """The CA bundle clients verify servers against: the one given, else ``tls.ca_bundle``,
     else the local CA that ``sealserve up --tls`` made in the data directory, else none (the
@@ -154,8 +182,9 @@ def resolve_ca_bundle(ca_bundle: Path | None, data_dir: Path) -> Path | None:
 def keyservice_url(url: str | None) -> str:
     if url:
         return url
-    ks = settings().keyservice
-    return f"http://{ks.host}:{ks.port}"
+    current = settings()
+    scheme = "https" if current.tls.cert is not None else "http"
+    return f"{scheme}://{current.keyservice.host}:{current.keyservice.port}"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -330,6 +359,8 @@ def serve(
     snp_cache: SnpCacheOpt = None,
     tpm_roots: TpmRootsOpt = None,
     dcap_root: DcapRootOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """Start the KeyService, launched through the (simulated) TEE platform so it can attest.
 
@@ -359,7 +390,10 @@ def serve(
     ks = guarded(lambda: dataclasses.replace(loaded.keyservice, **changes))
     folder = data_dir if data_dir is not None else loaded.data_dir
     level = (log_level or loaded.log_level).upper()
-    code = guarded(lambda: _launch_and_wait(ks, folder, tee_socket, platform_key, level, workers))
+    tls = guarded(lambda: tls_files(tls_cert, tls_key, loaded))
+    code = guarded(
+        lambda: _launch_and_wait(ks, folder, tee_socket, platform_key, level, workers, tls)
+    )
     raise typer.Exit(code)
 
 
@@ -384,6 +418,7 @@ def _launch_and_wait(
     platform_key: Path | None,
     level: str,
     workers: int,
+    tls: Any = None,
 ) -> int:
     from sealserve.keyservice._launch import launch_keyservice
 
@@ -397,6 +432,7 @@ def _launch_and_wait(
             log_level=level,
             stderr=sys.stderr.fileno(),
             workers=workers,
+            tls=tls,
         )
         processes = service.processes
         stop = threading.Event()

@@ -11,6 +11,7 @@ import typer
 
 from sealserve._cli.gateway import GatewayUrlOpt, check_policy, gateway_url
 from sealserve._cli.keyservice import (
+    CaBundleOpt,
     DataDirOpt,
     JsonOpt,
     KeyServiceMeasurementOpt,
@@ -18,6 +19,7 @@ from sealserve._cli.keyservice import (
     fail,
     guarded,
     keyservice_url,
+    resolve_ca_bundle,
     resolve_data_dir,
 )
 
@@ -36,6 +38,8 @@ app = typer.Typer(
 def status(
     gateway: GatewayUrlOpt = None,
     recent: Annotated[int, typer.Option(min=0, help="Routing decisions to show.")] = 10,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the instances, the meters, the counters and the latest routing decisions."""
@@ -45,8 +49,12 @@ def status(
 
     from sealserve.client import GatewayClient
 
+    folder = resolve_data_dir(data_dir)
+
     def fetch() -> dict[str, Any]:
-        with GatewayClient(gateway_url(gateway)) as client:
+        with GatewayClient(
+            gateway_url(gateway, folder), ca_bundle=resolve_ca_bundle(ca_bundle, folder)
+        ) as client:
             return client.platform(recent=recent)
 
     doc = guarded(fetch)

@@ -116,6 +116,15 @@ def up(
             "repeatable). With a TPM and none given, its boot PCRs are recorded.",
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="HTTPS everywhere, with a throwaway local CA made at start "
+            "(<data-dir>/tls/ca.pem: what clients trust; the owner and user commands on this "
+            "data dir find it). Without it, tls.cert/tls.key of the settings, if set.",
+        ),
+    ] = False,
 ) -> None:
     """Start the TEE platform daemon, the KeyService, the gateway and the local platform.
 
@@ -171,6 +180,7 @@ def up(
             log_level=level,
             priors=priors,
             reference_values=references,
+            local_tls=tls,
         )
     )
     from rich.console import Console
@@ -229,6 +239,7 @@ def _print_ready(console: Any, info: dict[str, Any]) -> None:
         ("runtime measurement", info["runtime_measurement"]),
         ("routing policy", info["policy"]),
         ("instance sizes", _sizes(info["shapes"])),
+        *([("CA bundle", info["ca_bundle"])] if info.get("ca_bundle") else []),
         ("data dir", info["data_dir"]),
         ("model store", info["store_dir"]),
         ("logs", info["logs_dir"]),

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
+from sealserve._tls import TlsFiles, make_local_ca
 from sealserve.attest import (
     PlatformClient,
     Policy,
@@ -97,6 +99,10 @@ class DeploymentOptions:
     #: The platform part every policy pins on a hardware backend (``attest.backend``); with a
     #: TPM and none given, PCRs 0-7 as the TPM reports them at start are recorded.
     reference_values: tuple[ReferenceValues, ...] = ()
+    #: ``sealserve up --tls``: every service speaks HTTPS with a certificate of a throwaway
+    #: local CA made at start (``<data-dir>/tls/ca.pem`` is what clients trust).  Without it,
+    #: ``tls.cert``/``tls.key`` of the settings, if set, are used the same way.
+    local_tls: bool = False
 
     def __post_init__(self) -> None:
         for level in (self.log_level, self.instance_log_level):
@@ -130,6 +136,8 @@ class DeploymentInfo:
     runtime_measurement: str
     keyservice_id: str
     store_dir: str
+    #: The CA bundle clients verify the services' TLS certificates against ("" without TLS).
+    ca_bundle: str
     logs_dir: str
     policy: str
     #: The instance sizes the policy may start: ``memory_mb`` (billed) and ``budget_mb``
@@ -166,6 +174,8 @@ class LocalDeployment:
         self._info: DeploymentInfo | None = None
         self._references_file: Path | None = None
         self._started_thread = False
+        self.tls: TlsFiles | None = None
+        self.ca_bundle: Path | None = None
 
     @property
     def info(self) -> DeploymentInfo:
@@ -189,6 +199,7 @@ class LocalDeployment:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             if isinstance(self.store, ModelStore):
                 self.store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._set_up_tls()
             say("TEE platform daemon")
             self._start_daemon()
             say("KeyService")
@@ -200,6 +211,19 @@ class LocalDeployment:
             raise
         self._write_info()
         return self
+
+    def _set_up_tls(self) -> None:
+        """The TLS files every service presents and the bundle clients check them with."""
+        o = self.options
+        if o.local_tls:
+            hosts = [o.host, "127.0.0.1", "localhost"]
+            if o.host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming, not binding
+                hosts.append(socket.gethostname())
+            made = make_local_ca(self.data_dir / "tls", hosts=hosts)
+            self.tls, self.ca_bundle = made.server, made.ca_bundle
+        elif o.settings.tls.cert is not None and o.settings.tls.key is not None:
+            self.tls = TlsFiles(cert=o.settings.tls.cert, key=o.settings.tls.key)
+            self.ca_bundle = o.settings.tls.ca_bundle
 
     def _start_daemon(self) -> None:
         o = self.options
@@ -258,6 +282,7 @@ class LocalDeployment:
                 platform_key=self.platform_key_file if self.backend == "simulated" else None,
                 log_level=self.options.log_level,
                 stderr=fd,
+                tls=self.tls,
             )
         finally:
             os.close(fd)
@@ -354,6 +379,8 @@ class LocalDeployment:
                 max_body_mb=max(1, -(-o.settings.gateway.max_body_bytes // (1 << 20))),
                 log_level=o.instance_log_level,
                 host=o.host,
+                tls=self.tls,
+                ca_bundle=self.ca_bundle,
             )
         )
         backend.prepare()  # the host template: cold starts fork a host
@@ -386,7 +413,9 @@ class LocalDeployment:
             uploads=uploads,
         )
         port = o.settings.gateway.port if o.gateway_port is None else o.gateway_port
-        self.server = GatewayServer(self.gateway, host=o.host, port=port, log_level=o.log_level)
+        self.server = GatewayServer(
+            self.gateway, host=o.host, port=port, log_level=o.log_level, tls=self.tls
+        )
 
     def _write_info(self) -> None:
         assert self.server is not None
@@ -407,6 +436,7 @@ class LocalDeployment:
             runtime_measurement=self._runtime_measurement,
             keyservice_id=str(self._keyservice.keyservice_id),
             store_dir=self.store.location,
+            ca_bundle=str(self.ca_bundle or ""),
             logs_dir=str(self.logs_dir),
             policy=self.platform.policy,
             shapes=[{"memory_mb": sh.memory_mb, "budget_mb": sh.budget_mb}

@@ -38,6 +38,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import Any, Final, Protocol, cast
@@ -507,14 +508,17 @@ class HttpServer:
         self.stopping = False
         self._server: asyncio.AbstractServer | None = None
         self._host = ("127.0.0.1", 0)
+        self._scheme = "http"
 
-    async def start(self, sock: socket.socket) -> None:
-        """Accept connections on ``sock`` (bound and listening)."""
+    async def start(self, sock: socket.socket, *, tls: ssl.SSLContext | None = None) -> None:
+        """Accept connections on ``sock`` (bound and listening); TLS with a server-side
+        ``tls`` context (the event loop's TLS hands the decrypted body to the same buffer)."""
         loop = asyncio.get_running_loop()
         name = sock.getsockname()
         if isinstance(name, tuple):
             self._host = (str(name[0]), int(name[1]))
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._scheme = "https" if tls is not None else "http"
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, ssl=tls)
 
     async def stop(self, *, graceful_s: float) -> None:
         """Stop accepting, let requests in progress finish (up to ``graceful_s``), close."""
@@ -559,7 +563,7 @@ class HttpServer:
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": head.http_version,
             "method": head.method,
-            "scheme": "http",
+            "scheme": self._scheme,
             "path": head.path,
             "raw_path": head.path.encode("latin-1"),
             "query_string": head.query.encode("latin-1"),

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from sealserve._log import get_logger
-from sealserve._serving import bind_listener, url_host
+from sealserve._serving import base_url, bind_listener
+from sealserve._tls import TlsFiles, server_context
 from sealserve.errors import GatewayError
 from sealserve.gateway._app import Gateway
 from sealserve.gateway._http import HttpServer
@@ -42,7 +43,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 class GatewayServer:
-    """One gateway listening on ``host:port`` (see the module docstring).
+    """One gateway listening on ``host:port`` (see the module docstring); HTTPS with ``tls``.
 
     ``log_level`` is the level of the HTTP server's own log lines (a failed handler).
     """
@@ -55,6 +56,7 @@ class GatewayServer:
         port: int = 8480,
         log_level: str = "WARNING",
         graceful_s: float = 30.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
@@ -70,7 +72,12 @@ class GatewayServer:
         bound_host, bound_port = self._sock.getsockname()[:2]
         self.host = str(bound_host)
         self.port = int(bound_port)
-        self.url = f"http://{url_host(self.host)}:{self.port}"
+        self.url = base_url(self.host, self.port, tls=tls)
+        try:
+            self._tls = server_context(tls) if tls is not None else None
+        except ValueError as exc:
+            self._sock.close()
+            raise GatewayError(str(exc)) from None
         self._graceful_s = graceful_s
         logging.getLogger("sealserve.gateway._http").setLevel(log_level.upper())
         self._http = HttpServer(app=gateway.app, routes=gateway.lean_routes())
@@ -105,7 +112,7 @@ class GatewayServer:
         try:
             await self.gateway.startup()
             try:
-                await self._http.start(self._sock)
+                await self._http.start(self._sock, tls=self._tls)
                 self.started = True
                 if on_ready is not None:
                     on_ready()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -49,12 +50,15 @@ class InferResult:
 class InstanceClient(Resource):
     """HTTP client of one instance; use it inside ``with`` (or ``open``/``close``).
 
-    Thread-safe: each thread that calls it gets its own connection.
+    Thread-safe: each thread that calls it gets its own connection.  An ``https://`` host is
+    verified with ``ssl_context`` (default: the system's roots).
     """
 
     resource_name = "the instance client"
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 60.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"url must be an http(s) URL, got {url!r}")
@@ -64,6 +68,7 @@ class InstanceClient(Resource):
         self.url = url.rstrip("/")
         self._parsed = parsed
         self._timeout_s = timeout_s
+        self._ssl = ssl_context
         self._local = threading.local()
         self._connections: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -82,14 +87,13 @@ class InstanceClient(Resource):
         if connection is None or fresh:
             if connection is not None:
                 connection.close()
-            cls = (
-                http.client.HTTPSConnection
-                if self._parsed.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            connection = cls(
-                self._parsed.hostname or "", self._parsed.port, timeout=self._timeout_s
-            )
+            host, port = self._parsed.hostname or "", self._parsed.port
+            if self._parsed.scheme == "https":
+                connection = http.client.HTTPSConnection(
+                    host, port, timeout=self._timeout_s, context=self._ssl
+                )
+            else:
+                connection = http.client.HTTPConnection(host, port, timeout=self._timeout_s)
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)

@@ -34,7 +34,8 @@ from typing import Final, TextIO
 from prometheus_client import CollectorRegistry
 
 from sealserve._log import get_logger
-from sealserve._serving import ReadyServer, bind_listener, server_config, url_host
+from sealserve._serving import ReadyServer, base_url, bind_listener, server_config
+from sealserve._tls import TlsFiles, client_context
 from sealserve.attest import Launcher
 from sealserve.errors import InstanceError, SealserveError
 from sealserve.instance._app import HostOptions, InstanceHost
@@ -64,6 +65,10 @@ class InstanceConfig:
     keyservice_url: str
     host: str = "127.0.0.1"
     port: int = 8080
+    #: Serve HTTPS with these files (the gateway verifies them against its CA bundle).
+    tls: TlsFiles | None = None
+    #: What an https:// KeyService's certificate must chain to (default: the system's roots).
+    ca_bundle: Path | None = None
     http: HostOptions = dataclasses.field(default_factory=HostOptions)
     runtime: SupervisorOptions = dataclasses.field(default_factory=SupervisorOptions)
     log_level: str = "INFO"
@@ -134,6 +139,9 @@ def serve_instance(
         stderr=sys.stderr.fileno(),
         on_start=lambda generation: holder[0].runtime_started(generation),
         on_data_link=None if broker is None else data_link,
+        verify=client_context(config.ca_bundle)
+        if config.keyservice_url.startswith("https://")
+        else True,
     )
     host = InstanceHost(
         supervisor, options=config.http, registry=registry, sandbox_start_s=sandbox_start_s
@@ -153,7 +161,7 @@ def serve_instance(
     except OSError as exc:
         raise InstanceError(str(exc)) from exc
     bound_host, port = sock.getsockname()[:2]
-    url = f"http://{url_host(bound_host)}:{port}"
+    url = base_url(bound_host, port, tls=config.tls)
     starter.start()
     server = ReadyServer(
         server_config(
@@ -162,6 +170,7 @@ def serve_instance(
             lifespan="off",
             graceful_s=10,
             limit_concurrency=max(64, config.http.concurrency * 8),
+            tls=config.tls,
         )
     )
 

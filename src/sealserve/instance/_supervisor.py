@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -210,6 +211,7 @@ class RuntimeSupervisor(Resource):
         on_start: Callable[[RuntimeGeneration], None] | None = None,
         on_data_link: Callable[[RuntimeGeneration, socket.socket], None] | None = None,
         http_transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         if not keyservice_url.startswith(("http://", "https://")):
             raise ValueError(f"keyservice_url must be an http(s) URL, got {keyservice_url!r}")
@@ -228,6 +230,7 @@ class RuntimeSupervisor(Resource):
             base_url=self._keyservice_url,
             timeout=self.options.keyservice_timeout_s,
             transport=http_transport,
+            verify=verify,
         )
         self._ocalls = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="host-ocall"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sealserve._serving import bind_listener
+from sealserve._tls import TlsFiles
 from sealserve.attest import Launcher, MeasuredProcess
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import KeyServiceError
@@ -81,8 +82,12 @@ def launch_args(
     platform_key: Path | None = None,
     log_level: str = "INFO",
     inherit_socket: bool = False,
+    tls: TlsFiles | None = None,
 ) -> list[str]:
-    """The (unmeasured) command line of the ``keyservice`` entry for ``settings``."""
+    """The (unmeasured) command line of the ``keyservice`` entry for ``settings``.
+
+    TLS is not measured: it carries metadata privately; every key crosses the network wrapped
+    to an attested key and every answer is signed by the KeyService (docs/deployment.md)."""
     args = [
         "--data-dir", str(Path(data_dir).resolve()),
         "--host", settings.host,
@@ -101,6 +106,8 @@ def launch_args(
         args += ["--snp-cache", str(Path(settings.snp_cache).resolve())]
     if inherit_socket:
         args.append("--inherit-socket")
+    if tls is not None:
+        args += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
     return args
 
 
@@ -114,9 +121,10 @@ def launch_keyservice(
     stderr: int | None = None,
     ready_timeout_s: float = 60.0,
     workers: int = 1,
+    tls: TlsFiles | None = None,
 ) -> LaunchedKeyService:
-    """Launch the KeyService (``workers`` processes on one port) and return once every
-    process accepts connections."""
+    """Launch the KeyService (``workers`` processes on one port; HTTPS with ``tls``) and
+    return once every process accepts connections."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     socks = _listeners(settings.host, settings.port, workers) if workers > 1 else []
@@ -126,6 +134,7 @@ def launch_keyservice(
         platform_key=platform_key,
         log_level=log_level,
         inherit_socket=bool(socks),
+        tls=tls,
     )
     config = measured_config(settings)
     started: list[MeasuredProcess] = []

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sealserve._log import configure_logging, get_logger
+from sealserve._tls import TlsFiles
 from sealserve.attest import (
     FORMAT_SIMULATED,
     REPORT_DATA_BYTES,
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--snp-cache", type=Path, default=None, help="AMD certificate cache")
+    p.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS: certificate chain")
+    p.add_argument("--tls-key", type=Path, default=None, help="serve HTTPS: its private key")
     return p
 
 
@@ -118,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args, config)
         trust = _trust(args, config)
         sock = _inherited_socket() if args.inherit_socket else None
+        tls = None
+        if args.tls_cert is not None or args.tls_key is not None:
+            tls = TlsFiles(cert=args.tls_cert, key=args.tls_key)
         run_keyservice(
             settings=settings,
             data_dir=args.data_dir,
@@ -127,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready=sys.stdout,
             log_level=args.log_level,
             sock=sock,
+            tls=tls,
         )
     except (SealserveError, ValueError, OSError) as exc:
         _log.event("keyservice.failed", error=type(exc).__name__, message=str(exc))

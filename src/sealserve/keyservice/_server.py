@@ -20,7 +20,8 @@ from typing import TextIO
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
-from sealserve._serving import ReadyServer, bind_listener, server_config, url_host
+from sealserve._serving import ReadyServer, base_url, bind_listener, server_config
+from sealserve._tls import TlsFiles
 from sealserve.attest import TrustAnchors
 from sealserve.config import KeyServiceSettings
 from sealserve.keyservice._app import create_app
@@ -88,9 +89,11 @@ def run_keyservice(
     ready: TextIO | None = None,
     log_level: str = "INFO",
     sock: socket.socket | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, on ``sock`` if given (a listening socket) or on one bound
-    to ``settings.host``/``port``.  ``ready`` gets one JSON line once the port accepts."""
+    to ``settings.host``/``port``; HTTPS with ``tls``.  ``ready`` gets one JSON line once the
+    port accepts."""
     with open_keyservice(
         settings=settings,
         data_dir=data_dir,
@@ -102,14 +105,16 @@ def run_keyservice(
         if sock is None:
             sock = bind_listener(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
-        server = ReadyServer(server_config(app, log_level=log_level, lifespan="off", graceful_s=10))
+        server = ReadyServer(
+            server_config(app, log_level=log_level, lifespan="off", graceful_s=10, tls=tls)
+        )
 
         def announce() -> None:
             line = {
                 "event": "keyservice.ready",
                 "host": host,
                 "port": port,
-                "url": f"http://{url_host(host)}:{port}",
+                "url": base_url(host, port, tls=tls),
                 "keyservice_id": service.keyservice_id,
                 "database": service.store.safe_url,
                 "pid": os.getpid(),

@@ -31,6 +31,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -43,6 +44,7 @@ from typing import Any, Final, TypeVar
 from sealserve._forkserver import ForkClient, ForkedProcess
 from sealserve._lifeline import LIFELINE_ENV, tie_to_this_process
 from sealserve._log import get_logger
+from sealserve._tls import TlsFiles, client_context
 from sealserve.errors import PlatformError, SealserveError
 from sealserve.instance import (
     SPAWNED_AT_ENV,
@@ -95,6 +97,10 @@ class LocalOptions:
     data_link: bool = True
     #: Fork hosts from a template that has imported them once (else start a process each).
     zygote: bool = True
+    #: Instance hosts serve HTTPS with these files; ``ca_bundle`` is what the platform checks
+    #: them (and the hosts check an https:// KeyService) against.
+    tls: TlsFiles | None = None
+    ca_bundle: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.keyservice_url.startswith(("http://", "https://")):
@@ -148,6 +154,7 @@ class LocalBackend:
         )
         self._instances: dict[int, _LocalInstance] = {}
         self._link_tasks: set[asyncio.Task[None]] = set()
+        self._ssl = client_context(options.ca_bundle) if options.tls is not None else None
         self._closed = False
         self._zygote: ForkClient | None = None
         self._zygote_popen: subprocess.Popen[bytes] | None = None
@@ -200,6 +207,8 @@ class LocalBackend:
             "--max-body-mb", str(o.max_body_mb),
             "--ready-file", str(ready_file),
             "--log-level", o.log_level,
+            *(o.tls.args() if o.tls is not None else []),
+            *(["--ca-bundle", str(o.ca_bundle)] if o.ca_bundle is not None else []),
         ]  # fmt: skip
 
     # -- the protocol --------------------------------------------------------------------------
@@ -293,7 +302,7 @@ class LocalBackend:
             measurement=str(ready.get("measurement") or "") or None,
             timings=timings,
         )
-        inst.client = InstanceClient(url).open()
+        inst.client = InstanceClient(url, ssl_context=self._ssl).open()
         inst.sandbox_start_ms = timings.get("sandbox_start")
         if inst.link is not None and inst.link.generation == 1 and inst.sandbox_start_ms:
             inst.link.add_cold_stage("sandbox_start", inst.sandbox_start_ms)
@@ -524,7 +533,7 @@ class LocalBackend:
         if inst.info is None:
             return InstanceHealth.RESTARTING
         url = inst.info.url
-        status = await self._call(lambda: _check_health(url))
+        status = await self._call(lambda: _check_health(url, self._ssl))
         if status in (InstanceHealth.READY, InstanceHealth.RESTARTING):
             inst.resident_mb = await self._call(lambda: self._measure(inst))
         return status
@@ -647,11 +656,16 @@ def _stop_popen(popen: subprocess.Popen[bytes], timeout: float) -> None:
         popen.wait(10)
 
 
-def _check_health(url: str) -> InstanceHealth:
+def _check_health(url: str, context: ssl.SSLContext | None = None) -> InstanceHealth:
     parsed = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(
-        parsed.hostname or "127.0.0.1", parsed.port, timeout=_HEALTH_TIMEOUT_S
-    )
+    host = parsed.hostname or "127.0.0.1"
+    connection: http.client.HTTPConnection
+    if parsed.scheme == "https":
+        connection = http.client.HTTPSConnection(
+            host, parsed.port, timeout=_HEALTH_TIMEOUT_S, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(host, parsed.port, timeout=_HEALTH_TIMEOUT_S)
     try:
         connection.request("GET", "/healthz")
         response = connection.getresponse()

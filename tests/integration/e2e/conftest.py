@@ -39,7 +39,12 @@ class Stack:
 
     def new_user(self) -> User:
         info = self.deployment.info
-        user = User(Identity.generate(), keyservice_url=info.keyservice_url, pin=self.pin)
+        user = User(
+            Identity.generate(),
+            keyservice_url=info.keyservice_url,
+            pin=self.pin,
+            ca_bundle=info.ca_bundle or None,
+        )
         user.open()
         user.register()
         self.users.append(user)
@@ -61,7 +66,13 @@ class Stack:
         return self.keys[(user.principal_id, model_id)]
 
 
-def open_stack(root: Path, config: PlatformConfig, *, settings: Settings | None = None) -> Stack:
+def open_stack(
+    root: Path,
+    config: PlatformConfig,
+    *,
+    settings: Settings | None = None,
+    local_tls: bool = False,
+) -> Stack:
     deployment = LocalDeployment(
         DeploymentOptions(
             data_dir=root / "data",
@@ -71,6 +82,7 @@ def open_stack(root: Path, config: PlatformConfig, *, settings: Settings | None 
             gateway_port=0,
             log_level="INFO",
             instance_log_level="INFO",
+            local_tls=local_tls,
         )
     ).start()
     try:
@@ -79,7 +91,12 @@ def open_stack(root: Path, config: PlatformConfig, *, settings: Settings | None 
             policy=Policy(measurements=frozenset({info.keyservice_measurement})),
             trust=TrustAnchors.from_data_dir(Path(info.data_dir)),
         )
-        owner = Owner(Identity.generate(), keyservice_url=info.keyservice_url, pin=pin)
+        owner = Owner(
+            Identity.generate(),
+            keyservice_url=info.keyservice_url,
+            pin=pin,
+            ca_bundle=info.ca_bundle or None,
+        )
         owner.open()
         owner.register()
     except BaseException:
