@@ -91,6 +91,10 @@ class KeyServiceSettings:
     #: A certificate (PEM or DER) DCAP quotes must chain to instead of Intel's SGX Root CA
     #: (tests only: a test hierarchy's root).  Measured, as ``tpm_roots``.
     dcap_root: Path | None = None
+    #: Reference values (a JSON file: one document or a list) of the confidential VM images
+    #: this KeyService's replicas may run on: in a CVM, a replica on another node gets (or
+    #: gives) the master key only on one of them.  Measured.
+    replica_reference_values: Path | None = None
 
     def __post_init__(self) -> None:
         _check_port("keyservice.port", self.port)

@@ -91,6 +91,13 @@ DcapRootOpt = Annotated[
         "Root CA (measured; tests with a test hierarchy only)."
     ),
 ]
+ReplicaRefsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Reference values (JSON: a document or a list) of the confidential VM images "
+        "this KeyService's replicas may run on (measured; docs/keyservice.md, section 8)."
+    ),
+]
 MeasurementOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -361,6 +368,14 @@ def serve(
     dcap_root: DcapRootOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
+    replica_reference_values: ReplicaRefsOpt = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            help="URL of a running KeyService of the same measurement on another node: obtain "
+            "the master key from it by attested transfer when it does not unseal here."
+        ),
+    ] = None,
 ) -> None:
     """Start the KeyService, launched through the (simulated) TEE platform so it can attest.
 
@@ -384,6 +399,7 @@ def serve(
         ("snp_cache", snp_cache),
         ("tpm_roots", tpm_roots),
         ("dcap_root", dcap_root),
+        ("replica_reference_values", replica_reference_values),
     ):
         if value is not None:
             changes[name] = value
@@ -392,7 +408,9 @@ def serve(
     level = (log_level or loaded.log_level).upper()
     tls = guarded(lambda: tls_files(tls_cert, tls_key, loaded))
     code = guarded(
-        lambda: _launch_and_wait(ks, folder, tee_socket, platform_key, level, workers, tls)
+        lambda: _launch_and_wait(
+            ks, folder, tee_socket, platform_key, level, workers, tls, join=join
+        )
     )
     raise typer.Exit(code)
 
@@ -419,6 +437,7 @@ def _launch_and_wait(
     level: str,
     workers: int,
     tls: Any = None,
+    join: str | None = None,
 ) -> int:
     from sealserve.keyservice._launch import launch_keyservice
 
@@ -433,6 +452,7 @@ def _launch_and_wait(
             stderr=sys.stderr.fileno(),
             workers=workers,
             tls=tls,
+            join=join,
         )
         processes = service.processes
         stop = threading.Event()
@@ -483,12 +503,14 @@ def measure(
     config: Annotated[Path | None, typer.Option(help="A sealserve TOML settings file.")] = None,
     tpm_roots: TpmRootsOpt = None,
     dcap_root: DcapRootOpt = None,
+    replica_reference_values: ReplicaRefsOpt = None,
 ) -> None:
     """Print the measurement a KeyService of the installed code has (what clients pin).
 
     It covers the measured settings (the challenge, release and replay windows, and which
-    hardware evidence is trusted: SEV-SNP, the TPM roots, the DCAP root) of --config,
-    --tpm-roots and --dcap-root, as 'keyservice serve' launches it with the same ones.
+    hardware evidence is trusted: SEV-SNP, the TPM roots, the DCAP root; the replicas' VM
+    images) of --config, --tpm-roots, --dcap-root and --replica-reference-values, as
+    'keyservice serve' launches it with the same ones.
     """
     from sealserve.attest import measure as measure_entry
     from sealserve.keyservice import measured_config
@@ -499,5 +521,8 @@ def measure(
         ks = guarded(lambda: dataclasses.replace(ks, tpm_roots=tpm_roots))
     if dcap_root is not None:
         ks = guarded(lambda: dataclasses.replace(ks, dcap_root=dcap_root))
+    if replica_reference_values is not None:
+        refs = replica_reference_values
+        ks = guarded(lambda: dataclasses.replace(ks, replica_reference_values=refs))
     value = guarded(lambda: measure_entry("keyservice", config=measured_config(ks)))
     emit(json_out, {"entry": "keyservice", "measurement": value}, value)

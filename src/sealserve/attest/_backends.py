@@ -168,8 +168,8 @@ class TsmBackend:
             return snp_derived_key(self._device)
         raise TeeError(
             "TDX has no sealing key: a TD's secrets that must survive a restart come from a "
-            "KMS (or a KeyService) that releases them after verifying the TD's quote, which "
-            "sealserve does not implement yet; run the KeyService on SEV-SNP, a vTPM or SGX"
+            "peer that releases them after verifying the TD's quote (a KeyService on a TD "
+            "obtains its master key from a running KeyService: --join)"
         )
 
     def close(self) -> None:

@@ -17,7 +17,8 @@ tsm (SNP)      ``SNP_GET_DERIVED_KEY`` on ``/dev/sev-guest`` (VCEK root, mixing 
                policy and the launch measurement), in the platform daemon
 tpm, azure-cvm a 32-byte secret the TPM seals to the boot PCRs (``tpm2_create`` with a PCR
                policy; ``tpm2_unseal`` only succeeds in the same boot state), in the daemon
-tsm (TDX)      none in hardware: a key released by a KMS after it verified the TD's quote
+tsm (TDX)      none in hardware: what must survive comes from a peer that verified the TD's
+               quote (a KeyService joins a running one: ``sealserve.keyservice._replicas``)
 =============  =============================================================================
 
 Whatever the root, the key a process gets is :func:`derive_sealing_key` of it with that

@@ -35,6 +35,7 @@ from sealserve.keyservice._hot import (
     first_error,
 )
 from sealserve.keyservice._limits import Budget
+from sealserve.keyservice._replicas import REPLICAS_PATH
 from sealserve.keyservice._service import KeyService
 from sealserve.keyservice._store import PrincipalRow
 from sealserve.protocol import (
@@ -54,6 +55,8 @@ from sealserve.protocol import (
     PrincipalOut,
     ReleaseIn,
     ReleaseOut,
+    ReplicaIn,
+    ReplicaOut,
     RequestKeyIn,
     RequestKeyReceipt,
     RevocationPollIn,
@@ -69,6 +72,7 @@ _UNSIGNED_FIXED_PATHS = (
     wire.API_PREFIX + "/releases",
     wire.API_PREFIX + "/challenges",
     wire.API_PREFIX + "/revocations",
+    REPLICAS_PATH,
 )
 
 _P_OWNER = Path(pattern=PRINCIPAL_ID_PATTERN, description="The owner's principal id.")
@@ -90,6 +94,8 @@ _BODIES: tuple[type[Message], ...] = (
     PrincipalOut,
     ReleaseIn,
     ReleaseOut,
+    ReplicaIn,
+    ReplicaOut,
     RequestKeyIn,
     RequestKeyReceipt,
     RevocationPollIn,
@@ -333,6 +339,27 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     )
     async def revocations(request: Request) -> Response:
         return answer(await hot.revocations(await request.body()))
+
+    @app.post(
+        REPLICAS_PATH,
+        tags=["release"],
+        description="A KeyService of this one's own measurement, on another node, attests "
+        "over a challenge and gets the master key HPKE-wrapped to its fresh key "
+        "(docs/keyservice.md, replicas).",
+        responses={200: _answer(ReplicaOut), 403: _ERRORS[403], 429: _ERRORS[429]},
+        openapi_extra=_body_schema(ReplicaIn),
+    )
+    async def replicas(request: Request) -> Response:
+        started = time.perf_counter()
+        extra: dict[str, str] = {}
+        out: Any
+        try:
+            out = await service.replicate(await request.body())
+            status = 200
+        except Exception as exc:
+            status, out, extra = error_response(service, exc, "replicas")
+        observe("replicas", status, started)
+        return _json(status, _encode(out), extra)
 
     # -- principals ---------------------------------------------------------------------------
 

@@ -83,6 +83,7 @@ def launch_args(
     log_level: str = "INFO",
     inherit_socket: bool = False,
     tls: TlsFiles | None = None,
+    join: str | None = None,
 ) -> list[str]:
     """The (unmeasured) command line of the ``keyservice`` entry for ``settings``.
 
@@ -108,6 +109,8 @@ def launch_args(
         args.append("--inherit-socket")
     if tls is not None:
         args += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
+    if join:
+        args += ["--join", join]
     return args
 
 
@@ -122,9 +125,11 @@ def launch_keyservice(
     ready_timeout_s: float = 60.0,
     workers: int = 1,
     tls: TlsFiles | None = None,
+    join: str | None = None,
 ) -> LaunchedKeyService:
     """Launch the KeyService (``workers`` processes on one port; HTTPS with ``tls``) and
-    return once every process accepts connections."""
+    return once every process accepts connections; ``join``: the URL of a running KeyService
+    of the same measurement to obtain the master key from when it does not unseal here."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     socks = _listeners(settings.host, settings.port, workers) if workers > 1 else []
@@ -135,6 +140,7 @@ def launch_keyservice(
         log_level=log_level,
         inherit_socket=bool(socks),
         tls=tls,
+        join=join,
     )
     config = measured_config(settings)
     started: list[MeasuredProcess] = []

@@ -15,7 +15,10 @@ first passed descriptor) instead of binding one: that is how several KeyService 
 each launched and attested on its own, share one port.
 
 Its master key is never an argument, a file or a variable: it is generated here and kept
-sealed under this process's TEE sealing key (:mod:`sealserve.keyservice._vault`).
+sealed under this process's TEE sealing key (:mod:`sealserve.keyservice._vault`), or, with
+``--join URL`` (unmeasured: which peer to ask is the host's choice, whom to believe is not),
+obtained from a running KeyService of the same measurement that attests to it and verifies
+this one's evidence (:mod:`sealserve.keyservice._replicas`).
 
 It prints one JSON "ready" line on stdout when it accepts connections, logs JSON lines on
 stderr, and stops cleanly on SIGINT or SIGTERM.
@@ -35,6 +38,7 @@ from sealserve._tls import TlsFiles
 from sealserve.attest import (
     FORMAT_SIMULATED,
     REPORT_DATA_BYTES,
+    Evidence,
     TrustAnchors,
     launch_config,
     local_evidence,
@@ -42,8 +46,14 @@ from sealserve.attest import (
     passed_fds,
 )
 from sealserve.config import KeyServiceSettings
-from sealserve.errors import SealserveError
-from sealserve.keyservice._measured import dcap_root, hardware_anchors, settings_from
+from sealserve.errors import SealserveError, TeeError
+from sealserve.keyservice._measured import (
+    dcap_root,
+    hardware_anchors,
+    replica_reference_values,
+    settings_from,
+)
+from sealserve.keyservice._replicas import join_keyservice, replica_policy
 from sealserve.keyservice._vault import MASTER_KEY_PURPOSE
 
 __all__ = ["main"]
@@ -76,16 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--snp-cache", type=Path, default=None, help="AMD certificate cache")
     p.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS: certificate chain")
     p.add_argument("--tls-key", type=Path, default=None, help="serve HTTPS: its private key")
+    p.add_argument(
+        "--join",
+        default=None,
+        metavar="URL",
+        help="a running KeyService of this measurement to obtain the master key from "
+        "(attested both ways) when it does not unseal here",
+    )
+    p.add_argument("--join-ca", default=None, help="CA bundle of an HTTPS --join URL")
     return p
 
 
-def _trust(args: argparse.Namespace, config: Mapping[str, str]) -> TrustAnchors:
+def _trust(args: argparse.Namespace, config: Mapping[str, str], own: Evidence) -> TrustAnchors:
     """The platforms whose evidence this KeyService accepts: of the keys its host names, only
     the one of the platform that launched it (the host is not trusted to choose); and the
-    hardware its measured config names."""
+    hardware its measured config names.  ``own`` is this process's own evidence."""
     snp, tpm = hardware_anchors(config, args.snp_cache)
     hardware = TrustAnchors(snp=snp, tpm=tpm, dcap_root_ca_der=dcap_root(config))
-    own = local_evidence(bytes(REPORT_DATA_BYTES))
     if own.format != FORMAT_SIMULATED:
         # Launched by a hardware launcher: no simulated platform to trust at all.
         return hardware.of_own_platform(own)
@@ -108,6 +125,21 @@ def _inherited_socket() -> socket.socket:
     return sock
 
 
+def _sealing_key(*, joining: bool) -> bytes | None:
+    """This process's sealing key for the master key; None on a node that has none (TDX) when
+    it joins a peer (it then keeps the master key in memory only)."""
+    try:
+        return local_sealing_key(MASTER_KEY_PURPOSE)
+    except TeeError as exc:
+        if not joining:
+            raise TeeError(
+                f"{exc}. A KeyService on a node without a sealing key obtains the master key "
+                "from a running one: --join URL (docs/keyservice.md)"
+            ) from exc
+        _log.event("keyservice.no_sealing_key", message=str(exc))
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
@@ -119,21 +151,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = launch_config()
         settings = settings_from(args, config)
-        trust = _trust(args, config)
+        own = local_evidence(bytes(REPORT_DATA_BYTES))
+        trust = _trust(args, config, own)
+        replicas = replica_policy(own, replica_reference_values(config))
         sock = _inherited_socket() if args.inherit_socket else None
         tls = None
         if args.tls_cert is not None or args.tls_key is not None:
             tls = TlsFiles(cert=args.tls_cert, key=args.tls_key)
+
+        def evidence(report_data: bytes) -> bytes:
+            return local_evidence(report_data).to_bytes()
+
+        join = None
+        if args.join:
+            url = str(args.join)
+
+            def join() -> bytes:
+                return join_keyservice(
+                    url,
+                    policy=replicas,
+                    trust=trust,
+                    evidence_source=evidence,
+                    ca_bundle=args.join_ca,
+                )
+
         run_keyservice(
             settings=settings,
             data_dir=args.data_dir,
-            evidence_source=lambda report_data: local_evidence(report_data).to_bytes(),
+            evidence_source=evidence,
             trust=trust,
-            sealing_key=local_sealing_key(MASTER_KEY_PURPOSE),
+            sealing_key=_sealing_key(joining=join is not None),
             ready=sys.stdout,
             log_level=args.log_level,
             sock=sock,
             tls=tls,
+            join=join,
+            replica_policy=replicas,
         )
     except (SealserveError, ValueError, OSError) as exc:
         _log.event("keyservice.failed", error=type(exc).__name__, message=str(exc))

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sealserve.attest import ARK_SPKI_SHA256, SnpAnchors, TpmAnchors
+from sealserve.attest import ARK_SPKI_SHA256, ReferenceValues, SnpAnchors, TpmAnchors
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import ConfigError, SealserveError
 from sealserve.protocol._wire import b64decode, b64encode
@@ -32,13 +33,20 @@ __all__ = [
     "hardware_anchors",
     "limit_args",
     "measured_config",
+    "replica_reference_values",
     "settings_from",
 ]
 
 #: Settings carried in the measured launch config when they differ from the defaults.
 MEASURED_SETTINGS = ("challenge_ttl_s", "release_ttl_s", "replay_window_s", "revocation_check_s")
 #: Launch config keys of the hardware evidence trusted (present only when not the default).
-HARDWARE_TRUST_KEYS = ("accept_snp", "snp_ark_pins", "tpm_roots", "dcap_root")
+HARDWARE_TRUST_KEYS = (
+    "accept_snp",
+    "snp_ark_pins",
+    "tpm_roots",
+    "dcap_root",
+    "replica_reference_values",
+)
 #: The request budgets (:mod:`._limits`) beyond the rate limit: unmeasured, passed to the
 #: entry as ``--limit NAME=VALUE`` when they differ from the defaults.
 LIMIT_SETTINGS = (
@@ -77,7 +85,38 @@ def measured_config(settings: KeyServiceSettings) -> dict[str, str]:
                 "than one certificate. DCAP quotes chain to one root."
             )
         config["dcap_root"] = root
+    if settings.replica_reference_values is not None:
+        docs = _read_reference_values(settings.replica_reference_values)
+        config["replica_reference_values"] = json.dumps(
+            [doc.to_dict() for doc in docs], sort_keys=True, separators=(",", ":")
+        )
     return config
+
+
+def _read_reference_values(path: Path) -> tuple[ReferenceValues, ...]:
+    """The reference values in a JSON file: one document, or a list of them."""
+    name = "keyservice.replica_reference_values"
+    try:
+        doc = json.loads(Path(path).read_text())
+        docs = doc if isinstance(doc, list) else [doc]
+        out = tuple(ReferenceValues.from_dict(d) for d in docs)
+    except OSError as exc:
+        raise ConfigError(f"Config '{name}' names '{path}', which cannot be read: {exc}.") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"Config '{name}' names '{path}', which holds no reference values ({exc})."
+        ) from None
+    if not out:
+        raise ConfigError(f"Config '{name}' names '{path}', which holds an empty list.")
+    return out
+
+
+def replica_reference_values(config: Mapping[str, str]) -> tuple[ReferenceValues, ...]:
+    """The replica platforms a measured launch config pins (none: the empty tuple)."""
+    text = config.get("replica_reference_values")
+    if not text:
+        return ()
+    return tuple(ReferenceValues.from_dict(d) for d in json.loads(text))
 
 
 def _encode_roots(path: Path, name: str) -> str:

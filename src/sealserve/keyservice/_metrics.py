@@ -23,6 +23,8 @@ DENIAL_REASONS = (
     "wrong_principal",  # a signed request about another principal's model or keys
     "wrong_role",  # e.g. a user putting a model key
     "store",  # a record that does not unseal under the master key
+    "replica_policy",  # a joining replica that is not a KeyService of this measurement
+    "replicas_not_admitted",  # a KeyService that pins no replica platforms was asked to join
 )
 
 #: What ``/metrics`` (which answers anyone) counts a denial under.  It must not tell a prober
@@ -44,6 +46,8 @@ _PUBLIC: dict[str, str] = {
     "unknown_principal": "signature",
     "wrong_principal": "wrong_principal",
     "wrong_role": "wrong_role",
+    "replica_policy": "replica",
+    "replicas_not_admitted": "replica",
 }
 #: The labels of ``sealserve_keyservice_denials_total``.
 PUBLIC_DENIAL_REASONS = tuple(dict.fromkeys(_PUBLIC.values()))

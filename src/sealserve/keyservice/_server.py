@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -22,7 +22,7 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve._serving import ReadyServer, base_url, bind_listener, server_config
 from sealserve._tls import TlsFiles
-from sealserve.attest import TrustAnchors
+from sealserve.attest import Policy, TrustAnchors
 from sealserve.config import KeyServiceSettings
 from sealserve.keyservice._app import create_app
 from sealserve.keyservice._evidence import EvidenceVerifier
@@ -61,14 +61,18 @@ def open_keyservice(
     data_dir: Path,
     evidence_source: EvidenceSource,
     trust: TrustAnchors,
-    sealing_key: bytes,
+    sealing_key: bytes | None,
     clock: Clock = SYSTEM_CLOCK,
+    join: Callable[[], bytes] | None = None,
+    replica_policy: Policy | None = None,
 ) -> Iterator[KeyService]:
     """A ready :class:`KeyService` over its store, its master key unsealed (or created and
-    sealed) with ``sealing_key`` (the TEE's, :func:`~sealserve.attest.local_sealing_key`);
-    closes the store on exit."""
+    sealed) with ``sealing_key`` (the TEE's, :func:`~sealserve.attest.local_sealing_key`; None
+    on a node without one), or obtained with ``join`` from a running peer
+    (:func:`~sealserve.keyservice._replicas.join_keyservice`); replicas that satisfy
+    ``replica_policy`` may join it in turn.  Closes the store on exit."""
     with Store(database_url(settings, data_dir)) as store:
-        vault = Vault(open_master_key(store, sealing_key, now=clock.time()))
+        vault = Vault(open_master_key(store, sealing_key, now=clock.time(), join=join))
         yield KeyService(
             store=store,
             vault=vault,
@@ -76,6 +80,7 @@ def open_keyservice(
             verifier=EvidenceVerifier(trust=trust, clock=clock),
             settings=settings,
             clock=clock,
+            replica_policy=replica_policy,
         )
 
 
@@ -85,11 +90,13 @@ def run_keyservice(
     data_dir: Path,
     evidence_source: EvidenceSource,
     trust: TrustAnchors,
-    sealing_key: bytes,
+    sealing_key: bytes | None,
     ready: TextIO | None = None,
     log_level: str = "INFO",
     sock: socket.socket | None = None,
     tls: TlsFiles | None = None,
+    join: Callable[[], bytes] | None = None,
+    replica_policy: Policy | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, on ``sock`` if given (a listening socket) or on one bound
     to ``settings.host``/``port``; HTTPS with ``tls``.  ``ready`` gets one JSON line once the
@@ -100,6 +107,8 @@ def run_keyservice(
         evidence_source=evidence_source,
         trust=trust,
         sealing_key=sealing_key,
+        join=join,
+        replica_policy=replica_policy,
     ) as service:
         app = create_app(service)
         if sock is None:

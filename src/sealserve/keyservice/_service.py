@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
+from sealserve.attest import Policy
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import (
     SIGNATURE_HEADER,
@@ -64,6 +64,7 @@ from sealserve.keyservice._limits import Budget, RequestLimits
 from sealserve.keyservice._metrics import Metrics
 from sealserve.keyservice._records import AuditEntry, Claim, audit_values
 from sealserve.keyservice._releaser import Denied, Releaser
+from sealserve.keyservice._replicas import ReplicaGiver
 from sealserve.keyservice._store import PrincipalRow, Store
 from sealserve.keyservice._vault import Vault
 from sealserve.protocol import (
@@ -76,6 +77,7 @@ from sealserve.protocol import (
     ModelKeyReceipt,
     PrincipalOut,
     ReleaseOut,
+    ReplicaOut,
     RequestKeyReceipt,
     RevocationPollIn,
     RevocationPollOut,
@@ -136,6 +138,7 @@ class KeyService:
         hpke_key: HpkeKeyPair | None = None,
         identity: Identity | None = None,
         db_threads: int = 4,
+        replica_policy: Policy | None = None,
     ) -> None:
         if db_threads < 1:
             raise ValueError(f"db_threads must be >= 1, got {db_threads!r}")
@@ -146,10 +149,9 @@ class KeyService:
         self.metrics = Metrics()
         self._evidence_source = evidence_source
         self._verifier = verifier
-        self._hpke = hpke_key or HpkeKeyPair.from_private_bytes(vault.derive("hpke"))
-        self._identity = identity or Identity(
-            ed25519.Ed25519PrivateKey.from_private_bytes(vault.derive("signing"))
-        )
+        derived_hpke, derived_identity = vault.instance_keys()
+        self._hpke = hpke_key or derived_hpke
+        self._identity = identity or derived_identity
         self._binding = wire.keyservice_binding(
             self._hpke.public_key_bytes(), self._identity.public_key_bytes
         )
@@ -185,6 +187,15 @@ class KeyService:
             release_ttl_s=self.settings.release_ttl_s,
             revocation_check_s=self.settings.revocation_check_s,
             session_keys=self.session_key,
+            clock=clock,
+        )
+        # Replicas on other nodes: none unless the policy they must satisfy is given.
+        self.replicas = ReplicaGiver(
+            vault=vault,
+            verifier=verifier,
+            identity=self._identity,
+            keyservice_id=self.keyservice_id,
+            policy=replica_policy,
             clock=clock,
         )
 
@@ -571,6 +582,40 @@ class KeyService:
             runtime_key=request.runtime_key_id,
             pairs=len(audit),
             epoch=epoch,
+        )
+        return response
+
+    async def replicate(self, body: bytes) -> ReplicaOut:
+        """Hand the master key to a joining replica (``POST /v1/replicas``, the raw JSON
+        body; see :mod:`._replicas`) or raise :class:`Denied`.
+
+        As a release's, the nonce is used up whatever the outcome, durably before the answer
+        leaves, with the audit entry of a replica admitted; the request is charged to the
+        replica key's budget once its evidence verified (:class:`Throttled` leaves the nonce
+        unused).
+        """
+        request = self.replicas.parse(body)
+        expires_at = self.challenges.check(request.nonce)
+        if expires_at is None:
+            raise Denied("nonce")
+        denial: Denied | None = None
+        response: ReplicaOut | None = None
+        audit: tuple[AuditEntry, ...] = ()
+        try:
+            verified = self.replicas.verify(request)
+            self.limit(Budget.RELEASE, request.replica_key_id)
+            response, entry = self.replicas.decide(request, verified)
+            audit = (entry,)
+        except Denied as exc:
+            denial = exc
+        claim = Claim(nonce=request.nonce, expires_at=expires_at, entries=audit)
+        if not await self._claims.commit(claim):
+            raise Denied("nonce")
+        if denial is not None:
+            raise denial
+        assert response is not None
+        _log.event(
+            "replica.admitted", replica_key=request.replica_key_id, measurement=response.measurement
         )
         return response
 

@@ -30,6 +30,8 @@ __all__ = [
     "ReleaseIn",
     "ReleaseOut",
     "ReleasePair",
+    "ReplicaIn",
+    "ReplicaOut",
     "RequestKeyIn",
     "RequestKeyReceipt",
     "RevocationPollIn",
@@ -259,6 +261,36 @@ class RevocationPollOut(Message):
             description="seal(session key, {nonce, epoch, changes, complete}), context in "
             "keyservice.md."
         ),
+    ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaIn(_Request):
+    """``POST /v1/replicas``: a joining KeyService's evidence for a challenge, and its fresh
+    HPKE key (which the evidence binds, see ``wire.replica_binding``)."""
+
+    nonce: _B64
+    evidence: _B64
+    replica_public_key: Annotated[
+        _B64, Rule(description="The joining KeyService's fresh HPKE public key.")
+    ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaOut(Message):
+    """The master key, wrapped to a joining replica that attested with this KeyService's own
+    measurement; signed by the KeyService's attested key over every other field."""
+
+    keyservice_id: str
+    replica_key_id: str
+    nonce: str
+    measurement: str
+    issued_at: float
+    wrapped_master_key: Annotated[
+        str, Rule(description="HPKE(replica key, master key), info wire.replica_info.")
+    ]
+    signature: Annotated[
+        str, Rule(description="Ed25519 signature by the KeyService's attested key.")
     ]
 
 

@@ -86,6 +86,36 @@ def keyservice_binding(hpke_public_key: bytes, signing_public_key: bytes) -> byt
     )
 
 
+def replica_binding(replica_public_key: bytes) -> bytes:
+    """What a joining KeyService's evidence binds (the "public key" of its report_data): its
+    fresh HPKE key, under a purpose of its own, so evidence made to join a KeyService never
+    passes for a runtime's release request, nor the reverse."""
+    return canonical_encode(
+        {"purpose": "sealserve/keyservice/replica", "key": bytes(replica_public_key)}
+    )
+
+
+def replica_info(*, keyservice_id: str, replica_key: bytes, nonce: bytes) -> dict[str, str]:
+    """HPKE info of the master key a running KeyService hands to a joining replica: binds the
+    giver, the replica's fresh key and the giver's challenge nonce."""
+    return {
+        "purpose": "sealserve/keyservice/master-key",
+        "keyservice_id": keyservice_id,
+        "replica_key": fingerprint(replica_key),
+        "nonce": b64encode(nonce),
+    }
+
+
+def replica_signing_payload(body: Mapping[str, Any]) -> bytes:
+    """What the KeyService signs in a replica answer: every field but ``signature``."""
+    return canonical_encode(
+        {
+            "purpose": "sealserve/keyservice/replica",
+            "body": canonical_json({k: v for k, v in body.items() if k != "signature"}),
+        }
+    )
+
+
 def upload_info(
     kind: str, *, model_id: str, principal_id: str, version: int | None, keyservice_key: bytes
 ) -> dict[str, str]:

@@ -10,6 +10,7 @@ import pytest
 from sealserve.errors import ConfigError, SealedStateError
 from sealserve.keyservice import Store, Vault, open_master_key
 from sealserve.keyservice._audit import AuditChain
+from sealserve.keyservice._vault import master_key_fingerprint
 
 OWNER = "a" * 64
 MODEL = f"{OWNER}/resnet"
@@ -87,3 +88,77 @@ def test_master_key_file_is_no_setting(tmp_path: Path) -> None:
     config.write_text('[keyservice]\nmaster_key_file = "/tmp/chosen.key"\n')
     with pytest.raises(ConfigError, match="not a known setting"):
         load_settings(config, env={})
+
+
+# -- replicas on other nodes: the master key obtained from a running peer ----------------------
+
+
+def test_a_replica_joins_and_then_unseals_its_own_copy(tmp_path: Path) -> None:
+    here, there = secrets.token_bytes(32), secrets.token_bytes(32)
+    with Store(_url(tmp_path)) as store:
+        first = open_master_key(store, here, now=1.0)
+        calls: list[int] = []
+
+        def join() -> bytes:
+            calls.append(1)
+            return first.to_bytes()
+
+        assert open_master_key(store, there, now=2.0, join=join) == first
+        # the replica sealed a copy of its own, under its sealing key, beside the creator's
+        assert store.get_state("master-key") is not None
+        assert open_master_key(store, there, now=3.0, join=join) == first
+        assert open_master_key(store, there, now=4.0) == first
+        assert calls == [1]  # the later starts unsealed the copy without asking the peer
+        # the creator's copy is untouched
+        assert open_master_key(store, here, now=5.0) == first
+
+
+def test_a_node_without_a_sealing_key_joins_every_time_and_stores_nothing(tmp_path: Path) -> None:
+    with Store(_url(tmp_path)) as store:
+        first = open_master_key(store, secrets.token_bytes(32), now=1.0)
+        before = store.get_state("master-key")
+        assert open_master_key(store, None, now=2.0, join=first.to_bytes) == first
+        assert store.get_state("master-key") == before
+        with pytest.raises(SealedStateError, match="sealed under another key"):
+            open_master_key(store, None, now=3.0)
+
+
+def test_a_peer_key_of_another_database_is_refused(tmp_path: Path) -> None:
+    with Store(_url(tmp_path)) as store:
+        open_master_key(store, secrets.token_bytes(32), now=1.0)
+        from sealserve.crypto import SymmetricKey
+
+        stranger = SymmetricKey.generate().to_bytes()
+        with pytest.raises(SealedStateError, match="not this database's"):
+            open_master_key(store, secrets.token_bytes(32), now=2.0, join=lambda: stranger)
+
+
+def test_joining_a_database_that_has_no_master_key_yet_is_refused(tmp_path: Path) -> None:
+    from sealserve.crypto import SymmetricKey
+
+    key = SymmetricKey.generate().to_bytes()
+    with Store(_url(tmp_path)) as store:
+        with pytest.raises(SealedStateError, match="no master key yet"):
+            open_master_key(store, secrets.token_bytes(32), now=1.0, join=lambda: key)
+        with pytest.raises(SealedStateError, match="no sealing key"):
+            open_master_key(store, None, now=1.0)
+        assert store.get_state("master-key") is None
+
+
+def test_a_tampered_fingerprint_refuses_to_start(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from sealserve.keyservice._schema import keyservice_state
+
+    sealing = secrets.token_bytes(32)
+    with Store(_url(tmp_path)) as store:
+        key = open_master_key(store, sealing, now=1.0)
+        assert store.get_state("master-key-id") == master_key_fingerprint(key)
+        with store._require_engine().begin() as conn:
+            conn.execute(
+                sa.update(keyservice_state)
+                .where(keyservice_state.c.name == "master-key-id")
+                .values(sealed=bytes(16))
+            )
+        with pytest.raises(SealedStateError, match="tampered"):
+            open_master_key(store, sealing, now=2.0)
