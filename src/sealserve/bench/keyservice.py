@@ -79,6 +79,15 @@ class KeyServiceBenchConfig:
     #: Verifications of each kind in the in-process verification timing, per round.
     verify_count: int = 200
 
+    @classmethod
+    def quick(cls) -> KeyServiceBenchConfig:
+        """A short run for smoke tests and A/B checks: fewer round trips, the simulated
+        evidence only, no one-client phase."""
+        return cls(
+            requests_per_round=150, warmup=50, unloaded=0, step_count=100, kinds=False,
+            verify_count=0,
+        )  # fmt: skip
+
     def __post_init__(self) -> None:
         for name in ("concurrency", "requests_per_round", "rounds", "workers"):
             if getattr(self, name) < 1:
@@ -415,18 +424,29 @@ def _keyservice(
         bool,
         typer.Option(help="Also release with SEV-SNP, TPM and Azure-CVM evidence (synthetic)."),
     ] = True,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="150 round trips a round, simulated evidence only (a smoke run)."
+        ),
+    ] = False,
 ) -> None:
     """Key release round trips (challenge + release) vs a trivial endpoint, same server; and
     the same release with each kind of hardware evidence."""
     console = Console(stderr=True)
     try:
-        config = KeyServiceBenchConfig(
-            concurrency=concurrency,
-            requests_per_round=requests,
-            rounds=rounds,
-            workers=workers,
-            kinds=kinds,
-        )
+        if quick:
+            config = dataclasses.replace(
+                KeyServiceBenchConfig.quick(), concurrency=concurrency, workers=workers
+            )
+        else:
+            config = KeyServiceBenchConfig(
+                concurrency=concurrency,
+                requests_per_round=requests,
+                rounds=rounds,
+                workers=workers,
+                kinds=kinds,
+            )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
