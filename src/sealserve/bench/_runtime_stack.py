@@ -163,6 +163,7 @@ class LocalStack:
         trust: TrustAnchors | None = None,
         reference_values: tuple[ReferenceValues, ...] = (),
         package_dir: Path | None = None,
+        keyservice_join: str | None = None,
     ) -> None:
         if backend is not None and (trust is None or not reference_values):
             raise ValueError("a hardware backend needs its trust anchors and reference values")
@@ -171,7 +172,15 @@ class LocalStack:
         self.hardware_trust = trust
         self.reference_values = tuple(reference_values)
         self.package_dir = package_dir
-        if trust is not None and keyservice_settings is not None:
+        root_settings = ("tpm_roots", "dcap_root", "snp_ark_pins")
+        if (
+            trust is not None
+            and keyservice_settings is not None
+            and any(
+                getattr(keyservice_settings, r) != getattr(KeyServiceSettings(), r)
+                for r in root_settings
+            )
+        ):
             raise ValueError("give the hardware roots in trust, not in keyservice_settings")
         if trust is not None:
             # The KeyService trusts the hardware roots through its measured launch config.
@@ -189,8 +198,13 @@ class LocalStack:
             if trust.snp is not None and trust.snp != SnpAnchors():
                 pins = sorted(trust.snp.ark_pins.items())
                 changes["snp_ark_pins"] = ",".join(f"{k}={v}" for k, v in pins)
-            keyservice_settings = KeyServiceSettings(**changes)
+            keyservice_settings = dataclasses.replace(
+                keyservice_settings or KeyServiceSettings(), **changes
+            )
         self.log_level = log_level
+        #: A running KeyService of the same measurement the stack's joins (attested master-key
+        #: transfer) instead of creating or unsealing the master key; may be set before open.
+        self.keyservice_join = keyservice_join
         self.keyservice_settings = keyservice_settings or KeyServiceSettings()
         self._socket_dir = Path(tempfile.mkdtemp(prefix="ss-"))
         self.socket_path = self._socket_dir / "tee.sock"
@@ -322,6 +336,8 @@ class LocalStack:
             "--rate-limit-per-s", repr(float(s.rate_limit_per_s)),
             "--rate-limit-burst", str(s.rate_limit_burst),
             "--log-level", self.log_level,
+            *(["--db", s.db_url] if s.db_url else []),
+            *(["--join", self.keyservice_join] if self.keyservice_join else []),
         ]  # fmt: skip
         read_fd, write_fd = os.pipe()
         log = os.open(self.root / "keyservice.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
