@@ -10,6 +10,10 @@ import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
 const [modulePath, folder] = process.argv.slice(2);
+if (!globalThis.crypto || !globalThis.crypto.subtle) {
+  // Node.js 18 (Debian's nodejs) has WebCrypto but not as a global
+  globalThis.crypto = (await import("node:crypto")).webcrypto;
+}
 const ss = await import(pathToFileURL(resolve(modulePath)).href);
 const load = (name) => JSON.parse(readFileSync(join(folder, name), "utf8"));
 const hex = ss.fromHex;
