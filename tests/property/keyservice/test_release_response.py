@@ -3,6 +3,7 @@ other than the ones the KeyService released."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +32,8 @@ def _release() -> tuple[ReleaseSession, bytes, bytes]:
     )
     releaser = Releaser(
         vault=_VAULT, verifier=judge, identity=_KS, metrics=Metrics(), keyservice_id=ks_id,
-        release_ttl_s=300.0,
+        release_ttl_s=300.0, revocation_check_s=10.0,
+        session_keys=lambda key_id: hashlib.sha256(key_id.encode()).digest(),
     )  # fmt: skip
     session = ReleaseSession(
         keyservice=AttestedKeyService(
