@@ -140,6 +140,7 @@ def serve(
     from sealserve._log import configure_logging
     from sealserve.attest import measure
     from sealserve.config import load_settings
+    from sealserve.deploy import platform_health, platform_scrape_targets
     from sealserve.gateway import (
         Gateway,
         GatewayOptions,
@@ -225,6 +226,10 @@ def serve(
         on_startup=open_platform,
         on_shutdown=platform.close,
         uploads=uploads,
+        health=platform_health(platform),
+        scrape_targets=lambda: platform_scrape_targets(
+            platform, server.url, keyservice_url(keyservice)
+        ),
     )
     server = guarded(
         lambda: GatewayServer(

@@ -10,6 +10,18 @@ This is the only package that knows all of them: the gateway serves a platform i
 the platform runs instances it is given a backend for.  See docs/operating.md.
 """
 
-from sealserve.deploy._local import DeploymentInfo, DeploymentOptions, LocalDeployment
+from sealserve.deploy._local import (
+    DeploymentInfo,
+    DeploymentOptions,
+    LocalDeployment,
+    platform_health,
+    platform_scrape_targets,
+)
 
-__all__ = ["DeploymentInfo", "DeploymentOptions", "LocalDeployment"]
+__all__ = [
+    "DeploymentInfo",
+    "DeploymentOptions",
+    "LocalDeployment",
+    "platform_health",
+    "platform_scrape_targets",
+]

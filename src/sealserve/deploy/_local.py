@@ -38,8 +38,10 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
+from sealserve._health import Health
 from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
+from sealserve._resource import ResourceState
 from sealserve._tls import TlsFiles, make_local_ca
 from sealserve.attest import (
     PlatformClient,
@@ -57,6 +59,7 @@ from sealserve.gateway import (
     Gateway,
     GatewayOptions,
     GatewayServer,
+    ScrapeTarget,
     UploadOptions,
     UploadService,
 )
@@ -403,6 +406,12 @@ class LocalDeployment:
                 registry=registry,
             )
         self.uploads = uploads
+        keyservice_url = str(self._keyservice.url)
+
+        def scrape_targets() -> list[ScrapeTarget]:
+            gateway_url = self.server.url if self.server is not None else None
+            return platform_scrape_targets(platform, gateway_url, keyservice_url)
+
         self.gateway = Gateway(
             platform,
             self.catalog,
@@ -411,6 +420,8 @@ class LocalDeployment:
             on_startup=_opener(platform),
             on_shutdown=platform.close,
             uploads=uploads,
+            health=platform_health(platform),
+            scrape_targets=scrape_targets,
         )
         port = o.settings.gateway.port if o.gateway_port is None else o.gateway_port
         self.server = GatewayServer(
@@ -546,3 +557,28 @@ def _toml(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(str(value))
+
+
+def platform_health(platform: Platform) -> Health:
+    """The gateway's readiness beyond its own: its platform is open."""
+
+    def platform_open() -> str | None:
+        return None if platform.state is ResourceState.OPENED else "the platform is not open"
+
+    return Health(ready_checks=(platform_open,))
+
+
+def platform_scrape_targets(
+    platform: Platform, gateway_url: str | None, keyservice_url: str | None
+) -> list[ScrapeTarget]:
+    """What Prometheus scrapes: the gateway, the KeyService, and each instance alive now."""
+    found = []
+    if gateway_url:
+        found.append(ScrapeTarget("gateway", gateway_url))
+    if keyservice_url:
+        found.append(ScrapeTarget("keyservice", keyservice_url))
+    for inst in platform.stats().instances:
+        if inst.url:
+            labels = {"sealserve_instance": str(inst.instance_id)}
+            found.append(ScrapeTarget("instance", inst.url, labels))
+    return found

@@ -14,7 +14,13 @@
 See docs/http-api.md and docs/operating.md.
 """
 
-from sealserve.gateway._app import Gateway, GatewayOptions, InferenceBackend, ModelDirectory
+from sealserve.gateway._app import (
+    Gateway,
+    GatewayOptions,
+    InferenceBackend,
+    ModelDirectory,
+    ScrapeTarget,
+)
 from sealserve.gateway._errors import error_for
 from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
@@ -29,6 +35,7 @@ __all__ = [
     "GatewayServer",
     "InferenceBackend",
     "ModelDirectory",
+    "ScrapeTarget",
     "UploadOptions",
     "UploadService",
     "WEB_PREFIX",

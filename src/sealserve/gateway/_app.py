@@ -10,7 +10,10 @@
   :class:`~sealserve.gateway.UploadService` is given: owners stream sealed models in signed
   chunks (:mod:`._uploads`);
 * ``GET /v1/platform`` — instances, meters, counters and recent routing decisions;
-* ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json``;
+* ``GET /healthz``, the Open Inference Protocol's ``GET /v2/health/live`` and
+  ``/v2/health/ready`` (:mod:`sealserve._health`), ``GET /metrics``, ``GET /openapi.json``;
+* ``GET /v1/prometheus/targets`` — every service to scrape, in Prometheus's HTTP service
+  discovery format (the gateway, the KeyService, the instances alive now);
 * with ``web`` on, the browser client under ``/web/`` (:mod:`._web`, docs/web.md).
 
 The gateway never holds a key: it checks ids, sizes and deadlines, refuses what it cannot
@@ -27,7 +30,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -37,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._health import LIVE_PATH, READY_PATH, Health
 from sealserve._log import get_logger
 from sealserve.config import GatewaySettings
 from sealserve.errors import DeadlineExceeded, ModelNotStored
@@ -66,6 +71,7 @@ from sealserve.protocol import headers as hd
 
 __all__ = [
     "BodySource",
+    "ScrapeTarget",
     "Gateway",
     "GatewayOptions",
     "InferAnswer",
@@ -78,6 +84,23 @@ _PRINCIPAL = re.compile(r"[0-9a-f]{64}")
 _OCTETS: Final = "application/octet-stream"
 #: The inference route, as the lean server matches it (Starlette's route says the same).
 _INFER_PATH: Final = re.compile(r"/v1/models/(?P<owner_id>[^/]+)/(?P<name>[^/]+):infer")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScrapeTarget:
+    """A service for Prometheus to scrape at ``url`` (its ``/metrics``), with labels."""
+
+    service: str
+    url: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """One target group of Prometheus's HTTP service discovery (``__scheme__`` says
+        whether to scrape with TLS)."""
+        parts = urllib.parse.urlsplit(self.url)
+        labels = {"sealserve_service": self.service, "__scheme__": parts.scheme or "http"}
+        labels.update(self.labels)
+        return {"targets": [parts.netloc], "labels": labels}
 
 
 class BodySource(Protocol):
@@ -180,9 +203,22 @@ class Gateway:
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
         uploads: UploadService | None = None,
+        health: Health | None = None,
+        scrape_targets: Callable[[], Sequence[ScrapeTarget]] | None = None,
     ) -> None:
         self.platform = platform
         self.uploads = uploads
+        self._started = False
+        self._draining = False
+        #: Liveness and readiness: not ready before startup and once draining, then whatever
+        #: else ``health`` checks (the platform, say).
+        self.health = Health(ready_checks=(self._serving_check,))
+        if health is not None:
+            self.health = Health(
+                live_checks=health.live_checks,
+                ready_checks=(self._serving_check, *health.ready_checks),
+            )
+        self._scrape_targets = scrape_targets
         self.models = models
         self.options = options or GatewayOptions()
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -207,6 +243,9 @@ class Gateway:
                 *self._upload_routes(),
                 Route("/v1/platform", self._endpoint(self._platform), methods=["GET"]),
                 Route("/healthz", self._healthz, methods=["GET"]),
+                Route(LIVE_PATH, self._health_probe, methods=["GET"]),
+                Route(READY_PATH, self._health_probe, methods=["GET"]),
+                Route("/v1/prometheus/targets", self._targets, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
                 Route("/openapi.json", self._openapi, methods=["GET"]),
                 *(WebAssets.load().routes() if self.options.web else []),
@@ -218,11 +257,24 @@ class Gateway:
         """Run the startup hook (the server calls it before it accepts connections)."""
         if self._on_startup is not None:
             await self._on_startup()
+        self._started = True
+
+    def drain(self) -> None:
+        """The server is stopping: readiness fails from now on (requests in progress end)."""
+        self._draining = True
 
     async def shutdown(self) -> None:
         """Run the shutdown hook (the server calls it once it stopped serving)."""
+        self._draining = True
         if self._on_shutdown is not None:
             await self._on_shutdown()
+
+    def _serving_check(self) -> str | None:
+        if self._draining:
+            return "the gateway is stopping"
+        if not self._started:
+            return "the gateway is starting"
+        return None
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -526,6 +578,21 @@ class Gateway:
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def _health_probe(self, request: Request) -> Response:
+        answer = self.health.answer(request.url.path)
+        assert answer is not None
+        return Response(
+            answer.body,
+            status_code=answer.status,
+            media_type="application/json",
+            headers=answer.headers,
+        )
+
+    async def _targets(self, request: Request) -> Response:
+        """Prometheus's HTTP service discovery: one group per service to scrape."""
+        targets = list(self._scrape_targets()) if self._scrape_targets is not None else []
+        return JSONResponse([t.to_json() for t in targets])
 
     async def _metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

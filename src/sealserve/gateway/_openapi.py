@@ -93,6 +93,41 @@ def openapi_document() -> dict[str, Any]:
                                  "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "Prometheus text"}}}},
+            "/v2/health/live": {"get": {"summary": "Liveness (Open Inference Protocol)",
+                                        "responses": {"200": {"description": '{"live": true}'},
+                                                      "503": {"description": "Not live"}}}},
+            "/v2/health/ready": {"get": {"summary": "Readiness (Open Inference Protocol)",
+                                         "responses": {"200": {"description": '{"ready": true}'},
+                                                       "503": {"description": "Not ready"}}}},
+            "/v1/prometheus/targets": {"get": {
+                "summary": "What Prometheus scrapes (HTTP service discovery)",
+                "responses": {"200": {"description": "Target groups"}}}},
+            "/v1/models/{owner_id}/{name}": {
+                "get": {"summary": "One stored model",
+                        "responses": {"200": {"description": "Its manifest"},
+                                      "404": _error("No such model")}},
+                "delete": {"summary": "Delete a model (signed by its owner; ?digest=sha256:...)",
+                           "responses": {"200": {"description": "Deleted"},
+                                         "403": _error("Access denied"),
+                                         "412": _error("The model changed since")}}},
+            "/v1/uploads": {"post": {
+                "summary": "Begin or resume a model upload (signed by the model's owner)",
+                "responses": {"201": {"description": "Begun"}, "200": {"description": "Resumed"},
+                              "403": _error("Access denied"),
+                              "413": _error("The model is over the limit"),
+                              "429": _retryable("Too many uploads in progress")}}},
+            "/v1/uploads/{upload_id}": {
+                "get": {"summary": "Where an upload stands",
+                        "responses": {"200": {"description": "The upload"}}},
+                "put": {"summary": "One chunk at ?offset=N (signed)",
+                        "responses": {"200": {"description": "The upload, moved on"},
+                                      "409": _error("Not at the upload's offset")}},
+                "delete": {"summary": "Abandon an upload",
+                           "responses": {"200": {"description": "Abandoned"}}}},
+            "/v1/uploads/{upload_id}:commit": {"post": {
+                "summary": "Check the digest and store the model",
+                "responses": {"200": {"description": "Stored"},
+                              "422": _error("Digest or format refused")}}},
         },
         "components": {
             "schemas": {

@@ -117,6 +117,7 @@ class GatewayServer:
                 if on_ready is not None:
                     on_ready()
                 await self._stop.wait()
+                self.gateway.drain()
                 await self._http.stop(graceful_s=self._graceful_s)
             finally:
                 await self.gateway.shutdown()

@@ -15,7 +15,9 @@ For the gateway (no base64, no JSON around the payload):
 * ``POST /v1/infer`` — body: the sealed input; headers: model, user, request id, deadline
   (see :mod:`._headers`); answer: the sealed output, stage timings in ``Server-Timing``;
 * ``POST /v1/load`` ``{"model_id", "user_id"}``, ``POST /v1/evict`` ``{"model_id"}``,
-  ``GET /v1/stats``, ``GET /healthz``, ``GET /metrics``.
+  ``GET /v1/stats``, ``GET /healthz``, ``GET /metrics``;
+* the Open Inference Protocol's ``GET /v2/health/live`` (fails once the runtime failed for
+  good) and ``/v2/health/ready`` (fails while no runtime serves), :mod:`sealserve._health`.
 
 Errors are ``{"error": {"code", "message", "retryable"}}`` (see :mod:`._errors`).  Nothing on
 this surface is ever in the clear: the host handles envelopes and ids.
@@ -44,6 +46,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._health import LIVE_PATH, READY_PATH, Health
 from sealserve._log import get_logger
 from sealserve.ecall import Message, timings, wire
 from sealserve.errors import BackpressureTimeout, DeadlineExceeded, SealserveError
@@ -108,6 +111,8 @@ class InstanceHost:
         sandbox_start_s: float | None = None,
     ) -> None:
         self.supervisor = supervisor
+        #: Live unless the runtime failed for good; ready while a runtime serves.
+        self.health = Health(live_checks=(self._live_check,), ready_checks=(self._ready_check,))
         self.options = options or HostOptions()
         self.registry = registry or CollectorRegistry()
         self._clock = clock
@@ -135,6 +140,8 @@ class InstanceHost:
                 Route("/v1/evict", self._endpoint("evict", self._evict), methods=["POST"]),
                 Route("/v1/stats", self._endpoint("stats", self._stats), methods=["GET"]),
                 Route("/healthz", self._healthz, methods=["GET"]),
+                Route(LIVE_PATH, self._health_probe, methods=["GET"]),
+                Route(READY_PATH, self._health_probe, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
             ],
         )
@@ -487,6 +494,26 @@ class InstanceHost:
         )
 
     # -- health and metrics --------------------------------------------------------------------
+
+    def _live_check(self) -> str | None:
+        if self.supervisor.status is RuntimeStatus.FAILED:
+            return "the runtime failed and will not be restarted: replace the instance"
+        return None
+
+    def _ready_check(self) -> str | None:
+        if self.supervisor.status is RuntimeStatus.READY:
+            return None
+        return f"the runtime is {self.supervisor.health}"
+
+    async def _health_probe(self, request: Request) -> Response:
+        answer = self.health.answer(request.url.path)
+        assert answer is not None
+        return Response(
+            answer.body,
+            status_code=answer.status,
+            media_type="application/json",
+            headers=answer.headers,
+        )
 
     async def _healthz(self, request: Request) -> Response:
         status, health = self.supervisor.status, self.supervisor.health

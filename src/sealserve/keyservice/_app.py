@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from sealserve import __version__
+from sealserve._health import LIVE_PATH, READY_PATH
 from sealserve.keyservice._hot import (
     HEALTHZ_PATH,
     HotEndpoints,
@@ -281,6 +282,26 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     @app.get(HEALTHZ_PATH, tags=["ops"], responses={200: {"description": "The service is up."}})
     async def healthz() -> Response:
         return answer(hot.healthz())
+
+    @app.get(
+        LIVE_PATH,
+        tags=["ops"],
+        responses={200: {"description": '{"live": true}'}, 503: {"description": "Not live."}},
+    )
+    async def live() -> Response:
+        probe = hot.probe(LIVE_PATH)
+        assert probe is not None
+        return answer(probe)
+
+    @app.get(
+        READY_PATH,
+        tags=["ops"],
+        responses={200: {"description": '{"ready": true}'}, 503: {"description": "Not ready."}},
+    )
+    async def ready() -> Response:
+        probe = hot.probe(READY_PATH)
+        assert probe is not None
+        return answer(probe)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics_endpoint() -> Response:

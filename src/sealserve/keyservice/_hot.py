@@ -20,7 +20,9 @@ from typing import Any, Final
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sealserve._health import Health
 from sealserve._log import get_logger
+from sealserve._resource import ResourceState
 from sealserve.errors import AuditLogTampered, Conflict, KeyServiceError, NotFound, RateLimited
 from sealserve.keyservice._releaser import Denied
 from sealserve.keyservice._service import KeyService
@@ -55,9 +57,23 @@ class HotEndpoints:
     def __init__(self, service: KeyService) -> None:
         self._service = service
         self._ttl_s = service.challenges.ttl_s
+        #: Liveness and readiness (:mod:`sealserve._health`): ready while its store is open.
+        self.health = Health(ready_checks=(self._store_open,))
+
+    def _store_open(self) -> str | None:
+        if self._service.store.state is not ResourceState.OPENED:
+            return "the KeyService's store is closed"
+        return None
 
     def healthz(self) -> HotResponse:
         return 200, _HEALTHY, {}
+
+    def probe(self, path: str) -> HotResponse | None:
+        """The Open Inference Protocol's health answers (``None`` for any other path)."""
+        answer = self.health.answer(path)
+        if answer is None:
+            return None
+        return answer.status, answer.body, answer.headers
 
     def challenge(self) -> HotResponse:
         """A challenge: it has no budget (see :mod:`._limits`)."""
@@ -143,9 +159,14 @@ class HotPath:
                     return
             except _Disconnected:
                 return
-            if path == HEALTHZ_PATH and method == "GET":
-                await _send(send, self.endpoints.healthz())
-                return
+            if method == "GET":
+                if path == HEALTHZ_PATH:
+                    await _send(send, self.endpoints.healthz())
+                    return
+                probe = self.endpoints.probe(path)
+                if probe is not None:
+                    await _send(send, probe)
+                    return
         await self.fallback(scope, receive, send)
 
 

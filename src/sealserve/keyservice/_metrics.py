@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from sealserve.keyservice._limits import Budget
+
 __all__ = ["DENIAL_REASONS", "PUBLIC_DENIAL_REASONS", "Metrics", "public_reason"]
 
 #: Every reason a release or a signed request can be refused for (labels of the denials).
@@ -104,6 +106,8 @@ class Metrics:
             ["limit"],
             registry=self.registry,
         )
+        for budget in Budget:  # every budget's series exists from the start (dashboards)
+            self.rate_limited.labels(limit=budget.value)
         self.latency = Histogram(
             "sealserve_keyservice_request_seconds",
             "Time to answer a request, by route and status class.",

@@ -278,3 +278,27 @@ def test_load_evict_stats_health_and_metrics(ks: InProcessKeyService) -> None:
         assert stats["runtime"] is None
 
     run(ks, body)
+
+
+def test_the_open_inference_protocol_health_probes_follow_the_runtime(
+    ks: InProcessKeyService,
+) -> None:
+    async def body(h: Harness) -> None:
+        live = await h.client.get("/v2/health/live")
+        ready = await h.client.get("/v2/health/ready")
+        assert (live.status_code, live.json()) == (200, {"live": True})
+        assert (ready.status_code, ready.json()) == (200, {"ready": True})
+        runtime = h.host.supervisor
+        assert isinstance(runtime, InProcessRuntime)
+        runtime.fail()  # the supervisor gave up: the instance must be replaced
+        live = await h.client.get("/v2/health/live")
+        assert live.status_code == 503
+        assert live.json() == {
+            "live": False,
+            "reason": "the runtime failed and will not be restarted: replace the instance",
+        }
+        ready = await h.client.get("/v2/health/ready")
+        assert (ready.status_code, ready.json()["ready"]) == (503, False)
+        assert ready.headers["retry-after"] == "1"
+
+    run(ks, body)

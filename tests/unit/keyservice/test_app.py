@@ -562,3 +562,20 @@ def test_metrics_count_one_release_and_one_denial(hot_path: bool) -> None:
             assert (f"{hist}_count", labels) not in before, status
 
     run(body, hot_path=hot_path)
+
+
+@pytest.mark.parametrize("hot_path", [True, False])
+def test_the_open_inference_protocol_health_probes_answer_on_both_paths(hot_path: bool) -> None:
+    async def body(h: Harness) -> None:
+        live = await h.client.get("/v2/health/live")
+        ready = await h.client.get("/v2/health/ready")
+        assert (live.status_code, live.json()) == (200, {"live": True})
+        assert (ready.status_code, ready.json()) == (200, {"ready": True})
+        h.service.store.close()  # what a stopping service looks like
+        ready = await h.client.get("/v2/health/ready")
+        assert ready.status_code == 503
+        assert ready.json() == {"ready": False, "reason": "the KeyService's store is closed"}
+        assert ready.headers["retry-after"] == "1"
+        assert (await h.client.get("/v2/health/live")).status_code == 200
+
+    run(body, hot_path=hot_path)
