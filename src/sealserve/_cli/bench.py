@@ -18,6 +18,7 @@ from sealserve.bench import (
     serve,
     suite,
     tensors,
+    upload,
 )
 
 __all__ = ["app"]
@@ -34,6 +35,7 @@ ipc.register(app)
 keyservice.register(app)
 runtime.register(app)
 serve.register(app)
+upload.register(app)
 packer.register(app)
 imports.register(app)
 suite.register(app)

@@ -25,7 +25,9 @@ from sealserve.bench._common import print_table
 __all__ = ["BENCHMARKS", "commands", "register"]
 
 #: In the order of the layers.
-BENCHMARKS: Final = ("crypto", "ipc", "keyservice", "runtime", "serve", "packer", "imports")
+BENCHMARKS: Final = (
+    "crypto", "ipc", "keyservice", "runtime", "serve", "upload", "packer", "imports",
+)  # fmt: skip
 
 
 def commands(out: Path, *, quick: bool, only: Sequence[str] = BENCHMARKS) -> list[list[str]]:
@@ -41,6 +43,7 @@ def commands(out: Path, *, quick: bool, only: Sequence[str] = BENCHMARKS) -> lis
         "keyservice": ["keyservice", "--json", str(out / "keyservice.json")],
         "runtime": ["runtime", "--json", str(out / "runtime.json"), "--costs-out", str(costs), *q],
         "serve": ["serve", "--json", str(out / "serve.json"), *q],
+        "upload": ["upload", "--json", str(out / "upload.json"), *q],
         "imports": ["imports", "--json", str(out / "imports.json"), *q],
         "packer": [
             "packer", "--synthetic", "1", "--json", str(out / "packer.json"),

@@ -17,6 +17,7 @@ resume an upload that an earlier process began (with the same sealed bytes).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import ssl
@@ -117,6 +118,19 @@ class StoreClient(Resource):
 
     # -- requests ------------------------------------------------------------------------------
 
+    def _headers(
+        self, method: str, path: str, body: bytes | bytearray | memoryview
+    ) -> dict[str, str]:
+        """The signed headers of a request (thread-safe: chunks are signed ahead)."""
+        headers = owner_headers(
+            self.identity, method=method, path=path, body=body, clock=self._clock
+        )
+        if len(body):
+            headers["content-type"] = (
+                "application/json" if path == UPLOADS_PATH else "application/octet-stream"
+            )
+        return headers
+
     def _request(
         self,
         method: str,
@@ -125,19 +139,14 @@ class StoreClient(Resource):
         body: bytes | bytearray | memoryview = b"",
         signed: bool = True,
         answer: type[_M],
+        headers: dict[str, str] | None = None,
     ) -> _M:
-        """One request; a transport failure is a retryable :class:`GatewayError`."""
+        """One request (signed unless ``signed`` is false; ``headers`` signed already); a
+        transport failure is a retryable :class:`GatewayError`."""
         self._check_opened()
         assert self._http is not None
-        headers: dict[str, str] = {}
-        if signed:
-            headers = owner_headers(
-                self.identity, method=method, path=path, body=body, clock=self._clock
-            )
-        if len(body):
-            headers["content-type"] = (
-                "application/json" if path == UPLOADS_PATH else "application/octet-stream"
-            )
+        if headers is None:
+            headers = self._headers(method, path, body) if signed else {}
         try:
             response = self._http.request(method, path, content=bytes(body), headers=headers)
         except httpx.HTTPError as exc:
@@ -218,18 +227,52 @@ class StoreClient(Resource):
         )
         if progress is not None:
             progress(state.offset)
+        upload_id = state.upload_id
+        step = min(state.chunk_bytes, self._chunk_bytes)
+
+        def prepare(offset: int) -> tuple[int, bytes, dict[str, str]]:
+            """Read and sign the chunk at ``offset`` (on a helper thread, while the previous
+            chunk is on its way: the signature hashes the chunk)."""
+            sealed.seek(offset)
+            chunk = sealed.read(min(step, size - offset))
+            if offset + len(chunk) != min(offset + step, size):
+                raise ValueError(f"sealed ends at byte {offset + len(chunk)}, not {size}")
+            path = chunk_path(upload_id, offset)
+            return offset, chunk, self._headers("PUT", path, chunk)
+
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload") as ahead:
+            state = self._send_chunks(state, size, ahead, prepare, progress)
+        return self._again(
+            lambda: self._request("POST", commit_path(upload_id), answer=StoredModel)
+        )
+
+    def _send_chunks(
+        self,
+        state: UploadOut,
+        size: int,
+        ahead: concurrent.futures.Executor,
+        prepare: Callable[[int], tuple[int, bytes, dict[str, str]]],
+        progress: Callable[[int], None] | None,
+    ) -> UploadOut:
+        """Send every chunk from ``state.offset`` on, each signed one step ahead."""
         failures = 0
         pause = _FIRST_PAUSE_S
+        pending = ahead.submit(prepare, state.offset)
         while state.offset < size:  # bounded: each turn moves on or counts a failure
-            offset = state.offset
-            n = min(state.chunk_bytes, self._chunk_bytes, size - offset)
-            sealed.seek(offset)
-            chunk = sealed.read(n)
-            if len(chunk) != n:
-                raise ValueError(f"sealed ends at byte {offset + len(chunk)}, not {size}")
+            offset, chunk, headers = pending.result()
+            if offset != state.offset:  # the upload is elsewhere (after a failure)
+                pending = ahead.submit(prepare, state.offset)
+                continue
+            following = offset + len(chunk)
+            if following < size:
+                pending = ahead.submit(prepare, following)
             try:
                 state = self._request(
-                    "PUT", chunk_path(state.upload_id, offset), body=chunk, answer=UploadOut
+                    "PUT",
+                    chunk_path(state.upload_id, offset),
+                    body=chunk,
+                    headers=headers,
+                    answer=UploadOut,
                 )
                 failures, pause = 0, _FIRST_PAUSE_S
             except UploadRefused as exc:
@@ -250,10 +293,9 @@ class StoreClient(Resource):
                 state = self.status(state.upload_id)
             if progress is not None:
                 progress(state.offset)
-        upload_id = state.upload_id
-        return self._again(
-            lambda: self._request("POST", commit_path(upload_id), answer=StoredModel)
-        )
+            if state.offset < size and (following >= size or state.offset != following):
+                pending = ahead.submit(prepare, state.offset)
+        return state
 
     def model(self, model_id: str) -> StoredModel:
         """What the store holds for ``model_id``; :class:`ModelNotAvailable` if nothing."""

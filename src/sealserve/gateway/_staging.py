@@ -148,12 +148,24 @@ class Staging:
                 part.unlink(missing_ok=True)
         return found
 
-    def write(self, upload: StagedUpload, offset: int, data: memoryview) -> None:
+    def hashed_with(self, upload: StagedUpload, data: memoryview) -> Any:
+        """The running digest with ``data`` added, the upload's own left as it is (so the
+        chunk can be hashed while its signature is checked, and dropped if that fails)."""
+        self.catch_up(upload)
+        hasher = upload.hasher.copy()
+        hasher.update(data)
+        return hasher
+
+    def write(
+        self, upload: StagedUpload, offset: int, data: memoryview, hasher: Any = None
+    ) -> None:
         """Write ``data`` at ``offset`` (the upload's offset), whole or not at all; the
-        running digest follows.  ``OSError`` (the staged file is cut back first)."""
+        running digest follows (``hasher``: it with ``data`` added already, from
+        :meth:`hashed_with`).  ``OSError`` (the staged file is cut back first)."""
         if offset != upload.offset:
             raise ValueError(f"offset {offset} is not the upload's offset {upload.offset}")
-        self._catch_up(upload)
+        if hasher is None:
+            hasher = self.hashed_with(upload, data)
         fd = os.open(self.part(upload.upload_id), os.O_WRONLY)
         try:
             done = 0
@@ -168,11 +180,11 @@ class Staging:
                 raise
         finally:
             os.close(fd)
-        upload.hasher.update(data)
-        upload.hashed += len(data)
+        upload.hasher = hasher
         upload.offset += len(data)
+        upload.hashed = upload.offset
 
-    def _catch_up(self, upload: StagedUpload) -> None:
+    def catch_up(self, upload: StagedUpload) -> None:
         """Rebuild the running digest from the staged bytes (after a restart)."""
         if upload.hasher is not None and upload.hashed == upload.offset:
             return
@@ -190,7 +202,7 @@ class Staging:
 
     def digest(self, upload: StagedUpload) -> str:
         """Hex SHA-256 of the bytes received."""
-        self._catch_up(upload)
+        self.catch_up(upload)
         return str(upload.hasher.hexdigest())
 
     def head(self, upload: StagedUpload, n: int) -> bytes:

@@ -29,7 +29,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -314,7 +314,20 @@ class UploadService:
             body = await request.read_body(limit=length)
             if len(body) != length:
                 raise HostError(400, "bad_request", "the body is shorter than its Content-Length")
-            self._verify(request, body)
+            # The signature check and the running digest each hash the chunk: on two threads
+            # at once (hashlib lets go of the GIL); the digest is kept only if the check passes.
+            results: tuple[Any, Any] = await asyncio.gather(
+                asyncio.to_thread(self._verify, request, body),
+                asyncio.to_thread(self._staging.hashed_with, upload, memoryview(body)),
+                return_exceptions=True,
+            )
+            checked, hashed = results
+            if isinstance(checked, BaseException):
+                raise checked
+            if isinstance(hashed, OSError):
+                raise _storage_error(hashed) from None
+            if isinstance(hashed, BaseException):
+                raise hashed
             if upload.offset != offset or upload.upload_id not in self._uploads:
                 raise HostError(409, "upload_offset_mismatch", "the upload moved meanwhile")
             if offset < SEALED_HEADER_BYTES <= offset + length or (
@@ -322,7 +335,9 @@ class UploadService:
             ):
                 await self._check_sealed(upload, offset, body)
             try:
-                await asyncio.to_thread(self._staging.write, upload, offset, memoryview(body))
+                await asyncio.to_thread(
+                    self._staging.write, upload, offset, memoryview(body), hashed
+                )
             except OSError as exc:
                 raise _storage_error(exc) from None
             upload.last_active = self._clock.time()
