@@ -371,3 +371,31 @@ def test_the_mapping_to_ray_serve() -> None:
 def test_options_are_checked(changes: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         options(**changes)
+
+
+def test_a_start_whose_replica_never_comes_is_given_up_without_traffic() -> None:
+    p = packer(policy="dedicated", max_instances=2, instance_concurrency=1, start_timeout_s=5.0)
+    assert p.route("k1", model="m1", replicas=views("r-a"), now=0.0) == "r-a"
+    assert p.route("k2", model="m2", replicas=views("r-a"), now=0.0) is None
+    assert p.expire(4.0) == 1  # still waiting for its replica
+    assert p.expire(6.0) == 0  # given up: the autoscaler is asked for nothing more
+    assert p.snapshot(6.0).counters["failed_starts"] == 1
+
+
+def test_the_demand_board_refreshes_its_value_at_each_heartbeat() -> None:
+    written: list[int] = []
+    changed = threading.Condition()
+    values = iter([3, 0, 0, 0, 0, 0])
+
+    def write(key: str, value: bytes | None) -> None:
+        if value is not None:
+            with changed:
+                written.append(json.loads(value)["starts_waiting"])
+                changed.notify_all()
+
+    board = DemandBoard("app", "dep", heartbeat_s=0.05, write=write, refresh=lambda: next(values))
+    board.note(1)
+    with changed:
+        assert changed.wait_for(lambda: 0 in written, timeout=10)
+    board.close()
+    assert written[0] == 3  # the refreshed value, not the noted one

@@ -8,7 +8,9 @@ number the autoscaler needs, the instances the policy started that wait for a re
 (:attr:`ReplicaPacker.starts_waiting`), in Ray's internal key-value store (the GCS), under
 ``DEMAND_PREFIX + "app/deployment/" + process``: at once when it changes, and every
 ``heartbeat_s`` so that a gateway that is gone stops counting
-(:data:`~sealserve.platform.ray._autoscale.DEMAND_TTL_S`).
+(:data:`~sealserve.platform.ray._autoscale.DEMAND_TTL_S`).  At each heartbeat ``refresh``
+(the packer's :meth:`~sealserve.platform.ray.ReplicaPacker.expire`) gives the value as of now:
+a start whose replica never came is given up even when no request arrives.
 
 The writes happen on a thread of their own: the router's event loop never waits for the GCS.
 The value is a count and a time; nothing secret.
@@ -57,6 +59,7 @@ class DemandBoard:
         heartbeat_s: float = 5.0,
         write: Writer | None = None,
         clock: Callable[[], float] = time.time,
+        refresh: Callable[[], int] | None = None,
     ) -> None:
         if not heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be > 0, got {heartbeat_s!r}")
@@ -66,6 +69,7 @@ class DemandBoard:
         self._heartbeat_s = heartbeat_s
         self._write = write or _kv_write
         self._clock = clock
+        self._refresh = refresh
         self._lock = threading.Lock()
         self._value = 0
         self._published: int | None = None
@@ -96,6 +100,14 @@ class DemandBoard:
         while True:
             self._wake.wait(self._heartbeat_s)
             self._wake.clear()
+            if self._refresh is not None:  # each heartbeat: the value as of now
+                try:
+                    fresh = self._refresh()
+                except Exception as exc:  # the packer's state: say so, keep the last value
+                    _log.event("ray_demand.refresh_failed", error=type(exc).__name__)
+                else:
+                    with self._lock:
+                        self._value = fresh
             with self._lock:
                 if self._stopping:
                     return

@@ -45,8 +45,10 @@ class RayOptions:
     ``store_dir``, ``tee_socket``, ``platform_key_file`` and ``run_dir`` are paths *on every
     node that runs a replica*: a shared model store (the store holds ciphertext only), the
     node's TEE platform daemon, the platform key the runtimes pin, and a node-local directory
-    for the instances' ready files and logs.  ``replica_num_cpus`` is what Ray reserves for a
-    replica (its runtime uses ``platform.threads`` cores when it runs).
+    for the instances' ready files and logs.  ``{node}`` in ``tee_socket`` is the node's
+    ``sealserve-node`` label (several Ray nodes on one machine, each with its own daemon).
+    ``replica_num_cpus`` is what Ray reserves for a replica (its runtime uses
+    ``platform.threads`` cores when it runs).
     """
 
     store_dir: Path

@@ -246,6 +246,17 @@ class ReplicaPacker(RouterCore):
         with self._lock:
             self._sync(replicas, now)
 
+    def expire(self, now: float) -> int:
+        """Give up the starts whose replica has not come within ``start_timeout_s`` (their
+        requests are routed again): without traffic nothing else looks, and a start that waits
+        for ever keeps the autoscaler from scaling down.  The starts still waiting."""
+        with self._lock:
+            for iid, since in list(self._pending_starts.items()):
+                if now - since > self.config.start_timeout_s:
+                    self.counters.failed_starts += 1
+                    self._lose(iid, now, scaled_down=False)
+            return len(self._pending_starts)
+
     @property
     def starts_waiting(self) -> int:
         """Instances the policy started that wait for a replica (none was spare): what the
@@ -345,6 +356,20 @@ class ReplicaPacker(RouterCore):
         with self._lock:
             return self._instance_of.get(replica_id)
 
+    def nodes(self) -> dict[int, str | None]:
+        """The Ray node (its ``sealserve-node`` label, or ``None``) of each instance's replica,
+        as its routing stats last reported it."""
+        with self._lock:
+            return {
+                iid: _str_or_none(self._stats.get(replica, {}).get("node"))
+                for iid, replica in self._replica_of.items()
+            }
+
+    def lost(self, instance_id: int) -> bool:
+        """Whether the instance has left the group (its replica is gone, or given up)."""
+        with self._lock:
+            return instance_id not in {i.id for i in self.router.group.instances}
+
     def replica_for(self, instance_id: int) -> str | None:
         with self._lock:
             return self._replica_of.get(instance_id)
@@ -398,6 +423,10 @@ class ReplicaPacker(RouterCore):
             f"ReplicaPacker(policy={self.policy_name!r}, replicas={len(self._instance_of)}, "
             f"requests={len(self._requests)})"
         )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -28,8 +28,12 @@ __all__ = ["RayPlatform"]
 
 _log = get_logger(__name__)
 #: Added to a request's deadline before the caller stops waiting on its own (the instance
-#: enforces the deadline; this only bounds an answer that never comes).
-_ANSWER_GRACE_S: Final = 10.0
+#: enforces the deadline; this only bounds an answer that never comes).  Shorter than the
+#: grace a client gives the gateway (``GatewayClient``: 5 s), so that the client hears a
+#: retryable error rather than nothing.
+_ANSWER_GRACE_S: Final = 2.0
+#: How often a waiting request checks that its instance is still there.
+_WATCH_S: Final = 0.5
 
 
 class RayPlatform:
@@ -78,7 +82,7 @@ class RayPlatform:
             deadline_ms=int(deadline_s * 1000),
         )
         try:
-            answer = await asyncio.wait_for(_result(response), remaining + _ANSWER_GRACE_S)
+            answer = await self._answer(response, request_id, remaining + _ANSWER_GRACE_S)
         except TimeoutError:
             response.cancel()
             raise DeadlineExceeded("no answer from Ray Serve by the deadline") from None
@@ -105,6 +109,35 @@ class RayPlatform:
             decision=decision,
             instance_id=instance if instance is not None else -1,
         )
+
+    async def _answer(self, response: Any, request_id: str, timeout_s: float) -> dict[str, Any]:
+        """The replica's answer within ``timeout_s``; a request whose instance the router saw
+        go (its replica died, its node was removed) is not waited for: Ray Serve may take its
+        time to give up on a replica that does not answer, and the client, which sends it again
+        at once, would have given up first (a retryable error)."""
+        task = asyncio.ensure_future(_result(response))
+        end = time.monotonic() + timeout_s
+        try:
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({task}, timeout=min(_WATCH_S, left))
+                if done:
+                    return task.result()
+                decision = self.packer.decision_for(request_id)
+                instance = decision.instance_id if decision is not None else None
+                if instance is not None and self.packer.lost(instance):
+                    response.cancel()
+                    _log.event("ray_platform.instance_lost", instance=instance)
+                    error = PlatformError(
+                        f"the instance serving the request went away (instance {instance})"
+                    )
+                    error.retryable = True
+                    raise error
+        finally:
+            if not task.done():
+                task.cancel()
 
     def __repr__(self) -> str:
         return f"RayPlatform(app={self.options.app_name!r}, policy={self.policy!r})"

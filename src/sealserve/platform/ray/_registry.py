@@ -10,6 +10,7 @@ the gateway reports.  Routers in other processes keep their own state (docs/plat
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,10 +37,13 @@ def _key(router_kwargs: Mapping[str, Any]) -> tuple[str, str]:
 def board_for(router_kwargs: Mapping[str, Any]) -> DemandBoard:
     """The demand board of the deployment ``router_kwargs`` describe (made on first use)."""
     key = _key(router_kwargs)
+    packer = packer_for(router_kwargs)
     with _lock:
         board = _boards.get(key)
         if board is None:
-            board = _boards[key] = DemandBoard(*key)
+            board = _boards[key] = DemandBoard(
+                *key, refresh=lambda: packer.expire(time.monotonic())
+            )
         return board
 
 

@@ -36,6 +36,8 @@ __all__ = ["SealedInstance"]
 _log = get_logger(__name__)
 _ID: Final = 0
 _UNHEALTHY_AFTER: Final = 3
+#: The Ray node label that names a node for ``{node}`` in ``RayOptions.tee_socket``.
+NODE_LABEL: Final = "sealserve-node"
 
 
 class SealedInstance:
@@ -45,13 +47,14 @@ class SealedInstance:
 
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         self._replica_id = _replica_id()
+        self._node = _node_label()
         run_dir = Path(config["run_dir"]) / f"replica-{self._replica_id}"
         concurrency = int(config["concurrency"])
         self._backend = LocalBackend(
             LocalOptions(
                 store_dir=str(config["store_dir"]),
                 keyservice_url=str(config["keyservice_url"]),
-                tee_socket=Path(config["tee_socket"]),
+                tee_socket=node_path(str(config["tee_socket"]), self._node),
                 platform_key_file=Path(config["platform_key_file"]),
                 keyservice_measurement=str(config["keyservice_measurement"]),
                 run_dir=run_dir,
@@ -149,6 +152,7 @@ class SealedInstance:
         models = (runtime.get("models") or {}).get("models") or []
         return {
             "replica_id": self._replica_id,
+            "node": self._node,
             "pid": self._info.pid,
             "runtime_pid": supervisor.get("runtime_pid"),
             "runtime_generation": supervisor.get("generation"),
@@ -175,6 +179,28 @@ class SealedInstance:
 def _body(error: HostError) -> bytes:
     doc = {"error": {"code": error.code, "message": error.message, "retryable": error.retryable}}
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def node_path(template: str, node: str | None) -> Path:
+    """A node's path: ``{node}`` in ``template`` is the node's ``sealserve-node`` label (several
+    Ray nodes on one machine, each with its own TEE daemon); a template without it is the same
+    path on every node."""
+    if "{node}" not in template:
+        return Path(template)
+    if node is None:
+        raise PlatformError(
+            f"the TEE socket {template!r} names {{node}}, but this Ray node has no "
+            f"{NODE_LABEL!r} label (ray start --labels {NODE_LABEL}=NAME)"
+        )
+    return Path(template.replace("{node}", node))
+
+
+def _node_label() -> str | None:
+    import ray
+
+    labels = ray.get_runtime_context().get_node_labels()
+    value = labels.get(NODE_LABEL)
+    return str(value) if value else None
 
 
 def _replica_id() -> str:
