@@ -10,12 +10,15 @@ import typer
 
 from sealserve.bench import (
     crypto,
+    faults,
     imports,
     ipc,
     keyservice,
     packer,
+    ray,
     runtime,
     serve,
+    soak,
     suite,
     tensors,
     upload,
@@ -38,4 +41,7 @@ serve.register(app)
 upload.register(app)
 packer.register(app)
 imports.register(app)
+faults.register(app)
+ray.register(app)
+soak.register(app)
 suite.register(app)
