@@ -98,6 +98,8 @@ class _Sent:
     load: bool
     ok: bool
     instance: int | None
+    #: The instance's stage timings (ms), from the answer's Server-Timing.
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _send(url: str, job: Job) -> _Sent:
@@ -121,6 +123,7 @@ def _send(url: str, job: Job) -> _Sent:
         bool(route and route.load),
         ok,
         result.instance_id,
+        {str(k): float(v) for k, v in dict(result.timings).items()},
     )
 
 
@@ -163,24 +166,33 @@ def _replay(
         return [(at, f.result()) for at, f in futures]
 
 
+_INFER_STAGES: Final = ("input_unseal", "inference", "output_seal")
+_LOAD_STAGES: Final = ("attestation_key_release", "model_fetch", "model_unseal_session")
+_START_STAGES: Final = ("sandbox_start", "runtime_start")
+
+
+def _stage_s(sent: _Sent, stages: Sequence[str]) -> float | None:
+    values = [sent.timings[k] for k in stages if k in sent.timings]
+    return sum(values) / 1000 if values else None
+
+
 def _costs(sent: Sequence[_Sent], catalog: Any, model_ids: Sequence[str]) -> Any:
-    """FnPacker's cost model as this run measured it (medians of the answers by decision)."""
+    """FnPacker's cost model as this run measured it: the instances' own stage timings
+    (medians), so that no time a request spent queued counts as a cost."""
     from sealserve.packer import CostModel, ModelCosts
 
-    warm_all = [s.latency_s for s in sent if s.ok and s.kind == "run" and not s.load]
     models = {}
-    colds = []
     for model in model_ids:
-        warm = [s.latency_s for s in sent if s.model_id == model and s.ok and s.kind == "run"
-                and not s.load] or warm_all or [0.05]  # fmt: skip
-        infer = statistics.median(warm)
-        loads = [s.latency_s for s in sent if s.model_id == model and s.ok and s.kind == "run"
-                 and s.load]  # fmt: skip
-        load = max(0.01, statistics.median(loads) - infer) if loads else 0.2
-        colds += [s.latency_s - infer - load for s in sent
-                  if s.model_id == model and s.ok and s.kind == "start"]  # fmt: skip
-        models[model] = ModelCosts(load_s=load, infer_s=infer, memory_mb=catalog.memory_mb(model))
-    cold = max(0.1, statistics.median(colds)) if colds else 5.0
+        mine = [s for s in sent if s.model_id == model and s.ok]
+        infer = [v for s in mine if (v := _stage_s(s, _INFER_STAGES)) is not None]
+        load = [v for s in mine if s.load and (v := _stage_s(s, _LOAD_STAGES)) is not None]
+        models[model] = ModelCosts(
+            load_s=max(0.001, statistics.median(load)) if load else 0.2,
+            infer_s=max(0.0005, statistics.median(infer)) if infer else 0.05,
+            memory_mb=catalog.memory_mb(model),
+        )
+    starts = [v for s in sent if s.ok and (v := _stage_s(s, _START_STAGES)) is not None]
+    cold = max(0.1, statistics.median(starts)) if starts else 5.0
     return CostModel(cold_start_s=cold, runtime_base_mb=384.0, models=models, source="live")
 
 
