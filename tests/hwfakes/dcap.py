@@ -334,6 +334,7 @@ class DcapHierarchy:
             hierarchy=self,
             pck_key=key,
             pck_cert=cert,
+            chain=_pem(cert) + _pem(self.pck_ca) + _pem(self.root),
             fmspc=fmspc,
             cpu_svn=cpu_svn,
             pce_svn=pce_svn,
@@ -492,9 +493,12 @@ class DcapPlatform:
     """One platform of a :class:`DcapHierarchy`: its PCK key and certificate and its TCB; it
     signs quotes as its quoting enclave would."""
 
-    hierarchy: DcapHierarchy
+    #: None for a platform read back with :meth:`from_json` (it signs quotes, no collateral).
+    hierarchy: DcapHierarchy | None
     pck_key: ec.EllipticCurvePrivateKey
     pck_cert: x509.Certificate
+    #: The PCK chain (PEM): leaf, PCK CA, root.
+    chain: bytes
     fmspc: bytes
     cpu_svn: bytes
     pce_svn: int
@@ -504,8 +508,45 @@ class DcapPlatform:
     def chain_pem(self) -> bytes:
         """Certification data type 5: the PCK chain, leaf first, NUL-terminated as the QE
         writes it."""
-        h = self.hierarchy
-        return _pem(self.pck_cert) + _pem(h.pck_ca) + _pem(h.root) + b"\0"
+        return self.chain + b"\0"
+
+    def to_json(self) -> str:
+        """What a quoting enclave of this platform needs to sign (for a fake in another
+        process): the PCK key and chain and the TCB; never collateral."""
+        key = self.pck_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return json.dumps(
+            {
+                "pck_key": key.decode(),
+                "chain": self.chain.decode(),
+                "fmspc": self.fmspc.hex(),
+                "cpu_svn": self.cpu_svn.hex(),
+                "pce_svn": self.pce_svn,
+                "pce_id": self.pce_id.hex(),
+                "qe_svn": self.qe_svn,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DcapPlatform:
+        doc = json.loads(text)
+        key = serialization.load_pem_private_key(doc["pck_key"].encode(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        chain = doc["chain"].encode()
+        return cls(
+            hierarchy=None,
+            pck_key=key,
+            pck_cert=x509.load_pem_x509_certificates(chain)[0],
+            chain=chain,
+            fmspc=bytes.fromhex(doc["fmspc"]),
+            cpu_svn=bytes.fromhex(doc["cpu_svn"]),
+            pce_svn=int(doc["pce_svn"]),
+            pce_id=bytes.fromhex(doc["pce_id"]),
+            qe_svn=int(doc["qe_svn"]),
+        )
 
     def levels(self, tee: str, *, tee_tcb_svn: bytes | None = None) -> list[TcbLevel]:
         """TCB levels under which this platform is ``UpToDate`` (its own SVNs), above one
@@ -535,6 +576,8 @@ class DcapPlatform:
 
     def collateral(self, tee: str, *, outdated: bool = False) -> dict[str, str]:
         levels = self.outdated_levels(tee) if outdated else self.levels(tee)
+        if self.hierarchy is None:
+            raise ValueError("a platform read back from JSON signs quotes only")
         return self.hierarchy.collateral(tee, fmspc=self.fmspc, pce_id=self.pce_id, levels=levels)
 
     def collateral_json(self, tee: str, *, outdated: bool = False) -> bytes:

@@ -171,6 +171,14 @@ def gramine_manifest_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the manifest here (default: stdout).")
     ] = None,
+    collateral: Annotated[
+        Path | None,
+        typer.Option(
+            "--collateral",
+            help="The DCAP collateral file the enclave sends with its quotes (an allowed "
+            "file: Intel signs it; refresh it before its nextUpdate).",
+        ),
+    ] = None,
 ) -> None:
     """Write the Gramine manifest template that runs ENTRY in an SGX enclave.
 
@@ -202,7 +210,12 @@ def gramine_manifest_command(
     else:
         sources = package_sources(snapshot / "sealserve")
     measurement = measure_manifest(source_manifest(sources), entry=entry, config=cfg)
-    text = gramine_manifest(entry, snapshot=snapshot, config=cfg)
+    text = gramine_manifest(
+        entry,
+        snapshot=snapshot,
+        config=cfg,
+        collateral=None if collateral is None else collateral.resolve(),
+    )
     text = f"# sealserve measurement of the snapshot as {entry}: {measurement}\n" + text
     if out is None:
         typer.echo(text, nl=False)

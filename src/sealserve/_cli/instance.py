@@ -20,6 +20,8 @@ import typer
 from sealserve._cli.keyservice import (
     CaBundleOpt,
     DataDirOpt,
+    GramineCommandOpt,
+    GramineOpt,
     JsonOpt,
     KeyServiceMeasurementOpt,
     PlatformKeyOpt,
@@ -159,6 +161,16 @@ def serve(
             "runtime cannot is never ready); off: at its first key release.",
         ),
     ] = True,
+    gramine: GramineOpt = None,
+    gramine_command: GramineCommandOpt = None,
+    named_sockets: Annotated[
+        bool,
+        typer.Option(
+            "--named-sockets",
+            help="Hand the runtime named Unix sockets to connect to instead of inherited "
+            "descriptors (always so with a launcher that passes none, as Gramine's).",
+        ),
+    ] = False,
     broker_fd: Annotated[
         int | None,
         typer.Option(
@@ -207,6 +219,7 @@ def serve(
                 baseline=baseline_mode,
                 log_level=level,
                 attest_at_start=attest_at_start,
+                named_sockets=named_sockets,
             ),
             log_level=level,
         )
@@ -224,8 +237,13 @@ def serve(
                 broker = HostBroker(socket.socket(fileno=broker_fd))
             except (OSError, ValueError) as exc:
                 fail(f"--broker-fd {broker_fd}: {exc}", 2)
-        with open_launcher(folder, tee_socket) as launcher:
-            pin = _pin(launcher, folder, keyservice_measurement, platform_key, launch_config)
+        with open_launcher(
+            folder, tee_socket, gramine=gramine, gramine_command=gramine_command
+        ) as launcher:
+            if gramine is not None and launch_config is None:
+                pin = launcher.launch_config("runtime")  # the one its manifest fixes
+            else:
+                pin = _pin(launcher, folder, keyservice_measurement, platform_key, launch_config)
             return serve_instance(
                 config,
                 launcher=launcher,

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -43,6 +44,8 @@ __all__ = [
     "fail",
     "guarded",
     "keyservice_url",
+    "GramineCommandOpt",
+    "GramineOpt",
     "open_launcher",
     "read_secret_file",
     "resolve_ca_bundle",
@@ -83,6 +86,18 @@ TpmRootsOpt = Annotated[
         help="PEM bundle of the roots TPM attestation keys must chain to (measured); "
         "without it TPM quotes are refused."
     ),
+]
+GramineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--gramine",
+        help="Launch as SGX enclaves with gramine-sgx, from the signed manifests in this "
+        "directory (<entry>.manifest.sgx, <entry>.sig; docs/deploy-sgx-gramine.md).",
+    ),
+]
+GramineCommandOpt = Annotated[
+    str | None,
+    typer.Option("--gramine-command", help="The gramine-sgx command (default: gramine-sgx)."),
 ]
 DcapRootOpt = Annotated[
     Path | None,
@@ -369,6 +384,8 @@ def serve(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     replica_reference_values: ReplicaRefsOpt = None,
+    gramine: GramineOpt = None,
+    gramine_command: GramineCommandOpt = None,
     join: Annotated[
         str | None,
         typer.Option(
@@ -409,18 +426,40 @@ def serve(
     tls = guarded(lambda: tls_files(tls_cert, tls_key, loaded))
     code = guarded(
         lambda: _launch_and_wait(
-            ks, folder, tee_socket, platform_key, level, workers, tls, join=join
+            ks,
+            folder,
+            tee_socket,
+            platform_key,
+            level,
+            workers,
+            tls,
+            join=join,
+            gramine=gramine,
+            gramine_command=gramine_command,
         )
     )
     raise typer.Exit(code)
 
 
 @contextlib.contextmanager
-def open_launcher(data_dir: Path, tee_socket: Path | None) -> Iterator[Any]:
-    """The TEE platform daemon at ``tee_socket``, else a simulated platform in ``data_dir``."""
-    from sealserve.attest import PlatformClient, SimulatedPlatform
+def open_launcher(
+    data_dir: Path,
+    tee_socket: Path | None,
+    *,
+    gramine: Path | None = None,
+    gramine_command: str | None = None,
+) -> Iterator[Any]:
+    """Gramine's ``gramine-sgx`` on the signed manifests in ``gramine``; else the TEE platform
+    daemon at ``tee_socket``; else a simulated platform in ``data_dir``."""
+    from sealserve.attest import GramineLauncher, PlatformClient, SimulatedPlatform
 
-    if tee_socket is not None:
+    if gramine is not None:
+        if tee_socket is not None:
+            raise ValueError("--gramine and --tee-socket exclude each other")
+        command = shlex.split(gramine_command) if gramine_command else ["gramine-sgx"]
+        with GramineLauncher(gramine, command=command) as launcher:
+            yield launcher
+    elif tee_socket is not None:
         with PlatformClient(tee_socket) as client:
             yield client
     else:
@@ -438,11 +477,16 @@ def _launch_and_wait(
     workers: int,
     tls: Any = None,
     join: str | None = None,
+    gramine: Path | None = None,
+    gramine_command: str | None = None,
 ) -> int:
     from sealserve.keyservice._launch import launch_keyservice
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open_launcher(data_dir, tee_socket) as launcher:
+    launchers = open_launcher(
+        data_dir, tee_socket, gramine=gramine, gramine_command=gramine_command
+    )
+    with launchers as launcher:
         service = launch_keyservice(
             launcher,
             ks,

@@ -32,6 +32,7 @@ from sealserve.attest._evidence import (
     Evidence,
     report_data_for,
 )
+from sealserve.attest._gramine_launcher import GramineLauncher
 from sealserve.attest._hw_evidence import snp_evidence
 from sealserve.attest._launcher import Launcher, MeasuredProcess
 from sealserve.attest._local import (
@@ -84,6 +85,7 @@ __all__ = [
     "FORMAT_SIMULATED",
     "FORMAT_TDX_DCAP",
     "FORMAT_TPM_QUOTE",
+    "GramineLauncher",
     "LaunchedProcess",
     "Launcher",
     "MeasuredProcess",

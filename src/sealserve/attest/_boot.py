@@ -4,7 +4,9 @@ The platform starts ``python -I -B -c BOOT_COMMAND <snapshot> <module> [args...]
 command puts the snapshot first on ``sys.path`` and calls :func:`main`, which checks that
 sealserve really is imported from the snapshot and runs the entry module as ``__main__``.
 A watchdog thread ends the process when its platform goes away, so no measured process
-outlives the platform that vouches for it (not even after a SIGKILL of the launcher).
+outlives the platform that vouches for it (not even after a SIGKILL of the launcher).  In a
+Gramine enclave (the manifest fixes ``SEALSERVE_TEE_BACKEND=gramine`` and the argv without
+arguments) the entry's arguments come from ``SEALSERVE_ENTRY_ARGS``.
 
 Started as a *template* (``SEALSERVE_TEE_TEMPLATE=1``, which only the platform sets; see
 :mod:`sealserve.attest._templates`) it imports the entry module, runs its
@@ -50,8 +52,27 @@ def main() -> None:
         raise SystemExit(_serve_template(module, int(tee_fd)))
     if tee_fd.isdigit():
         exit_when_closed(int(tee_fd), name="tee")
+    if not args and os.environ.get("SEALSERVE_TEE_BACKEND") == "gramine":
+        args = _enclave_args()
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def _enclave_args() -> list[str]:
+    """Inside a Gramine enclave the manifest fixes ``loader.argv`` (the host cannot choose the
+    module); the entry's unmeasured arguments arrive in ``SEALSERVE_ENTRY_ARGS`` (a JSON list
+    of strings), which the manifest passes through (:mod:`sealserve.attest._gramine_launcher`)."""
+    import json
+
+    text = os.environ.pop("SEALSERVE_ENTRY_ARGS", "") or "[]"
+    try:
+        args = json.loads(text)
+    except ValueError:
+        args = None
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        sys.stderr.write("sealserve boot: SEALSERVE_ENTRY_ARGS is not a JSON list of strings\n")
+        raise SystemExit(_EX_SOFTWARE)
+    return args
 
 
 def _serve_template(module: str, control_fd: int) -> int:

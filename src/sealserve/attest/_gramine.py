@@ -125,6 +125,7 @@ def gramine_manifest(
     python: str | None = None,
     enclave_size: str = "4G",
     threads: int = 64,
+    collateral: str | os.PathLike[str] | None = None,
 ) -> str:
     """The Gramine manifest template (TOML, for ``gramine-manifest`` then ``gramine-sgx-sign``)
     that runs ``entry`` from the measured ``snapshot`` with the measured launch ``config``.
@@ -134,6 +135,14 @@ def gramine_manifest(
     cryptography); the launch config and the backend are fixed environment (measured, not
     passed through); nothing is writable inside the enclave but memory: the runtime keeps keys
     in memory only.
+
+    ``loader.argv`` is fixed (the host cannot choose the module); what the host decides comes
+    through the variables the manifest passes through: the entry's unmeasured arguments
+    (``SEALSERVE_ENTRY_ARGS``, see :mod:`sealserve.attest._gramine_launcher`) and, for the
+    runtime, the named sockets of its host (``SEALSERVE_IPC_SOCKET``,
+    ``SEALSERVE_DATA_SOCKET``): an enclave inherits no descriptor.  ``collateral`` is the
+    DCAP collateral file sent with quotes: an allowed (not trusted) file, since Intel signs it
+    and the host refreshes it.
     """
     import json
 
@@ -161,7 +170,20 @@ def gramine_manifest(
         f'loader.env.SEALSERVE_TEE_ENTRY = "{entry}"',
         f"loader.env.SEALSERVE_TEE_CONFIG = {json.dumps(cfg)}",
         'loader.env.SEALSERVE_TEE_DEBUG = "0"',
-        "loader.env.SEALSERVE_PASSED_FDS = { passthrough = true }",
+        "loader.env.SEALSERVE_ENTRY_ARGS = { passthrough = true }",
+        *(
+            [
+                "loader.env.SEALSERVE_IPC_SOCKET = { passthrough = true }",
+                "loader.env.SEALSERVE_DATA_SOCKET = { passthrough = true }",
+            ]
+            if entry == "runtime"
+            else []
+        ),
+        *(
+            [f"loader.env.SEALSERVE_TEE_DCAP_COLLATERAL = {json.dumps(str(collateral))}"]
+            if collateral is not None
+            else []
+        ),
         "",
         "fs.mounts = [",
         '  { path = "/lib", uri = "file:{{ gramine.runtimedir() }}" },',
@@ -189,7 +211,16 @@ def gramine_manifest(
         *(f'  "file:{p}/",' for p in packages),
         f'  "file:{snap}/",',
         "]",
-        "# No sgx.allowed_files: the enclave reads nothing the manifest does not measure.",
+        *(
+            [
+                "# The DCAP collateral: signed by Intel, refreshed by the host, so allowed.",
+                f'sgx.allowed_files = [ "file:{collateral}" ]',
+            ]
+            if collateral is not None
+            else [
+                "# No sgx.allowed_files: the enclave reads nothing the manifest does not measure."
+            ]
+        ),
         "",
     ]
     return "\n".join(lines)

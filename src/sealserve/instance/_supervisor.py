@@ -28,11 +28,14 @@ import concurrent.futures
 import dataclasses
 import enum
 import logging
+import shutil
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -45,6 +48,7 @@ from sealserve.attest import Launcher, MeasuredProcess
 from sealserve.ecall import Endpoint, Message, wire
 from sealserve.errors import (
     DeadlineExceeded,
+    IPCError,
     KeyServiceError,
     MessageTooLarge,
     ModelNotAvailable,
@@ -54,7 +58,7 @@ from sealserve.errors import (
     StoreIntegrityError,
 )
 from sealserve.instance._store import SealedModelStore
-from sealserve.ipc import ChannelOptions, Connection, QoS
+from sealserve.ipc import ChannelOptions, Connection, Listener, QoS
 from sealserve.protocol import wire as keyservice_wire
 
 __all__ = [
@@ -115,6 +119,9 @@ class SupervisorOptions:
     #: (a KeyService that fails its attestation, or none reachable) is not started, so no
     #: request ever reaches it.
     attest_at_start: bool = True
+    #: Hand the runtime named Unix sockets to connect to instead of inherited descriptors
+    #: (always so when the launcher cannot pass descriptors: a Gramine enclave inherits none).
+    named_sockets: bool = False
 
     def __post_init__(self) -> None:
         for name in ("memory_budget_mb", "threads", "workers", "max_restarts"):
@@ -344,16 +351,15 @@ class RuntimeSupervisor(Resource):
 
     # -- generations ---------------------------------------------------------------------------
 
-    def _launch(self) -> RuntimeGeneration:
+    def _launch_with_fds(
+        self,
+    ) -> tuple[socket.socket, tuple[socket.socket, socket.socket] | None, MeasuredProcess]:
+        """Launch the runtime with one end of a socket pair (and of the data link's) passed."""
         opts = self.options
-        with self._cond:
-            self._number += 1
-            number = self._number
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         link: tuple[socket.socket, socket.socket] | None = None
         if self._on_data_link is not None:
             link = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        started = time.perf_counter()
         try:
             process = self._launcher.launch(
                 "runtime",
@@ -371,6 +377,66 @@ class RuntimeSupervisor(Resource):
             theirs.close()
             if link is not None:
                 link[1].close()
+        return ours, link, process
+
+    def _launch_named(
+        self, number: int
+    ) -> tuple[socket.socket, socket.socket | None, MeasuredProcess]:
+        """Launch the runtime with the paths of named Unix sockets this host listens on (in a
+        private directory, removed once the runtime connected), and accept its connections."""
+        opts = self.options
+        folder = Path(tempfile.mkdtemp(prefix="sealserve-rt-"))
+        listeners: list[Listener] = []
+        try:
+            listeners.append(Listener.bind(folder / "ipc.sock", backlog=1))
+            args = [*opts.runtime_args(), "--ipc-socket", str(folder / "ipc.sock")]
+            if self._on_data_link is not None:
+                listeners.append(Listener.bind(folder / "data.sock", backlog=1))
+                args += ["--data-socket", str(folder / "data.sock")]
+            process = self._launcher.launch(
+                "runtime", args=args, config=self._config, stderr=self._stderr
+            )
+            try:
+                accepted = [self._accept(listener, process, number) for listener in listeners]
+            except BaseException:
+                process.close()
+                raise
+        finally:
+            for listener in listeners:
+                listener.close()
+            shutil.rmtree(folder, ignore_errors=True)
+        _log.event(
+            "supervisor.runtime_connected", generation=number, via="named", sockets=len(accepted)
+        )
+        return accepted[0], (accepted[1] if len(accepted) > 1 else None), process
+
+    def _accept(self, listener: Listener, process: MeasuredProcess, number: int) -> socket.socket:
+        """The runtime's connection on ``listener``; gives up when it exits or the start
+        timeout passes (bounded: polls of 0.2 s)."""
+        deadline = time.monotonic() + self.options.start_timeout_s
+        while True:
+            try:
+                return listener.accept(timeout=0.2)
+            except IPCError:  # nobody connected within the poll
+                pass
+            if process.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeUnavailable(
+                    f"the runtime (generation {number}) did not connect to its named socket"
+                )
+
+    def _launch(self) -> RuntimeGeneration:
+        opts = self.options
+        with self._cond:
+            self._number += 1
+            number = self._number
+        started = time.perf_counter()
+        named = opts.named_sockets or not getattr(self._launcher, "passes_fds", True)
+        link: tuple[socket.socket, socket.socket] | None
+        if named:
+            ours, link_ours, process = self._launch_named(number)
+            link = None if link_ours is None else (link_ours, link_ours)
+        else:
+            ours, link, process = self._launch_with_fds()
         try:
             connection = Connection.create(
                 ours,

@@ -4,7 +4,11 @@ Run as ``__main__`` from the platform's code snapshot by the instance host, neve
 keys are released only against evidence from ``local_evidence``, which exists only inside a
 measured launch.  The host hands over one end of a Unix socket pair (the first passed
 descriptor); the runtime opens the ipc connection the host offers on it and serves ecalls
-until the host closes it (or SIGTERM).
+until the host closes it (or SIGTERM).  Where the launcher passes no descriptors (a Gramine
+enclave inherits none) the host listens on a named Unix socket instead and the runtime
+connects to it: ``--ipc-socket PATH`` (and ``--data-socket PATH`` for the data link), or the
+variables ``SEALSERVE_IPC_SOCKET`` and ``SEALSERVE_DATA_SOCKET``.  Either way the host is as
+untrusted as before: the path is its choice, and so is everything that arrives on it.
 
 * measured launch config: which KeyService to trust (:func:`runtime_launch_config`);
 * arguments (unmeasured, the host decides): memory budget, threads, workers, baseline mode;
@@ -24,6 +28,7 @@ Exit status: 0 after an orderly close, 78 for a bad launch (config, arguments, n
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -31,12 +36,17 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 from sealserve._log import configure_logging, get_logger
 from sealserve.errors import SealserveError
 
-__all__ = ["main", "parse_args", "prepare_template"]
+__all__ = ["DATA_SOCKET_ENV", "IPC_SOCKET_ENV", "main", "parse_args", "prepare_template"]
+
+#: Where a launch that passes no descriptors names the host's sockets (Gramine: the manifest
+#: passes these variables through; elsewhere ``--ipc-socket``/``--data-socket``).
+IPC_SOCKET_ENV: Final = "SEALSERVE_IPC_SOCKET"
+DATA_SOCKET_ENV: Final = "SEALSERVE_DATA_SOCKET"
 
 _EX_SOFTWARE = 70
 _SWITCH_INTERVAL_S = 0.0005
@@ -56,7 +66,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", action="store_true")
     p.add_argument("--connect-timeout-s", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--ipc-socket",
+        default=os.environ.get(IPC_SOCKET_ENV) or None,
+        help="connect to the host's ipc offer on this named Unix socket instead of an "
+        f"inherited descriptor (default: ${IPC_SOCKET_ENV})",
+    )
+    p.add_argument(
+        "--data-socket",
+        default=os.environ.get(DATA_SOCKET_ENV) or None,
+        help=f"the data link's named Unix socket (default: ${DATA_SOCKET_ENV})",
+    )
     return p.parse_args(argv)
+
+
+def _host_sockets(args: argparse.Namespace) -> tuple[socket.socket, socket.socket | None]:
+    """The host link's socket and the data link's (or None): inherited descriptors, or, when
+    the launcher cannot pass descriptors (a Gramine enclave inherits none), connections to the
+    named Unix sockets the host listens on, given at launch."""
+    from sealserve.attest import passed_fds
+
+    if args.ipc_socket:
+        host = _connect(args.ipc_socket)
+        data = _connect(args.data_socket) if args.data_socket else None
+        return host, data
+    fds = passed_fds()
+    if not fds:
+        raise SealserveError(
+            "no ipc socket was passed to the runtime, and no named one given (--ipc-socket)"
+        )
+    return socket.socket(fileno=fds[0]), (socket.socket(fileno=fds[1]) if len(fds) > 1 else None)
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise SealserveError(f"cannot connect to the host's socket '{path}': {exc}") from exc
+    return sock
 
 
 def prepare_template() -> None:
@@ -92,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     preload = threading.Thread(target=_preload, name="runtime-preload", daemon=True)
     preload.start()
 
-    from sealserve.attest import launch_config, local_evidence, passed_fds
+    from sealserve.attest import launch_config, local_evidence
     from sealserve.crypto import HpkeKeyPair
     from sealserve.ecall import Endpoint, Message, pin_from_launch_config
     from sealserve.ipc import Connection, QoS
@@ -110,10 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline=args.baseline,
         )
         pin = pin_from_launch_config(launch_config())
-        fds = passed_fds()
-        if not fds:
-            raise SealserveError("no ipc socket was passed to the runtime")
-        sock = socket.socket(fileno=fds[0])
+        sock, data_sock = _host_sockets(args)
     except (SealserveError, ValueError, OSError) as exc:
         _log.event("runtime.bad_launch", error=type(exc).__name__, message=str(exc))
         sys.stderr.write(f"runtime: {exc}\n")
@@ -154,10 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     endpoint.open()
-    if len(fds) > 1:
+    if data_sock is not None:
         threading.Thread(
             target=_accept_data_link,
-            args=(socket.socket(fileno=fds[1]), server, data_links),
+            args=(data_sock, server, data_links),
             name="runtime-data-link",
             daemon=True,
         ).start()

@@ -118,3 +118,37 @@ def test_the_manifest_measures_what_the_runtime_loads(tmp_path: Path) -> None:
     args = ["attest", "gramine-manifest", "--snapshot", str(snapshot)]
     again = CliRunner().invoke(app, [*args, "--config", "keyservice_policy={}"])
     assert hashlib.sha256(again.output.encode()).hexdigest() == measured
+
+
+def test_the_gramine_launcher_measures_mrenclave_and_refuses_what_an_enclave_cannot_do(
+    tmp_path: Path,
+) -> None:
+    from sealserve.attest import GramineLauncher
+    from sealserve.attest._gramine import gramine_manifest
+    from tests.hwfakes.gramine_sgx import sign
+
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "sealserve").mkdir(parents=True)
+    (snapshot / "sealserve" / "__init__.py").write_text("")
+    config = {"keyservice_policy": "{}"}
+    template = gramine_manifest("runtime", snapshot=snapshot, config=config)
+    manifests = tmp_path / "manifests"
+    mrenclave = sign(template, manifests, "runtime")
+    launcher = GramineLauncher(manifests, command=["gramine-sgx"])
+    assert launcher.passes_fds is False
+    assert launcher.launch_config("runtime") == config
+    assert launcher.measurement("runtime", config=config) == mrenclave
+    # the manifest fixes the measured config: another one is another enclave
+    with pytest.raises(TeeError, match="fixes another launch config"):
+        launcher.measurement("runtime", config={"keyservice_policy": "[]"})
+    with pytest.raises(TeeError, match="inherits no descriptors"):
+        launcher.launch("runtime", config=config, fds=[0])
+    with pytest.raises(TeeError, match="debug enclave"):
+        launcher.launch("runtime", config=config, debug=True)
+    with pytest.raises(TeeError, match=r"keyservice\.sig"):
+        launcher.measurement("keyservice")
+    # the runtime's manifest passes its host's named sockets through, and no descriptor
+    text = (manifests / "runtime.manifest.sgx").read_text()
+    assert "loader.env.SEALSERVE_IPC_SOCKET = { passthrough = true }" in text
+    assert "SEALSERVE_PASSED_FDS" not in text
+    assert 'loader.argv = ["' in text
