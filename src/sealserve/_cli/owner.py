@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -396,6 +398,14 @@ def upload(
     policy: PolicyFileOpt = None,
     allow_debug: AllowDebugOpt = False,
     tcb_status: TcbOpt = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Go on after a broken connection this many times in a row (pauses doubling "
+            "from 0.5 s to 8 s); a later run resumes what is left.",
+        ),
+    ] = 5,
     ca_bundle: CaBundleOpt = None,
     data_dir: DataDirOpt = None,
     identity: IdentityOpt = None,
@@ -456,17 +466,9 @@ def upload(
         ca_bundle=ca_bundle,
     )
     size = model.stat().st_size
+    resumed = False
     with contextlib.ExitStack() as stack:
         stack.callback(owner.close)
-        if store is not None:
-            target: Any = guarded(lambda: _direct_store(store))
-            where = store
-        else:
-            where = gateway_url(gateway, folder)
-            target = guarded(
-                lambda: StoreClient(where, identity=owner.identity, ca_bundle=bundle).open()
-            )
-            stack.callback(target.close)
         with Progress(
             TextColumn("{task.description:<9}"),
             BarColumn(),
@@ -478,20 +480,39 @@ def upload(
             sealing = bar.add_task("sealing", total=size)
             sending = bar.add_task("uploading", total=None, visible=store is None)
 
+            def sealed(done: int) -> None:
+                bar.update(sealing, completed=done)
+
             def sent(done: int, total: int) -> None:
                 bar.update(sending, completed=done, total=total)
 
-            receipt = guarded(
-                lambda: upload_model(
-                    owner,
-                    target,
-                    name,
-                    model,
-                    key=key,
-                    progress=lambda done: bar.update(sealing, completed=done),
-                    upload_progress=sent,
+            if store is not None:
+                where = store
+                target = guarded(lambda: _direct_store(store))
+                receipt = guarded(
+                    lambda: upload_model(owner, target, name, model, key=key, progress=sealed)
                 )
-            )
+            else:
+                where = gateway_url(gateway, folder)
+                client = guarded(
+                    lambda: StoreClient(
+                        where, identity=owner.identity, ca_bundle=bundle, retries=retries
+                    ).open()
+                )
+                stack.callback(client.close)
+                receipt, key, resumed = guarded(
+                    lambda: _upload_resumably(
+                        owner,
+                        client,
+                        name,
+                        model,
+                        folder,
+                        key,
+                        key_file is not None,
+                        sealed,
+                        sent,
+                    )
+                )
         saved = key_file
         if saved is None:
             saved = folder / ROLE / "model-keys" / f"{name}.v{receipt.key_version}.key"
@@ -513,10 +534,12 @@ def upload(
         "key_fingerprint": receipt.key_fingerprint,
         "key_file": str(saved),
         "store": where,
+        "resumed": resumed,
         "granted": granted,
         "policy": runtime_policy.to_dict() if runtime_policy is not None else None,
     }
     lines = [
+        *(["resumed the upload an earlier run left unfinished"] if resumed else []),
         f"model {receipt.model_id} key version {receipt.key_version}",
         f"sealed {receipt.plain_bytes / 2**20:.1f} MiB and stored it through {where} "
         f"(sha256:{receipt.digest[:16]}...)",
@@ -526,6 +549,119 @@ def upload(
         lines += [f"granted {u}" for u in granted]
         lines.append(f"  in runtimes measuring {', '.join(sorted(runtime_policy.measurements))}")
     emit(json_out, doc, "\n".join(lines))
+
+
+def _upload_resumably(
+    owner: Any,
+    client: Any,
+    name: str,
+    model: Path,
+    folder: Path,
+    key: Any,
+    own_key_file: bool,
+    sealed_progress: Any,
+    sent: Any,
+) -> tuple[Any, Any, bool]:
+    """Seal into ``<data-dir>/owner/uploads/NAME/`` and upload from there; a run that finds
+    what an interrupted one left (the same model file, still the next key version) sends
+    those bytes again, resuming the gateway's upload, instead of sealing anew.  The receipt,
+    the key used, and whether it resumed."""
+    from sealserve.client import seal_for_upload, send_sealed
+    from sealserve.crypto import SymmetricKey
+    from sealserve.errors import GatewayError, NotFound
+
+    pending = folder / ROLE / "uploads" / name
+    state_path = pending / "state.json"
+    st = model.stat()
+    source = {"path": str(model.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        version = owner.model(name).key_version + 1
+    except NotFound:
+        version = 1
+    state = _read_state(state_path)
+    sealed = _pending_upload(state, source, version, pending, key, own_key_file)
+    resumable = sealed is not None
+    if sealed is not None and state is not None:
+        if not own_key_file:
+            key = SymmetricKey.from_bytes(read_secret_file(pending / "key"))
+        upload_id = str(state.get("upload_id", ""))
+        sealed_progress(st.st_size)
+    else:
+        shutil.rmtree(pending, ignore_errors=True)
+        pending.mkdir(mode=0o700, parents=True)
+        if not own_key_file:
+            write_secret_file(pending / "key", key.to_bytes())
+        sealed = seal_for_upload(
+            owner, name, model, pending / "sealed", key=key, version=version,
+            progress=sealed_progress,
+        )  # fmt: skip
+        state = {"source": source, "sealed": sealed.to_json(), "key_fingerprint": key.fingerprint}
+        _write_state(state_path, state)
+        upload_id = ""
+
+    def began(new_id: str) -> None:
+        assert state is not None
+        state["upload_id"] = new_id
+        _write_state(state_path, state)
+
+    try:
+        receipt = send_sealed(
+            owner, client, sealed, key=key, upload_id=upload_id, on_begin=began, progress=sent
+        )
+    except GatewayError as exc:
+        if not exc.retryable:
+            raise
+        raise GatewayError(
+            f"{exc}; the sealed model waits in '{pending}': run the same command again to "
+            "resume the upload"
+        ) from exc
+    shutil.rmtree(pending, ignore_errors=True)
+    return receipt, key, resumable
+
+
+def _pending_upload(
+    state: dict[str, Any] | None,
+    source: dict[str, Any],
+    version: int,
+    pending: Path,
+    key: Any,
+    own_key_file: bool,
+) -> Any:
+    """The :class:`~sealserve.client.SealedUpload` an interrupted run left in ``pending``
+    if it is this model file sealed for ``version`` (under ``key`` when the owner named a
+    key file, else under the key it saved); else ``None`` (seal anew)."""
+    from sealserve.client import SealedUpload
+
+    if state is None or state.get("source") != source:
+        return None
+    doc = state.get("sealed")
+    if not isinstance(doc, dict):
+        return None
+    try:
+        sealed = SealedUpload.from_json(doc)
+    except (KeyError, ValueError):
+        return None
+    if sealed.key_version != version or sealed.path != pending / "sealed":
+        return None
+    if not sealed.path.is_file() or sealed.path.stat().st_size != sealed.size:
+        return None
+    if own_key_file:
+        return sealed if state.get("key_fingerprint") == key.fingerprint else None
+    return sealed if (pending / "key").is_file() else None
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _write_state(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def _direct_store(location: str) -> Any:

@@ -16,7 +16,14 @@ from sealserve.client._gateway import GatewayAnswer, GatewayClient, Inference
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.client._principals import Owner, User
 from sealserve.client._store import StoreClient
-from sealserve.client._upload import UploadReceipt, check_onnx_model, upload_model
+from sealserve.client._upload import (
+    SealedUpload,
+    UploadReceipt,
+    check_onnx_model,
+    seal_for_upload,
+    send_sealed,
+    upload_model,
+)
 from sealserve.client._web import WEB_CREDENTIALS_KIND, web_credentials
 
 __all__ = [
@@ -26,11 +33,14 @@ __all__ = [
     "KeyServiceClient",
     "KeyServicePin",
     "Owner",
+    "SealedUpload",
     "StoreClient",
     "UploadReceipt",
     "User",
     "WEB_CREDENTIALS_KIND",
     "check_onnx_model",
+    "seal_for_upload",
+    "send_sealed",
     "upload_model",
     "web_credentials",
 ]

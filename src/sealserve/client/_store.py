@@ -211,20 +211,30 @@ class StoreClient(Resource):
         key_version: int,
         upload_id: str = "",
         progress: Callable[[int], None] | None = None,
+        on_begin: Callable[[UploadOut], None] | None = None,
     ) -> StoredModel:
         """Upload the sealed model in ``sealed`` (a seekable binary file of ``size`` bytes
         whose SHA-256 is ``digest``) and commit it; what the store now holds.
 
-        ``progress`` is called with the bytes the gateway holds after each chunk.  A broken
-        connection is survived (see the module docstring); a refusal raises
+        ``upload_id`` resumes an upload an earlier process began with the same bytes (one
+        that expired meanwhile is begun anew); ``on_begin`` is told the upload (its id, to
+        resume it later); ``progress`` is called with the bytes the gateway holds after each
+        chunk.  A broken connection is survived (see the module docstring); a refusal raises
         :class:`~sealserve.errors.UploadRefused` (its ``code`` says why) or
         :class:`~sealserve.errors.AccessDenied`.
         """
         if not sealed.seekable():
             raise ValueError("sealed must be a seekable binary file")
-        state = self.begin(
-            model_id, size=size, digest=digest, key_version=key_version, upload_id=upload_id
-        )
+        try:
+            state = self.begin(
+                model_id, size=size, digest=digest, key_version=key_version, upload_id=upload_id
+            )
+        except UploadRefused as exc:
+            if not upload_id or exc.code != "unknown_upload":
+                raise
+            state = self.begin(model_id, size=size, digest=digest, key_version=key_version)
+        if on_begin is not None:
+            on_begin(state)
         if progress is not None:
             progress(state.offset)
         upload_id = state.upload_id

@@ -26,6 +26,7 @@ or sent: a wrong file is refused with a ``ValueError`` that names it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -40,7 +41,15 @@ from sealserve.client._store import StoreClient
 from sealserve.crypto import SymmetricKey, seal_model
 from sealserve.errors import NotFound
 
-__all__ = ["ModelSink", "UploadReceipt", "check_onnx_model", "upload_model"]
+__all__ = [
+    "ModelSink",
+    "SealedUpload",
+    "UploadReceipt",
+    "check_onnx_model",
+    "seal_for_upload",
+    "send_sealed",
+    "upload_model",
+]
 
 
 class StoredModel(Protocol):
@@ -155,18 +164,17 @@ def upload_model(
         version = 1
     model_key = key if key is not None else SymmetricKey.generate()
 
-    def seal(src: BinaryIO) -> tuple[int, StoredModel]:
-        if isinstance(store, StoreClient):
-            return _seal_and_send(
-                store, model_id, version, model_key, src, progress, upload_progress, spool_dir
+    if isinstance(store, StoreClient):
+        with tempfile.TemporaryDirectory(prefix="sealserve-upload-", dir=spool_dir) as folder:
+            sealed = _seal_file(
+                model_id, name, version, model_key, source, Path(folder) / "sealed", progress
             )
-        return _seal_into(store, model_id, version, model_key, src, progress)
-
+            return send_sealed(owner, store, sealed, key=model_key, progress=upload_progress)
     if isinstance(source, str | os.PathLike):
         with Path(source).open("rb") as src:
-            plain, manifest = seal(src)
+            plain, manifest = _seal_into(store, model_id, version, model_key, src, progress)
     else:
-        plain, manifest = seal(source)
+        plain, manifest = _seal_into(store, model_id, version, model_key, source, progress)
     receipt = owner.put_model_key(name, model_key, version=version)
     return UploadReceipt(
         model_id=model_id,
@@ -224,17 +232,110 @@ class _Hashing:
         return len(view)
 
 
-def _seal_and_send(
+@dataclasses.dataclass(frozen=True, slots=True)
+class SealedUpload:
+    """A model sealed for its next key version, waiting in a file to be uploaded (the file
+    holds ciphertext only; its key is the caller's)."""
+
+    model_id: str
+    name: str
+    key_version: int
+    path: Path
+    size: int
+    #: Hex SHA-256 of the sealed file.
+    digest: str
+    plain_bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "path": str(self.path)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> SealedUpload:
+        return cls(
+            model_id=str(doc["model_id"]),
+            name=str(doc["name"]),
+            key_version=int(str(doc["key_version"])),
+            path=Path(str(doc["path"])),
+            size=int(str(doc["size"])),
+            digest=str(doc["digest"]),
+            plain_bytes=int(str(doc["plain_bytes"])),
+        )
+
+
+def seal_for_upload(
+    owner: Owner,
+    name: str,
+    source: str | os.PathLike[str] | BinaryIO,
+    dest: str | os.PathLike[str],
+    *,
+    key: SymmetricKey,
+    version: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SealedUpload:
+    """Seal ``source`` as model ``name``'s next key version (or ``version``) into the file
+    ``dest``, hashing it on the way: what :func:`send_sealed` uploads, now or after a restart
+    (keep ``dest`` and ``key``).  ``ValueError`` if ``source`` is not an ONNX model."""
+    if not isinstance(owner, Owner):
+        raise TypeError(f"owner must be an Owner, got {type(owner).__name__}")
+    check_onnx_model(source)
+    if version is None:
+        try:
+            version = owner.model(name).key_version + 1
+        except NotFound:
+            version = 1
+    return _seal_file(owner.model_id(name), name, version, key, source, Path(dest), progress)
+
+
+def send_sealed(
+    owner: Owner,
     store: StoreClient,
+    sealed: SealedUpload,
+    *,
+    key: SymmetricKey,
+    upload_id: str = "",
+    on_begin: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> UploadReceipt:
+    """Upload a :class:`SealedUpload` through the gateway (resuming ``upload_id`` if given;
+    ``on_begin`` is told the upload's id), then put ``key`` in the KeyService as its
+    version."""
+
+    def sent(done: int) -> None:
+        if progress is not None:
+            progress(done, sealed.size)
+
+    with sealed.path.open("rb") as fh:
+        stored = store.upload(
+            sealed.model_id,
+            fh,
+            size=sealed.size,
+            digest=sealed.digest,
+            key_version=sealed.key_version,
+            upload_id=upload_id,
+            progress=sent,
+            on_begin=None if on_begin is None else (lambda state: on_begin(state.upload_id)),
+        )
+    receipt = owner.put_model_key(sealed.name, key, version=sealed.key_version)
+    return UploadReceipt(
+        model_id=sealed.model_id,
+        key_version=receipt.version,
+        revocation_epoch=receipt.revocation_epoch,
+        plain_bytes=sealed.plain_bytes,
+        sealed_bytes=stored.size,
+        digest=stored.digest.removeprefix("sha256:"),
+        key_fingerprint=key.fingerprint,
+    )
+
+
+def _seal_file(
     model_id: str,
+    name: str,
     version: int,
     key: SymmetricKey,
-    src: BinaryIO,
+    source: str | os.PathLike[str] | BinaryIO,
+    dest: Path,
     progress: Callable[[int], None] | None,
-    upload_progress: Callable[[int, int], None] | None,
-    spool_dir: str | os.PathLike[str] | None,
-) -> tuple[int, StoredModel]:
-    """Seal into a private spool file (its digest computed on the way), upload it, commit."""
+) -> SealedUpload:
     sealed_so_far = [0]
 
     def on_chunk(done: int) -> None:
@@ -242,31 +343,27 @@ def _seal_and_send(
         if progress is not None:
             progress(done)
 
-    with tempfile.TemporaryDirectory(prefix="sealserve-upload-", dir=spool_dir) as folder:
-        spool = Path(folder) / "sealed"
-        with spool.open("w+b") as fh:
+    with contextlib.ExitStack() as stack:
+        src: BinaryIO = (
+            stack.enter_context(Path(source).open("rb"))
+            if isinstance(source, str | os.PathLike)
+            else source
+        )
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
             sink = _Hashing(fh)
             seal_model(
-                key,
-                src,
-                cast(BinaryIO, sink),
-                model_id=model_id,
-                version=version,
+                key, src, cast(BinaryIO, sink), model_id=model_id, version=version,
                 progress=on_chunk,
-            )
+            )  # fmt: skip
             fh.flush()
-            size = sink.size
-
-            def sent(done: int) -> None:
-                if upload_progress is not None:
-                    upload_progress(done, size)
-
-            stored = store.upload(
-                model_id,
-                fh,
-                size=size,
-                digest=sink.hasher.hexdigest(),
-                key_version=version,
-                progress=sent,
-            )
-    return sealed_so_far[0], stored
+            os.fsync(fh.fileno())
+    return SealedUpload(
+        model_id=model_id,
+        name=name,
+        key_version=version,
+        path=dest,
+        size=sink.size,
+        digest=sink.hasher.hexdigest(),
+        plain_bytes=sealed_so_far[0],
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -191,14 +192,25 @@ def test_an_owner_uploads_through_the_gateway_and_deletes_from_the_command_line(
     sealserve("owner", "register", *pins)
     onnx = tmp_path / "dense.onnx"
     onnx.write_bytes(dense_model(7))
+    with socket.socket() as probe:  # a port nobody listens on: the connection breaks
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    broken = sealserve("owner", "upload", onnx, "--name", "dense", "--gateway", dead,
+                       "--retries", "0", *pins, check=False)  # fmt: skip
+    assert broken.returncode == 1
+    assert "run the same command again to resume the upload" in broken.stderr
+    assert (data / "owner" / "uploads" / "dense" / "sealed").is_file()
     upload = ["owner", "upload", onnx, "--name", "dense", "--gateway", info.gateway_url, *pins]
     uploaded = as_json(sealserve(*upload, "--json"))
     model_id = f"{owner_id}/dense"
+    assert uploaded["resumed"] is True  # the bytes sealed by the broken run were sent
+    assert not (data / "owner" / "uploads" / "dense").exists()
     assert uploaded["store"] == info.gateway_url
     stored = open_store(info.store_dir).get(model_id)
     assert (stored.size, stored.key_version) == (uploaded["sealed_bytes"], 1)
     assert f"sha256:{stored.digest}" == uploaded["digest"]
     again = as_json(sealserve(*upload, "--json"))
+    assert again["resumed"] is False
     assert again["key_version"] == 2  # a new key, a new sealed blob replacing the old
     assert open_store(info.store_dir).get(model_id).key_version == 2
     stranger = tmp_path / "stranger"

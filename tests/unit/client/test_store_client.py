@@ -116,6 +116,62 @@ def test_refusals_keep_their_code_and_an_upload_resumes_in_a_new_client(tmp_path
         assert stored.size == len(blob)  # type: ignore[attr-defined]
 
 
+def test_a_cut_upload_resumes_in_a_new_client_sending_only_the_missing_chunks(
+    tmp_path: Path,
+) -> None:
+    blob = sealed_model(30_000)
+    down = [False]
+    cut = [True]
+    got: list[tuple[int, int]] = []  # (offset, length) of each chunk that reached the gateway
+
+    def fail(n: int, request: httpx.Request) -> str | None:
+        if down[0]:
+            return "before"
+        if request.method != "PUT":
+            return None
+        got.append((int(request.url.params["offset"]), len(request.content)))
+        if cut[0] and len(got) == 3:  # the third chunk arrives, its answer is lost, the
+            down[0], cut[0] = True, False  # link stays down
+            return "after"
+        return None
+
+    transport = Flaky(tmp_path, fail)
+    began: list[str] = []
+    with client(transport) as store, pytest.raises(GatewayError, match="unreachable"):
+        upload(store, blob, on_begin=lambda state: began.append(state.upload_id))
+    assert got == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK)]
+    del got[:]
+    down[0] = False
+    seen: list[int] = []
+    with client(transport) as store:  # another process, the same sealed bytes
+        assert store.status(began[0]).offset == 3 * CHUNK
+        stored = upload(store, blob, upload_id=began[0], progress=seen.append)
+    assert seen[0] == 3 * CHUNK
+    assert got[0][0] == 3 * CHUNK  # only what the gateway lacked was sent, once
+    assert [offset for offset, _ in got] == list(range(3 * CHUNK, len(blob), CHUNK))
+    assert sum(length for _, length in got) == len(blob) - 3 * CHUNK
+    assert stored.digest == "sha256:" + hashlib.sha256(blob).hexdigest()  # type: ignore[attr-defined]
+    uploads = transport.gateway.uploads
+    assert uploads is not None
+    assert uploads.store.read(MODEL)[1] == blob
+
+
+def test_an_upload_id_the_gateway_no_longer_knows_begins_anew(tmp_path: Path) -> None:
+    blob = sealed_model(10_000)
+    transport = Flaky(tmp_path, lambda n, r: None)
+    digest = hashlib.sha256(blob).hexdigest()
+    with client(transport) as store:
+        old = store.begin(MODEL, size=len(blob), digest=digest, key_version=1)
+        store.abort(old.upload_id)
+        began: list[str] = []
+        stored = upload(
+            store, blob, upload_id=old.upload_id, on_begin=lambda s: began.append(s.upload_id)
+        )
+        assert began
+        assert began[0] != old.upload_id
+        assert stored.size == len(blob)  # type: ignore[attr-defined]
+
+
 def test_delete_removes_the_version_it_saw_only(tmp_path: Path) -> None:
     transport = Flaky(tmp_path, lambda n, r: None)
     blob = sealed_model()

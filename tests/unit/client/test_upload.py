@@ -3,17 +3,27 @@ refused in one line that names it, before a byte is sealed or a call is made."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from sealserve.cli import app
-from sealserve.client import check_onnx_model, upload_model
-from sealserve.errors import NotFound
+from sealserve.client import (
+    SealedUpload,
+    StoreClient,
+    check_onnx_model,
+    seal_for_upload,
+    send_sealed,
+    upload_model,
+)
+from sealserve.crypto import SymmetricKey
+from sealserve.errors import GatewayError, NotFound
 from sealserve.instance import ModelStore
 from tests.unit.runtime.graphs import dense_model
 from tests.unit.runtime.keyservice import InProcessKeyService
@@ -103,3 +113,57 @@ def test_the_cli_refuses_it_in_one_line_before_connecting(
     assert lines[0].startswith(f"error: '{path}' is not an ONNX model: "), lines
     assert reason in lines[0]
     assert not (tmp_path / "data" / "store").exists()
+
+
+def test_a_sealed_upload_cut_midway_resumes_from_its_file_and_puts_the_key_once(
+    ks: InProcessKeyService, tmp_path: Path
+) -> None:
+    from tests.unit.client.test_store_client import Flaky
+    from tests.unit.gateway import test_uploads
+
+    path = tmp_path / "big.onnx"
+    path.write_bytes(dense_model(3, inputs=1024))
+    key = SymmetricKey.generate()
+    sealed = seal_for_upload(ks.owner, "m", path, tmp_path / "sealed", key=key)
+    assert sealed.key_version == 1
+    assert sealed.size == (tmp_path / "sealed").stat().st_size
+    assert SealedUpload.from_json(sealed.to_json()) == sealed
+    down = [False]
+    cut = [True]
+    offsets: list[int] = []
+
+    def fail(n: int, request: httpx.Request) -> str | None:
+        if down[0]:
+            return "before"
+        if request.method == "PUT":
+            offsets.append(int(request.url.params["offset"]))
+            if cut[0] and len(offsets) == 4:  # the link breaks after the fourth chunk
+                down[0], cut[0] = True, False
+        return None
+
+    transport = Flaky(tmp_path / "gateway", fail)
+
+    def store() -> StoreClient:
+        return StoreClient(
+            "http://gw", identity=ks.owner.identity, transport=transport, retries=1,
+            chunk_bytes=test_uploads.CHUNK, sleep=lambda _s: None, clock=test_uploads.CLOCK,
+        )  # fmt: skip
+
+    began: list[str] = []
+    with store() as client, pytest.raises(GatewayError, match="unreachable"):
+        send_sealed(ks.owner, client, sealed, key=key, on_begin=began.append)
+    with pytest.raises(NotFound):
+        ks.owner.model("m")  # no key before the model is stored
+    held = 4 * test_uploads.CHUNK
+    assert offsets == list(range(0, held, test_uploads.CHUNK))
+    down[0] = False
+    offsets.clear()
+    with store() as client:
+        receipt = send_sealed(ks.owner, client, sealed, key=key, upload_id=began[0])
+    assert offsets[0] == held  # only the chunks the gateway lacked
+    assert receipt.digest == sealed.digest == hashlib.sha256(sealed.path.read_bytes()).hexdigest()
+    assert (receipt.key_version, receipt.key_fingerprint) == (1, key.fingerprint)
+    assert ks.owner.model("m").key_version == 1
+    uploads = transport.gateway.uploads
+    assert uploads is not None
+    assert uploads.store.read(ks.owner.model_id("m"))[1] == sealed.path.read_bytes()
