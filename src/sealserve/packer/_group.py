@@ -17,6 +17,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
+from sealserve._evict import prune_lru_evictions
 from sealserve.errors import PackerError
 from sealserve.packer._config import GroupConfig
 from sealserve.packer._decision import InstanceShape
@@ -133,8 +134,9 @@ class FunctionGroup:
         """What running ``model`` on the instance implies, or ``None`` if it cannot now.
 
         It cannot when the instance has no free slot, or the model does not fit in its budget
-        even after evicting every resident model that no request is using (least recently
-        used first), or the resident-model cap cannot be met that way.
+        even after evicting every resident model that no request is using, or the
+        resident-model cap cannot be met that way.  It evicts least recently used first, but
+        nothing that is not needed (:func:`sealserve._evict.prune_lru_evictions`).
         """
         inst = self._alive.get(instance_id)
         if inst is None or inst.free_slots <= 0:
@@ -146,21 +148,17 @@ class FunctionGroup:
         if need > inst.budget_mb:
             return None
         in_use = {r.model for r in inst._requests.values()}
-        free = inst.free_mb
-        count = len(inst._models) + 1
         cap = self.config.max_models
-        evict: list[str] = []
-        for name, r in inst._models.items():
-            if free >= need - 1e-9 and (cap is None or count <= cap):
-                break
-            if r.phase != "loaded" or name in in_use:
-                continue
-            evict.append(name)
-            free += r.mb
-            count -= 1
-        if free < need - 1e-9 or (cap is not None and count > cap):
+        over_cap = 0 if cap is None else max(0, len(inst._models) + 1 - cap)
+        idle = [
+            (name, r.mb)
+            for name, r in inst._models.items()  # least recently used first
+            if r.phase == "loaded" and name not in in_use
+        ]
+        evict = prune_lru_evictions(idle, need - inst.free_mb, min_count=over_cap)
+        if evict is None:
             return None
-        return LoadPlan(load=True, joins_load=False, evict=tuple(evict))
+        return LoadPlan(load=True, joins_load=False, evict=evict)
 
     # -- changing ----------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""The model cache: unsealed models within a memory budget, loaded once, evicted LRU.
+"""The model cache: unsealed models within a memory budget, loaded once, evicted to fit.
 
 The budget is the EPC analogue: what the runtime may hold in plaintext models at once.  The
 cache charges each model what its loader reserves (before it unseals anything, so memory is
-accounted for before it is used) and, to make room, evicts the least recently used models that
-no request is using.  A model that is larger than the whole budget can never load
+accounted for before it is used) and, to make room, evicts models that no request is using:
+what is needed and no more (the fewest models, then the least recently used).  A model that
+is larger than the whole budget can never load
 (:class:`~sealserve.errors.MemoryBudgetExceeded`); one that does not fit only because other
 models are in use waits for them, until its deadline.
 
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
+from sealserve._evict import choose_evictions
 from sealserve._log import get_logger
 from sealserve.errors import DeadlineExceeded, MemoryBudgetExceeded
 
@@ -264,17 +266,25 @@ class ModelCache(Generic[_T]):
             self._close_all(to_close)
 
     def _evict_for(self, nbytes: int, keep: _Entry[_T], to_close: list[_T]) -> None:
-        """Evict idle models, least recently used first, until ``nbytes`` fit.  Locked."""
-        for model_id in list(self._entries):
-            if self._used + nbytes <= self.budget_bytes:
-                return
-            entry = self._entries[model_id]
-            if entry is keep or entry.state is not _State.READY or entry.in_use:
-                continue
-            del self._entries[model_id]
+        """Evict what ``nbytes`` need and no more (the fewest idle models, then the least
+        recently used: :func:`sealserve._evict.choose_evictions`).  Locked."""
+        shortfall = self._used + nbytes - self.budget_bytes
+        if shortfall <= 0:
+            return
+        idle = [
+            (model_id, float(entry.charged))
+            for model_id, entry in self._entries.items()  # least recently used first
+            if entry is not keep and entry.state is _State.READY and not entry.in_use
+        ]
+        chosen = choose_evictions(idle, float(shortfall))
+        if chosen is None:  # not enough is idle now: evict nothing, wait for the rest
+            return
+        for model_id in chosen:
+            entry = self._entries.pop(model_id)
             self._evictions += 1
             self._drop(entry, to_close)
-            _log.event("model_cache.evicted", model_id=model_id, bytes=entry.charged, reason="lru")
+            _log.event("model_cache.evicted", model_id=model_id, bytes=entry.charged,
+                       reason="room")  # fmt: skip
 
     def _release(self, entry: _Entry[_T]) -> None:
         to_close: list[_T] = []

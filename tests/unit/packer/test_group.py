@@ -306,3 +306,25 @@ def test_gb_seconds_bill_each_instance_by_its_shape() -> None:
     g.stop(big.id, 30.0)
     assert g.intervals() == ((2048, 0.0, 30.0), (512, 2.0, 10.0))
     assert g.gb_seconds(40.0) == pytest.approx(2.0 * 30.0 + 0.5 * 8.0)
+
+
+def test_a_load_evicts_what_it_needs_and_no_more() -> None:
+    """Small models used long ago and a large one used lately: a newcomer that needs the
+    large one's room evicts it alone, not the small ones first (three evictions and a reload
+    each, for what one eviction frees)."""
+    sizes = {"s1": 100.0, "s2": 100.0, "s3": 100.0, "big": 600.0, "new": 600.0}
+    g = FunctionGroup(
+        GroupConfig(budget_mb=1000.0, runtime_base_mb=100.0, concurrency=2),
+        model_memory_mb=sizes.__getitem__,
+    )
+    iid = ready(g)
+    for rid, model in enumerate(["s1", "s2", "s3", "big"]):
+        g.assign(rid, model, iid, float(rid))
+        g.mark_loaded(iid, model, float(rid))
+        g.complete(rid, float(rid))
+    plan = g.plan(iid, "new")
+    assert plan is not None
+    assert plan.evict == ("big",)
+    g.assign(9, "new", iid, 9.0)
+    assert g.instance(iid).models == ("s1", "s2", "s3", "new")
+    assert g.evictions == 1

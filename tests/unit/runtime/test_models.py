@@ -234,3 +234,19 @@ def test_a_loader_must_reserve_once() -> None:
 def test_budget_must_be_positive() -> None:
     with pytest.raises(ValueError, match="budget_bytes"):
         ModelCache(budget_bytes=0)
+
+
+def test_a_load_evicts_what_it_needs_and_no_more() -> None:
+    """The case that evicted three resident models where one would have made room: three
+    small ones used long ago and a large one used lately; a large newcomer now evicts the
+    large one alone, and the small ones stay resident."""
+    loader = Loader({"s1": 10, "s2": 10, "s3": 10, "big": 60, "new": 60})
+    cache: ModelCache[Model] = ModelCache(budget_bytes=100)
+    for name in ("s1", "s2", "s3", "big"):
+        acquire(cache, loader, name).release()
+    acquire(cache, loader, "new").release()
+    assert [n for n in ("s1", "s2", "s3", "big", "new") if n in cache] == ["s1", "s2", "s3", "new"]
+    assert cache.stats().evictions == 1
+    acquire(cache, loader, "big").release()  # now "new" is the only one that frees enough
+    assert "new" not in cache
+    assert cache.stats().evictions == 2
