@@ -227,8 +227,16 @@ class PlatformSettings:
     sizes_mb: tuple[int, ...] = (896, 1408)
     #: FnPacker policy used by the live router.
     policy: str = "sealserve"
+    #: Spare instances (started, attested, no model) kept at most while new instances are
+    #: being asked for: a request that needs a new instance takes one instead of a cold
+    #: start.  Billed like any instance; 0 turns them off.
+    spares: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.spares, bool) or not isinstance(self.spares, int) or self.spares < 0:
+            raise ConfigError(
+                f"Config 'platform.spares' has value {self.spares!r}. Not an int >= 0."
+            )
         _check_positive("platform.keep_alive_s", self.keep_alive_s)
         _check_positive("platform.max_instances", self.max_instances)
         _check_positive("platform.instance_concurrency", self.instance_concurrency)

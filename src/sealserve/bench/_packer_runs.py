@@ -8,7 +8,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sealserve.bench._common import interleaved, ratio
-from sealserve.packer import CostModel, GroupConfig, SimResult, Trace, make_policy, simulate
+from sealserve.packer import (
+    CostModel,
+    GroupConfig,
+    SimResult,
+    SpareConfig,
+    Trace,
+    make_policy,
+    simulate,
+)
 
 __all__ = ["PolicyRuns", "evaluate_goals", "run_policies"]
 
@@ -56,6 +64,7 @@ def run_policies(
     repeats: int = 3,
     max_models: int = 3,
     progress: Callable[[str], None] | None = None,
+    spares: SpareConfig | None = None,
 ) -> dict[str, PolicyRuns]:
     """Simulate ``trace`` under each policy, ``repeats`` times with seeds ``seed``, ``seed+1``...
 
@@ -69,7 +78,10 @@ def run_policies(
             count = seeds.get(name, 0)
             seeds[name] = count + 1
             policy = make_policy(name, priors=costs, max_models=max_models)
-            return simulate(trace, policy, costs, config=config, jitter=jitter, seed=seed + count)
+            return simulate(
+                trace, policy, costs, config=config, jitter=jitter, seed=seed + count,
+                spares=spares,
+            )  # fmt: skip
 
         return run
 

@@ -45,6 +45,7 @@ from sealserve.packer import (
     POLICY_NAMES,
     CostModel,
     GroupConfig,
+    SpareConfig,
     SyntheticConfig,
     Trace,
     ideal_packing_gb_s,
@@ -222,6 +223,16 @@ def _packer(
     max_instances: Annotated[
         int, typer.Option("--max-instances", help="Instances per function, at most.", min=1)
     ] = 32,
+    spares: Annotated[
+        int,
+        typer.Option(
+            "--spares",
+            help="Spare instances started ahead of demand while instances are being started "
+            "(billed; the live platform keeps 1 by default). 0, the default here, compares the "
+            "policies as issue 6 did.",
+            min=0,
+        ),
+    ] = 0,
     max_models: Annotated[
         int, typer.Option("--max-models", help="lru-multiplex: models per instance.", min=1)
     ] = 3,
@@ -334,6 +345,7 @@ def _packer(
                 repeats=repeats,
                 max_models=max_models,
                 progress=advance,
+                spares=SpareConfig(max_spares=spares) if spares else None,
             )
     except PackerError as exc:
         raise _fail(f"simulation failed: {exc}", code=1) from None

@@ -42,7 +42,14 @@ from rich.console import Console
 
 from sealserve.bench._common import environment, median, print_table, ratio, write_json
 
-__all__ = ["ServeBenchConfig", "goals", "register", "run_serve_bench", "summary_rows"]
+__all__ = [
+    "ServeBenchConfig",
+    "goals",
+    "register",
+    "run_serve_bench",
+    "summary_rows",
+    "update_costs",
+]
 
 MODELS: Final = ("mobilenet-v2", "resnet-50", "minilm-int8")
 CONCURRENCY: Final = (1, 4, 8)
@@ -496,6 +503,15 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Comma-separated concurrency levels.")
         ] = ",".join(str(c) for c in CONCURRENCY),
         rounds: Annotated[int | None, typer.Option(min=1, help="Interleaved rounds.")] = None,
+        costs_update: Annotated[
+            Path | None,
+            typer.Option(
+                "--costs-update",
+                help="A cost model (bench runtime --costs-out) whose cold start to replace with "
+                "the one measured here (the platform's: host and runtime forked from their "
+                "templates), for bench packer.",
+            ),
+        ] = None,
         cold_rounds: Annotated[
             int | None, typer.Option(min=1, help="Rounds of the cold-start series.")
         ] = None,
@@ -531,6 +547,39 @@ def register(app: typer.Typer) -> None:
         if json_path is not None:
             write_json(json_path, results)
             console.print(f"wrote {json_path}")
+        if costs_update is not None:
+            try:
+                cold_ms = update_costs(costs_update, results)
+            except (OSError, ValueError) as exc:
+                typer.echo(f"error: --costs-update {costs_update}: {exc}", err=True)
+                raise typer.Exit(1) from None
+            console.print(f"cold start in {costs_update}: {cold_ms:.1f} ms")
+
+
+def update_costs(path: Path, results: dict[str, Any]) -> float:
+    """Replace the cold start of the cost model at ``path`` with the median ``cold_start``
+    (the platform's start of an instance, to ready) of the no-instance series; its ms."""
+    from sealserve.packer import CostModel
+
+    colds = [
+        series["no_instance"]["stages_p50_ms"]["cold_start"]
+        for name, series in results["cold"].items()
+        if name != "platform_meters"
+        and "no_instance" in series
+        and "cold_start" in series["no_instance"]["stages_p50_ms"]
+    ]
+    if not colds:
+        raise ValueError("the cold-start series measured no cold start")
+    model = CostModel.load(path)
+    cold_ms = median(colds)
+    methods = dict(model.methods)
+    methods["cold_start_ms"] = (
+        "bench serve: median over models of the platform's start of an instance (the host "
+        "forked from the host template, the runtime from the TEE platform's measured template "
+        "and attested) until it is ready, for a request with no instance alive"
+    )
+    dataclasses.replace(model, cold_start_s=cold_ms / 1000, methods=methods).save(path)
+    return cold_ms
 
 
 def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str, Any]]:

@@ -42,7 +42,10 @@ def commands(out: Path, *, quick: bool, only: Sequence[str] = BENCHMARKS) -> lis
         "ipc": ["ipc", "--json", str(out / "ipc.json"), "--plot", str(out / "ipc.png"), *q],
         "keyservice": ["keyservice", "--json", str(out / "keyservice.json")],
         "runtime": ["runtime", "--json", str(out / "runtime.json"), "--costs-out", str(costs), *q],
-        "serve": ["serve", "--json", str(out / "serve.json"), *q],
+        "serve": [
+            "serve", "--json", str(out / "serve.json"), *q,
+            *(["--costs-update", str(costs)] if "runtime" in only or costs.exists() else []),
+        ],
         "upload": ["upload", "--json", str(out / "upload.json"), *q],
         "imports": ["imports", "--json", str(out / "imports.json"), *q],
         "packer": [

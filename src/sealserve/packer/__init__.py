@@ -29,6 +29,7 @@ from sealserve.packer._router import Routed, Router
 from sealserve.packer._sealserve import CostPriors, SealservePolicy
 from sealserve.packer._sesemi import OneModelSesemiPolicy, SesemiPolicy
 from sealserve.packer._sim import SimResult, simulate
+from sealserve.packer._spares import SpareConfig, SparePolicy
 from sealserve.packer._stats import LoadStats
 from sealserve.packer._synthetic import SyntheticConfig, synthetic_trace
 from sealserve.packer._trace import (
@@ -68,6 +69,8 @@ __all__ = [
     "SealservePolicy",
     "SesemiPolicy",
     "SimResult",
+    "SpareConfig",
+    "SparePolicy",
     "SyntheticConfig",
     "Trace",
     "TraceRequest",

@@ -70,6 +70,12 @@ class FunctionGroup:
         self._stopped: list[Instance] = []
         self._requests: dict[int, _InFlight] = {}
         self._waiting: dict[int, str] = {}
+        #: Spare instances (see :mod:`._spares`): started, not among the group's instances
+        #: (policies never see them) until :meth:`start` hands one to a request.
+        self._spares: dict[int, Instance] = {}
+        self._was_spare: list[Instance] = []
+        self.spare_starts = 0
+        self.spare_adoptions = 0
         self.cold_starts = 0
         self.model_loads = 0
         self.evictions = 0
@@ -162,8 +168,63 @@ class FunctionGroup:
 
     # -- changing ----------------------------------------------------------------------------
 
+    @property
+    def spares(self) -> tuple[Instance, ...]:
+        """The spare instances (started ahead of demand, holding no model), oldest first."""
+        return tuple(self._spares.values())
+
+    def is_spare(self, instance_id: int) -> bool:
+        return instance_id in self._spares
+
+    def spare_room(self) -> bool:
+        """Whether one more spare stays within ``max_instances`` (all instances counted) and
+        still leaves room for one more instance: a spare of one size never stops a start of
+        another."""
+        return len(self._alive) + len(self._spares) + 1 < self.config.max_instances
+
+    def has_spare_for(self, shape: InstanceShape) -> bool:
+        """Whether a spare of ``shape``'s memory and budget would take a start of it."""
+        return any(
+            i.memory_mb == shape.memory_mb and i.budget_mb == shape.budget_mb
+            for i in self._spares.values()
+        )
+
+    def start_spare(self, shape: InstanceShape, now: float) -> Instance:
+        """Begin the start of a spare of ``shape`` (its memory and budget)."""
+        if not self.spare_room():
+            raise PackerError("no room for a spare within max_instances")
+        inst = Instance(
+            instance_id=self._next_id, shape=shape, concurrency=self.config.concurrency, now=now
+        )
+        self._next_id += 1
+        self._spares[inst.id] = inst
+        self._was_spare.append(inst)
+        self.spare_starts += 1
+        return inst
+
+    def _adopt(self, shape: InstanceShape, now: float) -> Instance | None:
+        """A spare of ``shape``'s memory and budget, taken into the group (a ready one first,
+        else the one that has started longest ago)."""
+        fitting = [
+            i
+            for i in self._spares.values()
+            if i.memory_mb == shape.memory_mb and i.budget_mb == shape.budget_mb
+        ]  # the same test as has_spare_for
+        if not fitting:
+            return None
+        inst = min(fitting, key=lambda i: (not i.is_ready, i.started_at))
+        del self._spares[inst.id]
+        inst.function = shape.function
+        inst.adopted_at = now
+        inst.last_used = now
+        self._alive[inst.id] = inst
+        self.spare_adoptions += 1
+        return inst
+
     def start(self, shape: InstanceShape | None, now: float) -> Instance:
-        """Begin a cold start of a new instance (of ``shape``, else the group's).
+        """Begin a cold start of a new instance (of ``shape``, else the group's), or take a
+        spare of that size (its :attr:`Instance.adopted_at` is then set, and it may already
+        be ready).
 
         An instance of the group's own function takes one of the group's shapes
         (:attr:`GroupConfig.shapes`); other functions (``dedicated``'s) take any shape.
@@ -180,6 +241,10 @@ class FunctionGroup:
                 f"function {shape.function!r} already has max_instances="
                 f"{self.config.max_instances} instances"
             )
+        adopted = self._adopt(shape, now)
+        if adopted is not None:
+            self.cold_starts += 1  # an instance joined the group for a request, as a start does
+            return adopted
         inst = Instance(
             instance_id=self._next_id, shape=shape, concurrency=self.config.concurrency, now=now
         )
@@ -223,6 +288,13 @@ class FunctionGroup:
 
     def mark_ready(self, instance_id: int, now: float) -> ReadyActions:
         """The instance finished its cold start: its planned loads begin now."""
+        spare = self._spares.get(instance_id)
+        if spare is not None:
+            if spare.ready_at is not None:
+                raise PackerError(f"instance {instance_id} is already ready")
+            spare.ready_at = now
+            spare.last_used = now
+            return ReadyActions(loads=(), run=())
         inst = self.instance(instance_id)
         if inst.ready_at is not None:
             raise PackerError(f"instance {instance_id} is already ready")
@@ -268,22 +340,31 @@ class FunctionGroup:
         return inst, req.model, req.running_since
 
     def expired(self, now: float) -> tuple[Instance, ...]:
-        """Ready, idle instances whose keep-alive has run out by ``now``."""
+        """Ready, idle instances (spares too) whose keep-alive has run out by ``now``."""
         keep = self.config.keep_alive_s
         return tuple(
             i
-            for i in self._alive.values()
+            for i in (*self._alive.values(), *self._spares.values())
             if i.is_ready and not i._requests and i.last_used + keep <= now + 1e-9
         )
 
     def next_expiry(self) -> float | None:
         """When the next idle instance's keep-alive runs out, if any is idle."""
         keep = self.config.keep_alive_s
-        times = [i.last_used + keep for i in self._alive.values() if i.is_ready and not i._requests]
+        times = [
+            i.last_used + keep
+            for i in (*self._alive.values(), *self._spares.values())
+            if i.is_ready and not i._requests
+        ]
         return min(times) if times else None
 
     def stop(self, instance_id: int, now: float) -> Instance:
-        """Scale an idle instance to zero (its resident models go with it)."""
+        """Scale an idle instance (or a spare) to zero (its resident models go with it)."""
+        spare = self._spares.pop(instance_id, None)
+        if spare is not None:
+            spare.stopped_at = max(now, spare.started_at)
+            self._stopped.append(spare)
+            return spare
         inst = self.instance(instance_id)
         if inst._requests:
             raise PackerError(f"instance {instance_id} has requests in flight; it cannot stop")
@@ -315,12 +396,26 @@ class FunctionGroup:
     # -- metering ----------------------------------------------------------------------------
 
     def gb_seconds(self, now: float) -> float:
-        """GB-seconds billed so far: every instance's configured memory x time alive."""
-        return sum(i.gb_seconds(now) for i in self._stopped) + sum(
-            i.gb_seconds(now) for i in self._alive.values()
+        """GB-seconds billed so far: every instance's configured memory x time alive (spares
+        included: they are billed from their start)."""
+        return (
+            sum(i.gb_seconds(now) for i in self._stopped)
+            + sum(i.gb_seconds(now) for i in self._alive.values())
+            + sum(i.gb_seconds(now) for i in self._spares.values())
         )
+
+    def spare_gb_seconds(self, now: float) -> float:
+        """The GB-seconds of instances while they were spares (until taken or stopped)."""
+        total = 0.0
+        for inst in self._was_spare:
+            end = inst.adopted_at if inst.adopted_at is not None else inst.stopped_at
+            end = now if end is None else end
+            total += inst.memory_mb / 1024.0 * max(0.0, end - inst.started_at)
+        return total
 
     def intervals(self) -> tuple[tuple[int, float, float | None], ...]:
         """Every instance as (memory MB, started at, stopped at or ``None``), oldest first."""
-        every = sorted([*self._stopped, *self._alive.values()], key=lambda i: i.id)
+        every = sorted(
+            [*self._stopped, *self._alive.values(), *self._spares.values()], key=lambda i: i.id
+        )
         return tuple((i.memory_mb, i.started_at, i.stopped_at) for i in every)

@@ -50,6 +50,7 @@ class Instance:
     __slots__ = (
         "_models",
         "_requests",
+        "adopted_at",
         "budget_mb",
         "concurrency",
         "function",
@@ -77,6 +78,9 @@ class Instance:
         self.last_used = now
         self.loads = 0
         self.served = 0
+        #: When a request took this instance as a spare (``None``: it was never a spare, or
+        #: is one still).
+        self.adopted_at: float | None = None
         self._models: collections.OrderedDict[str, _Resident] = collections.OrderedDict()
         self._requests: dict[int, _InFlight] = {}
 

@@ -30,7 +30,9 @@ from sealserve.errors import PackerError
 from sealserve.packer._config import GroupConfig
 from sealserve.packer._decision import Decision, DecisionKind, RouteRequest
 from sealserve.packer._group import FunctionGroup, ReadyActions
+from sealserve.packer._instance import Instance
 from sealserve.packer._policy import Policy
+from sealserve.packer._spares import SpareConfig, SparePolicy
 
 __all__ = ["Routed", "Router"]
 
@@ -60,6 +62,7 @@ class Router:
         *,
         model_memory_mb: Callable[[str], float],
         history: int = 64,
+        spares: SpareConfig | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy, got {type(policy).__name__}")
@@ -72,6 +75,11 @@ class Router:
         self._attempts: dict[int, int] = {}
         self.recent: collections.deque[Decision] = collections.deque(maxlen=history)
         self.decisions = {kind: 0 for kind in DecisionKind}
+        self.spare_policy = (
+            None
+            if spares is None or spares.max_spares == 0
+            else SparePolicy(spares, keep_alive_s=config.keep_alive_s)
+        )
 
     def route(self, request: RouteRequest, now: float) -> Routed:
         """Decide for ``request`` and apply the decision (a WAIT is remembered as waiting)."""
@@ -124,7 +132,20 @@ class Router:
                     f"({shape.budget_mb:.0f} MB) cannot hold {request.model!r}"
                 )
             inst = group.start(shape, now)
-            decision = dataclasses.replace(decision, instance_id=inst.id)
+            if self.spare_policy is not None:
+                self.spare_policy.note_start(shape, now)
+            if inst.adopted_at == now:  # a spare took it: nothing to start, a load to do
+                decision = Decision.run(
+                    request.model,
+                    inst.id,
+                    load=True,
+                    expected_s=decision.expected_s,
+                    reason=decision.reason + "; a spare instance took it",
+                )
+                if inst.ready_at is not None:
+                    self.policy.on_ready(inst, inst.ready_at - inst.started_at, now)
+            else:
+                decision = dataclasses.replace(decision, instance_id=inst.id)
         else:
             assert decision.instance_id is not None  # a RUN always names one
             plan = group.plan(decision.instance_id, request.model)
@@ -146,7 +167,9 @@ class Router:
         return Routed(decision, loads, assignment.run_now)
 
     def instance_ready(self, instance_id: int, now: float) -> ReadyActions:
-        """The instance's cold start finished; returns the loads to begin now."""
+        """The instance's cold start finished (or a spare's); returns the loads to begin."""
+        if self.group.is_spare(instance_id):
+            return self.group.mark_ready(instance_id, now)  # the policy never sees spares
         actions = self.group.mark_ready(instance_id, now)
         inst = self.group.instance(instance_id)
         self.policy.on_ready(inst, now - inst.started_at, now)
@@ -181,16 +204,41 @@ class Router:
         self.group.forget_waiting(request_id)
 
     def expire(self, now: float) -> tuple[int, ...]:
-        """Stop the instances whose keep-alive ran out; returns their ids."""
+        """Stop the instances (and spares) whose keep-alive ran out; returns their ids."""
         stopped = []
         for inst in self.group.expired(now):
+            spare = self.group.is_spare(inst.id)
             self.group.stop(inst.id, now)
-            self.policy.on_stopped(inst, now)
+            if not spare:
+                self.policy.on_stopped(inst, now)
             stopped.append(inst.id)
         return tuple(stopped)
 
+    def spares_to_start(self, now: float) -> tuple[Instance, ...]:
+        """The spares to start now (the caller starts them and calls :meth:`instance_ready`
+        when they are up): as many as the spare policy wants beyond those alive, within
+        ``max_instances``."""
+        if self.spare_policy is None:
+            return ()
+        shape, wanted = self.spare_policy.wanted(now)
+        if shape is None:
+            return ()
+        have = sum(
+            1
+            for i in self.group.spares
+            if i.memory_mb == shape.memory_mb and i.budget_mb == shape.budget_mb
+        )
+        out = []
+        while have < wanted and self.group.spare_room():
+            out.append(self.group.start_spare(shape, now))
+            have += 1
+        return tuple(out)
+
     def instance_failed(self, instance_id: int, now: float) -> tuple[RouteRequest, ...]:
         """The instance died; returns its unserved requests, to be routed again."""
+        if self.group.is_spare(instance_id):
+            self.group.stop(instance_id, now)
+            return ()
         inst = self.group.instance(instance_id)
         lost = self.group.fail(instance_id, now)
         self.policy.on_stopped(inst, now)

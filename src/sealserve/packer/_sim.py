@@ -32,6 +32,7 @@ from sealserve.packer._costs import CostModel
 from sealserve.packer._decision import DecisionKind, RouteRequest
 from sealserve.packer._policy import Policy
 from sealserve.packer._router import Router
+from sealserve.packer._spares import SpareConfig
 from sealserve.packer._trace import Trace
 
 __all__ = ["SimResult", "simulate"]
@@ -63,6 +64,11 @@ class SimResult:
     function_s: dict[str, float] = dataclasses.field(default_factory=dict)
     #: Every instance as (function, started at, stopped at), in start order.
     function_intervals: tuple[tuple[str, float, float], ...] = ()
+    #: Spares started ahead of demand, how many a request took, and their GB-seconds while
+    #: they were spares (included in ``gb_s``).
+    spare_starts: int = 0
+    spares_taken: int = 0
+    spare_gb_s: float = 0.0
 
     @property
     def requests(self) -> int:
@@ -85,6 +91,9 @@ class SimResult:
             "switches": self.cold_starts + self.model_loads,
             "evictions": self.evictions,
             "gb_s": round(self.gb_s, 3),
+            "spare_starts": self.spare_starts,
+            "spares_taken": self.spares_taken,
+            "spare_gb_s": round(self.spare_gb_s, 3),
             "instance_s": round(self.instance_seconds, 3),
             "peak_instances": self.peak_instances,
             "requests": self.requests,
@@ -118,11 +127,16 @@ def simulate(
     jitter: float = 0.1,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    spares: SpareConfig | None = None,
 ) -> SimResult:
-    """Run ``trace`` through ``policy`` on a group of ``config``; see the module docs."""
+    """Run ``trace`` through ``policy`` on a group of ``config``; see the module docs.
+
+    With ``spares``, instances are started ahead of demand as :mod:`._spares` decides, and
+    billed from their start like the rest.
+    """
     if not 0 <= jitter <= 1:
         raise ValueError(f"jitter must be within [0, 1], got {jitter!r}")
-    router = Router(policy, config, model_memory_mb=costs.memory_mb)
+    router = Router(policy, config, model_memory_mb=costs.memory_mb, spares=spares)
     group = router.group
     clock = ManualClock(start=0.0)
     sample = _Sampler(jitter, seed)
@@ -179,6 +193,10 @@ def simulate(
                 after_load += 1
         return True
 
+    def start_spares(now: float) -> None:
+        for spare in router.spares_to_start(now):
+            push(now + sample(costs.cold_start_s), _READY, spare.id)
+
     def retry_waiting(now: float) -> None:
         nonlocal queued
         for rid in list(waiting):
@@ -196,12 +214,16 @@ def simulate(
         if kind == _ARRIVE:
             req = RouteRequest(a, requests[a].model, now)
             dispatch(req, now)
+            start_spares(now)
             processed += 1
             if progress is not None and processed % 2000 == 0:
                 progress(processed, len(requests))
             continue
         if kind == _READY:
+            spare = group.is_spare(a)
             actions = router.instance_ready(a, now)
+            if spare:
+                push(now + keep, _EXPIRE)  # idle from now: it stops if nobody takes it
             for model in actions.loads:
                 push(now + sample(costs.load_s(model)), _LOADED, a, model)
         elif kind == _LOADED:
@@ -220,6 +242,7 @@ def simulate(
             retry_times.discard(at)
         if waiting:
             retry_waiting(now)
+        start_spares(now)
     if waiting:
         raise PackerError(
             f"policy {policy.name!r} left {len(waiting)} requests waiting with nothing "
@@ -227,8 +250,11 @@ def simulate(
         )
     if progress is not None:
         progress(len(requests), len(requests))
-    if group.instances:
-        raise PackerError(f"{len(group.instances)} instances still alive after the trace drained")
+    if group.instances or group.spares:
+        raise PackerError(
+            f"{len(group.instances) + len(group.spares)} instances still alive after the trace "
+            "drained"
+        )
     latencies = done_at - arrival
     if np.isnan(latencies).any():
         raise PackerError("some requests never completed")  # pragma: no cover - a bug guard
@@ -259,4 +285,7 @@ def simulate(
         seed=seed,
         function_s=function_s,
         function_intervals=tuple(intervals),
+        spare_starts=group.spare_starts,
+        spares_taken=group.spare_adoptions,
+        spare_gb_s=group.spare_gb_seconds(now),
     )

@@ -26,12 +26,14 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StartInstance:
-    """Spawn instance ``instance_id`` (a cold start); report ``started`` or ``start_failed``."""
+    """Spawn instance ``instance_id`` (a cold start, or a spare started ahead of demand);
+    report ``started`` or ``start_failed``."""
 
     instance_id: int
     memory_mb: int
     budget_mb: float
     concurrency: int
+    spare: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -47,7 +47,13 @@ class CappedPolicy(Policy):
 
     def route(self, request: RouteRequest, group: FunctionGroup, now: float) -> Decision:
         decision = self.inner.route(request, group, now)
-        if decision.kind is DecisionKind.START and len(group.instances) >= self.max_instances:
+        # Spares count: they are processes too.  A start that a spare of its size will take
+        # adds none, so it is always allowed.
+        if (
+            decision.kind is DecisionKind.START
+            and len(group.instances) + len(group.spares) >= self.max_instances
+            and not group.has_spare_for(decision.shape or group.config.shape)
+        ):
             return Decision.wait(
                 request.model,
                 reason=f"the platform runs its maximum of {self.max_instances} instances "

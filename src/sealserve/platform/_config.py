@@ -82,6 +82,9 @@ class PlatformConfig:
     load_timeout_s: float = 120.0
     max_reroutes: int = 2
     decision_history: int = 256
+    #: Spare instances kept at most while new instances are being asked for (see
+    #: :mod:`sealserve.packer._spares`); billed like any instance.
+    spares: int = 1
 
     def __post_init__(self) -> None:
         refusal = _refusal(self.policy)
@@ -117,6 +120,8 @@ class PlatformConfig:
             raise ValueError(f"max_reroutes must be an int >= 0, got {self.max_reroutes!r}")
         if self.max_reroutes < 0:
             raise ValueError(f"max_reroutes must be an int >= 0, got {self.max_reroutes!r}")
+        if isinstance(self.spares, bool) or not isinstance(self.spares, int) or self.spares < 0:
+            raise ValueError(f"spares must be an int >= 0, got {self.spares!r}")
         self._check_memory()
 
     def _check_memory(self) -> None:
@@ -167,6 +172,7 @@ class PlatformConfig:
             "sizes_mb": platform.sizes_mb,
             "threads": runtime.threads,
             "max_waiting": settings.gateway.max_queued,
+            "spares": platform.spares,
         }
         values.update(overrides)
         sizes = tuple(values["sizes_mb"])

@@ -43,7 +43,15 @@ from sealserve.errors import (
     SealserveError,
     StoreIntegrityError,
 )
-from sealserve.packer import Decision, DecisionKind, Instance, Policy, Router, RouteRequest
+from sealserve.packer import (
+    Decision,
+    DecisionKind,
+    Instance,
+    Policy,
+    Router,
+    RouteRequest,
+    SpareConfig,
+)
 from sealserve.platform._actions import (
     Action,
     DecisionRecord,
@@ -83,6 +91,9 @@ class ControllerCounters:
     instances_replaced: int = 0
     rerouted: int = 0
     runtime_failures: int = 0
+    #: Spare instances started ahead of demand, and how many a request took.
+    spare_starts: int = 0
+    spares_taken: int = 0
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -94,7 +105,8 @@ class RouterCore:
     and the log of the last decisions.
 
     ``sizes=False``: every instance has ``config.instance_memory_mb`` (see
-    :meth:`PlatformConfig.group_config`).
+    :meth:`PlatformConfig.group_config`).  ``spares=True``: the router keeps up to
+    ``config.spares`` spare instances (:mod:`sealserve.packer._spares`); the caller starts them.
     """
 
     def __init__(
@@ -104,6 +116,7 @@ class RouterCore:
         policy: Policy,
         model_memory_mb: Callable[[str], float],
         sizes: bool = True,
+        spares: bool = False,
     ) -> None:
         if not isinstance(config, PlatformConfig):
             raise TypeError(f"config must be a PlatformConfig, got {type(config).__name__}")
@@ -113,6 +126,7 @@ class RouterCore:
             config.group_config(sizes=sizes),
             model_memory_mb=model_memory_mb,
             history=config.decision_history,
+            spares=SpareConfig(max_spares=config.spares) if spares and config.spares else None,
         )
         self.meter = CostMeter()
         self.counters = ControllerCounters()
@@ -178,7 +192,7 @@ class PlatformController(RouterCore):
         policy: Policy,
         model_memory_mb: Callable[[str], float],
     ) -> None:
-        super().__init__(config, policy=policy, model_memory_mb=model_memory_mb)
+        super().__init__(config, policy=policy, model_memory_mb=model_memory_mb, spares=True)
         self._requests: dict[int, Tracked] = {}
         self._waiting: dict[int, None] = {}
         self._loads: dict[tuple[int, str], LoadInFlight] = {}
@@ -308,7 +322,10 @@ class PlatformController(RouterCore):
         if record is None or record.ready_at is not None:
             return []  # it failed meanwhile (or this is a repeat)
         record.ready_at = now
+        spare = self.router.group.is_spare(instance_id)
         ready = self.router.instance_ready(instance_id, now)
+        if spare:
+            return []
         actions: list[Action] = []
         for model in ready.loads:
             self._begin_load(instance_id, model, self._loader_user(instance_id, model), (), now)
@@ -445,8 +462,11 @@ class PlatformController(RouterCore):
         actions: list[Action] = []
         expired = self.router.expire(now)
         for iid in expired:
-            self._instances.pop(iid, None)
+            record = self._instances.pop(iid, None)
             self.meter.stop(iid, now=now)
+            if record is not None and record.spare and record.taken_at is None:
+                actions.append(StopInstance(iid, "a spare nobody took, idle past its keep-alive"))
+                continue
             self.counters.scaled_to_zero += 1
             actions.append(StopInstance(iid, "idle past its keep-alive"))
         for tracked in list(self._requests.values()):
@@ -479,7 +499,26 @@ class PlatformController(RouterCore):
         due = any(t.retry_at is not None and t.retry_at <= now for t in self._requests.values())
         if expired or due:
             self._reroute(now, actions)
+        self._start_spares(now, actions)
         return actions
+
+    def _start_spares(self, now: float, actions: list[Action]) -> None:
+        """Start the spares the router wants now (billed from now, like any instance)."""
+        for inst in self.router.spares_to_start(now):
+            self._instances[inst.id] = InstanceRecord(
+                inst.memory_mb, inst.budget_mb, now, spare=True
+            )
+            self.meter.start(inst.id, memory_mb=inst.memory_mb, now=now)
+            self.counters.spare_starts += 1
+            actions.append(
+                StartInstance(
+                    inst.id,
+                    inst.memory_mb,
+                    inst.budget_mb,
+                    self.config.instance_concurrency,
+                    spare=True,
+                )
+            )
 
     def refuse_pending(self, now: float) -> list[Action]:
         """The platform is closing: refuse every request not yet sent to an instance."""
@@ -536,7 +575,13 @@ class PlatformController(RouterCore):
             actions.append(
                 StartInstance(iid, inst.memory_mb, inst.budget_mb, self.config.instance_concurrency)
             )
+            self._start_spares(now, actions)
             return
+        record = self._instances.get(iid)
+        if record is not None and record.spare and record.taken_at is None:
+            record.taken_at = now  # a spare took the request: no cold start to wait for
+            self.counters.spares_taken += 1
+            self._start_spares(now, actions)
         if routed.loads:
             self._begin_load(iid, tracked.model, tracked.user_id, decision.evict, now)
             actions.append(self._load_action(iid, tracked.model, decision.evict))

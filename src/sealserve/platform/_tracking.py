@@ -60,3 +60,6 @@ class InstanceRecord:
     ready_at: float | None = None
     failed_checks: int = 0
     runtime_restarting: bool = False
+    #: A spare (started ahead of demand), and when a request took it.
+    spare: bool = False
+    taken_at: float | None = None

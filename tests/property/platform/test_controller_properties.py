@@ -105,7 +105,12 @@ def test_every_request_is_answered_once_within_the_caps(
             if isinstance(action, StartInstance):
                 shape = (action.memory_mb, action.budget_mb)
                 assert shape in shapes
-                planned = ctl.router.group.instance(action.instance_id)
+                group = ctl.router.group
+                planned = (
+                    next(i for i in group.spares if i.id == action.instance_id)
+                    if action.spare
+                    else group.instance(action.instance_id)
+                )
                 assert shape == (planned.memory_mb, planned.budget_mb)
                 assert action.concurrency == concurrency
                 alive[action.instance_id] = (now, action.memory_mb)

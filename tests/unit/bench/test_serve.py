@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from sealserve.bench import _serve_stack as stack
-from sealserve.bench.serve import ServeBenchConfig, _requests_for, _summarize, goals
+from sealserve.bench.serve import (
+    ServeBenchConfig,
+    _requests_for,
+    _summarize,
+    goals,
+    update_costs,
+)
+from sealserve.packer import CostModel, ModelCosts
 
 CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
 0.0100,0.0001,0.0000,0.0002,0.0095,0.0001,200,0.0000
@@ -99,3 +107,25 @@ def test_run_sizes_follow_the_latency_and_the_options_are_checked() -> None:
         ServeBenchConfig(rounds=0)
     with pytest.raises(ValueError, match="concurrency"):
         ServeBenchConfig(concurrency=(0,))
+
+
+def test_the_measured_cold_start_replaces_the_cost_model_s(tmp_path: Path) -> None:
+    path = tmp_path / "costs.json"
+    CostModel(
+        cold_start_s=2.0,
+        runtime_base_mb=80.0,
+        models={"m": ModelCosts(load_s=0.2, infer_s=0.02, memory_mb=100.0)},
+        methods={"load_ms": "kept"},
+    ).save(path)
+    cold = {
+        name: {"no_instance": {"stages_p50_ms": {"cold_start": ms}}}
+        for name, ms in (("a", 300.0), ("b", 500.0), ("c", 400.0))
+    }
+    results = {"cold": {**cold, "platform_meters": {}}}
+    assert update_costs(path, results) == 400.0
+    model = CostModel.load(path)
+    assert model.cold_start_s == pytest.approx(0.4)
+    assert model.methods["load_ms"] == "kept"
+    assert "template" in model.methods["cold_start_ms"]
+    with pytest.raises(ValueError, match="no cold start"):
+        update_costs(path, {"cold": {"platform_meters": {}}})

@@ -39,6 +39,8 @@ def sizes(model: str) -> float:
 
 
 def controller(policy: str = "sealserve", **config: object) -> PlatformController:
+    """A controller; without spares unless ``spares=`` is given (the tests of spares do)."""
+    config.setdefault("spares", 0)
     cfg = PlatformConfig(policy=policy, **config)  # type: ignore[arg-type]
     return PlatformController(cfg, policy=make_policy(policy), model_memory_mb=sizes)
 
@@ -329,3 +331,34 @@ def test_submitting_a_request_id_twice_is_a_caller_error() -> None:
     ctl.submit(1, model="m", user_id=USER, deadline=FAR, now=0.0)
     with pytest.raises(ValueError, match="request_id 1"):
         ctl.submit(1, model="m", user_id=USER, deadline=FAR, now=0.0)
+
+
+def test_spares_are_started_billed_taken_and_stopped_by_the_controller() -> None:
+    """Instances started one after another make the platform keep a spare (billed from its
+    start); the next request that needs a new instance takes it, with no cold start; a spare
+    nobody takes is stopped after the keep-alive."""
+    ctl = controller("dedicated", spares=1, keep_alive_s=60.0, max_instances=8)
+    serve_first(ctl, 1, "m1", 0.0)
+    actions = ctl.submit(2, model="m2", user_id=USER, deadline=FAR, now=1.0)
+    starts = only(actions, StartInstance)
+    assert [s.spare for s in starts] == [False, True]  # m2's instance, then a spare
+    spare = starts[1].instance_id
+    assert ctl.counters.spare_starts == 1
+    assert ctl.started(spare, 2.0) == []  # a ready spare holds no model and runs nothing
+    assert spare in ctl.ready_instance_ids()
+    taken = ctl.submit(3, model="m3", user_id=USER, deadline=FAR, now=3.0)
+    assert all(s.spare for s in only(taken, StartInstance))  # no cold start for m3
+    (load,) = only(taken, LoadModel)
+    assert load.instance_id == spare
+    assert ctl.counters.spares_taken == 1
+    record = ctl.decision_for(3)
+    assert record is not None
+    assert "spare" in record.reason
+    assert not ctl.waited_for_cold_start(3)
+    assert ctl.meter.gb_seconds(3.0, spare) == pytest.approx(2048 / 1024 * 2.0)  # billed
+    # The next spare (if one was started) is stopped once idle past the keep-alive.
+    later = [s.instance_id for s in only(taken, StartInstance) if s.spare]
+    for iid in later:
+        ctl.started(iid, 4.0)
+        stops = ctl.tick(100.0)
+        assert StopInstance(iid, "a spare nobody took, idle past its keep-alive") in stops

@@ -114,6 +114,7 @@ def run(
     backend = MemoryBackend()
     assert isinstance(backend, InstanceBackend)
     clock = ManualClock(start=1_000.0)
+    config.setdefault("spares", 0)  # the tests of spares ask for them
     platform = Platform(
         backend,
         config=PlatformConfig(**config),
