@@ -564,11 +564,12 @@ def _upload_resumably(
 ) -> tuple[Any, Any, bool]:
     """Seal into ``<data-dir>/owner/uploads/NAME/`` and upload from there; a run that finds
     what an interrupted one left (the same model file, still the next key version) sends
-    those bytes again, resuming the gateway's upload, instead of sealing anew.  The receipt,
-    the key used, and whether it resumed."""
+    those bytes again, resuming the gateway's upload, instead of sealing anew (what a
+    refusal leaves is removed: it would be refused again).  The receipt, the key used, and
+    whether it resumed."""
     from sealserve.client import seal_for_upload, send_sealed
     from sealserve.crypto import SymmetricKey
-    from sealserve.errors import GatewayError, NotFound
+    from sealserve.errors import AccessDenied, GatewayError, NotFound
 
     pending = folder / ROLE / "uploads" / name
     state_path = pending / "state.json"
@@ -608,8 +609,9 @@ def _upload_resumably(
         receipt = send_sealed(
             owner, client, sealed, key=key, upload_id=upload_id, on_begin=began, progress=sent
         )
-    except GatewayError as exc:
-        if not exc.retryable:
+    except (GatewayError, AccessDenied) as exc:
+        if not isinstance(exc, GatewayError) or not exc.retryable:
+            shutil.rmtree(pending, ignore_errors=True)  # refused: resuming would not help
             raise
         raise GatewayError(
             f"{exc}; the sealed model waits in '{pending}': run the same command again to "

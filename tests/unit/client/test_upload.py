@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from sealserve.client import (
     upload_model,
 )
 from sealserve.crypto import SymmetricKey
-from sealserve.errors import GatewayError, NotFound
+from sealserve.errors import GatewayError, NotFound, UploadRefused
 from sealserve.instance import ModelStore
 from tests.unit.runtime.graphs import dense_model
 from tests.unit.runtime.keyservice import InProcessKeyService
@@ -167,3 +168,63 @@ def test_a_sealed_upload_cut_midway_resumes_from_its_file_and_puts_the_key_once(
     uploads = transport.gateway.uploads
     assert uploads is not None
     assert uploads.store.read(ks.owner.model_id("m"))[1] == sealed.path.read_bytes()
+
+
+def test_the_cli_resumes_what_a_cut_run_left_and_drops_what_was_refused(
+    ks: InProcessKeyService, tmp_path: Path
+) -> None:
+    from sealserve._cli.owner import _upload_resumably
+    from tests.unit.client.test_store_client import Flaky
+    from tests.unit.gateway import test_uploads
+
+    data = tmp_path / "data"
+    pending = data / "owner" / "uploads" / "m"
+    down = [False]
+    cut = [True]
+    offsets: list[int] = []
+
+    def fail(n: int, request: httpx.Request) -> str | None:
+        if down[0]:
+            return "before"
+        if request.method == "PUT":
+            offsets.append(int(request.url.params["offset"]))
+            if cut[0] and len(offsets) == 2:  # the link breaks after the second chunk
+                down[0], cut[0] = True, False
+        return None
+
+    transport = Flaky(tmp_path / "gateway", fail)
+
+    def run(path: Path) -> tuple[object, SymmetricKey, bool]:
+        with StoreClient(
+            "http://gw", identity=ks.owner.identity, transport=transport, retries=0,
+            chunk_bytes=test_uploads.CHUNK, sleep=lambda _s: None, clock=test_uploads.CLOCK,
+        ) as client:  # fmt: skip
+            return _upload_resumably(  # type: ignore[no-any-return]
+                ks.owner, client, "m", path, data, SymmetricKey.generate(), False,
+                lambda _done: None, lambda _done, _total: None,
+            )  # fmt: skip
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(dense_model(3, inputs=1024))
+    with pytest.raises(GatewayError, match="run the same command again"):
+        run(path)
+    assert (pending / "key").stat().st_mode & 0o077 == 0
+    state = json.loads((pending / "state.json").read_text())
+    assert state["upload_id"]
+    sealed = (pending / "sealed").read_bytes()
+    down[0] = False
+    offsets.clear()
+    receipt, key, resumed = run(path)
+    assert resumed
+    assert offsets[0] == 2 * test_uploads.CHUNK  # only what the gateway lacked
+    assert receipt.digest == hashlib.sha256(sealed).hexdigest()  # type: ignore[attr-defined]
+    assert ks.owner.model("m").key_version == 1
+    assert key.fingerprint == state["key_fingerprint"]  # the key the first run sealed with
+    assert not pending.exists()
+    big = tmp_path / "big.onnx"  # over the gateway's limit (1 MiB): refused at the start
+    big.write_bytes(dense_model(3, inputs=20_000))
+    with pytest.raises(UploadRefused) as info:
+        run(big)
+    assert info.value.code == "payload_too_large"
+    assert not pending.exists()  # a refused upload leaves nothing to resume
+    assert ks.owner.model("m").key_version == 1
