@@ -417,7 +417,7 @@ class Platform(AsyncResource):
         sent = self._now()
         queue_s = sent - call.arrived
         self.metrics.queue.observe(queue_s)
-        error: SealserveError | None = None
+        error: SealserveError | ValueError | None = None
         timings: Mapping[str, float] = {}
         output = b""
         try:
@@ -432,7 +432,11 @@ class Platform(AsyncResource):
             output, timings = outcome.sealed_output, outcome.timings
         except SealserveError as exc:
             error = exc
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
+            # The instance refused what the request carries (a tensor that does not fit the
+            # model): the caller's mistake, answered 400 with the instance's fixed text.
+            error = exc
+        except OSError as exc:
             error = PlatformError(f"the instance failed the request: {exc}")
         finally:
             self._running.discard(rid)

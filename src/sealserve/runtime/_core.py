@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
@@ -54,15 +54,27 @@ from sealserve.protocol import (
     output_context,
     split_model_id,
 )
+from sealserve.runtime._hardening import process_protection
 from sealserve.runtime._keys import KeyBroker
 from sealserve.runtime._models import Lease, ModelCache, Reserve
 from sealserve.runtime._plaintext import PlaintextBuffer
 from sealserve.runtime._session import BAD_INPUT, LoadedModel
 
-__all__ = ["ModelSource", "RuntimeOptions", "SealedModel", "SealedOutput", "SealedRuntime"]
+__all__ = [
+    "MAX_INPUT_AGE_S",
+    "ModelSource",
+    "RuntimeOptions",
+    "SealedModel",
+    "SealedOutput",
+    "SealedRuntime",
+]
 
 _log = get_logger(__name__)
 _MIB = 1 << 20
+#: The longest a sealed input may have been sealed before the runtime opens it (seconds): the
+#: replay window of a captured input.  Bounded here, in the measured code, because the age
+#: the runtime is started with is the untrusted host's argument.
+MAX_INPUT_AGE_S: Final = 3600.0
 _TAG = 16
 
 
@@ -79,8 +91,10 @@ class RuntimeOptions:
     #: Memory charged per model byte: onnxruntime holds the weights plus pre-packed copies
     #: and activations (measured here: ~4x for float CNNs, ~9x for int8 MiniLM).
     memory_factor: float = 4.0
-    #: Refuse sealed inputs older than this (seconds; bounds replays of captured inputs).
-    max_input_age_s: float | None = 3600.0
+    #: Refuse sealed inputs older than this (seconds; bounds replays of captured inputs).  The
+    #: host chooses it, so only within :data:`MAX_INPUT_AGE_S`: it may make the bound
+    #: stricter, never looser.
+    max_input_age_s: float = 3600.0
     #: SeSeMI's per-request baseline: no key cache, no model cache.
     baseline: bool = False
 
@@ -91,8 +105,13 @@ class RuntimeOptions:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if not self.memory_factor >= 1.0:
             raise ValueError(f"memory_factor must be >= 1.0, got {self.memory_factor!r}")
-        if self.max_input_age_s is not None and not self.max_input_age_s > 0:
-            raise ValueError(f"max_input_age_s must be > 0 or None, got {self.max_input_age_s!r}")
+        age = self.max_input_age_s
+        if (
+            isinstance(age, bool)
+            or not isinstance(age, int | float)
+            or not 0 < age <= MAX_INPUT_AGE_S
+        ):
+            raise ValueError(f"max_input_age_s must be within (0, {MAX_INPUT_AGE_S}], got {age!r}")
 
 
 class SealedModel(Protocol):
@@ -287,6 +306,7 @@ class SealedRuntime:
             # Public (it is what evidence binds): tells runtimes apart, e.g. forked ones.
             "public_key_sha256": hashlib.sha256(self._keys.public_key).hexdigest(),
             "rss_bytes": _rss_bytes(),
+            "protection": process_protection(),
             "models": self._models.stats().to_json(),
             "keys": self._keys.cache.stats().to_json(),
         }

@@ -132,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     configure_logging(args.log_level)
+    from sealserve.runtime._hardening import harden_process
+
+    try:
+        harden_process()  # before any key, model or input is in memory
+    except OSError as exc:
+        _log.event("runtime.bad_launch", error=type(exc).__name__, message=str(exc))
+        return _EX_CONFIG
     # The receiver thread hands calls to workers: a short switch interval hands over the GIL
     # in a fraction of a millisecond instead of up to 5 ms.
     sys.setswitchinterval(_SWITCH_INTERVAL_S)

@@ -63,7 +63,11 @@ def session_options(threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: warnings may name the model's nodes
+    # Fatal only, for the session and the process-wide logger: onnxruntime's errors and
+    # warnings name the model's nodes and the input's shapes, and its log goes to stderr,
+    # which the host reads.  The runtime logs the error's type instead.
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
     return options
 
 

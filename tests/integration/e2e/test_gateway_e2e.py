@@ -17,6 +17,7 @@ import pytest
 from sealserve.client import GatewayClient
 from sealserve.errors import AccessDenied, ModelNotAvailable, SealserveError
 from sealserve.instance import InstanceClient
+from sealserve.runtime import BAD_INPUT
 from tests.integration.e2e.conftest import Stack
 from tests.unit.runtime.graphs import dense_model, plain_run, slow_model
 
@@ -97,6 +98,19 @@ def test_a_user_without_a_grant_is_denied_and_an_unknown_model_is_named(
         with pytest.raises(ModelNotAvailable, match="never-uploaded"):
             client.infer(missing, x(64, 0), user_id=granted.principal_id, key=key)
         assert any(m["model_id"] == model for m in client.models())
+
+
+def test_an_input_that_does_not_fit_the_model_is_a_400_not_a_platform_error(
+    stack: Stack, tmp_path: Path
+) -> None:
+    user = stack.new_user()
+    model = stack.add_model("dense-shape", dense_model(8), tmp_path, grant=[user])
+    with GatewayClient(stack.gateway_url) as client:
+        with pytest.raises(ValueError, match="bad_request") as info:
+            client.infer(model, x(63, 0), user_id=user.principal_id, key=stack.key(user, model))
+        assert BAD_INPUT in str(info.value)  # the runtime's fixed text, no shape or node name
+        ok = client.infer(model, x(64, 0), user_id=user.principal_id, key=stack.key(user, model))
+        assert ok.outputs["Y"].shape == (1, 16)
 
 
 def test_a_revoked_grant_stops_being_served_within_the_check_bound(

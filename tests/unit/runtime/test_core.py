@@ -21,6 +21,7 @@ from sealserve.errors import (
 )
 from sealserve.protocol import encode_tensors, seal_input, unseal_output
 from sealserve.runtime import BAD_INPUT, RuntimeOptions, SealedRuntime
+from sealserve.runtime._core import MAX_INPUT_AGE_S
 from tests.unit.runtime.graphs import dense_model, marker_floats, marker_model, plain_run
 from tests.unit.runtime.keyservice import InProcessKeyService
 
@@ -388,3 +389,21 @@ def test_load_and_evict(ks: InProcessKeyService) -> None:
     assert timings.MODEL_FETCH in stages  # evicted, so fetched again
     with pytest.raises(ValueError, match="user_id"):
         runtime.load(model_id=model_id, user_id="nobody", deadline=None)
+
+
+def test_the_host_cannot_widen_the_replay_window_of_sealed_inputs(ks: InProcessKeyService) -> None:
+    # The age is the host's argument: it may make the window shorter, never longer.
+    for wider in (MAX_INPUT_AGE_S + 1, 1e12, float("inf"), float("nan"), 0.0, None):
+        with pytest.raises(ValueError, match="max_input_age_s"):
+            RuntimeOptions(max_input_age_s=wider)  # type: ignore[arg-type]
+    # A captured input replayed just past the bound is the fixed error.
+    model_id, key = ks.add_model("dense", dense_model(3))
+    runtime = make_runtime(ks)
+    user = ks.user.principal_id
+    captured = seal_input(
+        key, x_of(64), model_id=model_id, user_id=user, request_id="r1", clock=ks.clock
+    )
+    infer(runtime, ks, model_id, key, {}, request_id="r1", sealed=captured)
+    ks.clock.advance(MAX_INPUT_AGE_S + 1)
+    with pytest.raises(InvalidEnvelope):
+        infer(runtime, ks, model_id, key, {}, request_id="r1", sealed=captured)

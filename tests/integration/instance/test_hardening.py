@@ -1,0 +1,71 @@
+"""Issue 10.7 against a real instance: what the host can read of the runtime.
+
+* onnxruntime's error text (node names, shapes) never reaches the host-readable instance log;
+  the request that caused it is refused as a bad input.
+* The runtime is not dumpable and its core limit is 0, soft and hard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from sealserve.bench._runtime_stack import LocalStack, infer_tensors
+from sealserve.runtime import BAD_INPUT
+
+pytestmark = pytest.mark.integration
+
+_NODE = "ReshapeNodeNamedInTheModel"
+
+
+def reshape_model() -> bytes:
+    """``Y = reshape(X, [3, -1])``: any batch whose size is not a multiple of 3 fails inside
+    onnxruntime's kernel, whose error names the node and both shapes."""
+    shape = numpy_helper.from_array(np.array([3, -1], np.int64), name="target_shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "target_shape"], ["Y"], name=_NODE)],
+        "reshape",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [3, "m"])],
+        [shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_onnxruntime_error_text_stays_inside_the_runtime(stack: LocalStack) -> None:
+    assert stack.user is not None
+    model = stack.add_model("reshape", reshape_model())
+    user = stack.user.principal_id
+    with stack.start_instance(extra=["--log-level", "DEBUG"]) as instance:
+        good = {"X": np.ones((3, 4), np.float32)}
+        outputs, _ = infer_tensors(
+            instance.client, model.request_key, good, model_id=model.model_id, user_id=user
+        )
+        assert outputs["Y"].shape == (3, 4)
+        bad = {"X": np.ones((1, 4), np.float32)}  # 4 values do not reshape to [3, -1]
+        with pytest.raises(ValueError, match=BAD_INPUT):
+            infer_tensors(
+                instance.client, model.request_key, bad, model_id=model.model_id, user_id=user
+            )
+        logs = instance.logs()
+    # The positive control: the runtime did log the failure, by its type only.
+    assert "model.run_failed" in logs
+    for leak in (_NODE, "Reshape", "target_shape", "{1,4}", "onnxruntime::", "ExecuteKernel"):
+        assert leak not in logs, f"the host-readable log holds {leak!r}"
+
+
+def test_the_runtime_is_not_dumpable_and_dumps_no_core(stack: LocalStack) -> None:
+    with stack.start_instance() as instance:
+        protection = instance.client.stats()["runtime"]["protection"]
+        assert protection == {"dumpable": False, "core_limit": [0, 0]}
+        # From outside: the kernel's view of the runtime process.
+        limits = Path(f"/proc/{instance.runtime_pid}/limits").read_text()
+        core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+        assert core.split()[4:6] == ["0", "0"], core
