@@ -122,7 +122,7 @@ class InstanceProcess:
         self.ready = dict(ready)
         self.url = str(ready["url"])
         self.log_path = log_path
-        self.client = InstanceClient(self.url).open()
+        self.client = InstanceClient(self.url, control_token=ready.get("control_token")).open()
 
     @property
     def runtime_pid(self) -> int:

@@ -14,8 +14,11 @@ For the gateway (no base64, no JSON around the payload):
 
 * ``POST /v1/infer`` — body: the sealed input; headers: model, user, request id, deadline
   (see :mod:`._headers`); answer: the sealed output, stage timings in ``Server-Timing``;
-* ``POST /v1/load`` ``{"model_id", "user_id"}``, ``POST /v1/evict`` ``{"model_id"}``,
-  ``GET /v1/stats``, ``GET /healthz``, ``GET /metrics``;
+* ``POST /v1/load`` ``{"model_id", "user_id"}``, ``POST /v1/evict`` ``{"model_id"}``: the
+  platform's control calls, only with the host's control token (``Authorization: Bearer``;
+  else 401 ``unauthorized``): any local process can reach the port, and a load or an evict
+  on someone else's behalf costs the instance memory, a key release and its warm models;
+* ``GET /v1/stats``, ``GET /healthz``, ``GET /metrics``;
 * the Open Inference Protocol's ``GET /v2/health/live`` (fails once the runtime failed for
   good) and ``/v2/health/ready`` (fails while no runtime serves), :mod:`sealserve._health`.
 
@@ -30,10 +33,12 @@ import base64
 import binascii
 import concurrent.futures
 import dataclasses
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -109,8 +114,17 @@ class InstanceHost:
         registry: CollectorRegistry | None = None,
         clock: Clock = SYSTEM_CLOCK,
         sandbox_start_s: float | None = None,
+        control_token: str | None = None,
     ) -> None:
+        if control_token is not None and (
+            not isinstance(control_token, str) or len(control_token) < 32
+        ):
+            raise ValueError("control_token must be a string of at least 32 characters")
         self.supervisor = supervisor
+        #: What ``/v1/load`` and ``/v1/evict`` need (made here unless given); the host hands it
+        #: to its launcher in the ready line, which only the launcher reads.
+        self.control_token = control_token or secrets.token_urlsafe(32)
+        self._bearer = f"Bearer {self.control_token}".encode("ascii")
         #: Live unless the runtime failed for good; ready while a runtime serves.
         self.health = Health(live_checks=(self._live_check,), ready_checks=(self._ready_check,))
         self.options = options or HostOptions()
@@ -353,8 +367,19 @@ class InstanceHost:
             },
         )
 
+    def _authorize(self, request: Request) -> None:
+        """The platform's control calls carry the control token; nothing else is read first."""
+        given = request.headers.get("authorization", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, self._bearer):
+            raise HostError(
+                401,
+                "unauthorized",
+                "this call needs the instance's control token (Authorization: Bearer ...)",
+            )
+
     async def _load(self, request: Request) -> Response:
         started = time.perf_counter()
+        self._authorize(request)
         doc = await _json(request)
         model_id, user_id, _ = _ids(doc.get("model_id"), doc.get("user_id"), "load")
         timeout = self._timeout(doc.get("deadline"), doc.get("timeout_ms"))
@@ -376,6 +401,7 @@ class InstanceHost:
         return _json_response({"model_id": model_id, "timings": stages})
 
     async def _evict(self, request: Request) -> Response:
+        self._authorize(request)
         doc = await _json(request)
         model_id = doc.get("model_id")
         if not isinstance(model_id, str):

@@ -51,13 +51,19 @@ class InstanceClient(Resource):
     """HTTP client of one instance; use it inside ``with`` (or ``open``/``close``).
 
     Thread-safe: each thread that calls it gets its own connection.  An ``https://`` host is
-    verified with ``ssl_context`` (default: the system's roots).
+    verified with ``ssl_context`` (default: the system's roots).  ``control_token`` (the
+    host's ready line has it) is sent with :meth:`load` and :meth:`evict`, which need it.
     """
 
     resource_name = "the instance client"
 
     def __init__(
-        self, url: str, *, timeout_s: float = 60.0, ssl_context: ssl.SSLContext | None = None
+        self,
+        url: str,
+        *,
+        timeout_s: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        control_token: str | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -69,6 +75,9 @@ class InstanceClient(Resource):
         self._parsed = parsed
         self._timeout_s = timeout_s
         self._ssl = ssl_context
+        self._control = (
+            {} if control_token is None else {"authorization": f"Bearer {control_token}"}
+        )
         self._local = threading.local()
         self._connections: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -174,9 +183,18 @@ class InstanceClient(Resource):
             timings=hd.parse_server_timing(reply_headers.get(hd.SERVER_TIMING_HEADER, "")),
         )
 
-    def _json(self, method: str, path: str, doc: Mapping[str, Any] | None = None) -> Any:
+    def _json(
+        self,
+        method: str,
+        path: str,
+        doc: Mapping[str, Any] | None = None,
+        *,
+        control: bool = False,
+    ) -> Any:
         body = None if doc is None else json.dumps(doc).encode("utf-8")
         headers = {} if doc is None else {"content-type": "application/json"}
+        if control:
+            headers.update(self._control)
         status, _, data = self._request(method, path, body, headers)
         raise_for_error(status, data)
         return json.loads(data)
@@ -188,11 +206,12 @@ class InstanceClient(Resource):
         doc: dict[str, Any] = {"model_id": model_id, "user_id": user_id}
         if timeout_s is not None:
             doc["timeout_ms"] = int(timeout_s * 1000)
-        timings = self._json("POST", "/v1/load", doc).get("timings", {})
+        timings = self._json("POST", "/v1/load", doc, control=True).get("timings", {})
         return {str(k): float(v) for k, v in timings.items()}
 
     def evict(self, model_id: str) -> bool:
-        return bool(self._json("POST", "/v1/evict", {"model_id": model_id}).get("evicted"))
+        answer = self._json("POST", "/v1/evict", {"model_id": model_id}, control=True)
+        return bool(answer.get("evicted"))
 
     def stats(self) -> dict[str, Any]:
         doc: dict[str, Any] = self._json("GET", "/v1/stats")

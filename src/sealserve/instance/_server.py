@@ -6,7 +6,10 @@ the background while uvicorn starts, and once both are up writes one JSON line t
 
     {"event": "instance.ready", "url": "http://127.0.0.1:41234", "host": "127.0.0.1",
      "port": 41234, "pid": 1234, "runtime_pid": 1240, "measurement": "<runtime measurement>",
-     "sandbox_start_ms": 612.3, "runtime_start_ms": 954.1}
+     "sandbox_start_ms": 612.3, "runtime_start_ms": 954.1, "control_token": "..."}
+
+``control_token`` is what the host's control calls (``/v1/load``, ``/v1/evict``) need: only
+the launcher reads the ready line (the ready file is written 0600).
 
 It stops cleanly on SIGINT or SIGTERM (in-flight requests finish, the runtime is closed).
 A platform that starts instances can pass ``SEALSERVE_SPAWNED_AT`` (Unix seconds, when it
@@ -197,6 +200,8 @@ def serve_instance(
             if sandbox_start_s is None
             else round(sandbox_start_s * 1e3, 3),
             "runtime_start_ms": round(generation.start_s * 1000, 3),
+            # For the launcher only (the ready file is 0600, the broker socket its own).
+            "control_token": host.control_token,
         }
         text = json.dumps(line)
         _log.event("instance.ready", url=url, runtime_pid=generation.process.pid)
@@ -228,5 +233,7 @@ def serve_instance(
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds a secret
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
     tmp.replace(path)

@@ -302,7 +302,10 @@ class LocalBackend:
             measurement=str(ready.get("measurement") or "") or None,
             timings=timings,
         )
-        inst.client = InstanceClient(url, ssl_context=self._ssl).open()
+        token = ready.get("control_token")
+        inst.client = InstanceClient(
+            url, ssl_context=self._ssl, control_token=token if isinstance(token, str) else None
+        ).open()
         inst.sandbox_start_ms = timings.get("sandbox_start")
         if inst.link is not None and inst.link.generation == 1 and inst.sandbox_start_ms:
             inst.link.add_cold_stage("sandbox_start", inst.sandbox_start_ms)

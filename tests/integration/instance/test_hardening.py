@@ -3,10 +3,12 @@
 * onnxruntime's error text (node names, shapes) never reaches the host-readable instance log;
   the request that caused it is refused as a bad input.
 * The runtime is not dumpable and its core limit is 0, soft and hard.
+* The host's control calls (load, evict) need the token only its launcher was given.
 """
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sealserve.bench._runtime_stack import LocalStack, infer_tensors
+from sealserve.errors import InstanceError
+from sealserve.instance import InstanceClient
 from sealserve.runtime import BAD_INPUT
+from tests.unit.runtime.graphs import dense_model
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +74,22 @@ def test_the_runtime_is_not_dumpable_and_dumps_no_core(stack: LocalStack) -> Non
         limits = Path(f"/proc/{instance.runtime_pid}/limits").read_text()
         core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
         assert core.split()[4:6] == ["0", "0"], core
+
+
+def test_another_local_process_cannot_load_or_evict(stack: LocalStack) -> None:
+    assert stack.user is not None
+    model = stack.add_model("control", dense_model(61))
+    user = stack.user.principal_id
+    with stack.start_instance(name="control") as instance:
+        # Only the launcher reads the token: the ready file is the launcher's alone.
+        ready_file = stack.root / "control.ready"
+        assert stat.S_IMODE(ready_file.stat().st_mode) == 0o600
+        instance.client.load(model_id=model.model_id, user_id=user)
+        with InstanceClient(instance.url) as stranger:
+            for call in (
+                lambda: stranger.evict(model.model_id),
+                lambda: stranger.load(model_id=model.model_id, user_id=user),
+            ):
+                with pytest.raises(InstanceError, match="unauthorized"):
+                    call()
+        assert instance.client.evict(model.model_id) is True  # still resident until now

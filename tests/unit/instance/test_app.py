@@ -250,14 +250,16 @@ def test_the_openwhisk_contract(ks: InProcessKeyService, capfd: pytest.CaptureFi
 
 def test_load_evict_stats_health_and_metrics(ks: InProcessKeyService) -> None:
     async def body(h: Harness) -> None:
-        load = await h.client.post("/v1/load", json={"model_id": h.model_id, "user_id": h.user})
+        auth = {"authorization": f"Bearer {h.host.control_token}"}
+        doc = {"model_id": h.model_id, "user_id": h.user}
+        load = await h.client.post("/v1/load", json=doc, headers=auth)
         assert load.status_code == 200, load.text
         assert timings.MODEL_UNSEAL_SESSION in load.json()["timings"]
-        evict = await h.client.post("/v1/evict", json={"model_id": h.model_id})
+        evict = await h.client.post("/v1/evict", json={"model_id": h.model_id}, headers=auth)
         assert evict.json() == {"model_id": h.model_id, "evicted": True}
-        evict = await h.client.post("/v1/evict", json={"model_id": h.model_id})
+        evict = await h.client.post("/v1/evict", json={"model_id": h.model_id}, headers=auth)
         assert evict.json()["evicted"] is False
-        bad = await h.client.post("/v1/evict", content=b"[1]")
+        bad = await h.client.post("/v1/evict", content=b"[1]", headers=auth)
         assert error_of(bad)["code"] == "bad_request"
         health = await h.client.get("/healthz")
         assert health.json() == {"status": "ok", "runtime": "ready"}
@@ -300,5 +302,34 @@ def test_the_open_inference_protocol_health_probes_follow_the_runtime(
         ready = await h.client.get("/v2/health/ready")
         assert (ready.status_code, ready.json()["ready"]) == (503, False)
         assert ready.headers["retry-after"] == "1"
+
+    run(ks, body)
+
+
+def test_load_and_evict_need_the_control_token(ks: InProcessKeyService) -> None:
+    """Any local user can reach an instance's port: without the token the host made (and
+    gave only to its launcher) a load or an evict is refused before anything is read."""
+
+    async def body(h: Harness) -> None:
+        token = h.host.control_token
+        assert len(token) >= 32
+        auth = {"authorization": f"Bearer {token}"}
+        load_doc = {"model_id": h.model_id, "user_id": h.user}
+        assert (await h.client.post("/v1/load", json=load_doc, headers=auth)).status_code == 200
+        wrong = (
+            {},
+            {"authorization": f"Bearer {token[:-1]}"},
+            {"authorization": f"Bearer {token}x"},
+            {"authorization": token},
+            {"authorization": f"Basic {token}"},
+        )
+        for given in wrong:
+            for path, doc in (("/v1/evict", {"model_id": h.model_id}), ("/v1/load", load_doc)):
+                refused = await h.client.post(path, json=doc, headers=given)
+                assert refused.status_code == 401, (path, given)
+                assert error_of(refused)["code"] == "unauthorized"
+        # The refused evicts evicted nothing: the model is still resident.
+        evict = await h.client.post("/v1/evict", json={"model_id": h.model_id}, headers=auth)
+        assert evict.json() == {"model_id": h.model_id, "evicted": True}
 
     run(ks, body)
