@@ -154,6 +154,13 @@ class GatewaySettings:
     max_uploads_per_owner: int = 4
     #: An upload with no activity for this long is discarded.
     upload_ttl_s: float = 3600.0
+    #: Slow clients (slowloris): the longest wait for a body's next byte, the average rate
+    #: (bytes/s) a body must keep after that, the bytes of bodies held at once, and the
+    #: connections one client address may hold (docs/http-api.md).
+    body_timeout_s: float = 10.0
+    min_body_rate: int = 16 * 1024
+    max_body_bytes_in_flight: int = 1 << 30
+    max_connections_per_source: int = 128
 
     def __post_init__(self) -> None:
         _check_port("gateway.port", self.port)
@@ -166,8 +173,18 @@ class GatewaySettings:
             "max_uploads",
             "max_uploads_per_owner",
             "upload_ttl_s",
+            "body_timeout_s",
+            "min_body_rate",
+            "max_body_bytes_in_flight",
+            "max_connections_per_source",
         ):
             _check_positive(f"gateway.{name}", getattr(self, name))
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ConfigError(
+                f"Config 'gateway.max_body_bytes_in_flight' has value "
+                f"{self.max_body_bytes_in_flight!r}. Must be at least gateway.max_body_bytes "
+                f"({self.max_body_bytes!r})."
+            )
         if self.upload_chunk_bytes < 1024:
             raise ConfigError(
                 f"Config 'gateway.upload_chunk_bytes' has value {self.upload_chunk_bytes!r}. "

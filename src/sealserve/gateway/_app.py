@@ -48,6 +48,7 @@ from sealserve.errors import DeadlineExceeded, ModelNotStored
 from sealserve.gateway._errors import error_for, too_many_requests, unknown_model
 from sealserve.gateway._http import (
     BodyReader,
+    HttpLimits,
     LeanHandler,
     LeanResponse,
     LeanRoute,
@@ -133,6 +134,8 @@ class GatewayOptions:
     max_queued: int = 256
     #: Serve the browser client under ``/web/`` (:mod:`._web`).
     web: bool = False
+    #: What one connection, one client address and all bodies may hold (the lean server's).
+    http: HttpLimits = dataclasses.field(default_factory=HttpLimits)
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_queued"):
@@ -143,6 +146,11 @@ class GatewayOptions:
             value = getattr(self, name)
             if not value > 0 or math.isinf(value):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.http.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"http.max_body_bytes_in_flight ({self.http.max_body_bytes_in_flight!r}) must "
+                f"be at least max_body_bytes ({self.max_body_bytes!r})"
+            )
         if self.default_timeout_s > self.max_timeout_s:
             raise ValueError(
                 f"default_timeout_s ({self.default_timeout_s!r}) must not exceed "
@@ -157,6 +165,12 @@ class GatewayOptions:
             max_timeout_s=max(600.0, settings.request_timeout_s),
             max_queued=settings.max_queued,
             web=settings.web,
+            http=HttpLimits(
+                body_idle_s=settings.body_timeout_s,
+                min_body_rate=settings.min_body_rate,
+                max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
+                max_connections_per_source=settings.max_connections_per_source,
+            ),
         )
 
 
@@ -212,11 +226,12 @@ class Gateway:
         self._draining = False
         #: Liveness and readiness: not ready before startup and once draining, then whatever
         #: else ``health`` checks (the platform, say).
-        self.health = Health(ready_checks=(self._serving_check,))
+        checks = (self._serving_check, self._saturation_check)
+        self.health = Health(ready_checks=checks)
         if health is not None:
             self.health = Health(
                 live_checks=health.live_checks,
-                ready_checks=(self._serving_check, *health.ready_checks),
+                ready_checks=(*checks, *health.ready_checks),
             )
         self._scrape_targets = scrape_targets
         self.models = models
@@ -268,6 +283,12 @@ class Gateway:
         self._draining = True
         if self._on_shutdown is not None:
             await self._on_shutdown()
+
+    def _saturation_check(self) -> str | None:
+        """Not ready while every request slot is held: new requests would get 429."""
+        if self._inside >= self.options.max_queued:
+            return f"saturated: {self._inside} of {self.options.max_queued} requests held"
+        return None
 
     def _serving_check(self) -> str | None:
         if self._draining:
@@ -577,6 +598,16 @@ class Gateway:
         return JSONResponse(self.platform.stats().to_json(recent=recent))
 
     async def _healthz(self, request: Request) -> Response:
+        if self._saturation_check() is not None:  # alive, but new requests would get 429
+            return JSONResponse(
+                {
+                    "status": "saturated",
+                    "held": self._inside,
+                    "max_queued": self.options.max_queued,
+                },
+                status_code=503,
+                headers={"retry-after": "1"},
+            )
         return JSONResponse({"status": "ok"})
 
     async def _health_probe(self, request: Request) -> Response:

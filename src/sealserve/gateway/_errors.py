@@ -15,6 +15,7 @@ from sealserve.errors import (
     PlatformError,
     SealserveError,
 )
+from sealserve.gateway._http import BodyError
 from sealserve.protocol import HostError, error_for_exception
 
 __all__ = ["error_for", "too_many_requests", "unknown_model"]
@@ -39,6 +40,8 @@ def error_for(exc: BaseException) -> HostError:
     """The answer for ``exc``: the gateway's codes, else the instance host's."""
     if isinstance(exc, HostError):
         return exc
+    if isinstance(exc, BodyError):  # the client left or was cut off mid-body: no one to answer
+        return HostError(400, "bad_request", str(exc))
     if isinstance(exc, ModelNotStored):
         return HostError(404, "unknown_model", str(exc))
     if isinstance(exc, CapacityExhausted):

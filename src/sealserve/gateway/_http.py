@@ -18,8 +18,15 @@ a small bridge: those are small, rare requests.
     await server.stop(graceful_s=30)   # stop accepting, let requests finish, close
 
 **The body read path** is one place: :class:`BodyReader`.  It checks the length against the
-limit, owns the buffer, and completes when the last byte lands; limits on how slowly a body
-may arrive belong there too.
+limit, owns the buffer, and completes when the last byte lands.  What a slow or stalled client
+can hold is bounded there (:class:`HttpLimits`): the buffer starts at ``body_chunk_bytes`` and
+grows (doubling) only as bytes arrive, so a declared ``Content-Length`` costs nothing until it
+is sent; the body buffers of all connections together stay under
+``max_body_bytes_in_flight`` (a body that would pass it is answered 503, retryable); a body
+must keep arriving (no wait longer than ``body_idle_s`` for its next byte, and on average
+``min_body_rate`` bytes/s after that first wait) or it is answered 408 and the connection
+closed, so a stalled request gives its slot back.  One client address may hold at most
+``max_connections_per_source`` connections (more are answered 429 and closed).
 
 What it speaks: HTTP/1.1 and 1.0 with keep-alive (``Connection: close`` honoured), one request
 at a time per connection (no pipelining in parallel: reading pauses while a request is served;
@@ -69,16 +76,39 @@ class HttpLimits:
     max_head_bytes: int = 64 * 1024
     #: Largest body of a request that goes to the ASGI application.
     max_asgi_body_bytes: int = 1 << 20
-    #: An idle keep-alive connection is closed after this long.
+    #: An idle keep-alive connection is closed after this long; a request head must be
+    #: complete within it.
     keep_alive_s: float = 30.0
+    #: The longest wait for the next byte of a body (408 and close after it).
+    body_idle_s: float = 10.0
+    #: After its first ``body_idle_s``, a body must arrive at least this fast on average
+    #: (bytes/s): it has ``body_idle_s + length / min_body_rate`` seconds in all.
+    min_body_rate: int = 16 * 1024
+    #: What a body's buffer starts with; it doubles as bytes arrive, up to the length.
+    body_chunk_bytes: int = 1 << 20
+    #: Body buffers held at once over all connections (a body that would pass it gets 503).
+    max_body_bytes_in_flight: int = 1 << 30
+    #: Connections one client address may hold at once (more are answered 429 and closed).
+    max_connections_per_source: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("max_head_bytes", "max_asgi_body_bytes"):
+        for name in (
+            "max_head_bytes",
+            "max_asgi_body_bytes",
+            "body_chunk_bytes",
+            "max_body_bytes_in_flight",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
                 raise ValueError(f"{name} must be an int >= 1024, got {value!r}")
-        if not self.keep_alive_s > 0:
-            raise ValueError(f"keep_alive_s must be > 0, got {self.keep_alive_s!r}")
+        for name in ("max_connections_per_source", "min_body_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("keep_alive_s", "body_idle_s"):
+            value = getattr(self, name)
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,7 +149,8 @@ class LeanRoute:
 
 
 class BodyError(Exception):
-    """The body could not be read (the connection closed or broke before its end)."""
+    """The body could not be read (the connection closed or broke before its end, or the
+    body did not arrive in time)."""
 
 
 class BodyReader:
@@ -129,11 +160,12 @@ class BodyReader:
     connection does not read the body at all.  ``length`` is the ``Content-Length``.
     """
 
-    __slots__ = ("_conn", "_done", "_pos", "_target", "length")
+    __slots__ = ("_buffer", "_conn", "_done", "_pos", "_target", "length")
 
     def __init__(self, conn: _Connection, length: int) -> None:
         self._conn = conn
         self.length = length
+        self._buffer: bytearray | None = None
         self._target: memoryview | None = None
         self._pos = 0
         self._done: asyncio.Future[None] | None = None
@@ -145,14 +177,39 @@ class BodyReader:
             raise ValueError(f"the body is {self.length} bytes; the limit is {limit}")
         if self._target is not None:
             raise RuntimeError("the body was read already")
-        buffer = bytearray(self.length)
-        self._target = memoryview(buffer)
         self._done = asyncio.get_running_loop().create_future()
         self._conn.begin_body(self)
         await self._done
+        assert self._buffer is not None
+        assert len(self._buffer) == self.length
+        buffer, self._buffer, self._target = self._buffer, None, None
         return buffer
 
     # -- the connection's side ---------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """Bytes received so far."""
+        return self._pos
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of buffer held now."""
+        return 0 if self._buffer is None else len(self._buffer)
+
+    def start(self, size: int) -> None:
+        """Hold a first buffer of ``size`` bytes (the connection charged them)."""
+        self._buffer = bytearray(size)
+        self._target = memoryview(self._buffer)
+
+    def grow_to(self, size: int) -> None:
+        """A larger buffer (the connection charged the difference), keeping what landed.
+        The old one may still be lent to the event loop: it is copied, never resized."""
+        assert self._buffer is not None
+        assert size > len(self._buffer)
+        grown = bytearray(size)
+        grown[: self._pos] = self._buffer[: self._pos]
+        self._buffer, self._target = grown, memoryview(grown)
 
     @property
     def remaining(self) -> memoryview:
@@ -218,18 +275,39 @@ class _Connection(asyncio.BufferedProtocol):
         self._idle: asyncio.TimerHandle | None = None
         self._lost: asyncio.Future[None] | None = None
         self._expects_continue = False
+        self._source: str | None = None
+        self._charged = 0  # bytes of body buffer counted in the server's in-flight total
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_deadline = 0.0
+        self._seen_pos = 0
+        self._seen_at = 0.0
 
     # -- asyncio's side --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._lost = asyncio.get_running_loop().create_future()
+        source = self.client
+        if source is not None and not self._server.admit_source(source[0]):
+            self._refuse(
+                429,
+                "too_many_connections",
+                f"this address already holds {self._limits.max_connections_per_source} "
+                "connections; reuse one or retry after a while",
+            )
+            return
+        self._source = None if source is None else source[0]
         self._server.connections.add(self)
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _State.CLOSED
         self._server.connections.discard(self)
+        if self._source is not None:
+            self._server.release_source(self._source)
+            self._source = None
+        self._uncharge()
+        self._stop_body_timer()
         if self._idle is not None:
             self._idle.cancel()
         if self._body is not None:
@@ -247,8 +325,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._state is _State.BODY and self._body is not None:
-            if self._body.landed(nbytes):
+            body = self._body
+            if body.landed(nbytes):
                 self._body_complete()
+            elif body.position >= body.capacity:
+                self._grow(body)
             return
         if self._filled >= len(self._buf):
             self._refuse(431, "bad_request", "the request head is over the limit")
@@ -342,9 +423,15 @@ class _Connection(asyncio.BufferedProtocol):
         if self._state is not _State.WAIT_BODY:
             body.fail("the connection is closed")
             return
+        take = min(self._filled, body.length)
+        first = min(body.length, max(self._limits.body_chunk_bytes, take))
+        if not self._charge(first):
+            body.fail("the gateway holds too many bytes of request bodies")
+            self._refuse_busy()
+            return
+        body.start(first)
         self._body = body
         self._pending_body = 0
-        take = min(self._filled, body.length)
         if take:
             body.remaining[:take] = self._buf[:take]
             self._consume(take)
@@ -352,10 +439,74 @@ class _Connection(asyncio.BufferedProtocol):
             self._body_complete()
             return
         self._state = _State.BODY
+        self._start_body_timer(body)
         assert self._transport is not None
         if self._expects_continue:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._transport.resume_reading()
+
+    def _grow(self, body: BodyReader) -> None:
+        """The buffer is full and the body is not: double it (charged), or refuse (503)."""
+        size = min(body.length, 2 * body.capacity)
+        if not self._charge(size - body.capacity):
+            body.fail("the gateway holds too many bytes of request bodies")
+            self._refuse_busy()
+            return
+        body.grow_to(size)
+
+    def _charge(self, n: int) -> bool:
+        if not self._server.charge_body(n):
+            return False
+        self._charged += n
+        return True
+
+    def _uncharge(self) -> None:
+        if self._charged:
+            self._server.charge_body(-self._charged)
+            self._charged = 0
+
+    def _refuse_busy(self) -> None:
+        self._refuse(
+            503,
+            "overloaded",
+            "the gateway holds too many bytes of request bodies; retry after a while",
+            retryable=True,
+        )
+
+    # -- how slowly a body may arrive -----------------------------------------------------------
+
+    def _start_body_timer(self, body: BodyReader) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limits = self._limits
+        self._body_deadline = now + limits.body_idle_s + body.length / limits.min_body_rate
+        self._seen_pos, self._seen_at = body.position, now
+        self._body_timer = loop.call_later(limits.body_idle_s / 4, self._check_body)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _check_body(self) -> None:
+        """Every quarter of ``body_idle_s`` while a body is read: cut a stalled or too slow
+        one (408, close), so it gives back its buffer and its request's slot."""
+        self._body_timer = None
+        body = self._body
+        if self._state is not _State.BODY or body is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if body.position != self._seen_pos:
+            self._seen_pos, self._seen_at = body.position, now
+        stalled = now - self._seen_at >= self._limits.body_idle_s
+        if stalled or now >= self._body_deadline:
+            _log.event("http.body_timeout", level=logging.INFO, client=self._source,
+                       received=body.position, length=body.length, stalled=stalled)  # fmt: skip
+            body.fail("the body did not arrive in time")
+            self._refuse(408, "request_timeout", "the request body did not arrive in time")
+            return
+        self._body_timer = loop.call_later(self._limits.body_idle_s / 4, self._check_body)
 
     def _consume(self, n: int) -> None:
         """Drop the first ``n`` buffered bytes (moved in place: the event loop may still hold
@@ -367,6 +518,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _body_complete(self) -> None:
         self._body = None
+        self._stop_body_timer()
         self._state = _State.SERVING
         if self._transport is not None:
             self._transport.pause_reading()
@@ -429,6 +581,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _finish(self) -> None:
         self._task = None
+        self._uncharge()  # the handler is done with the body
         transport = self._transport
         if transport is None or self._state is _State.CLOSED:
             return
@@ -442,13 +595,16 @@ class _Connection(asyncio.BufferedProtocol):
         if self._filled:  # a pipelined request is already here
             self._try_head()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, status: int, code: str, message: str, *, retryable: bool = False) -> None:
         """Answer a request that cannot be parsed or served, and close."""
         self._keep_alive = False
         self._pending_body = 0
-        doc = {"error": {"code": code, "message": message, "retryable": False}}
+        doc = {"error": {"code": code, "message": message, "retryable": retryable}}
         body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-        self._write(LeanResponse(status, {"content-type": "application/json"}, body))
+        headers = {"content-type": "application/json"}
+        if retryable:
+            headers["retry-after"] = "1"
+        self._write(LeanResponse(status, headers, body))
         self._close()
 
     def _close(self) -> None:
@@ -506,6 +662,9 @@ class HttpServer:
         self.limits = limits or HttpLimits()
         self.connections: set[_Connection] = set()
         self.stopping = False
+        #: Bytes of body buffers held now, over all connections.
+        self.body_bytes = 0
+        self._per_source: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None
         self._host = ("127.0.0.1", 0)
         self._scheme = "http"
@@ -536,6 +695,31 @@ class HttpServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
+
+    # -- what connections hold together ----------------------------------------------------------
+
+    def admit_source(self, source: str) -> bool:
+        """Count one more connection of ``source``, unless it holds the most it may."""
+        held = self._per_source.get(source, 0)
+        if held >= self.limits.max_connections_per_source:
+            return False
+        self._per_source[source] = held + 1
+        return True
+
+    def release_source(self, source: str) -> None:
+        held = self._per_source.get(source, 0) - 1
+        if held > 0:
+            self._per_source[source] = held
+        else:
+            self._per_source.pop(source, None)
+
+    def charge_body(self, n: int) -> bool:
+        """Add ``n`` bytes (negative: give back) to the body buffers held; ``False`` (and
+        nothing added) when that would pass ``max_body_bytes_in_flight``."""
+        if n > 0 and self.body_bytes + n > self.limits.max_body_bytes_in_flight:
+            return False
+        self.body_bytes += n
+        return True
 
     # -- dispatch --------------------------------------------------------------------------------
 

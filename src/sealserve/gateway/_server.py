@@ -80,7 +80,9 @@ class GatewayServer:
             raise GatewayError(str(exc)) from None
         self._graceful_s = graceful_s
         logging.getLogger("sealserve.gateway._http").setLevel(log_level.upper())
-        self._http = HttpServer(app=gateway.app, routes=gateway.lean_routes())
+        self._http = HttpServer(
+            app=gateway.app, routes=gateway.lean_routes(), limits=gateway.options.http
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_asked = False

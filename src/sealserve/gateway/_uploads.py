@@ -37,6 +37,7 @@ from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve.config import GatewaySettings
 from sealserve.errors import AccessDenied, ModelNotStored, ReplayQuotaExceeded, StoreIntegrityError
+from sealserve.gateway._http import BodyError
 from sealserve.gateway._staging import StagedUpload, Staging
 from sealserve.instance import SEALED_HEADER_BYTES, SealedModelStore, check_sealed_header
 from sealserve.protocol import (
@@ -573,6 +574,8 @@ def _deny(reason: str, principal: str) -> NoReturn:
 def _error_for(exc: BaseException) -> HostError:
     if isinstance(exc, ReplayQuotaExceeded):
         return HostError(429, "too_many_requests", str(exc), retryable=True)
+    if isinstance(exc, BodyError):  # the client left or was cut off mid-body
+        return HostError(400, "bad_request", str(exc))
     return error_for_exception(exc)
 
 

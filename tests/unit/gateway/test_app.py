@@ -292,8 +292,15 @@ def test_past_max_queued_requests_the_gateway_answers_429_with_retry_after() -> 
         assert second.status_code == 429
         assert error_of(second)["code"] == "too_many_requests"
         assert second.headers["retry-after"] == "1"
+        # Health says so (it said 200 while every request got 429).
+        health = await client.get("/healthz")
+        assert (health.status_code, health.json()) == (
+            503,
+            {"status": "saturated", "held": 1, "max_queued": 1},
+        )
         platform.gate.set()
         assert (await first).status_code == 200
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
 
     run(body, max_queued=1)
 

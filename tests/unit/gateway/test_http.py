@@ -37,6 +37,7 @@ class Echo:
         self.heads: list[RequestHead] = []
         self.errors: list[BaseException] = []
         self.gate: asyncio.Event | None = None
+        self.limit = LIMIT
 
     async def __call__(
         self, head: RequestHead, params: Mapping[str, str], body: BodyReader
@@ -45,7 +46,7 @@ class Echo:
         if "x-refuse" in head.headers:
             return LeanResponse(403, {"content-type": "text/plain"}, b"refused")
         try:
-            data = await body.read(limit=LIMIT)
+            data = await body.read(limit=self.limit)
         except ValueError:
             return LeanResponse(413, {}, b"too large")
         except BodyError as exc:
@@ -271,3 +272,123 @@ def test_limits_are_checked() -> None:
         HttpLimits(max_head_bytes=10)
     with pytest.raises(ValueError, match="keep_alive_s"):
         HttpLimits(keep_alive_s=0)
+    with pytest.raises(ValueError, match="body_idle_s"):
+        HttpLimits(body_idle_s=float("inf"))
+    with pytest.raises(ValueError, match="max_connections_per_source"):
+        HttpLimits(max_connections_per_source=0)
+
+
+# -- slow clients (slowloris, issue 10.3) -------------------------------------------------------
+
+
+async def _until_closed(conn: MemoryTransport) -> None:
+    """Let the server's timers run until it closes ``conn`` (bounded by the test's timeout:
+    a server that never cuts the connection fails the test)."""
+    while not conn.closed:
+        await asyncio.sleep(0.01)
+
+
+def test_a_stalled_body_is_cut_off_while_other_clients_are_served() -> None:
+    async def body(echo: Echo, srv: HttpServer) -> None:
+        slow = MemoryTransport(srv)
+        slow.feed(request("/echo/slow", b"x" * 500)[:-490])  # the head and 10 bytes, then nothing
+        await slow.run_until_quiet()
+        assert slow.protocol.busy  # it holds its request
+        for i in range(3):  # others are served meanwhile
+            fast = MemoryTransport(srv)
+            fast.feed(request("/echo/fast", b"%d" % i))
+            await fast.run_until_quiet()
+            ((status, _, out),) = parse_responses(bytes(fast.written))
+            assert (status, out) == (200, b"echo:%d" % i)
+        await _until_closed(slow)
+        ((status, headers, out),) = parse_responses(bytes(slow.written))
+        assert (status, headers["connection"]) == (408, "close")
+        assert b'"code":"request_timeout"' in out
+        assert len(echo.errors) == 1
+        assert isinstance(echo.errors[0], BodyError)
+        assert srv.body_bytes == 0  # its buffer was given back
+
+    drive(body, body_idle_s=0.1)
+
+
+def test_a_trickling_body_is_cut_off_at_the_minimum_rate() -> None:
+    async def body(echo: Echo, srv: HttpServer) -> None:
+        conn = MemoryTransport(srv)
+        payload = b"y" * 50
+        conn.feed(request("/echo/t", payload)[: -len(payload)])
+        await conn.run_until_quiet()
+        # One byte every 20 ms (50 bytes/s) never stalls for body_idle_s, but stays below the
+        # 100 bytes/s asked for: the body has 0.1 + 50 / 100 s in all, and needs at least 1 s.
+        sent = 0
+        while not conn.closed:
+            if sent < len(payload):
+                conn.feed(payload[sent : sent + 1])
+                sent += 1
+                conn.pump()
+            await asyncio.sleep(0.02)
+        assert sent < len(payload)
+        ((status, _, _),) = parse_responses(bytes(conn.written))
+        assert status == 408
+        assert not echo.bodies
+
+    drive(body, body_idle_s=0.1, min_body_rate=100)
+
+
+def test_a_declared_length_costs_memory_only_as_bytes_arrive() -> None:
+    async def body(echo: Echo, srv: HttpServer) -> None:
+        echo.limit = 64 << 20
+        conn = MemoryTransport(srv)
+        head = request("/echo/big", b"")
+        head = head.replace(b"content-length: 0", b"content-length: %d" % (64 << 20))
+        conn.feed(head + b"z" * 10)
+        await conn.run_until_quiet()
+        assert srv.body_bytes == 4096  # the first chunk, not the declared 64 MiB
+        conn.feed(b"z" * 5000)
+        await conn.run_until_quiet()
+        assert srv.body_bytes == 8192  # doubled as the bytes came: 4 KiB, 8 KiB
+        conn.hang_up()
+        assert srv.body_bytes == 0
+
+    drive(body, body_chunk_bytes=4096)
+
+
+def test_bodies_in_flight_are_bounded_over_all_connections() -> None:
+    async def body(echo: Echo, srv: HttpServer) -> None:
+        echo.limit = 1 << 20
+        first = MemoryTransport(srv)
+        first.feed(request("/echo/a", b"a" * (1 << 20))[: -(1 << 20)])
+        await first.run_until_quiet()
+        first.feed(b"a" * 5000)
+        await first.run_until_quiet()
+        assert srv.body_bytes == 8192  # 1 KiB doubled to 8 KiB for 5,000 bytes: the budget
+        second = MemoryTransport(srv)
+        second.feed(request("/echo/b", b"b" * 100))
+        await second.run_until_quiet()
+        ((status, headers, out),) = parse_responses(bytes(second.written))
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert b'"retryable":true' in out
+        assert second.closed
+        first.hang_up()
+        third = MemoryTransport(srv)
+        third.feed(request("/echo/c", b"c" * 100))
+        await third.run_until_quiet()
+        assert parse_responses(bytes(third.written))[0][:3:2] == (200, b"echo:" + b"c" * 100)
+
+    drive(body, body_chunk_bytes=1024, max_body_bytes_in_flight=8192)
+
+
+def test_one_address_holds_at_most_its_share_of_connections() -> None:
+    async def body(echo: Echo, srv: HttpServer) -> None:
+        held = [MemoryTransport(srv) for _ in range(2)]  # all from 127.0.0.1
+        refused = MemoryTransport(srv)
+        ((status, headers, out),) = parse_responses(bytes(refused.written))
+        assert (status, headers["connection"]) == (429, "close")
+        assert b'"code":"too_many_connections"' in out
+        assert refused.closed
+        held[0].close()
+        again = MemoryTransport(srv)
+        again.feed(request("/echo/a", b"ok"))
+        await again.run_until_quiet()
+        assert parse_responses(bytes(again.written))[0][0] == 200
+
+    drive(body, max_connections_per_source=2)
