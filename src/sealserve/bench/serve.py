@@ -369,7 +369,11 @@ def _cold(
                 if len(pubs) > 1:
                     other = pubs[(i + 1) % len(pubs)]
                     samples[other.name]["ready_instance"].append(_one(up, other))
-        meters = up.platform().get("meters", {})
+        platform = up.platform()
+        meters = {
+            key: platform.get(key)
+            for key in ("gb_seconds", "spare_gb_seconds", "instance_seconds", "counters")
+        }
     out: dict[str, Any] = {"platform_meters": meters}
     for name, series in samples.items():
         out[name] = {kind: _cold_summary(runs) for kind, runs in series.items() if runs}

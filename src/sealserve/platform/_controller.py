@@ -276,6 +276,7 @@ class PlatformController(RouterCore):
             in_flight=self.in_flight,
             counters=self.counters.to_json(),
             gb_seconds=self.meter.gb_seconds(now),
+            spare_gb_seconds=self.meter.spare_gb_seconds(now),
             instance_seconds=self.meter.instance_seconds(now),
             decisions=dict(self.decision_counts),
             recent=tuple(self.decisions),
@@ -508,7 +509,7 @@ class PlatformController(RouterCore):
             self._instances[inst.id] = InstanceRecord(
                 inst.memory_mb, inst.budget_mb, now, spare=True
             )
-            self.meter.start(inst.id, memory_mb=inst.memory_mb, now=now)
+            self.meter.start(inst.id, memory_mb=inst.memory_mb, now=now, spare=True)
             self.counters.spare_starts += 1
             actions.append(
                 StartInstance(
@@ -580,6 +581,7 @@ class PlatformController(RouterCore):
         record = self._instances.get(iid)
         if record is not None and record.spare and record.taken_at is None:
             record.taken_at = now  # a spare took the request: no cold start to wait for
+            self.meter.take(iid, now=now)
             self.counters.spares_taken += 1
             self._start_spares(now, actions)
         if routed.loads:

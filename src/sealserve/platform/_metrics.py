@@ -83,6 +83,11 @@ class _StatsCollector(Collector):
             value=stats.gb_seconds,
         )
         yield CounterMetricFamily(
+            "sealserve_platform_spare_gb_seconds",
+            "The part of the billed GB-seconds spent on instances kept ready (spares).",
+            value=stats.spare_gb_seconds,
+        )
+        yield CounterMetricFamily(
             "sealserve_platform_instance_seconds",
             "Seconds instances were alive, summed.",
             value=stats.instance_seconds,

@@ -63,6 +63,8 @@ class PlatformStats:
     decisions: Mapping[str, int]
     recent: tuple[DecisionRecord, ...]
     config: Mapping[str, Any]
+    #: The part of ``gb_seconds`` billed to instances while they were spares (kept ready).
+    spare_gb_seconds: float = 0.0
 
     def to_json(self, *, recent: int | None = None) -> dict[str, Any]:
         decisions = self.recent if recent is None else self.recent[-recent:] if recent else ()
@@ -73,6 +75,7 @@ class PlatformStats:
             "in_flight": self.in_flight,
             "counters": dict(self.counters),
             "gb_seconds": round(self.gb_seconds, 3),
+            "spare_gb_seconds": round(self.spare_gb_seconds, 3),
             "instance_seconds": round(self.instance_seconds, 3),
             "decisions": dict(self.decisions),
             "recent_decisions": [d.to_json() | {"text": d.describe()} for d in decisions],

@@ -356,9 +356,16 @@ def test_spares_are_started_billed_taken_and_stopped_by_the_controller() -> None
     assert "spare" in record.reason
     assert not ctl.waited_for_cold_start(3)
     assert ctl.meter.gb_seconds(3.0, spare) == pytest.approx(2048 / 1024 * 2.0)  # billed
+    # ... and counted as the price of keeping it ready until m3 took it at 3.0 (the spare
+    # started then has cost nothing yet).
+    assert ctl.meter.spare_gb_seconds(3.0) == pytest.approx(2048 / 1024 * 2.0)
+    assert ctl.snapshot(3.0).to_json()["spare_gb_seconds"] == pytest.approx(2048 / 1024 * 2.0)
     # The next spare (if one was started) is stopped once idle past the keep-alive.
     later = [s.instance_id for s in only(taken, StartInstance) if s.spare]
     for iid in later:
         ctl.started(iid, 4.0)
         stops = ctl.tick(100.0)
         assert StopInstance(iid, "a spare nobody took, idle past its keep-alive") in stops
+        assert ctl.meter.spare_gb_seconds(200.0) == pytest.approx(
+            2048 / 1024 * 2.0 + ctl.meter.gb_seconds(200.0, iid)
+        )  # untaken: every second of it was the price of keeping it ready

@@ -47,6 +47,26 @@ def test_gb_seconds_are_configured_memory_times_time_alive() -> None:
     assert not meter.is_running(0)
 
 
+def test_a_spare_is_billed_and_its_time_as_a_spare_is_counted_apart() -> None:
+    """A spare is billed from its start like any instance; its spare GB-s run until a request
+    takes it, or until it stops untaken."""
+    meter = CostMeter()
+    meter.start(0, memory_mb=1024, now=0.0)  # a cold-started instance: never a spare
+    meter.start(1, memory_mb=2048, now=10.0, spare=True)  # taken at 14
+    meter.start(2, memory_mb=512, now=10.0, spare=True)  # never taken, stops at 30
+    assert meter.spare_gb_seconds(12.0) == pytest.approx(2.0 * 2 + 0.5 * 2)
+    assert meter.take(1, now=14.0)
+    assert not meter.take(1, now=15.0)  # taken once
+    assert not meter.take(0, now=15.0)  # not a spare
+    assert meter.stop(2, now=30.0)
+    assert not meter.take(2, now=31.0)  # stopped: nobody takes it any more
+    assert meter.spare_gb_seconds(100.0) == pytest.approx(2.0 * 4 + 0.5 * 20)
+    # The spares are in the total bill, taken or not.
+    assert meter.gb_seconds(100.0) == pytest.approx(1.0 * 100 + 2.0 * 90 + 0.5 * 20)
+    with pytest.raises(ValueError, match="instance_id 9 is not metered"):
+        meter.take(9, now=1.0)
+
+
 def test_the_meter_refuses_what_cannot_be_billed() -> None:
     meter = CostMeter()
     with pytest.raises(ValueError, match="memory_mb must be an int >= 1, got 0"):
