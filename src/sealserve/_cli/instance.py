@@ -148,6 +148,13 @@ def serve(
     timeout_s: Annotated[
         float, typer.Option(min=0.001, help="Deadline of requests that name none, seconds.")
     ] = 60.0,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Longest wait for a request body's next byte, seconds (slow clients: 408).",
+        ),
+    ] = 10.0,
     ready_file: Annotated[
         Path | None,
         typer.Option(help="Write the JSON ready line here too (atomically) once serving."),
@@ -210,6 +217,7 @@ def serve(
                 concurrency=concurrency,
                 max_body_bytes=max_body_mb << 20,
                 default_timeout_s=timeout_s,
+                body_timeout_s=body_timeout_s,
             ),
             runtime=SupervisorOptions(
                 memory_budget_mb=memory_budget_mb,

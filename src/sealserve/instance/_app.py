@@ -46,7 +46,7 @@ from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -90,12 +90,18 @@ class HostOptions:
     default_timeout_s: float = 60.0
     #: Print OpenWhisk's end-of-activation marker after each ``/run``.
     activation_markers: bool = True
+    #: Slow clients: the longest wait for a body's next byte (408 and close after it).
+    body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "max_body_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not 0 < self.body_timeout_s <= _MAX_TIMEOUT_S:
+            raise ValueError(
+                f"body_timeout_s must be within (0, {_MAX_TIMEOUT_S}], got {self.body_timeout_s!r}"
+            )
         if not 0 < self.default_timeout_s <= _MAX_TIMEOUT_S:
             raise ValueError(
                 f"default_timeout_s must be within (0, {_MAX_TIMEOUT_S}], "
@@ -192,6 +198,10 @@ class InstanceHost:
         async def endpoint(request: Request) -> Response:
             try:
                 response = await handler(request)
+            except ClientDisconnect:  # it left, or was cut off mid-body: no one to answer
+                _log.event("instance.client_gone", endpoint=name)
+                self.metrics.requests.labels(endpoint=name, code="client_gone").inc()
+                response = Response(status_code=400)
             except Exception as exc:
                 error = error_for_exception(exc)
                 level = logging.ERROR if error.status == 500 else logging.INFO
@@ -329,16 +339,14 @@ class InstanceHost:
                 "timeout_s": round(timeout, 6),
             }
             # The body is read into private memory first, then put in the channel in one go:
-            # a loan held open while a slow client sends would hold up the channel.
-            sealed = bytearray(length)
-            pos = 0
+            # a loan held open while a slow client sends would hold up the channel.  It grows
+            # with the bytes that came (a declared length costs nothing until it is sent).
+            sealed = bytearray()
             async for chunk in request.stream():
-                end = pos + len(chunk)
-                if end > length:
+                sealed += chunk
+                if len(sealed) > length:
                     raise bad_request("the body is longer than its Content-Length")
-                sealed[pos:end] = chunk
-                pos = end
-            if pos != length:
+            if len(sealed) != length:
                 raise bad_request("the body is shorter than its Content-Length")
             body_s = time.perf_counter() - started
             generation = await self._generation(timeout)

@@ -37,7 +37,7 @@ from typing import Final, TextIO
 from prometheus_client import CollectorRegistry
 
 from sealserve._log import get_logger
-from sealserve._serving import ReadyServer, base_url, bind_listener, server_config
+from sealserve._serving import ReadyServer, ServerLimits, base_url, bind_listener, server_config
 from sealserve._tls import TlsFiles, client_context
 from sealserve.attest import Launcher
 from sealserve.errors import InstanceError, SealserveError
@@ -174,6 +174,7 @@ def serve_instance(
             graceful_s=10,
             limit_concurrency=max(64, config.http.concurrency * 8),
             tls=config.tls,
+            limits=ServerLimits(body_idle_s=config.http.body_timeout_s),
         )
     )
 

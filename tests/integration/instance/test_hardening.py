@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import socket
 import stat
 from pathlib import Path
 
@@ -93,3 +94,44 @@ def test_another_local_process_cannot_load_or_evict(stack: LocalStack) -> None:
                 with pytest.raises(InstanceError, match="unauthorized"):
                     call()
         assert instance.client.evict(model.model_id) is True  # still resident until now
+
+
+def test_stalled_request_bodies_give_their_slots_back(stack: LocalStack) -> None:
+    """Slowloris on the instance host (issue 10.3): requests that stall mid-body hold the
+    host's request slots (``--concurrency``) until they are cut off (408) after
+    ``--body-timeout-s``; then real requests are served again."""
+    assert stack.user is not None
+    model = stack.add_model("slots", dense_model(62))
+    user = stack.user.principal_id
+    extra = ["--body-timeout-s", "0.5"]
+    with stack.start_instance(name="slots", concurrency=2, extra=extra) as instance:
+        address = (instance.ready["host"], int(instance.ready["port"]))
+        stalled = []
+        for i in range(2):
+            sock = socket.create_connection(address, timeout=60)
+            sock.sendall(
+                (
+                    f"POST /v1/infer HTTP/1.1\r\nhost: i\r\ncontent-length: {64 << 20}\r\n"
+                    f"x-sealserve-model: {model.model_id}\r\nx-sealserve-user: {user}\r\n"
+                    f"x-sealserve-request-id: stall-{i}\r\n\r\n"
+                ).encode()
+                + b"x" * 10
+            )
+            stalled.append(sock)
+        for sock in stalled:
+            out = bytearray()
+            while chunk := sock.recv(65536):
+                out += chunk
+            assert out.startswith(b"HTTP/1.1 408 "), bytes(out[:80])
+            sock.close()
+        outputs, _ = infer_tensors(
+            instance.client,
+            model.request_key,
+            {"X": np.ones((1, 64), np.float32)},
+            model_id=model.model_id,
+            user_id=user,
+        )
+        assert outputs["Y"].shape == (1, 16)
+        logs = instance.logs()
+    assert "http.body_timeout" in logs
+    assert "Traceback" not in logs
