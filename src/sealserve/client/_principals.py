@@ -93,7 +93,7 @@ class _Principal(Resource):
     def register(self) -> bool:
         """Register this identity with its role; ``False`` if it already was."""
         body = PrincipalIn(
-            public_key=wire.b64encode(self.identity.public_key_bytes),
+            public_key=self.identity.public_key_bytes,
             role=self.role,  # type: ignore[arg-type]
         )
         doc = self._client.request(
@@ -142,7 +142,7 @@ class _Principal(Resource):
             through=through,
         )
 
-    def _wrap(self, kind: str, model_id: str, version: int | None, secret: bytes) -> str:
+    def _wrap(self, kind: str, model_id: str, version: int | None, secret: bytes) -> bytes:
         attested = self._client.keyservice
         info = wire.upload_info(
             kind,
@@ -151,9 +151,7 @@ class _Principal(Resource):
             version=version,
             keyservice_key=attested.hpke_public_key,
         )
-        return wire.b64encode(
-            wrap(attested.hpke_public_key, secret, info=info, suite=attested.hpke_suite)
-        )
+        return wrap(attested.hpke_public_key, secret, info=info, suite=attested.hpke_suite)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.principal_id[:16]}..., {self._client.url!r})"

@@ -1,21 +1,18 @@
-"""The KeyService's HTTP API (FastAPI/Starlette), on top of :class:`KeyService`.
+"""The KeyService's HTTP API (FastAPI/Starlette): the router and the OpenAPI document.
 
-Handlers read the raw body (signatures cover the exact bytes) and parse it with the typed
-bodies of :mod:`sealserve.protocol`, whose schemas also make the OpenAPI document at
-``/openapi.json``; the service's methods return typed answers, written as canonical JSON.  Every
-response to a signed request carries ``Sealserve-Response-Signature``: the KeyService's
-attested Ed25519 key signs the request it answers, the status and the body, so a proxy cannot
-fake an acknowledgement (say, of a revoke).
+Each route hands the raw request (signatures cover the exact bytes) to its operation in
+:class:`~._endpoints.Endpoints`, the one request path, which parses the typed bodies of
+:mod:`sealserve.protocol`; the document's schemas come from the same bodies.  Every response
+to a signed request carries ``Sealserve-Response-Signature``: the KeyService's attested
+Ed25519 key signs the request it answers, the status and the body, so a proxy cannot fake an
+acknowledgement (say, of a revoke).
 
 The runtime's round trip (``POST /v1/challenges``, ``POST /v1/releases``) and ``/healthz``
-are answered in front of FastAPI by :class:`~._hot.HotPath`; their FastAPI routes call the same
-code and give the OpenAPI document its description of them.
+are routed in front of FastAPI by :class:`~._hot.HotPath`, to the same operations.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Path, Query, Request
@@ -27,18 +24,16 @@ from starlette.types import Message as AsgiMessage
 
 from sealserve import __version__
 from sealserve._health import LIVE_PATH, READY_PATH
-from sealserve.keyservice._hot import (
-    HEALTHZ_PATH,
-    HotEndpoints,
-    HotPath,
-    HotResponse,
-    error_response,
+from sealserve.keyservice._endpoints import (
+    DENIAL,
+    Answer,
+    Endpoints,
+    SignedRequest,
     first_error,
 )
-from sealserve.keyservice._limits import Budget
+from sealserve.keyservice._hot import HEALTHZ_PATH, HotPath
 from sealserve.keyservice._replicas import REPLICAS_PATH
 from sealserve.keyservice._service import KeyService
-from sealserve.keyservice._store import PrincipalRow
 from sealserve.protocol import (
     MODEL_NAME_PATTERN,
     PRINCIPAL_ID_PATTERN,
@@ -67,8 +62,6 @@ from sealserve.protocol import (
 
 __all__ = ["create_app"]
 
-RESPONSE_SIGNATURE_HEADER = wire.RESPONSE_SIGNATURE_HEADER
-_DENIAL = wire.canonical_json(wire.DENIAL_BODY)
 _UNSIGNED_FIXED_PATHS = (
     wire.API_PREFIX + "/releases",
     wire.API_PREFIX + "/challenges",
@@ -125,22 +118,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _SIGNED = (
     "Signed request: the headers of sealserve.crypto.sign_request over method, path and body. "
-    f"The response carries {RESPONSE_SIGNATURE_HEADER}."
+    f"The response carries {wire.RESPONSE_SIGNATURE_HEADER}."
 )
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    content = _encode(body)
+    content = body if isinstance(body, bytes) else wire.canonical_json(body)
     return Response(content, status_code=status, media_type="application/json", headers=headers)
-
-
-def _encode(body: Any) -> bytes:
-    """An answer's bytes: a typed body's canonical JSON (or a plain JSON value's)."""
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, Message):
-        return body.to_json()
-    return wire.canonical_json(body)
 
 
 def _body_schema(model: type[Message]) -> dict[str, Any]:
@@ -194,7 +178,7 @@ class _BodyLimit:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         fixed = scope.get("path", "") in _UNSIGNED_FIXED_PATHS
-        status, body = (403, _DENIAL) if fixed else (413, b'{"error":"request body too large"}')
+        status, body = (403, DENIAL) if fixed else (413, b'{"error":"request body too large"}')
         await send(
             {
                 "type": "http.response.start",
@@ -231,57 +215,29 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     )
     app.add_middleware(_BodyLimit, limit=service.settings.max_body_bytes)
     metrics = service.metrics
-    hot = HotEndpoints(service)
+    endpoints = Endpoints(service)
 
-    def observe(route: str, status: int, started: float) -> None:
-        metrics.observe(route, status, time.perf_counter() - started)
-
-    def answer(hot_response: HotResponse) -> Response:
-        status, content, extra = hot_response
+    def respond(answer: Answer) -> Response:
+        status, content, extra = answer
         return _json(status, content, extra)
+
+    async def signed_request(request: Request) -> SignedRequest:
+        return SignedRequest(
+            method=request.method,
+            path=_signed_path(request),
+            body=await request.body(),
+            headers=request.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
         return _json(400, {"error": first_error(exc.errors())})
 
-    # -- plumbing for signed requests ---------------------------------------------------------
-
-    async def signed(
-        request: Request,
-        route: str,
-        handler: Callable[[PrincipalRow, bytes], Awaitable[Message]],
-        *,
-        budget: Budget = Budget.SIGNED,
-    ) -> Response:
-        started = time.perf_counter()
-        body = await request.body()
-        path = _signed_path(request)
-        headers = request.headers
-        try:
-            signer = await service.authenticate(
-                method=request.method, path=path, body=body, headers=headers, budget=budget
-            )
-            extra: dict[str, str] = {}
-            status, out = 200, await handler(signer, body)
-        except Exception as exc:  # mapped to a status, or re-raised
-            status, out, extra = error_response(service, exc, route)
-        content = _encode(out)
-        payload = wire.response_signing_payload(
-            method=request.method,
-            path=path,
-            request_tag=wire.request_tag(dict(headers)),
-            status=status,
-            body=content,
-        )
-        extra[RESPONSE_SIGNATURE_HEADER] = wire.b64encode(service.sign(payload))
-        observe(route, status, started)
-        return _json(status, content, extra)
-
     # -- unsigned: health, metrics, attestation, challenges, releases ------------------------
 
     @app.get(HEALTHZ_PATH, tags=["ops"], responses={200: {"description": "The service is up."}})
     async def healthz() -> Response:
-        return answer(hot.healthz())
+        return respond(endpoints.healthz())
 
     @app.get(
         LIVE_PATH,
@@ -289,9 +245,9 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         responses={200: {"description": '{"live": true}'}, 503: {"description": "Not live."}},
     )
     async def live() -> Response:
-        probe = hot.probe(LIVE_PATH)
+        probe = endpoints.probe(LIVE_PATH)
         assert probe is not None
-        return answer(probe)
+        return respond(probe)
 
     @app.get(
         READY_PATH,
@@ -299,9 +255,9 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         responses={200: {"description": '{"ready": true}'}, 503: {"description": "Not ready."}},
     )
     async def ready() -> Response:
-        probe = hot.probe(READY_PATH)
+        probe = endpoints.probe(READY_PATH)
         assert probe is not None
-        return answer(probe)
+        return respond(probe)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics_endpoint() -> Response:
@@ -319,17 +275,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
             description="16 to 64 random bytes, base64url: makes the evidence fresh.",
         ),
     ) -> Response:
-        started = time.perf_counter()
-        try:
-            service.limit(Budget.ATTESTATION, _address(request))
-            out = await service.attestation(wire.b64decode(nonce, name="nonce"))
-            status = 200
-        except Exception as exc:
-            status, out, extra = error_response(service, exc, "attestation")
-            observe("attestation", status, started)
-            return _json(status, out, extra)
-        observe("attestation", status, started)
-        return _json(status, out)
+        return respond(await endpoints.attestation(nonce, _address(request)))
 
     @app.post(
         wire.API_PREFIX + "/challenges",
@@ -339,7 +285,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         responses={201: _answer(ChallengeOut), 403: _ERRORS[403]},
     )
     async def challenge() -> Response:
-        return answer(hot.challenge())
+        return respond(endpoints.challenge())
 
     @app.post(
         wire.API_PREFIX + "/releases",
@@ -348,7 +294,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         openapi_extra=_body_schema(ReleaseIn),
     )
     async def release(request: Request) -> Response:
-        return answer(await hot.release(await request.body()))
+        return respond(await endpoints.release(await request.body()))
 
     @app.post(
         wire.API_PREFIX + "/revocations",
@@ -359,7 +305,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         openapi_extra=_body_schema(RevocationPollIn),
     )
     async def revocations(request: Request) -> Response:
-        return answer(await hot.revocations(await request.body()))
+        return respond(await endpoints.revocations(await request.body()))
 
     @app.post(
         REPLICAS_PATH,
@@ -371,16 +317,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         openapi_extra=_body_schema(ReplicaIn),
     )
     async def replicas(request: Request) -> Response:
-        started = time.perf_counter()
-        extra: dict[str, str] = {}
-        out: Any
-        try:
-            out = await service.replicate(await request.body())
-            status = 200
-        except Exception as exc:
-            status, out, extra = error_response(service, exc, "replicas")
-        observe("replicas", status, started)
-        return _json(status, _encode(out), extra)
+        return respond(await endpoints.replicas(await request.body()))
 
     # -- principals ---------------------------------------------------------------------------
 
@@ -392,38 +329,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         openapi_extra=_body_schema(PrincipalIn),
     )
     async def register(request: Request) -> Response:
-        started = time.perf_counter()
-        body = await request.body()
-        path = _signed_path(request)
-        extra: dict[str, str] = {}
-        out: Any
-        try:
-            service.limit(Budget.REGISTRATION, _address(request))
-            doc = PrincipalIn.from_json(body)
-            out = await service.register(
-                public_key=wire.b64decode(doc.public_key, name="public_key"),
-                role=doc.role,
-                method=request.method,
-                path=path,
-                body=body,
-                headers=request.headers,
-            )
-            status = 200
-        except Exception as exc:
-            status, out, extra = error_response(service, exc, "register")
-            if status == 400:  # unauthenticated: say nothing more than the denial
-                status, out = 403, wire.DENIAL_BODY
-        content = _encode(out)
-        payload = wire.response_signing_payload(
-            method=request.method,
-            path=path,
-            request_tag=wire.request_tag(dict(request.headers)),
-            status=status,
-            body=content,
-        )
-        extra[RESPONSE_SIGNATURE_HEADER] = wire.b64encode(service.sign(payload))
-        observe("register", status, started)
-        return _json(status, content, extra)
+        return respond(await endpoints.register(await signed_request(request), _address(request)))
 
     # -- owner --------------------------------------------------------------------------------
 
@@ -439,17 +345,8 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     async def put_model_key(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME
     ) -> Response:
-        async def handle(signer: PrincipalRow, body: bytes) -> Message:
-            doc = ModelKeyIn.from_json(body)
-            return await service.put_model_key(
-                signer,
-                owner_id=owner_id,
-                name=name,
-                version=doc.version,
-                wrapped=wire.b64decode(doc.wrapped_key, name="wrapped_key"),
-            )
-
-        return await signed(request, "put_model_key", handle)
+        signed = await signed_request(request)
+        return respond(await endpoints.put_model_key(signed, owner_id=owner_id, name=name))
 
     @app.get(
         model_path,
@@ -460,10 +357,8 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     async def get_model(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME
     ) -> Response:
-        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
-            return await service.model_info(signer, owner_id=owner_id, name=name)
-
-        return await signed(request, "get_model", handle)
+        signed = await signed_request(request)
+        return respond(await endpoints.model_info(signed, owner_id=owner_id, name=name))
 
     @app.put(
         model_path + "/grants/{user_id}",
@@ -475,13 +370,9 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     async def put_grant(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, body: bytes) -> Message:
-            doc = GrantIn.from_json(body)
-            return await service.grant(
-                signer, owner_id=owner_id, name=name, user_id=user_id, policy=doc.policy
-            )
-
-        return await signed(request, "grant", handle)
+        signed = await signed_request(request)
+        answer = await endpoints.grant(signed, owner_id=owner_id, name=name, user_id=user_id)
+        return respond(answer)
 
     @app.delete(
         model_path + "/grants/{user_id}",
@@ -492,10 +383,9 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     async def delete_grant(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
-            return await service.revoke(signer, owner_id=owner_id, name=name, user_id=user_id)
-
-        return await signed(request, "revoke", handle, budget=Budget.REVOCATION)
+        signed = await signed_request(request)
+        answer = await endpoints.revoke(signed, owner_id=owner_id, name=name, user_id=user_id)
+        return respond(answer)
 
     @app.get(
         wire.API_PREFIX + "/audit",
@@ -510,10 +400,8 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
         after: int = Query(0, ge=0, description="Entries after this one (0: from the start)."),
         limit: int = Query(1000, ge=1, le=1000, description="At most this many entries."),
     ) -> Response:
-        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
-            return await service.audit(signer, after=after, limit=limit)
-
-        return await signed(request, "audit", handle)
+        signed = await signed_request(request)
+        return respond(await endpoints.audit(signed, after=after, limit=limit))
 
     # -- user ---------------------------------------------------------------------------------
 
@@ -527,18 +415,11 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     async def put_request_key(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, body: bytes) -> Message:
-            doc = RequestKeyIn.from_json(body)
-            return await service.put_request_key(
-                signer,
-                owner_id=owner_id,
-                name=name,
-                user_id=user_id,
-                wrapped=wire.b64decode(doc.wrapped_key, name="wrapped_key"),
-                policy=doc.policy,
-            )
-
-        return await signed(request, "put_request_key", handle)
+        signed = await signed_request(request)
+        answer = await endpoints.put_request_key(
+            signed, owner_id=owner_id, name=name, user_id=user_id
+        )
+        return respond(answer)
 
     @app.delete(
         model_path + "/request-keys/{user_id}",
@@ -549,12 +430,11 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     async def delete_request_key(
         request: Request, owner_id: str = _P_OWNER, name: str = _P_NAME, user_id: str = _P_USER
     ) -> Response:
-        async def handle(signer: PrincipalRow, _body: bytes) -> Message:
-            return await service.delete_request_key(
-                signer, owner_id=owner_id, name=name, user_id=user_id
-            )
-
-        return await signed(request, "delete_request_key", handle, budget=Budget.REVOCATION)
+        signed = await signed_request(request)
+        answer = await endpoints.delete_request_key(
+            signed, owner_id=owner_id, name=name, user_id=user_id
+        )
+        return respond(answer)
 
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -575,7 +455,7 @@ def create_app(service: KeyService, *, hot_path: bool = True) -> ASGIApp:
     app.openapi = custom_openapi  # type: ignore[method-assign]
     if not hot_path:
         return app
-    return HotPath(hot, app, max_body_bytes=service.settings.max_body_bytes)
+    return HotPath(endpoints, app, max_body_bytes=service.settings.max_body_bytes)
 
 
 def _signed_path(request: Request) -> str:

@@ -27,8 +27,6 @@ from sealserve.protocol import (
     ReleaseIn,
     ReleaseOut,
     WrappedPairKeys,
-    join_model_id,
-    split_model_id,
     wire,
 )
 
@@ -108,13 +106,10 @@ class Releaser:
         """The release request in ``body``, or the denial (reason ``malformed``)."""
         try:
             doc = ReleaseIn.from_json(body)
-            nonce = wire.b64decode(doc.nonce, name="nonce")
-            evidence = wire.b64decode(doc.evidence, name="evidence")
-            runtime_key = wire.b64decode(doc.runtime_public_key, name="runtime_public_key")
+            nonce, evidence, runtime_key = doc.nonce, doc.evidence, doc.runtime_public_key
             pairs: list[tuple[str, str]] = []
-            for item in doc.pairs:
-                owner, name = split_model_id(item.model_id)
-                pairs.append((item.user_id, join_model_id(owner, name)))
+            for item in doc.pairs:  # the ids matched their patterns as a whole when parsed
+                pairs.append((item.user_id, item.model_id))
             if len(set(pairs)) != len(pairs):
                 raise ValueError("duplicate pairs")
             if len(evidence) > _MAX_EVIDENCE_BYTES:
@@ -169,7 +164,7 @@ class Releaser:
         unsigned = ReleaseOut(
             keyservice_id=self._keyservice_id,
             runtime_key_id=request.runtime_key_id,
-            nonce=wire.b64encode(request.nonce),
+            nonce=request.nonce,
             measurement=verified.measurement,
             revocation_epoch=epoch,
             issued_at=now,
@@ -177,10 +172,10 @@ class Releaser:
             expires_at=now + self._ttl,
             revocation_check_s=self._check_s,
             keys=tuple(keys),
-            signature="",
+            signature=b"",
         )
         payload = wire.release_signing_payload(unsigned.to_dict())
-        signature = wire.b64encode(self._identity.sign(payload))
+        signature = self._identity.sign(payload)
         return dataclasses.replace(unsigned, signature=signature), audit
 
     # -- one pair ---------------------------------------------------------------------------
@@ -268,7 +263,7 @@ class Releaser:
         mk_version: int,
         rk_version: int,
         req: ReleaseRequest,
-    ) -> str:
+    ) -> bytes:
         info = wire.release_info(
             model_id=mid,
             user_id=uid,
@@ -277,7 +272,7 @@ class Releaser:
             runtime_key=req.runtime_key,
         )
         try:
-            return wire.b64encode(wrap(req.runtime_key, secret, info=info, suite=req.suite))
+            return wrap(req.runtime_key, secret, info=info, suite=req.suite)
         except ValueError:
             raise self._deny("malformed") from None
 

@@ -135,9 +135,7 @@ class ReplicaGiver:
     def parse(self, body: bytes) -> ReplicaRequest:
         try:
             doc = ReplicaIn.from_json(body)
-            nonce = wire.b64decode(doc.nonce, name="nonce")
-            evidence = wire.b64decode(doc.evidence, name="evidence")
-            key = wire.b64decode(doc.replica_public_key, name="replica_public_key")
+            nonce, evidence, key = doc.nonce, doc.evidence, doc.replica_public_key
             if len(evidence) > _MAX_EVIDENCE_BYTES:
                 raise ValueError("evidence size")
             suite = _SUITES_BY_KEY_SIZE[len(key)]
@@ -258,7 +256,7 @@ def _join(
     if challenge.status_code != 201:
         raise _refused(f"challenges answered {challenge.status_code}")
     try:
-        challenge_nonce = wire.b64decode(ChallengeOut.from_json(challenge.content).nonce)
+        challenge_nonce = ChallengeOut.from_json(challenge.content).nonce
     except (ValueError, TypeError, KeyError):
         raise _refused("a malformed challenge") from None
     key_pair = HpkeKeyPair.generate(suite=peer.hpke_suite)
@@ -266,9 +264,9 @@ def _join(
     report_data = report_data_for(wire.replica_binding(public), challenge_nonce)
     evidence = bytes(evidence_source(report_data))
     body = ReplicaIn(
-        nonce=wire.b64encode(challenge_nonce),
-        evidence=wire.b64encode(evidence),
-        replica_public_key=wire.b64encode(public),
+        nonce=challenge_nonce,
+        evidence=evidence,
+        replica_public_key=public,
     )
     reply = http.post(
         REPLICAS_PATH, content=body.to_json(), headers={"content-type": "application/json"}

@@ -223,10 +223,10 @@ class KeyService:
         report_data = self._verifier.report_data(self._binding, nonce)
         evidence = await anyio.to_thread.run_sync(self._evidence_source, report_data)
         return AttestationOut(
-            evidence=wire.b64encode(evidence),
-            hpke_public_key=wire.b64encode(self.hpke_public_key),
+            evidence=evidence,
+            hpke_public_key=self.hpke_public_key,
             hpke_suite=self._hpke.suite.name,
-            signing_public_key=wire.b64encode(self.signing_public_key),
+            signing_public_key=self.signing_public_key,
             keyservice_id=self.keyservice_id,
         )
 
@@ -640,7 +640,7 @@ class KeyService:
         try:
             doc = RevocationPollIn.from_json(body)
             key_id = doc.runtime_key_id
-            poll = wire.b64decode(doc.poll, name="poll")
+            poll = doc.poll
         except (ValueError, TypeError, RecursionError):
             raise Denied("malformed") from None
         key = SymmetricKey.from_bytes(self.session_key(key_id))
@@ -669,4 +669,4 @@ class KeyService:
         context = wire.poll_context("answer", runtime_key_id=key_id)
         sealed = seal(key, answer, context=context, clock=self.clock)
         self.metrics.revocation_polls.inc()
-        return RevocationPollOut(answer=wire.b64encode(sealed))
+        return RevocationPollOut(answer=sealed)

@@ -12,6 +12,12 @@ revocation epoch in one transaction, and :meth:`Store.release_records` reads the
 use of nonces holds across every process sharing the database: :meth:`Store.commit_claims`
 inserts each nonce into ``used_nonces`` (whose key refuses a second use) in the same
 transaction as the audit rows of its release.
+
+The store is the one way to the database.  Two of its methods, the release path's read
+(:meth:`Store.release_records`) and the group commit (:meth:`Store.commit_claims`), run their
+few statements on the driver's cursor (:mod:`._hotsql`, compiled by SQLAlchemy for the
+dialect) because the Core execution layer costs more than the statements; see that module
+for the figures.  Every other method goes through SQLAlchemy Core.
 """
 
 from __future__ import annotations

@@ -63,9 +63,8 @@ def verify_keyservice(
     :class:`~sealserve.errors.AttestationError` when the evidence does not satisfy it."""
     try:
         doc = AttestationOut.from_json(body)
-        evidence = Evidence.from_bytes(wire.b64decode(doc.evidence, name="evidence"))
-        hpke_key = wire.b64decode(doc.hpke_public_key, name="hpke_public_key")
-        signing_key = wire.b64decode(doc.signing_public_key, name="signing_public_key")
+        evidence = Evidence.from_bytes(doc.evidence)
+        hpke_key, signing_key = doc.hpke_public_key, doc.signing_public_key
         suite = HpkeSuite[doc.hpke_suite]
     except (ValueError, KeyError, TypeError) as exc:
         raise KeyServiceError("the KeyService's attestation response is malformed") from exc

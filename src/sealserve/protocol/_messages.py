@@ -3,7 +3,8 @@
 The service parses requests and writes answers with these classes, its OpenAPI document
 describes them from these classes, and the owner's, user's and runtime's clients build
 requests and read answers with them (see :mod:`._schema` for the rules of a declaration).
-Binary values are unpadded base64url strings.  Request bodies refuse unknown fields; answers
+Binary values are ``bytes`` here and unpadded base64url strings on the wire (one spelling:
+the parser refuses any other).  Request bodies refuse unknown fields; answers
 a client reads ignore fields it does not know (so the service may add some).
 """
 
@@ -39,7 +40,7 @@ __all__ = [
     "WrappedPairKeys",
 ]
 
-_B64 = Annotated[str, Rule(pattern=r"^[A-Za-z0-9_-]*$", max_length=65536)]
+_B64 = Annotated[bytes, Rule(max_length=65536)]
 _PrincipalId = Annotated[str, Rule(pattern=PRINCIPAL_ID_PATTERN)]
 #: A key's fingerprint (hex SHA-256), the same form as a principal id.
 _KeyId = Annotated[str, Rule(pattern=PRINCIPAL_ID_PATTERN)]
@@ -162,10 +163,10 @@ class RequestKeyReceipt(Message):
 class AttestationOut(Message):
     """``GET /v1/attestation``: the KeyService's evidence and the two keys it binds."""
 
-    evidence: Annotated[str, Rule(description="The KeyService's evidence (attest Evidence bytes).")]
-    hpke_public_key: str
+    evidence: Annotated[_B64, Rule(description="The KeyService's evidence (attest Evidence).")]
+    hpke_public_key: _B64
     hpke_suite: str
-    signing_public_key: str
+    signing_public_key: _B64
     keyservice_id: Annotated[
         str, Rule(description="Hex SHA-256 of the binding its evidence carries.")
     ]
@@ -175,7 +176,7 @@ class AttestationOut(Message):
 class ChallengeOut(Message):
     """``POST /v1/challenges``: a single-use nonce for the next release's evidence."""
 
-    nonce: str
+    nonce: _B64
     expires_at: float
     ttl_s: float
 
@@ -207,7 +208,7 @@ class WrappedPairKeys(Message):
     model_key_version: int
     request_key_version: int
     wrapped_keys: Annotated[
-        str,
+        _B64,
         Rule(
             description="HPKE(runtime key, model key || request key || runtime session key), "
             "info as in docs/keyservice.md."
@@ -221,7 +222,7 @@ class ReleaseOut(Message):
 
     keyservice_id: str
     runtime_key_id: str
-    nonce: str
+    nonce: _B64
     measurement: str
     revocation_epoch: int
     issued_at: float
@@ -236,7 +237,7 @@ class ReleaseOut(Message):
     ]
     keys: tuple[WrappedPairKeys, ...]
     signature: Annotated[
-        str, Rule(description="Ed25519 signature by the KeyService's attested key.")
+        _B64, Rule(description="Ed25519 signature by the KeyService's attested key.")
     ]
 
 
@@ -256,7 +257,7 @@ class RevocationPollOut(Message):
     """The changes since the epoch asked about, sealed under the runtime's session key."""
 
     answer: Annotated[
-        str,
+        _B64,
         Rule(
             description="seal(session key, {nonce, epoch, changes, complete}), context in "
             "keyservice.md."

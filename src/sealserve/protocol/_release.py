@@ -104,7 +104,7 @@ class Release:
 def parse_challenge(body: bytes) -> bytes:
     """The nonce of a ``POST /v1/challenges`` response."""
     try:
-        return wire.b64decode(ChallengeOut.from_json(body).nonce, name="nonce")
+        return ChallengeOut.from_json(body).nonce
     except ValueError as exc:
         raise KeyServiceError("the challenge response is malformed") from exc
 
@@ -150,9 +150,9 @@ class ReleaseSession:
             split_model_id(item.model_id)
             check_principal_id(item.user_id, name="user_id")
         return ReleaseIn(
-            nonce=wire.b64encode(nonce),
-            evidence=wire.b64encode(evidence.to_bytes()),
-            runtime_public_key=wire.b64encode(self.public_key),
+            nonce=nonce,
+            evidence=evidence.to_bytes(),
+            runtime_public_key=self.public_key,
             pairs=items,
         ).to_json()
 
@@ -191,7 +191,7 @@ class ReleaseSession:
                 raise ValueError("keyservice_id")
             if doc.runtime_key_id != wire.fingerprint(self.public_key):
                 raise ValueError("runtime_key_id")
-            if wire.b64decode(doc.nonce, name="nonce") != nonce:
+            if doc.nonce != nonce:
                 raise ValueError("nonce")
             keys: dict[tuple[str, str], ReleasedKeys] = {}
             session: bytes | None = None
@@ -199,7 +199,7 @@ class ReleaseSession:
                 uid, mid = item.user_id, item.model_id
                 both = unwrap(
                     self._key_pair,
-                    wire.b64decode(item.wrapped_keys, name="wrapped_keys"),
+                    item.wrapped_keys,
                     info=wire.release_info(
                         model_id=mid,
                         user_id=uid,
@@ -281,7 +281,7 @@ class RevocationPoll:
         inner = wire.canonical_json({"since": self.since, "nonce": self._nonce})
         context = wire.poll_context("poll", runtime_key_id=self._key_id)
         sealed = seal(self._key, inner, context=context, clock=self._clock)
-        return RevocationPollIn(runtime_key_id=self._key_id, poll=wire.b64encode(sealed)).to_json()
+        return RevocationPollIn(runtime_key_id=self._key_id, poll=sealed).to_json()
 
     def open(self, status: int, body: bytes) -> RevocationAnswer:
         """The answer to this poll; :class:`~sealserve.errors.AccessDenied` for the fixed 403,
@@ -294,7 +294,7 @@ class RevocationPoll:
             error.retryable = status in (429, 502, 503, 504)
             raise error
         try:
-            sealed = wire.b64decode(RevocationPollOut.from_json(body).answer, name="answer")
+            sealed = RevocationPollOut.from_json(body).answer
             context = wire.poll_context("answer", runtime_key_id=self._key_id)
             doc = json.loads(unseal(self._key, sealed, context=context))
             if not isinstance(doc, dict) or doc.get("nonce") != self._nonce:

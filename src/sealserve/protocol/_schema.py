@@ -11,10 +11,11 @@ receiving side runs (:meth:`Message.from_json`), the bytes the sending side writ
         model_id: str
         revocation_epoch: Annotated[int, Rule(ge=0)]
 
-Field types: ``str``, ``int``, ``float``, ``bool``, ``Literal[...]`` of strings,
-``dict[str, Any]`` (a JSON object), a nested :class:`Message`, and ``tuple[T, ...]`` (a JSON
-array) of those.  Parsing is strict: no coercion (``"2"`` is not an int, ``true`` is not a
-number), floats are finite, patterns match the whole string, and a request body
+Field types: ``str``, ``bytes`` (unpadded base64url on the wire, decoded when parsed),
+``int``, ``float``, ``bool``, ``Literal[...]`` of strings, ``dict[str, Any]`` (a JSON object),
+a nested :class:`Message`, and ``tuple[T, ...]`` (a JSON array) of those.  Parsing is
+strict: no coercion (``"2"`` is not an int, ``true`` is not a number), floats are finite,
+patterns match the whole string, base64url is its one canonical spelling, and a request body
 (``Message`` subclass with ``extra_fields = False``) refuses fields it does not declare.
 Every refusal is a ``ValueError`` that names the field: ``pairs.0.user_id: ...``.
 """
@@ -27,9 +28,11 @@ import math
 import re
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
-__all__ = ["Message", "Rule", "canonical_json"]
+from sealserve.protocol._codec import b64decode, b64encode, canonical_json
+
+__all__ = ["Message", "Rule"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +65,9 @@ class _Field:
 
 
 _FIELDS: dict[type, tuple[_Field, ...]] = {}
+#: Per class, its ``to_dict``: one dict display over its fields (it runs per answer).
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+_B64_PATTERN: Final = "^[A-Za-z0-9_-]*$"
 
 
 class Message:
@@ -108,7 +114,8 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of this body (nested bodies and tuples as objects and arrays)."""
-        return {f.name: f.encode(getattr(self, f.name)) for f in _fields(type(self))}
+        encoder = _ENCODERS.get(type(self)) or _encoder(type(self))
+        return encoder(self)
 
     def to_json(self) -> bytes:
         """The canonical JSON of this body: sorted keys, no spaces, ASCII."""
@@ -121,13 +128,6 @@ class Message:
         defs: dict[str, dict[str, Any]] = {}
         _collect(cls, defs)
         return defs.pop(cls.__name__), defs
-
-
-def canonical_json(value: Any) -> bytes:
-    """The one byte form of a JSON value: sorted keys, no spaces, ASCII."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
 
 
 def _collect(cls: type[Message], defs: dict[str, dict[str, Any]]) -> None:
@@ -172,6 +172,27 @@ def _fields(cls: type) -> tuple[_Field, ...]:
     return result
 
 
+def _encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """``to_dict`` of ``cls`` as one dict display, as :mod:`dataclasses` builds ``__init__``:
+    the field names are the class's own identifiers, the encoders are passed in, not spelled."""
+    fields = _fields(cls)
+    namespace: dict[str, Any] = {}
+    items = []
+    for i, field in enumerate(fields):
+        if not field.name.isidentifier():
+            raise TypeError(f"field name {field.name!r} is not an identifier")
+        if field.encode is _identity:
+            items.append(f"{field.name!r}: self.{field.name}")
+        else:
+            namespace[f"_encode_{i}"] = field.encode
+            items.append(f"{field.name!r}: _encode_{i}(self.{field.name})")
+    source = "def to_dict(self):\n    return {" + ", ".join(items) + "}\n"
+    exec(source, namespace)  # noqa: S102 - built from field identifiers only
+    encoder: Callable[[Any], dict[str, Any]] = namespace["to_dict"]
+    _ENCODERS[cls] = encoder
+    return encoder
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -192,6 +213,8 @@ def _compile(hint: Any) -> tuple[_Check, dict[str, Any], Callable[[Any], Any]]:
     origin = typing.get_origin(hint)
     if hint is str:
         return _string(rule, schema), schema, _identity
+    if hint is bytes:
+        return _base64(rule, schema), schema, b64encode
     if hint is bool:
         schema["type"] = "boolean"
         return _bool, schema, _identity
@@ -252,6 +275,25 @@ def _string(rule: Rule, schema: dict[str, Any]) -> _Check:
         if regex is not None and not regex.fullmatch(value):
             raise ValueError(f"{where}: must match {rule.pattern}")
         return value
+
+    return check
+
+
+def _base64(rule: Rule, schema: dict[str, Any]) -> _Check:
+    schema.update(type="string", pattern=_B64_PATTERN, contentEncoding="base64url")
+    if rule.max_length is not None:
+        schema["maxLength"] = rule.max_length
+    high = rule.max_length
+
+    def check(value: Any, where: str) -> bytes:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: must be a string")
+        if high is not None and len(value) > high:
+            raise ValueError(f"{where}: must have at most {high} characters")
+        try:
+            return b64decode(value, name=where)
+        except ValueError:
+            raise ValueError(f"{where}: must be unpadded base64url") from None
 
     return check
 

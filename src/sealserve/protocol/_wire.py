@@ -9,15 +9,12 @@ a wrapped key cannot be replayed as another key, for another principal or to ano
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from sealserve.crypto import SIGNATURE_HEADERS, canonical_encode
-from sealserve.protocol._schema import canonical_json
+from sealserve.protocol._codec import b64decode, b64encode, canonical_json
 
 __all__ = [
     "API_PREFIX",
@@ -50,23 +47,6 @@ MAX_PAIRS = 32
 #: What one pair's ``wrapped_keys`` holds: model key || request key || the runtime's session
 #: key (32 bytes each; the session key is the same in every pair of a runtime's releases).
 RELEASED_SECRET_BYTES = 96
-
-_B64_RE = re.compile(r"[A-Za-z0-9_-]*")
-
-
-def b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64decode(text: str, *, name: str = "value") -> bytes:
-    """Decode unpadded (or padded) base64url; ``ValueError`` naming ``name`` otherwise."""
-    stripped = text.rstrip("=") if isinstance(text, str) else None
-    if stripped is None or not _B64_RE.fullmatch(stripped) or len(stripped) % 4 == 1:
-        raise ValueError(f"{name} is not base64url")
-    try:
-        return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{name} is not base64url") from None
 
 
 def fingerprint(public_key: bytes) -> str:

@@ -182,9 +182,9 @@ def test_a_keyservice_of_another_measurement_gets_no_master_key(
                 PROBE, report_data_for(wire.replica_binding(key.public_key_bytes()), nonce)
             )
             body = ReplicaIn(
-                nonce=wire.b64encode(nonce),
-                evidence=wire.b64encode(evidence.to_bytes()),
-                replica_public_key=wire.b64encode(key.public_key_bytes()),
+                nonce=nonce,
+                evidence=evidence.to_bytes(),
+                replica_public_key=key.public_key_bytes(),
             )
             r = http.post("/v1/replicas", content=body.to_json())
             assert r.status_code == 403

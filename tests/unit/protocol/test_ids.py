@@ -71,3 +71,11 @@ def test_base64url_refuses_a_trailing_newline() -> None:
     assert wire.b64decode(wire.b64encode(b"\x01\x02\x03")) == b"\x01\x02\x03"
     with pytest.raises(ValueError, match="nonce is not base64url"):
         wire.b64decode(wire.b64encode(b"\x01\x02\x03") + "\n", name="nonce")
+
+
+def test_base64url_accepts_only_the_canonical_encoding() -> None:
+    # 'AQ' is b"\x01"; 'AR' has a set unused bit in its last character: the same byte.
+    assert wire.b64decode("AQ") == b"\x01"
+    with pytest.raises(ValueError, match="canonical"):
+        wire.b64decode("AR")
+    assert wire.b64decode("AQ==") == b"\x01"  # padding is still accepted

@@ -35,7 +35,8 @@ def test_a_body_round_trips_through_its_canonical_json() -> None:
     [
         ({**RELEASE, "extra": 1}, "extra: unknown field"),
         ({k: v for k, v in RELEASE.items() if k != "nonce"}, "nonce: field required"),
-        ({**RELEASE, "nonce": "not base64!"}, "nonce: must match"),
+        ({**RELEASE, "nonce": "not base64!"}, "nonce: must be unpadded base64url"),
+        ({**RELEASE, "nonce": "AR"}, "nonce: must be unpadded base64url"),
         ({**RELEASE, "nonce": 7}, "nonce: must be a string"),
         ({**RELEASE, "pairs": []}, "pairs: must have at least 1 items"),
         ({**RELEASE, "pairs": [PAIR] * 33}, "pairs: must have at most 32 items"),
