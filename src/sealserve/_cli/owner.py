@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sealserve._cli._connection import Connection, principal_command
 from sealserve._cli._principal import (
     AllowDebugOpt,
     TcbOpt,
-    connect,
     init_identity,
     load_or_create_key,
     register_principal,
@@ -24,10 +24,7 @@ from sealserve._cli.keyservice import (
     DataDirOpt,
     IdentityOpt,
     JsonOpt,
-    KeyServiceMeasurementOpt,
-    KeyServiceUrlOpt,
     MeasurementOpt,
-    PlatformKeyOpt,
     PolicyFileOpt,
     ReferenceValuesOpt,
     build_policy,
@@ -54,10 +51,10 @@ app = typer.Typer(
 ROLE = "owner"
 
 
-def _owner(**kwargs: Any) -> Any:
+def _owner(conn: Connection) -> Any:
     from sealserve.client import Owner
 
-    return connect(Owner, role=ROLE, **kwargs)
+    return conn.open(Owner, ROLE)
 
 
 @app.command()
@@ -68,27 +65,17 @@ def init(
     init_identity(identity, data_dir, ROLE, json_out)
 
 
-@app.command()
+@principal_command(app)
 def register(
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Register the owner's public key with the (attested) KeyService."""
-    owner = _owner(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
-    register_principal(owner, ROLE, json_out)
+    owner = _owner(conn)
+    register_principal(owner, ROLE, conn.json_out)
 
 
-@app.command("put-key")
+@principal_command(app, "put-key")
 def put_key(
     name: Annotated[str, typer.Argument(help="The model's name.")],
     key_file: Annotated[
@@ -98,12 +85,8 @@ def put_key(
     rotate: Annotated[
         bool, typer.Option("--rotate", help="Replace the current key (next version).")
     ] = False,
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Put a model key for model NAME: version 1, or with --rotate the next version.
 
@@ -112,14 +95,8 @@ def put_key(
     """
     from sealserve.crypto import SymmetricKey
 
-    folder = resolve_data_dir(data_dir)
-    owner = _owner(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
+    folder = conn.folder
+    owner = _owner(conn)
     with contextlib.closing(owner):
         version = guarded(lambda: owner.model(name).key_version + 1) if rotate else 1
         path = key_file or folder / ROLE / "model-keys" / f"{name}.v{version}.key"
@@ -131,7 +108,7 @@ def put_key(
         except (SealserveError, ValueError, OSError) as exc:
             fail(str(exc))
         emit(
-            json_out,
+            conn.json_out,
             {
                 "model_id": receipt.model_id,
                 "version": receipt.version,
@@ -144,7 +121,7 @@ def put_key(
         )
 
 
-@app.command()
+@principal_command(app)
 def grant(
     name: Annotated[str, typer.Argument(help="The model's name.")],
     user_id: Annotated[str, typer.Argument(help="The user's principal id.")],
@@ -153,12 +130,8 @@ def grant(
     policy: PolicyFileOpt = None,
     allow_debug: AllowDebugOpt = False,
     tcb_status: TcbOpt = None,
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Let USER_ID use model NAME in runtimes that satisfy the policy."""
     runtime_policy = guarded(
@@ -170,17 +143,11 @@ def grant(
             reference_values=reference_values,
         )
     )
-    owner = _owner(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
+    owner = _owner(conn)
     with contextlib.closing(owner):
         epoch = guarded(lambda: owner.grant(name, user_id, runtime_policy))
         emit(
-            json_out,
+            conn.json_out,
             {
                 "model_id": owner.model_id(name),
                 "user_id": user_id,
@@ -191,58 +158,38 @@ def grant(
         )
 
 
-@app.command()
+@principal_command(app)
 def revoke(
     name: Annotated[str, typer.Argument(help="The model's name.")],
     user_id: Annotated[str, typer.Argument(help="The user's principal id.")],
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Revoke USER_ID's access to model NAME (effective for the next release)."""
-    owner = _owner(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
+    owner = _owner(conn)
     with contextlib.closing(owner):
         epoch = guarded(lambda: owner.revoke(name, user_id))
         emit(
-            json_out,
+            conn.json_out,
             {"model_id": owner.model_id(name), "user_id": user_id, "revocation_epoch": epoch},
             f"revoked {user_id} from {owner.model_id(name)} (revocation epoch {epoch})",
         )
 
 
-@app.command()
+@principal_command(app)
 def show(
     name: Annotated[str, typer.Argument(help="The model's name.")],
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Show model NAME's key version and the users granted access."""
-    owner = _owner(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
+    owner = _owner(conn)
     with contextlib.closing(owner):
         info = guarded(lambda: owner.model(name))
         lines = [f"model {info.model_id}", f"key version {info.key_version}"]
         lines += [f"granted {u}" for u in info.grants] or ["no grants"]
         emit(
-            json_out,
+            conn.json_out,
             {
                 "model_id": info.model_id,
                 "key_version": info.key_version,
@@ -262,7 +209,7 @@ GatewayOpt = Annotated[
 ]
 
 
-@app.command()
+@principal_command(app)
 def audit(
     verify: Annotated[
         bool,
@@ -278,12 +225,8 @@ def audit(
             "--full", help="Verify from the start (and through the checkpoint kept, if any)."
         ),
     ] = False,
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """The KeyService's audit log: this owner's entries, hash-chained to a checkpoint the
     attested KeyService signed (every other entry is checked through its digest).
@@ -294,14 +237,8 @@ def audit(
     """
     from sealserve.errors import AuditLogTampered
 
-    folder = resolve_data_dir(data_dir)
-    owner = _owner(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
+    folder = conn.folder
+    owner = _owner(conn)
     path = folder / ROLE / "audit-checkpoints.json"
     with contextlib.closing(owner):
         ks_id = guarded(lambda: owner.keyservice.keyservice.keyservice_id)
@@ -326,7 +263,7 @@ def audit(
         f"(chain {checkpoint.chain.hex()[:16]}...)" + (f"; kept in {path}" if verify else "")
     )
     emit(
-        json_out,
+        conn.json_out,
         {
             "entries": list(result.entries),
             "verified": result.verified,
@@ -366,7 +303,7 @@ def _write_checkpoint(path: Path, keyservice_id: str, point: AuditPoint) -> None
     os.replace(tmp, path)
 
 
-@app.command()
+@principal_command(app)
 def upload(
     model: Annotated[
         Path, typer.Argument(help="The model file (.onnx), in the clear.", dir_okay=False)
@@ -407,12 +344,8 @@ def upload(
         ),
     ] = 5,
     ca_bundle: CaBundleOpt = None,
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Seal MODEL under a new model key, upload it to the gateway's model store (signed,
     in chunks, resumed after a broken connection, digest-checked), and put the key in the
@@ -441,7 +374,7 @@ def upload(
         check_onnx_model(model)  # before connecting to anything or sealing a byte
     except (ValueError, OSError) as exc:
         fail(str(exc), 2)
-    folder = resolve_data_dir(data_dir)
+    folder = conn.folder
     bundle = resolve_ca_bundle(ca_bundle, folder)
     runtime_policy = (
         guarded(
@@ -457,14 +390,7 @@ def upload(
         if key_file is not None
         else SymmetricKey.generate()
     )
-    owner = _owner(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-        ca_bundle=ca_bundle,
-    )
+    owner = _owner(conn)
     size = model.stat().st_size
     resumed = False
     with contextlib.ExitStack() as stack:
@@ -475,7 +401,7 @@ def upload(
             DownloadColumn(),
             TransferSpeedColumn(),
             transient=True,
-            disable=json_out,
+            disable=conn.json_out,
         ) as bar:
             sealing = bar.add_task("sealing", total=size)
             sending = bar.add_task("uploading", total=None, visible=store is None)
@@ -548,7 +474,7 @@ def upload(
     if runtime_policy is not None:
         lines += [f"granted {u}" for u in granted]
         lines.append(f"  in runtimes measuring {', '.join(sorted(runtime_policy.measurements))}")
-    emit(json_out, doc, "\n".join(lines))
+    emit(conn.json_out, doc, "\n".join(lines))
 
 
 def _upload_resumably(

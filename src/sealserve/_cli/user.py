@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from sealserve._cli._connection import Connection, principal_command
 from sealserve._cli._principal import (
     AllowDebugOpt,
     TcbOpt,
-    connect,
     init_identity,
     load_identity,
     load_or_create_key,
@@ -23,10 +23,7 @@ from sealserve._cli.keyservice import (
     DataDirOpt,
     IdentityOpt,
     JsonOpt,
-    KeyServiceMeasurementOpt,
-    KeyServiceUrlOpt,
     MeasurementOpt,
-    PlatformKeyOpt,
     PolicyFileOpt,
     ReferenceValuesOpt,
     build_policy,
@@ -50,10 +47,10 @@ app = typer.Typer(
 ROLE = "user"
 
 
-def _user(**kwargs: Any) -> Any:
+def _user(conn: Connection) -> Any:
     from sealserve.client import User
 
-    return connect(User, role=ROLE, **kwargs)
+    return conn.open(User, ROLE)
 
 
 @app.command()
@@ -64,27 +61,17 @@ def init(
     init_identity(identity, data_dir, ROLE, json_out)
 
 
-@app.command()
+@principal_command(app)
 def register(
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Register the user's public key with the (attested) KeyService."""
-    user = _user(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
-    register_principal(user, ROLE, json_out)
+    user = _user(conn)
+    register_principal(user, ROLE, conn.json_out)
 
 
-@app.command("request-key")
+@principal_command(app, "request-key")
 def request_key(
     model_id: Annotated[str, typer.Argument(help="The model id: <owner_id>/<name>.")],
     measurement: MeasurementOpt = None,
@@ -96,12 +83,8 @@ def request_key(
         Path | None,
         typer.Option(help="The request key file (32 bytes, 0600); created when absent."),
     ] = None,
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Register a request key for MODEL_ID, releasable only to runtimes that satisfy the
     policy (the key is generated into --key-file when that does not exist)."""
@@ -118,25 +101,19 @@ def request_key(
             reference_values=reference_values,
         )
     )
-    folder = resolve_data_dir(data_dir)
+    folder = conn.folder
     path = (
         key_file
         if key_file is not None
         else (folder / ROLE / "request-keys" / owner_id / f"{name}.key")
     )
 
-    user = _user(
-        data_dir=data_dir,
-        identity=identity,
-        keyservice=keyservice,
-        measurement=keyservice_measurement,
-        platform_key=platform_key,
-    )
+    user = _user(conn)
     with contextlib.closing(user):
         key = guarded(lambda: load_or_create_key(path, RequestKey))
         receipt = guarded(lambda: user.put_request_key(model_id, key, runtime_policy))
         emit(
-            json_out,
+            conn.json_out,
             {
                 "model_id": receipt.model_id,
                 "user_id": receipt.user_id,
@@ -150,7 +127,7 @@ def request_key(
         )
 
 
-@app.command()
+@principal_command(app)
 def infer(
     model_id: Annotated[str, typer.Argument(help="The model id: <owner_id>/<name>.")],
     input_file: Annotated[
@@ -197,12 +174,8 @@ def infer(
         Path | None, typer.Option(help="Also save the output tensors here (.npz).")
     ] = None,
     ca_bundle: CaBundleOpt = None,
-    data_dir: DataDirOpt = None,
-    identity: IdentityOpt = None,
-    keyservice: KeyServiceUrlOpt = None,
-    keyservice_measurement: KeyServiceMeasurementOpt = None,
-    platform_key: PlatformKeyOpt = None,
-    json_out: JsonOpt = False,
+    *,
+    conn: Connection,
 ) -> None:
     """Run MODEL_ID on an input, encrypted end to end: seal it here, send it through the
     gateway, unseal the answer here and print it.
@@ -231,8 +204,8 @@ def infer(
     spec = zoo_spec_for(as_model or name)
     if as_model is not None and spec is None:
         fail(f"--as {as_model!r} is not a model of the zoo (see 'sealserve models list')", 2)
-    folder = resolve_data_dir(data_dir)
-    ident = guarded(lambda: load_identity(folder, identity, ROLE))
+    folder = conn.folder
+    ident = guarded(lambda: load_identity(folder, conn.identity, ROLE))
     path = key_file or folder / ROLE / "request-keys" / owner_id / f"{name}.key"
     inputs = guarded(lambda: load_inputs(input_file, spec=spec))
     registered = False
@@ -245,14 +218,7 @@ def infer(
             )
         )
         key = RequestKey.generate()
-        user = _user(
-            data_dir=data_dir,
-            identity=identity,
-            keyservice=keyservice,
-            measurement=keyservice_measurement,
-            platform_key=platform_key,
-            ca_bundle=ca_bundle,
-        )
+        user = _user(conn)
         with contextlib.closing(user):
             guarded(lambda: user.put_request_key(model_id, key, runtime_policy))
         guarded(lambda: write_secret_file(path, key.to_bytes()))
@@ -282,7 +248,7 @@ def infer(
         guarded(lambda: save_outputs(output, result.outputs))
     route = result.route.describe() if result.route is not None else "unknown"
     stages = {k: round(v, 3) for k, v in result.timings.items()}
-    if json_out:
+    if conn.json_out:
         doc = {
             "model_id": model_id,
             "request_id": result.request_id,
