@@ -148,6 +148,14 @@ def serve(
     timeout_s: Annotated[
         float, typer.Option(min=0.001, help="Deadline of requests that name none, seconds.")
     ] = 60.0,
+    inference_memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="What the runtime's inferences may allocate at once, MiB "
+            "(default: --memory-budget-mb); a request that needs more gets 507.",
+        ),
+    ] = None,
     body_timeout_s: Annotated[
         float,
         typer.Option(
@@ -222,6 +230,7 @@ def serve(
             runtime=SupervisorOptions(
                 memory_budget_mb=memory_budget_mb,
                 memory_factor=memory_factor,
+                inference_memory_mb=inference_memory_mb,
                 threads=threads,
                 workers=concurrency,
                 baseline=baseline_mode,

@@ -104,6 +104,8 @@ class SupervisorOptions:
     workers: int = 4
     baseline: bool = False
     memory_factor: float = 4.0
+    #: What the runtime's inferences may allocate at once (None: its memory budget).
+    inference_memory_mb: int | None = None
     max_input_age_s: float = 3600.0
     #: Host -> runtime channel (inputs and sealed models): bounds the largest model.
     request_arena_bytes: int = 2048 * _MIB
@@ -145,6 +147,8 @@ class SupervisorOptions:
         ]  # fmt: skip
         if self.baseline:
             args.append("--baseline")
+        if self.inference_memory_mb is not None:
+            args += ["--inference-memory-mb", str(int(self.inference_memory_mb))]
         return args
 
 

@@ -97,12 +97,21 @@ class RuntimeOptions:
     max_input_age_s: float = 3600.0
     #: SeSeMI's per-request baseline: no key cache, no model cache.
     baseline: bool = False
+    #: What inferences may allocate at once, over all requests (onnxruntime's arena cap; the
+    #: runtime process sets it, :func:`~._session.configure_inference_memory`).  ``None``:
+    #: as much as ``memory_budget_bytes``.
+    inference_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("memory_budget_bytes", "threads", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        value = self.inference_memory_bytes
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < _MIB
+        ):
+            raise ValueError(f"inference_memory_bytes must be an int >= 1 MiB, got {value!r}")
         if not self.memory_factor >= 1.0:
             raise ValueError(f"memory_factor must be >= 1.0, got {self.memory_factor!r}")
         age = self.max_input_age_s
@@ -252,7 +261,7 @@ class SealedRuntime:
                         except (TensorFormatError, ValueError, TypeError):
                             raise ValueError(BAD_INPUT) from None
                     with timer.stage(st.INFERENCE):
-                        outputs = lease.value.run(tensors)
+                        outputs = lease.value.run(tensors, timeout_s=self._remaining(deadline))
                     del tensors
                 finally:
                     _wipe(memoryview(plaintext))
@@ -442,6 +451,9 @@ class SealedRuntime:
             clock=self._clock,
         )
         return plaintext
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        return None if deadline is None else deadline - self._clock.monotonic()
 
     def _check_deadline(self, deadline: float | None, when: str) -> None:
         if deadline is not None and self._clock.monotonic() >= deadline:

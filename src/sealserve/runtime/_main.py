@@ -62,6 +62,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--memory-factor", type=float, default=4.0)
+    p.add_argument(
+        "--inference-memory-mb",
+        type=int,
+        default=None,
+        help="what inferences may allocate at once (default: --memory-budget-mb)",
+    )
     p.add_argument("--max-input-age-s", type=float, default=3600.0)
     p.add_argument("--baseline", action="store_true")
     p.add_argument("--connect-timeout-s", type=float, default=30.0)
@@ -164,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory_factor=args.memory_factor,
             max_input_age_s=args.max_input_age_s,
             baseline=args.baseline,
+            inference_memory_bytes=None
+            if args.inference_memory_mb is None
+            else args.inference_memory_mb << 20,
         )
         pin = pin_from_launch_config(launch_config())
         sock, data_sock = _host_sockets(args)
@@ -172,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"runtime: {exc}\n")
         return _EX_CONFIG
 
+    from sealserve.runtime._session import configure_inference_memory
+
+    # Before any session exists: every session's runs allocate from this capped arena.
+    configure_inference_memory(options.inference_memory_bytes or options.memory_budget_bytes)
     key_pair = HpkeKeyPair.generate()  # fresh at every start; bound into each evidence
     try:
         # Calls here take milliseconds (an inference): a waiter that spins would only take a

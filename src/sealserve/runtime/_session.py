@@ -7,11 +7,23 @@ plain onnxruntime, so the two sides run with the same threads.
 
 Errors here never carry anything from the plaintext (tensor names, shapes, node names): an
 input that does not fit the model is one fixed :class:`ValueError`.
+
+**What one request may take** (issue 10.5).  A small input can make a model allocate
+gigabytes (a 0.6 MB MiniLM batch of 48 x 512 grew a runtime from 317 MB to 3.8 GB) and
+compute long after its deadline.  :func:`configure_inference_memory` gives every session of
+the process one onnxruntime arena with a hard cap (``max_mem``) for what runs allocate
+(initializers stay outside it: they are charged to the model budget); a run that would pass it
+fails and is refused as :class:`~sealserve.errors.MemoryBudgetExceeded`.  After every run the
+arena gives back what it no longer holds (``memory.enable_memory_arena_shrinkage``), so a large
+request does not keep its memory.  A run is stopped when its deadline passes
+(:class:`~._watchdog.Watchdog` sets ``RunOptions.terminate``) and refused as
+:class:`~sealserve.errors.DeadlineExceeded`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -19,12 +31,38 @@ import numpy as np
 import numpy.typing as npt
 
 from sealserve._log import get_logger
-from sealserve.errors import ModelNotAvailable
+from sealserve.errors import DeadlineExceeded, MemoryBudgetExceeded, ModelNotAvailable
 from sealserve.runtime._plaintext import PlaintextBuffer
+from sealserve.runtime._watchdog import Watchdog
 
-__all__ = ["BAD_INPUT", "LoadedModel", "session_options"]
+__all__ = ["BAD_INPUT", "LoadedModel", "configure_inference_memory", "session_options"]
 
 _log = get_logger(__name__)
+_WATCHDOG = Watchdog()
+#: The cap of the process's inference arena, once :func:`configure_inference_memory` set it.
+_ARENA_BYTES: int | None = None
+_ARENA_LOCK = threading.Lock()
+
+
+def configure_inference_memory(max_bytes: int) -> int:
+    """Give the sessions of this process one arena of at most ``max_bytes`` for what their
+    runs allocate; the cap in force (the first one: onnxruntime registers an allocator once per
+    process).  Sessions built before this call do not use it."""
+    import onnxruntime as ort
+
+    global _ARENA_BYTES
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1 << 20:
+        raise ValueError(f"max_bytes must be an int >= 1 MiB, got {max_bytes!r}")
+    with _ARENA_LOCK:
+        if _ARENA_BYTES is None:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # max_mem, then kSameAsRequested (grow by what is asked, no doubling past the cap)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(max_bytes, 1, -1, -1))
+            _ARENA_BYTES = max_bytes
+        return _ARENA_BYTES
+
 
 #: The one message for an input that does not fit the model (says nothing about either).
 BAD_INPUT: Final = "the input tensors do not match the model's inputs"
@@ -68,6 +106,9 @@ def session_options(threads: int) -> Any:
     # which the host reads.  The runtime logs the error's type instead.
     options.log_severity_level = 4
     ort.set_default_logger_severity(4)
+    if _ARENA_BYTES is not None:
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     return options
 
 
@@ -131,8 +172,14 @@ class LoadedModel:
     def input_names(self) -> tuple[str, ...]:
         return tuple(self._inputs)
 
-    def run(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        """Run the model on ``inputs`` (names and dtypes must be the model's)."""
+    def run(
+        self, inputs: Mapping[str, npt.NDArray[Any]], *, timeout_s: float | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run the model on ``inputs`` (names and dtypes must be the model's), stopped after
+        ``timeout_s`` (:class:`~sealserve.errors.DeadlineExceeded`); a run that needs more
+        than the inference arena holds is :class:`~sealserve.errors.MemoryBudgetExceeded`."""
+        import onnxruntime as ort
+
         session = self._session
         if session is None:
             raise ModelNotAvailable(f"model {self.model_id!r} was evicted")
@@ -142,11 +189,22 @@ class LoadedModel:
             want = self._inputs[name]
             if want is not None and array.dtype != want:
                 raise ValueError(BAD_INPUT)
+        run_options = ort.RunOptions()
+        run_options.log_severity_level = 4
+        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         try:
-            outputs = session.run(None, dict(inputs))
+            with _WATCHDOG.watch(run_options, seconds=timeout_s) as stopped:
+                outputs = session.run(None, dict(inputs), run_options)
         except Exception as exc:  # onnxruntime's messages name nodes and shapes: not for out
+            reason = _failure(exc, stopped())
             _log.event("model.run_failed", level=logging.DEBUG, model_id=self.model_id,
-                       error=type(exc).__name__)  # fmt: skip
+                       error=type(exc).__name__, reason=reason)  # fmt: skip
+            if reason == "deadline":
+                raise DeadlineExceeded("the request's deadline passed during inference") from None
+            if reason == "memory":
+                raise MemoryBudgetExceeded(
+                    "the inference needed more memory than the runtime's inference budget"
+                ) from None
             raise ValueError(BAD_INPUT) from None
         return {
             name: np.ascontiguousarray(value)
@@ -162,3 +220,14 @@ class LoadedModel:
             f"LoadedModel(model_id={self.model_id!r}, version={self.version}, "
             f"charged_bytes={self.charged_bytes})"
         )
+
+
+def _failure(exc: Exception, stopped: bool) -> str:
+    """Why a run failed: ``deadline`` (the watchdog stopped it), ``memory`` (the arena's cap),
+    else ``input``.  Only the kind leaves: the message names nodes and shapes."""
+    if stopped:
+        return "deadline"
+    text = str(exc)
+    if "Failed to allocate memory" in text or "Available memory of" in text:
+        return "memory"
+    return "input"

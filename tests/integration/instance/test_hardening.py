@@ -4,6 +4,8 @@
   the request that caused it is refused as a bad input.
 * The runtime is not dumpable and its core limit is 0, soft and hard.
 * The host's control calls (load, evict) need the token only its launcher was given.
+* Slow request bodies give the host's request slots back (issue 10.3).
+* One request cannot take the runtime's memory (issue 10.5).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sealserve.bench._runtime_stack import LocalStack, infer_tensors
-from sealserve.errors import InstanceError
+from sealserve.errors import InstanceError, MemoryBudgetExceeded
 from sealserve.instance import InstanceClient
 from sealserve.runtime import BAD_INPUT
 from tests.unit.runtime.graphs import dense_model
@@ -135,3 +137,56 @@ def test_stalled_request_bodies_give_their_slots_back(stack: LocalStack) -> None
         logs = instance.logs()
     assert "http.body_timeout" in logs
     assert "Traceback" not in logs
+
+
+def gram_model() -> bytes:
+    """``Y = rowsum(X X^T)``: a tiny input and a tiny output, but an ``n x n`` intermediate
+    (n = 8,000 rows of 64 floats, 2 MB in, needs 256 MB): one tenant's request that takes the
+    runtime's memory, as the MiniLM batch of issue 10.5 did."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["X"], ["T"], perm=[1, 0]),
+            helper.make_node("MatMul", ["X", "T"], ["M"]),
+            helper.make_node("ReduceSum", ["M", "axes"], ["Y"], keepdims=0),
+        ],
+        "gram",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n"])],
+        [numpy_helper.from_array(np.array([1], np.int64), name="axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_one_request_cannot_take_the_runtimes_memory(stack: LocalStack) -> None:
+    assert stack.user is not None
+    model = stack.add_model("gram", gram_model())
+    user = stack.user.principal_id
+
+    def rows(n: int) -> dict[str, np.ndarray]:
+        return {"X": np.full((n, 64), 0.01, np.float32)}
+
+    def run(n: int) -> np.ndarray:
+        outputs, _ = infer_tensors(
+            instance.client, model.request_key, rows(n), model_id=model.model_id, user_id=user
+        )
+        return outputs["Y"]
+
+    mib = 1 << 20
+    extra = ["--inference-memory-mb", "400"]
+    with stack.start_instance(name="gram", extra=extra) as instance:
+        assert run(100).shape == (100,)
+        before = instance.client.stats()["runtime"]["rss_bytes"]
+        # 12,000 rows need 576 MB at once: refused, and the runtime did not grow by it.
+        with pytest.raises(MemoryBudgetExceeded):
+            run(12_000)
+        after_refused = instance.client.stats()["runtime"]["rss_bytes"]
+        assert after_refused - before < 400 * mib
+        # 8,000 rows (256 MB) fit; once answered, the memory is given back (up to the heap
+        # the runtime keeps for its buffers, 128 MiB).
+        np.testing.assert_allclose(run(8_000)[:3], [8_000 * 64 * 1e-4] * 3, rtol=1e-3)
+        after_large = instance.client.stats()["runtime"]["rss_bytes"]
+        assert after_large - before < 160 * mib, (before, after_large)
+        assert run(100).shape == (100,)  # and it serves on

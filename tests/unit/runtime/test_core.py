@@ -22,7 +22,13 @@ from sealserve.errors import (
 from sealserve.protocol import encode_tensors, seal_input, unseal_output
 from sealserve.runtime import BAD_INPUT, RuntimeOptions, SealedRuntime
 from sealserve.runtime._core import MAX_INPUT_AGE_S
-from tests.unit.runtime.graphs import dense_model, marker_floats, marker_model, plain_run
+from tests.unit.runtime.graphs import (
+    dense_model,
+    marker_floats,
+    marker_model,
+    plain_run,
+    slow_model,
+)
 from tests.unit.runtime.keyservice import InProcessKeyService
 
 
@@ -407,3 +413,21 @@ def test_the_host_cannot_widen_the_replay_window_of_sealed_inputs(ks: InProcessK
     ks.clock.advance(MAX_INPUT_AGE_S + 1)
     with pytest.raises(InvalidEnvelope):
         infer(runtime, ks, model_id, key, {}, request_id="r1", sealed=captured)
+
+
+def test_an_inference_whose_deadline_passes_is_stopped(ks: InProcessKeyService) -> None:
+    """Issue 10.5: a request whose deadline passed kept computing (about 20 CPU-seconds
+    after a 2 s deadline).  The run is now stopped between two kernels when the deadline
+    passes.  Uncancelled, this input runs for minutes (2,000 products of 1024 x 1024)."""
+    model_id, key = ks.add_model("endless", slow_model(size=1024, depth=2000))
+    runtime = make_runtime(ks)
+    runtime.load(model_id=model_id, user_id=ks.user.principal_id, deadline=None)
+    x = {"X": np.ones((1024, 1024), np.float32)}
+    with pytest.raises(DeadlineExceeded, match="during inference"):
+        infer(runtime, ks, model_id, key, x, deadline=ks.clock.monotonic() + 0.5)
+    # The model still serves, and a run within its deadline is not stopped.
+    small_id, small_key = ks.add_model("quick", dense_model(4))
+    outputs, _ = infer(
+        runtime, ks, small_id, small_key, x_of(64), deadline=ks.clock.monotonic() + 60
+    )
+    assert outputs["Y"].shape == (1, 16)
