@@ -29,10 +29,9 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
-from sealserve._forkserver import ForkedProcess
 from sealserve._log import get_logger
 from sealserve._resource import Resource, ResourceState
 from sealserve.attest import _measure
@@ -60,6 +59,9 @@ from sealserve.attest._trust import TrustAnchors
 from sealserve.attest._wire import MAX_FDS, b64, recv_message, send_message, unb64
 from sealserve.crypto import Identity
 from sealserve.errors import TeeError
+
+if TYPE_CHECKING:  # the fork server is loaded by the first template, never by a verifier
+    from sealserve._forkserver import ForkedProcess
 
 __all__ = ["LaunchedProcess", "SimulatedPlatform"]
 
@@ -585,7 +587,7 @@ class LaunchedProcess:
         if self._popen.poll() is None:
             self.kill()
         self._popen.wait(_CLOSE_GRACE_S)
-        if isinstance(self._popen, ForkedProcess):
+        if not isinstance(self._popen, subprocess.Popen):  # a ForkedProcess holds descriptors
             self._popen.close()
         with contextlib.suppress(OSError):
             self._channel.shutdown(socket.SHUT_RDWR)

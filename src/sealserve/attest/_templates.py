@@ -31,9 +31,8 @@ import socket
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from sealserve._forkserver import ForkClient, ForkedProcess
 from sealserve._log import get_logger
 from sealserve.attest._local import (
     PASSED_FDS_ENV,
@@ -43,6 +42,9 @@ from sealserve.attest._local import (
     TEE_FD_ENV,
 )
 from sealserve.errors import TeeError
+
+if TYPE_CHECKING:  # loaded by start_template: a verifier importing attest never needs it
+    from sealserve._forkserver import ForkClient, ForkedProcess
 
 __all__ = ["TEE_TEMPLATE_ENV", "Template", "TemplateKey", "TemplatePool"]
 
@@ -230,6 +232,8 @@ def start_template(
         raise TeeError(f"could not start a template of {entry!r}: {exc}") from exc
     finally:
         theirs.close()
+    from sealserve._forkserver import ForkClient
+
     client = ForkClient(ours, name=f"template-{popen.pid}")
     _log.event("platform.template_started", entry=entry, pid=popen.pid, measurement=measurement)
     return Template(key, popen, client, measurement=measurement)
