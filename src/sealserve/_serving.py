@@ -70,7 +70,7 @@ class ServerLimits:
     #: After its first ``body_idle_s``, a body must average at least this (bytes/s).
     min_body_rate: int = 16 * 1024
     #: Connections one client address may hold at once.
-    max_connections_per_source: int = 256
+    max_connections_per_source: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("head_timeout_s", "body_idle_s"):

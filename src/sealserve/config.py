@@ -160,7 +160,7 @@ class GatewaySettings:
     body_timeout_s: float = 10.0
     min_body_rate: int = 16 * 1024
     max_body_bytes_in_flight: int = 1 << 30
-    max_connections_per_source: int = 128
+    max_connections_per_source: int = 512
 
     def __post_init__(self) -> None:
         _check_port("gateway.port", self.port)

@@ -89,7 +89,7 @@ class HttpLimits:
     #: Body buffers held at once over all connections (a body that would pass it gets 503).
     max_body_bytes_in_flight: int = 1 << 30
     #: Connections one client address may hold at once (more are answered 429 and closed).
-    max_connections_per_source: int = 128
+    max_connections_per_source: int = 512
 
     def __post_init__(self) -> None:
         for name in (
