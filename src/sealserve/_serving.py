@@ -54,9 +54,9 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-def _event(name: str, **fields: Any) -> None:
-    if _logger.isEnabledFor(logging.INFO):
-        _logger.info(name, extra={"sealserve_fields": fields})
+def _event(name: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    if _logger.isEnabledFor(level):
+        _logger.log(level, name, extra={"sealserve_fields": fields})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -185,7 +185,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         limits = self.limits
         if self._phase == "head":
             if now - self._phase_at >= limits.head_timeout_s:
-                _event("http.head_timeout", client=self._source)
+                # An idle keep-alive connection ends here too: not worth an INFO line.
+                _event("http.head_timeout", level=logging.DEBUG, client=self._source)
                 self.transport.close()  # no request to answer yet
                 return
             self._guard = self.loop.call_later(limits.head_timeout_s / 4, self._check)
