@@ -35,17 +35,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from sealserve.attest import Policy, TrustAnchors
+from sealserve.attest import TrustAnchors
 from sealserve.client import (
-    GatewayClient,
+    Identity,
     Inference,
     KeyServicePin,
     Owner,
+    Policy,
     StoreClient,
     User,
     upload_model,
 )
-from sealserve.crypto import Identity, RequestKey
 from sealserve.errors import AccessDenied
 from sealserve.models import build, get_spec, sample_image_path
 
@@ -141,26 +141,29 @@ def run_demo(work: Path, info: dict[str, Any]) -> bool:
         trust=TrustAnchors.from_data_dir(data),
     )
     runtime = Policy(measurements=frozenset({info["runtime_measurement"]}))
-    url = info["keyservice_url"]
+    url, gateway = info["keyservice_url"], info["gateway_url"]
     files = {name: build(name, work / "zoo") for name in MODELS}
     with (
         Owner(Identity.generate(), keyservice_url=url, pin=pin) as owner,
-        User(Identity.generate(), keyservice_url=url, pin=pin) as user,
-        User(Identity.generate(), keyservice_url=url, pin=pin) as stranger,
+        User(
+            Identity.generate(), keyservice_url=url, pin=pin, gateway_url=gateway, runtime=runtime
+        ) as user,
+        User(
+            Identity.generate(), keyservice_url=url, pin=pin, gateway_url=gateway, runtime=runtime
+        ) as stranger,
     ):
         console.rule("as the model owner")
         owner.register()
         user.register()
         stranger.register()
         console.print(f"owner {owner.principal_id[:16]}…, user {user.principal_id[:16]}…")
-        with StoreClient(info["gateway_url"], identity=owner.identity) as store:
-            keys = share_models(owner, user, store, files, runtime)
+        with StoreClient(gateway, identity=owner.identity) as store:
+            share_models(owner, user, store, files, runtime)
         console.rule("as the user: sealed on this side, unsealed on this side")
-        with GatewayClient(info["gateway_url"]) as gateway:
-            results = infer_all(gateway, owner, user, keys, files)
-            burst(gateway, owner, user, keys)
-            refused(gateway, owner, stranger, runtime)
-            show_platform(gateway)
+        results = infer_all(owner, user, files)
+        burst(owner, user)
+        refused(owner, stranger)
+        show_platform(user)
     return all(results)
 
 
@@ -170,16 +173,15 @@ def share_models(
     store: StoreClient,
     files: dict[str, Path],
     runtime: Policy,
-) -> dict[str, RequestKey]:
+) -> None:
     """Seal each model, upload it to the gateway's store, give its key to the KeyService,
-    grant the user; the user registers a request key per model."""
-    keys: dict[str, RequestKey] = {}
+    grant the user (whose first inference of a model registers a request key for it)."""
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), DownloadColumn(),
                   console=console) as bar:  # fmt: skip
         for name, path in files.items():
             sealing = bar.add_task(f"sealing {name}", total=path.stat().st_size)
             sending = bar.add_task(f"uploading {name}", total=None)
-            receipt = upload_model(
+            upload_model(
                 owner,
                 store,
                 name,
@@ -188,15 +190,12 @@ def share_models(
                 upload_progress=functools.partial(_sent, bar, sending),
             )
             owner.grant(name, user.principal_id, runtime)
-            keys[name] = RequestKey.generate()
-            user.put_request_key(receipt.model_id, keys[name], runtime)
     console.print(
         "3 models sealed here and uploaded to the gateway's model store (signed by the owner, "
         "digest-checked; it holds ciphertext only), their keys given to the KeyService, the "
         f"user granted access in runtimes that measure {next(iter(runtime.measurements))[:16]}… "
         "only"
     )
-    return keys
 
 
 def _advance(bar: Progress, task: TaskID, done: int) -> None:
@@ -207,13 +206,7 @@ def _sent(bar: Progress, task: TaskID, done: int, total: int) -> None:
     bar.update(task, completed=done, total=total)
 
 
-def infer_all(
-    gateway: GatewayClient,
-    owner: Owner,
-    user: User,
-    keys: dict[str, RequestKey],
-    files: dict[str, Path],
-) -> list[bool]:
+def infer_all(owner: Owner, user: User, files: dict[str, Path]) -> list[bool]:
     import onnxruntime as ort
 
     photo = sample_image_path()
@@ -232,8 +225,7 @@ def infer_all(
     # MobileNetV2: the photo, ImageNet preprocessing, top-5.
     spec = get_spec("mobilenet-v2")
     inputs = spec.preprocess(photo)
-    sealed = gateway.infer(owner.model_id("mobilenet-v2"), inputs, user_id=user.principal_id,
-                           key=keys["mobilenet-v2"])  # fmt: skip
+    sealed = user.infer(owner.model_id("mobilenet-v2"), inputs)
     reference = plain("mobilenet-v2", inputs)
     ours, theirs = (
         spec.postprocess(sealed.outputs, inputs)[0],
@@ -256,8 +248,7 @@ def infer_all(
     # open_nsfw: the same photo, its own preprocessing, P(nsfw).
     spec = get_spec("open-nsfw")
     inputs = spec.preprocess(photo)
-    sealed = gateway.infer(owner.model_id("open-nsfw"), inputs, user_id=user.principal_id,
-                           key=keys["open-nsfw"])  # fmt: skip
+    sealed = user.infer(owner.model_id("open-nsfw"), inputs)
     reference = plain("open-nsfw", inputs)
     ours_p = float(sealed.outputs["outputs"][0, 1])
     theirs_p = float(reference["outputs"][0, 1])
@@ -272,8 +263,7 @@ def infer_all(
     # MiniLM: two sentences, tokenized here, mean-pooled and normalized here.
     spec = get_spec("minilm-int8")
     inputs = spec.preprocess(SENTENCES)
-    sealed = gateway.infer(owner.model_id("minilm-int8"), inputs, user_id=user.principal_id,
-                           key=keys["minilm-int8"])  # fmt: skip
+    sealed = user.infer(owner.model_id("minilm-int8"), inputs)
     reference = plain("minilm-int8", inputs)
     ours_e = np.asarray(spec.postprocess(sealed.outputs, inputs))
     theirs_e = np.asarray(spec.postprocess(reference, inputs))
@@ -291,7 +281,7 @@ def infer_all(
     return matches
 
 
-def burst(gateway: GatewayClient, owner: Owner, user: User, keys: dict[str, RequestKey]) -> None:
+def burst(owner: Owner, user: User) -> None:
     """Concurrent requests over the three models: the router packs them on two instances."""
     photo = sample_image_path()
     inputs = {
@@ -302,8 +292,7 @@ def burst(gateway: GatewayClient, owner: Owner, user: User, keys: dict[str, Requ
     order = [MODELS[i % 3] for i in range(12)]
 
     def one(name: str) -> tuple[str, Inference]:
-        result = gateway.infer(owner.model_id(name), inputs[name], user_id=user.principal_id,
-                               key=keys[name], retries=2)  # fmt: skip
+        result = user.infer(owner.model_id(name), inputs[name], retries=2)
         return name, result
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
@@ -311,14 +300,12 @@ def burst(gateway: GatewayClient, owner: Owner, user: User, keys: dict[str, Requ
     show_requests("A burst of 12 concurrent requests over the three models", rows)
 
 
-def refused(gateway: GatewayClient, owner: Owner, stranger: User, runtime: Policy) -> None:
+def refused(owner: Owner, stranger: User) -> None:
     """A registered user with a request key but no grant gets the fixed denial."""
     model_id = owner.model_id("open-nsfw")
-    key = RequestKey.generate()
-    stranger.put_request_key(model_id, key, runtime)
     inputs = get_spec("open-nsfw").example_inputs(0)
     try:
-        gateway.infer(model_id, inputs, user_id=stranger.principal_id, key=key)
+        stranger.infer(model_id, inputs)  # registers its request key first
     except AccessDenied as exc:
         console.print(
             f"\nA user without a grant sends a request: [bold]{exc}[/] (no key was released)"
@@ -360,8 +347,8 @@ def show_requests(title: str, rows: list[tuple[str, Inference]]) -> None:
             console.print(escape(line), soft_wrap=True)
 
 
-def show_platform(gateway: GatewayClient) -> None:
-    doc = gateway.platform(recent=0)
+def show_platform(user: User) -> None:
+    doc = user.gateway.platform(recent=0)
     counters = doc["counters"]
     console.print(
         f"\nplatform ({doc['policy']} policy): {len(doc['instances'])} instances alive, "

@@ -1,5 +1,17 @@
 """The SDK of model owners and users: what the CLI calls.
 
+A first inference needs this package only::
+
+    from sealserve.client import Identity, KeyServicePin, Policy, User
+
+    pin = KeyServicePin.default(data_dir)  # the KeyService 'sealserve up' started there
+    runtime = Policy(measurements=frozenset({runtime_measurement}))
+    with User(Identity.generate(), keyservice_url=keyservice, pin=pin,
+              gateway_url=gateway, runtime=runtime) as user:
+        user.register()
+        result = user.infer("<owner_id>/<model>", {"input": batch})
+    result.outputs
+
 :class:`Owner` and :class:`User` hold an identity and an attested connection to the
 KeyService (:class:`KeyServiceClient`, pinned by a :class:`KeyServicePin`); every key they
 upload is HPKE-wrapped to the KeyService's attested public key.
@@ -12,6 +24,7 @@ gateway, unseal the output); :func:`web_credentials` packs a user's request key 
 browser client (docs/web.md).
 """
 
+from sealserve.attest import Policy
 from sealserve.client._gateway import GatewayAnswer, GatewayClient, Inference
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.client._principals import Owner, User
@@ -25,14 +38,18 @@ from sealserve.client._upload import (
     upload_model,
 )
 from sealserve.client._web import WEB_CREDENTIALS_KIND, web_credentials
+from sealserve.crypto import Identity, RequestKey
 
 __all__ = [
     "GatewayAnswer",
     "GatewayClient",
+    "Identity",
     "Inference",
     "KeyServiceClient",
     "KeyServicePin",
     "Owner",
+    "Policy",
+    "RequestKey",
     "SealedUpload",
     "StoreClient",
     "UploadReceipt",

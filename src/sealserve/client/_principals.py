@@ -11,17 +11,25 @@ is and for whom::
         key = SymmetricKey.generate()
         owner.put_model_key("resnet50", key)
         owner.grant("resnet50", user_id, policy)
+
+    with User(identity, keyservice_url=url, pin=pin, gateway_url=gw, runtime=policy) as user:
+        result = user.infer("<owner_id>/resnet50", {"input": batch})
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
+import numpy.typing as npt
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._resource import Resource
 from sealserve.attest import Policy
+from sealserve.client._gateway import GatewayClient, Inference
 from sealserve.client._keyservice import KeyServiceClient, KeyServicePin
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, wrap
 from sealserve.errors import KeyServiceError
@@ -209,10 +217,118 @@ class Owner(_Principal):
 
 
 class User(_Principal):
-    """A user (data owner): request keys for (model, runtime policy).  Use inside ``with``."""
+    """A user (data owner): request keys for (model, runtime policy), and inferences on the
+    user's sealed data.  Use inside ``with``.
+
+    ``gateway_url`` is where :meth:`infer` sends (its ``https://`` certificate must chain to
+    ``ca_bundle`` too); ``runtime`` is the policy a runtime must satisfy to get the request
+    key :meth:`infer` creates and registers on a model's first use (with
+    :meth:`put_request_key` first, a key of your own is used instead).
+    """
 
     role = "user"
     resource_name = "the user"
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        keyservice_url: str,
+        pin: KeyServicePin,
+        gateway_url: str | None = None,
+        runtime: Policy | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        gateway_transport: httpx.BaseTransport | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if runtime is not None and not isinstance(runtime, Policy):
+            raise TypeError(f"runtime must be a Policy, got {type(runtime).__name__}")
+        super().__init__(
+            identity,
+            keyservice_url=keyservice_url,
+            pin=pin,
+            clock=clock,
+            timeout_s=timeout_s,
+            transport=transport,
+            ca_bundle=ca_bundle,
+        )
+        self.runtime = runtime
+        self._gateway: GatewayClient | None = None
+        if gateway_url is not None:
+            self._gateway = GatewayClient(
+                gateway_url, transport=gateway_transport, clock=clock, ca_bundle=ca_bundle
+            )
+        self._keys: dict[str, RequestKey] = {}
+        self._keys_lock = threading.Lock()
+
+    @property
+    def gateway(self) -> GatewayClient:
+        """The gateway client :meth:`infer` sends through (``gateway_url`` is required)."""
+        if self._gateway is None:
+            raise ValueError("this User has no gateway: pass gateway_url= to infer")
+        return self._gateway
+
+    def _open(self) -> None:
+        super()._open()
+        if self._gateway is not None:
+            try:
+                self._gateway.open()
+            except BaseException:
+                super()._close()
+                raise
+
+    def _close(self) -> None:
+        try:
+            if self._gateway is not None:
+                self._gateway.close()
+        finally:
+            super()._close()
+
+    def request_key(self, model_id: str) -> RequestKey:
+        """The request key :meth:`infer` uses for ``model_id``: the one given to
+        :meth:`put_request_key` (by this object), else a new one registered now under
+        ``runtime``."""
+        with self._keys_lock:
+            key = self._keys.get(model_id)
+            if key is not None:
+                return key
+            if self.runtime is None:
+                raise ValueError(
+                    f"no request key for {model_id!r}: pass runtime= (the policy a runtime "
+                    "must satisfy) to create one, or call put_request_key first"
+                )
+            key = RequestKey.generate()
+            self.put_request_key(model_id, key, self.runtime)
+            return key
+
+    def infer(
+        self,
+        model_id: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        retries: int = 0,
+    ) -> Inference:
+        """Run model ``model_id`` (``<owner_id>/<name>``) on ``inputs``, sealed end to end:
+        sealed here under this user's request key for the model (see :meth:`request_key`),
+        unsealed here; only a runtime the KeyService released the key to sees them.
+
+        A retryable failure is sent again (sealed afresh) at most ``retries`` times.
+        """
+        gateway = self.gateway
+        key = self.request_key(model_id)
+        return gateway.infer(
+            model_id,
+            inputs,
+            user_id=self.principal_id,
+            key=key,
+            request_id=request_id,
+            timeout_s=timeout_s,
+            retries=retries,
+        )
 
     def _path(self, model_id: str) -> str:
         split_model_id(model_id)
@@ -225,9 +341,12 @@ class User(_Principal):
             raise TypeError(f"key must be a RequestKey, got {type(key).__name__}")
         wrapped = self._wrap("request-key", model_id, None, key.to_bytes())
         body = RequestKeyIn(wrapped_key=wrapped, policy=policy.to_dict())
-        return self._client.request("PUT", self._path(model_id), body, answer=RequestKeyReceipt)
+        receipt = self._client.request("PUT", self._path(model_id), body, answer=RequestKeyReceipt)
+        self._keys[model_id] = key  # what infer seals with from now on
+        return receipt
 
     def delete_request_key(self, model_id: str) -> int:
         """Withdraw the request key for ``model_id``; returns the new revocation epoch."""
         doc = self._client.request("DELETE", self._path(model_id), answer=AccessChange)
+        self._keys.pop(model_id, None)
         return doc.revocation_epoch
