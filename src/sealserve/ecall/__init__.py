@@ -17,21 +17,12 @@ The design is in docs/runtime.md.
 
 from sealserve.ecall import _timings as timings
 from sealserve.ecall import _wire as wire
-from sealserve.ecall._pin import (
-    KEYSERVICE_POLICY_KEY,
-    PLATFORM_KEYS_KEY,
-    pin_from_launch_config,
-    runtime_launch_config,
-)
-from sealserve.ecall._rpc import Endpoint, Message, OutgoingCall, PayloadWriter
+from sealserve.ecall._pin import pin_from_launch_config, runtime_launch_config
+from sealserve.ecall._rpc import Endpoint, Message
 
 __all__ = [
     "Endpoint",
-    "KEYSERVICE_POLICY_KEY",
     "Message",
-    "OutgoingCall",
-    "PLATFORM_KEYS_KEY",
-    "PayloadWriter",
     "pin_from_launch_config",
     "runtime_launch_config",
     "timings",

@@ -26,7 +26,7 @@ from sealserve.gateway._metrics import GatewayMetrics
 from sealserve.gateway._openapi import openapi_document
 from sealserve.gateway._server import GatewayServer
 from sealserve.gateway._uploads import UploadOptions, UploadService
-from sealserve.gateway._web import WEB_PREFIX, web_integrity
+from sealserve.gateway._web import web_integrity
 
 __all__ = [
     "Gateway",
@@ -38,7 +38,6 @@ __all__ = [
     "ScrapeTarget",
     "UploadOptions",
     "UploadService",
-    "WEB_PREFIX",
     "error_for",
     "openapi_document",
     "web_integrity",

@@ -19,12 +19,7 @@ from sealserve.instance._broker import BrokerMessage, HostBroker, receive_broker
 from sealserve.instance._client import InferResult, InstanceClient
 from sealserve.instance._metrics import InstanceMetrics
 from sealserve.instance._objstore import ObjectModelStore
-from sealserve.instance._server import (
-    SPAWNED_AT_ENV,
-    InstanceConfig,
-    process_age_s,
-    serve_instance,
-)
+from sealserve.instance._server import SPAWNED_AT_ENV, InstanceConfig, serve_instance
 from sealserve.instance._store import (
     MANIFEST_SCHEMA,
     SEALED_HEADER_BYTES,
@@ -69,7 +64,6 @@ __all__ = [
     "WriterState",
     "check_sealed_header",
     "open_store",
-    "process_age_s",
     "receive_broker_message",
     "serve_instance",
 ]

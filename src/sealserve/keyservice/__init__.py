@@ -15,40 +15,24 @@ clients and the runtime use without this package.
 
 from sealserve.keyservice._app import create_app
 from sealserve.keyservice._evidence import EvidenceVerifier
-from sealserve.keyservice._judge import EvidenceJudge, VerifiedEvidence
 from sealserve.keyservice._launch import LaunchedKeyService, launch_keyservice
 from sealserve.keyservice._measured import measured_config
-from sealserve.keyservice._releaser import Denied
-from sealserve.keyservice._server import (
-    database_url,
-    keyservice_dir,
-    open_keyservice,
-    run_keyservice,
-)
-from sealserve.keyservice._service import EvidenceSource, KeyService, Throttled
-from sealserve.keyservice._store import AuditEntry, Store, sqlite_url
-from sealserve.keyservice._vault import MASTER_KEY_PURPOSE, Vault, open_master_key
+from sealserve.keyservice._server import open_keyservice, run_keyservice
+from sealserve.keyservice._service import EvidenceSource, KeyService
+from sealserve.keyservice._store import Store
+from sealserve.keyservice._vault import Vault, open_master_key
 
 __all__ = [
-    "AuditEntry",
-    "Denied",
-    "EvidenceJudge",
     "EvidenceSource",
     "EvidenceVerifier",
     "KeyService",
     "LaunchedKeyService",
-    "MASTER_KEY_PURPOSE",
     "Store",
-    "Throttled",
     "Vault",
-    "VerifiedEvidence",
     "create_app",
-    "database_url",
-    "keyservice_dir",
     "launch_keyservice",
     "measured_config",
     "open_keyservice",
     "open_master_key",
     "run_keyservice",
-    "sqlite_url",
 ]

@@ -12,7 +12,6 @@ The wire format of named tensors is :mod:`sealserve.protocol`'s (``encode_tensor
 """
 
 from sealserve.models._files import (
-    IMAGE_SUFFIXES,
     OutputSummary,
     load_inputs,
     save_outputs,
@@ -22,7 +21,6 @@ from sealserve.models._files import (
 from sealserve.models._images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    OPEN_NSFW_MEAN_BGR,
     ImageSource,
     imagenet_preprocess,
     load_image,
@@ -38,13 +36,11 @@ __all__ = [
     "ClassScore",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "IMAGE_SUFFIXES",
     "ImageSource",
     "MINILM_INT8",
     "MINILM_TOKENIZER",
     "ModelSpec",
     "OPEN_NSFW",
-    "OPEN_NSFW_MEAN_BGR",
     "OutputSummary",
     "ShippedFile",
     "TensorSpec",

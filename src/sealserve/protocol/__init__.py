@@ -49,7 +49,6 @@ from sealserve.protocol._envelopes import (
     unseal_output,
 )
 from sealserve.protocol._errors import (
-    RETRY_AFTER_S,
     HostError,
     bad_request,
     error_body,
@@ -99,7 +98,6 @@ from sealserve.protocol._release import (
 )
 from sealserve.protocol._schema import Message
 from sealserve.protocol._tensors import (
-    DEFAULT_LIMITS,
     TensorLimits,
     decode_tensors,
     encode_tensors,
@@ -107,8 +105,6 @@ from sealserve.protocol._tensors import (
     encoded_size,
 )
 from sealserve.protocol._uploads import (
-    DIGEST_PATTERN,
-    PUBLIC_KEY_HEADER,
     UPLOADS_PATH,
     ModelDeleted,
     OwnerRequests,
@@ -132,8 +128,6 @@ __all__ = [
     "AuditRecord",
     "AuditVerification",
     "ChallengeOut",
-    "DEFAULT_LIMITS",
-    "DIGEST_PATTERN",
     "ErrorOut",
     "GrantIn",
     "HostError",
@@ -147,10 +141,8 @@ __all__ = [
     "OUTPUT_PURPOSE",
     "OwnerRequests",
     "PRINCIPAL_ID_PATTERN",
-    "PUBLIC_KEY_HEADER",
     "PrincipalIn",
     "PrincipalOut",
-    "RETRY_AFTER_S",
     "Release",
     "ReleaseIn",
     "ReleaseOut",

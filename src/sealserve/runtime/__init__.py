@@ -24,13 +24,11 @@ from sealserve.runtime._core import (
 from sealserve.runtime._keys import KeyBroker, KeyCache, KeyCacheStats, KeyResult, Relay
 from sealserve.runtime._models import Lease, ModelCache, ModelCacheStats, ResidentModel
 from sealserve.runtime._plaintext import PlaintextBuffer
-from sealserve.runtime._server import HostModelSource, HostRelay, RuntimeServer
+from sealserve.runtime._server import RuntimeServer
 from sealserve.runtime._session import BAD_INPUT, LoadedModel, session_options
 
 __all__ = [
     "BAD_INPUT",
-    "HostModelSource",
-    "HostRelay",
     "KeyBroker",
     "KeyCache",
     "KeyCacheStats",

@@ -19,11 +19,10 @@ never imports it, and this package imports it only when it connects or deploys. 
 docs/platforms.md.
 """
 
-from sealserve.platform.ray._autoscale import LAST_USED_METRIC, PackerAutoscaler
+from sealserve.platform.ray._autoscale import PackerAutoscaler
 from sealserve.platform.ray._options import RayOptions
 from sealserve.platform.ray._packer import ReplicaPacker, ReplicaView
 from sealserve.platform.ray._platform import RayPlatform
-from sealserve.platform.ray._registry import forget_packers, packer_for
 from sealserve.platform.ray._replica import SealedInstance
 from sealserve.platform.ray._serve import (
     build_application,
@@ -35,7 +34,6 @@ from sealserve.platform.ray._serve import (
 )
 
 __all__ = [
-    "LAST_USED_METRIC",
     "PackerAutoscaler",
     "RayOptions",
     "RayPlatform",
@@ -46,8 +44,6 @@ __all__ = [
     "connect",
     "deploy",
     "disconnect",
-    "forget_packers",
-    "packer_for",
     "stop",
     "undeploy",
 ]
