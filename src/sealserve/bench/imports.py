@@ -5,6 +5,7 @@ program that seals inputs does not load the web server, the database layer, Prom
 onnxruntime.  Each case runs in a fresh interpreter (nothing cached in ``sys.modules``),
 interleaved over the repeats, and reports the wall time of its import statement:
 
+* ``httpx`` — ``import httpx`` alone: an HTTP client library, for scale;
 * ``floor`` — the client's third-party floor (httpx, numpy, cryptography's AEAD and HPKE
   primitives): what any client of this design pays; the baseline of the ratio;
 * ``client`` — ``import sealserve.client``.
@@ -52,6 +53,7 @@ HEAVY_MODULES: Final = (
 GOAL_S: Final = 0.3
 
 _CASES: Final = {
+    "httpx": "import httpx\n",
     "floor": (
         "import httpx, numpy\n"
         "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
@@ -98,6 +100,7 @@ def run_import_bench(config: ImportBenchConfig) -> dict[str, Any]:
         name: functools.partial(_run_case, code) for name, code in _CASES.items()
     }
     runs = interleaved(cases, repeats=config.repeats)
+    httpx_s = median(r["s"] for r in runs["httpx"])
     floor_s = median(r["s"] for r in runs["floor"])
     client_s = median(r["s"] for r in runs["client"])
     loaded = runs["client"][-1]["modules"]
@@ -107,9 +110,11 @@ def run_import_bench(config: ImportBenchConfig) -> dict[str, Any]:
         "benchmark": "imports",
         "environment": environment(),
         "repeats": config.repeats,
+        "httpx_import_s": httpx_s,
         "floor_import_s": floor_s,
         "client_import_s": client_s,
         "client_over_floor": ratio(client_s, floor_s),
+        "client_over_httpx": ratio(client_s, httpx_s),
         "client_sealserve_modules": len(ours),
         "sealserve_modules": _package_modules(),
         "client_modules_total": len(loaded),
@@ -123,10 +128,26 @@ def run_import_bench(config: ImportBenchConfig) -> dict[str, Any]:
 def _print(doc: dict[str, Any], console: Console) -> None:
     print_table(
         "import sealserve.client (fresh interpreter, median)",
-        ["case", "seconds", "x floor"],
+        ["case", "seconds", "x floor", "x httpx"],
         [
-            ("floor (httpx, numpy, cryptography)", doc["floor_import_s"], 1.0),
-            ("sealserve.client", doc["client_import_s"], doc["client_over_floor"]),
+            (
+                "httpx",
+                doc["httpx_import_s"],
+                ratio(doc["httpx_import_s"], doc["floor_import_s"]),
+                1.0,
+            ),
+            (
+                "floor (httpx, numpy, cryptography)",
+                doc["floor_import_s"],
+                1.0,
+                ratio(doc["floor_import_s"], doc["httpx_import_s"]),
+            ),
+            (
+                "sealserve.client",
+                doc["client_import_s"],
+                doc["client_over_floor"],
+                doc["client_over_httpx"],
+            ),
         ],
         console=console,
     )
