@@ -309,6 +309,13 @@ def zygote(
 
     for module in _HOST_MODULES:  # what `instance serve` imports, paid once here
         importlib.import_module(module)
+    # ... and what a host's first KeyService client costs: the CA bundle, and the transport
+    # (httpcore, h11, trio) httpx imports on its first client; 0.4-1 s of a host's start.
+    import httpx
+
+    from sealserve.instance._supervisor import default_verify_context
+
+    httpx.Client(verify=default_verify_context()).close()
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level has value {log_level!r}; use DEBUG, INFO, WARNING or ERROR", 2)

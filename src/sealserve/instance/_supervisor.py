@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import enum
+import functools
 import logging
 import shutil
 import socket
@@ -73,6 +74,20 @@ _log = get_logger(__name__)
 _MIB = 1 << 20
 #: Give the pages of messages at least this large back once reclaimed (models, not inputs).
 _TRIM = 16 * _MIB
+
+
+@functools.cache
+def default_verify_context() -> ssl.SSLContext:
+    """httpx's default verification (what ``verify=True`` means: certifi's roots, or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), built once per process and shared by its clients.
+
+    Building it loads a CA bundle (50-300 ms on the busy 2-core machine).  The host template
+    (``sealserve instance zygote``) builds it, and a first client, before it forks, so that
+    every host it forks has both already.
+    """
+    return httpx.create_ssl_context()
+
+
 _RELAY_PATHS = (
     ("GET", f"{keyservice_wire.API_PREFIX}/attestation?nonce="),
     ("POST", f"{keyservice_wire.API_PREFIX}/challenges"),
@@ -241,7 +256,7 @@ class RuntimeSupervisor(Resource):
             base_url=self._keyservice_url,
             timeout=self.options.keyservice_timeout_s,
             transport=http_transport,
-            verify=verify,
+            verify=default_verify_context() if verify is True else verify,
         )
         self._ocalls = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="host-ocall"

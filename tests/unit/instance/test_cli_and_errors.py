@@ -162,3 +162,17 @@ def test_store_list_and_verify(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["instance", "store", "verify", "--store", str(store.root), model_id])
     assert bad.exit_code == 1
     assert bad.output.startswith("error: the stored blob")
+
+
+def test_the_hosts_shared_keyservice_tls_context_still_verifies() -> None:
+    """The KeyService client's default context is built once per process (the host template
+    builds it before forking hosts) and is httpx's verifying one: certificates and names."""
+    import ssl
+
+    from sealserve.instance._supervisor import default_verify_context
+
+    context = default_verify_context()
+    assert default_verify_context() is context
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0  # roots to verify against, loaded
