@@ -237,6 +237,7 @@ class GatewayClient(Resource):
         return doc
 
     def healthy(self) -> bool:
+        """Whether the gateway answers ``GET /healthz`` with 200 (``False`` when unreachable)."""
         try:
             return self._send("GET", "/healthz").status_code == 200
         except GatewayError:

@@ -92,6 +92,9 @@ class KeyServicePin:
 
     @classmethod
     def default(cls, data_dir: str | Path) -> KeyServicePin:
+        """The pin of the KeyService ``sealserve up`` runs on ``data_dir``: the installed
+        code's KeyService entry on the simulated platform of ``data_dir``, and the record of
+        the KeyService instances its clients have seen (trust on first use)."""
         policy, trust = default_keyservice_pin(Path(data_dir))
         return cls(policy=policy, trust=trust, known_keyservices=known_keyservices_file(data_dir))
 

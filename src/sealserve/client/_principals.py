@@ -86,10 +86,12 @@ class _Principal(Resource):
 
     @property
     def principal_id(self) -> str:
+        """This principal's id: hex SHA-256 of its identity's Ed25519 public key."""
         return self.identity.principal_id
 
     @property
     def keyservice(self) -> KeyServiceClient:
+        """The attested connection to the KeyService this principal talks through."""
         return self._client
 
     def _open(self) -> None:

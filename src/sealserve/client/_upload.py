@@ -247,10 +247,12 @@ class SealedUpload:
     plain_bytes: int
 
     def to_json(self) -> dict[str, object]:
+        """The fields as JSON values (``path`` as a string)."""
         return {**dataclasses.asdict(self), "path": str(self.path)}
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> SealedUpload:
+        """The upload :meth:`to_json` wrote."""
         return cls(
             model_id=str(doc["model_id"]),
             name=str(doc["name"]),
