@@ -17,6 +17,7 @@ patient client would; then it is one :class:`Record`:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import threading
@@ -111,6 +112,7 @@ class SteadyLoad:
         deadline_s: float = 30.0,
         retry_window_s: float = 20.0,
         pause_s: float = 0.0,
+        keep: int | None = None,
     ) -> None:
         if not jobs:
             raise ValueError("jobs must not be empty")
@@ -120,7 +122,10 @@ class SteadyLoad:
         self.deadline_s = deadline_s
         self.retry_window_s = retry_window_s
         self.pause_s = pause_s
-        self._records: list[Record] = []
+        # A long run keeps the last ``keep`` records and counts the rest (a soak must not
+        # grow because of what it measures).
+        self._records: collections.deque[Record] = collections.deque(maxlen=keep)
+        self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -163,6 +168,11 @@ class SteadyLoad:
                         self.in_flight -= 1
                 with self._lock:
                     self._records.append(record)
+                    self.counts[record.outcome] += 1
+                    if record.attempts > 1:
+                        self.counts["retried"] += 1
+                    if record.error:
+                        self.counts[f"error:{record.error}"] += 1
                 if self.pause_s:
                     self._stop.wait(self.pause_s)
 

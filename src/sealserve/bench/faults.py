@@ -53,7 +53,7 @@ import typer
 from rich.console import Console
 
 from sealserve._log import get_logger
-from sealserve.bench._common import environment, print_table, write_json
+from sealserve.bench._common import environment, exit_on_sigterm, print_table, write_json
 from sealserve.bench._fault_stack import Census, FaultStack
 from sealserve.bench._load import SIZES, Job, SteadyLoad, mlp_model, plain_outputs, summarize
 from sealserve.bench._postgres import ThrowawayPostgres, postgres_bindir
@@ -509,6 +509,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """A steady mixed load through the gateway while each fault strikes in turn: what
         succeeded, failed, was lost, the recovery time and what leaked, per fault."""
+        exit_on_sigterm()
         console = Console()
         config = FaultsConfig(
             only=tuple(only or ()),

@@ -35,7 +35,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from sealserve.bench._common import environment, print_table, write_json
+from sealserve.bench._common import environment, exit_on_sigterm, print_table, write_json
 from sealserve.bench._load import SIZES, Job, SteadyLoad, mlp_model, plain_outputs, summarize
 from sealserve.bench._ray_cluster import RayClusterStack
 
@@ -342,6 +342,7 @@ def register(app: typer.Typer) -> None:
         """sealserve on a multi-node Ray cluster on this machine: routing across nodes, a
         replayed trace from zero and back (live GB-s and cold starts beside the simulator's),
         a worker node removed under load."""
+        exit_on_sigterm()
         console = Console()
         config = RayBenchConfig(
             trace_s=trace_s,
