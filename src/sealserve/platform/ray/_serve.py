@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +65,7 @@ def connect(
     (without an HTTP proxy) if it does not run.  Returns whether a local Ray was started."""
     for name, value in AUTOSCALING_PUSH_ENV.items():
         os.environ.setdefault(name, value)
+    _no_auto_connect()
     import ray
     from ray import serve
 
@@ -91,6 +93,32 @@ def connect(
     serve.start(proxy_location="Disabled")
     _log.event("ray.connected", address=address or "local")
     return address is None
+
+
+def _no_auto_connect() -> None:
+    """Make Ray's API calls in this process fail when it is not connected, instead of starting
+    a new local Ray.
+
+    Ray starts a local cluster on the first ``ray.get`` or actor call of a process that is not
+    connected.  After :func:`stop` left Ray, a thread that outlived it (a Serve handle's router
+    pushing its metrics every second, a stop step that timed out) would do that: a stray Ray
+    that nobody stops, racing the next :func:`connect` ("ray.init twice").  The switch is read
+    when Ray is imported, so it is also set on the module if Ray is already loaded.
+    """
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    hook = sys.modules.get("ray._private.auto_init_hook")
+    if hook is not None:
+        setattr(hook, "enable_auto_connect", False)  # noqa: B010 (a module's flag)
+
+
+def _shutdown_handles() -> None:
+    """Stop the request routers of the Serve handles this process holds (each runs a thread
+    that talks to the Serve controller: its metrics, its replicas' updates)."""
+    from ray.serve import context
+
+    client = context._global_client
+    if client is not None:
+        client.shutdown_cached_handles()  # type: ignore[no-untyped-call]
 
 
 def build_application(options: RayOptions) -> Any:
@@ -171,6 +199,8 @@ def stop(
             "ray.undeploy", lambda: undeploy(options), timeout_s=left(0.6, most=graceful)
         )
         forget_packers(options.app_name)
+    # This process's handles go whether or not Ray is ours: their routers would outlive Ray.
+    clean &= bounded("ray.handles", _shutdown_handles, timeout_s=left(0.4, most=10.0))
     if started:
         from ray import serve
 
