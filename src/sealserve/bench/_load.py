@@ -214,8 +214,8 @@ def summarize(
     """Counts by outcome of the requests answered in [since, until], and the recovery time.
 
     The recovery time is how long after ``since`` (the fault) the load was back: the first
-    second-long window whose successes reach half the rate of the ``before_s`` seconds before
-    the fault, and no request failed after it; ``None`` if that never happened.
+    success after the last failure that opens a second-long window whose successes reach half
+    the rate of the ``before_s`` seconds before the fault; ``None`` if that never happened.
     """
     window = [r for r in records if since <= r.done <= until]
     counts = {k: sum(1 for r in window if r.outcome == k) for k in
@@ -225,13 +225,13 @@ def summarize(
     bad = [r.done for r in window if r.outcome != "ok"]
     start = max(bad) if bad else since
     recovery: float | None = None
-    t = start
-    while t + 1.0 <= until + 1e-9:
+    for t in (x for x in ok_times if start <= x and x + 1.0 <= until + 1e-9):
+        # A window opens at a success: one that opened earlier would count the silence
+        # before the load came back as part of the recovery.
         got = sum(1 for x in ok_times if t <= x < t + 1.0)
         if got >= max(1.0, 0.5 * rate):
             recovery = max(0.0, t - since)
             break
-        t += 0.1
     errors: dict[str, int] = {}
     for r in window:
         if r.error:

@@ -28,11 +28,13 @@ failure is retryable, for 20 s at most) runs while each fault is injected in tur
 For each fault, the requests answered from the fault until the load stopped: succeeded,
 failed retryably (still failing when the client gave up), failed otherwise (a refusal the
 fault explains, e.g. a model that is gone), lost (no answer, or a wrong one: must be 0); the
-recovery time (from the fault to the first success after the last failure); and, once the load
-stopped and the instances scaled to zero, what leaked against the quiet stack before the
-faults: processes of the stack, unmapped shared-memory segments, open descriptors of the
-gateway, the KeyService replicas and this process (each must be 0).  The Ray faults (a
-replica's process killed, a worker node removed) run on a Ray cluster: ``sealserve bench ray``.
+recovery time (from the fault until the successes per second are back to half their rate
+before it, with no failure after: the first success after the last failure that opens a
+second holding that many); and, once the load stopped and the instances scaled to zero,
+what leaked against the quiet stack before the faults: processes of the stack, unmapped
+shared-memory segments, open descriptors of the gateway, the KeyService replicas and this
+process (each must be 0).  The Ray faults (a replica's process killed, a worker node
+removed) run on a Ray cluster: ``sealserve bench ray``.
 """
 
 from __future__ import annotations
