@@ -119,13 +119,16 @@ class RuntimeLink:
         timeout: float,
     ) -> Message:
         endpoint = self._endpoint
+        started = time.monotonic()
         try:  # at once when there is room (the usual case), else from a thread
             future = endpoint.call_async(op, meta, payload, send_timeout=0)
         except BackpressureTimeout:
             future = await asyncio.to_thread(
                 endpoint.call_async, op, meta, payload, send_timeout=timeout
             )
-        return await _reply(endpoint, future, timeout)
+        # The wait for room counts against the same deadline as the wait for the reply.
+        remaining = max(0.001, timeout - (time.monotonic() - started))
+        return await _reply(endpoint, future, remaining)
 
     def add_cold_stage(self, stage: str, ms: float) -> None:
         """Add a stage of the start that made this runtime (before its first answer)."""

@@ -62,8 +62,10 @@ _log = get_logger(__name__)
 #: kills what is left (a backend bounds each stop itself; this bounds all of them together).
 _STOPS_BOUND_S: Final = 45.0
 #: Added to a request's deadline before the driver stops waiting for an answer on its own
-#: (the instance enforces the deadline; this only bounds a call that never comes back).
-_ANSWER_GRACE_S = 10.0
+#: (the instance enforces the deadline; this only bounds a call that never comes back).  Less
+#: than the 5 s a client waits past the deadline it sent (``GatewayClient``), so that even then
+#: the client is answered (retryably) rather than left without an answer.
+_ANSWER_GRACE_S: Final = 2.0
 #: The stages of a load that a request which waited for it reports as its own.
 _LOAD_STAGES = frozenset(
     {
@@ -438,12 +440,17 @@ class Platform(AsyncResource):
             error = exc
         except OSError as exc:
             error = PlatformError(f"the instance failed the request: {exc}")
+        except Exception as exc:  # a bug must not leave the request without an answer
+            _log.event("platform.run_failed", level=logging.ERROR, instance=iid,
+                       error=type(exc).__name__)  # fmt: skip
+            error = PlatformError(f"the call to the instance failed: {type(exc).__name__}")
+            error.retryable = True
         finally:
             self._running.discard(rid)
         now = self._now()
         inference = timings.get("inference")
-        self._apply(
-            self.controller.finished(
+        try:
+            actions = self.controller.finished(
                 rid,
                 now,
                 exec_s=None if inference is None else inference / 1000,
@@ -451,7 +458,10 @@ class Platform(AsyncResource):
                 loaded_model="model_fetch" in timings,
                 runtime_lost=isinstance(error, RuntimeUnavailable),
             )
-        )
+        except ValueError:  # the controller let it go meanwhile: still answer the caller
+            _log.event("platform.run_untracked", level=logging.WARNING, instance=iid)
+            actions = []
+        self._apply(actions)
         if isinstance(error, InstanceError) and error.retryable:
             self._spawn(self._check_one(iid), f"health-{iid}")  # unreachable: look now
         self._calls.pop(rid, None)

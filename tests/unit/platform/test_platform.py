@@ -42,7 +42,7 @@ class MemoryBackend:
         self.loads: list[tuple[int, str, str]] = []
         self.evicted: list[tuple[int, str]] = []
         self.start_errors: list[SealserveError] = []
-        self.infer_errors: list[SealserveError] = []
+        self.infer_errors: list[Exception] = []
         self.health_of: dict[int, InstanceHealth] = {}
         #: What each instance was started as: (memory_mb, budget_mb, concurrency).
         self.shapes: dict[int, tuple[int, float, int]] = {}
@@ -268,6 +268,23 @@ def test_a_runtime_lost_under_a_request_is_a_retryable_error() -> None:
             await infer(platform, clock, rid="r2")
         assert info.value.retryable
         assert platform.stats().counters["runtime_failures"] == 1
+        third = await infer(platform, clock, rid="r3")  # the instance serves on
+        assert third.sealed_output == b"out:sealed"
+
+    run(body)
+
+
+def test_a_backend_call_that_fails_unexpectedly_is_still_answered_retryably() -> None:
+    # Before, an exception other than sealserve's, OSError or ValueError ended the request's
+    # task: the caller waited for the driver's own bound, past its client's patience.
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        await infer(platform, clock)
+        backend.infer_errors.append(RuntimeError("a bug in the backend"))
+        with pytest.raises(PlatformError) as info:
+            await asyncio.wait_for(infer(platform, clock, rid="r2"), 5.0)
+        assert info.value.retryable
+        assert "RuntimeError" in str(info.value)
+        assert platform.stats().in_flight == 0  # its slot was let go
         third = await infer(platform, clock, rid="r3")  # the instance serves on
         assert third.sealed_output == b"out:sealed"
 
