@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from sealserve._lifeline import tie_to_this_process
 from sealserve._log import get_logger
-from sealserve._stopping import kill_named, wait_gone
+from sealserve._stopping import children, descendants, kill_named, wait_gone
 from sealserve.bench._balancer import TcpBalancer
 from sealserve.bench._runtime_stack import LocalStack
 from sealserve.config import KeyServiceSettings
@@ -284,6 +284,12 @@ class FaultStack(LocalStack):
             cmd = " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p)
             if any(mark in cmd for mark in marks):
                 processes[int(entry.name)] = cmd[:200]
+        if self.gateway is not None:
+            # The gateway's host template and the instance hosts forked from it: their command
+            # line (``sealserve instance zygote``) does not name the stack's directory.
+            for pid in descendants([self.gateway.pid]):
+                if pid not in processes and (cmd := _cmdline(pid)):
+                    processes[pid] = cmd[:200]
         pids = {"bench": os.getpid()}
         listen: dict[str, int | None] = {}
         if self.gateway is not None:
@@ -366,3 +372,16 @@ def _unmapped_shm() -> set[str]:
                 if _SHM_PREFIX in line:
                     mapped.add(line.rsplit(_SHM_PREFIX, 1)[1].split()[0])
     return names - mapped
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p)
+
+
+def zygotes(gateway_pid: int) -> list[int]:
+    """The gateway's host templates (its direct children that fork the instance hosts)."""
+    return sorted(p for p in children(gateway_pid) if "instance zygote" in _cmdline(p))

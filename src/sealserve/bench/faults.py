@@ -56,7 +56,7 @@ from rich.console import Console
 
 from sealserve._log import get_logger
 from sealserve.bench._common import environment, exit_on_sigterm, print_table, write_json
-from sealserve.bench._fault_stack import Census, FaultStack
+from sealserve.bench._fault_stack import Census, FaultStack, zygotes
 from sealserve.bench._load import SIZES, Job, SteadyLoad, mlp_model, plain_outputs, summarize
 from sealserve.bench._postgres import ThrowawayPostgres, postgres_bindir
 
@@ -345,6 +345,9 @@ def _pids(stack: FaultStack) -> dict[str, int]:
     for i, ks in enumerate(stack.keyservices):
         if ks is not None:
             out[f"keyservice-{i}"] = int(ks.process.pid)
+    if stack.gateway is not None:
+        for zygote in zygotes(stack.gateway.pid):  # the gateway's host template: lives with it
+            out[f"zygote-{zygote}"] = zygote
     if stack.platform is not None:
         # The TEE daemon's measured templates (one per kind of launch, a few at most: see
         # sealserve.attest._templates) live as long as the daemon, by design; one may start

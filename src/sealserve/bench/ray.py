@@ -14,6 +14,9 @@ process.  In order:
   trace, policy and group (its costs measured in this run: warm inference, model load and cold
   start per model, from the answers' routing decisions); at the end, the GB-seconds must stop
   growing once no replica is left;
+* **replica kill**: a steady load while the process of one ``SealedInstance`` replica is killed
+  (SIGKILL; its instance host and runtime go with it): Ray Serve starts another, the requests
+  it was serving are sent again by the clients; none may be lost;
 * **node loss**: a steady load while a worker node is removed (its raylet and every process on
   it killed): the requests it was serving are sent again by the clients and served by the
   other nodes; none may be lost.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import os
+import signal
 import statistics
 import tempfile
 import time
@@ -35,6 +40,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
+from sealserve._stopping import descendants, describe
 from sealserve.bench._common import environment, exit_on_sigterm, print_table, write_json
 from sealserve.bench._load import SIZES, Job, SteadyLoad, mlp_model, plain_outputs, summarize
 from sealserve.bench._ray_cluster import RayClusterStack
@@ -44,6 +50,11 @@ __all__ = ["RayBenchConfig", "register", "run_ray_bench"]
 _ZERO_S: Final = 120.0
 
 
+SCENARIOS: Final = ("routing", "trace", "replica-kill", "node-loss")
+#: What a Ray Serve replica of the deployment is called in its process title.
+_REPLICA_TITLE: Final = "ServeReplica:sealserve:SealedInstance"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RayBenchConfig:
     trace_s: float = 180.0
@@ -51,7 +62,7 @@ class RayBenchConfig:
     keep_alive_s: float = 10.0
     node_loss_observe_s: float = 20.0
     concurrency: int = 4
-    scenarios: tuple[str, ...] = ("routing", "trace", "node-loss")
+    scenarios: tuple[str, ...] = SCENARIOS
 
 
 def _jobs(stack: RayClusterStack, users: int) -> tuple[list[Job], list[str], dict[str, bytes]]:
@@ -286,6 +297,35 @@ def _node_loss(
     return {**summary, "removed": "w1", "instances_on_it": victim_instances}
 
 
+def _replica_pids() -> list[int]:
+    """The processes of the deployment's replicas (under this process's raylets)."""
+    return sorted(p for p in descendants([os.getpid()]) if _REPLICA_TITLE in (describe(p) or ""))
+
+
+def _replica_kill(
+    stack: RayClusterStack, jobs: Sequence[Job], config: RayBenchConfig
+) -> dict[str, Any]:
+    load = SteadyLoad(stack.url, jobs, concurrency=config.concurrency, retry_window_s=60.0)
+    load.start()
+    victim: int | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # warm, and a replica serving
+            replicas = _replica_pids()
+            if len(load.records()) > 20 and replicas and stack.instance_nodes():
+                victim = replicas[0]
+                break
+            time.sleep(0.5)
+        began = time.monotonic()
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+        time.sleep(config.node_loss_observe_s)
+    finally:
+        load.stop()
+    summary = summarize(load.records(), since=began, until=time.monotonic())
+    return {**summary, "killed_pid": victim}
+
+
 def run_ray_bench(
     config: RayBenchConfig,
     *,
@@ -315,6 +355,9 @@ def run_ray_bench(
             out["routing"] = routing
         if "trace" in config.scenarios:
             out["trace"] = _trace(stack, jobs, model_ids, config, warm_up, say)
+        if "replica-kill" in config.scenarios:
+            say("replica kill: a replica's process killed under load")
+            out["replica_kill"] = _replica_kill(stack, jobs, config)
         if "node-loss" in config.scenarios:
             say("node loss: a worker removed under load")
             out["node_loss"] = _node_loss(stack, jobs, config)
@@ -336,7 +379,7 @@ def register(app: typer.Typer) -> None:
         synthetic: Annotated[int, typer.Option("--synthetic", min=0, help="Trace seed.")] = 7,
         scenario: Annotated[
             list[str] | None,
-            typer.Option(help="Only these: routing, trace, node-loss (repeatable)."),
+            typer.Option(help="Only these: routing, trace, replica-kill, node-loss (repeatable)."),
         ] = None,
     ) -> None:
         """sealserve on a multi-node Ray cluster on this machine: routing across nodes, a
@@ -347,7 +390,7 @@ def register(app: typer.Typer) -> None:
         config = RayBenchConfig(
             trace_s=trace_s,
             trace_seed=synthetic,
-            scenarios=tuple(scenario or ("routing", "trace", "node-loss")),
+            scenarios=tuple(scenario or SCENARIOS),
         )
         data = run_ray_bench(config, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
         if "routing" in data:
@@ -362,12 +405,13 @@ def register(app: typer.Typer) -> None:
                         console=console)  # fmt: skip
             console.print(f"scaled to zero: {t['live']['scaled_to_zero']}; GB-s growth at zero "
                           f"over 5 s: {t['live']['gb_s_growth_at_zero']}")  # fmt: skip
-        if "node_loss" in data:
-            n = data["node_loss"]
-            console.print(f"node loss: {n['ok']} ok, {n['retryable']} failed retryably, "
-                          f"{n['failed']} failed, {n['lost']} lost; recovery {n['recovery_s']} s; "
-                          f"{n['retried']} sent again")  # fmt: skip
+        for key, what in (("replica_kill", "replica kill"), ("node_loss", "node loss")):
+            if key in data:
+                n = data[key]
+                console.print(f"{what}: {n['ok']} ok, {n['retryable']} failed retryably, "
+                              f"{n['failed']} failed, {n['lost']} lost; recovery "
+                              f"{n['recovery_s']} s; {n['retried']} sent again")  # fmt: skip
         if json_path is not None:
             write_json(json_path, data)
-        if data.get("node_loss", {}).get("lost"):
+        if data.get("node_loss", {}).get("lost") or data.get("replica_kill", {}).get("lost"):
             raise typer.Exit(1)

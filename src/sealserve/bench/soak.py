@@ -34,7 +34,7 @@ import typer
 from rich.console import Console
 
 from sealserve.bench._common import environment, exit_on_sigterm, print_table, write_json
-from sealserve.bench._fault_stack import FaultStack
+from sealserve.bench._fault_stack import FaultStack, zygotes
 from sealserve.bench._load import SteadyLoad
 from sealserve.bench._postgres import ThrowawayPostgres, postgres_bindir
 from sealserve.bench.faults import _jobs
@@ -90,6 +90,9 @@ def _label(pid: int, cmd: str, stack: FaultStack) -> str:
     full = _cmdline(pid) or cmd
     if "instance serve" in full:
         return f"instance-host-{pid}"
+    if "instance zygote" in full:  # the gateway's host template, or a host forked from it
+        template = stack.gateway is not None and pid in zygotes(stack.gateway.pid)
+        return f"zygote-{pid}" if template else f"instance-host-{pid}"
     return f"runtime-{pid}" if "sealserve.runtime" in full else f"process-{pid}"
 
 
