@@ -288,6 +288,54 @@ def _read_checkpoints(path: Path) -> dict[str, AuditPoint]:
     return {str(k): AuditPoint.from_json(v) for k, v in doc.items()}
 
 
+def _parse_max_dims(values: list[str] | None) -> dict[str, list[int | None]]:
+    """``INPUT=D0,D1,...`` options (``-`` for no bound) as ``{input: [max or None]}``."""
+    out: dict[str, list[int | None]] = {}
+    for value in values or []:
+        name, sep, dims = value.partition("=")
+        if not sep or not name or not dims:
+            raise ValueError(f"--max-dim has value {value!r}; expected INPUT=D0,D1,...")
+        if name in out:
+            raise ValueError(f"--max-dim gives input {name!r} twice")
+        maxima: list[int | None] = []
+        for dim in dims.split(","):
+            dim = dim.strip()
+            if dim == "-":
+                maxima.append(None)
+            elif dim.isdecimal() and dim.isascii():
+                maxima.append(int(dim))
+            else:
+                raise ValueError(f"--max-dim has value {value!r}; {dim!r} is not an int or '-'")
+        out[name] = maxima
+    return out
+
+
+def _declare_limits(
+    model: Path,
+    folder: Path,
+    name: str,
+    max_batch: int | None,
+    max_dims: dict[str, list[int | None]],
+) -> Path:
+    """Write MODEL with its input limits declared to the owner's folder (kept byte-identical
+    across runs, so an interrupted upload of it resumes); its path."""
+    import os
+
+    from sealserve.client import declare_input_limits
+
+    declared = declare_input_limits(model.read_bytes(), max_batch=max_batch, max_dims=max_dims)
+    target = folder / ROLE / "declared" / f"{name}.onnx"
+    if target.is_file() and target.read_bytes() == declared:
+        return target
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(declared)
+    os.replace(tmp, target)
+    return target
+
+
 def _write_checkpoint(path: Path, keyservice_id: str, point: AuditPoint) -> None:
     import json
     import os
@@ -344,6 +392,25 @@ def upload(
         ),
     ] = 5,
     ca_bundle: CaBundleOpt = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch",
+            min=1,
+            help="Declare the largest batch (first dimension of the inputs whose first "
+            "dimension is dynamic) inside the model, sealed with it; the runtime refuses a "
+            "larger request with 400 before running it.",
+        ),
+    ] = None,
+    max_dim: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--max-dim",
+            help="Declare the largest value of each dimension of an input: INPUT=D0,D1,... "
+            "(one per dimension; '-' for no bound; a static dimension takes '-' or its size). "
+            "Repeat per input.",
+        ),
+    ] = None,
     *,
     conn: Connection,
 ) -> None:
@@ -354,6 +421,9 @@ def upload(
     With --grant, also let those users use it in runtimes that satisfy the policy: the
     --measurement or --policy given, else the runtime of the installed code (what
     'sealserve instance measurement' prints).
+
+    With --max-batch / --max-dim, the input limits are written into the model before it is
+    sealed (a copy, <data-dir>/owner/declared/NAME.onnx, is what is sealed and sent).
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -375,6 +445,11 @@ def upload(
     except (ValueError, OSError) as exc:
         fail(str(exc), 2)
     folder = conn.folder
+    if max_batch is not None or max_dim:
+        try:
+            model = _declare_limits(model, folder, name, max_batch, _parse_max_dims(max_dim))
+        except (ValueError, OSError) as exc:
+            fail(f"the input limits are refused: {exc}", 2)
     bundle = resolve_ca_bundle(ca_bundle, folder)
     runtime_policy = (
         guarded(

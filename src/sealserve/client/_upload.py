@@ -22,6 +22,12 @@ unseals only the version the KeyService says is current.
 
 The file is checked to be an ONNX model (:func:`check_onnx_model`) before anything is sealed
 or sent: a wrong file is refused with a ``ValueError`` that names it.
+
+``max_batch=`` and ``max_dims=`` declare the model's input limits
+(:class:`~sealserve.protocol.InputLimits`) inside it before it is sealed
+(:func:`declare_input_limits`), so the seal authenticates them and the runtime refuses a
+request over them before running it; a declaration that does not fit the model's inputs is
+refused with a ``ValueError`` that says why, before anything is sealed.
 """
 
 from __future__ import annotations
@@ -32,20 +38,22 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol, Self, cast, runtime_checkable
+from typing import Any, BinaryIO, Protocol, Self, cast, runtime_checkable
 
 from sealserve.client._principals import Owner
 from sealserve.client._store import StoreClient
 from sealserve.crypto import SymmetricKey, seal_model
 from sealserve.errors import NotFound
+from sealserve.protocol import InputLimits
 
 __all__ = [
     "ModelSink",
     "SealedUpload",
     "UploadReceipt",
     "check_onnx_model",
+    "declare_input_limits",
     "seal_for_upload",
     "send_sealed",
     "upload_model",
@@ -127,6 +135,52 @@ def check_onnx_model(source: str | os.PathLike[str] | BinaryIO) -> None:
         raise ValueError(f"{what} is not an ONNX model: {reason}") from None
 
 
+def declare_input_limits(
+    model: bytes,
+    *,
+    max_batch: int | None = None,
+    max_dims: Mapping[str, Sequence[int | None]] | None = None,
+) -> bytes:
+    """``model`` (ONNX bytes) with its input limits declared in its ``metadata_props``: the
+    largest batch (first dimension of the inputs whose first dimension is dynamic) and the
+    largest value per dynamic dimension (``{input: [max or None per dimension]}``).  Replaces
+    an earlier declaration; ``ValueError`` saying why if the limits do not fit its inputs."""
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model)
+    except Exception as exc:  # onnx's decode errors have no common base
+        raise ValueError(f"not an ONNX model: {type(exc).__name__}") from None
+    limits = InputLimits(
+        _onnx_input_shapes(proto),
+        max_batch=max_batch,
+        max_dims={k: tuple(v) for k, v in (max_dims or {}).items()},
+    )
+    props = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("sealserve.")}
+    props.update(limits.metadata())
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    return bytes(proto.SerializeToString())
+
+
+def _onnx_input_shapes(proto: Any) -> dict[str, tuple[int | None, ...] | None]:
+    """The graph's inputs that are not initializers, as :class:`InputLimits` takes them."""
+    initializers = {init.name for init in proto.graph.initializer}
+    shapes: dict[str, tuple[int | None, ...] | None] = {}
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            shapes[value.name] = None
+            continue
+        shapes[value.name] = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value >= 1 else None
+            for d in tensor.shape.dim
+        )
+    return shapes
+
+
 def upload_model(
     owner: Owner,
     store: StoreClient | ModelSink,
@@ -137,6 +191,8 @@ def upload_model(
     progress: Callable[[int], None] | None = None,
     upload_progress: Callable[[int, int], None] | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
+    max_batch: int | None = None,
+    max_dims: Mapping[str, Sequence[int | None]] | None = None,
 ) -> UploadReceipt:
     """Seal ``source`` (an ``.onnx`` path or a seekable binary file) as model ``name`` of
     ``owner`` into ``store`` and put its key in the KeyService (see the module docstring).
@@ -148,7 +204,8 @@ def upload_model(
     ``spool_dir`` is where
     the sealed model waits for its upload (default: the system's temporary directory; it
     holds ciphertext only and is removed).  The key version is 1 for a new model, else the
-    current one plus 1.
+    current one plus 1.  ``max_batch`` and ``max_dims`` are declared inside the model before
+    it is sealed (:func:`declare_input_limits`; the model is then read into memory).
     """
     if not isinstance(owner, Owner):
         raise TypeError(f"owner must be an Owner, got {type(owner).__name__}")
@@ -157,6 +214,15 @@ def upload_model(
             f"store must be a StoreClient or a ModelSink (a ModelStore), got {type(store).__name__}"
         )
     check_onnx_model(source)
+    if max_batch is not None or max_dims:
+        if isinstance(source, str | os.PathLike):
+            clear = Path(source).read_bytes()
+        else:
+            start = source.tell()
+            clear = source.read()
+            source.seek(start, io.SEEK_SET)
+        source = io.BytesIO(declare_input_limits(clear, max_batch=max_batch, max_dims=max_dims))
+        del clear
     model_id = owner.model_id(name)
     try:
         version = owner.model(name).key_version + 1

@@ -6,6 +6,8 @@
   both sides bind (:func:`input_context`, :func:`output_context`);
 * sealed model files: :class:`SealedModelHeader` (format, chunk size and the model version the
   file is bound to), which the store checks and the runtime reads before unsealing;
+* the input limits an owner declares inside a model (:class:`InputLimits`: largest batch and
+  dynamic dimensions, read by the runtime before it runs a request);
 * the tensor format inside them: :func:`encode_tensors` / :func:`decode_tensors` (no pickle);
 * HTTP: the header names and Server-Timing of :mod:`headers`, :class:`RouteInfo`, and the
   error body with its mapping to exceptions both ways (:class:`HostError`,
@@ -66,6 +68,7 @@ from sealserve.protocol._ids import (
     new_request_id,
     split_model_id,
 )
+from sealserve.protocol._limits import InputLimits
 from sealserve.protocol._messages import (
     AccessChange,
     AttestationOut,
@@ -132,6 +135,7 @@ __all__ = [
     "GrantIn",
     "HostError",
     "INPUT_PURPOSE",
+    "InputLimits",
     "MODEL_NAME_PATTERN",
     "Message",
     "ModelDeleted",

@@ -25,7 +25,7 @@ from sealserve.runtime._keys import KeyBroker, KeyCache, KeyCacheStats, KeyResul
 from sealserve.runtime._models import Lease, ModelCache, ModelCacheStats, ResidentModel
 from sealserve.runtime._plaintext import PlaintextBuffer
 from sealserve.runtime._server import RuntimeServer
-from sealserve.runtime._session import BAD_INPUT, LoadedModel, session_options
+from sealserve.runtime._session import BAD_INPUT, OVER_LIMITS, LoadedModel, session_options
 
 __all__ = [
     "BAD_INPUT",
@@ -38,6 +38,7 @@ __all__ = [
     "ModelCache",
     "ModelCacheStats",
     "ModelSource",
+    "OVER_LIMITS",
     "PlaintextBuffer",
     "Relay",
     "ResidentModel",

@@ -32,10 +32,17 @@ import numpy.typing as npt
 
 from sealserve._log import get_logger
 from sealserve.errors import DeadlineExceeded, MemoryBudgetExceeded, ModelNotAvailable
+from sealserve.protocol import InputLimits
 from sealserve.runtime._plaintext import PlaintextBuffer
 from sealserve.runtime._watchdog import Watchdog
 
-__all__ = ["BAD_INPUT", "LoadedModel", "configure_inference_memory", "session_options"]
+__all__ = [
+    "BAD_INPUT",
+    "LoadedModel",
+    "OVER_LIMITS",
+    "configure_inference_memory",
+    "session_options",
+]
 
 _log = get_logger(__name__)
 _WATCHDOG = Watchdog()
@@ -66,6 +73,9 @@ def configure_inference_memory(max_bytes: int) -> int:
 
 #: The one message for an input that does not fit the model (says nothing about either).
 BAD_INPUT: Final = "the input tensors do not match the model's inputs"
+#: The one message for an input whose shapes are not the model's static shapes or are over the
+#: maxima its owner declared (:class:`~sealserve.protocol.InputLimits`); names no shape.
+OVER_LIMITS: Final = "the input tensors' shapes are not within the model's declared input limits"
 
 _ORT_TYPES: Final[dict[str, np.dtype[Any]]] = {
     "tensor(float)": np.dtype("float32"),
@@ -116,7 +126,14 @@ class LoadedModel:
     """A session built from a plaintext model, and what a request needs to feed it."""
 
     def __init__(
-        self, *, model_id: str, version: int, session: Any, charged_bytes: int, model_bytes: int
+        self,
+        *,
+        model_id: str,
+        version: int,
+        session: Any,
+        charged_bytes: int,
+        model_bytes: int,
+        limits: InputLimits | None = None,
     ) -> None:
         self.model_id = model_id
         self.version = version
@@ -127,6 +144,7 @@ class LoadedModel:
             meta.name: _ORT_TYPES.get(meta.type) for meta in session.get_inputs()
         }
         self._outputs = [meta.name for meta in session.get_outputs()]
+        self._limits = limits if limits is not None else InputLimits(_input_shapes(session))
 
     @classmethod
     def build(
@@ -160,12 +178,23 @@ class LoadedModel:
             ) from None
         finally:
             plaintext.wipe()
+        try:
+            limits = InputLimits.from_metadata(
+                _input_shapes(session), session.get_modelmeta().custom_metadata_map
+            )
+        except Exception as exc:  # the owner's declaration: hostile, and its text stays inside
+            _log.event("model.limits_malformed", level=logging.WARNING, model_id=model_id,
+                       error=type(exc).__name__)  # fmt: skip
+            raise ModelNotAvailable(
+                f"model {model_id!r} does not load: its declared input limits are malformed"
+            ) from None
         return cls(
             model_id=model_id,
             version=version,
             session=session,
             charged_bytes=charged_bytes,
             model_bytes=plaintext.size,
+            limits=limits,
         )
 
     @property
@@ -189,6 +218,11 @@ class LoadedModel:
             want = self._inputs[name]
             if want is not None and array.dtype != want:
                 raise ValueError(BAD_INPUT)
+        # Before running: a small input must not make the model allocate what its owner did
+        # not declare (issue 10.5).
+        refusal = self._limits.refusal({name: array.shape for name, array in inputs.items()})
+        if refusal is not None:
+            raise ValueError(OVER_LIMITS if refusal == "limit" else BAD_INPUT)
         run_options = ort.RunOptions()
         run_options.log_severity_level = 4
         run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -220,6 +254,20 @@ class LoadedModel:
             f"LoadedModel(model_id={self.model_id!r}, version={self.version}, "
             f"charged_bytes={self.charged_bytes})"
         )
+
+
+def _input_shapes(session: Any) -> dict[str, tuple[int | None, ...] | None]:
+    """The model's input shapes as onnxruntime reads them: a size per static dimension,
+    ``None`` per dynamic one; an input without a shape (onnxruntime gives ``[]``, as for a
+    scalar) has no known rank."""
+    shapes: dict[str, tuple[int | None, ...] | None] = {}
+    for meta in session.get_inputs():
+        dims = meta.shape
+        if not dims:
+            shapes[meta.name] = None
+            continue
+        shapes[meta.name] = tuple(d if isinstance(d, int) and d >= 1 else None for d in dims)
+    return shapes
 
 
 def _failure(exc: Exception, stopped: bool) -> str:

@@ -20,9 +20,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sealserve.bench._runtime_stack import LocalStack, infer_tensors
+from sealserve.client import declare_input_limits
 from sealserve.errors import InstanceError, MemoryBudgetExceeded
 from sealserve.instance import InstanceClient
-from sealserve.runtime import BAD_INPUT
+from sealserve.runtime import BAD_INPUT, OVER_LIMITS
 from tests.unit.runtime.graphs import dense_model
 
 pytestmark = pytest.mark.integration
@@ -190,3 +191,32 @@ def test_one_request_cannot_take_the_runtimes_memory(stack: LocalStack) -> None:
         after_large = instance.client.stats()["runtime"]["rss_bytes"]
         assert after_large - before < 160 * mib, (before, after_large)
         assert run(100).shape == (100,)  # and it serves on
+
+
+def test_a_batch_over_the_owners_declared_limit_is_refused_before_it_runs(
+    stack: LocalStack,
+) -> None:
+    """The attack of issue 10.5 in small: a batch the model's owner did not declare is refused
+    with 400 before onnxruntime allocates for it, with no memory cap configured."""
+    assert stack.user is not None
+    declared = declare_input_limits(gram_model(), max_batch=1_000)
+    model = stack.add_model("gram-declared", declared)
+    user = stack.user.principal_id
+
+    def run(n: int) -> np.ndarray:
+        rows = {"X": np.full((n, 64), 0.01, np.float32)}
+        outputs, _ = infer_tensors(
+            instance.client, model.request_key, rows, model_id=model.model_id, user_id=user
+        )
+        return outputs["Y"]
+
+    mib = 1 << 20
+    with stack.start_instance(name="gram-declared") as instance:
+        assert run(1_000).shape == (1_000,)  # within the limit: served
+        before = instance.client.stats()["runtime"]["rss_bytes"]
+        # 12,000 rows (3 MB in) would need 576 MB at once: refused before running.
+        with pytest.raises(ValueError, match=f"^bad_request: {OVER_LIMITS}$"):
+            run(12_000)
+        after = instance.client.stats()["runtime"]["rss_bytes"]
+        assert after - before < 64 * mib, (before, after)
+        assert run(10).shape == (10,)  # and it serves on

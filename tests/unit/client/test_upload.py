@@ -228,3 +228,48 @@ def test_the_cli_resumes_what_a_cut_run_left_and_drops_what_was_refused(
     assert info.value.code == "payload_too_large"
     assert not pending.exists()  # a refused upload leaves nothing to resume
     assert ks.owner.model("m").key_version == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--max-dim", "X=abc"], "'abc' is not an int or '-'"),
+        (["--max-dim", "X"], "expected INPUT=D0,D1,..."),
+        (["--max-dim", "X=-,65"], "dimension 1 of input 'X' is static (64)"),
+        (["--max-dim", "Nope=1,64"], "'Nope', which is not an input of the model"),
+    ],
+)
+def test_the_cli_refuses_malformed_input_limits_before_connecting(
+    tmp_path: Path, model: bytes, flags: list[str], reason: str
+) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model)
+    result = CliRunner().invoke(
+        app,
+        ["owner", "upload", str(path), "--name", "m", "--data-dir", str(tmp_path / "data"),
+         "--keyservice", "http://127.0.0.1:9", *flags],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: the input limits are refused: "), lines
+    assert reason in lines[0]
+
+
+def test_declared_limits_are_sealed_inside_the_model(
+    ks: InProcessKeyService, tmp_path: Path
+) -> None:
+    import onnx
+
+    from sealserve.crypto import unseal_model
+    from tests.unit.runtime.test_input_limits import add_model
+
+    store = ModelStore(tmp_path / "store")
+    key = SymmetricKey.generate()
+    source = io.BytesIO(add_model())
+    upload_model(ks.owner, store, "m", source, key=key, max_batch=3, max_dims={"X": [None, 64]})
+    model_id = ks.owner.model_id("m")
+    _, sealed = store.read(model_id)
+    plain = bytes(unseal_model(key, sealed, model_id=model_id, version=1))
+    props = {p.key: p.value for p in onnx.load_from_string(plain).metadata_props}
+    assert props == {"sealserve.max_batch": "3", "sealserve.max_dims": '{"X":[null,64]}'}
