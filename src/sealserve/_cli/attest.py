@@ -22,11 +22,7 @@ from sealserve.attest import (
     ENTRIES,
     TCB_STATUSES,
     Evidence,
-    Launcher,
-    PlatformClient,
-    PlatformServer,
     Policy,
-    SimulatedPlatform,
     TrustAnchors,
     measure,
     read_platform_public_key,
@@ -36,6 +32,7 @@ from sealserve.attest import (
 from sealserve.attest._dcap import DcapRejected, check_dcap
 from sealserve.attest._entries import entry_module
 from sealserve.attest._wire import unb64
+from sealserve.attest.tee import Launcher, PlatformClient, PlatformServer, SimulatedPlatform
 from sealserve.crypto import HpkeKeyPair
 from sealserve.errors import AttestationError, IdentityError, TeeError
 

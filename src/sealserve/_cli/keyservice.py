@@ -451,7 +451,7 @@ def open_launcher(
 ) -> Iterator[Any]:
     """Gramine's ``gramine-sgx`` on the signed manifests in ``gramine``; else the TEE platform
     daemon at ``tee_socket``; else a simulated platform in ``data_dir``."""
-    from sealserve.attest import GramineLauncher, PlatformClient, SimulatedPlatform
+    from sealserve.attest.tee import GramineLauncher, PlatformClient, SimulatedPlatform
 
     if gramine is not None:
         if tee_socket is not None:

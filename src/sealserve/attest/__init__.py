@@ -1,22 +1,20 @@
-"""Attestation: evidence, policies and their verification, the simulated TEE, DCAP quotes.
+"""Attestation: evidence, policies and their verification, DCAP, SNP, TPM and Azure quotes.
 
 A verifier (the KeyService, a client) checks :class:`Evidence` with :func:`verify_evidence`
 against a :class:`Policy` and its :class:`TrustAnchors`; every failure is the one fixed
-:class:`~sealserve.errors.AttestationError`.  The simulated backend
-(:class:`SimulatedPlatform`, served by :class:`PlatformServer`, reached with
-:class:`PlatformClient`) plays the hardware for development and CI: only a process it launched
-from its measured code snapshot obtains evidence (:func:`local_evidence`).  Real SGX and TDX
-quotes are verified offline with :func:`verify_dcap`, AMD SEV-SNP reports with
-:func:`verify_snp`, TPM 2.0 quotes with :func:`verify_tpm`, and Azure confidential VMs (SNP
-report, runtime claims, vTPM quote) with :func:`verify_azure_cvm`; a policy's
-:class:`ReferenceValues` pin a confidential VM's platform part.  See docs/threat-model.md.
+:class:`~sealserve.errors.AttestationError`.  Real SGX and TDX quotes are verified offline
+with :func:`verify_dcap`, AMD SEV-SNP reports with :func:`verify_snp`, TPM 2.0 quotes with
+:func:`verify_tpm`, and Azure confidential VMs (SNP report, runtime claims, vTPM quote) with
+:func:`verify_azure_cvm`; a policy's :class:`ReferenceValues` pin a confidential VM's
+platform part.  A process launched measured obtains its evidence with
+:func:`local_evidence`.  The side that launches processes and issues evidence (the simulated
+TEE, its daemon, the launchers) is :mod:`sealserve.attest.tee`, which a verifier does not
+load.  See docs/threat-model.md.
 """
 
 from sealserve.attest._amd import ARK_SPKI_SHA256, SnpAnchors, TcbVersion
 from sealserve.attest._azure import AzureCvmAttestation, verify_azure_cvm
 from sealserve.attest._claims import VerifiedClaims
-from sealserve.attest._client import PlatformClient, RemoteProcess
-from sealserve.attest._daemon import PlatformServer
 from sealserve.attest._dcap import DcapReport, verify_dcap
 from sealserve.attest._entries import ENTRIES
 from sealserve.attest._evidence import (
@@ -32,9 +30,6 @@ from sealserve.attest._evidence import (
     Evidence,
     report_data_for,
 )
-from sealserve.attest._gramine_launcher import GramineLauncher
-from sealserve.attest._hw_evidence import snp_evidence
-from sealserve.attest._launcher import Launcher, MeasuredProcess
 from sealserve.attest._local import (
     in_measured_launch,
     launch_config,
@@ -43,7 +38,6 @@ from sealserve.attest._local import (
     passed_fds,
 )
 from sealserve.attest._measure import measure
-from sealserve.attest._platform import LaunchedProcess, SimulatedPlatform
 from sealserve.attest._platform_key import read_platform_public_key
 from sealserve.attest._policy import (
     DEFAULT_MAX_EVIDENCE_AGE_S,
@@ -85,17 +79,9 @@ __all__ = [
     "FORMAT_SIMULATED",
     "FORMAT_TDX_DCAP",
     "FORMAT_TPM_QUOTE",
-    "GramineLauncher",
-    "LaunchedProcess",
-    "Launcher",
-    "MeasuredProcess",
-    "PlatformClient",
-    "PlatformServer",
     "Policy",
     "REPORT_DATA_BYTES",
     "ReferenceValues",
-    "RemoteProcess",
-    "SimulatedPlatform",
     "SnpAnchors",
     "SnpAttestation",
     "SnpReference",
@@ -119,7 +105,6 @@ __all__ = [
     "passed_fds",
     "read_platform_public_key",
     "report_data_for",
-    "snp_evidence",
     "tpm_qualifying_data",
     "verified_claims",
     "verify_azure_cvm",

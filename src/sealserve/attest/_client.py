@@ -91,7 +91,7 @@ class PlatformClient(Resource):
         stderr: int | None = None,
         debug: bool = False,
     ) -> RemoteProcess:
-        """Launch ``entry`` through the daemon (see :class:`~sealserve.attest.Launcher`)."""
+        """Launch ``entry`` through the daemon (see :class:`~sealserve.attest.tee.Launcher`)."""
         self._check_open()
         if isinstance(args, str):
             raise TypeError("args must be a sequence of strings, not one string")

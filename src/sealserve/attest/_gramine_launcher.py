@@ -4,7 +4,7 @@ With SGX the enclave is the process (:mod:`sealserve.attest._gramine`), so nothi
 measures or vouches for anything: :class:`GramineLauncher` only starts ``gramine-sgx`` on the
 manifest of an entry, signed beforehand (``sealserve attest gramine-manifest``, then
 ``gramine-manifest`` and ``gramine-sgx-sign``), in a directory holding
-``<entry>.manifest.sgx`` and ``<entry>.sig``.  It is a :class:`~sealserve.attest.Launcher`:
+``<entry>.manifest.sgx`` and ``<entry>.sig``.  It is a :class:`~sealserve.attest.tee.Launcher`:
 
 * :meth:`~GramineLauncher.measurement` is MRENCLAVE, read from the SIGSTRUCT in
   ``<entry>.sig`` (ENCLAVEHASH, 32 bytes at offset 960); the measured launch config is the one
@@ -157,7 +157,7 @@ class GramineLauncher:
 
 class GramineProcess:
     """An enclave :class:`GramineLauncher` started (a
-    :class:`~sealserve.attest.MeasuredProcess`)."""
+    :class:`~sealserve.attest.tee.MeasuredProcess`)."""
 
     def __init__(self, popen: subprocess.Popen[bytes], *, entry: str, measurement: str) -> None:
         self._popen = popen

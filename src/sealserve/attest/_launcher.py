@@ -1,7 +1,7 @@
 """What an (untrusted) host needs from a TEE platform: launch a measured process, watch it.
 
-Two implementations share these interfaces: :class:`~sealserve.attest.SimulatedPlatform`
-(embedded: the platform lives in this process) and :class:`~sealserve.attest.PlatformClient`
+Two implementations share these interfaces: :class:`~sealserve.attest.tee.SimulatedPlatform`
+(embedded: the platform lives in this process) and :class:`~sealserve.attest.tee.PlatformClient`
 (a platform daemon reached over a Unix socket).  The instance host codes against
 :class:`Launcher` and works with either.
 """

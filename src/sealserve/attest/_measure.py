@@ -102,7 +102,7 @@ def measure_manifest(manifest: bytes, *, entry: str, config: Mapping[str, str]) 
 def measure(entry: str, *, config: Mapping[str, str] | None = None) -> str:
     """The measurement of the installed sealserve code launched as ``entry`` (hex).
 
-    Exactly what a :class:`~sealserve.attest.SimulatedPlatform` reports for a process it
+    Exactly what a :class:`~sealserve.attest.tee.SimulatedPlatform` reports for a process it
     launched from a snapshot of this same code, with this same ``config``.
     """
     manifest = source_manifest(package_sources(installed_package_dir()))

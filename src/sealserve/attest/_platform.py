@@ -12,7 +12,7 @@ evidence wrapped with the launch log (``sealserve-launch/1``, see
 :mod:`sealserve.attest._launch_log`); it then holds no signing key at all.
 
 Run it embedded (tests, a command that is its own launcher) or behind a Unix socket
-(:class:`~sealserve.attest.PlatformServer`), so the untrusted host never holds the key.  See
+(:class:`~sealserve.attest.tee.PlatformServer`), so the untrusted host never holds the key.  See
 docs/threat-model.md for what this does and does not protect.
 """
 
@@ -226,7 +226,7 @@ class SimulatedPlatform(Resource):
         stderr: int | None = None,
         debug: bool = False,
     ) -> LaunchedProcess:
-        """Start ``entry`` from the snapshot (see :class:`~sealserve.attest.Launcher`)."""
+        """Start ``entry`` from the snapshot (see :class:`~sealserve.attest.tee.Launcher`)."""
         snapshot = self._snapshot_or_raise()
         module = entry_module(entry)
         cfg = _check_config(config)

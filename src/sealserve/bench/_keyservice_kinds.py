@@ -26,7 +26,6 @@ from sealserve.attest import (
     Evidence,
     Policy,
     ReferenceValues,
-    SimulatedPlatform,
     SnpReference,
     TpmReference,
     TrustAnchors,
@@ -36,6 +35,7 @@ from sealserve.attest._hw_evidence import AzureBundle, parse_hw_evidence
 from sealserve.attest._snp_cache import fill_cache
 from sealserve.attest._synthetic import SyntheticAmd, SyntheticTpm, azure_evidence
 from sealserve.attest._tpm import tpm_qualifying_data
+from sealserve.attest.tee import SimulatedPlatform
 
 __all__ = ["KINDS", "HardwareKinds", "measure_verification"]
 

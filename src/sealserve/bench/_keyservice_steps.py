@@ -47,7 +47,8 @@ def measure_steps(root: Path, *, count: int = 300) -> dict[str, dict[str, float]
 
 
 async def _measure(root: Path, count: int) -> dict[str, dict[str, float]]:
-    from sealserve.attest import Policy, SimulatedPlatform
+    from sealserve.attest import Policy
+    from sealserve.attest.tee import SimulatedPlatform
     from sealserve.config import KeyServiceSettings
     from sealserve.crypto import Identity, SymmetricKey, wrap
     from sealserve.keyservice import EvidenceVerifier, KeyService, Store, Vault

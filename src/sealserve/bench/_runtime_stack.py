@@ -40,16 +40,9 @@ import numpy as np
 import numpy.typing as npt
 
 from sealserve._lifeline import tie_to_this_process
-from sealserve.attest import (
-    MeasuredProcess,
-    PlatformServer,
-    Policy,
-    ReferenceValues,
-    SimulatedPlatform,
-    SnpAnchors,
-    TrustAnchors,
-)
+from sealserve.attest import Policy, ReferenceValues, SnpAnchors, TrustAnchors
 from sealserve.attest._backends import LaunchBackend
+from sealserve.attest.tee import MeasuredProcess, PlatformServer, SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, seal_model

@@ -109,7 +109,8 @@ class _Bench:
     """The KeyService under test, a granted (user, model) pair, and the client side."""
 
     def __init__(self, root: Path, config: KeyServiceBenchConfig) -> None:
-        from sealserve.attest import Policy, SimulatedPlatform
+        from sealserve.attest import Policy
+        from sealserve.attest.tee import SimulatedPlatform
         from sealserve.bench._keyservice_kinds import KINDS, HardwareKinds
         from sealserve.client import KeyServicePin, Owner, User
         from sealserve.config import KeyServiceSettings

@@ -44,7 +44,6 @@ from sealserve._log import get_logger
 from sealserve._resource import ResourceState
 from sealserve._tls import TlsFiles, make_local_ca
 from sealserve.attest import (
-    PlatformClient,
     Policy,
     ReferenceValues,
     TpmAnchors,
@@ -52,6 +51,7 @@ from sealserve.attest import (
     TrustAnchors,
     read_platform_public_key,
 )
+from sealserve.attest.tee import PlatformClient
 from sealserve.config import Settings
 from sealserve.ecall import runtime_launch_config
 from sealserve.errors import GatewayError, SealserveError, TeeError

@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from sealserve._log import get_logger
 from sealserve._serving import ReadyServer, ServerLimits, base_url, bind_listener, server_config
 from sealserve._tls import TlsFiles, client_context
-from sealserve.attest import Launcher
+from sealserve.attest.tee import Launcher
 from sealserve.errors import InstanceError, SealserveError
 from sealserve.instance._app import HostOptions, InstanceHost
 from sealserve.instance._broker import HostBroker

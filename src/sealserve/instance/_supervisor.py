@@ -1,6 +1,6 @@
 """The runtime supervisor: launch SeMIRT through the TEE platform, connect, restart on crash.
 
-The host never runs the runtime itself: it asks a :class:`~sealserve.attest.Launcher` (an
+The host never runs the runtime itself: it asks a :class:`~sealserve.attest.tee.Launcher` (an
 embedded simulated platform or the platform daemon) to launch the ``runtime`` entry with the
 measured launch config (the KeyService pin) and one end of a socket pair, on which it then
 offers the ipc connection (two shared-memory channels).  One generation of runtime is one
@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
 from sealserve._resource import Resource, ResourceState
-from sealserve.attest import Launcher, MeasuredProcess
+from sealserve.attest.tee import Launcher, MeasuredProcess
 from sealserve.ecall import Endpoint, Message, wire
 from sealserve.errors import (
     DeadlineExceeded,

@@ -1,7 +1,7 @@
 """Launch the ``keyservice`` entry through a platform and wait until it listens.
 
-The launcher (an embedded :class:`~sealserve.attest.SimulatedPlatform` or a
-:class:`~sealserve.attest.PlatformClient` to a daemon) is the untrusted host's view: it passes
+The launcher (an embedded :class:`~sealserve.attest.tee.SimulatedPlatform` or a
+:class:`~sealserve.attest.tee.PlatformClient` to a daemon) is the untrusted host's view: it passes
 the unmeasured arguments, the measured config (:func:`measured_config`), and reads the ready
 line the service prints on its stdout.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from sealserve._serving import bind_listener
 from sealserve._tls import TlsFiles
-from sealserve.attest import Launcher, MeasuredProcess
+from sealserve.attest.tee import Launcher, MeasuredProcess
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import KeyServiceError
 from sealserve.keyservice._measured import limit_args, measured_config

@@ -6,8 +6,9 @@ import json
 import os
 from typing import Any
 
-from sealserve.attest import Evidence, Launcher, MeasuredProcess
+from sealserve.attest import Evidence
 from sealserve.attest._wire import unb64
+from sealserve.attest.tee import Launcher, MeasuredProcess
 
 
 def launch_probe(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.attest import SimulatedPlatform
+from sealserve.attest.tee import SimulatedPlatform
 
 
 @pytest.fixture

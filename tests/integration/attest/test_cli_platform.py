@@ -12,13 +12,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from sealserve.attest import (
-    PlatformClient,
-    Policy,
-    TrustAnchors,
-    report_data_for,
-    verify_evidence,
-)
+from sealserve.attest import Policy, TrustAnchors, report_data_for, verify_evidence
+from sealserve.attest.tee import PlatformClient
 from sealserve.cli import app
 from tests.integration.attest._probe_io import evidence_of, launch_probe
 

@@ -13,17 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.attest import (
-    Launcher,
-    PlatformClient,
-    PlatformServer,
-    Policy,
-    SimulatedPlatform,
-    TrustAnchors,
-    report_data_for,
-    verify_evidence,
-)
+from sealserve.attest import Policy, TrustAnchors, report_data_for, verify_evidence
 from sealserve.attest._wire import b64, recv_message, send_message
+from sealserve.attest.tee import Launcher, PlatformClient, PlatformServer, SimulatedPlatform
 from sealserve.errors import AttestationError, TeeError
 from tests.integration.attest._probe_io import (
     evidence_of,
@@ -107,7 +99,7 @@ def test_signals_and_exit_status_through_the_handle(client: PlatformClient) -> N
 def test_a_launcher_that_goes_away_takes_its_process_with_it(server: PlatformServer) -> None:
     code = (
         "import os, sys\n"
-        "from sealserve.attest import PlatformClient\n"
+        "from sealserve.attest.tee import PlatformClient\n"
         "c = PlatformClient(sys.argv[1]).open()\n"
         "p = c.launch('attest-probe', args=['00' * 64, '--hold'])\n"
         "print(p.pid, flush=True)\n"

@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.attest import (
-    Launcher,
-    MeasuredProcess,
-    Policy,
-    SimulatedPlatform,
-    measure,
-    report_data_for,
-    verify_evidence,
-)
+from sealserve.attest import Policy, measure, report_data_for, verify_evidence
+from sealserve.attest.tee import Launcher, MeasuredProcess, SimulatedPlatform
 from sealserve.crypto import HpkeKeyPair
 from sealserve.errors import AttestationError
 from tests.integration.attest._probe_io import (

@@ -27,7 +27,6 @@ from sealserve.attest import (
     Evidence,
     Policy,
     ReferenceValues,
-    SimulatedPlatform,
     SnpReference,
     TrustAnchors,
     verify_evidence,
@@ -35,6 +34,7 @@ from sealserve.attest import (
 from sealserve.attest._backends import TsmBackend
 from sealserve.attest._launch_log import LaunchEvent, LaunchEvidence, register_of
 from sealserve.attest._synthetic import SyntheticAmd
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.errors import AttestationError, TeeError
 from tests.hwfakes.configfs_tsm import FakeTsm
 from tests.integration.attest._probe_io import evidence_of, launch_probe

@@ -11,7 +11,7 @@ from pathlib import Path
 _LAUNCHER = """
 import sys, time
 from pathlib import Path
-from sealserve.attest import SimulatedPlatform
+from sealserve.attest.tee import SimulatedPlatform
 platform = SimulatedPlatform(data_dir=Path(sys.argv[1]), package_dir=Path(sys.argv[2]))
 platform.open()
 process = platform.launch("attest-probe", args=["00" * 64, "--hold"])

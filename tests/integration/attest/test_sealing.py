@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from sealserve.attest import SimulatedPlatform
+from sealserve.attest.tee import SimulatedPlatform
 from tests.integration.attest._probe_io import launch_probe
 
 _REPORT_DATA = bytes(64)

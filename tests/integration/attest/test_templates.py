@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.attest import (
-    PlatformClient,
-    PlatformServer,
-    Policy,
-    SimulatedPlatform,
-    report_data_for,
-    verify_evidence,
-)
+from sealserve.attest import Policy, report_data_for, verify_evidence
+from sealserve.attest.tee import PlatformClient, PlatformServer, SimulatedPlatform
 from sealserve.errors import AttestationError
 from tests.integration.attest._probe_io import evidence_of, launch_probe
 

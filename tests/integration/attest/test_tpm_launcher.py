@@ -22,7 +22,6 @@ from sealserve.attest import (
     Evidence,
     Policy,
     ReferenceValues,
-    SimulatedPlatform,
     TpmAnchors,
     TpmReference,
     TrustAnchors,
@@ -36,6 +35,7 @@ from sealserve.attest._tpm_device import (
     AZURE_REPORT_DATA_NV,
     TpmDevice,
 )
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.errors import AttestationError
 from tests.integration.attest._probe_io import evidence_of, launch_probe
 from tests.integration.swtpm import Swtpm

@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from typer.testing import CliRunner
 
 from sealserve._lifeline import tie_to_this_process
-from sealserve.attest import GramineLauncher, Policy, TrustAnchors
+from sealserve.attest import Policy, TrustAnchors
+from sealserve.attest.tee import GramineLauncher
 from sealserve.bench._runtime_stack import InstanceProcess, infer_tensors
 from sealserve.cli import app
 from sealserve.client import KeyServicePin, Owner, User

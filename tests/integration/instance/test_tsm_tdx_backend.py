@@ -35,15 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sealserve.attest import (
-    PlatformServer,
-    ReferenceValues,
-    SimulatedPlatform,
-    SnpAnchors,
-    SnpReference,
-    TdxReference,
-    TrustAnchors,
-)
+from sealserve.attest import ReferenceValues, SnpAnchors, SnpReference, TdxReference, TrustAnchors
 from sealserve.attest._backends import TsmBackend
 from sealserve.attest._launch_log import LaunchEvent, register_of
 from sealserve.attest._measure import (
@@ -53,6 +45,7 @@ from sealserve.attest._measure import (
     source_manifest,
 )
 from sealserve.attest._synthetic import SyntheticAmd
+from sealserve.attest.tee import PlatformServer, SimulatedPlatform
 from sealserve.bench._runtime_stack import LocalStack, StackModel, infer_tensors
 from sealserve.config import KeyServiceSettings
 from sealserve.errors import AccessDenied

@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sealserve.attest import Policy, SimulatedPlatform
+from sealserve.attest import Policy
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.client import KeyServicePin
 from sealserve.config import KeyServiceSettings
 from sealserve.keyservice import measured_config

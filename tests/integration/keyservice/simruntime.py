@@ -20,7 +20,8 @@ from collections.abc import Iterable
 
 import httpx
 
-from sealserve.attest import Evidence, SimulatedPlatform
+from sealserve.attest import Evidence
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.client import KeyServicePin
 from sealserve.protocol import (
     AttestedKeyService,

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from sealserve.attest import Policy, SimulatedPlatform, TrustAnchors
+from sealserve.attest import Policy, TrustAnchors
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.cli import app
 from sealserve.client import KeyServicePin
 from sealserve.errors import AccessDenied

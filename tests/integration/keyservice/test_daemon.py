@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.attest import PlatformClient, PlatformServer, Policy, SimulatedPlatform
+from sealserve.attest import Policy
+from sealserve.attest.tee import PlatformClient, PlatformServer, SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, SymmetricKey

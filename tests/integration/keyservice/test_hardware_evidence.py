@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sealserve.attest import (
-    Evidence,
-    Policy,
-    ReferenceValues,
-    SimulatedPlatform,
-    SnpReference,
-    TpmReference,
-)
+from sealserve.attest import Evidence, Policy, ReferenceValues, SnpReference, TpmReference
 from sealserve.attest._snp_cache import fill_cache
 from sealserve.attest._synthetic import SyntheticAmd, SyntheticTpm, azure_evidence
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sealserve.attest import SimulatedPlatform
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner
 from sealserve.crypto import Identity, SymmetricKey
 from sealserve.errors import KeyServiceChanged, KeyServiceError

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sealserve.attest import Policy, SimulatedPlatform, report_data_for
+from sealserve.attest import Policy, report_data_for
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import HpkeKeyPair, Identity, RequestKey, SymmetricKey

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from sealserve.attest import SimulatedPlatform
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.config import KeyServiceSettings
 from tests.integration.keyservice.conftest import KeyServiceProcess
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.attest import SimulatedPlatform
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.protocol import wire
 from tests.integration.keyservice.conftest import KeyServiceProcess
 

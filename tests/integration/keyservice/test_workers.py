@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sealserve.attest import Policy, SimulatedPlatform
+from sealserve.attest import Policy
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.client import Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import HpkeKeyPair, Identity, RequestKey, SymmetricKey, sign_request

@@ -12,14 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sealserve._clock import ManualClock
-from sealserve.attest import (
-    Evidence,
-    Policy,
-    SimulatedPlatform,
-    report_data_for,
-    verify_evidence,
-)
+from sealserve.attest import Evidence, Policy, report_data_for, verify_evidence
 from sealserve.attest._measure import installed_package_dir
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.errors import AttestationError
 
 NOW = 1_800_000_000.0

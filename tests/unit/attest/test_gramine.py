@@ -123,8 +123,8 @@ def test_the_manifest_measures_what_the_runtime_loads(tmp_path: Path) -> None:
 def test_the_gramine_launcher_measures_mrenclave_and_refuses_what_an_enclave_cannot_do(
     tmp_path: Path,
 ) -> None:
-    from sealserve.attest import GramineLauncher
     from sealserve.attest._gramine import gramine_manifest
+    from sealserve.attest.tee import GramineLauncher
     from tests.hwfakes.gramine_sgx import sign
 
     snapshot = tmp_path / "snapshot"

@@ -18,7 +18,6 @@ from sealserve.attest import (
     FORMAT_SIMULATED,
     Evidence,
     Policy,
-    SimulatedPlatform,
     TrustAnchors,
     in_measured_launch,
     launch_config,
@@ -28,6 +27,7 @@ from sealserve.attest import (
     report_data_for,
     verify_evidence,
 )
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.crypto import canonical_decode, canonical_encode
 from sealserve.errors import AttestationError, IdentityError, TeeError
 

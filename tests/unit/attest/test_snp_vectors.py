@@ -20,7 +20,6 @@ from sealserve.attest import (
     SnpReference,
     TpmSignature,
     TrustAnchors,
-    snp_evidence,
     verify_azure_cvm,
     verify_evidence,
     verify_snp,
@@ -28,6 +27,7 @@ from sealserve.attest import (
 from sealserve.attest._amd import GUID_ARK, GUID_ASK, GUID_VCEK, build_cert_table
 from sealserve.attest._certs import Rejected, load_certificates, spki_sha256
 from sealserve.attest._snp import check_snp
+from sealserve.attest.tee import snp_evidence
 from sealserve.errors import AttestationError
 
 IN_WINDOW = int(datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC).timestamp())

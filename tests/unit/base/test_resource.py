@@ -11,7 +11,7 @@ import pytest
 import sealserve
 from sealserve import ResourceState, ResourceStateError
 from sealserve._resource import AsyncResource, Resource
-from sealserve.attest import PlatformClient, PlatformServer, SimulatedPlatform
+from sealserve.attest.tee import PlatformClient, PlatformServer, SimulatedPlatform
 from sealserve.client import GatewayClient, KeyServiceClient, Owner, User
 from sealserve.ecall import Endpoint
 from sealserve.errors import SealserveError

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import httpx
 
 from sealserve._clock import ManualClock
-from sealserve.attest import Evidence, Policy, SimulatedPlatform
+from sealserve.attest import Evidence, Policy
+from sealserve.attest.tee import SimulatedPlatform
 from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, seal_model
