@@ -61,7 +61,12 @@ def _summary(out: Path) -> list[tuple[str, str, Any]]:
     picks = {
         "crypto.json": ("framing_overhead", "model_unseal_ratio"),
         "keyservice.json": ("releases_per_s", "p50_ms", "trivial_p50_ms"),
-        "imports.json": ("client_import_s", "client_over_floor", "client_sealserve_modules"),
+        "imports.json": (
+            "client_import_s",
+            "client_over_httpx",
+            "client_over_floor",
+            "client_sealserve_modules",
+        ),
     }
     for file, keys in picks.items():
         path = out / file
