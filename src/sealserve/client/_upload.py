@@ -156,7 +156,7 @@ def declare_input_limits(
         max_batch=max_batch,
         max_dims={k: tuple(v) for k, v in (max_dims or {}).items()},
     )
-    props = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("sealserve.")}
+    props = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("sealserve.max_")}
     props.update(limits.metadata())
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)

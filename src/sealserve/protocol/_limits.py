@@ -21,9 +21,10 @@ before it runs the model (:meth:`InputLimits.refusal`).  Without a declaration t
 still apply and a dynamic dimension is bounded only by the runtime's inference memory cap.
 
 The declaration is hostile input to the runtime (the owner may be anyone): parsing is strict,
-bounded in size, and any other ``sealserve.*`` key is refused.  :meth:`InputLimits.from_metadata`
-raises a ``ValueError`` that names the problem (for the owner, at upload); the runtime turns it
-into one fixed error.
+bounded in size, and any other ``sealserve.max_*`` key is refused (other ``sealserve.*`` keys,
+such as the model zoo's ``sealserve.model``, are not limits).
+:meth:`InputLimits.from_metadata` raises a ``ValueError`` that names the problem (for the
+owner, at upload); the runtime turns it into one fixed error.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ __all__ = ["MAX_BATCH_KEY", "MAX_DIMS_KEY", "InputLimits", "Shape"]
 
 MAX_BATCH_KEY: Final = "sealserve.max_batch"
 MAX_DIMS_KEY: Final = "sealserve.max_dims"
-_PREFIX: Final = "sealserve."
+#: The namespace of limit keys: another key in it is a typo, refused (other ``sealserve.*``
+#: keys, such as the model zoo's ``sealserve.model``, are not limits and are left alone).
+_PREFIX: Final = "sealserve.max_"
 #: The longest declaration value read (a JSON of a few hundred inputs fits).
 _MAX_VALUE_CHARS: Final = 65_536
 _MAX_DIM: Final = 2**31 - 1

@@ -21,7 +21,9 @@ SHAPES: dict[str, tuple[int | None, ...] | None] = {
 
 
 def test_without_a_declaration_the_static_shapes_still_apply() -> None:
-    limits = InputLimits.from_metadata(SHAPES, {"producer": "anything"})
+    # Other keys, and other sealserve.* keys (the model zoo's), are not limits.
+    metadata = {"producer": "anything", "sealserve.model": "minilm", "sealserve.seed": "0"}
+    limits = InputLimits.from_metadata(SHAPES, metadata)
     assert limits.refusal({"ids": (10_000, 10_000), "feat": (10_000, 8)}) is None
     assert limits.refusal({"feat": (2, 9)}) == "shape"  # a static size
     assert limits.refusal({"ids": (2, 3, 4)}) == "shape"  # the rank
@@ -80,6 +82,7 @@ def test_an_input_of_unknown_rank_takes_the_rank_its_maxima_give() -> None:
         ({MAX_DIMS_KEY: "[" * 100_000}, "at most"),
         ({MAX_DIMS_KEY: "[" * 60_000}, "not valid JSON"),
         ({"sealserve.max_batchh": "4"}, "does not know"),
+        ({"sealserve.max_seq": "4"}, "does not know"),
     ],
 )
 def test_a_malformed_declaration_is_refused_saying_why(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -71,7 +73,7 @@ def test_without_a_declaration_only_the_static_shapes_bound_a_request() -> None:
         {"sealserve.max_dims": '{"X": [1]}'},
         {"sealserve.max_dims": '{"F": [null, 5]}'},
         {"sealserve.max_dims": "[" * 70_000},
-        {"sealserve.unknown": "1"},
+        {"sealserve.max_seq": "1"},
     ],
 )
 def test_a_malformed_declaration_fails_the_load_with_one_fixed_error(
@@ -93,9 +95,21 @@ def test_the_sdk_refuses_a_declaration_that_does_not_fit_the_model() -> None:
         declare_input_limits(add_model(), max_batch=0)
     # Declaring again replaces the earlier declaration and keeps the owner's other props.
     proto = onnx.load_from_string(add_model())
-    helper.set_model_props(proto, {"author": "me", "sealserve.max_batch": "2"})
+    props = {"author": "me", "sealserve.model": "add", "sealserve.max_batch": "2"}
+    helper.set_model_props(proto, props)
     again = onnx.load_from_string(declare_input_limits(proto.SerializeToString(), max_batch=9))
     assert {p.key: p.value for p in again.metadata_props} == {
         "author": "me",
+        "sealserve.model": "add",
         "sealserve.max_batch": "9",
     }
+
+
+def test_a_zoo_model_loads_with_its_own_sealserve_metadata(tmp_path: Path) -> None:
+    from sealserve.models import build
+
+    path = build("mobilenet-v2", tmp_path)
+    proto = onnx.load(str(path))
+    assert any(p.key.startswith("sealserve.") for p in proto.metadata_props)
+    model = load(path.read_bytes())
+    assert model.run({"input": np.zeros((1, 3, 224, 224), np.float32)})
