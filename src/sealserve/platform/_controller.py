@@ -227,6 +227,11 @@ class PlatformController(RouterCore):
         """Instances alive (starting or ready), oldest first."""
         return tuple(self._instances)
 
+    def memory_mb(self, instance_id: int) -> int | None:
+        """The size an alive instance (a spare too) was started at; ``None`` if it is gone."""
+        record = self._instances.get(instance_id)
+        return None if record is None else record.memory_mb
+
     def ready_instance_ids(self) -> tuple[int, ...]:
         return tuple(i for i, r in self._instances.items() if r.ready_at is not None)
 

@@ -290,12 +290,13 @@ class Platform(AsyncResource):
     def _note_memory(self, ids: tuple[int, ...]) -> None:
         """Log an instance that uses more than its size (once each time it goes over): no
         sandbox stops it here, where a platform with memory limits would kill it."""
-        alive = self.controller.instance_ids()
         for iid in ids:
             info = self.backend.describe(iid)
-            if info is None or info.resident_mb is None or iid not in alive:
+            # The controller's record, not the router's group: a spare is kept out of the
+            # group's view (asking the group for it raised and ended the timer loop).
+            size = self.controller.memory_mb(iid)
+            if info is None or info.resident_mb is None or size is None:
                 continue
-            size = self.controller.router.group.instance(iid).memory_mb
             if info.resident_mb > size and iid not in self._over_memory:
                 self._over_memory.add(iid)
                 _log.event(
@@ -494,9 +495,14 @@ class Platform(AsyncResource):
         next_health = self._now() + self.config.health_interval_s
         while self.state is ResourceState.OPENED:
             now = self._now()
-            self._apply(self.controller.tick(now))
+            try:
+                self._apply(self.controller.tick(now))
+                if now >= next_health:
+                    await self.check_health()
+            except Exception as exc:  # a bug must not end the timer: nothing would expire
+                _log.event("platform.timer_failed", level=logging.ERROR,
+                           error=type(exc).__name__, detail=str(exc)[:200])  # fmt: skip
             if now >= next_health:
-                await self.check_health()
                 next_health = self._now() + self.config.health_interval_s
             wakeup = self.controller.next_wakeup()
             self._planned = min(wakeup if wakeup is not None else math.inf, next_health)

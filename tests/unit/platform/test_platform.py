@@ -274,6 +274,25 @@ def test_a_runtime_lost_under_a_request_is_a_retryable_error() -> None:
     run(body)
 
 
+def test_health_checks_with_a_spare_alive_and_memory_measured() -> None:
+    # A spare is kept out of the router's group: the memory check asked the group for it,
+    # which raised, and the timer loop that runs the checks (and every keep-alive) ended, so
+    # the gateway never scaled to zero again.
+    async def body(platform: Platform, backend: MemoryBackend, clock: ManualClock) -> None:
+        for iid in range(8):
+            backend.resident_mb[iid] = 100.0
+        await asyncio.gather(*(infer(platform, clock, model=m, rid=m) for m in ("a", "b", "c")))
+        await settle()
+        assert len(backend.started) == 4, backend.started  # three instances and a spare
+        await platform.check_health()
+        clock.advance(10.0)
+        await platform.tick()
+        await settle()
+        assert not platform.stats().instances  # all of them, the spare too, scaled to zero
+
+    run(body, spares=1, max_instances=5, instance_concurrency=1, keep_alive_s=3.0)
+
+
 def test_a_backend_call_that_fails_unexpectedly_is_still_answered_retryably() -> None:
     # Before, an exception other than sealserve's, OSError or ValueError ended the request's
     # task: the caller waited for the driver's own bound, past its client's patience.
