@@ -62,7 +62,8 @@ class _Entry:
         self.generation = 0
         self.inblob = b""
         self.report: tuple[int, bytes, bytes | None] | None = None
-        self.served = -1
+        self.served = -1  # the generation whose outblob went out
+        self.served_aux = -1  # the generation whose auxblob went out
         for name in ("inblob", "outblob", *(["auxblob"] if provider == "sev_guest" else [])):
             os.mkfifo(path / name, 0o600)
         # Held open for reading, so a writer's open() never blocks and its bytes wait for us.
@@ -192,6 +193,12 @@ class FakeTsm:
                 self._entries.pop(name).close()
 
     def _serve(self, entry: _Entry, name: str) -> None:
+        # Each blob goes out once per generation, as the reader always writes inblob first.
+        # A reader that took the blob but has not yet read EOF still holds the FIFO open, so
+        # an open() succeeding here is no proof of a new read: serving it again would append
+        # a second report to the first (seen on a loaded machine as "got 4736" bytes).
+        if (entry.served if name == "outblob" else entry.served_aux) == entry.generation:
+            return
         try:
             fd = os.open(entry.path / name, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
@@ -201,9 +208,7 @@ class FakeTsm:
         try:
             os.set_blocking(fd, True)
             entry.take_writes()
-            if name == "outblob" and entry.served != entry.generation:
-                # A read after a write (a reader that just took the last report and has not
-                # closed yet opens the FIFO too: that is no new read, and is served again).
+            if name == "outblob":
                 self.outblob_reads += 1
                 self._second_writer(entry)
             self._take_extends()
@@ -211,6 +216,8 @@ class FakeTsm:
             outblob, auxblob = self._report(entry)
             if name == "outblob":
                 entry.served = entry.generation
+            else:
+                entry.served_aux = entry.generation
             data = outblob if name == "outblob" else (auxblob or b"")
             view = memoryview(data)
             while view:

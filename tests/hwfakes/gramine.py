@@ -56,6 +56,7 @@ class FakeGramine:
         self.cpu_secret = cpu_secret or secrets.token_bytes(32)
         self.make_quote = make_quote or (lambda rd: synthetic_sgx_quote(rd, mrenclave=mrenclave))
         self.user_report_data = bytes(64)
+        self._pending = False  # user_report_data was written and its quote not yet served
         self.quotes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-gramine", daemon=True)
@@ -87,25 +88,30 @@ class FakeGramine:
             if not data:
                 return
             self.user_report_data = data[-64:].ljust(64, b"\0")
+            self._pending = True
 
     def _run(self) -> None:
-        served = False
+        # One quote per write of user_report_data, as the reader always writes it first. A
+        # reader that took its quote but has not yet read EOF still holds the FIFO open, so an
+        # open() succeeding is no proof of a new read: serving it again would append a second
+        # quote to the first (seen on a loaded machine as a quote that does not verify).
         while not self._stop.is_set():
             self._drain()
+            if not self._pending:
+                time.sleep(_POLL_S)
+                continue
             try:
                 fd = os.open(self.root / "quote", os.O_WRONLY | os.O_NONBLOCK)
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
                     raise
-                served = False
                 time.sleep(_POLL_S)
                 continue
             try:
                 os.set_blocking(fd, True)
                 self._drain()
-                if not served:
-                    self.quotes += 1
-                served = True
+                self._pending = False
+                self.quotes += 1
                 view = memoryview(self.make_quote(self.user_report_data))
                 while view:
                     view = view[os.write(fd, view) :]
