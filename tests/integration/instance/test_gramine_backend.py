@@ -47,7 +47,7 @@ from sealserve.client import KeyServicePin, Owner, User
 from sealserve.config import KeyServiceSettings
 from sealserve.crypto import Identity, RequestKey, SymmetricKey, seal_model
 from sealserve.ecall import runtime_launch_config
-from sealserve.errors import AccessDenied
+from sealserve.errors import AccessDenied, KeyServiceError
 from sealserve.instance import ModelStore
 from sealserve.keyservice import measured_config
 from sealserve.keyservice._launch import LaunchedKeyService, launch_keyservice
@@ -131,6 +131,9 @@ def sgx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Enclaves, La
         service = launch_keyservice(
             launcher, enclaves.settings, data_dir=root / "ks", log_level="INFO", stderr=log
         )
+    except KeyServiceError as exc:  # its log says why: show it, not just its path
+        text = (root / "keyservice.log").read_text(errors="replace")
+        pytest.fail(f"{exc}\n--- keyservice.log ---\n{text}")
     finally:
         os.close(log)
     try:
