@@ -247,7 +247,7 @@ class PlatformSettings:
     #: Spare instances (started, attested, no model) kept at most while new instances are
     #: being asked for: a request that needs a new instance takes one instead of a cold
     #: start.  Billed like any instance; 0 turns them off.
-    spares: int = 0
+    spares: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.spares, bool) or not isinstance(self.spares, int) or self.spares < 0:

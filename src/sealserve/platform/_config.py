@@ -84,7 +84,7 @@ class PlatformConfig:
     decision_history: int = 256
     #: Spare instances kept at most while new instances are being asked for (see
     #: :mod:`sealserve.packer._spares`); billed like any instance.
-    spares: int = 0
+    spares: int = 1
 
     def __post_init__(self) -> None:
         refusal = _refusal(self.policy)
