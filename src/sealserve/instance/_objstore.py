@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Final
 
 from sealserve._clock import SYSTEM_CLOCK, Clock
 from sealserve._log import get_logger
-from sealserve.errors import ModelNotStored, StoreIntegrityError
+from sealserve.errors import StoreIntegrityError
 from sealserve.instance._blobs import BlobFile, SealedModelWriter
 from sealserve.instance._store import (
     _HEX,
@@ -291,33 +291,12 @@ class ObjectModelStore(StoreReads):
             self._stamps[model_id] = (now, stamp)
         return stamp
 
-    def _read_manifest(self, model_id: str) -> ModelManifest | None:
-        key = self._manifest_key(model_id)
+    def _manifest_bytes(self, model_id: str) -> bytes | None:
         try:
-            raw = self._fs.cat_file(key)
+            raw: bytes = self._fs.cat_file(self._manifest_key(model_id))
         except FileNotFoundError:
             return None
-        try:
-            manifest = ModelManifest.from_json(json.loads(raw))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise StoreIntegrityError(
-                f"the manifest of model {model_id!r} in the store is damaged: {exc}"
-            ) from None
-        if manifest.model_id != model_id:
-            raise StoreIntegrityError(
-                f"the manifest at the place of model {model_id!r} names {manifest.model_id!r}"
-            )
-        return manifest
-
-    def get(self, model_id: str) -> ModelManifest:
-        """The manifest of ``model_id``, read afresh; :class:`ModelNotStored` if none."""
-        manifest = self._read_manifest(model_id)
-        if manifest is None:
-            raise ModelNotStored(f"the model store has no model {model_id!r}")
-        return manifest
-
-    def __contains__(self, model_id: object) -> bool:
-        return isinstance(model_id, str) and self._read_manifest(model_id) is not None
+        return raw
 
     def list(self) -> list[ModelManifest]:
         """Every model in the store, sorted by id (damaged manifests are skipped and logged)."""

@@ -25,6 +25,7 @@ served.  The store holds nothing secret: the runtime alone can unseal what it ho
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import hashlib
@@ -113,15 +114,43 @@ class ModelManifest:
         return cls(model_id=str(model_id), digest=hexdigest, stored_at=float(stored_at), **values)
 
 
-class StoreReads:
-    """The digest-checked reads every store shares; a store supplies :meth:`get` and
+class StoreReads(abc.ABC):
+    """The manifest and digest-checked reads every store shares; a store supplies
+    :meth:`_manifest_bytes` (the stored manifest, ``None`` if there is none) and
     :meth:`_open_blob` (a file of the blob, its size checked against the manifest)."""
 
-    def get(self, model_id: str) -> ModelManifest:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _manifest_bytes(self, model_id: str) -> bytes | None: ...
 
-    def _open_blob(self, manifest: ModelManifest) -> BlobFile:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _open_blob(self, manifest: ModelManifest) -> BlobFile: ...
+
+    def _read_manifest(self, model_id: str) -> ModelManifest | None:
+        raw = self._manifest_bytes(model_id)
+        if raw is None:
+            return None
+        try:
+            manifest = ModelManifest.from_json(json.loads(raw))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise StoreIntegrityError(
+                f"the manifest of model {model_id!r} in the store is damaged: {exc}"
+            ) from None
+        if manifest.model_id != model_id:
+            raise StoreIntegrityError(
+                f"the manifest at the place of model {model_id!r} names {manifest.model_id!r}"
+            )
+        return manifest
+
+    def get(self, model_id: str) -> ModelManifest:
+        """The manifest of ``model_id``, read afresh; :class:`~sealserve.errors.ModelNotStored`
+        if none."""
+        manifest = self._read_manifest(model_id)
+        if manifest is None:
+            raise ModelNotStored(f"the model store has no model {model_id!r}")
+        return manifest
+
+    def __contains__(self, model_id: object) -> bool:
+        return isinstance(model_id, str) and self._read_manifest(model_id) is not None
 
     def read_into(self, model_id: str, out: memoryview) -> ModelManifest:
         """Read the sealed model into the first ``size`` bytes of ``out`` (e.g. an ipc loan),
@@ -446,33 +475,11 @@ class ModelStore(StoreReads):
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _read_manifest(self, model_id: str) -> ModelManifest | None:
-        path = self._manifest_path(model_id)
+    def _manifest_bytes(self, model_id: str) -> bytes | None:
         try:
-            text = path.read_text(encoding="utf-8")
+            return self._manifest_path(model_id).read_bytes()
         except FileNotFoundError:
             return None
-        try:
-            manifest = ModelManifest.from_json(json.loads(text))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise StoreIntegrityError(
-                f"the manifest of model {model_id!r} in the store is damaged: {exc}"
-            ) from None
-        if manifest.model_id != model_id:
-            raise StoreIntegrityError(
-                f"the manifest at the place of model {model_id!r} names {manifest.model_id!r}"
-            )
-        return manifest
-
-    def get(self, model_id: str) -> ModelManifest:
-        """The manifest of ``model_id``; :class:`~sealserve.errors.ModelNotStored` if none."""
-        manifest = self._read_manifest(model_id)
-        if manifest is None:
-            raise ModelNotStored(f"the model store has no model {model_id!r}")
-        return manifest
-
-    def __contains__(self, model_id: object) -> bool:
-        return isinstance(model_id, str) and self._read_manifest(model_id) is not None
 
     def list(self) -> list[ModelManifest]:
         """Every model in the store, sorted by id (damaged manifests are skipped and logged)."""
