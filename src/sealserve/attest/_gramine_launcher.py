@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any, Final
 
 from sealserve._log import get_logger
 from sealserve.attest._entries import entry_module
+from sealserve.attest._launcher import LocalProcess
 from sealserve.errors import TeeError
 
 __all__ = ["ENTRY_ARGS_ENV", "GramineLauncher", "GramineProcess", "mrenclave_of_sigstruct"]
@@ -155,50 +155,12 @@ class GramineLauncher:
             )
 
 
-class GramineProcess:
+class GramineProcess(LocalProcess):
     """An enclave :class:`GramineLauncher` started (a
     :class:`~sealserve.attest.tee.MeasuredProcess`)."""
 
     def __init__(self, popen: subprocess.Popen[bytes], *, entry: str, measurement: str) -> None:
-        self._popen = popen
-        self._entry = entry
-        self._measurement = measurement
-
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    @property
-    def entry(self) -> str:
-        return self._entry
-
-    @property
-    def measurement(self) -> str:
-        return self._measurement
-
-    @property
-    def debug(self) -> bool:
-        return False
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.poll()
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        try:
-            return self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def send_signal(self, signum: int) -> None:
-        if self._popen.poll() is None:
-            self._popen.send_signal(signum)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+        super().__init__(popen, entry=entry, measurement=measurement, debug=False)
 
     def close(self) -> None:
         if self._popen.poll() is None:
@@ -206,12 +168,6 @@ class GramineProcess:
             if self.wait(_CLOSE_GRACE_S) is None:
                 self.kill()
                 self._popen.wait()
-
-    def __enter__(self) -> GramineProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"GramineProcess(entry={self._entry!r}, pid={self.pid})"

@@ -8,10 +8,14 @@ Two implementations share these interfaces: :class:`~sealserve.attest.tee.Simula
 
 from __future__ import annotations
 
+import abc
+import contextlib
+import signal
+import subprocess
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
-__all__ = ["Launcher", "MeasuredProcess"]
+__all__ = ["Launcher", "LocalProcess", "MeasuredProcess"]
 
 
 @runtime_checkable
@@ -82,3 +86,64 @@ class Launcher(Protocol):
         ``SEALSERVE_PASSED_FDS``); ``stdin``/``stdout``/``stderr`` are descriptors to use
         (default: /dev/null for stdin, the platform's own for the others)."""
         ...
+
+
+class LocalProcess(abc.ABC):
+    """The part of a :class:`MeasuredProcess` that a local child process answers (its
+    ``Popen``, or anything that behaves like one); a launcher's handle adds ``close``."""
+
+    def __init__(self, popen: Any, *, entry: str, measurement: str, debug: bool) -> None:
+        self._popen = popen
+        self._entry = entry
+        self._measurement = measurement
+        self._debug = debug
+
+    @property
+    def pid(self) -> int:
+        pid: int = self._popen.pid
+        return pid
+
+    @property
+    def entry(self) -> str:
+        return self._entry
+
+    @property
+    def measurement(self) -> str:
+        return self._measurement
+
+    @property
+    def debug(self) -> bool:
+        return self._debug
+
+    @property
+    def returncode(self) -> int | None:
+        code: int | None = self._popen.poll()
+        return code
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            code: int | None = self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        if self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.send_signal(signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the process if it runs and release what the handle holds."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

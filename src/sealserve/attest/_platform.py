@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from sealserve.attest._backends import LaunchBackend
 from sealserve.attest._entries import TEMPLATE_ENTRIES, entry_module
 from sealserve.attest._evidence import FORMAT_LAUNCH, REPORT_DATA_BYTES, Evidence
 from sealserve.attest._launch_log import LaunchEvent, LaunchEvidence, bind_report_data
+from sealserve.attest._launcher import LocalProcess
 from sealserve.attest._local import (
     PASSED_FDS_ENV,
     TEE_CONFIG_ENV,
@@ -515,7 +515,7 @@ class SimulatedPlatform(Resource):
         return f"SimulatedPlatform(data_dir={str(self._data_dir)!r}, state={self.state.value})"
 
 
-class LaunchedProcess:
+class LaunchedProcess(LocalProcess):
     """A process :class:`SimulatedPlatform` launched, and the server of its attestation
     channel (a thread that answers until the process exits or the handle closes)."""
 
@@ -529,55 +529,15 @@ class LaunchedProcess:
         measurement: str,
         debug: bool,
     ) -> None:
+        super().__init__(popen, entry=entry, measurement=measurement, debug=debug)
         self._platform = platform
-        self._popen = popen
         self._channel = channel
-        self._entry = entry
-        self._measurement = measurement
-        self._debug = debug
         self._closed = False
         self._close_lock = threading.Lock()
         self._server = threading.Thread(
             target=self._serve_channel, name=f"tee-channel-{popen.pid}", daemon=True
         )
         self._server.start()
-
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    @property
-    def entry(self) -> str:
-        return self._entry
-
-    @property
-    def measurement(self) -> str:
-        return self._measurement
-
-    @property
-    def debug(self) -> bool:
-        return self._debug
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.poll()
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        try:
-            return self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def send_signal(self, signum: int) -> None:
-        if self._popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._popen.send_signal(signum)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
     def close(self) -> None:
         with self._close_lock:
@@ -594,12 +554,6 @@ class LaunchedProcess:
         self._server.join(_CLOSE_GRACE_S)
         self._channel.close()
         self._platform._forget(self)
-
-    def __enter__(self) -> LaunchedProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _serve_channel(self) -> None:
         while True:
