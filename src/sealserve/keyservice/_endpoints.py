@@ -110,71 +110,59 @@ class Endpoints:
 
     async def release(self, body: bytes | None) -> Answer:
         """``body`` is ``None`` when it was larger than the limit (the fixed denial too)."""
-        started = time.perf_counter()
-        service = self.service
-        try:
-            if body is None:
-                raise Denied("malformed", size="over_limit")
-            out = await service.release(body)
-        except Exception as exc:
-            status, doc, extra = error_response(service, exc, "release")
-            if status not in (403, 429, 503):  # every other failure is the fixed denial too
-                status, doc, extra = 403, wire.DENIAL_BODY, {}
-            content = DENIAL if status == 403 else wire.canonical_json(doc)
-            service.metrics.observe("release", status, time.perf_counter() - started)
-            return status, content, extra
-        content = out.to_json()
-        service.metrics.observe("release", 200, time.perf_counter() - started)
-        return 200, content, {}
+        return await self._runtime_call("release", body, self.service.release)
 
     async def revocations(self, body: bytes | None) -> Answer:
-        """A revocation poll; ``None`` (a body over the limit) and every failure but a spent
-        budget or the database are the fixed denial."""
-        started = time.perf_counter()
-        service = self.service
-        try:
-            if body is None:
-                raise Denied("malformed", size="over_limit")
-            out = await service.revocations(body)
-        except Exception as exc:
-            status, doc, extra = error_response(service, exc, "revocations")
-            if status not in (403, 429, 503):
-                status, doc, extra = 403, wire.DENIAL_BODY, {}
-            content = DENIAL if status == 403 else wire.canonical_json(doc)
-            service.metrics.observe("revocations", status, time.perf_counter() - started)
-            return status, content, extra
-        service.metrics.observe("revocations", 200, time.perf_counter() - started)
-        return 200, out.to_json(), {}
+        """A revocation poll; ``None`` (a body over the limit) is the fixed denial too."""
+        return await self._runtime_call("revocations", body, self.service.revocations)
 
     async def replicas(self, body: bytes) -> Answer:
         """Another node's KeyService of this measurement asks for the master key."""
-        started = time.perf_counter()
-        service = self.service
-        out: Any
-        extra: dict[str, str]
-        try:
-            out = await service.replicate(body)
-            status, extra = 200, {}
-        except Exception as exc:
-            status, out, extra = error_response(service, exc, "replicas")
-        service.metrics.observe("replicas", status, time.perf_counter() - started)
-        return status, _encode(out), extra
+        return await self._unsigned("replicas", lambda: self.service.replicate(body))
 
     # -- unsigned ---------------------------------------------------------------------------
 
     async def attestation(self, nonce: str, client: str) -> Answer:
         """The service's evidence for ``nonce`` (base64url), limited per client address."""
+
+        async def call() -> Message:
+            self.service.limit(Budget.ATTESTATION, client)
+            return await self.service.attestation(wire.b64decode(nonce, name="nonce"))
+
+        return await self._unsigned("attestation", call)
+
+    # -- plumbing for attested runtimes and unsigned requests -------------------------------
+
+    async def _runtime_call(
+        self, route: str, body: bytes | None, call: Callable[[bytes], Awaitable[Message]]
+    ) -> Answer:
+        """A runtime's request (evidence inside): every failure but a spent budget or the
+        database is the one fixed denial, which says nothing of why."""
+        started = time.perf_counter()
+        service = self.service
+        extra: dict[str, str]
+        try:
+            if body is None:
+                raise Denied("malformed", size="over_limit")
+            status, content, extra = 200, (await call(body)).to_json(), {}
+        except Exception as exc:
+            status, doc, extra = error_response(service, exc, route)
+            if status not in (403, 429, 503):
+                status, doc, extra = 403, wire.DENIAL_BODY, {}
+            content = DENIAL if status == 403 else wire.canonical_json(doc)
+        service.metrics.observe(route, status, time.perf_counter() - started)
+        return status, content, extra
+
+    async def _unsigned(self, route: str, call: Callable[[], Awaitable[Any]]) -> Answer:
         started = time.perf_counter()
         service = self.service
         out: Any
         extra: dict[str, str]
         try:
-            service.limit(Budget.ATTESTATION, client)
-            out = await service.attestation(wire.b64decode(nonce, name="nonce"))
-            status, extra = 200, {}
+            status, out, extra = 200, await call(), {}
         except Exception as exc:
-            status, out, extra = error_response(service, exc, "attestation")
-        service.metrics.observe("attestation", status, time.perf_counter() - started)
+            status, out, extra = error_response(service, exc, route)
+        service.metrics.observe(route, status, time.perf_counter() - started)
         return status, _encode(out), extra
 
     # -- signed -----------------------------------------------------------------------------
